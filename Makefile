@@ -1,0 +1,32 @@
+# Set-up and checks. `make test` and `make run` create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test run lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The CPU build of torch first; the project's "torch>=2.3" is then already met.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+run: venv
+	$(BIN)/realnvp-explorer
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: venv
+	$(BIN)/realnvp bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,301 @@
+"""The multi-scale Real NVP model (Dinh, Sohl-Dickstein, Bengio, ICLR 2017)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from core.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
+from core.coupling import AffineCoupling, MaskType
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Everything needed to rebuild a :class:`RealNVP`; stored in every checkpoint.
+
+    ``mid_channels`` is the s/t width at the first scale; it doubles at each scale.
+    ``alpha`` is the preprocessing constant of ``logit(alpha + (1 - 2 alpha) x)``.
+    """
+
+    in_channels: int = 1
+    image_size: int = 28
+    num_scales: int = 3
+    mid_channels: int = 16
+    num_blocks: int = 2
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "image_size", "num_scales", "mid_channels", "num_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FlowConfig.{name} must be a positive integer, got {value!r}")
+        step = 2 ** (self.num_scales - 1)
+        if self.image_size % step or self.image_size // step < 2:
+            raise ValueError(
+                f"image_size {self.image_size} does not fit {self.num_scales} scales: it must "
+                f"be divisible by 2**(num_scales-1) = {step} and leave at least 2x2 pixels "
+                "at the last scale"
+            )
+        if not 0.0 < float(self.alpha) < 0.5:
+            raise ValueError(f"FlowConfig.alpha must lie in (0, 0.5), got {self.alpha!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FlowConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FlowConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    @property
+    def num_dims(self) -> int:
+        return self.in_channels * self.image_size**2
+
+
+PRESETS: dict[str, FlowConfig] = {
+    # Trains on MNIST in reasonable time on a 2-core CPU.
+    "mnist-small": FlowConfig(in_channels=1, image_size=28, num_scales=3, mid_channels=16,
+                              num_blocks=2),
+    # The paper's CIFAR-10 model: 8 residual blocks, 64 features.
+    "cifar10": FlowConfig(in_channels=3, image_size=32, num_scales=2, mid_channels=64,
+                          num_blocks=8),
+}
+
+
+def preset(name: str) -> FlowConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def _coupled(channels: int, mid: int, blocks: int, mask: MaskType, parity: int) -> list[Bijection]:
+    return [AffineCoupling(channels, mid, blocks, mask, parity), BatchNormFlow(channels)]
+
+
+class _Scale(nn.Module):
+    """One scale: 3 checkerboard couplings, squeeze, 3 channel-wise couplings."""
+
+    def __init__(self, channels: int, mid: int, blocks: int) -> None:
+        super().__init__()
+        layers: list[Bijection] = []
+        for parity in (0, 1, 0):
+            layers += _coupled(channels, mid, blocks, MaskType.CHECKERBOARD, parity)
+        layers.append(Squeeze())
+        for parity in (0, 1, 0):
+            layers += _coupled(4 * channels, mid, blocks, MaskType.CHANNEL, parity)
+        self.flow = Sequential(*layers)
+
+
+class RealNVP(nn.Module):
+    """Multi-scale Real NVP.
+
+    Data to latent: ``x in [0, 1] -> logit -> scales`` where each scale but the last
+    factors out half of its channels as one latent level. Level 0 is the finest (factored
+    out first); the last level is the output of the final scale.
+
+    >>> model = RealNVP(FlowConfig(in_channels=1, image_size=8, num_scales=2,
+    ...                            mid_channels=4, num_blocks=1)).eval()
+    >>> [tuple(s) for s in model.latent_shapes]
+    [(2, 4, 4), (2, 4, 4)]
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> bool((model.decode(model.encode(x)) - x).abs().max() < 1e-4)
+    True
+    """
+
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.preprocess = LogitTransform(config.alpha)
+        self.scales = nn.ModuleList()
+        channels, size = config.in_channels, config.image_size
+        shapes: list[tuple[int, int, int]] = []
+        for i in range(config.num_scales - 1):
+            self.scales.append(_Scale(channels, config.mid_channels * 2**i, config.num_blocks))
+            channels, size = 4 * channels, size // 2
+            shapes.append((channels // 2, size, size))
+            channels //= 2
+        final: list[Bijection] = []
+        mid = config.mid_channels * 2 ** (config.num_scales - 1)
+        for parity in (0, 1, 0, 1):
+            final += _coupled(channels, mid, config.num_blocks, MaskType.CHECKERBOARD, parity)
+        self.final = Sequential(*final)
+        shapes.append((channels, size, size))
+        self._latent_shapes = tuple(torch.Size(s) for s in shapes)
+
+    # -- shapes and checks -------------------------------------------------------------
+
+    @property
+    def latent_shapes(self) -> tuple[torch.Size, ...]:
+        """``(C, H, W)`` of each latent level, finest first."""
+        return self._latent_shapes
+
+    @property
+    def num_levels(self) -> int:
+        return len(self._latent_shapes)
+
+    def _param(self) -> Tensor:
+        return next(self.parameters())
+
+    def _check_images(self, x: Tensor, what: str = "x") -> None:
+        c, s = self.config.in_channels, self.config.image_size
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{what} must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
+        if x.shape[1] != c:
+            raise ValueError(
+                f"{what} has {x.shape[1]} channels; this model expects {c} (shape (B, {c}, {s}, {s}))"
+            )
+        if x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(
+                f"{what} is {x.shape[2]}x{x.shape[3]} pixels; this model expects {s}x{s}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{what} must be a floating point tensor in [0, 1], got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"{what} must lie in [0, 1], got values in [{x.min().item():.4g}, "
+                f"{x.max().item():.4g}]"
+            )
+
+    def _check_latents(self, zs: Sequence[Tensor]) -> None:
+        if len(zs) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} latent levels, got {len(zs)}")
+        batch = zs[0].shape[0] if zs[0].dim() == 4 else None
+        for i, (z, shape) in enumerate(zip(zs, self._latent_shapes)):
+            if z.dim() != 4 or z.shape[1:] != shape or z.shape[0] != batch:
+                raise ValueError(
+                    f"latent level {i} must have shape (B, {', '.join(map(str, shape))}) with "
+                    f"the same B at every level, got {tuple(z.shape)}"
+                )
+            if not torch.isfinite(z).all():
+                raise ValueError(f"latent level {i} contains NaN or infinite values")
+
+    # -- the flow ----------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Unchecked data-to-latent pass: ``(latents finest first, logdet (B,))``."""
+        h, logdet = self.preprocess(x)
+        zs: list[Tensor] = []
+        for scale in self.scales:
+            h, ld = scale.flow(h)
+            logdet = logdet + ld
+            z, h = h.chunk(2, dim=1)  # factor out half
+            zs.append(z)
+        h, ld = self.final(h)
+        zs.append(h)
+        return zs, logdet + ld
+
+    def decode_from(self, zs: Sequence[Tensor], level: int, h: Tensor | None = None) -> Tensor:
+        """Unchecked inverse of the scales from ``level`` downwards.
+
+        ``h`` is the running tensor coming out of the coarser scales (``None`` starts at the
+        coarsest level). Returns the tensor entering scale ``level``; at level 0 this is
+        the pre-logit image. Used by the explorer to cache coarse levels.
+        """
+        top = self.num_levels - 1
+        if h is None:
+            h = self.final.inverse(zs[top])
+            start = top - 1
+        else:
+            start = level
+        for i in range(start, level - 1, -1):
+            h = self.scales[i].flow.inverse(torch.cat((zs[i], h), dim=1))
+        return h
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Latents of images ``x`` in ``[0, 1]``, one per level, finest first."""
+        self._check_images(x)
+        return self(x)[0]
+
+    def decode(self, zs: Sequence[Tensor]) -> Tensor:
+        """Exact inverse of :meth:`encode`; images clamped to ``[0, 1]``."""
+        self._check_latents(zs)
+        h = self.decode_from(zs, 0)
+        return self.preprocess.inverse(h).clamp(0.0, 1.0)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density in nats per image of (dequantized) ``x`` in ``[0, 1]``; shape (B,)."""
+        self._check_images(x)
+        return self._log_prob(x)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        zs, logdet = self(x)
+        prior = sum(-0.5 * (z.float() ** 2 + LOG_2PI).flatten(1).sum(1) for z in zs)
+        return prior + logdet
+
+    def bits_per_dim(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Bits per dimension of 8-bit images, after uniform dequantization; shape (B,)."""
+        x = dequantize(x_uint8, generator)
+        self._check_images(x, "x_uint8")
+        return nats_to_bits_per_dim(self._log_prob(x), self.config.num_dims)
+
+    def sample_latents(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """Gaussian latents scaled per level by ``temperature`` (a float or one per level)."""
+        temps = self._temperatures(temperature)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        device = generator.device if generator is not None else self._param().device
+        param = self._param()
+        return [
+            (torch.randn((n, *shape), generator=generator, device=device) * t).to(
+                param.device, param.dtype
+            )
+            for shape, t in zip(self._latent_shapes, temps)
+        ]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` images in ``[0, 1]``; the same generator seed gives the same images."""
+        return self.decode(self.sample_latents(n, temperature, generator))
+
+    def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
+        if isinstance(temperature, (int, float)):
+            temps = [float(temperature)] * self.num_levels
+        else:
+            temps = [float(t) for t in temperature]
+            if len(temps) != self.num_levels:
+                raise ValueError(
+                    f"temperature needs one value per level ({self.num_levels}), got {len(temps)}"
+                )
+        for t in temps:
+            if not math.isfinite(t) or t < 0:
+                raise ValueError(f"temperatures must be finite and non-negative, got {t}")
+        return temps
+
+
+def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``(x + u) / 256`` with ``u ~ U[0, 1)``: 8-bit images to continuous ``[0, 1)``."""
+    if not isinstance(x_uint8, Tensor) or x_uint8.dtype != torch.uint8:
+        got = x_uint8.dtype if isinstance(x_uint8, Tensor) else type(x_uint8).__name__
+        raise ValueError(f"expected a uint8 tensor of 8-bit images, got {got}")
+    device = generator.device if generator is not None else x_uint8.device
+    noise = torch.rand(x_uint8.shape, generator=generator, device=device).to(x_uint8.device)
+    return (x_uint8.float() + noise) / 256.0
+
+
+def nats_to_bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:
+    """``-(log p - D log 256) / (D ln 2)`` for ``log p`` of the ``[0, 1]``-scaled image."""
+    return -(log_prob - num_dims * math.log(256.0)) / (num_dims * math.log(2.0))
