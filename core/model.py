@@ -63,11 +63,13 @@ class FlowConfig:
 
 PRESETS: dict[str, FlowConfig] = {
     # Trains on MNIST in reasonable time on a 2-core CPU.
-    "mnist-small": FlowConfig(in_channels=1, image_size=28, num_scales=3, mid_channels=16,
-                              num_blocks=2),
+    "mnist-small": FlowConfig(
+        in_channels=1, image_size=28, num_scales=3, mid_channels=16, num_blocks=2
+    ),
     # The paper's CIFAR-10 model: 8 residual blocks, 64 features.
-    "cifar10": FlowConfig(in_channels=3, image_size=32, num_scales=2, mid_channels=64,
-                          num_blocks=8),
+    "cifar10": FlowConfig(
+        in_channels=3, image_size=32, num_scales=2, mid_channels=64, num_blocks=8
+    ),
 }
 
 
@@ -154,7 +156,8 @@ class RealNVP(nn.Module):
             raise ValueError(f"{what} must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
         if x.shape[1] != c:
             raise ValueError(
-                f"{what} has {x.shape[1]} channels; this model expects {c} (shape (B, {c}, {s}, {s}))"
+                f"{what} has {x.shape[1]} channels; this model expects {c} "
+                f"(shape (B, {c}, {s}, {s}))"
             )
         if x.shape[2] != s or x.shape[3] != s:
             raise ValueError(
@@ -233,13 +236,15 @@ class RealNVP(nn.Module):
 
     def _log_prob(self, x: Tensor) -> Tensor:
         zs, logdet = self(x)
-        prior = sum(-0.5 * (z.float() ** 2 + LOG_2PI).flatten(1).sum(1) for z in zs)
-        return prior + logdet
+        return gaussian_log_prob(zs) + logdet
 
     def bits_per_dim(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Bits per dimension of 8-bit images, after uniform dequantization; shape (B,)."""
         x = dequantize(x_uint8, generator)
         self._check_images(x, "x_uint8")
+        return self._bits_per_dim_continuous(x)
+
+    def _bits_per_dim_continuous(self, x: Tensor) -> Tensor:
         return nats_to_bits_per_dim(self._log_prob(x), self.config.num_dims)
 
     def sample_latents(
@@ -284,6 +289,14 @@ class RealNVP(nn.Module):
             if not math.isfinite(t) or t < 0:
                 raise ValueError(f"temperatures must be finite and non-negative, got {t}")
         return temps
+
+
+def gaussian_log_prob(zs: Sequence[Tensor]) -> Tensor:
+    """Standard normal log density of the concatenated latents, per sample; shape (B,)."""
+    return sum(
+        -0.5 * (z.to(torch.promote_types(z.dtype, torch.float32)) ** 2 + LOG_2PI).flatten(1).sum(1)
+        for z in zs
+    )
 
 
 def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:

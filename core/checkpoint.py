@@ -1,0 +1,136 @@
+"""Checkpoints: one file, written atomically, read without executing anything from it.
+
+Layout (a plain dict saved with ``torch.save``; loaded with ``weights_only=True``)::
+
+    format   "realnvp-checkpoint"
+    version  1
+    config   FlowConfig as a dict
+    model    state dict, batch-norm running statistics included
+    meta     dict: data set, step, test bits/dim, ... (plain values)
+    training optional: optimizer state, step, RNG states, data config, metric history
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.model import FlowConfig, RealNVP
+
+FORMAT = "realnvp-checkpoint"
+VERSION = 1
+MAX_CHECKPOINT_BYTES = 4 * 1024**3
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is meant for the user."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: RealNVP,
+    meta: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
+    """Write atomically: a temporary file in the same folder, flushed, fsynced, renamed.
+
+    A crash or a stop part-way leaves the previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+        "training": training,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict, validated; raises :class:`CheckpointError` with a clear
+    message for a missing, empty, huge, truncated, hostile or foreign file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {size / 1024**3:.1f} GiB is too large for a checkpoint")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains objects other than plain weights "
+            f"(it could run code). {first}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt file: {type(exc).__name__})"
+        ) from None
+    except Exception as exc:  # any other failure inside the unpickler is still bad input
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a Real NVP checkpoint of this project")
+    version = data.get("version")
+    if version != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is not supported "
+            f"(this program reads version {VERSION})"
+        )
+    for key, kind in (("config", dict), ("model", dict), ("meta", dict)):
+        if not isinstance(data.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint is missing its {key!r} section")
+    return data
+
+
+def model_from_checkpoint(data: dict[str, Any], path: str | os.PathLike = "") -> RealNVP:
+    try:
+        config = FlowConfig.from_dict(data["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model configuration: {exc}") from None
+    model = RealNVP(config)
+    try:
+        model.load_state_dict(data["model"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(
+            f"{path}: the weights do not match a Real NVP of this architecture ({detail})"
+        ) from None
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[RealNVP, dict[str, Any]]:
+    """The model in eval mode on ``map_location`` and the checkpoint's ``meta`` dict
+    (with ``config`` added)."""
+    data = read_checkpoint(path)
+    model = model_from_checkpoint(data, path).to(map_location).eval()
+    meta = dict(data["meta"])
+    meta["config"] = model.config.to_dict()
+    meta["has_training_state"] = data.get("training") is not None
+    return model, meta

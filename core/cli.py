@@ -1,0 +1,315 @@
+"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, bench.
+
+A user error is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.checkpoint import CheckpointError
+from core.data import DATASETS, DatasetError
+from core.images import ImageLoadError
+from core.model import PRESETS
+
+USER_ERRORS = (
+    CheckpointError,
+    DatasetError,
+    ImageLoadError,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other user error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a Real NVP model")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", default="data", help="folder with the data set files")
+    p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="folder data sets: 1 or 3")
+    p.add_argument("--image-size", type=_positive, help="folder data sets: side in pixels")
+    p.add_argument("--out", default="runs/run", help="output folder for checkpoints and samples")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
+    p.add_argument("--num-scales", type=_positive)
+    p.add_argument("--mid-channels", type=_positive)
+    p.add_argument("--num-blocks", type=_positive)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-norm-l2", type=float, default=5e-5)
+    p.add_argument("--grad-clip", type=float, default=100.0)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--epochs", type=_positive, default=1)
+    p.add_argument("--max-steps", type=_positive, help="overrides --epochs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", help="continue from a checkpoint with training state")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=_positive, default=500)
+    p.add_argument("--eval-limit", type=_positive, help="test images per evaluation")
+    p.add_argument("--log-every", type=_positive, default=10)
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--max-nonfinite", type=_positive, default=20)
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from core.events import EventSink
+    from core.train import TrainConfig, Trainer, TrainingError, build_model_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_norm_l2=args.weight_norm_l2,
+        grad_clip=args.grad_clip,
+        warmup_steps=args.warmup_steps,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        device=args.device,
+        compile=args.compile,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_limit=args.eval_limit,
+        log_every=args.log_every,
+        flip=args.flip,
+        max_nonfinite=args.max_nonfinite,
+    )
+    model_config = None
+    if not args.resume:
+        model_config = build_model_config(
+            args.dataset,
+            args.preset,
+            args.num_scales,
+            args.mid_channels,
+            args.num_blocks,
+            args.channels,
+            args.image_size,
+        )
+    sink = EventSink(args.progress)
+    try:
+        trainer = Trainer(model_config, config, sink, resume=args.resume)
+    except USER_ERRORS as exc:
+        sink.emit("error", message=str(exc))
+        raise
+    try:
+        trainer.run()
+    except TrainingError as exc:
+        print(f"realnvp train: error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="write a grid of samples")
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=_positive, default=64)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--device", default="cpu")
+
+
+def _cmd_sample(args) -> int:
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.device import pick_device
+    from core.images import make_grid, save_png, to_uint8
+
+    device = pick_device(args.device)
+    model, _ = load_checkpoint(args.checkpoint, device)
+    g = torch.Generator().manual_seed(args.seed)
+    with torch.inference_mode():
+        x = model.sample(args.n, temperature=args.temperature, generator=g)
+    path = save_png(make_grid(to_uint8(x.cpu().numpy())), args.out)
+    print(path)
+    return 0
+
+
+def _add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="encode images: reconstructions, latents, bits/dim")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="encoded")
+    p.add_argument("--json", action="store_true")
+
+
+def _cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.images import load_image, save_png, to_uint8
+
+    model, _ = load_checkpoint(args.checkpoint)
+    cfg = model.config
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.images:
+        pixels = load_image(name, cfg.in_channels, cfg.image_size)  # (C, H, W) uint8
+        x8 = torch.from_numpy(pixels)[None]
+        with torch.inference_mode():
+            bpd = model.bits_per_dim(x8, torch.Generator().manual_seed(0)).item()
+            x = (x8.float() + 0.5) / 256.0  # pixel centres: deterministic
+            zs = model.encode(x)
+            recon = model.decode(zs)
+        err = (recon - x).abs().max().item()
+        stem = Path(name).stem
+        save_png(to_uint8(recon[0].numpy()).transpose(1, 2, 0), out / f"{stem}_recon.png")
+        np.savez(
+            out / f"{stem}_latents.npz", **{f"level{i}": z[0].numpy() for i, z in enumerate(zs)}
+        )
+        results.append({"image": name, "bits_per_dim": bpd, "max_abs_error": err})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(
+                f"{r['image']}: {r['bits_per_dim']:.4f} bits/dim, reconstruction error "
+                f"{r['max_abs_error']:.2e}"
+            )
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test bits/dim of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--limit", type=_positive)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.data import load_dataset
+    from core.device import pick_device
+
+    device = pick_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    cfg = model.config
+    dataset = args.dataset or meta.get("dataset") or "mnist"
+    test = load_dataset(
+        dataset, args.data_dir, False, channels=cfg.in_channels, image_size=cfg.image_size
+    )
+    if (test.channels, test.image_size) != (cfg.in_channels, cfg.image_size):
+        raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
+    images = test.images[: args.limit] if args.limit else test.images
+    g = torch.Generator().manual_seed(1234)  # the trainer's evaluation seed
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], 500):
+            chunk = images[start : start + 500]
+            u = torch.rand(chunk.shape, generator=g)
+            x = ((chunk.float() + u) / 256.0).to(device)
+            total += model._bits_per_dim_continuous(x).double().sum().item()
+    bpd = total / images.shape[0]
+    if args.json:
+        print(json.dumps({"dataset": dataset, "images": images.shape[0], "test_bpd": bpd}))
+    else:
+        print(f"{dataset}: {bpd:.4f} bits/dim on {images.shape[0]} test images")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true")
+
+
+def _cmd_info(args) -> int:
+    from core.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint)
+    info = {
+        "checkpoint": args.checkpoint,
+        "config": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "latent_shapes": [list(s) for s in model.latent_shapes],
+        **{k: v for k, v in meta.items() if k != "config"},
+    }
+    if args.json:
+        print(json.dumps(info, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key:>20}: {value}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure speed on this machine")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--checkpoint", help="model for the latency figures (default: bundled)")
+
+
+def _cmd_bench(args) -> int:
+    from core.bench import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "sample": _cmd_sample,
+    "encode": _cmd_encode,
+    "eval": _cmd_eval,
+    "info": _cmd_info,
+    "bench": _cmd_bench,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="realnvp", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_sample, _add_encode, _add_eval, _add_info, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"realnvp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"realnvp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

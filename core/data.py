@@ -1,0 +1,323 @@
+"""Data sets: MNIST, CIFAR-10 and any folder of images, as ``uint8 (N, C, H, W)`` tensors.
+
+One module for the trainer, the CLI and the GUI. MNIST and CIFAR-10 are read from
+``data_dir`` and, when missing and ``download=True``, fetched from their usual mirrors and
+verified by checksum before use.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from core.images import IMAGE_SUFFIXES, ImageLoadError, load_image
+
+DATASETS = ("mnist", "cifar10", "folder")
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be loaded; the message is meant for the user."""
+
+
+@dataclass
+class ImageDataset:
+    """Images as ``uint8 (N, C, H, W)``, plus how many files were skipped as unreadable."""
+
+    images: torch.Tensor
+    name: str
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+
+# -- downloading ----------------------------------------------------------------------------
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+# SHA-256 of the uncompressed IDX files (the gzip wrappers differ between mirrors).
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+CIFAR10_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+def _download(urls: list[str], dest: Path, check: Callable[[Path], bool]) -> Path:
+    """Fetch the first URL that works into ``dest`` atomically, verified by ``check``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+                shutil.copyfileobj(resp, out)
+            if not check(Path(tmp)):
+                errors.append(f"{url}: checksum mismatch")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except OSError as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise DatasetError(f"could not download {dest.name}: " + "; ".join(errors))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- MNIST ----------------------------------------------------------------------------------
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DatasetError(f"{path}: damaged gzip file ({exc})") from None
+    return raw
+
+
+def parse_idx_images(data: bytes, source: str = "IDX data") -> np.ndarray:
+    """IDX3 unsigned-byte images to ``uint8 (N, 1, H, W)``."""
+    if len(data) < 16:
+        raise DatasetError(f"{source}: too short for an IDX image file")
+    magic, n, rows, cols = struct.unpack(">IIII", data[:16])
+    if magic != 2051:
+        raise DatasetError(f"{source}: not an IDX image file (magic number {magic})")
+    expected = 16 + n * rows * cols
+    if len(data) != expected:
+        raise DatasetError(f"{source}: {len(data)} bytes, expected {expected} (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols).copy()
+
+
+def _find_mnist_file(data_dir: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+        for candidate in (data_dir / name, data_dir / "mnist" / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _fetch_mnist(data_dir: Path, stem: str, mirrors: tuple[str, ...]) -> Path:
+    def ok(p: Path) -> bool:
+        try:
+            return _sha256(_read_maybe_gzip(p)) == MNIST_FILES[stem]
+        except DatasetError:
+            return False
+
+    return _download([m + stem + ".gz" for m in mirrors], data_dir / (stem + ".gz"), ok)
+
+
+def load_mnist(
+    data_dir: str | os.PathLike,
+    train: bool,
+    download: bool = False,
+    mirrors: tuple[str, ...] = MNIST_MIRRORS,
+) -> ImageDataset:
+    data_dir = Path(data_dir)
+    stem = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
+    path = _find_mnist_file(data_dir, stem)
+    if path is None:
+        if not download:
+            raise DatasetError(
+                f"MNIST file {stem}[.gz] not found in {data_dir}; pass --download to fetch it"
+            )
+        path = _fetch_mnist(data_dir, stem, mirrors)
+    images = parse_idx_images(_read_maybe_gzip(path), str(path))
+    return ImageDataset(torch.from_numpy(images), "mnist")
+
+
+# -- CIFAR-10 -------------------------------------------------------------------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the CIFAR-10 batches (dicts of bytes, lists and numpy arrays) and nothing else."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data batch")
+
+
+def _cifar_batch(raw: bytes, source: str) -> np.ndarray:
+    try:
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+    except Exception as exc:
+        raise DatasetError(f"{source}: not a CIFAR-10 batch ({exc})") from None
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DatasetError(f"{source}: unexpected CIFAR-10 batch shape {data.shape}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike,
+    train: bool,
+    download: bool = False,
+    mirrors: tuple[str, ...] = CIFAR10_MIRRORS,
+    md5: str | None = CIFAR10_MD5,
+) -> ImageDataset:
+    data_dir = Path(data_dir)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    folder = next(
+        (d for d in (data_dir / "cifar-10-batches-py", data_dir) if (d / names[0]).is_file()), None
+    )
+    if folder is not None:
+        arrays = [_cifar_batch((folder / n).read_bytes(), str(folder / n)) for n in names]
+        return ImageDataset(torch.from_numpy(np.concatenate(arrays)), "cifar10")
+    archive = data_dir / CIFAR10_ARCHIVE
+    if not archive.is_file():
+        if not download:
+            raise DatasetError(
+                f"CIFAR-10 not found in {data_dir} (expected {CIFAR10_ARCHIVE} or "
+                "cifar-10-batches-py/); pass --download to fetch it"
+            )
+        _download(
+            [m + CIFAR10_ARCHIVE for m in mirrors],
+            archive,
+            lambda p: md5 is None or _md5_file(p) == md5,
+        )
+    arrays = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for n in names:
+                if n not in members:
+                    raise DatasetError(f"{archive}: {n} missing from the archive")
+                arrays.append(_cifar_batch(tar.extractfile(members[n]).read(), f"{archive}:{n}"))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DatasetError(f"{archive}: damaged archive ({exc})") from None
+    return ImageDataset(torch.from_numpy(np.concatenate(arrays)), "cifar10")
+
+
+# -- a folder of images ---------------------------------------------------------------------
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted, hidden files left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def is_held_out(path: Path, fraction: float) -> bool:
+    """A stable split: the same file lands on the same side on every run and machine."""
+    digest = hashlib.sha1(path.name.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def load_folder(
+    folder: str | os.PathLike,
+    train: bool,
+    channels: int,
+    image_size: int,
+    test_fraction: float = 0.1,
+    progress: Callable[[int, int], bool | None] | None = None,
+) -> ImageDataset:
+    """Every readable image under ``folder``; unreadable files are skipped and counted.
+
+    ``progress(done, total)`` may return ``False`` to cancel (raises :class:`DatasetError`).
+    """
+    paths = list_images(folder)
+    if not paths:
+        raise DatasetError(f"{folder}: no image files found (looked for {sorted(IMAGE_SUFFIXES)})")
+    split = [p for p in paths if is_held_out(p, test_fraction) != train]
+    if not split:  # tiny folders: use everything on both sides rather than nothing
+        split = paths
+    arrays, skipped = [], 0
+    for i, p in enumerate(split):
+        try:
+            arrays.append(load_image(p, channels, image_size))
+        except ImageLoadError:
+            skipped += 1
+        if progress is not None and progress(i + 1, len(split)) is False:
+            raise DatasetError("loading cancelled")
+    if not arrays:
+        raise DatasetError(f"{folder}: none of the {len(split)} image files could be read")
+    return ImageDataset(torch.from_numpy(np.stack(arrays)), "folder", skipped)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike,
+    train: bool,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+) -> ImageDataset:
+    """The one entry point: ``name`` is ``mnist``, ``cifar10`` or ``folder``."""
+    if name == "mnist":
+        return load_mnist(data_dir, train, download)
+    if name == "cifar10":
+        return load_cifar10(data_dir, train, download)
+    if name == "folder":
+        return load_folder(data_dir, train, channels or 3, image_size or 32)
+    raise DatasetError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def dataset_geometry(name: str, channels: int | None, image_size: int | None) -> tuple[int, int]:
+    """``(channels, image_size)`` that a model for this data set must have."""
+    if name == "mnist":
+        return 1, 28
+    if name == "cifar10":
+        return 3, 32
+    return channels or 3, image_size or 32

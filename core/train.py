@@ -1,0 +1,530 @@
+"""The trainer: the paper's recipe, safe checkpoints, exact resume and DistributedDataParallel.
+
+Run it as ``python -m core train`` / ``realnvp train``, or under
+``torchrun --nproc_per_node N -m core train`` for several processes (NCCL on CUDA, gloo on
+the CPU). Rank 0 alone writes files and events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from core.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
+from core.device import describe, pick_device
+from core.events import EventSink
+from core.images import make_grid, save_png, to_uint8
+from core.model import FlowConfig, RealNVP, gaussian_log_prob, nats_to_bits_per_dim, preset
+from core.resnet import weight_norm_scales
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs besides the model architecture."""
+
+    dataset: str = "mnist"
+    data_dir: str = "data"
+    download: bool = False
+    out: str = "runs/run"
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_norm_l2: float = 5e-5
+    grad_clip: float = 100.0
+    warmup_steps: int = 200
+    epochs: int = 1
+    max_steps: int | None = None
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    eval_every: int = 500
+    eval_limit: int | None = None
+    log_every: int = 10
+    flip: bool = False
+    max_nonfinite: int = 20
+    num_samples: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# -- distributed ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), pick_device(device_name)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return _Dist(rank, world, local_rank), device
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to save and finish instead of dying mid-step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Outside the main thread there is no signal handling; the flag stays unset.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build_model_config(
+    dataset: str,
+    preset_name: str | None,
+    num_scales: int | None,
+    mid_channels: int | None,
+    num_blocks: int | None,
+    channels: int | None = None,
+    image_size: int | None = None,
+) -> FlowConfig:
+    """A FlowConfig for the data set's geometry, from a preset and/or explicit sizes."""
+    ch, size = dataset_geometry(dataset, channels, image_size)
+    base = preset(preset_name) if preset_name else preset("mnist-small")
+    overrides = {
+        k: v
+        for k, v in (
+            ("num_scales", num_scales),
+            ("mid_channels", mid_channels),
+            ("num_blocks", num_blocks),
+        )
+        if v is not None
+    }
+    return replace(base, in_channels=ch, image_size=size, **overrides)
+
+
+class Trainer:
+    """One training run. ``run()`` returns the final metrics; events go to ``sink``."""
+
+    def __init__(
+        self,
+        model_config: FlowConfig | None,
+        config: TrainConfig,
+        sink: EventSink | None = None,
+        resume: str | os.PathLike | None = None,
+    ) -> None:
+        self.dist, self.device = _init_distributed(config.device)
+        self.sink = sink or EventSink("none")
+        if not self.dist.is_main:
+            self.sink = EventSink("none")
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            data = read_checkpoint(resume)
+            if not data.get("training"):
+                raise TrainingError(f"{resume}: has no training state to resume from")
+            saved = TrainConfig.from_dict(data["training"]["train_config"])
+            # Data, optimizer and seed come from the checkpoint; where and how long from now.
+            config = replace(
+                saved,
+                out=config.out,
+                epochs=config.epochs,
+                max_steps=config.max_steps,
+                device=config.device,
+                compile=config.compile,
+                eval_every=config.eval_every,
+                log_every=config.log_every,
+            )
+            self.model, _ = load_checkpoint(resume)
+            self.resume_state = data["training"]
+        else:
+            if model_config is None:
+                raise ValueError("a model config is needed unless resuming")
+            torch.manual_seed(config.seed)
+            self.model = RealNVP(model_config)
+        self.config = config
+        self.out = Path(config.out)
+        self.model.to(self.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _load_data(self) -> tuple[ImageDataset, ImageDataset | None]:
+        c = self.config
+        mc = self.model.config
+        kwargs = dict(channels=mc.in_channels, image_size=mc.image_size, download=c.download)
+        train = load_dataset(c.dataset, c.data_dir, True, **kwargs)
+        test = load_dataset(c.dataset, c.data_dir, False, **kwargs) if self.dist.is_main else None
+        for ds in (train, test):
+            if ds is not None and (ds.channels, ds.image_size) != (mc.in_channels, mc.image_size):
+                raise DatasetError(
+                    f"{c.dataset} images are {ds.channels}x{ds.image_size}x{ds.image_size}, "
+                    f"the model expects {mc.in_channels}x{mc.image_size}x{mc.image_size}"
+                )
+        if len(train) < c.batch_size * self.dist.world:
+            raise DatasetError(
+                f"{len(train)} training images are fewer than one batch "
+                f"({c.batch_size} x {self.dist.world} processes); lower --batch-size"
+            )
+        return train, test
+
+    def _resident(self, images: torch.Tensor) -> torch.Tensor:
+        """Small data sets live on the GPU as uint8; larger ones stay pinned on the host."""
+        if self.cuda and images.numel() <= 2 * 1024**3:
+            return images.to(self.device)
+        if self.cuda:
+            return images.pin_memory()
+        return images
+
+    # -- pieces of a step -------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _batch(
+        self, images: torch.Tensor, perm: torch.Tensor, pos: int, noise: torch.Generator
+    ) -> torch.Tensor:
+        b, w = self.config.batch_size, self.dist.world
+        start = pos * b * w + self.dist.rank * b
+        idx = perm[start : start + b]
+        x = images[idx.to(images.device)]
+        x = x.to(self.device, non_blocking=True)
+        u = torch.rand(x.shape, generator=noise, device=noise.device).to(self.device)
+        x = (x.float() + u) / 256.0  # dequantize
+        if self.config.flip:
+            flip = torch.rand(x.shape[0], generator=noise, device=noise.device) < 0.5
+            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _epoch_permutation(self, epoch: int, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=g)
+
+    @torch.no_grad()
+    def evaluate(self, test: ImageDataset) -> float:
+        """Mean test bits/dim in eval mode, with a fixed dequantization seed."""
+        model = self.model
+        model.eval()
+        images = test.images
+        if self.config.eval_limit:
+            images = images[: self.config.eval_limit]
+        g = torch.Generator().manual_seed(1234)
+        total, count = 0.0, 0
+        for start in range(0, images.shape[0], 500):
+            chunk = images[start : start + 500]
+            u = torch.rand(chunk.shape, generator=g)
+            x = ((chunk.float() + u) / 256.0).to(self.device)
+            with self._autocast():
+                zs, logdet = model(x)
+                bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet, model.config.num_dims)
+            total += bpd.double().sum().item()
+            count += chunk.shape[0]
+        model.train()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path:
+        """A PNG with two grids side by side: temperature 0.7 (left) and 1.0 (right)."""
+        model = self.model
+        model.eval()
+        grids = []
+        for t in (0.7, 1.0):
+            g = torch.Generator().manual_seed(4321)
+            x = model.sample(self.config.num_samples, temperature=t, generator=g)
+            grids.append(make_grid(to_uint8(x.float().cpu().numpy())))
+        model.train()
+        gap = np.full((grids[0].shape[0], 8, grids[0].shape[2]), 255, dtype=np.uint8)
+        return save_png(
+            np.concatenate([grids[0], gap, grids[1]], axis=1),
+            self.out / "samples" / f"samples_{step:07d}.png",
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _save(self, name: str, step: int, epoch: int, optimizer, scheduler, noise, state) -> Path:
+        meta = {
+            "dataset": self.config.dataset,
+            "step": step,
+            "epoch": epoch,
+            "test_bpd": state["last_test_bpd"],
+            "best_test_bpd": state["best_test_bpd"],
+            "images_seen": step * self.config.batch_size * self.dist.world,
+            "wall_time_s": state["wall_time_s"],
+            "device": describe(self.device),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        training = {
+            "train_config": self.config.to_dict(),
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "noise_rng": noise.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "nonfinite_total": state["nonfinite_total"],
+            "history": state["history"],
+            "best_test_bpd": state["best_test_bpd"],
+            "last_test_bpd": state["last_test_bpd"],
+            "wall_time_s": state["wall_time_s"],
+        }
+        path = save_checkpoint(self.out / name, self.model, meta, training)
+        self.sink.emit("checkpoint", path=str(path), step=step, kind=name.removesuffix(".pt"))
+        return path
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        try:
+            with _StopFlag() as stop:
+                return self._run(stop)
+        except (DatasetError, TrainingError, ValueError, OSError) as exc:
+            self.sink.emit("error", message=str(exc))
+            raise
+        finally:
+            if self.dist.enabled and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self, stop: _StopFlag) -> dict[str, Any]:
+        c = self.config
+        model = self.model
+        train, test = self._load_data()
+        images = self._resident(train.images)
+        steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
+        total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
+
+        decay = weight_norm_scales(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
+        warmup = max(c.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        noise = torch.Generator(device=self.device if self.cuda else "cpu")
+        noise.manual_seed(c.seed * 7919 + self.dist.rank)
+        state = {
+            "history": {"steps": [], "evals": []},
+            "best_test_bpd": None,
+            "last_test_bpd": None,
+            "nonfinite_total": 0,
+            "wall_time_s": 0.0,
+        }
+        step = 0
+        if self.resume_state is not None:
+            rs = self.resume_state
+            optimizer.load_state_dict(rs["optimizer"])
+            scheduler.load_state_dict(rs["scheduler"])
+            if not self.dist.enabled:
+                noise.set_state(rs["noise_rng"].to(noise.get_state().device))
+            torch.set_rng_state(rs["torch_rng"])
+            step = int(rs["step"])
+            for key in (
+                "history",
+                "best_test_bpd",
+                "last_test_bpd",
+                "nonfinite_total",
+                "wall_time_s",
+            ):
+                state[key] = rs.get(key, state[key])
+
+        net: nn.Module = model
+        if self.dist.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.cuda else None
+            )
+        if c.compile:
+            try:
+                net = torch.compile(net)
+            except Exception as exc:  # a missing compiler must not stop training
+                print(
+                    f"warning: torch.compile unavailable ({exc}); running eagerly", file=sys.stderr
+                )
+        buffers = [b for b in model.buffers()]
+        good_buffers = [b.clone() for b in buffers]
+
+        self.sink.emit(
+            "start",
+            step=step,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            parameters=sum(p.numel() for p in model.parameters()),
+            device=describe(self.device),
+            world_size=self.dist.world,
+            out=str(self.out),
+            model_config=model.config.to_dict(),
+            train_config=c.to_dict(),
+            train_images=len(train),
+            test_images=len(test) if test is not None else None,
+            skipped_files=train.skipped,
+            resumed=self.resume_state is not None,
+        )
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        num_dims = model.config.num_dims
+        consecutive_bad = 0
+        perm_epoch, perm = -1, None
+        window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
+        run_start = time.perf_counter()
+        wall_before = state["wall_time_s"]
+        epoch = step // max(steps_per_epoch, 1)
+        reason = "finished"
+
+        while step < total_steps:
+            epoch, pos = divmod(step, steps_per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = self._epoch_permutation(epoch, len(train)), epoch
+            x = self._batch(images, perm, pos, noise)
+            with self._autocast():
+                zs, logdet = net(x)
+            bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), num_dims).mean()
+            loss = bpd + c.weight_norm_l2 * sum((g.float() ** 2).sum() for g in decay)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            finite = bool(torch.isfinite(grad_norm) & torch.isfinite(bpd))
+            if not finite:
+                # Skip: no update, and the batch-norm statistics of this batch are undone.
+                consecutive_bad += 1
+                state["nonfinite_total"] += 1
+                with torch.no_grad():
+                    for b, saved in zip(buffers, good_buffers):
+                        b.copy_(saved)
+                if consecutive_bad >= c.max_nonfinite:
+                    raise TrainingError(
+                        f"training diverged: {consecutive_bad} non-finite losses in a row at "
+                        f"step {step}; the last good checkpoint in {self.out} is intact "
+                        "(try a lower --lr)"
+                    )
+            else:
+                consecutive_bad = 0
+                optimizer.step()
+                with torch.no_grad():
+                    for b, saved in zip(buffers, good_buffers):
+                        saved.copy_(b)
+                window_loss += bpd.item()
+                window_count += 1
+            scheduler.step()
+            step += 1
+            window_images += x.shape[0] * self.dist.world
+
+            if step % c.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                rate = window_images / max(now - window_start, 1e-9)
+                mean_loss = window_loss / window_count if window_count else float("nan")
+                record = {"step": step, "epoch": epoch, "loss": mean_loss, "images_per_s": rate}
+                state["history"]["steps"].append(record)
+                self.sink.emit(
+                    "step",
+                    **record,
+                    lr=scheduler.get_last_lr()[0],
+                    total_steps=total_steps,
+                    nonfinite=state["nonfinite_total"],
+                )
+                window_start, window_images, window_loss, window_count = now, 0, 0.0, 0
+
+            if self._should_stop(stop):
+                reason = "stopped"
+                break
+            if self.dist.is_main and step % c.eval_every == 0 and step < total_steps:
+                state["wall_time_s"] = wall_before + time.perf_counter() - run_start
+                self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
+
+        state["wall_time_s"] = wall_before + time.perf_counter() - run_start
+        if self.dist.is_main:
+            if reason == "finished":
+                self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
+            else:
+                self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
+        self.sink.emit(
+            "done",
+            step=step,
+            reason=reason,
+            test_bpd=state["last_test_bpd"],
+            best_test_bpd=state["best_test_bpd"],
+            checkpoint=str(self.out / "latest.pt"),
+            nonfinite=state["nonfinite_total"],
+            wall_time_s=state["wall_time_s"],
+        )
+        return {
+            "step": step,
+            "reason": reason,
+            "test_bpd": state["last_test_bpd"],
+            "best_test_bpd": state["best_test_bpd"],
+        }
+
+    def _should_stop(self, stop: _StopFlag) -> bool:
+        if not self.dist.enabled:
+            return stop.requested
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _evaluate_and_save(self, test, step, epoch, optimizer, scheduler, noise, state) -> None:
+        test_bpd = self.evaluate(test)
+        state["last_test_bpd"] = test_bpd
+        state["history"]["evals"].append({"step": step, "test_bpd": test_bpd})
+        self.sink.emit("eval", step=step, epoch=epoch, test_bpd=test_bpd)
+        path = self.write_samples(step)
+        self.sink.emit("samples", step=step, path=str(path), temperatures=[0.7, 1.0])
+        improved = state["best_test_bpd"] is None or test_bpd < state["best_test_bpd"]
+        if improved and math.isfinite(test_bpd):
+            state["best_test_bpd"] = test_bpd
+        self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
+        if improved:
+            self._save("best.pt", step, epoch, optimizer, scheduler, noise, state)
