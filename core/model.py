@@ -201,22 +201,23 @@ class RealNVP(nn.Module):
         zs.append(h)
         return zs, logdet + ld
 
-    def decode_from(self, zs: Sequence[Tensor], level: int, h: Tensor | None = None) -> Tensor:
-        """Unchecked inverse of the scales from ``level`` downwards.
+    def inverse_top(self, z_top: Tensor) -> Tensor:
+        """Unchecked inverse of the final scale: the running tensor for the next level down."""
+        return self.final.inverse(z_top)
 
-        ``h`` is the running tensor coming out of the coarser scales (``None`` starts at the
-        coarsest level). Returns the tensor entering scale ``level``; at level 0 this is
-        the pre-logit image. Used by the explorer to cache coarse levels.
+    def inverse_level(self, level: int, z: Tensor, h: Tensor) -> Tensor:
+        """Unchecked inverse of scale ``level``: joins its latent ``z`` with the running tensor
+        ``h`` from the coarser levels. At level 0 the result is the image in logit space.
+
+        ``decode`` is ``inverse_top`` followed by ``inverse_level`` from the second-coarsest
+        level down to 0; a caller that keeps the intermediate tensors can redo only the
+        levels at and below one that changed (the explorer's level cache).
         """
-        top = self.num_levels - 1
-        if h is None:
-            h = self.final.inverse(zs[top])
-            start = top - 1
-        else:
-            start = level
-        for i in range(start, level - 1, -1):
-            h = self.scales[i].flow.inverse(torch.cat((zs[i], h), dim=1))
-        return h
+        return self.scales[level].flow.inverse(torch.cat((z, h), dim=1))
+
+    def to_image(self, h: Tensor) -> Tensor:
+        """Logit space to images in ``[0, 1]`` (clamped)."""
+        return self.preprocess.inverse(h).clamp(0.0, 1.0)
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Latents of images ``x`` in ``[0, 1]``, one per level, finest first."""
@@ -226,8 +227,10 @@ class RealNVP(nn.Module):
     def decode(self, zs: Sequence[Tensor]) -> Tensor:
         """Exact inverse of :meth:`encode`; images clamped to ``[0, 1]``."""
         self._check_latents(zs)
-        h = self.decode_from(zs, 0)
-        return self.preprocess.inverse(h).clamp(0.0, 1.0)
+        h = self.inverse_top(zs[-1])
+        for level in range(self.num_levels - 2, -1, -1):
+            h = self.inverse_level(level, zs[level], h)
+        return self.to_image(h)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log density in nats per image of (dequantized) ``x`` in ``[0, 1]``; shape (B,)."""
