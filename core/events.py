@@ -55,9 +55,9 @@ class EventSink:
             )
         elif kind == "eval":
             self._last_eval = r["test_bpd"]
-        elif kind in ("done", "error"):
-            message = r.get("message") or r.get("reason", "")
-            err.write(f"\n{kind}: {message}\n")
+        elif kind == "done":
+            err.write(f"\ndone: {r.get('reason', '')} at step {r.get('step')}\n")
+        # "error" is left to the command line, which prints it as its one line
         err.flush()
 
 

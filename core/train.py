@@ -457,9 +457,9 @@ class Trainer:
                 with torch.no_grad():
                     for b, saved in zip(buffers, good_buffers):
                         saved.copy_(b)
+                scheduler.step()
                 window_loss += bpd.item()
                 window_count += 1
-            scheduler.step()
             step += 1
             window_images += x.shape[0] * self.dist.world
 
@@ -481,11 +481,19 @@ class Trainer:
             if self._should_stop(stop):
                 reason = "stopped"
                 break
-            if self.dist.is_main and step % c.eval_every == 0 and step < total_steps:
+            # No checkpoint in the middle of a run of non-finite losses: the last good one
+            # stays the newest on disk.
+            due = step % c.eval_every == 0 and step < total_steps and consecutive_bad == 0
+            if self.dist.is_main and due:
                 state["wall_time_s"] = wall_before + time.perf_counter() - run_start
                 self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
 
         state["wall_time_s"] = wall_before + time.perf_counter() - run_start
+        if self.dist.enabled:
+            # DDP copies rank 0's buffers into every rank before each forward, so rank 0's
+            # batch-norm statistics are the run's; make every rank end with them.
+            for b in model.buffers():
+                dist.broadcast(b, 0)
         if self.dist.is_main:
             if reason == "finished":
                 self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)

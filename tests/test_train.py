@@ -1,0 +1,312 @@
+"""The trainer: events, exact resume, NaN guard, stop signals, and two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from core import FlowConfig
+from core.checkpoint import load_checkpoint, read_checkpoint
+from core.events import EventSink
+from core.train import TrainConfig, Trainer, TrainingError
+from tests.test_data import MNIST_DIR, needs_mnist
+
+pytestmark = needs_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = FlowConfig(in_channels=1, image_size=28, num_scales=2, mid_channels=4, num_blocks=1)
+
+
+def config(out: Path, **kwargs) -> TrainConfig:
+    base = dict(
+        dataset="mnist",
+        data_dir=str(MNIST_DIR),
+        out=str(out),
+        batch_size=16,
+        max_steps=6,
+        eval_every=1000,
+        eval_limit=64,
+        log_every=2,
+        warmup_steps=3,
+        num_samples=4,
+        seed=3,
+    )
+    base.update(kwargs)
+    return TrainConfig(**base)
+
+
+class ListSink(EventSink):
+    def __init__(self) -> None:
+        super().__init__("none")
+        self.events: list[dict] = []
+
+    def emit(self, kind, /, **fields) -> None:
+        self.events.append({"event": kind, **fields})
+
+    def kinds(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+
+def test_run_emits_events_and_writes_files(tmp_path):
+    sink = ListSink()
+    result = Trainer(TINY, config(tmp_path / "run", eval_every=4), sink).run()
+    kinds = sink.kinds()
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("step") == 3 and kinds.count("eval") == 2
+    steps = [e for e in sink.events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [2, 4, 6]
+    assert all(e["loss"] > 0 and e["images_per_s"] > 0 for e in steps)
+    samples = [Path(e["path"]) for e in sink.events if e["event"] == "samples"]
+    assert all(p.is_file() for p in samples) and len(samples) == 2
+    assert result["reason"] == "finished" and result["step"] == 6
+    model, meta = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert meta["step"] == 6 and meta["test_bpd"] == pytest.approx(result["test_bpd"])
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert model.config == TINY
+
+
+def test_resume_continues_exactly(tmp_path):
+    Trainer(TINY, config(tmp_path / "full", max_steps=8)).run()
+    Trainer(TINY, config(tmp_path / "half", max_steps=4)).run()
+    Trainer(
+        None, config(tmp_path / "half", max_steps=8), resume=tmp_path / "half" / "latest.pt"
+    ).run()
+    full = read_checkpoint(tmp_path / "full" / "latest.pt")
+    resumed = read_checkpoint(tmp_path / "half" / "latest.pt")
+    assert resumed["training"]["step"] == 8
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    full_opt = full["training"]["optimizer"]["state"]
+    res_opt = resumed["training"]["optimizer"]["state"]
+    assert all(torch.equal(full_opt[k]["exp_avg"], res_opt[k]["exp_avg"]) for k in full_opt)
+
+
+def test_resume_needs_training_state(tmp_path):
+    from core.checkpoint import save_checkpoint
+    from core.model import RealNVP
+
+    path = save_checkpoint(tmp_path / "bare.pt", RealNVP(TINY))
+    with pytest.raises(TrainingError, match="no training state"):
+        Trainer(None, config(tmp_path / "x"), resume=path)
+
+
+def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    real_batch = Trainer._batch
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        x = real_batch(self, *args)
+        if calls["n"] == 3 or calls["n"] > 4:
+            return torch.full_like(x, float("nan"))
+        return x
+
+    monkeypatch.setattr(Trainer, "_batch", poisoned)
+    sink = ListSink()
+    trainer = Trainer(
+        TINY, config(tmp_path / "run", max_steps=50, eval_every=4, max_nonfinite=5), sink
+    )
+    with pytest.raises(TrainingError, match="5 non-finite losses in a row"):
+        trainer.run()
+    assert sink.kinds()[-1] == "error"
+    # the step-4 checkpoint was written after one skipped batch and is intact
+    model, meta = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert meta["step"] == 4
+    assert all(
+        torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
+    )
+    steps = [e for e in sink.events if e["event"] == "step"]
+    assert steps[1]["nonfinite"] == 1
+
+
+def test_skipped_step_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        Trainer,
+        "_batch",
+        lambda self, images, perm, pos, noise: torch.full((16, 1, 28, 28), float("nan")),
+    )
+    trainer = Trainer(TINY, config(tmp_path / "run", max_steps=1))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(before[key], value), key
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "core", *args]
+
+
+def test_json_progress_parses_and_stop_signal_saves(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cli(
+            "train",
+            "--data-dir",
+            str(MNIST_DIR),
+            "--out",
+            str(out),
+            "--num-scales",
+            "2",
+            "--mid-channels",
+            "4",
+            "--num-blocks",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "100000",
+            "--log-every",
+            "1",
+            "--eval-limit",
+            "16",
+            "--progress",
+            "json",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    events = []
+    try:
+        for line in proc.stdout:
+            events.append(json.loads(line))  # every stdout line is one JSON object
+            if events[-1]["event"] == "step" and events[-1]["step"] >= 3:
+                proc.send_signal(signal.SIGTERM)
+                break
+        for line in proc.stdout:
+            events.append(json.loads(line))
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "checkpoint" in kinds
+    assert events[-1]["reason"] == "stopped"
+    _, meta = load_checkpoint(out / "latest.pt")
+    assert meta["step"] == events[-1]["step"] >= 3
+    assert all(set(e) >= {"event", "time"} for e in events)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", "folder", "--data-dir", "{tmp}/none"], "no such folder"),
+        (["train", "--batch-size", "0"], "must be a positive integer"),
+        (["train", "--device", "cuda:7"], "cuda"),
+        (["info", "{tmp}/missing.pt"], "no such file"),
+        (["info", "{tmp}/junk.pt"], "not a readable checkpoint"),
+        (["sample", "{tmp}/junk.pt"], "not a readable checkpoint"),
+        (["encode", "{ckpt}", "{tmp}/junk.pt"], "not an image"),
+        (["eval", "{ckpt}", "--data-dir", "{tmp}"], "not found"),
+    ],
+    ids=[
+        "empty-folder",
+        "bad-flag",
+        "bad-device",
+        "missing",
+        "junk",
+        "junk-sample",
+        "bad-image",
+        "no-data",
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, args, message, tiny_ckpt):
+    (tmp_path / "junk.pt").write_text("junk")
+    args = [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args]
+    result = subprocess.run(_cli(*args), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path_factory):
+    from core.checkpoint import save_checkpoint
+    from core.model import RealNVP
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, RealNVP(TINY).eval(), {"dataset": "mnist"})
+    return path
+
+
+def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+
+    def run(*a):
+        return subprocess.run(
+            _cli(*a),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+
+    run("sample", str(tiny_ckpt), "--n", "4", "--out", str(grid), "--seed", "1")
+    assert Image.open(grid).size == (62, 62)
+    Image.fromarray((torch.rand(40, 50) * 255).byte().numpy()).save(tmp_path / "in.png")
+    out = json.loads(
+        run(
+            "encode",
+            str(tiny_ckpt),
+            str(tmp_path / "in.png"),
+            "--out",
+            str(tmp_path / "enc"),
+            "--json",
+        )
+    )
+    assert out[0]["max_abs_error"] < 1e-4 and out[0]["bits_per_dim"] > 0
+    assert (tmp_path / "enc" / "in_recon.png").is_file()
+    assert (tmp_path / "enc" / "in_latents.npz").is_file()
+    info = json.loads(run("info", str(tiny_ckpt), "--json"))
+    assert info["latent_shapes"] == [[2, 14, 14], [2, 14, 14]]
+    ev = json.loads(
+        run("eval", str(tiny_ckpt), "--data-dir", str(MNIST_DIR), "--limit", "32", "--json")
+    )
+    assert ev["images"] == 32 and ev["test_bpd"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, dump: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    trainer = Trainer(TINY, config(Path(out), max_steps=3, device="cpu"))
+    trainer.run()
+    torch.save(trainer.model.state_dict(), f"{dump}/rank{rank}.pt")
+
+
+def test_two_gloo_processes_keep_identical_weights(tmp_path):
+    port = _free_port()
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    _, meta = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert meta["step"] == 3 and meta["images_seen"] == 3 * 16 * 2
+    fresh = Trainer(TINY, config(tmp_path / "unused", max_steps=1)).model.state_dict()
+    assert any(not torch.equal(a[k], fresh[k]) for k in a)  # training moved the weights
