@@ -270,6 +270,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--checkpoint", help="model for the latency figures (default: bundled)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
+    p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
 
 
 def _cmd_bench(args) -> int:

@@ -1,0 +1,240 @@
+"""``realnvp bench`` / ``python -m core.bench``: speed figures for this machine.
+
+Prints (or with ``--json`` writes one JSON object with these stable keys):
+
+- ``machine``: torch version, device, threads.
+- ``matmul_peak_gflops``: float32 2048x2048 matmul throughput, the machine's ceiling.
+- ``models.<name>``: for each preset (and ``bundled`` when that checkpoint exists):
+  ``parameters``; ``encode_ms`` / ``decode_ms`` with ``p50`` and ``p95`` for ``batch_1`` and
+  ``batch_64``; ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
+  counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``.
+- ``gui`` (when the explorer is installed): slider-to-pixels latency from
+  ``python -m explorer.bench --json``, run as a separate process so ``core`` never loads Qt.
+
+Tests never assert these times; they only check that the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.device import describe, pick_device
+from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob, nats_to_bits_per_dim
+
+BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50": round(statistics.median(ordered), 3), "p95": round(p95, 3), "n": len(ordered)}
+
+
+def _time_ms(
+    fn: Callable[[], Any], repeats: int, warmup: int = 2, device: torch.device | None = None
+) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = min(_time_ms(lambda: a @ b, repeats, device=device))
+    return round(2 * size**3 / (best / 1000.0) / 1e9, 1)
+
+
+def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
+    cfg = model.config
+    x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+    with torch.inference_mode():
+        zs = model.encode(x)
+        enc = _time_ms(lambda: model.encode(x), repeats, device=device)
+        dec = _time_ms(lambda: model.decode(zs), repeats, device=device)
+    return {"encode_ms": _percentiles(enc), "decode_ms": _percentiles(dec)}
+
+
+def train_step_flops(model: RealNVP, batch: int, device: torch.device) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model.config
+    x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        zs, logdet = model(x)
+        (-(gaussian_log_prob(zs) + logdet).mean()).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def training_speed(
+    config: FlowConfig, batch: int, steps: int, device: torch.device, peak: float
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = RealNVP(config).to(device).train()
+    flops = train_step_flops(model, batch, device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    def step() -> None:
+        with autocast:
+            zs, logdet = model(x)
+        loss = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), config.num_dims).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    times = _time_ms(step, steps, warmup=1, device=device)
+    per_step = statistics.median(times) / 1000.0
+    gflops = flops / per_step / 1e9
+    return {
+        "batch": batch,
+        "train_images_per_s": round(batch / per_step, 1),
+        "train_step_gflop": round(flops / 1e9, 2),
+        "train_gflops": round(gflops, 1),
+        "train_peak_fraction": round(gflops / peak, 3) if peak else None,
+    }
+
+
+def gui_latency(checkpoint: Path | None, quick: bool) -> dict[str, Any] | None:
+    """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable."""
+    cmd = [sys.executable, "-m", "explorer.bench", "--json"]
+    if checkpoint is not None:
+        cmd.append(str(checkpoint))
+    if quick:
+        cmd.append("--quick")
+    try:
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": "unreadable output"}
+
+
+def run(
+    quick: bool = False,
+    checkpoint: str | None = None,
+    device_name: str = "auto",
+    presets: list[str] | None = None,
+    gui: bool = True,
+) -> dict[str, Any]:
+    from core.checkpoint import load_checkpoint
+
+    device = pick_device(device_name)
+    repeats = 5 if quick else 30
+    train_steps = 2 if quick else 5
+    peak = matmul_peak_gflops(device, repeats=3 if quick else 10)
+    report: dict[str, Any] = {
+        "machine": {
+            "torch": torch.__version__,
+            "device": describe(device),
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
+        "matmul_peak_gflops": peak,
+        "models": {},
+    }
+    names = presets if presets is not None else list(PRESETS)
+    models: dict[str, tuple[RealNVP, bool]] = {}
+    for name in names:
+        models[name] = (RealNVP(PRESETS[name]).to(device).eval(), True)
+    bundled = Path(checkpoint) if checkpoint else (BUNDLED if BUNDLED.is_file() else None)
+    if bundled is not None:
+        models["bundled"] = (load_checkpoint(bundled, device)[0], False)
+    for name, (model, train) in models.items():
+        entry: dict[str, Any] = {
+            "config": model.config.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "batch_1": latency(model, 1, repeats, device),
+            "batch_64": latency(model, 64, 2 if quick else 10, device),
+        }
+        if train:
+            entry.update(training_speed(model.config, 64, train_steps, device, peak))
+        report["models"][name] = entry
+    if gui:
+        report["gui"] = gui_latency(bundled, quick)
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(
+        f"torch {m['torch']} on {m['device']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s"
+    )
+    for name, e in report["models"].items():
+        print(f"\n{name}: {e['parameters']:,} parameters")
+        for batch in ("batch_1", "batch_64"):
+            enc, dec = e[batch]["encode_ms"], e[batch]["decode_ms"]
+            print(
+                f"  {batch:>8}: encode p50 {enc['p50']:.1f} ms p95 {enc['p95']:.1f} ms | "
+                f"decode p50 {dec['p50']:.1f} ms p95 {dec['p95']:.1f} ms"
+            )
+        if "train_images_per_s" in e:
+            print(
+                f"  training (batch 64): {e['train_images_per_s']} images/s, "
+                f"{e['train_gflops']} GFLOP/s = {100 * e['train_peak_fraction']:.0f}% of peak"
+            )
+    if report.get("gui"):
+        print(f"\ngui: {json.dumps(report['gui'])}")
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    if args is None:
+        parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__)
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--quick", action="store_true")
+        parser.add_argument("--checkpoint")
+        args = parser.parse_args()
+    report = run(
+        quick=args.quick,
+        checkpoint=args.checkpoint,
+        device_name=getattr(args, "device", "auto"),
+        presets=getattr(args, "presets", None),
+        gui=not getattr(args, "no_gui", False),
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

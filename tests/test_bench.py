@@ -1,0 +1,38 @@
+"""The benchmark runs and reports its documented keys (times are never asserted)."""
+
+from __future__ import annotations
+
+import torch
+
+from core import FlowConfig, RealNVP
+from core.bench import latency, run, train_step_flops, training_speed
+from core.checkpoint import save_checkpoint
+
+TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
+
+
+def test_report_keys(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", RealNVP(TINY).eval())
+    report = run(quick=True, checkpoint=str(path), presets=[], gui=False)
+    assert report["matmul_peak_gflops"] > 0
+    bundled = report["models"]["bundled"]
+    assert bundled["parameters"] == sum(p.numel() for p in RealNVP(TINY).parameters())
+    for batch in ("batch_1", "batch_64"):
+        for key in ("encode_ms", "decode_ms"):
+            assert set(bundled[batch][key]) == {"p50", "p95", "n"}
+            assert 0 < bundled[batch][key]["p50"] <= bundled[batch][key]["p95"]
+
+
+def test_training_figures_count_real_flops():
+    model = RealNVP(TINY)
+    flops = train_step_flops(model, 2, torch.device("cpu"))
+    # at least the forward convolutions: the first s/t input conv alone is 2*8*8*2*4*9 per image
+    assert flops > 2 * 2 * 8 * 8 * 2 * 4 * 9
+    figures = training_speed(TINY, 4, 1, torch.device("cpu"), peak=100.0)
+    assert figures["train_images_per_s"] > 0 and figures["train_gflops"] > 0
+    assert figures["train_peak_fraction"] == round(figures["train_gflops"] / 100.0, 3)
+
+
+def test_latency_shapes():
+    out = latency(RealNVP(TINY).eval(), 3, 2, torch.device("cpu"))
+    assert out["encode_ms"]["n"] == 2
