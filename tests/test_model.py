@@ -251,3 +251,20 @@ def test_bf16_autocast_keeps_flow_arithmetic_in_float32():
     assert torch.allclose(logdet, ref_logdet, rtol=0.05, atol=1.0)
     recon = model.decode([z.float() for z in zs])
     assert (recon - x).abs().max() < 0.05
+
+
+def test_folded_inference_model_agrees():
+    from core.inference import fold_for_inference
+
+    config = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=2)
+    model = tiny_model(config)
+    folded = fold_for_inference(model)
+    assert not any(type(m).__name__ == "WeightNormConv2d" for m in folded.modules())
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    zs, zs_folded = model.encode(x), folded.encode(x)
+    for a, b in zip(zs, zs_folded):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.allclose(model.log_prob(x), folded.log_prob(x), atol=1e-9)
+    assert torch.allclose(folded.decode(zs), x, atol=1e-10)
+    # the original keeps its weight-normalized layers and still trains
+    assert any(type(m).__name__ == "WeightNormConv2d" for m in model.modules())
