@@ -1,0 +1,1 @@
+"""The Real NVP desktop explorer (Qt). Only :mod:`explorer.engine` imports torch."""

@@ -1,0 +1,181 @@
+"""``realnvp-explorer [CHECKPOINT]`` and ``python -m explorer``: start the desktop explorer.
+
+``--screenshot PATH`` renders the window offscreen once the model is loaded and the first
+frame is on screen, writes a PNG and exits (for the README and for checks without a display).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+SCREENSHOT_SIZE = (1320, 820)
+FIRST_FRAME_TIMEOUT_MS = 120_000
+_quiet_installed = False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="realnvp-explorer", description="Explore a Real NVP model's samples and latents."
+    )
+    parser.add_argument(
+        "checkpoint", nargs="?", help="model to open (default: the bundled model in resources/)"
+    )
+    parser.add_argument(
+        "--screenshot", metavar="PATH", help="write a PNG of the window after the first frame"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for rendering (default: torch's)"
+    )
+    return parser.parse_args(argv)
+
+
+def apply_dark_theme(app) -> None:
+    """Fusion with a dark neutral palette: the same look on every platform, and images
+    (mostly dark MNIST backgrounds) read well against it."""
+    from PySide6.QtGui import QColor, QPalette
+
+    app.setStyle("Fusion")
+    palette = QPalette()
+    roles = {
+        QPalette.ColorRole.Window: "#23262a",
+        QPalette.ColorRole.WindowText: "#e3e5e8",
+        QPalette.ColorRole.Base: "#1b1d20",
+        QPalette.ColorRole.AlternateBase: "#2a2d31",
+        QPalette.ColorRole.ToolTipBase: "#2f3337",
+        QPalette.ColorRole.ToolTipText: "#e3e5e8",
+        QPalette.ColorRole.Text: "#e3e5e8",
+        QPalette.ColorRole.Button: "#30343a",
+        QPalette.ColorRole.ButtonText: "#e3e5e8",
+        QPalette.ColorRole.BrightText: "#ff6b6b",
+        QPalette.ColorRole.Highlight: "#3d7fd6",
+        QPalette.ColorRole.HighlightedText: "#ffffff",
+        QPalette.ColorRole.Link: "#6fb1ff",
+        QPalette.ColorRole.PlaceholderText: "#8b9097",
+        QPalette.ColorRole.Mid: "#3a3e44",
+        QPalette.ColorRole.Dark: "#151719",
+    }
+    for role, color in roles.items():
+        palette.setColor(role, QColor(color))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6c7177"))
+    app.setPalette(palette)
+
+
+def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRAME_TIMEOUT_MS):
+    """Show ``window``, wait until its first frame has been painted, grab it to ``path``."""
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    view = window.samples_panel.view
+    window.resize(*SCREENSHOT_SIZE)
+    window.show()
+    if not view.painted_frame_id:
+        loop = QEventLoop()
+        view.frame_painted.connect(loop.quit)
+        QTimer.singleShot(timeout_ms, loop.quit)
+        if window.last_request_id and not view.painted_frame_id:
+            loop.exec()
+    if not view.painted_frame_id:
+        raise RuntimeError("no frame was rendered in time")
+    QApplication.processEvents()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path), "PNG"):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def quiet_offscreen_messages() -> None:
+    """Drop the one warning the offscreen platform prints for every window shown
+    ("does not support propagateSizeHints"); every other Qt message passes through."""
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    _quiet_installed = True
+    from PySide6.QtCore import qInstallMessageHandler
+
+    previous = None
+
+    def handler(mode, context, message: str) -> None:
+        if "propagateSizeHints" in message:
+            return
+        if previous is not None:
+            previous(mode, context, message)
+        else:
+            print(message, file=sys.stderr)
+
+    previous = qInstallMessageHandler(handler)
+
+
+def _quit_on_interrupt(app) -> None:
+    """Ctrl+C in the terminal closes the app: Python only sees the signal when it runs,
+    so a timer gives it a moment now and then while Qt's loop waits."""
+    from PySide6.QtCore import QTimer
+
+    signal.signal(signal.SIGINT, lambda *_: app.closeAllWindows())
+    timer = QTimer(app)
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.screenshot:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        quiet_offscreen_messages()
+
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.engine import RenderEngine
+    from explorer.main_window import MainWindow
+    from explorer.settings import APPLICATION, ORGANIZATION
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName("Real NVP Explorer")
+    apply_dark_theme(app)
+
+    try:
+        engine = RenderEngine(device=args.device, num_threads=args.threads)
+    except ValueError as exc:  # an unknown or unavailable device
+        print(f"realnvp-explorer: {exc}", file=sys.stderr)
+        return 2
+    window = MainWindow(engine)
+    window.resize(*SCREENSHOT_SIZE)
+    if args.checkpoint:
+        if not window.open_checkpoint(args.checkpoint):
+            if args.screenshot:
+                print(f"realnvp-explorer: {window.last_error}", file=sys.stderr)
+                window.close()
+                return 1
+            window.open_default()  # the error box stays open over it
+    else:
+        window.open_default()
+
+    if args.screenshot:
+        try:
+            saved = take_screenshot(window, args.screenshot)
+        except (RuntimeError, OSError) as exc:
+            print(f"realnvp-explorer: screenshot failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            window.close()
+        print(saved)
+        return 0
+
+    window.restore_geometry()
+    app.aboutToQuit.connect(engine.shutdown)
+    _quit_on_interrupt(app)
+    window.show()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,313 @@
+"""The render engine: the one explorer module that touches torch.
+
+It owns the model and turns immutable :class:`RenderRequest` objects (numpy latents, one
+array per level) into numpy ``uint8`` images, handed back by the ``frame_rendered`` signal.
+
+- **Newest request wins.** A request waits in a one-slot mailbox; a newer one replaces it,
+  so a slider dragged faster than frames can be drawn skips the stale positions instead of
+  queueing them (napari's slicer does the same). A render already running is not aborted:
+  during a drag that keeps frames coming.
+- **Level cache.** Decoding runs coarse to fine, and the running tensor after handling
+  levels ``>= j`` depends only on the latents of those levels. The engine keeps those
+  tensors from the last frame; when only fine levels changed it restarts from the cached
+  tensor of the coarsest unchanged level. The arithmetic is the same as a full decode, so
+  the pixels are the same.
+- **Threads.** By default the work runs on a worker ``QThread``; ``threaded=False`` renders
+  on the caller's thread when :meth:`RenderEngine.submit` is called (tests, screenshots).
+  Either way ``frame_rendered`` is emitted on the engine's own (GUI) thread.
+
+The engine never touches a widget; widgets never touch torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from core.checkpoint import load_checkpoint
+from core.device import describe, pick_device
+from core.images import to_uint8
+from core.model import FlowConfig, RealNVP, preset
+from explorer.state import ModelInfo
+
+# The architecture of the bundled model, used untrained when the bundled file is missing,
+# so the app still shows the real level structure.
+RANDOM_MODEL_CONFIG = preset("mnist-small")
+
+
+@dataclass(frozen=True, eq=False)
+class RenderRequest:
+    """One frame to draw. The latents are copied and made read-only on construction, so
+    a request can cross threads and nothing can change it while it waits."""
+
+    request_id: int
+    model_id: int
+    latents: tuple[np.ndarray, ...]  # finest first, each (N, C, H, W) float32
+
+    def __post_init__(self) -> None:
+        frozen = []
+        for z in self.latents:
+            z = np.array(z, dtype=np.float32, copy=True, order="C")
+            z.setflags(write=False)
+            frozen.append(z)
+        object.__setattr__(self, "latents", tuple(frozen))
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """A rendered frame: ``images`` is ``uint8 (N, C, H, W)``."""
+
+    request_id: int
+    model_id: int
+    images: np.ndarray
+    elapsed_ms: float
+    levels_decoded: int  # how many levels were decoded; fewer than all = cache hit
+    dropped: int  # requests skipped so far because newer ones replaced them
+
+
+@dataclass
+class _LevelCache:
+    model_id: int
+    latents: list[np.ndarray]  # the latents of the cached frame, finest first
+    running: list[torch.Tensor]  # running[j]: tensor after handling levels >= j
+
+
+class _RenderThread(QThread):
+    """Takes the newest request, renders it, reports back; sleeps when there is none."""
+
+    rendered = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, engine: RenderEngine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    def run(self) -> None:
+        while (request := self._engine._next_request(block=True)) is not None:
+            try:
+                frame = self._engine._render(request)
+            except Exception as exc:  # a bad frame must not kill the worker
+                self.failed.emit(f"{type(exc).__name__}: {exc}")
+            else:
+                if frame is not None:
+                    self.rendered.emit(frame)
+
+
+class RenderEngine(QObject):
+    """Owns the model; renders :class:`RenderRequest` objects into :class:`Frame` objects."""
+
+    frame_rendered = Signal(object)  # Frame
+    render_failed = Signal(str)
+
+    def __init__(
+        self,
+        device: str = "auto",
+        threaded: bool = True,
+        num_threads: int | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        if num_threads is not None:
+            # Process-wide in torch. On a busy machine one thread avoids oversubscription,
+            # which costs far more than it gains for the small batches of a live view.
+            torch.set_num_threads(max(1, int(num_threads)))
+        self.device = pick_device(device)
+        self.device_label = describe(self.device)
+        self.threaded = threaded
+        self.cache_enabled = True
+        self.dropped = 0
+        self.rendered = 0
+        self._model: RealNVP | None = None
+        self._info: ModelInfo | None = None
+        self._model_ids = iter(range(1, 2**62))
+        self._cache: _LevelCache | None = None
+        self._model_lock = threading.Lock()  # held while rendering or swapping the model
+        self._mailbox = threading.Condition()
+        self._pending: RenderRequest | None = None
+        self._held = 0
+        self._stopping = False
+        self._thread: _RenderThread | None = None
+        if threaded:
+            self._thread = _RenderThread(self)
+            # The thread object lives on this (GUI) thread, so these queued connections
+            # deliver frames here; listeners of frame_rendered never run on the worker.
+            self._thread.rendered.connect(self._deliver)
+            self._thread.failed.connect(self.render_failed)
+            self._thread.start()
+
+    # -- the model -------------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._info
+
+    @property
+    def model_id(self) -> int:
+        return self._info.model_id if self._info else 0
+
+    def open_checkpoint(self, path: str | os.PathLike) -> ModelInfo:
+        """Load a checkpoint and make it current. Raises ``CheckpointError`` (a
+        ``ValueError`` with a message for the user); the current model then stays."""
+        model, meta = load_checkpoint(path, map_location=self.device)
+        test_bpd = meta.get("test_bpd")
+        step = meta.get("step")
+        return self._install(
+            model,
+            source=str(Path(path)),
+            untrained=False,
+            dataset=str(meta["dataset"]) if meta.get("dataset") else None,
+            test_bpd=float(test_bpd) if isinstance(test_bpd, (int, float)) else None,
+            step=int(step) if isinstance(step, int) else None,
+        )
+
+    def open_random(self, config: FlowConfig = RANDOM_MODEL_CONFIG, seed: int = 0) -> ModelInfo:
+        """An untrained model with slightly perturbed weights, so it is not the identity
+        (every coupling starts as one) and its samples show some structure."""
+        generator = torch.Generator().manual_seed(seed)
+        model = RealNVP(config)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=generator))
+        model = model.to(self.device).eval()
+        return self._install(
+            model, source=None, untrained=True, dataset=None, test_bpd=None, step=None
+        )
+
+    def _install(self, model: RealNVP, **info: Any) -> ModelInfo:
+        with self._mailbox:
+            self._pending = None  # its latents fit the old model
+        with self._model_lock:
+            self._model = model
+            self._cache = None
+            self._info = ModelInfo(
+                model_id=next(self._model_ids),
+                image_size=model.config.image_size,
+                channels=model.config.in_channels,
+                num_parameters=sum(p.numel() for p in model.parameters()),
+                latent_shapes=tuple(tuple(int(v) for v in s) for s in model.latent_shapes),
+                device=self.device_label,
+                config=model.config.to_dict(),
+                **info,
+            )
+            return self._info
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def submit(self, request: RenderRequest) -> None:
+        """Queue ``request``, replacing (dropping) any request not yet started."""
+        with self._mailbox:
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = request
+            self._mailbox.notify()
+        if not self.threaded and not self._held:
+            self.process_pending()
+
+    def process_pending(self) -> Frame | None:
+        """Synchronous mode: render the newest waiting request now, on this thread."""
+        request = self._next_request(block=False)
+        if request is None:
+            return None
+        try:
+            frame = self._render(request)
+        except Exception as exc:
+            self.render_failed.emit(f"{type(exc).__name__}: {exc}")
+            return None
+        if frame is not None:
+            self._deliver(frame)
+        return frame
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Collect requests without rendering; on exit only the newest is rendered."""
+        with self._mailbox:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._mailbox:
+                self._held -= 1
+                self._mailbox.notify()
+            if not self.threaded and not self._held:
+                self.process_pending()
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (waits for a render in progress)."""
+        with self._mailbox:
+            self._stopping = True
+            self._pending = None
+            self._mailbox.notify_all()
+        if self._thread is not None:
+            self._thread.wait()
+            self._thread = None
+
+    @Slot(object)
+    def _deliver(self, frame: Frame) -> None:
+        self.rendered += 1
+        self.frame_rendered.emit(frame)
+
+    def _next_request(self, block: bool) -> RenderRequest | None:
+        with self._mailbox:
+            while block and not self._stopping and (self._pending is None or self._held):
+                self._mailbox.wait()
+            if self._stopping or self._held:
+                return None
+            request, self._pending = self._pending, None
+            return request
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _render(self, request: RenderRequest) -> Frame | None:
+        with self._model_lock:
+            model = self._model
+            if model is None or request.model_id != self.model_id:
+                return None  # made for a model that has since been replaced
+            start = time.perf_counter()
+            with torch.inference_mode():
+                images, decoded = self._decode(model, request.latents)
+                pixels = to_uint8(images.float().cpu().numpy())
+            elapsed = (time.perf_counter() - start) * 1000.0
+        return Frame(request.request_id, request.model_id, pixels, elapsed, decoded, self.dropped)
+
+    def _decode(self, model: RealNVP, latents: Sequence[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """Images for ``latents``, reusing cached coarse levels; returns (images, levels
+        decoded). Same steps as ``RealNVP.decode``."""
+        num_levels = model.num_levels
+        if len(latents) != num_levels:
+            raise ValueError(f"expected {num_levels} latent levels, got {len(latents)}")
+        for i, (z, shape) in enumerate(zip(latents, model.latent_shapes)):
+            if z.ndim != 4 or z.shape[1:] != tuple(shape) or z.shape[0] != latents[0].shape[0]:
+                raise ValueError(f"latent level {i} has shape {z.shape}, expected (N, {shape})")
+        cache = self._cache if self.cache_enabled else None
+        # The coarsest level that differs from the cached frame; all finer ones are redone.
+        start = num_levels - 1
+        if cache is not None and cache.model_id == self.model_id:
+            start = -1
+            for j in range(num_levels - 1, -1, -1):
+                if not np.array_equal(latents[j], cache.latents[j]):
+                    start = j
+                    break
+            running = list(cache.running)
+        else:
+            running = [None] * num_levels  # type: ignore[list-item]
+        param = next(model.parameters())
+        for level in range(start, -1, -1):
+            z = torch.tensor(latents[level], device=param.device, dtype=param.dtype)
+            if level == num_levels - 1:
+                running[level] = model.inverse_top(z)
+            else:
+                running[level] = model.inverse_level(level, z, running[level + 1])
+        images = model.to_image(running[0])
+        if self.cache_enabled:
+            self._cache = _LevelCache(self.model_id, list(latents), running)
+        return images, start + 1

@@ -1,0 +1,393 @@
+"""The main window: menus, panels, status bar, and the wiring between state and engine.
+
+Data flow: a widget edits the :class:`ExplorerState`; the state's ``changed`` event makes
+the window build an immutable :class:`RenderRequest` and hand it to the
+:class:`RenderEngine`; the engine's ``frame_rendered`` signal brings the pixels back to the
+samples panel. The window owns the engine and shuts its thread down when it closes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QKeySequence,
+)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.checkpoint import CheckpointError
+from core.images import make_grid, save_png
+from explorer.engine import Frame, RenderEngine, RenderRequest
+from explorer.levels_panel import LatentLevelsPanel
+from explorer.model_panel import ModelPanel
+from explorer.samples_panel import SamplesPanel
+from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.state import ExplorerState, ModelInfo, StateChange, StateFileError
+from explorer.widgets import grid_columns
+
+CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
+STATE_FILTER = "Latent state (*.npz)"
+PNG_FILTER = "PNG image (*.png)"
+DEFAULT_GRID = 16
+DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
+
+
+class MainWindow(QMainWindow):
+    """The explorer window. ``engine`` defaults to a threaded engine on the best device."""
+
+    model_opened = Signal(object)  # ModelInfo
+    frame_shown = Signal(int)  # request id of the frame now in the samples view
+
+    def __init__(
+        self,
+        engine: RenderEngine | None = None,
+        settings: ExplorerSettings | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine if engine is not None else RenderEngine()
+        self.settings = settings if settings is not None else ExplorerSettings()
+        self.state = ExplorerState(n_images=DEFAULT_GRID)
+        self.last_frame: Frame | None = None
+        self.last_error: str | None = None
+        self.error_box: QMessageBox | None = None
+        self.last_request_id = 0
+
+        self.setWindowTitle("Real NVP Explorer")
+        self.setAcceptDrops(True)
+        self.samples_panel = SamplesPanel(self.state)
+        self.levels_panel = LatentLevelsPanel(self.state)
+        self.model_panel = ModelPanel()
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet(
+            "QLabel { background: #5a4510; color: #ffe7a8; padding: 6px 10px; border-radius: 4px; }"
+        )
+        self.notice.hide()
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.model_panel)
+        splitter.addWidget(self.samples_panel)
+        splitter.addWidget(self.levels_panel)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(2, 0)
+        splitter.setSizes([230, 640, 440])
+        self.model_panel.setMinimumWidth(190)
+        self.levels_panel.setMinimumWidth(380)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(8, 8, 8, 4)
+        layout.addWidget(self.notice)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+
+        self.device_label = QLabel(self.engine.device_label)
+        self.frame_label = QLabel("no frame yet")
+        status = self.statusBar()
+        for label in (self.frame_label, self.device_label):
+            label.setContentsMargins(8, 0, 8, 0)
+            status.addPermanentWidget(label)
+        self._build_menus()
+
+        self.state.changed.connect(self._on_state_changed)
+        self.engine.frame_rendered.connect(self._on_frame)
+        self.engine.render_failed.connect(self._on_render_failed)
+        self.samples_panel.view.image_selected.connect(self.levels_panel.set_image_index)
+        self.samples_panel.view.setFocus()  # not the first spin box: keys act on the window
+
+    # -- menus ------------------------------------------------------------------------------
+
+    def _action(self, text: str, slot, shortcuts=(), tip: str = "") -> QAction:
+        action = QAction(text, self)
+        action.setShortcuts([QKeySequence(s) for s in shortcuts])
+        action.setStatusTip(tip)
+        action.triggered.connect(lambda _checked=False: slot())
+        self.addAction(action)  # shortcuts work even while the menu bar is hidden
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self.open_action = self._action(
+            "&Open Checkpoint…", self.open_checkpoint_dialog, [QKeySequence.StandardKey.Open]
+        )
+        file_menu.addAction(self.open_action)
+        self.recent_menu = QMenu("Open &Recent", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        self.save_grid_action = self._action(
+            "&Save Grid as PNG…", self.save_grid_dialog, [QKeySequence.StandardKey.Save]
+        )
+        self.save_image_action = self._action(
+            "Save Selected &Image as PNG…", self.save_image_dialog, ["Ctrl+Shift+S"]
+        )
+        file_menu.addActions([self.save_grid_action, self.save_image_action])
+        file_menu.addSeparator()
+        self.save_state_action = self._action(
+            "Save Latent S&tate…", self.save_state_dialog, ["Ctrl+Alt+S"]
+        )
+        self.load_state_action = self._action(
+            "&Load Latent State…", self.load_state_dialog, ["Ctrl+Alt+O"]
+        )
+        file_menu.addActions([self.save_state_action, self.load_state_action])
+        file_menu.addSeparator()
+        self.quit_action = self._action("&Quit", self.close, ["Ctrl+Q"])
+        file_menu.addAction(self.quit_action)
+
+        edit_menu = bar.addMenu("&Edit")
+        self.undo_action = self._action("&Undo", self.state.undo, ["Ctrl+Z"])
+        self.redo_action = self._action("&Redo", self.state.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        edit_menu.addActions([self.undo_action, self.redo_action])
+
+        sample_menu = bar.addMenu("&Sample")
+        self.resample_action = self._action(
+            "&Resample", self.state.resample, ["R"], "New noise for every unlocked level"
+        )
+        sample_menu.addAction(self.resample_action)
+        self._update_undo_actions()
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        files = self.settings.recent_files()
+        for path in files:
+            action = self.recent_menu.addAction(Path(path).name)
+            action.setToolTip(path)
+            action.setStatusTip(path)
+            action.triggered.connect(lambda _checked=False, p=path: self.open_checkpoint(p))
+        if not files:
+            self.recent_menu.addAction("No recent files").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear List", self.settings.clear_recent_files)
+
+    # -- opening models -----------------------------------------------------------------------
+
+    def open_checkpoint(self, path: str | os.PathLike) -> bool:
+        """Open ``path``; on failure show why and keep the current model."""
+        try:
+            info = self.engine.open_checkpoint(path)
+        except CheckpointError as exc:
+            self.report_error("Cannot open checkpoint", str(exc))
+            if str(Path(path).resolve()) in self.settings.recent_files():
+                self.settings.remove_recent_file(str(Path(path).resolve()))
+            return False
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of device memory
+            self.report_error("Cannot open checkpoint", f"{path}: {exc}")
+            return False
+        self.settings.add_recent_file(path)
+        self._model_changed(info)
+        return True
+
+    def open_default(self, path: str | os.PathLike | None = None) -> bool:
+        """The bundled model, or an untrained random one (with a notice) when it is missing
+        or unreadable. Returns whether the bundled model was opened."""
+        path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        reason = f"The bundled model {path} was not found."
+        if path.is_file():
+            try:
+                self._model_changed(self.engine.open_checkpoint(path))
+                return True
+            except CheckpointError as exc:
+                reason = f"The bundled model could not be read: {exc}"
+        self.open_random(reason)
+        return False
+
+    def open_random(self, reason: str = "") -> None:
+        info = self.engine.open_random()
+        self._model_changed(info)
+        self.notice.setText(
+            f"<b>Untrained model.</b> {reason} These samples come from random weights; open "
+            "a trained checkpoint with File › Open (Ctrl+O) or drop one on the window."
+        )
+        self.notice.show()
+
+    def open_checkpoint_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open checkpoint", self.settings.last_dir, CHECKPOINT_FILTER
+        )
+        if path:
+            self.open_checkpoint(path)
+
+    def _model_changed(self, info: ModelInfo) -> None:
+        self.notice.setVisible(info.untrained)
+        self.model_panel.show_info(info)
+        self.device_label.setText(info.device)
+        name = Path(info.source).name if info.source else "random model"
+        self.setWindowTitle(f"{name} — Real NVP Explorer")
+        keep_view = self.state.shapes == info.latent_shapes and self.last_frame is not None
+        self.state.reset(
+            info.latent_shapes,
+            temperature=self.state.temperature if keep_view else DEFAULT_TEMPERATURE,
+        )
+        self.model_opened.emit(info)
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def request_render(self) -> int:
+        """Send the state's latents to the engine; returns the request id."""
+        self.last_request_id += 1
+        self.engine.submit(
+            RenderRequest(self.last_request_id, self.engine.model_id, tuple(self.state.latents()))
+        )
+        return self.last_request_id
+
+    def _on_state_changed(self, change: StateChange) -> None:
+        self._update_undo_actions()
+        if change.levels or change.reset:
+            self.request_render()
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.model_id != self.engine.model_id:
+            return  # from the model before the one just opened
+        self.last_frame = frame
+        self.samples_panel.show_frame(frame.images, frame.request_id)
+        total = len(self.state.shapes)
+        cached = "" if frame.levels_decoded == total else f", {frame.levels_decoded}/{total} levels"
+        self.frame_label.setText(f"frame {frame.elapsed_ms:.1f} ms{cached}")
+        self.frame_shown.emit(frame.request_id)
+
+    def _on_render_failed(self, message: str) -> None:
+        self.statusBar().showMessage(f"Render failed: {message}", 10_000)
+
+    def _update_undo_actions(self) -> None:
+        self.undo_action.setEnabled(self.state.can_undo)
+        self.redo_action.setEnabled(self.state.can_redo)
+
+    # -- saving -------------------------------------------------------------------------------
+
+    def save_grid(self, path: str | os.PathLike) -> Path | None:
+        """The whole grid at the model's resolution, as PNG."""
+        if self.last_frame is None:
+            return None
+        images = self.last_frame.images
+        return self._save_png(make_grid(images, nrow=grid_columns(len(images))), path)
+
+    def save_image(self, path: str | os.PathLike) -> Path | None:
+        """The selected image at the model's resolution, as PNG."""
+        if self.last_frame is None:
+            return None
+        index = min(self.samples_panel.view.selected, len(self.last_frame.images) - 1)
+        return self._save_png(self.last_frame.images[index].transpose(1, 2, 0), path)
+
+    def _save_png(self, array, path: str | os.PathLike) -> Path | None:
+        try:
+            saved = save_png(array, path)
+        except (OSError, ValueError) as exc:
+            self.report_error("Cannot save image", f"{path}: {exc}")
+            return None
+        self.statusBar().showMessage(f"Saved {saved}", 5000)
+        return saved
+
+    def save_state(self, path: str | os.PathLike) -> Path | None:
+        try:
+            saved = self.state.save_npz(path)
+        except OSError as exc:
+            self.report_error("Cannot save latent state", f"{path}: {exc}")
+            return None
+        self.statusBar().showMessage(f"Saved {saved}", 5000)
+        return saved
+
+    def load_state(self, path: str | os.PathLike) -> bool:
+        try:
+            self.state.load_npz(path)
+        except StateFileError as exc:
+            self.report_error("Cannot load latent state", str(exc))
+            return False
+        self.settings.last_dir = str(Path(path).resolve().parent)
+        return True
+
+    def _ask_save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, title, str(Path(self.settings.last_dir) / name), filter_
+        )
+        if not path:
+            return None
+        if not path.lower().endswith(suffix):
+            path += suffix
+        self.settings.last_dir = str(Path(path).parent)
+        return path
+
+    def save_grid_dialog(self) -> None:
+        if path := self._ask_save_path("Save grid", "samples.png", PNG_FILTER, ".png"):
+            self.save_grid(path)
+
+    def save_image_dialog(self) -> None:
+        if path := self._ask_save_path("Save image", "sample.png", PNG_FILTER, ".png"):
+            self.save_image(path)
+
+    def save_state_dialog(self) -> None:
+        if path := self._ask_save_path("Save latent state", "view.npz", STATE_FILTER, ".npz"):
+            self.save_state(path)
+
+    def load_state_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load latent state", self.settings.last_dir, STATE_FILTER
+        )
+        if path:
+            self.load_state(path)
+
+    # -- errors, drops, closing --------------------------------------------------------------
+
+    def report_error(self, title: str, message: str) -> None:
+        """Tell the user without blocking: a window-modal box opened with ``open()``; the
+        text is also kept in ``last_error`` and shown in the status bar."""
+        self.last_error = message
+        self.statusBar().showMessage(message, 10_000)
+        if self.error_box is not None:
+            self.error_box.close()
+        self.error_box = QMessageBox(QMessageBox.Icon.Warning, title, message, parent=self)
+        self.error_box.open()
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        path = paths[0]
+        if path.lower().endswith(".npz"):
+            self.load_state(path)
+        else:
+            self.open_checkpoint(path)
+
+    def restore_geometry(self) -> None:
+        """The size and place the window had when it was last closed."""
+        geometry = self.settings.geometry
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.engine.shutdown()
+        if self.isVisible():
+            self.settings.geometry = self.saveGeometry()
+        self.settings.sync()
+        super().closeEvent(event)
+
+
+if __name__ == "__main__":
+    from explorer.app import main
+
+    raise SystemExit(main())

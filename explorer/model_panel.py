@@ -1,0 +1,103 @@
+"""The model panel: what the open model is, where it came from and how good it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
+
+from explorer.state import ModelInfo
+
+DASH = "—"
+
+
+def format_levels(shapes: tuple[tuple[int, int, int], ...]) -> str:
+    """One line per level, coarse to fine, as in the levels panel."""
+    lines = []
+    for i in range(len(shapes) - 1, -1, -1):
+        c, h, w = shapes[i]
+        lines.append(f"{i}: {c}×{h}×{w}")
+    return "\n".join(lines)
+
+
+class ModelPanel(QGroupBox):
+    """Read-only facts about the model, from :class:`~explorer.engine.ModelInfo`."""
+
+    FIELDS = (
+        ("source", "File"),
+        ("dataset", "Data set"),
+        ("image", "Image size"),
+        ("channels", "Channels"),
+        ("parameters", "Parameters"),
+        ("levels", "Levels (C×H×W)"),
+        ("test_bpd", "Test bits/dim"),
+        ("step", "Training step"),
+        ("device", "Device"),
+    )
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model", parent)
+        self.values: dict[str, QLabel] = {}
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        form.setFormAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        form.setVerticalSpacing(6)
+        for key, label in self.FIELDS:
+            value = QLabel(DASH)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setWordWrap(True)
+            self.values[key] = value
+            name = QLabel(label)
+            name.setStyleSheet("color: palette(placeholder-text);")
+            form.addRow(name, value)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addStretch(1)
+
+    def show_info(self, info: ModelInfo) -> None:
+        if info.source:
+            source = Path(info.source).name
+            self.values["source"].setToolTip(info.source)
+        else:
+            source = "random, untrained"
+            self.values["source"].setToolTip("")
+        texts = {
+            "source": source,
+            "dataset": info.dataset or DASH,
+            "image": f"{info.image_size}×{info.image_size}",
+            "channels": str(info.channels),
+            "parameters": f"{info.num_parameters:,}",
+            "levels": format_levels(info.latent_shapes),
+            "test_bpd": f"{info.test_bpd:.3f}" if info.test_bpd is not None else DASH,
+            "step": f"{info.step:,}" if info.step is not None else DASH,
+            "device": info.device,
+        }
+        for key, text in texts.items():
+            self.values[key].setText(text)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication(sys.argv)
+    panel = ModelPanel()
+    panel.show_info(
+        ModelInfo(
+            model_id=1,
+            source="/tmp/example.pt",
+            untrained=False,
+            dataset="mnist",
+            image_size=28,
+            channels=1,
+            num_parameters=928_123,
+            latent_shapes=((2, 14, 14), (4, 7, 7), (4, 7, 7)),
+            test_bpd=1.234,
+            step=28110,
+            device="cpu (2 threads)",
+        )
+    )
+    panel.show()
+    sys.exit(app.exec())

@@ -1,0 +1,104 @@
+"""The samples panel: the image grid with its grid size, seed, Resample and temperature.
+
+The panel binds to :class:`~explorer.state.ExplorerState` both ways: user input calls
+state methods, and :meth:`SamplesPanel.sync` copies the state back into the controls with
+their signals blocked, so a sync never loops back into an edit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from explorer.state import MAX_IMAGES, MAX_SEED, TEMPERATURE_RANGE, ExplorerState, StateChange
+from explorer.widgets import FloatSlider, ImageGridView
+
+
+class SamplesPanel(QWidget):
+    """The grid of samples and the controls that act on all of them."""
+
+    def __init__(self, state: ExplorerState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.view = ImageGridView(selectable=True)
+
+        self.count = QSpinBox()
+        self.count.setRange(1, MAX_IMAGES)
+        self.count.setKeyboardTracking(False)  # one edit per typed number, not per digit
+        self.count.setToolTip("Number of images in the grid")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, MAX_SEED)
+        self.seed.setKeyboardTracking(False)
+        self.seed.setToolTip("The same seed draws the same images")
+        self.seed.setMinimumWidth(self.seed.fontMetrics().horizontalAdvance("0000000000") + 24)
+        self.resample_button = QPushButton("Resample")
+        self.resample_button.setToolTip("New noise for every unlocked level (R)")
+        self.temperature = FloatSlider(*TEMPERATURE_RANGE, step=0.01, value=state.temperature)
+        self.temperature.setToolTip("Scales every level's noise; lower is smoother")
+
+        controls = QHBoxLayout()
+        controls.setSpacing(8)
+        for label, widget in (("Images", self.count), ("Seed", self.seed)):
+            controls.addWidget(QLabel(label))
+            controls.addWidget(widget)
+        controls.addWidget(self.resample_button)
+        controls.addSpacing(12)
+        controls.addWidget(QLabel("Temperature"))
+        controls.addWidget(self.temperature, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view, 1)
+        layout.addLayout(controls)
+
+        self.count.valueChanged.connect(self.state.set_n_images)
+        self.seed.valueChanged.connect(self.state.set_seed)
+        self.resample_button.clicked.connect(self.state.resample)
+        self.temperature.value_changed.connect(self.state.set_temperature)
+        self.temperature.edit_finished.connect(self.state.end_edit)
+        self.state.changed.connect(self._on_state_changed)
+        self.sync()
+
+    def sync(self) -> None:
+        """Show the state's values in the controls without emitting edits."""
+        for spin, value in ((self.count, self.state.n_images), (self.seed, self.state.seed)):
+            blocked = spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(blocked)
+        self.temperature.set_value(self.state.temperature)
+
+    def show_frame(self, images: np.ndarray, frame_id: int) -> None:
+        """Display ``uint8 (N, C, H, W)`` images."""
+        self.view.set_images(images, frame_id)
+
+    def _on_state_changed(self, change: StateChange) -> None:
+        self.sync()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication(sys.argv)
+    preview_state = ExplorerState(((1, 8, 8),), n_images=16)
+    panel = SamplesPanel(preview_state)
+
+    def _show_noise(change: StateChange | None = None) -> None:
+        z = preview_state.latent(0)
+        images = (1.0 / (1.0 + np.exp(-z)) * 255).astype(np.uint8)
+        panel.show_frame(images, panel.view.frame_id + 1)
+
+    preview_state.changed.connect(_show_noise)
+    _show_noise()
+    panel.setWindowTitle("SamplesPanel preview (noise, no model)")
+    panel.resize(640, 700)
+    panel.show()
+    sys.exit(app.exec())

@@ -1,0 +1,566 @@
+"""The explorer's observable state: what is on screen, as plain Python and numpy.
+
+No Qt, no torch: the state can be built, edited, saved and compared in a unit test, and
+the widgets bind to it (napari's model/view split).
+
+**Why latents are stored as unit-temperature noise.** Each level keeps ``eps``, a draw from
+N(0, I), and the latent that is rendered is derived from it::
+
+    z = eps * (global_temperature * level_temperature) + offset * sqrt(D) * direction
+
+with ``direction`` a unit vector in the level's ``D = C*H*W`` dimensional space. Editing a
+temperature or moving the direction slider never touches ``eps``, so every edit is exact
+and reversible: sliding back to where you started gives the bit-identical latent, and one
+level's latent depends only on that level's own settings (and the global temperature).
+The ``offset`` is measured in units of ``sqrt(D)``, the typical norm of a unit-temperature
+latent, so the slider's reach looks alike on every level whatever its size.
+
+Every state is an immutable :class:`ViewState`; an edit builds a new one. That makes undo
+a stack of earlier states and saving a view a matter of writing one of them to ``.npz``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Shape = tuple[int, int, int]
+SeedKey = tuple[int, ...]
+
+STATE_FORMAT = "realnvp-explorer-state"
+STATE_VERSION = 1
+MAX_SEED = 2**31 - 1
+MAX_IMAGES = 64
+TEMPERATURE_RANGE = (0.0, 1.5)
+OFFSET_RANGE = (-1.0, 1.0)
+_EPS_STREAM, _DIRECTION_STREAM = 0, 1
+
+
+class StateFileError(ValueError):
+    """A latent state file that cannot be used; the message is meant for the user."""
+
+
+def draw_noise(key: SeedKey, n: int, shape: Shape) -> np.ndarray:
+    """``(n, *shape)`` float32 standard normal noise, a pure function of ``key``.
+
+    numpy fills the array in C order from one stream, so the first ``k`` images are the
+    same for any ``n >= k``: growing the grid keeps the images already shown.
+    """
+    eps = np.random.default_rng(list(key)).standard_normal((n, *shape), dtype=np.float32)
+    eps.setflags(write=False)
+    return eps
+
+
+def draw_direction(key: SeedKey, shape: Shape) -> np.ndarray:
+    """A random unit vector of shape ``shape`` (uniform on the sphere), float32."""
+    d = np.random.default_rng(list(key)).standard_normal(shape).astype(np.float64)
+    d /= np.linalg.norm(d)
+    d = d.astype(np.float32)
+    d.setflags(write=False)
+    return d
+
+
+@dataclass(frozen=True, eq=False)
+class LevelState:
+    """One latent level. Arrays are read-only and never changed in place."""
+
+    shape: Shape
+    eps: np.ndarray  # (n, C, H, W) float32, unit-temperature noise
+    direction: np.ndarray  # (C, H, W) float32, unit norm
+    temperature: float = 1.0
+    locked: bool = False
+    offset: float = 0.0
+    # Where eps and direction came from, so a grid resize can redraw the same images.
+    # None for noise that came from elsewhere (a loaded file without keys, an encoding).
+    eps_key: SeedKey | None = None
+    direction_key: SeedKey | None = None
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.shape)
+
+    def latent(self, global_temperature: float) -> np.ndarray:
+        """The latent that is rendered: ``eps * T + offset * sqrt(D) * direction``, float32."""
+        z = self.eps * np.float32(global_temperature * self.temperature)
+        if self.offset:
+            z = z + np.float32(self.offset * math.sqrt(self.dims)) * self.direction
+        z.setflags(write=False)
+        return z
+
+    def with_images(self, n: int, seed: int, level: int, draw: int) -> LevelState:
+        """The same level with ``n`` images; existing images are kept where possible."""
+        if n == self.eps.shape[0]:
+            return self
+        if self.eps_key is not None:
+            return replace(self, eps=draw_noise(self.eps_key, n, self.shape))
+        if n < self.eps.shape[0]:
+            eps = self.eps[:n].copy()
+        else:
+            extra = draw_noise((seed, level, draw, _EPS_STREAM), n - self.eps.shape[0], self.shape)
+            eps = np.concatenate([self.eps, extra])
+        eps.setflags(write=False)
+        return replace(self, eps=eps)
+
+
+@dataclass(frozen=True, eq=False)
+class ViewState:
+    """Everything needed to redraw the samples exactly: the unit of undo and of saving."""
+
+    levels: tuple[LevelState, ...]  # finest first, like the model's latents
+    n_images: int
+    seed: int
+    temperature: float
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        return tuple(level.shape for level in self.levels)
+
+    def latents(self) -> list[np.ndarray]:
+        """Rendered latents, finest first, each ``(n, C, H, W)`` float32."""
+        return [level.latent(self.temperature) for level in self.levels]
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """What an edit touched. ``levels``: levels whose rendered latent changed;
+    ``reset``: the shapes or the number of images changed (views rebuild)."""
+
+    levels: frozenset[int] = frozenset()
+    reset: bool = False
+
+
+class Event:
+    """A minimal observer list, so the state needs no Qt (``connect`` / ``emit``)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., object]] = []
+
+    def connect(self, callback: Callable[..., object]) -> None:
+        self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable[..., object]) -> None:
+        self._callbacks.remove(callback)
+
+    def emit(self, *args: object) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the open model: made by the engine, shown by the model panel. Plain
+    values, so widgets never see torch."""
+
+    model_id: int
+    source: str | None  # checkpoint path, or None for a random model
+    untrained: bool
+    dataset: str | None
+    image_size: int
+    channels: int
+    num_parameters: int
+    latent_shapes: tuple[tuple[int, int, int], ...]  # finest first
+    test_bpd: float | None
+    step: int | None
+    device: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_temperature(value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"temperature must be finite and non-negative, got {value}")
+    return value
+
+
+@dataclass
+class _History:
+    undo: list[ViewState] = field(default_factory=list)
+    redo: list[ViewState] = field(default_factory=list)
+    open_key: object = None  # edits with this key merge into the last undo step
+    limit: int = 200
+
+
+class ExplorerState:
+    """The observable state. Edits are methods; every edit emits ``changed(StateChange)``.
+
+    Continuous edits (slider drags) pass through a merge key, so a whole drag is one undo
+    step; a view calls :meth:`end_edit` when the drag ends.
+    """
+
+    def __init__(
+        self, shapes: Sequence[Sequence[int]] = ((1, 2, 2),), n_images: int = 16, seed: int = 0
+    ) -> None:
+        self.changed = Event()
+        self._history = _History()
+        self._draws: Iterator[int] = itertools.count(1)
+        self._view = self._fresh_view(shapes, n_images, seed, temperature=1.0)
+
+    # -- reading ----------------------------------------------------------------------
+
+    @property
+    def view(self) -> ViewState:
+        return self._view
+
+    @property
+    def num_levels(self) -> int:
+        return len(self._view.levels)
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        return self._view.shapes
+
+    @property
+    def n_images(self) -> int:
+        return self._view.n_images
+
+    @property
+    def seed(self) -> int:
+        return self._view.seed
+
+    @property
+    def temperature(self) -> float:
+        return self._view.temperature
+
+    def level(self, index: int) -> LevelState:
+        return self._view.levels[index]
+
+    def latent(self, index: int) -> np.ndarray:
+        return self._view.levels[index].latent(self._view.temperature)
+
+    def latents(self) -> list[np.ndarray]:
+        return self._view.latents()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history.undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._history.redo)
+
+    # -- whole-state edits --------------------------------------------------------------
+
+    def reset(
+        self,
+        shapes: Sequence[Sequence[int]],
+        n_images: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        """Start over for a (new) model; clears the undo history."""
+        self._history = _History()
+        self._view = self._fresh_view(
+            shapes,
+            self.n_images if n_images is None else n_images,
+            self.seed if seed is None else seed,
+            self.temperature if temperature is None else temperature,
+        )
+        self.changed.emit(StateChange(frozenset(range(self.num_levels)), reset=True))
+
+    def set_view(self, view: ViewState) -> None:
+        """Replace the whole view (a loaded file); undoable."""
+        if view.shapes != self.shapes:
+            raise ValueError(f"view has levels {view.shapes}; the state has {self.shapes}")
+        self._commit(view, StateChange(frozenset(range(self.num_levels)), reset=True))
+
+    def set_temperature(self, value: float, merge: bool = True) -> None:
+        value = _check_temperature(value)
+        if value == self.temperature:
+            return
+        self._commit(
+            replace(self._view, temperature=value),
+            StateChange(frozenset(range(self.num_levels))),
+            ("temperature",) if merge else None,
+        )
+
+    def set_seed(self, seed: int) -> None:
+        """Draw every unlocked level from ``seed``: the same seed gives the same images."""
+        seed = int(seed)
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must lie in [0, {MAX_SEED}], got {seed}")
+        view = self._view
+        levels = list(view.levels)
+        changed = set()
+        for i, level in enumerate(levels):
+            if not level.locked:
+                key = (seed, i, 0, _EPS_STREAM)
+                levels[i] = replace(
+                    level, eps=draw_noise(key, view.n_images, level.shape), eps_key=key
+                )
+                changed.add(i)
+        self._commit(
+            replace(view, seed=seed, levels=tuple(levels)), StateChange(frozenset(changed))
+        )
+
+    def resample(self) -> None:
+        """New noise for every unlocked level (the next seed)."""
+        self.set_seed((self.seed + 1) % (MAX_SEED + 1))
+
+    def set_n_images(self, n: int) -> None:
+        n = int(n)
+        if not 1 <= n <= MAX_IMAGES:
+            raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n}")
+        if n == self.n_images:
+            return
+        view = self._view
+        draw = next(self._draws)
+        levels = tuple(
+            level.with_images(n, view.seed, i, draw) for i, level in enumerate(view.levels)
+        )
+        self._commit(
+            replace(view, n_images=n, levels=levels),
+            StateChange(frozenset(range(self.num_levels)), reset=True),
+        )
+
+    # -- per-level edits ----------------------------------------------------------------
+
+    def set_level_temperature(self, index: int, value: float, merge: bool = True) -> None:
+        value = _check_temperature(value)
+        if value == self.level(index).temperature:
+            return
+        self._replace_level(
+            index, {"temperature": value}, ("level_temperature", index) if merge else None
+        )
+
+    def set_locked(self, index: int, locked: bool) -> None:
+        if bool(locked) == self.level(index).locked:
+            return
+        self._replace_level(index, {"locked": bool(locked)}, None, latent_changed=False)
+
+    def set_offset(self, index: int, value: float, merge: bool = True) -> None:
+        """Move level ``index`` along its direction; no other level's latent changes."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"offset must be finite, got {value}")
+        if value == self.level(index).offset:
+            return
+        self._replace_level(index, {"offset": value}, ("offset", index) if merge else None)
+
+    def resample_level(self, index: int) -> None:
+        """New noise for this level only, whether locked or not."""
+        level = self.level(index)
+        key = (self.seed, index, next(self._draws), _EPS_STREAM)
+        self._replace_level(
+            index, {"eps": draw_noise(key, self.n_images, level.shape), "eps_key": key}, None
+        )
+
+    def reroll_direction(self, index: int) -> None:
+        level = self.level(index)
+        key = (self.seed, index, next(self._draws), _DIRECTION_STREAM)
+        self._replace_level(
+            index,
+            {"direction": draw_direction(key, level.shape), "direction_key": key},
+            None,
+            latent_changed=level.offset != 0,
+        )
+
+    # -- history --------------------------------------------------------------------------
+
+    def end_edit(self) -> None:
+        """Close a continuous edit: the next change starts a new undo step."""
+        self._history.open_key = None
+
+    def undo(self) -> bool:
+        return self._travel(self._history.undo, self._history.redo)
+
+    def redo(self) -> bool:
+        return self._travel(self._history.redo, self._history.undo)
+
+    def _travel(self, source: list[ViewState], target: list[ViewState]) -> bool:
+        self._history.open_key = None
+        if not source:
+            return False
+        target.append(self._view)
+        before, self._view = self._view, source.pop()
+        self.changed.emit(_difference(before, self._view))
+        return True
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        """Write the whole view to ``.npz`` (atomically); :meth:`load_npz` restores it exactly."""
+        return save_view(self._view, path)
+
+    def load_npz(self, path: str | os.PathLike) -> None:
+        """Restore a view saved by :meth:`save_npz`; undoable. Raises :class:`StateFileError`."""
+        view = load_view(path)
+        if view.shapes != self.shapes:
+            raise StateFileError(
+                f"{path}: this state was saved for a model with latent levels "
+                f"{_format_shapes(view.shapes)}; the open model has {_format_shapes(self.shapes)}"
+            )
+        self.set_view(view)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _fresh_view(
+        self, shapes: Sequence[Sequence[int]], n_images: int, seed: int, temperature: float
+    ) -> ViewState:
+        checked: list[Shape] = []
+        for shape in shapes:
+            dims = tuple(int(s) for s in shape)
+            if len(dims) != 3 or min(dims) < 1:
+                raise ValueError(f"a latent level shape is (C, H, W) of positive sizes: {shape}")
+            checked.append(dims)  # type: ignore[arg-type]
+        if not checked:
+            raise ValueError("a model has at least one latent level")
+        if not 1 <= n_images <= MAX_IMAGES:
+            raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n_images}")
+        levels = []
+        for i, shape in enumerate(checked):
+            eps_key = (seed, i, 0, _EPS_STREAM)
+            dir_key = (seed, i, 0, _DIRECTION_STREAM)
+            levels.append(
+                LevelState(
+                    shape=shape,
+                    eps=draw_noise(eps_key, n_images, shape),
+                    direction=draw_direction(dir_key, shape),
+                    eps_key=eps_key,
+                    direction_key=dir_key,
+                )
+            )
+        return ViewState(tuple(levels), n_images, seed, _check_temperature(temperature))
+
+    def _replace_level(
+        self, index: int, changes: dict, merge_key: object, latent_changed: bool = True
+    ) -> None:
+        levels = list(self._view.levels)
+        levels[index] = replace(levels[index], **changes)
+        self._commit(
+            replace(self._view, levels=tuple(levels)),
+            StateChange(frozenset({index}) if latent_changed else frozenset()),
+            merge_key,
+        )
+
+    def _commit(self, view: ViewState, change: StateChange, merge_key: object = None) -> None:
+        history = self._history
+        if merge_key is None or merge_key != history.open_key or not history.undo:
+            history.undo.append(self._view)
+            del history.undo[: -history.limit]
+        history.open_key = merge_key
+        history.redo.clear()
+        self._view = view
+        self.changed.emit(change)
+
+
+def _difference(before: ViewState, after: ViewState) -> StateChange:
+    """Which levels' rendered latents differ between two views (for undo and redo)."""
+    if before.n_images != after.n_images or before.shapes != after.shapes:
+        return StateChange(frozenset(range(len(after.levels))), reset=True)
+    changed = frozenset(
+        i
+        for i, (a, b) in enumerate(zip(before.levels, after.levels))
+        if before.temperature != after.temperature
+        or a.eps is not b.eps
+        or a.temperature != b.temperature
+        or a.offset != b.offset
+        or (a.offset and a.direction is not b.direction)
+    )
+    return StateChange(changed)
+
+
+def _format_shapes(shapes: Sequence[Shape]) -> str:
+    return "[" + ", ".join("×".join(map(str, s)) for s in shapes) + "]"
+
+
+# -- the .npz file ------------------------------------------------------------------------
+
+_NO_KEY = -1
+
+
+def _key_array(keys: Sequence[SeedKey | None]) -> np.ndarray:
+    return np.array([k if k is not None else (_NO_KEY,) * 4 for k in keys], dtype=np.int64)
+
+
+def _key_from(row: np.ndarray) -> SeedKey | None:
+    return None if int(row[0]) == _NO_KEY else tuple(int(v) for v in row)
+
+
+def save_view(view: ViewState, path: str | os.PathLike) -> Path:
+    """Write ``view`` as ``.npz``: plain arrays only, so loading needs no pickle."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(STATE_FORMAT),
+        "version": np.array(STATE_VERSION),
+        "shapes": np.array(view.shapes, dtype=np.int64).reshape(-1, 3),
+        "n_images": np.array(view.n_images),
+        "seed": np.array(view.seed),
+        "temperature": np.array(view.temperature, dtype=np.float64),
+        "level_temperature": np.array([lv.temperature for lv in view.levels], dtype=np.float64),
+        "level_locked": np.array([lv.locked for lv in view.levels], dtype=bool),
+        "level_offset": np.array([lv.offset for lv in view.levels], dtype=np.float64),
+        "eps_key": _key_array([lv.eps_key for lv in view.levels]),
+        "direction_key": _key_array([lv.direction_key for lv in view.levels]),
+    }
+    for i, level in enumerate(view.levels):
+        arrays[f"eps_{i}"] = level.eps
+        arrays[f"direction_{i}"] = level.direction
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_view(path: str | os.PathLike) -> ViewState:
+    """Read a file written by :func:`save_view`; every field is checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateFileError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise StateFileError(f"{path}: not a readable latent state file ({exc})") from None
+    if str(arrays.get("format", "")) != STATE_FORMAT:
+        raise StateFileError(f"{path}: not a latent state file of the Real NVP explorer")
+    if int(arrays.get("version", -1)) != STATE_VERSION:
+        raise StateFileError(f"{path}: latent state version {arrays.get('version')} unsupported")
+    try:
+        shapes = [tuple(int(v) for v in row) for row in arrays["shapes"]]
+        n, seed = int(arrays["n_images"]), int(arrays["seed"])
+        eps_keys, dir_keys = arrays["eps_key"], arrays["direction_key"]
+        levels = []
+        for i, shape in enumerate(shapes):
+            eps = np.array(arrays[f"eps_{i}"], dtype=np.float32)
+            direction = np.array(arrays[f"direction_{i}"], dtype=np.float32)
+            if eps.shape != (n, *shape) or direction.shape != shape:
+                raise StateFileError(f"{path}: level {i} arrays do not match shape {shape}")
+            if not (np.isfinite(eps).all() and np.isfinite(direction).all()):
+                raise StateFileError(f"{path}: level {i} contains NaN or infinite values")
+            eps.setflags(write=False)
+            direction.setflags(write=False)
+            levels.append(
+                LevelState(
+                    shape=shape,  # type: ignore[arg-type]
+                    eps=eps,
+                    direction=direction,
+                    temperature=_check_temperature(arrays["level_temperature"][i]),
+                    locked=bool(arrays["level_locked"][i]),
+                    offset=float(arrays["level_offset"][i]),
+                    eps_key=_key_from(eps_keys[i]),
+                    direction_key=_key_from(dir_keys[i]),
+                )
+            )
+        view = ViewState(tuple(levels), n, seed, _check_temperature(arrays["temperature"]))
+    except StateFileError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise StateFileError(f"{path}: damaged latent state file ({exc})") from None
+    if not levels or not 1 <= n <= MAX_IMAGES:
+        raise StateFileError(f"{path}: damaged latent state file (levels or image count)")
+    return view

@@ -1,0 +1,194 @@
+"""Small widgets shared by the panels: a crisp image grid and a slider for float values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QWidget
+
+BACKGROUND = QColor("#17191c")
+ACCENT = QColor("#4ea1ff")
+
+
+def to_qimage(image: np.ndarray) -> QImage:
+    """``uint8 (C, H, W)`` with 1 or 3 channels, or ``(H, W)``, to a QImage that owns a copy."""
+    if image.ndim == 3 and image.shape[0] in (1, 3):
+        image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = image.shape[:2]
+    if image.ndim == 2:
+        fmt, line = QImage.Format.Format_Grayscale8, w
+    else:
+        fmt, line = QImage.Format.Format_RGB888, 3 * w
+    return QImage(image.data, w, h, line, fmt).copy()
+
+
+def grid_columns(n: int) -> int:
+    """Columns of a near-square grid of ``n`` images (the layout ``make_grid`` uses)."""
+    return max(1, math.ceil(math.sqrt(n)))
+
+
+class ImageGridView(QWidget):
+    """Images in a near-square grid, scaled by nearest neighbour so pixels stay crisp.
+
+    Scaling is by a whole factor whenever the images fit at least at their own size, so
+    every image pixel becomes the same number of screen pixels. Clicking an image selects
+    it. ``frame_painted`` fires when a newly set frame reaches the screen, which is what
+    a latency measurement waits for.
+    """
+
+    image_selected = Signal(int)
+    frame_painted = Signal(int)
+
+    def __init__(self, selectable: bool = True, gap: int = 6, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._images: list[QImage] = []
+        self._array: np.ndarray | None = None
+        self._frame_id = 0
+        self.painted_frame_id = 0
+        self.selectable = selectable
+        self.selected = 0
+        self.gap = gap
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        if selectable:  # takes the focus on click, so keys like R go to the window
+            self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """The ``uint8 (N, C, H, W)`` images on display."""
+        return self._array
+
+    @property
+    def frame_id(self) -> int:
+        return self._frame_id
+
+    def set_images(self, images: np.ndarray, frame_id: int = 0) -> None:
+        self._array = images
+        self._images = [to_qimage(img) for img in images]
+        self._frame_id = frame_id
+        if self.selected >= len(self._images):
+            self.selected = 0
+        self.update()
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(64, 64)
+
+    def sizeHint(self) -> QSize:
+        return QSize(480, 480)
+
+    def cell_rects(self) -> list[QRect]:
+        """Where each image is drawn, in widget coordinates."""
+        n = len(self._images)
+        if not n:
+            return []
+        cols = grid_columns(n)
+        rows = math.ceil(n / cols)
+        h, w = self._images[0].height(), self._images[0].width()
+        gap = self.gap if n > 1 else 0
+        avail_w = self.width() - gap * (cols + 1)
+        avail_h = self.height() - gap * (rows + 1)
+        scale = min(avail_w / (cols * w), avail_h / (rows * h))
+        if scale >= 1:
+            scale = math.floor(scale)
+        cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+        total_w, total_h = cols * cw + (cols - 1) * gap, rows * ch + (rows - 1) * gap
+        x0, y0 = (self.width() - total_w) // 2, (self.height() - total_h) // 2
+        return [
+            QRect(x0 + (i % cols) * (cw + gap), y0 + (i // cols) * (ch + gap), cw, ch)
+            for i in range(n)
+        ]
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), BACKGROUND)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        rects = self.cell_rects()
+        for image, rect in zip(self._images, rects):
+            painter.drawImage(rect, image)
+        if self.selectable and len(rects) > 1 and self.selected < len(rects):
+            painter.setPen(QPen(ACCENT, 2))
+            painter.drawRect(rects[self.selected].adjusted(-2, -2, 1, 1))
+        painter.end()
+        if self._frame_id != self.painted_frame_id:
+            self.painted_frame_id = self._frame_id
+            self.frame_painted.emit(self._frame_id)
+
+    def index_at(self, point: QPoint) -> int | None:
+        for i, rect in enumerate(self.cell_rects()):
+            if rect.adjusted(-self.gap // 2, -self.gap // 2, self.gap // 2, self.gap // 2).contains(
+                point
+            ):
+                return i
+        return None
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        index = self.index_at(event.position().toPoint())
+        if self.selectable and index is not None:
+            self.select(index)
+        super().mousePressEvent(event)
+
+    def select(self, index: int) -> None:
+        if 0 <= index < max(1, len(self._images)) and index != self.selected:
+            self.selected = index
+            self.update()
+            self.image_selected.emit(index)
+
+
+class FloatSlider(QWidget):
+    """A horizontal slider over ``[low, high]`` in steps of ``step``, with its value shown.
+
+    ``value_changed`` fires on every move (live rendering while dragging); ``edit_finished``
+    when the user lets go, so a whole drag can be one undo step.
+    """
+
+    value_changed = Signal(float)
+    edit_finished = Signal()
+
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        step: float = 0.01,
+        value: float = 0.0,
+        fmt: str = "{:.2f}",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._step = step
+        self._fmt = fmt
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(round(low / step), round(high / step))
+        self.slider.setPageStep(max(1, round(0.1 / step)))
+        self.label = QLabel()
+        self.label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("-0.000") + 4)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.label)
+        self.set_value(value)
+        self.slider.valueChanged.connect(self._moved)
+        self.slider.sliderReleased.connect(self.edit_finished)
+
+    def value(self) -> float:
+        return self._to_value(self.slider.value())
+
+    def _to_value(self, position: int) -> float:
+        # Rounded so that position 80 at step 0.01 is 0.8, not 0.8000000000000002.
+        return round(position * self._step, 9)
+
+    def set_value(self, value: float) -> None:
+        """Show ``value`` without emitting ``value_changed`` (syncing from the state)."""
+        blocked = self.slider.blockSignals(True)
+        self.slider.setValue(round(value / self._step))
+        self.slider.blockSignals(blocked)
+        self.label.setText(self._fmt.format(value))
+
+    def _moved(self, position: int) -> None:
+        value = self._to_value(position)
+        self.label.setText(self._fmt.format(value))
+        self.value_changed.emit(value)

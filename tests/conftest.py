@@ -1,0 +1,104 @@
+"""Shared fixtures. Qt runs offscreen: the platform must be chosen before Qt is imported."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.model import FlowConfig, RealNVP
+
+TINY_CONFIG = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
+
+
+def perturbed_model(config: FlowConfig = TINY_CONFIG, seed: int = 0, scale: float = 0.05):
+    """A model in eval mode whose weights are moved off the identity initialization, so a
+    test cannot pass merely because every coupling does nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    model = RealNVP(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture
+def make_perturbed_model():
+    """The function :func:`perturbed_model`, for tests that need other configurations."""
+    return perturbed_model
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A tiny real model (8x8 pixels, 1 channel, 2 levels) saved as a checkpoint."""
+    return save_checkpoint(
+        tmp_path / "tiny.pt",
+        perturbed_model(),
+        meta={"dataset": "tiny-test", "test_bpd": 5.25, "step": 7},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Qt-only fixtures (the explorer). Qt modules are imported inside the fixtures, so the
+# core tests never load Qt.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _qsettings_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Safety net: whatever a test does, QSettings never writes the user's real settings."""
+    from PySide6.QtCore import QSettings
+
+    root = str(tmp_path_factory.mktemp("qsettings-session"))
+    for fmt in (QSettings.Format.IniFormat, QSettings.Format.NativeFormat):
+        for scope in (QSettings.Scope.UserScope, QSettings.Scope.SystemScope):
+            QSettings.setPath(fmt, scope, root)
+
+
+@pytest.fixture
+def explorer_settings(tmp_path: Path):
+    """Fresh, empty explorer settings in this test's own folder."""
+    from PySide6.QtCore import QSettings
+
+    from explorer.settings import ExplorerSettings
+
+    root = tmp_path / "qsettings"
+    root.mkdir()
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(root))
+    return ExplorerSettings()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Render on one thread (no oversubscription on small CI machines); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_window(qtbot, explorer_settings, one_torch_thread):
+    """``make_window(checkpoint=None, threaded=False)``: a shown main window on the CPU.
+
+    Synchronous engine by default, so a frame is on screen as soon as an edit returns.
+    """
+    from explorer.engine import RenderEngine
+    from explorer.main_window import MainWindow
+
+    def make(checkpoint: Path | None = None, threaded: bool = False) -> MainWindow:
+        window = MainWindow(RenderEngine(device="cpu", threaded=threaded), explorer_settings)
+        qtbot.addWidget(window)  # closed (and its engine stopped) after the test
+        if checkpoint is not None:
+            assert window.open_checkpoint(checkpoint), window.last_error
+        window.resize(1000, 700)
+        window.show()
+        return window
+
+    return make

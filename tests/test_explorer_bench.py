@@ -1,0 +1,24 @@
+"""The GUI latency benchmark runs the real window and reports percentiles (never asserted
+against wall-clock limits)."""
+
+from __future__ import annotations
+
+import pytest
+
+from explorer.bench import measure_gui_latency
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_measure_gui_latency_reports_percentiles(
+    qapp, tiny_checkpoint, one_torch_thread, use_cache
+):
+    figures = measure_gui_latency(tiny_checkpoint, n_images=4, use_cache=use_cache, repeats=3)
+    assert set(figures) == {"p50_ms", "p95_ms"}
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"]
+
+
+def test_measure_gui_latency_refuses_a_bad_checkpoint(qapp, tmp_path, one_torch_thread):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad"):
+        measure_gui_latency(bad, repeats=1)

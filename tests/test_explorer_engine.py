@@ -1,0 +1,172 @@
+"""RenderEngine: newest request wins, the level cache is exact, frames come back by signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.images import to_uint8
+from core.model import FlowConfig
+from explorer.engine import Frame, RenderEngine, RenderRequest
+
+THREE_LEVELS = FlowConfig(in_channels=1, image_size=8, num_scales=3, mid_channels=4, num_blocks=1)
+
+
+@pytest.fixture
+def engine(qapp, one_torch_thread):
+    engine = RenderEngine(device="cpu", threaded=False)
+    yield engine
+    engine.shutdown()
+
+
+def random_latents(shapes, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, *s), dtype=np.float32) for s in shapes]
+
+
+def collect(engine: RenderEngine) -> list[Frame]:
+    frames: list[Frame] = []
+    engine.frame_rendered.connect(frames.append)
+    return frames
+
+
+def reference_pixels(model, latents) -> np.ndarray:
+    with torch.no_grad():
+        images = model.decode([torch.from_numpy(z.copy()) for z in latents])
+    return to_uint8(images.numpy())
+
+
+@pytest.mark.parametrize("config", [None, THREE_LEVELS], ids=["2-levels", "3-levels"])
+def test_cache_gives_the_same_pixels_as_a_full_decode(
+    engine, tmp_path, tiny_checkpoint, make_perturbed_model, config
+):
+    path = tiny_checkpoint
+    if config is not None:
+        path = save_checkpoint(tmp_path / "three.pt", make_perturbed_model(config))
+    info = engine.open_checkpoint(path)
+    model, _ = load_checkpoint(path)
+    levels = len(info.latent_shapes)
+    frames = collect(engine)
+    latents = random_latents(info.latent_shapes, 5, seed=0)
+    engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+    assert frames[-1].levels_decoded == levels
+    np.testing.assert_array_equal(frames[-1].images, reference_pixels(model, latents))
+
+    # Change each level in turn, coarse to fine: only it and the finer levels are decoded.
+    for level in range(levels - 1, -1, -1):
+        latents[level] = latents[level] * np.float32(0.5) + np.float32(0.3)
+        engine.submit(RenderRequest(10 + level, info.model_id, tuple(latents)))
+        frame = frames[-1]
+        assert frame.request_id == 10 + level
+        assert frame.levels_decoded == level + 1
+        np.testing.assert_array_equal(frame.images, reference_pixels(model, latents))
+    assert not np.array_equal(frames[0].images, frames[-1].images)
+
+
+def test_without_cache_every_level_is_decoded(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    engine.cache_enabled = False
+    frames = collect(engine)
+    latents = random_latents(info.latent_shapes, 2, seed=1)
+    for request_id in (1, 2):
+        engine.submit(RenderRequest(request_id, info.model_id, tuple(latents)))
+    assert [f.levels_decoded for f in frames] == [2, 2]
+    np.testing.assert_array_equal(frames[0].images, frames[1].images)
+
+
+def test_superseded_requests_are_dropped(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    frames = collect(engine)
+    with engine.held():
+        for request_id in range(1, 6):
+            latents = random_latents(info.latent_shapes, 3, seed=request_id)
+            engine.submit(RenderRequest(request_id, info.model_id, tuple(latents)))
+        assert frames == []  # nothing rendered while held
+    assert [f.request_id for f in frames] == [5]
+    assert engine.dropped == 4 and frames[0].dropped == 4
+    model, _ = load_checkpoint(tiny_checkpoint)
+    expected = reference_pixels(model, random_latents(info.latent_shapes, 3, seed=5))
+    np.testing.assert_array_equal(frames[0].images, expected)
+
+
+def test_requests_for_a_replaced_model_are_ignored(engine, tiny_checkpoint):
+    old = engine.open_checkpoint(tiny_checkpoint)
+    new = engine.open_checkpoint(tiny_checkpoint)
+    assert new.model_id != old.model_id
+    frames = collect(engine)
+    engine.submit(RenderRequest(1, old.model_id, tuple(random_latents(old.latent_shapes, 1, 0))))
+    assert frames == []
+
+
+def test_requests_are_immutable_copies():
+    z = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    request = RenderRequest(1, 1, (z,))
+    z[:] = 5.0
+    assert request.latents[0].max() == 0.0
+    with pytest.raises(ValueError):
+        request.latents[0][0, 0, 0, 0] = 1.0
+
+
+def test_model_info_comes_from_the_checkpoint(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    assert info.source == str(tiny_checkpoint)
+    assert (info.dataset, info.test_bpd, info.step) == ("tiny-test", 5.25, 7)
+    assert (info.image_size, info.channels, info.untrained) == (8, 1, False)
+    assert info.latent_shapes == ((2, 4, 4), (2, 4, 4))
+    model, _ = load_checkpoint(tiny_checkpoint)
+    assert info.num_parameters == sum(p.numel() for p in model.parameters())
+    assert info.device.startswith("cpu")
+
+
+def test_a_bad_checkpoint_keeps_the_current_model(engine, tiny_checkpoint, tmp_path):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        engine.open_checkpoint(bad)
+    assert engine.model_info is info
+    frames = collect(engine)
+    engine.submit(RenderRequest(1, info.model_id, tuple(random_latents(info.latent_shapes, 1, 0))))
+    assert len(frames) == 1
+
+
+def test_wrong_latents_report_a_failure_not_a_crash(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    errors: list[str] = []
+    engine.render_failed.connect(errors.append)
+    engine.submit(RenderRequest(1, info.model_id, (np.zeros((1, 3, 3, 3), np.float32),)))
+    assert errors and "latent levels" in errors[0]
+
+
+def test_random_model_is_untrained_and_renders(engine):
+    info = engine.open_random()
+    assert info.untrained and info.source is None
+    frames = collect(engine)
+    engine.submit(RenderRequest(1, info.model_id, tuple(random_latents(info.latent_shapes, 2, 0))))
+    images = frames[0].images
+    assert images.shape == (2, 1, 28, 28) and images.dtype == np.uint8
+    assert images.std() > 0
+
+
+def test_threaded_engine_delivers_frames_on_the_gui_thread(
+    qtbot, tiny_checkpoint, one_torch_thread
+):
+    from PySide6.QtCore import QThread
+
+    engine = RenderEngine(device="cpu", threaded=True)
+    try:
+        info = engine.open_checkpoint(tiny_checkpoint)
+        threads: list[object] = []
+        engine.frame_rendered.connect(lambda frame: threads.append(QThread.currentThread()))
+        latents = random_latents(info.latent_shapes, 4, seed=2)
+        with qtbot.waitSignal(engine.frame_rendered, timeout=30_000) as blocker:
+            engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        frame = blocker.args[0]
+        assert frame.request_id == 1
+        assert threads == [QThread.currentThread()]  # the test runs on the GUI thread
+        model, _ = load_checkpoint(tiny_checkpoint)
+        np.testing.assert_array_equal(frame.images, reference_pixels(model, latents))
+    finally:
+        engine.shutdown()
