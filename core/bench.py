@@ -117,8 +117,8 @@ def training_speed(
     return {
         "batch": batch,
         "train_images_per_s": round(batch / per_step, 1),
-        "train_step_gflop": round(flops / 1e9, 2),
-        "train_gflops": round(gflops, 1),
+        "train_step_gflop": round(flops / 1e9, 4),
+        "train_gflops": round(gflops, 3),
         "train_peak_fraction": round(gflops / peak, 3) if peak else None,
     }
 

@@ -273,6 +273,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
     p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
 
 
 def _cmd_bench(args) -> int:

@@ -98,12 +98,17 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
     return arr.transpose(2, 0, 1).copy()  # (3, H, W)
 
 
-def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile ``uint8 (N, C, H, W)`` into one ``(H', W', C)`` image with ``pad`` pixels apart."""
+def make_grid(
+    images: np.ndarray, nrow: int | None = None, pad: int = 2, pad_value: int = 96
+) -> np.ndarray:
+    """Tile ``uint8 (N, C, H, W)`` into one ``(H', W', C)`` image, ``pad`` pixels apart.
+
+    The default grey gap keeps images apart on black backgrounds such as MNIST's.
+    """
     n, c, h, w = images.shape
     nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
     rows = int(np.ceil(n / nrow))
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), pad_value, np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
