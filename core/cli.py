@@ -265,6 +265,22 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="copy a checkpoint without its training state")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+
+
+def _cmd_export(args) -> int:
+    from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+
+    data = read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(data, args.checkpoint)
+    path = save_checkpoint(args.out, model, data["meta"], training=None)
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure speed on this machine")
     p.add_argument("--json", action="store_true")
@@ -289,6 +305,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "info": _cmd_info,
     "bench": _cmd_bench,
+    "export": _cmd_export,
 }
 
 
@@ -296,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="realnvp", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_sample, _add_encode, _add_eval, _add_info, _add_bench):
+    for add in (
+        _add_train,
+        _add_sample,
+        _add_encode,
+        _add_eval,
+        _add_info,
+        _add_bench,
+        _add_export,
+    ):
         add(sub)
     return parser
 
