@@ -273,7 +273,7 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
     assert (tmp_path / "enc" / "in_latents.npz").is_file()
     run("export", str(tiny_ckpt), str(tmp_path / "small.pt"))
     assert read_checkpoint(tmp_path / "small.pt")["training"] is None
-        info = json.loads(run("info", str(tiny_ckpt), "--json"))
+    info = json.loads(run("info", str(tiny_ckpt), "--json"))
     assert info["latent_shapes"] == [[2, 14, 14], [2, 14, 14]]
     ev = json.loads(
         run("eval", str(tiny_ckpt), "--data-dir", str(MNIST_DIR), "--limit", "32", "--json")
