@@ -2,6 +2,7 @@
 
 ``--screenshot PATH`` renders the window offscreen once the model is loaded and the first
 frame is on screen, writes a PNG and exits (for the README and for checks without a display).
+``--images PATH ...`` imports images or folders after the model opens, as a drop would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--screenshot", metavar="PATH", help="write a PNG of the window after the first frame"
+    )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        default=[],
+        help="images or folders to import after the model opens (as if dropped)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
@@ -67,21 +75,37 @@ def apply_dark_theme(app) -> None:
 
 
 def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRAME_TIMEOUT_MS):
-    """Show ``window``, wait until its first frame has been painted, grab it to ``path``."""
+    """Show ``window``, wait until its imports are done and its newest frames (samples and
+    interpolation strip) have been painted, grab it to ``path``."""
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     view = window.samples_panel.view
+    images = window.images
     window.resize(*SCREENSHOT_SIZE)
     window.show()
-    if not view.painted_frame_id:
+
+    def ready() -> bool:
+        return (
+            not window.tasks.busy
+            and view.painted_frame_id >= window.last_request_id > 0
+            and images.strip_shown_id == images.strip_request_id
+        )
+
+    if not ready():
         loop = QEventLoop()
-        view.frame_painted.connect(loop.quit)
+
+        def check(*_args: object) -> None:
+            if ready():
+                loop.quit()
+
+        for signal in (view.frame_painted, images.strip_shown, window.tasks.finished):
+            signal.connect(check)
         QTimer.singleShot(timeout_ms, loop.quit)
-        if window.last_request_id and not view.painted_frame_id:
-            loop.exec()
+        loop.exec()
     if not view.painted_frame_id:
         raise RuntimeError("no frame was rendered in time")
+    images.gallery_panel.refresh()  # it refreshes on a short timer after imports
     QApplication.processEvents()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             window.open_default()  # the error box stays open over it
     else:
         window.open_default()
+    if args.images:
+        window.open_paths(args.images)
 
     if args.screenshot:
         try:

@@ -130,7 +130,7 @@ def run_suite(
     {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms"}, "no_cache": {...}},
      "images_16": {...}, "threads": ..., "repeats": ...}
     """
-    import torch
+    from explorer.engine import torch_threads
 
     report: dict = {"model": describe_model(checkpoint), "repeats": repeats}
     for n_images in image_counts:
@@ -146,7 +146,7 @@ def run_suite(
             )
             for use_cache in (True, False)
         }
-    report["threads"] = torch.get_num_threads()
+    report["threads"] = torch_threads()
     return report
 
 

@@ -12,9 +12,18 @@ array per level) into numpy ``uint8`` images, handed back by the ``frame_rendere
   tensors from the last frame; when only fine levels changed it restarts from the cached
   tensor of the coarsest unchanged level. The arithmetic is the same as a full decode, so
   the pixels are the same.
+- **Targets.** Each request names its target view (``"samples"``, ``"strip"``, ...); newest
+  wins per target, so the interpolation strip never drops a frame of the samples view, and
+  each target keeps its own level cache. The samples view is served first.
 - **Threads.** By default the work runs on a worker ``QThread``; ``threaded=False`` renders
   on the caller's thread when :meth:`RenderEngine.submit` is called (tests, screenshots).
   Either way ``frame_rendered`` is emitted on the engine's own (GUI) thread.
+- **Inference copy.** Rendering and encoding use ``fold_for_inference(model)`` (weight and
+  batch normalization folded into plain convolutions) under ``torch.inference_mode``; the
+  original model is kept for bits/dim, so the figure is exactly ``RealNVP.bits_per_dim``.
+- **Encoding** (:meth:`RenderEngine.encode`) and batch decoding (:meth:`RenderEngine.decode`)
+  are synchronous and thread-safe: the image importer and the exporters call them from
+  their own worker threads, and the model lock keeps them from racing a render.
 
 The engine never touches a widget; widgets never touch torch.
 """
@@ -37,12 +46,22 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from core.checkpoint import load_checkpoint
 from core.device import describe, pick_device
 from core.images import to_uint8
+from core.inference import fold_for_inference
 from core.model import FlowConfig, RealNVP, preset
+from explorer.gallery import EncodedImage
 from explorer.state import ModelInfo
 
 # The architecture of the bundled model, used untrained when the bundled file is missing,
 # so the app still shows the real level structure.
 RANDOM_MODEL_CONFIG = preset("mnist-small")
+SAMPLES_TARGET = "samples"
+# bits/dim of a dropped image dequantizes with this seed: the figure `realnvp encode` prints.
+BITS_PER_DIM_SEED = 0
+
+
+def torch_threads() -> int:
+    """The CPU threads torch renders with (process-wide), for reports and benchmarks."""
+    return torch.get_num_threads()
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +72,7 @@ class RenderRequest:
     request_id: int
     model_id: int
     latents: tuple[np.ndarray, ...]  # finest first, each (N, C, H, W) float32
+    target: str = SAMPLES_TARGET  # which view the frame is for; newest wins per target
 
     def __post_init__(self) -> None:
         frozen = []
@@ -73,6 +93,7 @@ class Frame:
     elapsed_ms: float
     levels_decoded: int  # how many levels were decoded; fewer than all = cache hit
     dropped: int  # requests skipped so far because newer ones replaced them
+    target: str = SAMPLES_TARGET
 
 
 @dataclass
@@ -127,13 +148,14 @@ class RenderEngine(QObject):
         self.cache_enabled = True
         self.dropped = 0
         self.rendered = 0
-        self._model: RealNVP | None = None
+        self._model: RealNVP | None = None  # the inference copy: renders and encodes
+        self._likelihood_model: RealNVP | None = None  # the original: bits/dim
         self._info: ModelInfo | None = None
         self._model_ids = iter(range(1, 2**62))
-        self._cache: _LevelCache | None = None
+        self._caches: dict[str, _LevelCache] = {}
         self._model_lock = threading.Lock()  # held while rendering or swapping the model
         self._mailbox = threading.Condition()
-        self._pending: RenderRequest | None = None
+        self._pending: dict[str, RenderRequest] = {}
         self._held = 0
         self._stopping = False
         self._thread: _RenderThread | None = None
@@ -184,11 +206,13 @@ class RenderEngine(QObject):
         )
 
     def _install(self, model: RealNVP, **info: Any) -> ModelInfo:
+        folded = fold_for_inference(model)
         with self._mailbox:
-            self._pending = None  # its latents fit the old model
+            self._pending.clear()  # their latents fit the old model
         with self._model_lock:
-            self._model = model
-            self._cache = None
+            self._model = folded
+            self._likelihood_model = model.eval()
+            self._caches.clear()
             self._info = ModelInfo(
                 model_id=next(self._model_ids),
                 image_size=model.config.image_size,
@@ -204,32 +228,35 @@ class RenderEngine(QObject):
     # -- requests ----------------------------------------------------------------------------
 
     def submit(self, request: RenderRequest) -> None:
-        """Queue ``request``, replacing (dropping) any request not yet started."""
+        """Queue ``request``, replacing (dropping) any request for the same target not yet
+        started."""
         with self._mailbox:
-            if self._pending is not None:
+            if request.target in self._pending:
                 self.dropped += 1
-            self._pending = request
+            self._pending[request.target] = request
             self._mailbox.notify()
         if not self.threaded and not self._held:
             self.process_pending()
 
     def process_pending(self) -> Frame | None:
-        """Synchronous mode: render the newest waiting request now, on this thread."""
-        request = self._next_request(block=False)
-        if request is None:
-            return None
-        try:
-            frame = self._render(request)
-        except Exception as exc:
-            self.render_failed.emit(f"{type(exc).__name__}: {exc}")
-            return None
-        if frame is not None:
-            self._deliver(frame)
+        """Synchronous mode: render the newest waiting request of every target now, on this
+        thread (the samples first); returns the last frame rendered."""
+        frame = None
+        while (request := self._next_request(block=False)) is not None:
+            try:
+                rendered = self._render(request)
+            except Exception as exc:
+                self.render_failed.emit(f"{type(exc).__name__}: {exc}")
+                continue
+            if rendered is not None:
+                frame = rendered
+                self._deliver(rendered)
         return frame
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Collect requests without rendering; on exit only the newest is rendered."""
+        """Collect requests without rendering; on exit only the newest of each target is
+        rendered."""
         with self._mailbox:
             self._held += 1
         try:
@@ -245,7 +272,7 @@ class RenderEngine(QObject):
         """Stop the worker thread (waits for a render in progress)."""
         with self._mailbox:
             self._stopping = True
-            self._pending = None
+            self._pending.clear()
             self._mailbox.notify_all()
         if self._thread is not None:
             self._thread.wait()
@@ -258,12 +285,14 @@ class RenderEngine(QObject):
 
     def _next_request(self, block: bool) -> RenderRequest | None:
         with self._mailbox:
-            while block and not self._stopping and (self._pending is None or self._held):
+            while block and not self._stopping and (not self._pending or self._held):
                 self._mailbox.wait()
-            if self._stopping or self._held:
+            if self._stopping or self._held or not self._pending:
                 return None
-            request, self._pending = self._pending, None
-            return request
+            target = (
+                SAMPLES_TARGET if SAMPLES_TARGET in self._pending else next(iter(self._pending))
+            )
+            return self._pending.pop(target)
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -274,21 +303,32 @@ class RenderEngine(QObject):
                 return None  # made for a model that has since been replaced
             start = time.perf_counter()
             with torch.inference_mode():
-                images, decoded = self._decode(model, request.latents)
+                images, decoded = self._decode(model, request.latents, request.target)
                 pixels = to_uint8(images.float().cpu().numpy())
             elapsed = (time.perf_counter() - start) * 1000.0
-        return Frame(request.request_id, request.model_id, pixels, elapsed, decoded, self.dropped)
+        return Frame(
+            request.request_id,
+            request.model_id,
+            pixels,
+            elapsed,
+            decoded,
+            self.dropped,
+            request.target,
+        )
 
-    def _decode(self, model: RealNVP, latents: Sequence[np.ndarray]) -> tuple[torch.Tensor, int]:
-        """Images for ``latents``, reusing cached coarse levels; returns (images, levels
-        decoded). Same steps as ``RealNVP.decode``."""
+    def _decode(
+        self, model: RealNVP, latents: Sequence[np.ndarray], target: str | None
+    ) -> tuple[torch.Tensor, int]:
+        """Images for ``latents``, reusing the cached coarse levels of ``target`` (``None``:
+        no cache); returns (images, levels decoded). Same steps as ``RealNVP.decode``."""
         num_levels = model.num_levels
         if len(latents) != num_levels:
             raise ValueError(f"expected {num_levels} latent levels, got {len(latents)}")
         for i, (z, shape) in enumerate(zip(latents, model.latent_shapes)):
             if z.ndim != 4 or z.shape[1:] != tuple(shape) or z.shape[0] != latents[0].shape[0]:
                 raise ValueError(f"latent level {i} has shape {z.shape}, expected (N, {shape})")
-        cache = self._cache if self.cache_enabled else None
+        use_cache = self.cache_enabled and target is not None
+        cache = self._caches.get(target) if use_cache else None  # type: ignore[arg-type]
         # The coarsest level that differs from the cached frame; all finer ones are redone.
         start = num_levels - 1
         if cache is not None and cache.model_id == self.model_id:
@@ -308,6 +348,61 @@ class RenderEngine(QObject):
             else:
                 running[level] = model.inverse_level(level, z, running[level + 1])
         images = model.to_image(running[0])
-        if self.cache_enabled:
-            self._cache = _LevelCache(self.model_id, list(latents), running)
+        if use_cache:
+            self._caches[target] = _LevelCache(self.model_id, list(latents), running)  # type: ignore[index]
         return images, start + 1
+
+    # -- encoding and batch decoding (synchronous, any thread) ------------------------------
+
+    def encode(self, pixels: np.ndarray) -> EncodedImage:
+        """Encode one ``uint8 (C, H, W)`` image of the model's channels and size.
+
+        The latents are those of the pixel centres ``(k + 0.5) / 256``, so they are a pure
+        function of the pixels; the reconstruction error is ``|decode(encode(x)) - x|`` in
+        ``[0, 1]`` units. bits/dim is ``RealNVP.bits_per_dim`` on the original model with a
+        generator seeded with :data:`BITS_PER_DIM_SEED`, one image at a time, so the figure
+        does not depend on which images were dropped together and equals what
+        ``realnvp encode`` prints. Raises ``ValueError`` for the wrong shape or no model.
+        """
+        pixels = np.asarray(pixels)
+        with self._model_lock:
+            model, original, info = self._model, self._likelihood_model, self._info
+            if model is None or original is None or info is None:
+                raise ValueError("no model is open")
+            expected = (info.channels, info.image_size, info.image_size)
+            if pixels.dtype != np.uint8 or pixels.shape != expected:
+                raise ValueError(
+                    f"expected uint8 pixels of shape {expected}, got {pixels.dtype} {pixels.shape}"
+                )
+            param = next(model.parameters())
+            with torch.inference_mode():
+                x8 = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(param.device)
+                x = ((x8.float() + 0.5) / 256.0).to(param.dtype)  # (1, C, H, W)
+                latents = [z.float().cpu().numpy() for z in model.encode(x)]
+                # Decoded through the samples view's level cache: the image usually becomes
+                # the view next, and its frame is then a full cache hit.
+                recon, _ = self._decode(model, latents, SAMPLES_TARGET)
+                error = (recon - x).abs()[0]  # (C, H, W)
+                generator = torch.Generator().manual_seed(BITS_PER_DIM_SEED)
+                bpd = original.bits_per_dim(x8, generator)[0]
+                result = EncodedImage(
+                    model_id=info.model_id,
+                    latents=tuple(z[0].copy() for z in latents),
+                    reconstruction=to_uint8(recon[0].float().cpu().numpy()),
+                    error=error.float().cpu().numpy(),
+                    bits_per_dim=float(bpd),
+                )
+        return result
+
+    def decode(self, latents: Sequence[np.ndarray], model_id: int | None = None) -> np.ndarray:
+        """``uint8 (N, C, H, W)`` images for ``latents`` (finest first, each ``(N, C, H, W)``),
+        without the level cache. ``model_id``: refuse (``ValueError``) when the open model
+        has changed since the latents were made."""
+        with self._model_lock:
+            model = self._model
+            if model is None or (model_id is not None and model_id != self.model_id):
+                raise ValueError("the model has changed")
+            latents = [np.ascontiguousarray(z, dtype=np.float32) for z in latents]
+            with torch.inference_mode():
+                images, _ = self._decode(model, latents, None)
+                return to_uint8(images.float().cpu().numpy())

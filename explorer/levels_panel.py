@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QGridLayout,
@@ -61,6 +62,7 @@ class LevelRow(QGroupBox):
         self.state = state
         self.index = index
         self.image_index = 0
+        self._stale = False
 
         self.temperature = FloatSlider(*TEMPERATURE_RANGE, step=0.01, value=1.0)
         self.temperature.setToolTip("This level's temperature (times the global one)")
@@ -136,7 +138,8 @@ class LevelRow(QGroupBox):
         self.sync(latent_changed=True)
 
     def sync(self, latent_changed: bool) -> None:
-        """Show the state's values; redraw the views only when the latent changed."""
+        """Show the state's values; redraw the views only when the latent changed, and
+        while hidden (another tab in front) only once the row is shown again."""
         level = self.state.level(self.index)
         self.temperature.set_value(level.temperature)
         self.offset.set_value(level.offset)
@@ -144,9 +147,18 @@ class LevelRow(QGroupBox):
         self.locked.setChecked(level.locked)
         self.locked.blockSignals(blocked)
         if latent_changed:
+            if self.isVisible():
+                self.refresh_views()
+            else:
+                self._stale = True
+
+    def showEvent(self, event: QShowEvent) -> None:
+        if self._stale:
             self.refresh_views()
+        super().showEvent(event)
 
     def refresh_views(self) -> None:
+        self._stale = False
         z = self.state.latent(self.index)  # (N, C, H, W)
         image = min(self.image_index, z.shape[0] - 1)
         self.latent_view.set_images(diverging_colors(z[image, 0])[None])

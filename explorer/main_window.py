@@ -3,7 +3,12 @@
 Data flow: a widget edits the :class:`ExplorerState`; the state's ``changed`` event makes
 the window build an immutable :class:`RenderRequest` and hand it to the
 :class:`RenderEngine`; the engine's ``frame_rendered`` signal brings the pixels back to the
-samples panel. The window owns the engine and shuts its thread down when it closes.
+samples panel. The window owns the engine and the task runner (long jobs: imports,
+exports) and shuts both down when it closes; the user's own images are wired by the
+:class:`~explorer.image_controller.ImageController`.
+
+Layout: model and gallery on the left, the samples in the middle, and tabs on the right:
+latent levels, images (the current image, interpolation, mixing), directions.
 """
 
 from __future__ import annotations
@@ -26,19 +31,24 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from core.checkpoint import CheckpointError
 from core.images import make_grid, save_png
-from explorer.engine import Frame, RenderEngine, RenderRequest
+from explorer.directions import is_direction_file
+from explorer.engine import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
+from explorer.image_controller import ImageController
+from explorer.importer import classify_drop
 from explorer.levels_panel import LatentLevelsPanel
 from explorer.model_panel import ModelPanel
 from explorer.samples_panel import SamplesPanel
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.state import ExplorerState, ModelInfo, StateChange, StateFileError
-from explorer.widgets import grid_columns
+from explorer.tasks import Progress, Task, TaskRunner
+from explorer.widgets import TaskProgress, grid_columns
 
 CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
 STATE_FILTER = "Latent state (*.npz)"
@@ -70,9 +80,11 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
+        self.tasks = TaskRunner(threaded=self.engine.threaded, parent=self)
         self.samples_panel = SamplesPanel(self.state)
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
+        self.images = ImageController(self)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet(
@@ -80,16 +92,26 @@ class MainWindow(QMainWindow):
         )
         self.notice.hide()
 
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(self.model_panel)
+        left.addWidget(self.images.gallery_panel)
+        left.setStretchFactor(0, 0)
+        left.setStretchFactor(1, 1)
+        left.setSizes([262, 438])
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.levels_panel, "Levels")
+        self.tabs.addTab(self.images.images_panel, "Images")
+        self.tabs.addTab(self.images.directions_panel, "Directions")
         splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(self.model_panel)
+        splitter.addWidget(left)
         splitter.addWidget(self.samples_panel)
-        splitter.addWidget(self.levels_panel)
+        splitter.addWidget(self.tabs)
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 1)
         splitter.setStretchFactor(2, 0)
-        splitter.setSizes([230, 640, 440])
-        self.model_panel.setMinimumWidth(190)
-        self.levels_panel.setMinimumWidth(380)
+        splitter.setSizes([230, 600, 490])
+        left.setMinimumWidth(190)
+        self.tabs.setMinimumWidth(420)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(8, 8, 8, 4)
@@ -99,11 +121,17 @@ class MainWindow(QMainWindow):
 
         self.device_label = QLabel(self.engine.device_label)
         self.frame_label = QLabel("no frame yet")
+        self.task_progress = TaskProgress()
         status = self.statusBar()
+        status.addPermanentWidget(self.task_progress)
         for label in (self.frame_label, self.device_label):
             label.setContentsMargins(8, 0, 8, 0)
             status.addPermanentWidget(label)
         self._build_menus()
+        self.task_progress.cancel_requested.connect(self.tasks.cancel_current)
+        self.tasks.started.connect(self._on_task_started)
+        self.tasks.progressed.connect(self._on_task_progress)
+        self.tasks.finished.connect(self._on_task_finished)
 
         self.state.changed.connect(self._on_state_changed)
         self.engine.frame_rendered.connect(self._on_frame)
@@ -161,6 +189,57 @@ class MainWindow(QMainWindow):
             "&Resample", self.state.resample, ["R"], "New noise for every unlocked level"
         )
         sample_menu.addAction(self.resample_action)
+
+        images = self.images
+        images_menu = bar.addMenu("&Images")
+        self.import_action = self._action(
+            "&Import Images…", images.import_dialog, ["Ctrl+I"], "Encode image files"
+        )
+        self.import_folder_action = self._action(
+            "Import &Folder…", images.import_folder_dialog, ["Ctrl+Shift+I"]
+        )
+        images_menu.addActions([self.import_action, self.import_folder_action])
+        images_menu.addSeparator()
+        self.set_a_action = self._action(
+            "Use Selected Image as &A",
+            lambda: images.gallery_panel.a_button.click(),
+            ["Ctrl+1"],
+        )
+        self.set_b_action = self._action(
+            "Use Selected Image as &B",
+            lambda: images.gallery_panel.b_button.click(),
+            ["Ctrl+2"],
+        )
+        self.swap_action = self._action("S&wap A and B", images.gallery.swap_ab)
+        self.vary_action = self._action(
+            "&Keep Coarse, Resample Fine",
+            images.keep_coarse_resample_fine,
+            ["K"],
+            "Variations of the selected image: its coarse levels, new fine levels",
+        )
+        images_menu.addActions([self.set_a_action, self.set_b_action, self.swap_action])
+        images_menu.addAction(self.vary_action)
+        images_menu.addSeparator()
+        self.export_strip_action = self._action(
+            "Export Interpolation &Strip as PNG…", lambda: images.export_dialog("png"), ["Ctrl+E"]
+        )
+        self.export_gif_action = self._action(
+            "Export Interpolation as &GIF…", lambda: images.export_dialog("gif"), ["Ctrl+Shift+E"]
+        )
+        self.export_mp4_action = self._action(
+            "Export Interpolation as &MP4…", lambda: images.export_dialog("mp4"), ["Ctrl+Alt+E"]
+        )
+        images_menu.addActions(
+            [self.export_strip_action, self.export_gif_action, self.export_mp4_action]
+        )
+        images_menu.addSeparator()
+        self.load_direction_action = self._action(
+            "Load &Direction…", images.load_direction_dialog, ["Ctrl+Alt+D"]
+        )
+        self.cancel_action = self._action(
+            "&Cancel Import or Export", self.tasks.cancel_all, ["Esc"]
+        )
+        images_menu.addActions([self.load_direction_action, self.cancel_action])
         self._update_undo_actions()
 
     def _fill_recent_menu(self) -> None:
@@ -236,6 +315,7 @@ class MainWindow(QMainWindow):
             info.latent_shapes,
             temperature=self.state.temperature if keep_view else DEFAULT_TEMPERATURE,
         )
+        self.images.model_changed(info)
         self.model_opened.emit(info)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -254,8 +334,8 @@ class MainWindow(QMainWindow):
             self.request_render()
 
     def _on_frame(self, frame: Frame) -> None:
-        if frame.model_id != self.engine.model_id:
-            return  # from the model before the one just opened
+        if frame.model_id != self.engine.model_id or frame.target != SAMPLES_TARGET:
+            return  # from the model before the one just opened, or for another view
         self.last_frame = frame
         self.samples_panel.show_frame(frame.images, frame.request_id)
         total = len(self.state.shapes)
@@ -313,7 +393,7 @@ class MainWindow(QMainWindow):
         self.settings.last_dir = str(Path(path).resolve().parent)
         return True
 
-    def _ask_save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
+    def ask_save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
         path, _ = QFileDialog.getSaveFileName(
             self, title, str(Path(self.settings.last_dir) / name), filter_
         )
@@ -325,15 +405,15 @@ class MainWindow(QMainWindow):
         return path
 
     def save_grid_dialog(self) -> None:
-        if path := self._ask_save_path("Save grid", "samples.png", PNG_FILTER, ".png"):
+        if path := self.ask_save_path("Save grid", "samples.png", PNG_FILTER, ".png"):
             self.save_grid(path)
 
     def save_image_dialog(self) -> None:
-        if path := self._ask_save_path("Save image", "sample.png", PNG_FILTER, ".png"):
+        if path := self.ask_save_path("Save image", "sample.png", PNG_FILTER, ".png"):
             self.save_image(path)
 
     def save_state_dialog(self) -> None:
-        if path := self._ask_save_path("Save latent state", "view.npz", STATE_FILTER, ".npz"):
+        if path := self.ask_save_path("Save latent state", "view.npz", STATE_FILTER, ".npz"):
             self.save_state(path)
 
     def load_state_dialog(self) -> None:
@@ -367,11 +447,39 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         event.acceptProposedAction()
-        path = paths[0]
-        if path.lower().endswith(".npz"):
-            self.load_state(path)
-        else:
-            self.open_checkpoint(path)
+        self.open_paths(paths)
+
+    def open_paths(self, paths: list[str]) -> None:
+        """Open what was dropped: a checkpoint (.pt, .pth, .ckpt), state or direction files
+        (.npz), and images or folders of images, which are imported."""
+        checkpoints, npz_files, images = classify_drop(paths)
+        if checkpoints:
+            self.open_checkpoint(checkpoints[-1])
+        for path in npz_files:
+            if is_direction_file(path):
+                self.images.load_direction_file(path)
+            else:
+                self.load_state(path)
+        if images:
+            self.images.import_paths(images)
+
+    def show_tab(self, widget: QWidget) -> None:
+        self.tabs.setCurrentWidget(widget)
+
+    def show_images_tab(self) -> None:
+        self.show_tab(self.images.images_panel)
+
+    # -- long jobs ------------------------------------------------------------------------------
+
+    def _on_task_started(self, task: Task) -> None:
+        self.task_progress.show_progress(task.name, 0, 0)
+
+    def _on_task_progress(self, task: Task, progress: Progress) -> None:
+        self.task_progress.show_progress(task.name, progress.done, progress.total, progress.text)
+
+    def _on_task_finished(self, task: Task) -> None:
+        if not self.tasks.busy:
+            self.task_progress.hide()
 
     def restore_geometry(self) -> None:
         """The size and place the window had when it was last closed."""
@@ -380,6 +488,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.engine.shutdown()
         if self.isVisible():
             self.settings.geometry = self.saveGeometry()

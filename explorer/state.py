@@ -15,6 +15,16 @@ level's latent depends only on that level's own settings (and the global tempera
 The ``offset`` is measured in units of ``sqrt(D)``, the typical norm of a unit-temperature
 latent, so the slider's reach looks alike on every level whatever its size.
 
+**An image's latents are stored the same way.** When a dropped image becomes the view, its
+latents ``z`` become ``eps`` and every temperature is set to 1 (offsets and named directions
+to 0), so the rendered latent is ``z * 1.0 = z`` bit for bit and the view is the image's
+exact reconstruction. The temperature sliders then scale the image's latent towards the
+mode (a more typical version of the image), and "Resample level" replaces one level of the
+image with fresh noise: the explorer acts on an image as on a sample.
+
+**Named directions** (directions from examples, see :mod:`explorer.directions`) are added on
+top: ``z_l += amount * d_l`` for each direction with a non-zero amount.
+
 Every state is an immutable :class:`ViewState`; an edit builds a new one. That makes undo
 a stack of earlier states and saving a view a matter of writing one of them to ``.npz``.
 """
@@ -32,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from explorer.directions import Direction
 
 Shape = tuple[int, int, int]
 SeedKey = tuple[int, ...]
@@ -112,6 +124,14 @@ class LevelState:
 
 
 @dataclass(frozen=True, eq=False)
+class AppliedDirection:
+    """A named direction and how far along it the view is moved."""
+
+    direction: Direction
+    amount: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
 class ViewState:
     """Everything needed to redraw the samples exactly: the unit of undo and of saving."""
 
@@ -119,14 +139,27 @@ class ViewState:
     n_images: int
     seed: int
     temperature: float
+    directions: tuple[AppliedDirection, ...] = ()
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
         return tuple(level.shape for level in self.levels)
 
+    def latent(self, index: int) -> np.ndarray:
+        """Rendered latent of level ``index``: ``(n, C, H, W)`` float32."""
+        z = self.levels[index].latent(self.temperature)
+        moved = False
+        for applied in self.directions:
+            if applied.amount:
+                z = z + np.float32(applied.amount) * applied.direction.vectors[index]
+                moved = True
+        if moved:
+            z.setflags(write=False)
+        return z
+
     def latents(self) -> list[np.ndarray]:
         """Rendered latents, finest first, each ``(n, C, H, W)`` float32."""
-        return [level.latent(self.temperature) for level in self.levels]
+        return [self.latent(i) for i in range(len(self.levels))]
 
 
 @dataclass(frozen=True)
@@ -234,7 +267,18 @@ class ExplorerState:
         return self._view.levels[index]
 
     def latent(self, index: int) -> np.ndarray:
-        return self._view.levels[index].latent(self._view.temperature)
+        return self._view.latent(index)
+
+    @property
+    def directions(self) -> tuple[AppliedDirection, ...]:
+        return self._view.directions
+
+    def latents_for(self, eps: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The latents this view's temperatures, offsets and directions make of other
+        unit noise ``eps`` (one ``(N, C, H, W)`` array per level)."""
+        arrays = self._checked_eps(eps)
+        levels = tuple(replace(lv, eps=e) for lv, e in zip(self._view.levels, arrays))
+        return replace(self._view, levels=levels, n_images=len(arrays[0])).latents()
 
     def latents(self) -> list[np.ndarray]:
         return self._view.latents()
@@ -321,6 +365,108 @@ class ExplorerState:
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )
 
+    # -- images -------------------------------------------------------------------------
+
+    def set_image(self, latents: Sequence[np.ndarray]) -> None:
+        """An image's latents (one ``(C, H, W)`` or ``(1, C, H, W)`` array per level) become
+        the view: ``eps = z`` with every temperature 1, offsets and direction amounts 0 and
+        nothing locked, so the rendered latent is exactly ``z``. Undoable."""
+        eps = self._checked_eps(latents)
+        if len(eps[0]) != 1:
+            raise ValueError("set_image takes the latents of one image")
+        view = self._view
+        levels = tuple(
+            replace(level, eps=e, temperature=1.0, offset=0.0, locked=False, eps_key=None)
+            for level, e in zip(view.levels, eps)
+        )
+        directions = tuple(replace(d, amount=0.0) for d in view.directions)
+        self._commit(
+            replace(view, levels=levels, n_images=1, temperature=1.0, directions=directions),
+            StateChange(frozenset(range(self.num_levels)), reset=True),
+        )
+
+    def set_noise(self, eps: Sequence[np.ndarray], merge_key: object = None) -> None:
+        """Replace every level's unit noise (one ``(N, C, H, W)`` or ``(C, H, W)`` array per
+        level), keeping temperatures, offsets and directions: the interpolation slider."""
+        arrays = self._checked_eps(eps)
+        view = self._view
+        n = len(arrays[0])
+        levels = tuple(replace(level, eps=e, eps_key=None) for level, e in zip(view.levels, arrays))
+        self._commit(
+            replace(view, levels=levels, n_images=n),
+            StateChange(frozenset(range(self.num_levels)), reset=n != view.n_images),
+            merge_key,
+        )
+
+    def vary_fine(self, keep_levels: int, n_images: int, image_index: int = 0) -> None:
+        """Keep the ``keep_levels`` coarsest levels of image ``image_index`` and draw new
+        noise for the finer ones: a grid of ``n_images`` variations, the first of which is
+        the image itself. Kept levels are locked, so Resample redraws only the fine ones.
+        The paper's "what does each scale hold" experiment, in one step."""
+        keep_levels, n_images = int(keep_levels), int(n_images)
+        if not 0 <= keep_levels <= self.num_levels:
+            raise ValueError(f"keep 0 to {self.num_levels} levels, got {keep_levels}")
+        if not 1 <= n_images <= MAX_IMAGES:
+            raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n_images}")
+        view = self._view
+        image_index = min(max(0, int(image_index)), view.n_images - 1)
+        draw = next(self._draws)
+        first_kept = self.num_levels - keep_levels
+        levels = []
+        for i, level in enumerate(view.levels):
+            row = level.eps[image_index][None]  # (1, C, H, W)
+            if i >= first_kept:
+                eps, locked = np.repeat(row, n_images, axis=0), True
+            else:
+                fresh = draw_noise((view.seed, i, draw, _EPS_STREAM), n_images - 1, level.shape)
+                eps, locked = np.concatenate([row, fresh]), False
+            eps.setflags(write=False)
+            levels.append(replace(level, eps=eps, locked=locked, eps_key=None))
+        self._commit(
+            replace(view, levels=tuple(levels), n_images=n_images),
+            StateChange(frozenset(range(self.num_levels)), reset=True),
+        )
+
+    # -- named directions -------------------------------------------------------------------
+
+    def add_direction(self, direction: Direction, amount: float = 0.0) -> int:
+        """Add a named direction (its vectors must fit the levels); returns its index."""
+        if tuple(direction.shapes) != self.shapes:
+            raise ValueError(
+                f"direction {direction.name!r} has levels {_format_shapes(direction.shapes)}; "
+                f"the model has {_format_shapes(self.shapes)}"
+            )
+        amount = _check_amount(amount)
+        view = self._view
+        self._commit(
+            replace(view, directions=(*view.directions, AppliedDirection(direction, amount))),
+            StateChange(frozenset(range(self.num_levels)) if amount else frozenset()),
+        )
+        return len(view.directions)
+
+    def remove_direction(self, index: int) -> None:
+        view = self._view
+        removed = view.directions[index]
+        directions = view.directions[:index] + view.directions[index + 1 :]
+        self._commit(
+            replace(view, directions=directions),
+            StateChange(frozenset(range(self.num_levels)) if removed.amount else frozenset()),
+        )
+
+    def set_direction_amount(self, index: int, value: float, merge: bool = True) -> None:
+        """Move along named direction ``index``: ``z_l += value * d_l`` on every level."""
+        value = _check_amount(value)
+        view = self._view
+        if value == view.directions[index].amount:
+            return
+        directions = list(view.directions)
+        directions[index] = replace(directions[index], amount=value)
+        self._commit(
+            replace(view, directions=tuple(directions)),
+            StateChange(frozenset(range(self.num_levels))),
+            ("direction_amount", index) if merge else None,
+        )
+
     # -- per-level edits ----------------------------------------------------------------
 
     def set_level_temperature(self, index: int, value: float, merge: bool = True) -> None:
@@ -402,6 +548,24 @@ class ExplorerState:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _checked_eps(self, eps: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-level noise as read-only float32 ``(N, C, H, W)`` copies, checked."""
+        if len(eps) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} latent levels, got {len(eps)}")
+        arrays = []
+        for i, (e, shape) in enumerate(zip(eps, self.shapes)):
+            e = np.array(e, dtype=np.float32, copy=True)
+            if e.shape == shape:
+                e = e[None]
+            n = len(arrays[0]) if arrays else len(e)
+            if e.ndim != 4 or e.shape[1:] != shape or len(e) != n:
+                raise ValueError(f"latent level {i} has shape {e.shape}, expected ({n}, {shape})")
+            if not 1 <= len(e) <= MAX_IMAGES or not np.isfinite(e).all():
+                raise ValueError(f"latent level {i}: 1 to {MAX_IMAGES} finite latents needed")
+            e.setflags(write=False)
+            arrays.append(e)
+        return arrays
+
     def _fresh_view(
         self, shapes: Sequence[Sequence[int]], n_images: int, seed: int, temperature: float
     ) -> ViewState:
@@ -456,16 +620,31 @@ def _difference(before: ViewState, after: ViewState) -> StateChange:
     """Which levels' rendered latents differ between two views (for undo and redo)."""
     if before.n_images != after.n_images or before.shapes != after.shapes:
         return StateChange(frozenset(range(len(after.levels))), reset=True)
+    moved = [d.amount for d in before.directions if d.amount] != [
+        d.amount for d in after.directions if d.amount
+    ] or any(
+        x.direction is not y.direction
+        for x, y in zip(before.directions, after.directions)
+        if x.amount or y.amount
+    )
     changed = frozenset(
         i
         for i, (a, b) in enumerate(zip(before.levels, after.levels))
-        if before.temperature != after.temperature
+        if moved
+        or before.temperature != after.temperature
         or a.eps is not b.eps
         or a.temperature != b.temperature
         or a.offset != b.offset
         or (a.offset and a.direction is not b.direction)
     )
     return StateChange(changed)
+
+
+def _check_amount(value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"a direction amount must be finite, got {value}")
+    return value
 
 
 def _format_shapes(shapes: Sequence[Shape]) -> str:
@@ -505,6 +684,12 @@ def save_view(view: ViewState, path: str | os.PathLike) -> Path:
     for i, level in enumerate(view.levels):
         arrays[f"eps_{i}"] = level.eps
         arrays[f"direction_{i}"] = level.direction
+    # Named directions: optional keys, so files without them (older ones) still load.
+    arrays["named_names"] = np.array([d.direction.name for d in view.directions], dtype=str)
+    arrays["named_amounts"] = np.array([d.amount for d in view.directions], dtype=np.float64)
+    for k, applied in enumerate(view.directions):
+        for i, v in enumerate(applied.direction.vectors):
+            arrays[f"named_{k}_{i}"] = v
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -556,7 +741,26 @@ def load_view(path: str | os.PathLike) -> ViewState:
                     direction_key=_key_from(dir_keys[i]),
                 )
             )
-        view = ViewState(tuple(levels), n, seed, _check_temperature(arrays["temperature"]))
+        directions = []
+        names = arrays.get("named_names", np.array([], dtype=str))
+        amounts = arrays.get("named_amounts", np.array([], dtype=np.float64))
+        for k, (name, amount) in enumerate(zip(names, amounts)):
+            vectors = []
+            for i, shape in enumerate(shapes):
+                v = np.asarray(arrays[f"named_{k}_{i}"], dtype=np.float32)
+                if v.shape != shape or not np.isfinite(v).all():
+                    raise StateFileError(f"{path}: named direction {k} is damaged")
+                vectors.append(v)
+            directions.append(
+                AppliedDirection(Direction(str(name), tuple(vectors)), _check_amount(amount))
+            )
+        view = ViewState(
+            tuple(levels),
+            n,
+            seed,
+            _check_temperature(arrays["temperature"]),
+            tuple(directions),
+        )
     except StateFileError:
         raise
     except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -1,13 +1,23 @@
-"""Small widgets shared by the panels: a crisp image grid and a slider for float values."""
+"""Small widgets shared by the panels: a crisp image grid, a slider for float values, a
+captioned image, the crop preview and the progress bar of long jobs."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QPoint, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 BACKGROUND = QColor("#17191c")
 ACCENT = QColor("#4ea1ff")
@@ -43,7 +53,15 @@ class ImageGridView(QWidget):
     image_selected = Signal(int)
     frame_painted = Signal(int)
 
-    def __init__(self, selectable: bool = True, gap: int = 6, parent: QWidget | None = None):
+    def __init__(
+        self,
+        selectable: bool = True,
+        gap: int = 6,
+        parent: QWidget | None = None,
+        *,
+        columns: int | None = None,
+        integer_scale: bool = True,
+    ):
         super().__init__(parent)
         self._images: list[QImage] = []
         self._array: np.ndarray | None = None
@@ -52,6 +70,8 @@ class ImageGridView(QWidget):
         self.selectable = selectable
         self.selected = 0
         self.gap = gap
+        self.columns = columns  # None: a near-square grid; a number: at most that many
+        self.integer_scale = integer_scale  # whole scale factors when the images fit
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         if selectable:  # takes the focus on click, so keys like R go to the window
@@ -66,9 +86,10 @@ class ImageGridView(QWidget):
     def frame_id(self) -> int:
         return self._frame_id
 
-    def set_images(self, images: np.ndarray, frame_id: int = 0) -> None:
+    def set_images(self, images: np.ndarray | None, frame_id: int = 0) -> None:
+        """Show ``uint8 (N, C, H, W)`` images (``None``: nothing)."""
         self._array = images
-        self._images = [to_qimage(img) for img in images]
+        self._images = [to_qimage(img) for img in images] if images is not None else []
         self._frame_id = frame_id
         if self.selected >= len(self._images):
             self.selected = 0
@@ -85,14 +106,14 @@ class ImageGridView(QWidget):
         n = len(self._images)
         if not n:
             return []
-        cols = grid_columns(n)
+        cols = min(n, self.columns) if self.columns else grid_columns(n)
         rows = math.ceil(n / cols)
         h, w = self._images[0].height(), self._images[0].width()
         gap = self.gap if n > 1 else 0
         avail_w = self.width() - gap * (cols + 1)
         avail_h = self.height() - gap * (rows + 1)
         scale = min(avail_w / (cols * w), avail_h / (rows * h))
-        if scale >= 1:
+        if scale >= 1 and self.integer_scale:
             scale = math.floor(scale)
         cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
         total_w, total_h = cols * cw + (cols - 1) * gap, rows * ch + (rows - 1) * gap
@@ -192,3 +213,119 @@ class FloatSlider(QWidget):
         value = self._to_value(position)
         self.label.setText(self._fmt.format(value))
         self.value_changed.emit(value)
+
+
+class CaptionedImage(QWidget):
+    """One image (an :class:`ImageGridView` of fixed size) with a caption below it."""
+
+    def __init__(self, caption: str, side: int = 96, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.view = ImageGridView(selectable=False, gap=0, integer_scale=False)
+        self.view.setFixedSize(side, side)
+        self.caption = QLabel(caption)
+        self.caption.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+        self.caption.setStyleSheet("color: palette(placeholder-text);")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(3)
+        layout.addWidget(self.view, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.caption)
+
+    def set_image(self, image: np.ndarray | None) -> None:
+        """``uint8 (C, H, W)`` or ``None``."""
+        self.view.set_images(image[None] if image is not None else None)
+
+
+class CropPreview(QWidget):
+    """The whole dropped picture, small, with everything outside the centre square the
+    model sees dimmed and the square outlined."""
+
+    def __init__(self, side: int = 96, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._image: QImage | None = None
+        self._box: tuple[int, int, int, int] | None = None
+        self.setFixedSize(side, side)
+
+    def set_preview(self, image: np.ndarray | None, box: tuple[int, int, int, int] | None):
+        """``image``: ``uint8 (H, W, 3)``; ``box``: ``(left, top, right, bottom)`` in it."""
+        self._image = to_qimage(image.transpose(2, 0, 1)) if image is not None else None
+        self._box = box
+        self.update()
+
+    def image_rect(self) -> QRectF:
+        if self._image is None:
+            return QRectF()
+        w, h = self._image.width(), self._image.height()
+        scale = min(self.width() / w, self.height() / h)
+        return QRectF(
+            (self.width() - w * scale) / 2, (self.height() - h * scale) / 2, w * scale, h * scale
+        )
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), BACKGROUND)
+        if self._image is not None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            target = self.image_rect()
+            painter.drawImage(target, self._image)
+            if self._box is not None:
+                sx = target.width() / self._image.width()
+                sy = target.height() / self._image.height()
+                left, top, right, bottom = self._box
+                crop = QRectF(
+                    target.x() + left * sx,
+                    target.y() + top * sy,
+                    (right - left) * sx,
+                    (bottom - top) * sy,
+                )
+                shade = QColor(0, 0, 0, 150)
+                painter.fillRect(
+                    QRectF(target.x(), target.y(), target.width(), crop.y() - target.y()), shade
+                )
+                painter.fillRect(
+                    QRectF(
+                        target.x(), crop.bottom(), target.width(), target.bottom() - crop.bottom()
+                    ),
+                    shade,
+                )
+                painter.fillRect(
+                    QRectF(target.x(), crop.y(), crop.x() - target.x(), crop.height()), shade
+                )
+                painter.fillRect(
+                    QRectF(crop.right(), crop.y(), target.right() - crop.right(), crop.height()),
+                    shade,
+                )
+                painter.setPen(QPen(ACCENT, 1.5))
+                painter.drawRect(crop.adjusted(0.75, 0.75, -0.75, -0.75))
+        painter.end()
+
+
+class TaskProgress(QWidget):
+    """Label, progress bar and Cancel button for the long job now running (status bar)."""
+
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel()
+        self.bar = QProgressBar()
+        self.bar.setFixedWidth(160)
+        self.bar.setTextVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop this job (Esc)")
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.cancel_button)
+        self.hide()
+
+    def show_progress(self, name: str, done: int, total: int, text: str = "") -> None:
+        self.label.setText(f"{name}: {text}" if text else name)
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(done, total))
+        else:
+            self.bar.setRange(0, 0)  # busy, length unknown yet
+        self.show()

@@ -22,3 +22,21 @@ def test_measure_gui_latency_refuses_a_bad_checkpoint(qapp, tmp_path, one_torch_
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad"):
         measure_gui_latency(bad, repeats=1)
+
+
+def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thread):
+    from explorer.images_bench import run_images_bench
+
+    report = run_images_bench(tiny_checkpoint, repeats=2, warmup=1)
+    for key in ("drop_to_reconstruction", "file_decode", "encode"):
+        assert set(report[key]) == {"digit_28x28_png", "photo_1000x800_jpeg"}
+        for figures in report[key].values():
+            assert 0 < figures["p50_ms"] <= figures["p95_ms"] and figures["n"] == 2
+    assert report["interpolation_frame"]["p50_ms"] > 0
+    assert report["threads"] == 1 and report["image"] == "1x8x8"
+    assert set(report["targets"]) == {
+        "encode_p95_ms",
+        "encode_met",
+        "interpolation_frame_p95_ms",
+        "interpolation_met",
+    }

@@ -8,6 +8,7 @@ import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.images import to_uint8
+from core.inference import fold_for_inference
 from core.model import FlowConfig
 from explorer.engine import Frame, RenderEngine, RenderRequest
 
@@ -33,8 +34,9 @@ def collect(engine: RenderEngine) -> list[Frame]:
 
 
 def reference_pixels(model, latents) -> np.ndarray:
+    """A full decode by the engine's inference copy of ``model`` (same arithmetic)."""
     with torch.no_grad():
-        images = model.decode([torch.from_numpy(z.copy()) for z in latents])
+        images = fold_for_inference(model).decode([torch.from_numpy(z.copy()) for z in latents])
     return to_uint8(images.numpy())
 
 
@@ -170,3 +172,68 @@ def test_threaded_engine_delivers_frames_on_the_gui_thread(
         np.testing.assert_array_equal(frame.images, reference_pixels(model, latents))
     finally:
         engine.shutdown()
+
+
+def test_rendering_uses_the_folded_model_and_agrees_with_the_original(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    latents = random_latents(info.latent_shapes, 6, seed=3)
+    frames = collect(engine)
+    engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+    with torch.no_grad():
+        original = model.decode([torch.from_numpy(z.copy()) for z in latents]).numpy()
+    # Same function to float tolerance: at most one 8-bit level apart, nearly everywhere equal.
+    difference = np.abs(frames[0].images.astype(int) - to_uint8(original).astype(int))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.99
+    np.testing.assert_array_equal(engine.decode(latents), frames[0].images)
+
+
+def test_encode_gives_exact_latents_and_cores_bits_per_dim(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 8, 8), dtype=np.uint8)
+    encoded = engine.encode(pixels)
+    assert encoded.model_id == info.model_id
+    assert [z.shape for z in encoded.latents] == list(info.latent_shapes)
+    x8 = torch.from_numpy(pixels)[None]
+    with torch.no_grad():
+        expected = model.bits_per_dim(x8, torch.Generator().manual_seed(0)).item()
+        folded = fold_for_inference(model).bits_per_dim(x8, torch.Generator().manual_seed(0))
+        centre_latents = model.encode((x8.float() + 0.5) / 256)
+    assert encoded.bits_per_dim == expected  # the original model: exactly core's figure
+    assert folded.item() == pytest.approx(expected, rel=1e-5)  # and the folded one agrees
+    for z, ref in zip(encoded.latents, centre_latents):
+        np.testing.assert_allclose(z, ref[0].numpy(), atol=1e-5)
+    assert encoded.max_abs_error < 1e-4
+    np.testing.assert_array_equal(encoded.reconstruction, pixels)
+    assert encoded.error.shape == pixels.shape and not encoded.error.flags.writeable
+    # Deterministic: the same pixels, the same figures, whatever was encoded before.
+    engine.encode(np.zeros_like(pixels))
+    again = engine.encode(pixels)
+    assert again.bits_per_dim == encoded.bits_per_dim
+    for a, b in zip(again.latents, encoded.latents):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_encode_refuses_the_wrong_shape(engine, tiny_checkpoint):
+    engine.open_checkpoint(tiny_checkpoint)
+    with pytest.raises(ValueError, match="expected uint8 pixels of shape"):
+        engine.encode(np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="expected uint8"):
+        engine.encode(np.zeros((1, 8, 8), np.float32))
+
+
+def test_each_target_keeps_its_newest_request_and_its_own_cache(engine, tiny_checkpoint):
+    info = engine.open_checkpoint(tiny_checkpoint)
+    frames = collect(engine)
+    with engine.held():
+        for request_id, target in ((1, "samples"), (2, "strip"), (3, "samples"), (4, "strip")):
+            latents = random_latents(info.latent_shapes, 2, seed=request_id)
+            engine.submit(RenderRequest(request_id, info.model_id, tuple(latents), target))
+    assert [(f.request_id, f.target) for f in frames] == [(3, "samples"), (4, "strip")]
+    assert engine.dropped == 2
+    # A strip frame does not evict the samples' cache: the same samples again hit it fully.
+    samples = random_latents(info.latent_shapes, 2, seed=3)
+    samples[0] = samples[0] + np.float32(1.0)
+    engine.submit(RenderRequest(5, info.model_id, tuple(samples)))
+    assert frames[-1].levels_decoded == 1

@@ -184,3 +184,112 @@ def test_invalid_values_are_rejected(state):
         state.set_n_images(65)
     with pytest.raises(ValueError):
         state.set_offset(0, float("nan"))
+
+
+# -- images, variations and named directions ---------------------------------------------------
+
+
+def image_latents(seed: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) * 2 for shape in SHAPES]
+
+
+def test_an_image_becomes_the_view_exactly_and_undo_restores(state):
+    before = snapshot(state)
+    state.set_temperature(0.6)
+    state.set_offset(1, 0.3)
+    state.set_locked(2, True)
+    z = image_latents()
+    state.set_image(z)
+    assert state.n_images == 1 and state.temperature == 1.0
+    assert all(
+        lv.temperature == 1.0 and lv.offset == 0.0 and not lv.locked for lv in state.view.levels
+    )
+    for rendered, level in zip(state.latents(), z):
+        assert rendered[0].tobytes() == level.tobytes()  # eps * 1.0 is z, bit for bit
+    state.set_temperature(0.5)
+    np.testing.assert_array_equal(state.latent(0)[0], z[0] * np.float32(0.5))
+    state.undo()
+    state.undo()
+    state.undo()
+    state.undo()
+    state.undo()
+    for a, b in zip(before, state.latents()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_set_noise_keeps_the_edits(state):
+    state.set_image(image_latents(1))
+    state.set_level_temperature(0, 0.5)
+    z = image_latents(2)
+    state.set_noise(z, merge_key=("blend",))
+    state.set_noise(image_latents(3), merge_key=("blend",))
+    state.set_noise(z, merge_key=("blend",))
+    np.testing.assert_array_equal(state.latent(0)[0], z[0] * np.float32(0.5))
+    np.testing.assert_array_equal(state.latent(2)[0], z[2])
+    state.undo()  # the whole slider drag is one step
+    assert state.level(0).temperature == 0.5 and not np.array_equal(state.latent(2)[0], z[2])
+
+
+def test_vary_fine_keeps_the_coarse_levels_of_the_chosen_image(state):
+    chosen = [z[2].copy() for z in state.latents()]  # image 2 of the grid of 4
+    state.vary_fine(keep_levels=2, n_images=6, image_index=2)
+    z = state.latents()
+    assert state.n_images == 6
+    for level in (1, 2):
+        assert all(np.array_equal(row, chosen[level]) for row in z[level])
+        assert state.level(level).locked
+    np.testing.assert_array_equal(z[0][0], chosen[0])
+    assert len({row.tobytes() for row in z[0]}) == 6
+    with pytest.raises(ValueError):
+        state.vary_fine(keep_levels=4, n_images=6)
+
+
+def make_direction(name: str = "d", scale: float = 1.0):
+    from explorer.directions import Direction
+
+    rng = np.random.default_rng(11)
+    return Direction(name, tuple(rng.standard_normal(s).astype(np.float32) * scale for s in SHAPES))
+
+
+def test_named_direction_moves_every_level_by_amount_times_vector(state):
+    direction = make_direction()
+    state.set_temperature(0.8)
+    before = snapshot(state)
+    assert state.add_direction(direction) == 0
+    for a, b in zip(before, state.latents()):  # added at 0: nothing moves
+        assert a.tobytes() == b.tobytes()
+    state.set_direction_amount(0, 0.75)
+    for z0, z1, v in zip(before, state.latents(), direction.vectors):
+        np.testing.assert_array_equal(z1, z0 + np.float32(0.75) * v)
+    state.set_direction_amount(0, 0.0)
+    for a, b in zip(before, state.latents()):
+        assert a.tobytes() == b.tobytes()
+    with pytest.raises(ValueError, match="levels"):
+        from explorer.directions import Direction
+
+        state.add_direction(Direction("wrong", (np.zeros((1, 2, 2)),) * 3))
+
+
+def test_npz_round_trip_keeps_named_directions(state, tmp_path):
+    state.add_direction(make_direction("thick"), amount=0.4)
+    expected = snapshot(state)
+    other = ExplorerState(SHAPES, n_images=1)
+    other.load_npz(state.save_npz(tmp_path / "view.npz"))
+    assert [d.direction.name for d in other.directions] == ["thick"]
+    assert other.directions[0].amount == 0.4
+    for a, b in zip(expected, other.latents()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_npz_without_named_directions_still_loads(state, tmp_path):
+    path = state.save_npz(tmp_path / "view.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith("named_")}
+    older = tmp_path / "older.npz"
+    np.savez(older, **arrays)
+    other = ExplorerState(SHAPES, n_images=1)
+    other.load_npz(older)
+    assert other.directions == ()
+    for a, b in zip(state.latents(), other.latents()):
+        assert a.tobytes() == b.tobytes()

@@ -1,0 +1,193 @@
+"""The gallery of the user's own images: each file's pixels, latents and figures.
+
+No Qt, no torch: the engine makes :class:`EncodedImage` objects (plain numpy), the importer
+wraps them into :class:`GalleryImage`, and :class:`Gallery` keeps them for the session with
+the two images chosen for interpolation (A and B) and the one shown now. Panels bind to it
+through its ``changed`` event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explorer.state import Event
+
+SORT_KEYS = ("bpd_desc", "bpd_asc", "added", "name")
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """One image through the model: what the engine hands back from ``encode``."""
+
+    model_id: int
+    latents: tuple[np.ndarray, ...]  # finest first, each (C, H, W) float32
+    reconstruction: np.ndarray  # uint8 (C, H, W): decode(encode(x)) quantized
+    error: np.ndarray  # float32 (C, H, W): |decode(encode(x)) - x| in [0, 1] units
+    bits_per_dim: float
+
+    def __post_init__(self) -> None:
+        for array in (*self.latents, self.reconstruction, self.error):
+            array.setflags(write=False)
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(self.error.max(initial=0.0))
+
+
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """A small picture of the whole file and the centre square the model sees."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in preview pixels
+    file_size: tuple[int, int]  # (width, height) of the file's image, orientation applied
+
+
+@dataclass(frozen=True, eq=False)
+class GalleryImage:
+    """A dropped image: the file, the pixels the model saw, and its encoding."""
+
+    item_id: int
+    path: str
+    pixels: np.ndarray  # uint8 (C, H, W): core.images.load_image at the model's size
+    encoded: EncodedImage
+    preview: Preview | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def latents(self) -> tuple[np.ndarray, ...]:
+        return self.encoded.latents
+
+    @property
+    def bits_per_dim(self) -> float:
+        return self.encoded.bits_per_dim
+
+    @property
+    def model_id(self) -> int:
+        return self.encoded.model_id
+
+
+class Gallery:
+    """The images of this session, in the order they were added, plus A, B and current.
+
+    ``changed`` is emitted (without arguments) after every edit.
+    """
+
+    def __init__(self) -> None:
+        self.changed = Event()
+        self._items: dict[int, GalleryImage] = {}
+        self._next_id = 1
+        self.a_id: int | None = None
+        self.b_id: int | None = None
+        self.current_id: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._items
+
+    def __getitem__(self, item_id: int) -> GalleryImage:
+        return self._items[item_id]
+
+    def get(self, item_id: int | None) -> GalleryImage | None:
+        return self._items.get(item_id) if item_id is not None else None
+
+    @property
+    def items(self) -> list[GalleryImage]:
+        """In the order added."""
+        return list(self._items.values())
+
+    @property
+    def a(self) -> GalleryImage | None:
+        return self.get(self.a_id)
+
+    @property
+    def b(self) -> GalleryImage | None:
+        return self.get(self.b_id)
+
+    @property
+    def current(self) -> GalleryImage | None:
+        return self.get(self.current_id)
+
+    def add(
+        self,
+        path: str,
+        pixels: np.ndarray,
+        encoded: EncodedImage,
+        preview: Preview | None = None,
+    ) -> GalleryImage:
+        item = GalleryImage(self._next_id, str(path), pixels, encoded, preview)
+        self._next_id += 1
+        self._items[item.item_id] = item
+        self.changed.emit()
+        return item
+
+    def remove(self, item_ids: Iterable[int]) -> None:
+        removed = False
+        for item_id in list(item_ids):
+            if self._items.pop(item_id, None) is not None:
+                removed = True
+                self.a_id = None if self.a_id == item_id else self.a_id
+                self.b_id = None if self.b_id == item_id else self.b_id
+                self.current_id = None if self.current_id == item_id else self.current_id
+        if removed:
+            self.changed.emit()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.a_id = self.b_id = self.current_id = None
+        self.changed.emit()
+
+    def set_roles(
+        self,
+        a_id: int | None = ...,  # type: ignore[assignment]
+        b_id: int | None = ...,  # type: ignore[assignment]
+        current_id: int | None = ...,  # type: ignore[assignment]
+    ) -> None:
+        """Choose A, B and/or the current image (``...`` leaves a role as it is)."""
+        for name, value in (("a_id", a_id), ("b_id", b_id), ("current_id", current_id)):
+            if value is ...:
+                continue
+            if value is not None and value not in self._items:
+                raise KeyError(f"no gallery image {value}")
+            setattr(self, name, value)
+        self.changed.emit()
+
+    def swap_ab(self) -> None:
+        self.a_id, self.b_id = self.b_id, self.a_id
+        self.changed.emit()
+
+    def sorted(self, key: str = "bpd_desc") -> list[GalleryImage]:
+        """``bpd_desc``: least typical first (outliers); ``bpd_asc``; ``added``; ``name``."""
+        items = self.items
+        if key == "bpd_desc":
+            return sorted(items, key=lambda it: -_finite(it.bits_per_dim))
+        if key == "bpd_asc":
+            return sorted(items, key=lambda it: _finite(it.bits_per_dim))
+        if key == "name":
+            return sorted(items, key=lambda it: (it.name.lower(), it.item_id))
+        if key == "added":
+            return items
+        raise ValueError(f"unknown sort key {key!r}; choose one of {SORT_KEYS}")
+
+
+def _finite(value: float) -> float:
+    # A NaN figure sorts as the worst outlier rather than scrambling the order.
+    return value if math.isfinite(value) else math.inf
+
+
+def group_latents(items: Iterable[GalleryImage]) -> list[np.ndarray]:
+    """The latents of several images stacked per level: each ``(N, C, H, W)``."""
+    items = list(items)
+    if not items:
+        raise ValueError("no images")
+    return [np.stack(level) for level in zip(*(it.latents for it in items))]

@@ -1,0 +1,214 @@
+"""The gallery panel: every image dropped in this session, sortable by bits/dim.
+
+Sorted by bits/dim, highest first, the images the model finds least typical (outliers)
+come to the top. Double-click (or Enter, or Show) makes an image the current view; A and B
+choose the pair for interpolation; several selected images can seed a direction group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QIcon, QKeyEvent, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from explorer.gallery import Gallery, GalleryImage
+from explorer.widgets import to_qimage
+
+ICON_SIDE = 44
+REFRESH_DELAY_MS = 150  # an import of thousands of files rebuilds the list a few times a second
+ID_ROLE = Qt.ItemDataRole.UserRole
+SORTS = (
+    ("bpd_desc", "bits/dim, outliers first"),
+    ("bpd_asc", "bits/dim, typical first"),
+    ("added", "order added"),
+    ("name", "name"),
+)
+
+
+def icon_for(pixels: np.ndarray) -> QIcon:
+    """The model-size pixels, scaled up without smoothing."""
+    image = to_qimage(pixels)
+    return QIcon(
+        QPixmap.fromImage(
+            image.scaled(
+                ICON_SIDE,
+                ICON_SIDE,
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.FastTransformation,
+            )
+        )
+    )
+
+
+class _List(QListWidget):
+    activated_by_key = Signal()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.activated_by_key.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class GalleryPanel(QGroupBox):
+    """The gallery list with its sort order and the buttons that act on the selection."""
+
+    show_requested = Signal(int)  # item id
+    a_requested = Signal(int)
+    b_requested = Signal(int)
+    remove_requested = Signal(list)  # item ids
+    import_requested = Signal()
+
+    def __init__(self, gallery: Gallery, parent: QWidget | None = None) -> None:
+        super().__init__("Your images", parent)
+        self.gallery = gallery
+        self._icons: dict[int, QIcon] = {}
+        self.sort = QComboBox()
+        for key, label in SORTS:
+            self.sort.addItem(label, key)
+        self.sort.setToolTip("Highest bits/dim first: the images the model finds least typical")
+        self.list = _List()
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.list.setIconSize(QSize(ICON_SIDE, ICON_SIDE))
+        self.list.setUniformItemSizes(True)
+        self.list.setToolTip(
+            "Double-click or Enter: show; select several for a direction group (Directions tab)"
+        )
+        self.empty_label = QLabel("Drop images or a folder on the window.")
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setStyleSheet("color: palette(placeholder-text);")
+        self.import_button = QPushButton("Import…")
+        self.import_button.setToolTip("Import image files (Ctrl+I)")
+        self.show_button = QPushButton("Show")
+        self.a_button = QPushButton("A")
+        self.b_button = QPushButton("B")
+        self.remove_button = QPushButton("Remove")
+        self.a_button.setToolTip("Use the selected image as A for interpolation (Ctrl+1)")
+        self.b_button.setToolTip("Use the selected image as B for interpolation (Ctrl+2)")
+        self.show_button.setToolTip("Make the selected image the view (Enter)")
+        self.remove_button.setToolTip("Remove the selected images from the gallery")
+        for button in (self.a_button, self.b_button):
+            button.setFixedWidth(32)
+        buttons = QHBoxLayout()
+        buttons.setSpacing(4)
+        buttons.addWidget(self.show_button)
+        buttons.addWidget(self.a_button)
+        buttons.addWidget(self.b_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.remove_button)
+        top = QHBoxLayout()
+        top.addWidget(self.sort, 1)
+        top.addWidget(self.import_button)
+        layout = QVBoxLayout(self)
+        layout.setSpacing(4)
+        layout.addLayout(top)
+        layout.addWidget(self.empty_label)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+
+        self.sort.currentIndexChanged.connect(lambda _i: self.refresh())
+        self.list.itemDoubleClicked.connect(
+            lambda item: self.show_requested.emit(item.data(ID_ROLE))
+        )
+        self.list.activated_by_key.connect(self._show_selected)
+        self.list.itemSelectionChanged.connect(self._update_buttons)
+        self.import_button.clicked.connect(self.import_requested)
+        self.show_button.clicked.connect(self._show_selected)
+        self.a_button.clicked.connect(lambda: self._emit_for_selected(self.a_requested))
+        self.b_button.clicked.connect(lambda: self._emit_for_selected(self.b_requested))
+        self.remove_button.clicked.connect(self._remove_selected)
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self.refresh)
+        gallery.changed.connect(self._schedule_refresh)
+        self.refresh()
+
+    def _schedule_refresh(self) -> None:
+        if not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    @property
+    def sort_key(self) -> str:
+        return str(self.sort.currentData())
+
+    def selected_ids(self) -> list[int]:
+        return [item.data(ID_ROLE) for item in self.list.selectedItems()]
+
+    def select(self, item_ids: list[int]) -> None:
+        self.list.clearSelection()
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            if item.data(ID_ROLE) in item_ids:
+                item.setSelected(True)
+                self.list.scrollToItem(item)
+
+    def refresh(self) -> None:
+        """Rebuild the list from the gallery in the chosen order, keeping the selection."""
+        self._refresh_timer.stop()
+        selected = set(self.selected_ids())
+        ordered = self.gallery.sorted(self.sort_key)
+        live = {it.item_id for it in ordered}
+        self._icons = {k: v for k, v in self._icons.items() if k in live}
+        blocked = self.list.blockSignals(True)
+        self.list.clear()
+        for image in ordered:
+            self.list.addItem(self._make_item(image, image.item_id in selected))
+        self.list.blockSignals(blocked)
+        self.empty_label.setVisible(not ordered)
+        self.setTitle(f"Your images ({len(ordered)})" if ordered else "Your images")
+        self._update_buttons()
+
+    def _make_item(self, image: GalleryImage, selected: bool) -> QListWidgetItem:
+        roles = [
+            r
+            for r, on in (
+                ("A", image.item_id == self.gallery.a_id),
+                ("B", image.item_id == self.gallery.b_id),
+            )
+            if on
+        ]
+        badge = f"  [{' '.join(roles)}]" if roles else ""
+        icon = self._icons.get(image.item_id)
+        if icon is None:
+            icon = self._icons[image.item_id] = icon_for(image.pixels)
+        item = QListWidgetItem(icon, f"{image.name}{badge}\n{image.bits_per_dim:.3f} bits/dim")
+        item.setData(ID_ROLE, image.item_id)
+        item.setToolTip(image.path)
+        if image.item_id == self.gallery.current_id:
+            font = item.font()
+            font.setBold(True)
+            item.setFont(font)
+            item.setForeground(QColor("#8fc3ff"))
+        item.setSelected(selected)
+        return item
+
+    def _update_buttons(self) -> None:
+        ids = self.selected_ids()
+        for button in (self.show_button, self.a_button, self.b_button):
+            button.setEnabled(len(ids) == 1)
+        self.remove_button.setEnabled(bool(ids))
+
+    def _remove_selected(self) -> None:
+        if ids := self.selected_ids():
+            self.remove_requested.emit(ids)
+
+    def _show_selected(self) -> None:
+        self._emit_for_selected(self.show_requested)
+
+    def _emit_for_selected(self, signal) -> None:
+        ids = self.selected_ids()
+        if len(ids) >= 1:
+            signal.emit(ids[0])

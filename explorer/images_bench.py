@@ -1,0 +1,272 @@
+"""Figures for your own images in the explorer: drop to reconstruction, encode, interpolation.
+
+``python -m explorer.images_bench [CHECKPOINT] [--json] [--repeats N] [--threads N]``
+drives the real window offscreen with the threaded engine the app uses:
+
+- **drop to reconstruction**: from a real ``QDropEvent`` carrying a file to the samples view
+  having painted the image's reconstruction (file decode, crop and resize, encode,
+  bits/dim, render and paint), for a 28x28 PNG and a 1000x800 photo (JPEG);
+- **file decode** (``core.images.load_image``) and **encode** (``RenderEngine.encode``:
+  latents, reconstruction, error and bits/dim) measured apart, so the encode figure is the
+  time after the file is decoded;
+- **interpolation frame**: from moving the real A → B slider to the new frame painted.
+
+Figures are percentiles over repeats; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+WINDOW_SIZE = (1320, 820)
+TARGETS_MS = {"encode_p95": 50.0, "interpolation_frame_p95": 33.0}
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+        "n": len(times),
+    }
+
+
+def digit_like(seed: int) -> np.ndarray:
+    """A 28x28 grey stroke on black, a little different for each seed: ``(H, W)`` uint8."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((28, 28), np.float64)
+    y, x = np.mgrid[0:28, 0:28]
+    cx, cy, r = 14 + rng.normal(0, 1.5), 14 + rng.normal(0, 1.5), 7 + rng.normal(0, 1)
+    ring = np.abs(np.hypot(x - cx, (y - cy) * 0.8) - r)
+    img += np.clip(1.6 - ring, 0, 1)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def photo_like(width: int, height: int, seed: int) -> np.ndarray:
+    """Colour gradients, a disc and noise: ``(H, W, 3)`` uint8, compresses like a photo."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([0.5 + 0.4 * np.sin(3 * x + seed), 0.3 + 0.5 * y, 0.6 - 0.3 * x * y], -1)
+    disc = (x - 0.5) ** 2 + (y - 0.4) ** 2 < 0.04 + 0.01 * seed
+    rgb[disc] = [0.9, 0.8, 0.2]
+    rgb += rng.normal(0, 0.04, rgb.shape)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def make_files(folder: Path) -> dict[str, list[Path]]:
+    from PIL import Image
+
+    files: dict[str, list[Path]] = {"digit_28x28_png": [], "photo_1000x800_jpeg": []}
+    for seed in (0, 1):
+        digit = folder / f"digit{seed}.png"
+        Image.fromarray(digit_like(seed)).save(digit)
+        files["digit_28x28_png"].append(digit)
+        photo = folder / f"photo{seed}.jpg"
+        Image.fromarray(photo_like(1000, 800, seed)).save(photo, quality=90)
+        files["photo_1000x800_jpeg"].append(photo)
+    return files
+
+
+def run_images_bench(
+    checkpoint: str | os.PathLike | None,
+    repeats: int = 20,
+    *,
+    warmup: int = 2,
+    num_threads: int | None = None,
+    device: str = "auto",
+    timeout_s: float = 60.0,
+) -> dict:
+    """Every figure, as a JSON-ready dict (see the module docstring)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QEventLoop, QMimeData, QPointF, QSettings, Qt, QTimer, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    from core.images import load_image
+    from explorer.app import quiet_offscreen_messages
+    from explorer.bench import describe_model
+    from explorer.engine import RenderEngine, torch_threads
+    from explorer.main_window import MainWindow
+    from explorer.settings import ExplorerSettings
+
+    quiet_offscreen_messages()
+    app = QApplication.instance() or QApplication(["realnvp-images-bench"])
+    report: dict = {"model": describe_model(checkpoint), "repeats": repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make_files(Path(tmp))
+        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(
+            RenderEngine(device=device, num_threads=num_threads), ExplorerSettings(qsettings)
+        )
+        try:
+            if checkpoint is None:
+                window.open_default()
+            elif not window.open_checkpoint(checkpoint):
+                raise ValueError(window.last_error)
+            window.resize(*WINDOW_SIZE)
+            window.show()
+            view = window.samples_panel.view
+            info = window.engine.model_info
+            report["image"] = f"{info.channels}x{info.image_size}x{info.image_size}"
+
+            # Waiting sleeps in an event loop woken only by the signals that can end it:
+            # a polling loop would hold the GIL against the worker threads it measures.
+            wake_up = (
+                view.frame_painted,
+                window.images.image_shown,
+                window.images.strip_shown,
+            )
+
+            def wait(done: Callable[[], bool], what: str) -> None:
+                if done():
+                    return
+                loop = QEventLoop()
+
+                def check(*_args: object) -> None:
+                    if done():
+                        loop.quit()
+
+                for signal in wake_up:
+                    signal.connect(check)
+                timer = QTimer()
+                timer.setSingleShot(True)
+                timer.timeout.connect(loop.quit)
+                timer.start(int(timeout_s * 1000))
+                loop.exec()
+                for signal in wake_up:
+                    signal.disconnect(check)
+                if not done():
+                    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+
+            def painted() -> bool:
+                return view.painted_frame_id >= window.last_request_id
+
+            def idle() -> bool:  # the strip too: each drop starts from a quiet app
+                images = window.images
+                return painted() and images.strip_shown_id == images.strip_request_id
+
+            wait(painted, "the first frame")
+
+            def drop(path: Path) -> None:
+                mime = QMimeData()
+                mime.setUrls([QUrl.fromLocalFile(str(path))])
+                pos = QPointF(window.width() / 2, window.height() / 2)
+                args = (Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+                enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, *args)
+                QApplication.sendEvent(window, enter)
+                QApplication.sendEvent(
+                    window, QDropEvent(pos, Qt.DropAction.CopyAction, mime, *args)
+                )
+
+            shown: list[int] = []
+            window.images.image_shown.connect(shown.append)
+            drop_figures, decode_figures, encode_figures = {}, {}, {}
+            for kind, paths in files.items():
+                times = []
+                for i in range(warmup + repeats):
+                    count = len(shown)
+                    start = time.perf_counter()
+                    drop(paths[i % 2])  # alternate, so no frame is a cache hit
+                    wait(lambda c=count: len(shown) > c and painted(), "the reconstruction")
+                    if i >= warmup:
+                        times.append((time.perf_counter() - start) * 1000.0)
+                    wait(idle, "the strip")
+                drop_figures[kind] = percentiles(times)
+                decode_times, encode_times = [], []
+                for i in range(warmup + repeats):
+                    start = time.perf_counter()
+                    pixels = load_image(paths[i % 2], info.channels, info.image_size)
+                    middle = time.perf_counter()
+                    window.engine.encode(pixels)
+                    end = time.perf_counter()
+                    if i >= warmup:
+                        decode_times.append((middle - start) * 1000.0)
+                        encode_times.append((end - middle) * 1000.0)
+                decode_figures[kind] = percentiles(decode_times)
+                encode_figures[kind] = percentiles(encode_times)
+            report["drop_to_reconstruction"] = drop_figures
+            report["file_decode"] = decode_figures
+            report["encode"] = encode_figures
+
+            # A and B are the last two dropped; drag the slider across, frame by frame.
+            window.show_images_tab()
+            slider = window.images.images_panel.t.slider
+            positions = [*range(5, 100, 5), *range(95, 0, -5)]
+            times = []
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                slider.setValue(positions[i % len(positions)])
+                wait(painted, "the interpolation frame")
+                if i >= warmup:
+                    times.append((time.perf_counter() - start) * 1000.0)
+            report["interpolation_frame"] = percentiles(times)
+            report["threads"] = torch_threads()
+            report["device"] = window.engine.device_label
+        finally:
+            window.close()
+            app.processEvents()
+    worst_encode = max(f["p95_ms"] for f in report["encode"].values())
+    report["targets"] = {
+        "encode_p95_ms": TARGETS_MS["encode_p95"],
+        "encode_met": worst_encode <= TARGETS_MS["encode_p95"],
+        "interpolation_frame_p95_ms": TARGETS_MS["interpolation_frame_p95"],
+        "interpolation_met": report["interpolation_frame"]["p95_ms"]
+        <= TARGETS_MS["interpolation_frame_p95"],
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m explorer.images_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        report = run_images_bench(
+            args.checkpoint, args.repeats, num_threads=args.threads, device=args.device
+        )
+    except (ValueError, TimeoutError) as exc:
+        print(f"explorer.images_bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"Your images in the explorer; model: {report['model']} ({report['image']})")
+    print(f"device: {report['device']}, torch threads: {report['threads']}, {args.repeats} repeats")
+    print(f"{'':34}{'p50 ms':>9}{'p95 ms':>9}")
+    for key, title in (
+        ("drop_to_reconstruction", "drop to reconstruction on screen"),
+        ("file_decode", "file decode (load_image)"),
+        ("encode", "encode (after decoding)"),
+    ):
+        for kind, f in report[key].items():
+            print(f"{title + ', ' + kind.split('_')[0]:34}{f['p50_ms']:>9.1f}{f['p95_ms']:>9.1f}")
+    f = report["interpolation_frame"]
+    print(f"{'interpolation frame (slider)':34}{f['p50_ms']:>9.1f}{f['p95_ms']:>9.1f}")
+    t = report["targets"]
+    print(
+        f"targets: encode p95 <= {t['encode_p95_ms']:.0f} ms "
+        f"{'met' if t['encode_met'] else 'MISSED'}; interpolation frame p95 <= "
+        f"{t['interpolation_frame_p95_ms']:.0f} ms "
+        f"{'met' if t['interpolation_met'] else 'MISSED'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Turn dropped files and folders into encoded gallery images: the import job.
+
+:func:`import_images` is a generator job for :class:`~explorer.tasks.TaskRunner`: it lists
+folders, reads each file with ``core.images.load_image`` (the one image loader: EXIF
+orientation, alpha on white, palette / CMYK / 16-bit, centre crop, resize; a clear
+``ImageLoadError`` for empty, damaged, non-image and oversized files), has the engine encode
+it, and yields one result per file. A bad file is a :class:`ImportFailure`, never an
+exception, so one broken file in a folder of thousands costs only itself.
+
+The preview of the crop (the whole picture, small, with the centre square the model sees)
+is read with Qt's ``QImageReader``: a display-only thumbnail, decoded at reduced size, only
+after ``load_image`` has accepted the file. The model's pixels never come from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
+
+from core.data import DatasetError, list_images
+from core.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
+from explorer.gallery import EncodedImage, Preview
+from explorer.tasks import Progress
+
+PREVIEW_SIDE = 128
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
+STATE_SUFFIXES = {".npz"}
+
+
+@dataclass(frozen=True, eq=False)
+class ImportedImage:
+    path: str
+    pixels: np.ndarray  # uint8 (C, H, W)
+    encoded: EncodedImage
+    preview: Preview | None
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    path: str
+    message: str
+
+
+def import_images(
+    paths: Iterable[str | os.PathLike],
+    encode: Callable[[np.ndarray], EncodedImage],
+    channels: int,
+    size: int,
+    previews: bool = True,
+) -> Iterator[Progress | ImportedImage | ImportFailure]:
+    """Import files and folders (recursively) in order; see the module docstring."""
+    yield Progress(0, 0, "Listing files…")
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            try:
+                found = list_images(path)
+            except DatasetError as exc:
+                yield ImportFailure(str(path), str(exc))
+                continue
+            if not found:
+                suffixes = " ".join(sorted(IMAGE_SUFFIXES))
+                yield ImportFailure(
+                    str(path), f"{path}: no image files in this folder ({suffixes})"
+                )
+        else:
+            found = [path]
+        for file in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(file)
+    total = len(files)
+    for done, path in enumerate(files):
+        yield Progress(done, total, f"Importing {path.name}")
+        try:
+            pixels = load_image(path, channels, size)
+        except ImageLoadError as exc:
+            yield ImportFailure(str(path), _explain(path, str(exc)))
+            continue
+        encoded = encode(pixels)
+        preview = read_preview(path) if previews else None
+        yield ImportedImage(str(path), pixels, encoded, preview)
+    yield Progress(total, total, "Done")
+
+
+def _explain(path: Path, message: str) -> str:
+    """The loader's message, plus what the explorer does open, for files it cannot."""
+    suffix = path.suffix.lower()
+    if "not an image" in message and suffix not in IMAGE_SUFFIXES:
+        return (
+            f"{message}. The explorer opens images, folders of images, checkpoints "
+            f"({', '.join(sorted(CHECKPOINT_SUFFIXES))}) and state or direction files (.npz)."
+        )
+    return message
+
+
+def read_preview(path: str | os.PathLike, max_side: int = PREVIEW_SIDE) -> Preview | None:
+    """A small RGB picture of the whole file with the centre square marked, or ``None``
+    when Qt cannot read the format (the import goes on without a preview)."""
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)  # EXIF orientation, as load_image applies it
+    raw = reader.size()
+    if not raw.isValid() or raw.isEmpty():
+        return None
+    w, h = raw.width(), raw.height()
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:  # JPEG decodes at reduced size directly
+        reader.setScaledSize(QSize(max(1, round(w * scale)), max(1, round(h * scale))))
+    image = reader.read()
+    if image.isNull():
+        return None
+    if reader.transformation() & QImageIOHandler.Transformation.TransformationRotate90:
+        w, h = h, w
+    if image.width() > max_side or image.height() > max_side:  # formats that ignore scaling
+        image = image.scaled(
+            max_side,
+            max_side,
+            Qt.AspectRatioMode.KeepAspectRatio,
+            Qt.TransformationMode.SmoothTransformation,
+        )
+    if image.hasAlphaChannel():  # on white, as load_image flattens alpha
+        flat = QImage(image.size(), QImage.Format.Format_RGB888)
+        flat.fill(Qt.GlobalColor.white)
+        painter = QPainter(flat)
+        painter.drawImage(0, 0, image)
+        painter.end()
+        image = flat
+    image = image.convertToFormat(QImage.Format.Format_RGB888)
+    pw, ph = image.width(), image.height()
+    rows = np.frombuffer(image.constBits(), np.uint8).reshape(ph, image.bytesPerLine())
+    array = rows[:, : pw * 3].reshape(ph, pw, 3).copy()
+    return Preview(array, center_crop_box(pw, ph), (w, h))
+
+
+def classify_drop(paths: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """Split dropped paths into (checkpoints, .npz files, images and folders)."""
+    checkpoints, npz, images = [], [], []
+    for path in paths:
+        suffix = Path(path).suffix.lower()
+        if suffix in CHECKPOINT_SUFFIXES and not Path(path).is_dir():
+            checkpoints.append(path)
+        elif suffix in STATE_SUFFIXES and not Path(path).is_dir():
+            npz.append(path)
+        else:
+            images.append(path)
+    return checkpoints, npz, images

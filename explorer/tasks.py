@@ -1,0 +1,188 @@
+"""Long jobs (importing folders, exporting animations) off the GUI thread, with progress
+and cancel.
+
+A job is a plain generator (Orange's habit: heavy work is a function, the widget only runs
+it). It yields :class:`Progress` objects and results; the runner hands every result to the
+job's ``on_result`` and every progress to the ``progressed`` signal, on the GUI thread, and
+calls ``on_done`` at the end. Cancelling is checked between two yields, where the job is
+stopped with ``generator.close()`` (its ``finally`` blocks run on the worker thread), as
+superqt's generator workers do.
+
+Jobs run one at a time, in the order started. ``threaded=False`` runs a job on the calling
+thread (tests): results arrive synchronously, and a ``progressed`` handler may cancel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` steps (``total`` 0: unknown yet), with a line of text."""
+
+    done: int
+    total: int
+    text: str = ""
+
+
+@dataclass(eq=False)
+class Task:
+    """A job handed to :class:`TaskRunner`; the handle to cancel it and read its outcome."""
+
+    name: str
+    job: Callable[[], Iterator[object]]
+    on_result: Callable[[object], None] | None = None
+    on_done: Callable[[Task], None] | None = None
+    task_id: int = 0
+    error: str | None = None  # the exception that ended the job, if any
+    finished: bool = False
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
+class _Worker(QThread):
+    yielded = Signal(object, object)  # task, item
+    ended = Signal(object)  # task
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+
+    def run(self) -> None:
+        for item in _iterate(self.task):
+            self.yielded.emit(self.task, item)
+        self.ended.emit(self.task)
+
+
+def _iterate(task: Task) -> Iterator[object]:
+    """The job's items until it ends, fails (``task.error``) or is cancelled."""
+    generator = None
+    try:
+        if task.cancelled:
+            return
+        generator = task.job()
+        for item in generator:
+            yield item
+            if task.cancelled:
+                break
+    except Exception as exc:  # a failing job must not take the app down
+        task.error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        if generator is not None:
+            generator.close()
+
+
+class TaskRunner(QObject):
+    """Runs :class:`Task` jobs one after another, on a worker thread or synchronously."""
+
+    started = Signal(object)  # Task
+    progressed = Signal(object, object)  # Task, Progress
+    finished = Signal(object)  # Task
+
+    def __init__(self, threaded: bool = True, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.threaded = threaded
+        self.current: Task | None = None
+        self._queue: deque[Task] = deque()
+        self._worker: _Worker | None = None
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self._queue)
+
+    def start(
+        self,
+        name: str,
+        job: Callable[[], Iterator[object]],
+        on_result: Callable[[object], None] | None = None,
+        on_done: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Queue ``job`` (a function returning a generator); it starts when the jobs before
+        it are done."""
+        task = Task(name, job, on_result, on_done, next(self._ids))
+        if self._closed:  # the window is closing: nothing new runs
+            task.cancel()
+            task.finished = True
+            return task
+        self._queue.append(task)
+        if self.current is None:
+            self._start_next()
+        return task
+
+    def cancel_all(self) -> None:
+        """Cancel the running job and everything queued (their ``on_done`` still runs)."""
+        for task in (self.current, *self._queue):
+            if task is not None:
+                task.cancel()
+
+    def cancel_current(self) -> None:
+        if self.current is not None:
+            self.current.cancel()
+
+    def shutdown(self) -> None:
+        """Cancel everything and wait for the worker; nothing is delivered afterwards and
+        later jobs are cancelled at once."""
+        self._closed = True
+        self.cancel_all()
+        if self._worker is not None:
+            self._worker.wait()
+        self._queue.clear()
+        self.current = None  # what the thread left queued for delivery is ignored
+
+    def _start_next(self) -> None:
+        while self.current is None and self._queue:
+            task = self.current = self._queue.popleft()
+            self.started.emit(task)
+            if self.threaded:
+                worker = _Worker(task)
+                worker.yielded.connect(self._on_item)
+                worker.ended.connect(self._on_ended)
+                self._worker = worker
+                worker.start()
+                return
+            for item in _iterate(task):
+                self._on_item(task, item)
+            self._on_ended(task)
+
+    @Slot(object, object)
+    def _on_item(self, task: Task, item: object) -> None:
+        if task is not self.current:
+            return
+        if isinstance(item, Progress):
+            self.progressed.emit(task, item)
+        elif task.on_result is not None and not task.cancelled:
+            task.on_result(item)
+
+    @Slot(object)
+    def _on_ended(self, task: Task) -> None:
+        if task is not self.current:
+            return
+        if self._worker is not None:
+            self._worker.wait()
+            self._worker.deleteLater()
+            self._worker = None
+        task.finished = True
+        self.current = None
+        try:
+            if task.on_done is not None:
+                task.on_done(task)
+            self.finished.emit(task)
+        finally:
+            self._start_next()
