@@ -85,10 +85,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # torch names a refused class as "... unsupported GLOBAL module.name ..."; anything
+        # else the weights-only unpickler rejects is simply not a pickle it understands.
+        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if refused:
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains objects other than plain "
+                f"weights, which could run code ({refused[0]})"
+            ) from None
         raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than plain weights "
-            f"(it could run code). {first}"
+            f"{path}: not a readable checkpoint (truncated or corrupt file: not a torch checkpoint)"
         ) from None
     except Exception as exc:  # whatever the unpickler trips on, the file is bad input
         raise CheckpointError(

@@ -8,7 +8,7 @@ exports) and shuts both down when it closes; the user's own images are wired by 
 :class:`~explorer.image_controller.ImageController`.
 
 Layout: model and gallery on the left, the samples in the middle, and tabs on the right:
-latent levels, images (the current image, interpolation, mixing), directions.
+latent levels, images (the current image, interpolation, mixing), directions, training.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from explorer.samples_panel import SamplesPanel
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.tasks import Progress, Task, TaskRunner
+from explorer.training_panel import TrainingPanel
 from explorer.widgets import TaskProgress, grid_columns
 
 CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         engine: RenderEngine | None = None,
         settings: ExplorerSettings | None = None,
         parent: QWidget | None = None,
+        probe_devices: bool = True,
     ) -> None:
         super().__init__(parent)
         self.engine = engine if engine is not None else RenderEngine()
@@ -85,6 +87,9 @@ class MainWindow(QMainWindow):
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
         self.images = ImageController(self)
+        # probe_devices=False skips the child process that lists CUDA devices (tests).
+        self.training_panel = TrainingPanel(probe_devices=probe_devices)
+        self.training_panel.open_checkpoint_requested.connect(self._open_trained_checkpoint)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet(
@@ -102,6 +107,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.levels_panel, "Levels")
         self.tabs.addTab(self.images.images_panel, "Images")
         self.tabs.addTab(self.images.directions_panel, "Directions")
+        self.tabs.addTab(self.training_panel, "Training")
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
         splitter.addWidget(self.samples_panel)
@@ -487,7 +493,16 @@ class MainWindow(QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
 
+    def _open_trained_checkpoint(self, path: str) -> None:
+        if self.open_checkpoint(path):
+            self.statusBar().showMessage(f"Opened the trained model {path}", 5000)
+
     def closeEvent(self, event: QCloseEvent) -> None:
+        # A running trainer first: the user may cancel, or stop it (the panel closes the
+        # window again once the checkpoint is saved), or leave it running.
+        if not self.training_panel.confirm_close(self):
+            event.ignore()
+            return
         self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.engine.shutdown()
         if self.isVisible():

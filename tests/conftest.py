@@ -93,7 +93,9 @@ def make_window(qtbot, explorer_settings, one_torch_thread):
     from explorer.main_window import MainWindow
 
     def make(checkpoint: Path | None = None, threaded: bool = False) -> MainWindow:
-        window = MainWindow(RenderEngine(device="cpu", threaded=threaded), explorer_settings)
+        window = MainWindow(
+            RenderEngine(device="cpu", threaded=threaded), explorer_settings, probe_devices=False
+        )
         qtbot.addWidget(window)  # closed (and its engine stopped) after the test
         if checkpoint is not None:
             assert window.open_checkpoint(checkpoint), window.last_error

@@ -1,0 +1,678 @@
+"""The training panel: configure a run, start the trainer, watch it learn, open the result.
+
+The panel runs ``python -m core train --progress json`` (or ``torchrun`` for several GPUs)
+as a separate process and reads nothing but its JSON events (see
+:mod:`explorer.training_process`): live curves of training and test bits/dim, images/s,
+a progress bar with ETA, the newest sample grids and the trainer's messages.
+
+Every run keeps its event stream in ``OUT/events.jsonl`` and its messages in
+``OUT/trainer.log``, so "Open run folder…" shows the curves of any earlier run, and follows
+one that is still going (for example one left running when the window closed).
+
+For the main window::
+
+    panel.open_checkpoint_requested.connect(window.open_checkpoint)
+    # in closeEvent:
+    if not panel.confirm_close(window):
+        event.ignore()
+
+Preview it alone with ``python -m explorer.training_panel``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import QRect, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QImage, QPainter, QPaintEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from explorer.training_form import TrainingForm
+from explorer.training_process import (
+    EVENTS_FILE,
+    RunFollower,
+    TrainingProcess,
+    format_duration,
+)
+
+TRAIN_COLOUR = "#4ea1ff"
+TEST_COLOUR = "#ffb74d"
+PLOT_BACKGROUND = "#17191c"
+ERROR_STYLE = (
+    "QLabel { background: #4a1f1f; color: #ffd0cc; padding: 6px 8px; border-radius: 4px; }"
+)
+NOTE_STYLE = "QLabel { background: #1f3a2a; color: #c8f0d4; padding: 6px 8px; border-radius: 4px; }"
+LOG_LINES = 5000
+REDRAW_MS = 250
+RATE_WINDOW = 20  # step events the ETA averages over
+STDERR_SHOWN = 4
+
+# What closing the window does with a run in progress.
+STOP, LEAVE, CANCEL = "stop", "leave", "cancel"
+
+
+def ask_close_choice(parent: QWidget | None, out: str) -> str:
+    """Ask whether to stop the run or leave it running: ``stop``, ``leave`` or ``cancel``."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Training in progress")
+    box.setText("A training run is still in progress.")
+    box.setInformativeText(
+        "Stop it: it saves latest.pt first, and the window closes once it has.\n"
+        f"Leave it running: it goes on writing checkpoints and events to {out}; "
+        "open that folder in the training panel later to see its curves."
+    )
+    stop = box.addButton("Stop and Close", QMessageBox.ButtonRole.AcceptRole)
+    leave = box.addButton("Leave Running", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(stop)
+    box.exec()
+    clicked = box.clickedButton()
+    return STOP if clicked is stop else LEAVE if clicked is leave else CANCEL
+
+
+class SampleView(QWidget):
+    """One image scaled to fit, pixels kept crisp when enlarged."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.image = QImage()
+        self.setMinimumSize(120, 80)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def set_image(self, image: QImage) -> None:
+        self.image = image
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(360, 200)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        if not self.image.isNull():
+            size = self.image.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
+            rect = QRect(0, 0, size.width(), size.height())
+            rect.moveCenter(self.rect().center())
+            smooth = size.width() < self.image.width()
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+            painter.drawImage(rect, self.image)
+        painter.end()
+
+
+class TrainingPanel(QWidget):
+    """Configure, run and watch training; meant for a dock or a tab of the main window.
+
+    Signals: ``checkpoint_ready(path)`` when a run ends with a checkpoint on disk;
+    ``open_checkpoint_requested(path)`` from "Open in explorer", or by itself at the end
+    of a run when "Open in explorer when done" is ticked; ``training_started(out)`` and
+    ``training_stopped(outcome)`` with outcome ``finished``, ``stopped``, ``killed``,
+    ``failed`` or ``left running``.
+    """
+
+    checkpoint_ready = Signal(str)
+    open_checkpoint_requested = Signal(str)
+    training_started = Signal(str)
+    training_stopped = Signal(str)
+
+    def __init__(
+        self,
+        runs_dir: str | os.PathLike | None = None,
+        probe_devices: bool = True,
+        python: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.python = python
+        self.process: TrainingProcess | None = None
+        self.follower: RunFollower | None = None  # a reopened run
+        # Injectable for tests: (parent, out) -> "stop" | "leave" | "cancel".
+        self.close_prompt: Callable[[QWidget | None, str], str] = ask_close_choice
+        self._close_after_stop: QWidget | None = None
+        self.run_dir: Path | None = None
+        self.checkpoint: str | None = None
+        self.total_steps = 0
+        self.last_step = 0
+        self.train_points: tuple[list[int], list[float]] = ([], [])
+        self.test_points: tuple[list[int], list[float]] = ([], [])
+        self.images_per_s: float | None = None
+        self.sample_step: int | None = None
+        self._samples: tuple[str, int | None] = ("", None)  # the newest grid: path, step
+        self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._redraw_pending = False
+        self._form_locked = False
+
+        self.form = TrainingForm(runs_dir, probe_devices)
+        self._build_monitor()
+        self._build_layout()
+
+        self.form.changed.connect(self.update_controls)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.kill_button.clicked.connect(self.kill)
+        self.copy_button.clicked.connect(self.copy_command)
+        self.open_button.clicked.connect(self._open_clicked)
+        self.reopen_button.clicked.connect(self._reopen_clicked)
+        self.update_controls()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _build_monitor(self) -> None:
+        self.start_button = QPushButton("Start")
+        self.start_button.setDefault(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Save latest.pt and finish (the trainer gets SIGTERM)")
+        self.kill_button = QPushButton("Kill")
+        self.kill_button.setToolTip("End the trainer at once; checkpoints on disk stay")
+        self.reason = QLabel()
+        self.reason.setStyleSheet("color: #ffb74d;")
+        self.reason.setWordWrap(True)
+
+        self.command = QLineEdit()
+        self.command.setReadOnly(True)
+        self.command.setToolTip("The command the panel runs; paste it in a terminal")
+        self.command.setFont(QFont("monospace"))
+        self.copy_button = QPushButton("Copy")
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m steps")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.info = QLabel("No run yet")
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.rate = QLabel()
+        self.rate.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
+
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground(PLOT_BACKGROUND)
+        self.plot.setLabel("left", "bits / dim")
+        self.plot.setLabel("bottom", "step")
+        # No grid: in software rendering its lines cost more than the curves themselves.
+        self.plot.addLegend(offset=(-8, 8))
+        self.plot.setClipToView(True)
+        self.plot.setDownsampling(auto=True, mode="peak")
+        self.train_curve = self.plot.plot(
+            [], [], pen=pg.mkPen(TRAIN_COLOUR, width=1.5), name="training"
+        )
+        self.test_curve = self.plot.plot(
+            [],
+            [],
+            pen=pg.mkPen(TEST_COLOUR, width=2),
+            symbol="o",
+            symbolSize=6,
+            symbolBrush=TEST_COLOUR,
+            symbolPen=None,
+            name="test",
+        )
+        self.plot.setMinimumSize(240, 160)
+
+        self.samples = SampleView()
+        self.samples_caption = QLabel("Samples appear after the first evaluation")
+        self.samples_caption.setWordWrap(True)
+
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setFont(QFont("monospace"))
+        self.log.setPlaceholderText("The trainer's messages (stderr) appear here")
+
+        self.open_when_done = QCheckBox("Open in explorer when done")
+        self.open_button = QPushButton("Open in Explorer")
+        self.open_button.setToolTip("Open the run's newest checkpoint in the explorer")
+        self.reopen_button = QPushButton("Open Run Folder…")
+        self.reopen_button.setToolTip(f"Show an earlier run's curves from its {EVENTS_FILE}")
+
+    def _build_layout(self) -> None:
+        scroll = QScrollArea()
+        scroll.setWidget(self.form)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(self.form.minimumSizeHint().width() + 24)
+
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, self.kill_button):
+            buttons.addWidget(button)
+        buttons.addWidget(self.reason, 1)
+        command = QHBoxLayout()
+        command.addWidget(self.command, 1)
+        command.addWidget(self.copy_button)
+        status = QHBoxLayout()
+        status.addWidget(self.info, 1)
+        status.addWidget(self.rate)
+
+        samples = QWidget()
+        column = QVBoxLayout(samples)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.samples, 1)
+        column.addWidget(self.samples_caption)
+        views = QSplitter(Qt.Orientation.Horizontal)
+        views.addWidget(self.plot)
+        views.addWidget(samples)
+        views.setSizes([1000, 1000])  # an even split; the sample grids are twice as wide
+        views.setChildrenCollapsible(False)
+        stack = QSplitter(Qt.Orientation.Vertical)
+        stack.addWidget(views)
+        stack.addWidget(self.log)
+        stack.setStretchFactor(0, 4)
+        stack.setStretchFactor(1, 1)
+        stack.setChildrenCollapsible(False)
+
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.open_when_done)
+        bottom.addStretch(1)
+        bottom.addWidget(self.open_button)
+        bottom.addWidget(self.reopen_button)
+
+        monitor = QWidget()
+        right = QVBoxLayout(monitor)
+        right.setContentsMargins(4, 0, 0, 0)
+        right.addLayout(buttons)
+        right.addLayout(command)
+        right.addWidget(self.progress)
+        right.addLayout(status)
+        right.addWidget(self.message)
+        right.addWidget(stack, 1)
+        right.addLayout(bottom)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(scroll)
+        splitter.addWidget(monitor)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        splitter.setChildrenCollapsible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def problems(self) -> list[str]:
+        """Why Start is disabled; empty when it is not."""
+        if self.running:
+            return ["a run is in progress"]
+        return self.form.problems()
+
+    def update_controls(self) -> None:
+        running = self.running
+        problems = [] if running else self.form.problems()
+        self.start_button.setEnabled(not running and not problems)
+        self.reason.setText(problems[0] if problems else "")
+        self.reason.setToolTip("\n".join(problems))
+        stopping = running and self.process is not None and self.process.stop_requested
+        self.stop_button.setEnabled(running and not stopping)
+        self.kill_button.setEnabled(running)
+        self.reopen_button.setEnabled(not running)
+        self.open_button.setEnabled(bool(self.checkpoint) and Path(self.checkpoint).is_file())
+        if running != self._form_locked:
+            self._form_locked = running
+            self.form.set_running(running)
+        if not running:
+            self.command.setText(self.form.settings().shell_command(self.python))
+            self.command.setCursorPosition(0)
+
+    def copy_command(self) -> None:
+        QGuiApplication.clipboard().setText(self.command.text())
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start a run with the form's settings; False (and the reason shown) if it cannot."""
+        if self.problems():
+            self.update_controls()
+            return False
+        settings = self.form.settings()
+        self._stop_following()
+        self.form.cancel_scan()  # the trainer reads the data itself; free the CPU for it
+        self._reset_monitor()
+        process = TrainingProcess(self)
+        process.event_received.connect(self._on_event)
+        process.log_received.connect(self._append_log)
+        process.failed.connect(self._on_failed)
+        process.finished.connect(self._on_finished)
+        try:
+            process.start(settings, self.python)
+        except OSError as exc:
+            process.deleteLater()
+            self._show_message(f"Cannot prepare the output folder: {exc}", error=True)
+            return False
+        self.process = process
+        self.run_dir = process.settings.out_dir
+        self.info.setText("Starting the trainer…")
+        self.update_controls()
+        self.command.setText(process.settings.shell_command(self.python))
+        self.command.setCursorPosition(0)
+        self._append_log(f"$ {self.command.text()}")
+        self.training_started.emit(str(self.run_dir))
+        return True
+
+    def stop(self) -> None:
+        """Ask the trainer to save and finish."""
+        if self.running and self.process is not None:
+            self.process.stop()
+            self.info.setText("Stopping: the trainer saves latest.pt after this step…")
+            self.update_controls()
+
+    def kill(self) -> None:
+        """End the trainer at once."""
+        if self.running and self.process is not None:
+            self.process.kill()
+
+    def leave_running(self) -> int | None:
+        """Stop watching the run and let it go on by itself; returns its process id."""
+        if not self.running or self.process is None:
+            return None
+        pid = self.process.detach()
+        self._append_log(f"left running as process {pid}; it keeps writing to {self.run_dir}")
+        self.process = None
+        self.update_controls()
+        self.training_stopped.emit("left running")
+        return pid
+
+    def confirm_close(self, parent: QWidget | None = None) -> bool:
+        """For the main window's ``closeEvent``: True when the window may close now.
+
+        With a run in progress it asks (``close_prompt``): Stop and close (the trainer saves,
+        then ``parent`` is closed again; returns False meanwhile), Leave running (the run
+        goes on without the window; returns True) or Cancel (False). Asked again while
+        stopping, "Stop and close" kills the trainer.
+        """
+        if not self.running or self.process is None:
+            return True
+        parent = parent or self.window()
+        choice = self.close_prompt(parent, str(self.run_dir))
+        if choice == LEAVE:
+            self.leave_running()
+            return True
+        if choice == STOP:
+            self._close_after_stop = parent
+            if self.process.stop_requested:
+                self.kill()
+            else:
+                self.stop()
+                self.info.setText("Stopping: the window closes once latest.pt is saved…")
+        return False
+
+    def _on_failed(self, message: str) -> None:
+        # The message, then the trainer's last words on stderr where they add something.
+        reason = self.process.error_message if self.process is not None else None
+        tail = [
+            line
+            for line in list(self.process.stderr_tail if self.process else [])[-STDERR_SHOWN:]
+            if line not in message and not (reason and reason in line)
+        ]
+        self._show_message("\n".join([message, *tail]), error=True)
+
+    def _on_finished(self, exit_code: int) -> None:
+        process = self.process
+        if process is None:
+            return
+        done = process.done_event
+        if done is not None:
+            outcome = str(done.get("reason", "finished"))
+        elif process.kill_requested:
+            outcome = "killed"
+        elif process.stop_requested and process.last_step == 0:
+            outcome = "stopped"
+        else:
+            outcome = "failed"
+        checkpoint = process.last_checkpoint
+        if checkpoint and not Path(checkpoint).is_file():
+            checkpoint = None
+        self.checkpoint = checkpoint
+        if outcome == "killed":
+            kept = f"; its newest checkpoint stays: {checkpoint}" if checkpoint else ""
+            self._show_message(f"Killed at step {process.last_step}{kept}", error=True)
+        elif outcome == "stopped" and done is None:
+            self._show_message("Stopped before training began; nothing was saved.")
+        self.info.setText(f"Run {outcome} at step {process.last_step}")
+        self.process = None
+        self.update_controls()
+        if self.form.scan_report is not None and not self.form.scan_report.finished:
+            self.form.start_scan()
+        self.form.refresh_out_suggestion()
+        if checkpoint:
+            self.checkpoint_ready.emit(checkpoint)
+            if self.open_when_done.isChecked() and outcome in ("finished", "stopped"):
+                self.open_checkpoint_requested.emit(checkpoint)
+        self.training_stopped.emit(outcome)
+        if self._close_after_stop is not None:
+            window, self._close_after_stop = self._close_after_stop, None
+            QTimer.singleShot(0, window.close)
+
+    # -- reopening earlier runs ----------------------------------------------------------------
+
+    def open_run(self, folder: str | os.PathLike) -> bool:
+        """Show the curves, samples and messages of the run in ``folder`` from its
+        ``events.jsonl``; keeps following it if it has not ended."""
+        if self.running:
+            return False
+        folder = Path(folder)
+        if not (folder / EVENTS_FILE).is_file():
+            self._show_message(
+                f"{folder} has no {EVENTS_FILE}: only runs started from this panel (or with "
+                "its command line, which appends the events there) can be reopened.",
+                error=True,
+            )
+            return False
+        self._stop_following()
+        self._reset_monitor()
+        self.run_dir = folder
+        self.checkpoint = str(folder / "latest.pt") if (folder / "latest.pt").is_file() else None
+        self.follower = RunFollower(folder, from_start=True, parent=self)
+        self.follower.event_received.connect(self._on_event)
+        self.follower.log_received.connect(self._append_log)
+        # Followed until its log ends with done or error: a run left running goes on.
+        self.follower.caught_up.connect(self._stop_following)
+        self.follower.start()
+        self.info.setText(f"Run in {folder}")
+        self.update_controls()
+        return True
+
+    def _stop_following(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower.deleteLater()
+            self.follower = None
+
+    def _open_clicked(self) -> None:
+        if self.checkpoint:
+            self.open_checkpoint_requested.emit(self.checkpoint)
+
+    def _reopen_clicked(self) -> None:
+        start = str(self.run_dir or self.form.runs_dir)
+        folder = QFileDialog.getExistingDirectory(self, "Open run folder", start)
+        if folder:
+            self.open_run(folder)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        step = event.get("step")
+        if isinstance(step, int):
+            self.last_step = step
+        if kind == "start":
+            self._on_start(event)
+        elif kind == "step":
+            if isinstance(event.get("loss"), float | int):
+                self.train_points[0].append(step)
+                self.train_points[1].append(float(event["loss"]))
+            self.total_steps = int(event.get("total_steps") or self.total_steps)
+            self.images_per_s = event.get("images_per_s")
+            if isinstance(event.get("time"), float | int):
+                self._rate.append((float(event["time"]), step))
+            self._schedule_redraw()
+        elif kind == "eval":
+            if isinstance(event.get("test_bpd"), float | int):
+                self.test_points[0].append(step)
+                self.test_points[1].append(float(event["test_bpd"]))
+            self._schedule_redraw()
+        elif kind == "samples":
+            # Only the newest grid is shown: a reopened run loads one image, not all.
+            self._samples = (str(event.get("path", "")), step)
+            self._schedule_redraw()
+        elif kind == "checkpoint" and event.get("kind") == "latest":
+            # Checkpoints are written atomically: one can be opened while training goes on.
+            self.checkpoint = event.get("path")
+            self.open_button.setEnabled(True)
+        elif kind == "done":
+            self._on_done(event)
+        elif kind == "error":
+            self._show_message(f"The trainer reported: {event.get('message')}", error=True)
+
+    def _on_start(self, event: dict[str, Any]) -> None:
+        # A resumed run continues the curves from its checkpoint's step; a new run (or one
+        # resumed from an earlier checkpoint) drops the points after that step.
+        start = int(event.get("step") or 0)
+        for steps, values in (self.train_points, self.test_points):
+            keep = sum(1 for s in steps if s <= start)
+            del steps[keep:], values[keep:]
+        self.total_steps = int(event.get("total_steps") or 0)
+        self._rate.clear()
+        self.message.hide()
+        parts = [f"{int(event.get('parameters', 0)):,} parameters", str(event.get("device"))]
+        if event.get("world_size", 1) > 1:
+            parts.append(f"{event['world_size']} processes")
+        if event.get("train_images") is not None:
+            parts.append(
+                f"{event['train_images']:,} training / {event.get('test_images', 0):,} test images"
+            )
+        if event.get("skipped_files"):
+            parts.append(f"{event['skipped_files']:,} unreadable files skipped")
+        self.info.setText(" · ".join(parts))
+        self.info.setToolTip(str(event.get("out", "")))
+        self._schedule_redraw()
+
+    def _on_done(self, event: dict[str, Any]) -> None:
+        reason = event.get("reason", "finished")
+        checkpoint = event.get("checkpoint")
+        if checkpoint and Path(checkpoint).is_file():
+            self.checkpoint = checkpoint
+        test, best = event.get("test_bpd"), event.get("best_test_bpd")
+        scores = ""
+        if test is not None and best is not None:
+            scores = f": test {test:.3f} bits/dim (best {best:.3f})"
+        self._show_message(
+            f"{str(reason).capitalize()} at step {event.get('step')}{scores}. "
+            f"Checkpoint: {self.checkpoint or 'none'}"
+        )
+        self._rate.clear()
+        self._schedule_redraw()
+
+    def _show_samples(self) -> None:
+        path, step = self._samples
+        image = QImage(path)
+        if image.isNull():
+            return
+        self.samples.set_image(image)
+        self.sample_step = step
+        self.samples_caption.setText(
+            f"Samples at step {step}: temperature 0.7 (left) and 1.0 (right)"
+        )
+
+    def _schedule_redraw(self) -> None:
+        # Events come in bursts (one per file read) and a fast GPU run sends many: the
+        # curves are redrawn at most every REDRAW_MS.
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            QTimer.singleShot(REDRAW_MS, self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        if self._samples[1] != self.sample_step:
+            self._show_samples()
+        self.train_curve.setData(*self.train_points)
+        self.test_curve.setData(*self.test_points)
+        self.progress.setRange(0, max(self.total_steps, 1))
+        self.progress.setValue(min(self.last_step, max(self.total_steps, 1)))
+        parts = []
+        if self.images_per_s:
+            parts.append(f"{self.images_per_s:,.0f} images/s")
+        if len(self._rate) >= 2 and self.total_steps:
+            (t0, s0), (t1, s1) = self._rate[0], self._rate[-1]
+            if t1 > t0 and s1 > s0:
+                left = (self.total_steps - s1) * (t1 - t0) / (s1 - s0)
+                parts.append(f"ETA {format_duration(left)}")
+        self.rate.setText(" · ".join(parts))
+
+    def _reset_monitor(self) -> None:
+        self.train_points = ([], [])
+        self.test_points = ([], [])
+        self.total_steps = self.last_step = 0
+        self.images_per_s = None
+        self.sample_step = None
+        self._samples = ("", None)
+        self._rate.clear()
+        self.checkpoint = None
+        self.samples.set_image(QImage())
+        self.samples_caption.setText("Samples appear after the first evaluation")
+        self.log.clear()
+        self.message.hide()
+        self.rate.setText("")
+        self._redraw()
+
+    def _append_log(self, text: str) -> None:
+        self.log.appendPlainText(text)
+
+    def _show_message(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setStyleSheet(ERROR_STYLE if error else NOTE_STYLE)
+        self.message.show()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        # Only called when the panel is a window of its own (the preview); inside the
+        # explorer the main window calls confirm_close.
+        if not self.confirm_close(self):
+            event.ignore()
+            return
+        self.form.cancel_scan()
+        super().closeEvent(event)
+
+
+def main() -> int:
+    """Preview the panel alone: ``python -m explorer.training_panel``."""
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.app import apply_dark_theme
+
+    app = QApplication(sys.argv)
+    apply_dark_theme(app)
+    panel = TrainingPanel()
+    panel.resize(1280, 820)
+    panel.setWindowTitle("Real NVP training")
+    panel.show()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,369 @@
+"""The training panel against the real trainer: short CPU runs on a tiny folder of images.
+
+Every run uses a tiny model on 8x8 grayscale images with one torch thread, so a step takes
+milliseconds; the runs are open-ended (``--max-steps`` large) and each test ends its own.
+No test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer.training_panel import LEAVE, STOP, TrainingPanel
+from explorer.training_process import (
+    DATASET_GEOMETRY,
+    DATASET_LABELS,
+    EVENTS_FILE,
+    PRESETS,
+    LineBuffer,
+    RunSettings,
+    geometry_problem,
+    parse_event,
+    read_event_log,
+)
+
+WAIT_MS = 60_000
+
+
+def tiny_run(data_dir: Path, out: Path, **changes) -> RunSettings:
+    settings = RunSettings(
+        dataset="folder",
+        data_dir=str(data_dir),
+        channels=1,
+        image_size=8,
+        preset=None,
+        num_scales=2,
+        mid_channels=4,
+        num_blocks=1,
+        batch_size=8,
+        max_steps=1_000_000,  # runs until the test stops it
+        eval_every=5,
+        eval_limit=8,
+        log_every=1,
+        threads=1,
+        out=str(out),
+    )
+    return replace(settings, **changes)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 random 8x8 grayscale PNGs."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture
+def make_panel(qtbot, tmp_path: Path):
+    """``make_panel(probe_devices=False)``: a shown panel; a run it still has at the end of
+    the test is killed before the panel closes."""
+
+    def kill_run(panel: TrainingPanel) -> None:
+        if panel.running:
+            panel.kill()
+            qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+
+    def make(probe_devices: bool = False) -> TrainingPanel:
+        panel = TrainingPanel(runs_dir=tmp_path / "runs", probe_devices=probe_devices)
+        # Never a modal dialog in a test: closing with a run still going kills it.
+        panel.close_prompt = lambda parent, out: panel.kill() or "cancel"
+        qtbot.addWidget(panel, before_close_func=kill_run)
+        panel.resize(1100, 760)
+        panel.show()
+        return panel
+
+    return make
+
+
+def start_when_ready(qtbot, panel: TrainingPanel, settings: RunSettings) -> None:
+    panel.form.apply(settings)
+    panel.form.start_scan()
+    qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
+    panel.start_button.click()
+    assert panel.running
+
+
+def wait_gone(pid: int) -> None:
+    """Wait for a process of ours that no QProcess watches any more, and reap it."""
+    for _ in range(600):
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:  # someone else reaped it
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not end")
+
+
+# -- without Qt or processes ----------------------------------------------------------------
+
+
+def test_gui_process_never_imports_torch():
+    code = (
+        "import sys, explorer.training_panel; "
+        "print('torch' in sys.modules, any(m.startswith('core') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_constants_written_out_agree_with_core():
+    from core.data import DATASETS, dataset_geometry
+    from core.model import PRESETS as CORE_PRESETS
+    from core.model import FlowConfig
+
+    assert set(DATASET_LABELS) == set(DATASETS)
+    assert {k: (c.num_scales, c.mid_channels, c.num_blocks) for k, c in CORE_PRESETS.items()} == (
+        PRESETS
+    )
+    for name, geometry in DATASET_GEOMETRY.items():
+        assert dataset_geometry(name, None, None) == geometry
+    for size in range(2, 40):
+        for scales in range(1, 5):
+            try:
+                FlowConfig(image_size=size, num_scales=scales)
+                fits = True
+            except ValueError:
+                fits = False
+            assert (geometry_problem(size, scales) is None) == fits, (size, scales)
+
+
+def test_command_lines_are_accepted_by_the_trainer(tmp_path: Path):
+    from core.cli import build_parser
+
+    folder = tiny_run(tmp_path / "imgs", tmp_path / "out", lr=3e-4, flip=True)
+    mnist = RunSettings(data_dir="data", out="runs/a", epochs=3, download=True)
+    resume = RunSettings(resume=str(tmp_path / "out" / "latest.pt"), out=str(tmp_path / "out"))
+    multi = RunSettings(data_dir="data", out="runs/b", gpus=2, device="auto")
+    for settings in (folder, mnist, resume, multi):
+        argv = settings.command("python")
+        start = argv.index("core") + 1
+        args = build_parser().parse_args(argv[start:])
+        assert args.progress == "json"
+        assert Path(args.out).is_absolute()
+    assert folder.command()[:4] == [sys.executable, "-m", "core", "train"]
+    assert "--preset" in mnist.command() and "mnist-small" in mnist.command()
+    assert "--num-scales" in folder.command() and "--lr" in folder.command()
+    assert "--dataset" not in resume.command() and "--resume" in resume.command()
+    assert multi.command()[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert multi.command()[multi.command().index("--device") + 1] == "cuda"
+    shell = folder.shell_command()
+    assert shell.endswith(f"2>> {tmp_path / 'out' / 'trainer.log'}")
+
+
+def test_line_buffer_keeps_partial_lines_and_split_characters():
+    buffer = LineBuffer()
+    text = '{"event": "eval", "test_bpd": 1.5, "note": "é"}\n'.encode()
+    cut = text.index("é".encode()) + 1  # inside the two bytes of é
+    assert buffer.feed(text[:cut]) == []
+    assert buffer.feed(text[cut:] + b'{"event": "st') == [text.decode().rstrip("\n")]
+    assert buffer.feed(b'ep"}\r\n') == ['{"event": "step"}']
+    assert parse_event('{"event": "eval", "test_bpd": null}') == {"event": "eval", "test_bpd": None}
+    assert parse_event("not json") is None and parse_event("[1]") is None
+
+
+# -- the panel: settings ----------------------------------------------------------------------
+
+
+def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, tmp_path):
+    panel = make_panel()
+    good = tiny_run(image_folder, tmp_path / "run")
+    panel.form.apply(good)
+    panel.form.start_scan()
+    qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
+    assert panel.form.data_status.text() == "40 readable images"
+    assert len(panel.form.thumbnails.labels) == 8
+    assert str(image_folder) in panel.command.text()
+
+    cases = [
+        (dict(image_size=9), "do not fit 2 scales"),
+        (dict(lr=float("nan")), "learning rate"),
+        (dict(batch_size=64), "fewer than one batch"),
+        (dict(out=""), "output folder"),
+        (dict(resume=str(tmp_path / "missing.pt")), "no checkpoint file"),
+    ]
+    for change, reason in cases:
+        panel.form.apply(replace(good, **change))
+        assert not panel.start_button.isEnabled(), change
+        assert reason in panel.reason.text(), (change, panel.reason.text())
+        assert panel.start() is False
+    panel.form.apply(good)
+    panel.form.lr.setText("fast")
+    assert "learning rate" in panel.reason.text()
+    panel.form.lr.setText("1e-3")
+    assert panel.start_button.isEnabled()
+
+
+def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    panel = make_panel(probe_devices=True)
+    panel.form.apply(tiny_run(empty, tmp_path / "run"))
+    panel.form.start_scan()
+    qtbot.waitUntil(lambda: "no image files" in panel.reason.text(), timeout=WAIT_MS)
+    assert "no image files" in panel.form.data_status.text()
+    assert not panel.start_button.isEnabled()
+    qtbot.waitUntil(lambda: panel.form.devices_probed, timeout=WAIT_MS)
+    names = [panel.form.device.itemData(i) for i in range(panel.form.device.count())]
+    assert names[:2] == ["auto", "cpu"]
+
+
+# -- the panel: real runs ---------------------------------------------------------------------
+
+
+def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image_folder, tmp_path):
+    panel = make_panel()
+    panel.open_when_done.setChecked(True)
+    out = tmp_path / "run"
+    ready, opened = [], []
+    panel.checkpoint_ready.connect(ready.append)
+    panel.open_checkpoint_requested.connect(opened.append)
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
+    assert not panel.start_button.isEnabled() and panel.stop_button.isEnabled()
+
+    qtbot.waitUntil(lambda: panel.sample_step is not None, timeout=WAIT_MS)
+    # The curve and the progress bar are redrawn a moment after the events.
+    qtbot.waitUntil(lambda: panel.train_curve.getData()[0] is not None, timeout=WAIT_MS)
+    assert len(panel.train_curve.getData()[0]) >= 1
+    qtbot.waitUntil(lambda: panel.progress.value() > 0, timeout=WAIT_MS)
+    assert panel.progress.maximum() == 1_000_000
+    assert "images/s" in panel.rate.text()
+    assert len(panel.test_points[0]) >= 1 and not panel.samples.image.isNull()
+
+    with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
+        panel.stop_button.click()
+    assert stopped.args == ["stopped"]
+    events = read_event_log(out)
+    done = [e for e in events if e["event"] == "done"]
+    assert done and done[-1]["reason"] == "stopped"
+    assert (out / "latest.pt").is_file()
+    assert ready == opened == [str(out / "latest.pt")]
+    assert panel.open_button.isEnabled() and "Stopped at step" in panel.message.text()
+    assert "already holds a run" in panel.reason.text()  # the folder now holds this run
+
+    # The run reopened from its folder shows the same curves.
+    again = make_panel()
+    assert again.open_run(out)
+    assert again.train_points == panel.train_points
+    assert again.test_points == panel.test_points
+    qtbot.waitUntil(lambda: again.sample_step == panel.sample_step, timeout=WAIT_MS)
+    assert again.checkpoint == str(out / "latest.pt")
+    assert again.follower is None  # the run has ended: nothing more to follow
+
+
+def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path):
+    bad = tmp_path / "old" / "latest.pt"
+    bad.parent.mkdir()
+    bad.write_text("this is not a checkpoint")
+    panel = make_panel()
+    panel.form.apply(RunSettings(resume=str(bad), out=str(tmp_path / "resumed"), threads=1))
+    assert panel.start_button.isEnabled(), panel.reason.text()
+    with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
+        panel.start_button.click()
+    assert stopped.args == ["failed"]
+    assert panel.message.isVisible()
+    assert "exit status 2" in panel.message.text()
+    assert str(bad) in panel.message.text()
+    assert "error" in panel.log.toPlainText()
+    assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+
+
+def test_kill_ends_the_run_at_once(qtbot, make_panel, image_folder, tmp_path):
+    panel = make_panel()
+    start_when_ready(qtbot, panel, tiny_run(image_folder, tmp_path / "run"))
+    qtbot.waitUntil(lambda: panel.last_step > 0, timeout=WAIT_MS)
+    with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
+        panel.kill_button.click()
+    assert stopped.args == ["killed"]
+    assert "Killed at step" in panel.message.text()
+    assert not panel.running and not panel.kill_button.isEnabled()
+
+
+def test_closing_asks_and_stop_closes_after_the_checkpoint(
+    qtbot, make_panel, image_folder, tmp_path
+):
+    panel = make_panel()  # a window of its own: its closeEvent asks like the main window's
+    out = tmp_path / "run"
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
+    qtbot.waitUntil(lambda: panel.last_step > 0, timeout=WAIT_MS)
+    asked = []
+    panel.close_prompt = lambda parent, run: asked.append(run) or "cancel"
+    assert panel.close() is False
+    assert panel.running and panel.isVisible() and asked == [str(out)]
+
+    panel.close_prompt = lambda parent, run: STOP
+    assert panel.confirm_close(panel) is False  # closes itself once the trainer has saved
+    qtbot.waitUntil(lambda: not panel.isVisible(), timeout=WAIT_MS)
+    assert not panel.running
+    assert read_event_log(out / EVENTS_FILE)[-1]["reason"] == "stopped"
+    assert panel.confirm_close(panel) is True
+
+
+def test_leave_running_detaches_the_trainer(qtbot, make_panel, image_folder, tmp_path):
+    panel = make_panel()
+    out = tmp_path / "run"
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
+    qtbot.waitUntil(lambda: panel.last_step > 0, timeout=WAIT_MS)
+    pid = panel.process.pid
+    panel.close_prompt = lambda parent, run: LEAVE
+    assert panel.confirm_close(panel) is True
+    assert not panel.running
+    try:
+        size = (out / EVENTS_FILE).stat().st_size
+        qtbot.waitUntil(lambda: (out / EVENTS_FILE).stat().st_size > size, timeout=WAIT_MS)
+        # Reopening its folder follows the run that is still going.
+        viewer = make_panel()
+        assert viewer.open_run(out) and viewer.follower is not None
+        seen = viewer.last_step
+        qtbot.waitUntil(lambda: viewer.last_step > seen, timeout=WAIT_MS)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid)
+    qtbot.waitUntil(lambda: viewer.follower is None, timeout=WAIT_MS)  # its done event came
+    assert read_event_log(out)[-1]["reason"] == "stopped"
+
+
+# -- inside the explorer window -------------------------------------------------------------
+
+
+def test_window_trains_and_opens_the_result(qtbot, make_window, image_folder, tmp_path):
+    """From the Training tab: a real run, stopped; its checkpoint opens in the explorer."""
+    window = make_window()
+    panel = window.training_panel
+    assert window.tabs.indexOf(panel) >= 0
+    panel.open_when_done.setChecked(True)
+    out = tmp_path / "run"
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
+    qtbot.waitUntil(lambda: panel.sample_step is not None, timeout=WAIT_MS)
+
+    # Closing the window while training asks first; "cancel" keeps both open.
+    panel.close_prompt = lambda parent, run_dir: "cancel"
+    assert not window.close()
+    assert panel.running
+
+    with qtbot.waitSignal(window.model_opened, timeout=WAIT_MS) as opened:
+        panel.stop_button.click()
+    info = opened.args[0]
+    assert info.source == str(out / "latest.pt")
+    assert (info.image_size, info.channels) == (8, 1)
+    assert window.close()  # nothing running any more: no question
