@@ -6,7 +6,10 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
 - ``matmul_peak_gflops``: float32 2048x2048 matmul throughput, the machine's ceiling.
 - ``models.<name>``: for each preset (and ``bundled`` when that checkpoint exists):
   ``parameters``; ``encode_ms`` / ``decode_ms`` with ``p50`` and ``p95`` for ``batch_1`` and
-  ``batch_64``; ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
+  ``batch_64``; for ``bundled`` (folded for inference, as the explorer renders)
+  ``fine_level_change`` with ``cached_ms`` and ``full_ms``: decoding after a change to the
+  finest level from the cached coarser levels against a full decode; for presets
+  ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
   counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``.
 - ``gui`` (when the explorer is installed): slider-to-pixels latency from
   ``python -m explorer.bench --json``, run as a separate process so ``core`` never loads Qt.
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 
 from core.device import describe, pick_device
+from core.inference import fold_for_inference
 from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob, nats_to_bits_per_dim
 
 BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"
@@ -74,6 +78,25 @@ def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> d
         enc = _time_ms(lambda: model.encode(x), repeats, device=device)
         dec = _time_ms(lambda: model.decode(zs), repeats, device=device)
     return {"encode_ms": _percentiles(enc), "decode_ms": _percentiles(dec)}
+
+
+def fine_level_change(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
+    """Decode after a change to the finest level only: from the cached output of the coarser
+    levels (what the explorer's level cache does) against a full decode."""
+    zs = model.sample_latents(1, 1.0, torch.Generator().manual_seed(0))
+    zs = [z.to(device) for z in zs]
+    with torch.inference_mode():
+        h = model.inverse_top(zs[-1])
+        for level in range(model.num_levels - 2, 0, -1):
+            h = model.inverse_level(level, zs[level], h)
+        cached = h  # the running tensor that a change to level 0 leaves valid
+
+        def from_cache() -> torch.Tensor:
+            return model.to_image(model.inverse_level(0, zs[0], cached))
+
+        full = _time_ms(lambda: model.decode(zs), repeats, device=device)
+        fine = _time_ms(from_cache, repeats, device=device)
+    return {"cached_ms": _percentiles(fine), "full_ms": _percentiles(full)}
 
 
 def train_step_flops(model: RealNVP, batch: int, device: torch.device) -> int:
@@ -126,6 +149,7 @@ def training_speed(
 def gui_latency(checkpoint: Path | None, quick: bool) -> dict[str, Any] | None:
     """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable."""
     cmd = [sys.executable, "-m", "explorer.bench", "--json"]
+    cmd += ["--threads", str(torch.get_num_threads())]
     if checkpoint is not None:
         cmd.append(str(checkpoint))
     if quick:
@@ -172,19 +196,25 @@ def run(
         "models": {},
     }
     names = presets if presets is not None else list(PRESETS)
-    models: dict[str, tuple[RealNVP, bool]] = {}
+    models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
     for name in names:
-        models[name] = (RealNVP(PRESETS[name]).to(device).eval(), True)
+        model = RealNVP(PRESETS[name]).to(device).eval()
+        models[name] = (model, True, sum(p.numel() for p in model.parameters()))
     bundled = Path(checkpoint) if checkpoint else (BUNDLED if BUNDLED.is_file() else None)
     if bundled is not None:
-        models["bundled"] = (load_checkpoint(bundled, device)[0], False)
-    for name, (model, train) in models.items():
+        # As the explorer renders: normalizations folded into the convolutions.
+        model = load_checkpoint(bundled, device)[0]
+        count = sum(p.numel() for p in model.parameters())
+        models["bundled"] = (fold_for_inference(model), False, count)
+    for name, (model, train, count) in models.items():
         entry: dict[str, Any] = {
             "config": model.config.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": count,
             "batch_1": latency(model, 1, repeats, device),
             "batch_64": latency(model, 64, 2 if quick else 10, device),
         }
+        if not train:
+            entry["fine_level_change"] = fine_level_change(model, repeats, device)
         if train:
             entry.update(training_speed(model.config, 64, train_steps, device, peak))
         report["models"][name] = entry
@@ -206,6 +236,12 @@ def _print(report: dict[str, Any]) -> None:
                 f"  {batch:>8}: encode p50 {enc['p50']:.1f} ms p95 {enc['p95']:.1f} ms | "
                 f"decode p50 {dec['p50']:.1f} ms p95 {dec['p95']:.1f} ms"
             )
+        if "fine_level_change" in e:
+            c, f = e["fine_level_change"]["cached_ms"], e["fine_level_change"]["full_ms"]
+            print(
+                f"  finest-level change: from cache p50 {c['p50']:.1f} ms p95 {c['p95']:.1f} ms"
+                f" | full decode p50 {f['p50']:.1f} ms p95 {f['p95']:.1f} ms"
+            )
         if "train_images_per_s" in e:
             print(
                 f"  training (batch 64): {e['train_images_per_s']} images/s, "
@@ -222,6 +258,8 @@ def main(args: argparse.Namespace | None = None) -> int:
         parser.add_argument("--quick", action="store_true")
         parser.add_argument("--checkpoint")
         args = parser.parse_args()
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     report = run(
         quick=args.quick,
         checkpoint=args.checkpoint,

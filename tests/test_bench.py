@@ -17,6 +17,8 @@ def test_report_keys(tmp_path):
     assert report["matmul_peak_gflops"] > 0
     bundled = report["models"]["bundled"]
     assert bundled["parameters"] == sum(p.numel() for p in RealNVP(TINY).parameters())
+    change = bundled["fine_level_change"]
+    assert set(change) == {"cached_ms", "full_ms"} and change["cached_ms"]["n"] > 0
     for batch in ("batch_1", "batch_64"):
         for key in ("encode_ms", "decode_ms"):
             assert set(bundled[batch][key]) == {"p50", "p95", "n"}
