@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
+    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -107,7 +108,12 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.levels_panel, "Levels")
         self.tabs.addTab(self.images.images_panel, "Images")
         self.tabs.addTab(self.images.directions_panel, "Directions")
-        self.tabs.addTab(self.training_panel, "Training")
+        # In a scroll area: the form's minimum size must not squeeze the other panels.
+        training_scroll = QScrollArea()
+        training_scroll.setWidgetResizable(True)
+        training_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        training_scroll.setWidget(self.training_panel)
+        self.tabs.addTab(training_scroll, "Training")
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
         splitter.addWidget(self.samples_panel)
@@ -503,6 +509,7 @@ class MainWindow(QMainWindow):
         if not self.training_panel.confirm_close(self):
             event.ignore()
             return
+        self.training_panel.form.shutdown()
         self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.engine.shutdown()
         if self.isVisible():

@@ -199,6 +199,7 @@ class TrainingForm(QWidget):
         self._scan_timer.timeout.connect(self.start_scan)
         self._sync_enabled()
         self._apply_preset()
+        self.probe: DeviceProbe | None = None
         if probe_devices:
             self.probe = DeviceProbe(self)
             self.probe.found.connect(self.set_devices)
@@ -456,6 +457,12 @@ class TrainingForm(QWidget):
         self.scan.updated.connect(self._on_scan_updated)
         self.scan.start()
         self.changed.emit()
+
+    def shutdown(self) -> None:
+        """End the short child processes (device probe, data scan) before the window goes."""
+        self.cancel_scan()
+        if self.probe is not None:
+            self.probe.cancel()
 
     def cancel_scan(self) -> None:
         if self.scan is not None:

@@ -350,7 +350,7 @@ def test_window_trains_and_opens_the_result(qtbot, make_window, image_folder, tm
     """From the Training tab: a real run, stopped; its checkpoint opens in the explorer."""
     window = make_window()
     panel = window.training_panel
-    assert window.tabs.indexOf(panel) >= 0
+    assert panel.window() is window
     panel.open_when_done.setChecked(True)
     out = tmp_path / "run"
     start_when_ready(qtbot, panel, tiny_run(image_folder, out))
