@@ -146,10 +146,13 @@ def training_speed(
     }
 
 
-def gui_latency(checkpoint: Path | None, quick: bool) -> dict[str, Any] | None:
+def gui_latency(
+    checkpoint: Path | None, quick: bool, threads: int | None = None
+) -> dict[str, Any] | None:
     """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable."""
     cmd = [sys.executable, "-m", "explorer.bench", "--json"]
-    cmd += ["--threads", str(torch.get_num_threads())]
+    if threads is not None:  # otherwise the explorer's own default, as the app runs
+        cmd += ["--threads", str(threads)]
     if checkpoint is not None:
         cmd.append(str(checkpoint))
     if quick:
@@ -178,6 +181,7 @@ def run(
     device_name: str = "auto",
     presets: list[str] | None = None,
     gui: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     from core.checkpoint import load_checkpoint
 
@@ -197,15 +201,17 @@ def run(
     }
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
-    for name in names:
-        model = RealNVP(PRESETS[name]).to(device).eval()
-        models[name] = (model, True, sum(p.numel() for p in model.parameters()))
     bundled = Path(checkpoint) if checkpoint else (BUNDLED if BUNDLED.is_file() else None)
     if bundled is not None:
-        # As the explorer renders: normalizations folded into the convolutions.
+        # First, before the long training runs leave the process's thread pool and
+        # allocator in another state (later latencies measured up to 2x slower), and
+        # folded as the explorer renders it.
         model = load_checkpoint(bundled, device)[0]
         count = sum(p.numel() for p in model.parameters())
         models["bundled"] = (fold_for_inference(model), False, count)
+    for name in names:
+        model = RealNVP(PRESETS[name]).to(device).eval()
+        models[name] = (model, True, sum(p.numel() for p in model.parameters()))
     for name, (model, train, count) in models.items():
         entry: dict[str, Any] = {
             "config": model.config.to_dict(),
@@ -219,7 +225,7 @@ def run(
             entry.update(training_speed(model.config, 64, train_steps, device, peak))
         report["models"][name] = entry
     if gui:
-        report["gui"] = gui_latency(bundled, quick)
+        report["gui"] = gui_latency(bundled, quick, threads)
     return report
 
 
@@ -266,6 +272,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         device_name=getattr(args, "device", "auto"),
         presets=getattr(args, "presets", None),
         gui=not getattr(args, "no_gui", False),
+        threads=getattr(args, "threads", None),
     )
     if args.json:
         print(json.dumps(report))

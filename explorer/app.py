@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for rendering (default: torch's)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for rendering (default: all cores but one)",
     )
     return parser.parse_args(argv)
 
