@@ -13,13 +13,13 @@ of plain arrays and read back with ``allow_pickle=False``.
 from __future__ import annotations
 
 import os
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from explorer.npz_files import read_npz, write_npz
 
 DIRECTION_FORMAT = "realnvp-explorer-direction"
 DIRECTION_VERSION = 1
@@ -77,8 +77,6 @@ def direction_from_groups(
 
 def save_direction(direction: Direction, path: str | os.PathLike) -> Path:
     """Write ``direction`` as ``.npz`` of plain arrays, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {
         "format": np.array(DIRECTION_FORMAT),
         "version": np.array(DIRECTION_VERSION),
@@ -88,15 +86,7 @@ def save_direction(direction: Direction, path: str | os.PathLike) -> Path:
     }
     for i, v in enumerate(direction.vectors):
         arrays[f"level_{i}"] = v
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_npz(path, arrays)
 
 
 def is_direction_file(path: str | os.PathLike) -> bool:
@@ -110,18 +100,7 @@ def is_direction_file(path: str | os.PathLike) -> bool:
 
 def load_direction(path: str | os.PathLike) -> Direction:
     """Read a file written by :func:`save_direction`; raises :class:`DirectionFileError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DirectionFileError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DirectionFileError(f"{path}: not a readable direction file ({exc})") from None
-    if str(arrays.get("format", "")) != DIRECTION_FORMAT:
-        raise DirectionFileError(f"{path}: not a direction file of the Real NVP explorer")
-    if int(arrays.get("version", -1)) != DIRECTION_VERSION:
-        raise DirectionFileError(f"{path}: direction version {arrays.get('version')} unsupported")
+    arrays = read_npz(path, DIRECTION_FORMAT, DIRECTION_VERSION, DirectionFileError, "direction")
     try:
         shapes = [tuple(int(v) for v in row) for row in arrays["shapes"]]
         vectors = []

@@ -34,8 +34,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from explorer.directions import Direction
+from explorer.npz_files import read_npz, write_npz
 
 Shape = tuple[int, int, int]
 SeedKey = tuple[int, ...]
@@ -666,8 +665,6 @@ def _key_from(row: np.ndarray) -> SeedKey | None:
 
 def save_view(view: ViewState, path: str | os.PathLike) -> Path:
     """Write ``view`` as ``.npz``: plain arrays only, so loading needs no pickle."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {
         "format": np.array(STATE_FORMAT),
         "version": np.array(STATE_VERSION),
@@ -690,31 +687,12 @@ def save_view(view: ViewState, path: str | os.PathLike) -> Path:
     for k, applied in enumerate(view.directions):
         for i, v in enumerate(applied.direction.vectors):
             arrays[f"named_{k}_{i}"] = v
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_npz(path, arrays)
 
 
 def load_view(path: str | os.PathLike) -> ViewState:
     """Read a file written by :func:`save_view`; every field is checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise StateFileError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise StateFileError(f"{path}: not a readable latent state file ({exc})") from None
-    if str(arrays.get("format", "")) != STATE_FORMAT:
-        raise StateFileError(f"{path}: not a latent state file of the Real NVP explorer")
-    if int(arrays.get("version", -1)) != STATE_VERSION:
-        raise StateFileError(f"{path}: latent state version {arrays.get('version')} unsupported")
+    arrays = read_npz(path, STATE_FORMAT, STATE_VERSION, StateFileError, "latent state")
     try:
         shapes = [tuple(int(v) for v in row) for row in arrays["shapes"]]
         n, seed = int(arrays["n_images"]), int(arrays["seed"])
