@@ -213,6 +213,7 @@ def _cmd_eval(args) -> int:
     from core.checkpoint import load_checkpoint
     from core.data import load_dataset
     from core.device import pick_device
+    from core.model import mean_bits_per_dim
 
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
@@ -224,15 +225,8 @@ def _cmd_eval(args) -> int:
     if (test.channels, test.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
     images = test.images[: args.limit] if args.limit else test.images
-    g = torch.Generator().manual_seed(1234)  # the trainer's evaluation seed
-    total = 0.0
     with torch.inference_mode():
-        for start in range(0, images.shape[0], 500):
-            chunk = images[start : start + 500]
-            u = torch.rand(chunk.shape, generator=g)
-            x = ((chunk.float() + u) / 256.0).to(device)
-            total += model._bits_per_dim_continuous(x).double().sum().item()
-    bpd = total / images.shape[0]
+        bpd = mean_bits_per_dim(model, images, device)
     if args.json:
         print(json.dumps({"dataset": dataset, "images": images.shape[0], "test_bpd": bpd}))
     else:

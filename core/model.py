@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -310,6 +311,33 @@ def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Ten
     device = generator.device if generator is not None else x_uint8.device
     noise = torch.rand(x_uint8.shape, generator=generator, device=device).to(x_uint8.device)
     return (x_uint8.float() + noise) / 256.0
+
+
+EVAL_SEED = 1234  # dequantization seed of every test bits/dim figure
+
+
+@torch.no_grad()
+def mean_bits_per_dim(
+    model: RealNVP,
+    images: Tensor,
+    device: torch.device | str | None = None,
+    batch_size: int = 500,
+    autocast=None,
+) -> float:
+    """Mean bits/dim of uint8 ``images`` (N, C, H, W), dequantized with :data:`EVAL_SEED`.
+
+    The one test-set evaluation: the trainer's evaluations and ``realnvp eval`` both call
+    it, so a checkpoint's recorded test bits/dim is reproduced exactly. ``autocast`` is an
+    optional context manager factory (bf16 on CUDA).
+    """
+    device = device if device is not None else model._param().device
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    total = 0.0
+    for start in range(0, images.shape[0], batch_size):
+        x = dequantize(images[start : start + batch_size], generator).to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            total += model._bits_per_dim_continuous(x).double().sum().item()
+    return total / max(images.shape[0], 1)
 
 
 def nats_to_bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:

@@ -27,7 +27,15 @@ from core.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
 from core.device import describe, pick_device
 from core.events import EventSink
 from core.images import make_grid, save_png, to_uint8
-from core.model import FlowConfig, RealNVP, gaussian_log_prob, nats_to_bits_per_dim, preset
+from core.model import (
+    FlowConfig,
+    RealNVP,
+    dequantize,
+    gaussian_log_prob,
+    mean_bits_per_dim,
+    nats_to_bits_per_dim,
+    preset,
+)
 from core.resnet import weight_norm_scales
 
 
@@ -245,8 +253,7 @@ class Trainer:
         idx = perm[start : start + b]
         x = images[idx.to(images.device)]
         x = x.to(self.device, non_blocking=True)
-        u = torch.rand(x.shape, generator=noise, device=noise.device).to(self.device)
-        x = (x.float() + u) / 256.0  # dequantize
+        x = dequantize(x, noise)
         if self.config.flip:
             flip = torch.rand(x.shape[0], generator=noise, device=noise.device) < 0.5
             x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
@@ -260,25 +267,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, test: ImageDataset) -> float:
-        """Mean test bits/dim in eval mode, with a fixed dequantization seed."""
-        model = self.model
-        model.eval()
-        images = test.images
-        if self.config.eval_limit:
-            images = images[: self.config.eval_limit]
-        g = torch.Generator().manual_seed(1234)
-        total, count = 0.0, 0
-        for start in range(0, images.shape[0], 500):
-            chunk = images[start : start + 500]
-            u = torch.rand(chunk.shape, generator=g)
-            x = ((chunk.float() + u) / 256.0).to(self.device)
-            with self._autocast():
-                zs, logdet = model(x)
-                bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet, model.config.num_dims)
-            total += bpd.double().sum().item()
-            count += chunk.shape[0]
-        model.train()
-        return total / max(count, 1)
+        """Mean test bits/dim in eval mode (see :func:`core.model.mean_bits_per_dim`)."""
+        images = test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
+        self.model.eval()
+        try:
+            return mean_bits_per_dim(self.model, images, self.device, autocast=self._autocast)
+        finally:
+            self.model.train()
 
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
