@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.atomic import atomic_write
+
 IMAGE_SUFFIXES = {
     ".png",
     ".jpg",
@@ -119,12 +121,10 @@ def make_grid(
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Save ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 as PNG, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(array).save(f, format="PNG")
     return path
 
 
