@@ -4,13 +4,17 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
 
 - ``machine``: torch version, device, threads.
 - ``matmul_peak_gflops``: float32 2048x2048 matmul throughput, the machine's ceiling.
+- ``train_peak_gflops``: the ceiling the training figures are compared with: the same on the
+  CPU; on CUDA, where training runs in bf16 autocast, an 8192x8192 bf16 matmul.
 - ``models.<name>``: for each preset (and ``bundled`` when that checkpoint exists):
   ``parameters``; ``encode_ms`` / ``decode_ms`` with ``p50`` and ``p95`` for ``batch_1`` and
   ``batch_64``; for ``bundled`` (folded for inference, as the explorer renders)
   ``fine_level_change`` with ``cached_ms`` and ``full_ms``: decoding after a change to the
   finest level from the cached coarser levels against a full decode; for presets
   ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
-  counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``.
+  counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``;
+  ``first_step_s``; with ``--train-batch 64 256`` also ``train_batch_256``; with ``--compile``
+  ``train_compiled`` (one entry per batch size) for the ``torch.compile``-d step.
 - ``gui`` (when the explorer is installed): slider-to-pixels latency from
   ``python -m explorer.bench --json``, run as a separate process so ``core`` never loads Qt.
 
@@ -20,6 +24,7 @@ Tests never assert these times; they only check that the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +40,7 @@ import torch
 
 from core.device import describe, pick_device
 from core.inference import fold_for_inference
-from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob, nats_to_bits_per_dim
+from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
 
 BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"
 
@@ -63,9 +68,11 @@ def _time_ms(
     return out
 
 
-def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_peak_gflops(
+    device: torch.device, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     best = min(_time_ms(lambda: a @ b, repeats, device=device))
     return round(2 * size**3 / (best / 1000.0) / 1e9, 1)
 
@@ -113,32 +120,51 @@ def train_step_flops(model: RealNVP, batch: int, device: torch.device) -> int:
 
 
 def training_speed(
-    config: FlowConfig, batch: int, steps: int, device: torch.device, peak: float
+    config: FlowConfig,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    peak: float,
+    compile: bool = False,
 ) -> dict[str, Any]:
+    """The trainer's own step (:class:`core.train.TrainStep`): on CUDA with bf16 autocast and
+    channels_last as the trainer runs it, optionally ``torch.compile``-d."""
+    from core.train import TrainStep, make_adam
+
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()
     flops = train_step_flops(model, batch, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
+    cuda = device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    net: torch.nn.Module = torch.compile(model) if compile else model
+    optimizer, fused = make_adam(model.parameters(), 1e-4, device)
+
+    def autocast():
+        if cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    step = TrainStep(
+        model, net, optimizer, fused, 5e-5, 100.0, autocast, eager_net=model if compile else None
     )
-
-    def step() -> None:
-        with autocast:
-            zs, logdet = model(x)
-        loss = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), config.num_dims).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    times = _time_ms(step, steps, warmup=1, device=device)
-    per_step = statistics.median(times) / 1000.0
+    start = time.perf_counter()
+    step(x)  # the first step builds fused state (and compiles)
+    if cuda:
+        torch.cuda.synchronize(device)
+    first_s = time.perf_counter() - start
+    # Steps are timed in groups, as the trainer runs them: no synchronisation between them.
+    group = 10 if cuda else 1
+    times = _time_ms(lambda: [step(x) for _ in range(group)], steps, warmup=1, device=device)
+    per_step = statistics.median(times) / 1000.0 / group
+    step.read(reset_window=True)
     gflops = flops / per_step / 1e9
     return {
         "batch": batch,
+        "compiled": step.compiled,
+        "first_step_s": round(first_s, 2),
         "train_images_per_s": round(batch / per_step, 1),
         "train_step_gflop": round(flops / 1e9, 4),
         "train_gflops": round(gflops, 3),
@@ -182,6 +208,8 @@ def run(
     presets: list[str] | None = None,
     gui: bool = True,
     threads: int | None = None,
+    compile: bool = False,
+    train_batches: list[int] | None = None,
 ) -> dict[str, Any]:
     from core.checkpoint import load_checkpoint
 
@@ -189,6 +217,13 @@ def run(
     repeats = 5 if quick else 30
     train_steps = 2 if quick else 5
     peak = matmul_peak_gflops(device, repeats=3 if quick else 10)
+    train_batches = train_batches or [64]
+    # On CUDA training runs in bf16 autocast, so its ceiling is the bf16 matmul rate.
+    train_peak = (
+        matmul_peak_gflops(device, 8192, 3 if quick else 10, torch.bfloat16)
+        if device.type == "cuda"
+        else peak
+    )
     report: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
@@ -197,6 +232,7 @@ def run(
             "python": platform.python_version(),
         },
         "matmul_peak_gflops": peak,
+        "train_peak_gflops": train_peak,
         "models": {},
     }
     names = presets if presets is not None else list(PRESETS)
@@ -222,7 +258,19 @@ def run(
         if not train:
             entry["fine_level_change"] = fine_level_change(model, repeats, device)
         if train:
-            entry.update(training_speed(model.config, 64, train_steps, device, peak))
+            first, *more = train_batches
+            entry.update(training_speed(model.config, first, train_steps, device, train_peak))
+            for b in more:
+                entry[f"train_batch_{b}"] = training_speed(
+                    model.config, b, train_steps, device, train_peak
+                )
+            if compile:
+                entry["train_compiled"] = {
+                    str(b): training_speed(
+                        model.config, b, train_steps, device, train_peak, compile=True
+                    )
+                    for b in train_batches
+                }
         report["models"][name] = entry
     if gui:
         report["gui"] = gui_latency(bundled, quick, threads)
@@ -273,6 +321,8 @@ def main(args: argparse.Namespace | None = None) -> int:
         presets=getattr(args, "presets", None),
         gui=not getattr(args, "no_gui", False),
         threads=getattr(args, "threads", None),
+        compile=getattr(args, "compile", False),
+        train_batches=getattr(args, "train_batch", None),
     )
     if args.json:
         print(json.dumps(report))

@@ -284,6 +284,18 @@ def _add_bench(sub) -> None:
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
     p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
     p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the training step under torch.compile (train_compiled)",
+    )
+    p.add_argument(
+        "--train-batch",
+        type=_positive,
+        nargs="+",
+        default=[64],
+        help="batch sizes for the training figures (default: 64; the first is the main one)",
+    )
 
 
 def _cmd_bench(args) -> int:

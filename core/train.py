@@ -139,6 +139,161 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+# -- one step -------------------------------------------------------------------------------
+
+
+def make_adam(params, lr: float, device: torch.device) -> tuple[torch.optim.Adam, bool]:
+    """Adam, fused where this torch and device have the fused kernel (it takes ``found_inf``
+    and so can skip a step without the host looking). Returns the optimizer and whether
+    it is fused."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True), True
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / torch
+        return torch.optim.Adam(params, lr=lr), False
+
+
+def _fix_loaded_adam(optimizer: torch.optim.Adam, fused: bool) -> None:
+    """After ``load_state_dict``: a checkpoint from an unfused run (or another device) must
+    not switch the kernel, and fused Adam wants float32 step counters on the parameter's
+    device."""
+    for group in optimizer.param_groups:
+        group["fused"] = fused
+        if fused:
+            group["foreach"] = None
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st and "step" in st:
+                step = st["step"]
+                if not torch.is_tensor(step):
+                    step = torch.tensor(float(step))
+                st["step"] = step.to(p.device, torch.float32) if fused else step.cpu()
+
+
+class _BufferGuard:
+    """Keeps the last good copy of the model's buffers (batch-norm statistics) and, after a
+    step, keeps or rolls back the new values on the device: a handful of kernels for all
+    buffers, and no host-device synchronisation."""
+
+    def __init__(self, buffers: list[torch.Tensor]) -> None:
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for b in buffers:
+            groups.setdefault((b.dtype, b.device), []).append(b)
+        self.groups = list(groups.values())
+        self.saved = [torch.cat([b.reshape(-1) for b in bufs]) for bufs in self.groups]
+
+    def commit(self, finite: torch.Tensor) -> None:
+        for bufs, saved in zip(self.groups, self.saved):
+            now = torch.cat([b.reshape(-1) for b in bufs])
+            torch.where(finite.to(saved.device), now, saved, out=saved)
+            views = saved.split([b.numel() for b in bufs])
+            torch._foreach_copy_(bufs, [v.view(b.shape) for v, b in zip(views, bufs)])
+
+
+class TrainStep:
+    """One step of the paper's objective, as the trainer and ``realnvp bench`` run it.
+
+    Bits/dim plus the L2 penalty on the weight-norm scales, backward, gradient clipping, Adam.
+    A step whose loss or gradient norm is not finite changes nothing: fused Adam gets the
+    ``found_inf`` flag that ``torch.amp.GradScaler`` uses (parameters, moments and step count
+    stay) and the batch's batch-norm statistics are rolled back. All of that happens on the
+    device, and the loss and the counters stay there until :meth:`read`, so a CUDA step never
+    waits for the GPU. Where Adam is not fused (an older torch), the host looks at the flag.
+    """
+
+    def __init__(
+        self,
+        model: RealNVP,
+        net: nn.Module,
+        optimizer: torch.optim.Adam,
+        fused: bool,
+        weight_norm_l2: float,
+        grad_clip: float,
+        autocast: Any,
+        eager_net: nn.Module | None = None,
+    ) -> None:
+        """``net`` is what runs the forward pass (``model``, or it wrapped by DDP and/or
+        ``torch.compile``); ``eager_net`` is the uncompiled fallback when ``net`` is compiled.
+        """
+        self.model, self.net, self.optimizer, self.fused = model, net, optimizer, fused
+        self.eager_net = eager_net
+        self.compiled = eager_net is not None  # False again if compilation fails
+        self.weight_norm_l2, self.grad_clip, self.autocast = weight_norm_l2, grad_clip, autocast
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.decay = weight_norm_scales(model)
+        self.num_dims = model.config.num_dims
+        self.guard = _BufferGuard(list(model.buffers()))
+        device = self.params[0].device
+        self.loss_sum = torch.zeros((), device=device)
+        self.good = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_total = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_run = torch.zeros((), dtype=torch.int64, device=device)
+
+    def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        with self.autocast():
+            if self.eager_net is None:
+                return self.net(x)
+            # The first call of a compiled net is where compilation happens and can fail (no
+            # compiler, an unsupported op): then warn once and run eagerly.
+            try:
+                out = self.net(x)
+            except Exception as exc:
+                print(
+                    f"warning: torch.compile failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); running eagerly",
+                    file=sys.stderr,
+                )
+                self.net, self.compiled = self.eager_net, False
+                out = self.net(x)
+            self.eager_net = None
+            return out
+
+    def __call__(self, x: torch.Tensor) -> None:
+        zs, logdet = self._forward(x)
+        bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), self.num_dims).mean()
+        loss = bpd + self.weight_norm_l2 * sum((g.float() ** 2).sum() for g in self.decay)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(bpd.detach())
+        if self.fused:
+            self.optimizer.found_inf = (~finite).float()  # read by the fused kernel
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif bool(finite):
+            self.optimizer.step()
+        self.guard.commit(finite)
+        bad = (~finite).long()
+        self.bad_run.add_(bad).mul_(bad)
+        self.bad_total.add_(bad)
+        self.good.add_(finite.long())
+        self.loss_sum.add_(torch.where(finite, bpd.detach().float(), 0.0))
+
+    def read(self, reset_window: bool) -> dict[str, float]:
+        """One host-device synchronisation: the mean loss and the count of good steps since the
+        last reset, non-finite steps in all and in a row now."""
+        values = torch.stack(
+            [
+                self.loss_sum.double(),
+                self.good.double(),
+                self.bad_total.double(),
+                self.bad_run.double(),
+            ]
+        ).tolist()
+        if reset_window:
+            self.loss_sum.zero_()
+            self.good.zero_()
+        loss_sum, good, bad_total, bad_run = values
+        return {
+            "loss": loss_sum / good if good else float("nan"),
+            "good": int(good),
+            "nonfinite": int(bad_total),
+            "bad_run": int(bad_run),
+        }
+
+
 def build_model_config(
     dataset: str,
     preset_name: str | None,
@@ -344,8 +499,7 @@ class Trainer:
         steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
         total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
 
-        decay = weight_norm_scales(model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
+        optimizer, fused = make_adam(model.parameters(), c.lr, self.device)
         warmup = max(c.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
@@ -363,6 +517,7 @@ class Trainer:
         if self.resume_state is not None:
             rs = self.resume_state
             optimizer.load_state_dict(rs["optimizer"])
+            _fix_loaded_adam(optimizer, fused)
             scheduler.load_state_dict(rs["scheduler"])
             if not self.dist.enabled:
                 noise.set_state(rs["noise_rng"].to(noise.get_state().device))
@@ -382,15 +537,17 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.cuda else None
             )
+        eager_net = None
         if c.compile:
             try:
-                net = torch.compile(net)
+                net, eager_net = torch.compile(net), net
             except Exception as exc:  # a missing compiler must not stop training
                 print(
                     f"warning: torch.compile unavailable ({exc}); running eagerly", file=sys.stderr
                 )
-        buffers = [b for b in model.buffers()]
-        good_buffers = [b.clone() for b in buffers]
+        train_step = TrainStep(
+            model, net, optimizer, fused, c.weight_norm_l2, c.grad_clip, self._autocast, eager_net
+        )
 
         self.sink.emit(
             "start",
@@ -411,10 +568,13 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
-        num_dims = model.config.num_dims
-        consecutive_bad = 0
+        # The host looks at the device's counters only to log, before a checkpoint, and every
+        # ``check_every`` steps for divergence; in a run of bad steps, every step.
+        check_every = max(1, min(c.log_every, c.max_nonfinite))
+        nonfinite_before = state["nonfinite_total"]
+        bad_run = 0
         perm_epoch, perm = -1, None
-        window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
+        window_start, window_images = time.perf_counter(), 0
         run_start = time.perf_counter()
         wall_before = state["wall_time_s"]
         epoch = step // max(steps_per_epoch, 1)
@@ -423,46 +583,36 @@ class Trainer:
         while step < total_steps:
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
-                perm, perm_epoch = self._epoch_permutation(epoch, len(train)), epoch
+                # Where the data lives, so picking a batch copies nothing from the host.
+                perm = self._epoch_permutation(epoch, len(train)).to(images.device)
+                perm_epoch = epoch
             x = self._batch(images, perm, pos, noise)
-            with self._autocast():
-                zs, logdet = net(x)
-            bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), num_dims).mean()
-            loss = bpd + c.weight_norm_l2 * sum((g.float() ** 2).sum() for g in decay)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            finite = bool(torch.isfinite(grad_norm) & torch.isfinite(bpd))
-            if not finite:
-                # Skip: no update, and the batch-norm statistics of this batch are undone.
-                consecutive_bad += 1
-                state["nonfinite_total"] += 1
-                with torch.no_grad():
-                    for b, saved in zip(buffers, good_buffers):
-                        b.copy_(saved)
-                if consecutive_bad >= c.max_nonfinite:
-                    raise TrainingError(
-                        f"training diverged: {consecutive_bad} non-finite losses in a row at "
-                        f"step {step}; the last good checkpoint in {self.out} is intact "
-                        "(try a lower --lr)"
-                    )
-            else:
-                consecutive_bad = 0
-                optimizer.step()
-                with torch.no_grad():
-                    for b, saved in zip(buffers, good_buffers):
-                        saved.copy_(b)
-                scheduler.step()
-                window_loss += bpd.item()
-                window_count += 1
+            train_step(x)
+            scheduler.step()
             step += 1
             window_images += x.shape[0] * self.dist.world
 
-            if step % c.log_every == 0 or step == total_steps:
+            log = step % c.log_every == 0 or step == total_steps
+            due = step % c.eval_every == 0 and step < total_steps
+            if log or due or bad_run or step % check_every == 0:
+                counts = train_step.read(reset_window=log)
+                state["nonfinite_total"] = nonfinite_before + counts["nonfinite"]
+                bad_run = counts["bad_run"]
+                if bad_run >= c.max_nonfinite:
+                    raise TrainingError(
+                        f"training diverged: {bad_run} non-finite losses in a row at "
+                        f"step {step}; the last good checkpoint in {self.out} is intact "
+                        "(try a lower --lr)"
+                    )
+            if log:
                 now = time.perf_counter()
                 rate = window_images / max(now - window_start, 1e-9)
-                mean_loss = window_loss / window_count if window_count else float("nan")
-                record = {"step": step, "epoch": epoch, "loss": mean_loss, "images_per_s": rate}
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": counts["loss"],
+                    "images_per_s": rate,
+                }
                 state["history"]["steps"].append(record)
                 self.sink.emit(
                     "step",
@@ -471,18 +621,18 @@ class Trainer:
                     total_steps=total_steps,
                     nonfinite=state["nonfinite_total"],
                 )
-                window_start, window_images, window_loss, window_count = now, 0, 0.0, 0
+                window_start, window_images = now, 0
 
-            if self._should_stop(stop):
+            if self._should_stop(stop, step % check_every == 0):
                 reason = "stopped"
                 break
             # No checkpoint in the middle of a run of non-finite losses: the last good one
             # stays the newest on disk.
-            due = step % c.eval_every == 0 and step < total_steps and consecutive_bad == 0
-            if self.dist.is_main and due:
+            if self.dist.is_main and due and bad_run == 0:
                 state["wall_time_s"] = wall_before + time.perf_counter() - run_start
                 self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
 
+        state["nonfinite_total"] = nonfinite_before + train_step.read(False)["nonfinite"]
         state["wall_time_s"] = wall_before + time.perf_counter() - run_start
         if self.dist.enabled:
             # DDP copies rank 0's buffers into every rank before each forward, so rank 0's
@@ -511,9 +661,11 @@ class Trainer:
             "best_test_bpd": state["best_test_bpd"],
         }
 
-    def _should_stop(self, stop: _StopFlag) -> bool:
+    def _should_stop(self, stop: _StopFlag, check_now: bool) -> bool:
         if not self.dist.enabled:
             return stop.requested
+        if not check_now:  # agreeing across ranks is a synchronisation; not every step
+            return False
         flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from core import FlowConfig
+from core import train as train_module
 from core.checkpoint import load_checkpoint, read_checkpoint
 from core.events import EventSink
 from core.train import TrainConfig, Trainer, TrainingError
@@ -128,7 +131,10 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert steps[1]["nonfinite"] == 1
 
 
-def test_skipped_step_changes_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "plain-adam"])
+def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused):
+    if not fused:  # an older torch without the fused kernel: the host looks at the flag
+        monkeypatch.setattr(train_module, "make_adam", _plain_adam)
     monkeypatch.setattr(
         Trainer,
         "_batch",
@@ -139,6 +145,93 @@ def test_skipped_step_changes_nothing(tmp_path, monkeypatch):
     trainer.run()
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(before[key], value), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch):
+    real_batch = Trainer._batch
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        x = real_batch(self, *args)
+        assert x.is_cuda
+        return torch.full_like(x, float("nan")) if calls["n"] == 2 else x
+
+    monkeypatch.setattr(Trainer, "_batch", poisoned)
+    sink = ListSink()
+    trainer = Trainer(TINY, config(tmp_path / "run", device="cuda", max_steps=6), sink)
+    result = trainer.run()
+    assert result["reason"] == "finished" and math.isfinite(result["test_bpd"])
+    steps = [e for e in sink.events if e["event"] == "step"]
+    assert steps[-1]["nonfinite"] == 1 and all(math.isfinite(e["loss"]) for e in steps)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def _plain_adam(params, lr, device):
+    return torch.optim.Adam(list(params), lr=lr), False
+
+
+def test_resume_of_an_unfused_run_keeps_the_fused_kernel(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "make_adam", _plain_adam)
+        Trainer(TINY, config(tmp_path / "run", max_steps=3)).run()
+    saved = read_checkpoint(tmp_path / "run" / "latest.pt")["training"]["optimizer"]
+    assert not saved["param_groups"][0]["fused"]
+    Trainer(
+        None, config(tmp_path / "run", max_steps=6), resume=tmp_path / "run" / "latest.pt"
+    ).run()
+    resumed = read_checkpoint(tmp_path / "run" / "latest.pt")["training"]
+    assert resumed["step"] == 6
+    assert resumed["optimizer"]["param_groups"][0]["fused"]
+    steps = {float(s["step"]) for s in resumed["optimizer"]["state"].values()}
+    assert steps == {6.0}
+
+
+def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
+    """Good and bad steps are counted on the device; only read() synchronises."""
+    from core.model import RealNVP
+    from core.train import TrainStep, make_adam
+
+    torch.manual_seed(0)
+    model = RealNVP(TINY).train()
+    optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cpu"))
+    step = TrainStep(model, model, optimizer, fused, 5e-5, 100.0, contextlib.nullcontext)
+    x = torch.rand(8, 1, 28, 28)
+    step(x)
+    step(torch.full_like(x, float("nan")))
+    step(torch.full_like(x, float("nan")))
+    counts = step.read(reset_window=False)
+    assert (counts["good"], counts["nonfinite"], counts["bad_run"]) == (1, 2, 2)
+    assert math.isfinite(counts["loss"]) and counts["loss"] > 0
+    step(x)
+    counts = step.read(reset_window=True)
+    assert (counts["good"], counts["nonfinite"], counts["bad_run"]) == (2, 2, 0)
+    assert step.read(reset_window=False)["good"] == 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_compile_failure_falls_back_to_eager(capsys):
+    from core.model import RealNVP
+    from core.train import TrainStep, make_adam
+
+    class Uncompilable(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed\nlong traceback")
+
+    model = RealNVP(TINY).train()
+    optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cpu"))
+    step = TrainStep(
+        model, Uncompilable(), optimizer, fused, 5e-5, 100.0, contextlib.nullcontext, model
+    )
+    assert step.compiled
+    before = [p.detach().clone() for p in model.parameters()]
+    step(torch.rand(4, 1, 28, 28))
+    step(torch.rand(4, 1, 28, 28))
+    assert not step.compiled and step.read(reset_window=False)["good"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    err = capsys.readouterr().err
+    assert err.count("warning: torch.compile failed") == 1 and "backend compiler failed" in err
 
 
 def _cli(*args: str) -> list[str]:
