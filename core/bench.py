@@ -14,7 +14,9 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
   counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``;
   ``first_step_s``; with ``--train-batch 64 256`` also ``train_batch_256``; with ``--compile``
-  ``train_compiled`` (one entry per batch size) for the ``torch.compile``-d step.
+  ``train_compiled`` (one entry per batch size) for the ``torch.compile``-d step; on CUDA
+  ``train_cuda_graph`` (one entry per batch size) for the step replayed from a CUDA graph,
+  as the trainer runs it by default.
 - ``gui`` (when the explorer is installed): slider-to-pixels latency from
   ``python -m explorer.bench --json``, run as a separate process so ``core`` never loads Qt.
 
@@ -126,6 +128,7 @@ def training_speed(
     device: torch.device,
     peak: float,
     compile: bool = False,
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """The trainer's own step (:class:`core.train.TrainStep`): on CUDA with bf16 autocast and
     channels_last as the trainer runs it, optionally ``torch.compile``-d."""
@@ -144,11 +147,19 @@ def training_speed(
 
     def autocast():
         if cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     step = TrainStep(
-        model, net, optimizer, fused, 5e-5, 100.0, autocast, eager_net=model if compile else None
+        model,
+        net,
+        optimizer,
+        fused,
+        5e-5,
+        100.0,
+        autocast,
+        eager_net=model if compile else None,
+        cuda_graph=cuda_graph,
     )
     start = time.perf_counter()
     step(x)  # the first step builds fused state (and compiles)
@@ -164,6 +175,7 @@ def training_speed(
     return {
         "batch": batch,
         "compiled": step.compiled,
+        "cuda_graph": step.graph is not None,
         "first_step_s": round(first_s, 2),
         "train_images_per_s": round(batch / per_step, 1),
         "train_step_gflop": round(flops / 1e9, 4),
@@ -264,6 +276,13 @@ def run(
                 entry[f"train_batch_{b}"] = training_speed(
                     model.config, b, train_steps, device, train_peak
                 )
+            if device.type == "cuda":
+                entry["train_cuda_graph"] = {
+                    str(b): training_speed(
+                        model.config, b, train_steps, device, train_peak, cuda_graph=True
+                    )
+                    for b in train_batches
+                }
             if compile:
                 entry["train_compiled"] = {
                     str(b): training_speed(

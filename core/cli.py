@@ -59,6 +59,12 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=_positive, help="overrides --epochs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        help="on CUDA, launch every kernel of a step instead of replaying a CUDA graph",
+    )
     p.add_argument("--resume", help="continue from a checkpoint with training state")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.add_argument("--seed", type=int, default=0)
@@ -92,6 +98,7 @@ def _cmd_train(args) -> int:
         max_steps=args.max_steps,
         device=args.device,
         compile=args.compile,
+        cuda_graph=args.cuda_graph,
         seed=args.seed,
         eval_every=args.eval_every,
         eval_limit=args.eval_limit,

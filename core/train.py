@@ -60,6 +60,7 @@ class TrainConfig:
     max_steps: int | None = None
     device: str = "auto"
     compile: bool = False
+    cuda_graph: bool = True  # one process on CUDA, not compiled: replay steps from a graph
     seed: int = 0
     eval_every: int = 500
     eval_limit: int | None = None
@@ -211,9 +212,12 @@ class TrainStep:
         grad_clip: float,
         autocast: Any,
         eager_net: nn.Module | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         """``net`` is what runs the forward pass (``model``, or it wrapped by DDP and/or
         ``torch.compile``); ``eager_net`` is the uncompiled fallback when ``net`` is compiled.
+        ``cuda_graph``: replay the step from a CUDA graph (CUDA, fused Adam, one process,
+        not compiled; ``autocast`` must not cache casts).
         """
         self.model, self.net, self.optimizer, self.fused = model, net, optimizer, fused
         self.eager_net = eager_net
@@ -228,6 +232,9 @@ class TrainStep:
         self.good = torch.zeros((), dtype=torch.int64, device=device)
         self.bad_total = torch.zeros((), dtype=torch.int64, device=device)
         self.bad_run = torch.zeros((), dtype=torch.int64, device=device)
+        self.use_graph = cuda_graph and fused and eager_net is None and device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._warm = 0
 
     def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         with self.autocast():
@@ -248,7 +255,65 @@ class TrainStep:
             self.eager_net = None
             return out
 
+    # -- CUDA graph -----------------------------------------------------------------------
+
+    WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need
+
+    def _graphed(self, x: torch.Tensor) -> None:
+        """The whole step replayed from a CUDA graph: one launch instead of thousands, which
+        is what bounds an eager step of these small convolutions on a GPU. The first steps
+        run eagerly; a failed capture warns and leaves eager steps from then on."""
+        current = torch.cuda.current_stream(x.device)
+        if self.graph is None and self._warm < self.WARMUP_STEPS:
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self._step(x)
+            current.wait_stream(side)
+            self._warm += 1
+            return
+        if self.graph is None:
+            try:
+                self._capture(x)
+            except Exception as exc:  # capture is an optimization: never lose the run
+                print(
+                    f"warning: CUDA graph capture failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); running eagerly",
+                    file=sys.stderr,
+                )
+                self.use_graph, self.graph = False, None
+                self._step(x)
+                return
+        self._static_x.copy_(x)
+        for group, lr in zip(self.optimizer.param_groups, self._lr):
+            lr.fill_(group["lr"])  # the scheduler's value, read by the graph
+        self.graph.replay()
+
+    def _capture(self, x: torch.Tensor) -> None:
+        self._static_x = x.clone()
+        self._lr = [
+            torch.tensor(float(g["lr"]), device=x.device) for g in self.optimizer.param_groups
+        ]
+        saved = [g["lr"] for g in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, self._lr):
+            group["lr"], group["capturable"] = lr, True
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step(self._static_x)
+        finally:
+            for group, lr in zip(self.optimizer.param_groups, saved):
+                group["lr"] = lr  # a float again for the scheduler and the checkpoint
+        self.graph = graph  # capture only records: this batch is trained by the replay
+
     def __call__(self, x: torch.Tensor) -> None:
+        if self.use_graph and x.is_cuda:
+            self._graphed(x)
+        else:
+            self._step(x)
+
+    def _step(self, x: torch.Tensor) -> None:
         zs, logdet = self._forward(x)
         bpd = nats_to_bits_per_dim(gaussian_log_prob(zs) + logdet.float(), self.num_dims).mean()
         loss = bpd + self.weight_norm_l2 * sum((g.float() ** 2).sum() for g in self.decay)
@@ -346,6 +411,7 @@ class Trainer:
                 max_steps=config.max_steps,
                 device=config.device,
                 compile=config.compile,
+                cuda_graph=config.cuda_graph,
                 eval_every=config.eval_every,
                 log_every=config.log_every,
             )
@@ -397,7 +463,9 @@ class Trainer:
 
     def _autocast(self):
         if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # No cast cache: each weight is cast once per step anyway, and CUDA graph capture
+            # cannot use the cache.
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def _batch(
@@ -546,7 +614,15 @@ class Trainer:
                     f"warning: torch.compile unavailable ({exc}); running eagerly", file=sys.stderr
                 )
         train_step = TrainStep(
-            model, net, optimizer, fused, c.weight_norm_l2, c.grad_clip, self._autocast, eager_net
+            model,
+            net,
+            optimizer,
+            fused,
+            c.weight_norm_l2,
+            c.grad_clip,
+            self._autocast,
+            eager_net,
+            cuda_graph=c.cuda_graph and self.cuda and not self.dist.enabled,
         )
 
         self.sink.emit(

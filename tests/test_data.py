@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import shutil
 import struct
@@ -29,7 +30,12 @@ from core.data import (
 )
 from core.images import ImageLoadError, load_image, make_grid, to_uint8
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_DIR = Path(
+    os.environ.get(
+        "REALNVP_MNIST_DIR",
+        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist",
+    )
+)
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST files missing")
 
 

@@ -148,7 +148,8 @@ def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch):
+@pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
+def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch, graph):
     real_batch = Trainer._batch
     calls = {"n": 0}
 
@@ -156,16 +157,53 @@ def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch):
         calls["n"] += 1
         x = real_batch(self, *args)
         assert x.is_cuda
-        return torch.full_like(x, float("nan")) if calls["n"] == 2 else x
+        return torch.full_like(x, float("nan")) if calls["n"] == 6 else x  # a replayed step
 
     monkeypatch.setattr(Trainer, "_batch", poisoned)
     sink = ListSink()
-    trainer = Trainer(TINY, config(tmp_path / "run", device="cuda", max_steps=6), sink)
+    cfg = config(tmp_path / "run", device="cuda", max_steps=10, cuda_graph=graph)
+    trainer = Trainer(TINY, cfg, sink)
     result = trainer.run()
     assert result["reason"] == "finished" and math.isfinite(result["test_bpd"])
     steps = [e for e in sink.events if e["event"] == "step"]
     assert steps[-1]["nonfinite"] == 1 and all(math.isfinite(e["loss"]) for e in steps)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(b).all() for b in trainer.model.buffers())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_follows_the_eager_step():
+    from core.model import RealNVP
+    from core.train import TrainStep, make_adam
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+
+    steps = []
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = RealNVP(TINY).cuda().train()
+        optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cuda"))
+        steps.append(
+            TrainStep(model, model, optimizer, fused, 5e-5, 100.0, autocast, cuda_graph=graph)
+        )
+    eager, graphed = steps
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.rand(8, 1, 28, 28, generator=g).cuda() for _ in range(8)]
+    batches[5] = torch.full_like(batches[5], float("nan"))
+    for i, x in enumerate(batches):
+        if i == 6:  # a learning-rate change after capture reaches the graph
+            for s in steps:
+                s.optimizer.param_groups[0]["lr"] = 0.0
+            before = [p.detach().clone() for p in graphed.model.parameters()]
+        for s in steps:
+            s(x)
+        if i == 6:
+            assert all(torch.equal(a, b) for a, b in zip(before, graphed.model.parameters()))
+    assert graphed.graph is not None and eager.graph is None
+    assert eager.read(False) == graphed.read(False)
+    for a, b in zip(eager.model.state_dict().values(), graphed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3)
 
 
 def _plain_adam(params, lr, device):
