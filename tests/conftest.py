@@ -52,8 +52,13 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _qsettings_outside_home(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Safety net: whatever a test does, QSettings never writes the user's real settings."""
-    from PySide6.QtCore import QSettings
+    """Safety net: whatever a test does, QSettings never writes the user's real settings.
+    Where Qt is not installed (a GPU machine running only the core tests) there is nothing
+    to protect."""
+    try:
+        from PySide6.QtCore import QSettings
+    except ImportError:
+        return
 
     root = str(tmp_path_factory.mktemp("qsettings-session"))
     for fmt in (QSettings.Format.IniFormat, QSettings.Format.NativeFormat):
