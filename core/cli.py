@@ -214,30 +214,38 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _cmd_eval(args) -> int:
+def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device) -> tuple[str, int, float]:
+    """Mean test bits/dim in float32 on the model's data set: (data set, images, bits/dim)."""
     import torch
 
-    from core.checkpoint import load_checkpoint
     from core.data import load_dataset
-    from core.device import pick_device
     from core.model import mean_bits_per_dim
 
-    device = pick_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
     cfg = model.config
-    dataset = args.dataset or meta.get("dataset") or "mnist"
+    dataset = dataset or meta.get("dataset") or "mnist"
     test = load_dataset(
-        dataset, args.data_dir, False, channels=cfg.in_channels, image_size=cfg.image_size
+        dataset, data_dir, False, channels=cfg.in_channels, image_size=cfg.image_size
     )
     if (test.channels, test.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
-    images = test.images[: args.limit] if args.limit else test.images
+    images = test.images[:limit] if limit else test.images
     with torch.inference_mode():
-        bpd = mean_bits_per_dim(model, images, device)
+        return dataset, images.shape[0], mean_bits_per_dim(model, images, device)
+
+
+def _cmd_eval(args) -> int:
+    from core.checkpoint import load_checkpoint
+    from core.device import pick_device
+
+    device = pick_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    dataset, n, bpd = _test_bits_per_dim(
+        model, meta, args.dataset, args.data_dir, args.limit, device
+    )
     if args.json:
-        print(json.dumps({"dataset": dataset, "images": images.shape[0], "test_bpd": bpd}))
+        print(json.dumps({"dataset": dataset, "images": n, "test_bpd": bpd}))
     else:
-        print(f"{dataset}: {bpd:.4f} bits/dim on {images.shape[0]} test images")
+        print(f"{dataset}: {bpd:.4f} bits/dim on {n} test images")
     return 0
 
 
@@ -270,14 +278,29 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="copy a checkpoint without its training state")
     p.add_argument("checkpoint")
     p.add_argument("out")
+    p.add_argument(
+        "--data-dir",
+        help="evaluate these weights in float32 on the test set and record that as test_bpd "
+        "(a checkpoint saved on a stop carries its last evaluation, made at an earlier step)",
+    )
 
 
 def _cmd_export(args) -> int:
     from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+    from core.device import pick_device
 
     data = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(data, args.checkpoint)
-    path = save_checkpoint(args.out, model, data["meta"], training=None)
+    meta = dict(data["meta"])
+    if args.data_dir:
+        device = pick_device("auto")
+        _, n, bpd = _test_bits_per_dim(
+            model.to(device).eval(), meta, None, args.data_dir, None, device
+        )
+        model.cpu()
+        meta.update(test_bpd=bpd, test_bpd_note=f"float32, {n} test images, on export")
+        print(f"test: {bpd:.4f} bits/dim on {n} test images")
+    path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
     return 0
 

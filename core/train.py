@@ -490,11 +490,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, test: ImageDataset) -> float:
-        """Mean test bits/dim in eval mode (see :func:`core.model.mean_bits_per_dim`)."""
+        """Mean test bits/dim in eval mode (see :func:`core.model.mean_bits_per_dim`), in
+        float32 also on CUDA: under bf16 autocast the same weights read about 0.005 bits/dim
+        high (1.3970 against 1.3922 on MNIST), more than the gains late in a run."""
         images = test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
         self.model.eval()
         try:
-            return mean_bits_per_dim(self.model, images, self.device, autocast=self._autocast)
+            return mean_bits_per_dim(self.model, images, self.device)
         finally:
             self.model.train()
 

@@ -404,6 +404,12 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
     assert (tmp_path / "enc" / "in_latents.npz").is_file()
     run("export", str(tiny_ckpt), str(tmp_path / "small.pt"))
     assert read_checkpoint(tmp_path / "small.pt")["training"] is None
+    run("export", str(tiny_ckpt), str(tmp_path / "measured.pt"), "--data-dir", str(MNIST_DIR))
+    measured = read_checkpoint(tmp_path / "measured.pt")["meta"]
+    full = json.loads(
+        run("eval", str(tmp_path / "small.pt"), "--data-dir", str(MNIST_DIR), "--json")
+    )
+    assert measured["test_bpd"] == full["test_bpd"] and full["images"] == 10000
     info = json.loads(run("info", str(tiny_ckpt), "--json"))
     assert info["latent_shapes"] == [[2, 14, 14], [2, 14, 14]]
     ev = json.loads(
