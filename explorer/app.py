@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="CPU threads for rendering (default: all cores but one)",
     )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="build torch.compile-d decode steps in the background for each model "
+        "(auto: with 4 or more cores)",
+    )
     return parser.parse_args(argv)
 
 
@@ -170,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     apply_dark_theme(app)
 
     try:
-        engine = RenderEngine(device=args.device, num_threads=args.threads)
+        engine = RenderEngine(
+            device=args.device,
+            num_threads=args.threads,
+            compile={"auto": None, "on": True, "off": False}[args.compile],
+        )
     except ValueError as exc:  # an unknown or unavailable device
         print(f"realnvp-explorer: {exc}", file=sys.stderr)
         return 2

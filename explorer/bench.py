@@ -34,6 +34,7 @@ def measure_gui_latency(
     num_threads: int | None = None,
     device: str = "auto",
     timeout_s: float = 60.0,
+    compile: bool | None = False,
 ) -> dict[str, float]:
     """``{"p50_ms", "p95_ms"}`` of slider-to-pixels latency over ``repeats`` moves.
 
@@ -57,7 +58,8 @@ def measure_gui_latency(
         # Never the user's settings: a throwaway INI file.
         qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
         window = MainWindow(
-            RenderEngine(device=device, num_threads=num_threads), ExplorerSettings(qsettings)
+            RenderEngine(device=device, num_threads=num_threads, compile=compile),
+            ExplorerSettings(qsettings),
         )
         try:
             if checkpoint is None:
@@ -65,6 +67,7 @@ def measure_gui_latency(
             elif not window.open_checkpoint(checkpoint):
                 raise ValueError(window.last_error)
             window.engine.cache_enabled = use_cache
+            window.engine.wait_for_compile()  # measure the steady state, not the build
             window.state.set_n_images(n_images)
             window.resize(*WINDOW_SIZE)
             window.show()
@@ -124,6 +127,7 @@ def run_suite(
     num_threads: int | None = None,
     device: str = "auto",
     image_counts: tuple[int, ...] = (1, 16),
+    compile: bool | None = False,
 ) -> dict:
     """Every figure the explorer reports, as a JSON-ready dict::
 
@@ -143,10 +147,12 @@ def run_suite(
                 warmup=1 if repeats < 10 else 3,
                 num_threads=num_threads,
                 device=device,
+                compile=compile,
             )
             for use_cache in (True, False)
         }
     report["threads"] = torch_threads()
+    report["compile"] = compile
     return report
 
 
@@ -160,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the engine's background torch.compile, as the app (auto: 4 or more cores); "
+        "measured once it is built",
+    )
     args = parser.parse_args(argv)
     try:
         report = run_suite(
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=5 if args.quick else args.repeats,
             num_threads=args.threads,
             device=args.device,
+            compile={"auto": None, "on": True, "off": False}[args.compile],
         )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer.bench: {exc}", file=sys.stderr)

@@ -353,6 +353,7 @@ class MainWindow(QMainWindow):
         total = len(self.state.shapes)
         cached = "" if frame.levels_decoded == total else f", {frame.levels_decoded}/{total} levels"
         self.frame_label.setText(f"frame {frame.elapsed_ms:.1f} ms{cached}")
+        self.frame_label.setToolTip(f"torch.compile: {self.engine.compile_status}")
         self.frame_shown.emit(frame.request_id)
 
     def _on_render_failed(self, message: str) -> None:

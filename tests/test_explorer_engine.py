@@ -237,3 +237,79 @@ def test_each_target_keeps_its_newest_request_and_its_own_cache(engine, tiny_che
     samples[0] = samples[0] + np.float32(1.0)
     engine.submit(RenderRequest(5, info.model_id, tuple(samples)))
     assert frames[-1].levels_decoded == 1
+
+
+# -- background torch.compile -------------------------------------------------------------
+
+
+def test_compile_is_off_by_default_on_small_machines(monkeypatch, qapp, one_torch_thread):
+    import explorer.engine as engine_module
+
+    monkeypatch.setattr(engine_module.os, "cpu_count", lambda: 2)
+    assert not engine_module.compile_by_default()
+    monkeypatch.setattr(engine_module.os, "cpu_count", lambda: 8)
+    assert engine_module.compile_by_default() == hasattr(torch.compiler, "set_stance")
+
+
+def test_a_failed_compile_is_silent_and_frames_stay_right(
+    monkeypatch, qapp, one_torch_thread, tmp_path, make_perturbed_model
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nlong story")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    path = save_checkpoint(tmp_path / "three.pt", make_perturbed_model(THREE_LEVELS))
+    engine = RenderEngine(device="cpu", threaded=False, compile=True)
+    try:
+        info = engine.open_checkpoint(path)
+        assert not engine.wait_for_compile(timeout=60)
+        assert engine.compile_status == "failed: RuntimeError: no C++ compiler"
+        frames = collect(engine)
+        latents = random_latents(info.latent_shapes, 2, seed=0)
+        engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        model, _ = load_checkpoint(path)
+        np.testing.assert_array_equal(frames[-1].images, reference_pixels(model, latents))
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="needs torch >= 2.6")
+def test_compiled_steps_render_the_same_frames_and_never_compile_on_the_render_thread(
+    qapp, one_torch_thread, tmp_path, make_perturbed_model
+):
+    path = save_checkpoint(tmp_path / "three.pt", make_perturbed_model(THREE_LEVELS))
+    model, _ = load_checkpoint(path)
+    engine = RenderEngine(device="cpu", threaded=False, compile=True)
+    engine.compile_batches = (2,)
+    try:
+        info = engine.open_checkpoint(path)
+        if not engine.wait_for_compile(timeout=600):
+            pytest.skip(f"torch.compile does not work here: {engine.compile_status}")
+        assert engine.compile_status.startswith("ready")
+        compiled = engine._compiled
+        calls = {"n": 0}
+        for key, fn in list(compiled.steps.items()):
+
+            def counted(*args, _fn=fn):
+                calls["n"] += 1
+                return _fn(*args)
+
+            compiled.steps[key] = counted
+        frames = collect(engine)
+        latents = random_latents(info.latent_shapes, 2, seed=1)
+        engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        assert calls["n"] == len(info.latent_shapes) + 1  # every level and to_image
+        reference = reference_pixels(model, latents)
+        assert np.abs(frames[-1].images.astype(int) - reference).max() <= 1
+        # A finer-level change reuses the cache through the compiled steps too.
+        latents[0] = random_latents(info.latent_shapes, 2, seed=2)[0]
+        engine.submit(RenderRequest(2, info.model_id, tuple(latents)))
+        assert frames[-1].levels_decoded == 1
+        assert np.abs(frames[-1].images.astype(int) - reference_pixels(model, latents)).max() <= 1
+        # A batch size it was not built for: no compile here, eager from now on, same pixels.
+        latents = random_latents(info.latent_shapes, 3, seed=3)
+        engine.submit(RenderRequest(3, info.model_id, tuple(latents)))
+        np.testing.assert_array_equal(frames[-1].images, reference_pixels(model, latents))
+        assert engine.compile_status.startswith("ready")  # unused, not broken
+    finally:
+        engine.shutdown()
