@@ -34,7 +34,7 @@ def measure_gui_latency(
     num_threads: int | None = None,
     device: str = "auto",
     timeout_s: float = 60.0,
-    compile: bool | None = False,
+    compile: bool = False,
 ) -> dict[str, float]:
     """``{"p50_ms", "p95_ms"}`` of slider-to-pixels latency over ``repeats`` moves.
 
@@ -127,7 +127,7 @@ def run_suite(
     num_threads: int | None = None,
     device: str = "auto",
     image_counts: tuple[int, ...] = (1, 16),
-    compile: bool | None = False,
+    compile: bool = False,
 ) -> dict:
     """Every figure the explorer reports, as a JSON-ready dict::
 
@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="the engine's background torch.compile, as the app (auto: 4 or more cores); "
+        choices=("on", "off"),
+        default="off",
+        help="the engine's background torch.compile (as realnvp-explorer --compile), "
         "measured once it is built",
     )
     args = parser.parse_args(argv)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=5 if args.quick else args.repeats,
             num_threads=args.threads,
             device=args.device,
-            compile={"auto": None, "on": True, "off": False}[args.compile],
+            compile=args.compile == "on",
         )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer.bench: {exc}", file=sys.stderr)

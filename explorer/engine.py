@@ -108,16 +108,10 @@ class Frame:
     target: str = SAMPLES_TARGET
 
 
-def compile_by_default() -> bool:
-    """Whether the engine compiles its decode steps in the background unless told.
-
-    ``torch.compile`` made a one-image decode of the bundled model about a third faster on
-    the CPU (11.2 -> 7.3 ms p50; 16 images 72 -> 46 ms), but building each step's code took
-    about 40 s of a core. With fewer than 4 cores that core is the GUI's or the renderer's,
-    and the app would stutter for minutes after every model load, so it is on only where a
-    core is left over. Needs ``torch.compiler.set_stance`` (torch 2.6 or newer).
-    """
-    return (os.cpu_count() or 1) >= 4 and hasattr(torch.compiler, "set_stance")
+def compile_supported() -> bool:
+    """Whether this torch can run the engine's compiled steps (it needs the
+    ``fail_on_recompile`` stance of ``torch.compiler.set_stance``, torch 2.6 or newer)."""
+    return hasattr(torch.compiler, "set_stance")
 
 
 class _CompiledSteps:
@@ -244,10 +238,15 @@ class RenderEngine(QObject):
         threaded: bool = True,
         num_threads: int | None = None,
         parent: QObject | None = None,
-        compile: bool | None = None,
+        compile: bool = False,
     ) -> None:
         """``compile``: build ``torch.compile``-d decode steps in the background for each
-        model (``None``: :func:`compile_by_default`)."""
+        model. Off by default: once built they made slider frames about a quarter faster on
+        a 2-core CPU (bundled model, 1 thread: 1 image 10.5 -> 7.8 ms p50, 16 images 29.4 ->
+        21.9 ms), but the build holds the interpreter lock for long stretches, and while it
+        ran (about 100 s the first time, about 12 s once torch's on-disk cache has the code)
+        16-image frames reached 620 ms at p95. Worth it for a long session, not for a look
+        at a checkpoint (``realnvp-explorer --compile on``)."""
         super().__init__(parent)
         # Process-wide in torch; None picks the interactive default (see
         # interactive_threads): oversubscription costs far more than it gains for the
@@ -258,7 +257,7 @@ class RenderEngine(QObject):
         self.device = pick_device(device)
         self.device_label = describe(self.device)
         self.threaded = threaded
-        self.compile = compile_by_default() if compile is None else compile
+        self.compile = compile and compile_supported()
         self.compile_batches: tuple[int, ...] = (1, 16)  # a single image, the default grid
         self._compiled: _CompiledSteps | None = None
         self.cache_enabled = True
