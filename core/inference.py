@@ -7,9 +7,13 @@ Once per loaded model, for eval-only use (the explorer, sampling, encoding):
 - the eval batch normalization that directly follows a convolution inside a residual
   block (``conv1 -> bn2``) is folded into that convolution's weight and bias.
 
-Batch norms that precede a ReLU on the residual stream cannot be folded into a
-convolution and stay as they are; so do the flow's own batch-norm bijections, which are
-cheap per-channel affines with their own log-determinant. The folded model computes the
+- the eval batch norms that precede a ReLU (``bn1`` of each block, ``out_bn`` of each s/t
+  network) cannot be folded into a convolution; they become a precomputed per-channel
+  ``x * scale + shift``, which at batch 1 costs a third of ``BatchNorm2d``'s call (4.5
+  against 14.4 us with the ReLU, 16 channels at 14x14, one thread).
+
+The flow's own batch-norm bijections stay as they are (per-channel affines with their own
+log-determinant). The folded model computes the
 same function to float tolerance (tested in float64).
 """
 
@@ -42,6 +46,21 @@ def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
 
 
+class ScaleShift(nn.Module):
+    """An eval ``BatchNorm2d`` as ``x * scale + shift`` with both precomputed."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("scale", scale.detach().view(1, -1, 1, 1).clone())
+        self.register_buffer(
+            "shift", (bn.bias - bn.running_mean * scale).detach().view(1, -1, 1, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
 @torch.no_grad()
 def fold_for_inference(model: RealNVP) -> RealNVP:
     """A folded, eval-mode copy of ``model``; the original is left untouched."""
@@ -52,8 +71,10 @@ def fold_for_inference(model: RealNVP) -> RealNVP:
             _fold_bn_into_conv(module.conv1, module.bn2)
             module.bn2 = nn.Identity()
             module.conv2 = _plain_conv(module.conv2)
+            module.bn1 = ScaleShift(module.bn1)
         elif isinstance(module, STNetwork):
             module.in_conv = _plain_conv(module.in_conv)
+            module.out_bn = ScaleShift(module.out_bn)
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded

@@ -258,8 +258,15 @@ def test_folded_inference_model_agrees():
 
     config = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=2)
     model = tiny_model(config)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # running statistics away from 0 / 1, so folding them is tested
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
     folded = fold_for_inference(model)
     assert not any(type(m).__name__ == "WeightNormConv2d" for m in folded.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     zs, zs_folded = model.encode(x), folded.encode(x)
     for a, b in zip(zs, zs_folded):
