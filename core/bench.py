@@ -26,7 +26,6 @@ Tests never assert these times; they only check that the command runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -132,7 +131,7 @@ def training_speed(
 ) -> dict[str, Any]:
     """The trainer's own step (:class:`core.train.TrainStep`): on CUDA with bf16 autocast and
     channels_last as the trainer runs it, optionally ``torch.compile``-d."""
-    from core.train import TrainStep, make_adam
+    from core.train import TrainConfig, TrainStep, make_adam, step_autocast
 
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()
@@ -143,21 +142,16 @@ def training_speed(
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     net: torch.nn.Module = torch.compile(model) if compile else model
-    optimizer, fused = make_adam(model.parameters(), 1e-4, device)
-
-    def autocast():
-        if cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
-
+    optimizer, fused = make_adam(model.parameters(), 1e-4)
+    recipe = TrainConfig()
     step = TrainStep(
         model,
         net,
         optimizer,
         fused,
-        5e-5,
-        100.0,
-        autocast,
+        recipe.weight_norm_l2,
+        recipe.grad_clip,
+        lambda: step_autocast(device),
         eager_net=model if compile else None,
         cuda_graph=cuda_graph,
     )

@@ -172,6 +172,7 @@ def _cmd_encode(args) -> int:
 
     from core.checkpoint import load_checkpoint
     from core.images import load_image, save_png, to_uint8
+    from core.model import ENCODE_SEED, pixel_centres
 
     model, _ = load_checkpoint(args.checkpoint)
     cfg = model.config
@@ -182,8 +183,8 @@ def _cmd_encode(args) -> int:
         pixels = load_image(name, cfg.in_channels, cfg.image_size)  # (C, H, W) uint8
         x8 = torch.from_numpy(pixels)[None]
         with torch.inference_mode():
-            bpd = model.bits_per_dim(x8, torch.Generator().manual_seed(0)).item()
-            x = (x8.float() + 0.5) / 256.0  # pixel centres: deterministic
+            bpd = model.bits_per_dim(x8, torch.Generator().manual_seed(ENCODE_SEED)).item()
+            x = pixel_centres(x8)
             zs = model.encode(x)
             recon = model.decode(zs)
         err = (recon - x).abs().max().item()

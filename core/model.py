@@ -313,6 +313,13 @@ def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Ten
     return (x_uint8.float() + noise) / 256.0
 
 
+def pixel_centres(x_uint8: Tensor) -> Tensor:
+    """``(x + 0.5) / 256``: 8-bit images to the centres of their dequantization bins, a pure
+    function of the pixels (what encoding a user's image uses)."""
+    return (x_uint8.float() + 0.5) / 256.0
+
+
+ENCODE_SEED = 0  # dequantization seed of the bits/dim shown for an encoded image
 EVAL_SEED = 1234  # dequantization seed of every test bits/dim figure
 
 

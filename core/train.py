@@ -143,7 +143,23 @@ class _StopFlag:
 # -- one step -------------------------------------------------------------------------------
 
 
-def make_adam(params, lr: float, device: torch.device) -> tuple[torch.optim.Adam, bool]:
+def step_autocast(device: torch.device) -> Any:
+    """The autocast of a training step on ``device``: bf16 for CUDA, none elsewhere. No cast
+    cache: each weight is cast once per step anyway, and CUDA graph capture cannot use it."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def _warn_running_eagerly(what: str, exc: Exception) -> None:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    print(
+        f"warning: {what} failed ({type(exc).__name__}: {first_line}); running eagerly",
+        file=sys.stderr,
+    )
+
+
+def make_adam(params, lr: float) -> tuple[torch.optim.Adam, bool]:
     """Adam, fused where this torch and device have the fused kernel (it takes ``found_inf``
     and so can skip a step without the host looking). Returns the optimizer and whether
     it is fused."""
@@ -245,11 +261,7 @@ class TrainStep:
             try:
                 out = self.net(x)
             except Exception as exc:
-                print(
-                    f"warning: torch.compile failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); running eagerly",
-                    file=sys.stderr,
-                )
+                _warn_running_eagerly("torch.compile", exc)
                 self.net, self.compiled = self.eager_net, False
                 out = self.net(x)
             self.eager_net = None
@@ -276,11 +288,7 @@ class TrainStep:
             try:
                 self._capture(x)
             except Exception as exc:  # capture is an optimization: never lose the run
-                print(
-                    f"warning: CUDA graph capture failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); running eagerly",
-                    file=sys.stderr,
-                )
+                _warn_running_eagerly("CUDA graph capture", exc)
                 self.use_graph, self.graph = False, None
                 self._step(x)
                 return
@@ -462,11 +470,7 @@ class Trainer:
     # -- pieces of a step -------------------------------------------------------------------
 
     def _autocast(self):
-        if self.cuda:
-            # No cast cache: each weight is cast once per step anyway, and CUDA graph capture
-            # cannot use the cache.
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
+        return step_autocast(self.device)
 
     def _batch(
         self, images: torch.Tensor, perm: torch.Tensor, pos: int, noise: torch.Generator
@@ -569,7 +573,7 @@ class Trainer:
         steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
         total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
 
-        optimizer, fused = make_adam(model.parameters(), c.lr, self.device)
+        optimizer, fused = make_adam(model.parameters(), c.lr)
         warmup = max(c.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0

@@ -49,7 +49,7 @@ from core.checkpoint import load_checkpoint
 from core.device import describe, pick_device
 from core.images import to_uint8
 from core.inference import fold_for_inference
-from core.model import FlowConfig, RealNVP, preset
+from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
 from explorer.gallery import EncodedImage
 from explorer.state import ModelInfo
 
@@ -57,8 +57,6 @@ from explorer.state import ModelInfo
 # so the app still shows the real level structure.
 RANDOM_MODEL_CONFIG = preset("mnist-small")
 SAMPLES_TARGET = "samples"
-# bits/dim of a dropped image dequantizes with this seed: the figure `realnvp encode` prints.
-BITS_PER_DIM_SEED = 0
 
 
 def interactive_threads() -> int:
@@ -511,7 +509,7 @@ class RenderEngine(QObject):
         The latents are those of the pixel centres ``(k + 0.5) / 256``, so they are a pure
         function of the pixels; the reconstruction error is ``|decode(encode(x)) - x|`` in
         ``[0, 1]`` units. bits/dim is ``RealNVP.bits_per_dim`` on the original model with a
-        generator seeded with :data:`BITS_PER_DIM_SEED`, one image at a time, so the figure
+        generator seeded with :data:`core.model.ENCODE_SEED`, one image at a time, so the figure
         does not depend on which images were dropped together and equals what
         ``realnvp encode`` prints. Raises ``ValueError`` for the wrong shape or no model.
         """
@@ -528,13 +526,13 @@ class RenderEngine(QObject):
             param = next(model.parameters())
             with torch.inference_mode():
                 x8 = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(param.device)
-                x = ((x8.float() + 0.5) / 256.0).to(param.dtype)  # (1, C, H, W)
+                x = pixel_centres(x8).to(param.dtype)  # (1, C, H, W)
                 latents = [z.float().cpu().numpy() for z in model.encode(x)]
                 # Decoded through the samples view's level cache: the image usually becomes
                 # the view next, and its frame is then a full cache hit.
                 recon, _ = self._decode(model, latents, SAMPLES_TARGET)
                 error = (recon - x).abs()[0]  # (C, H, W)
-                generator = torch.Generator().manual_seed(BITS_PER_DIM_SEED)
+                generator = torch.Generator().manual_seed(ENCODE_SEED)
                 bpd = original.bits_per_dim(x8, generator)[0]
                 result = EncodedImage(
                     model_id=info.model_id,

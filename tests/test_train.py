@@ -174,16 +174,16 @@ def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch, graph):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_follows_the_eager_step():
     from core.model import RealNVP
-    from core.train import TrainStep, make_adam
+    from core.train import TrainStep, make_adam, step_autocast
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return step_autocast(torch.device("cuda"))
 
     steps = []
     for graph in (False, True):
         torch.manual_seed(0)
         model = RealNVP(TINY).cuda().train()
-        optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cuda"))
+        optimizer, fused = make_adam(model.parameters(), 1e-3)
         steps.append(
             TrainStep(model, model, optimizer, fused, 5e-5, 100.0, autocast, cuda_graph=graph)
         )
@@ -206,7 +206,7 @@ def test_cuda_graph_step_follows_the_eager_step():
         assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3)
 
 
-def _plain_adam(params, lr, device):
+def _plain_adam(params, lr):
     return torch.optim.Adam(list(params), lr=lr), False
 
 
@@ -233,7 +233,7 @@ def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
 
     torch.manual_seed(0)
     model = RealNVP(TINY).train()
-    optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cpu"))
+    optimizer, fused = make_adam(model.parameters(), 1e-3)
     step = TrainStep(model, model, optimizer, fused, 5e-5, 100.0, contextlib.nullcontext)
     x = torch.rand(8, 1, 28, 28)
     step(x)
@@ -258,7 +258,7 @@ def test_a_compile_failure_falls_back_to_eager(capsys):
             raise RuntimeError("backend compiler failed\nlong traceback")
 
     model = RealNVP(TINY).train()
-    optimizer, fused = make_adam(model.parameters(), 1e-3, torch.device("cpu"))
+    optimizer, fused = make_adam(model.parameters(), 1e-3)
     step = TrainStep(
         model, Uncompilable(), optimizer, fused, 5e-5, 100.0, contextlib.nullcontext, model
     )
