@@ -18,7 +18,7 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``train_cuda_graph`` (one entry per batch size) for the step replayed from a CUDA graph,
   as the trainer runs it by default.
 - ``gui`` (when the explorer is installed): slider-to-pixels latency from
-  ``python -m explorer.bench --json``, run as a separate process so ``core`` never loads Qt.
+  ``python -m explorer_bench.gui --json``, run as a separate process so ``core`` never loads Qt.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -182,7 +182,7 @@ def gui_latency(
     checkpoint: Path | None, quick: bool, threads: int | None = None
 ) -> dict[str, Any] | None:
     """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable."""
-    cmd = [sys.executable, "-m", "explorer.bench", "--json"]
+    cmd = [sys.executable, "-m", "explorer_bench.gui", "--json"]
     if threads is not None:  # otherwise the explorer's own default, as the app runs
         cmd += ["--threads", str(threads)]
     if checkpoint is not None:

@@ -1,1 +1,6 @@
-"""The Real NVP desktop explorer (Qt). Only :mod:`explorer.engine` imports torch."""
+"""The Real NVP desktop explorer (Qt).
+
+Folders show the layers: ``engine/`` (the only place torch is used), ``models/`` (Qt-free
+state), ``panels/`` (the explorer page), ``training/`` (the training workspace),
+``widgets/`` (shared Qt pieces); ``app`` and ``main_window`` only wire them together.
+"""

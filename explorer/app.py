@@ -13,9 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
+from explorer.theme import apply_dark_theme, quiet_offscreen_messages
+
 SCREENSHOT_SIZE = (1320, 820)
 FIRST_FRAME_TIMEOUT_MS = 120_000
-_quiet_installed = False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,38 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "about a quarter faster once built, slow frames while it builds (default: off)",
     )
     return parser.parse_args(argv)
-
-
-def apply_dark_theme(app) -> None:
-    """Fusion with a dark neutral palette: the same look on every platform, and images
-    (mostly dark MNIST backgrounds) read well against it."""
-    from PySide6.QtGui import QColor, QPalette
-
-    app.setStyle("Fusion")
-    palette = QPalette()
-    roles = {
-        QPalette.ColorRole.Window: "#23262a",
-        QPalette.ColorRole.WindowText: "#e3e5e8",
-        QPalette.ColorRole.Base: "#1b1d20",
-        QPalette.ColorRole.AlternateBase: "#2a2d31",
-        QPalette.ColorRole.ToolTipBase: "#2f3337",
-        QPalette.ColorRole.ToolTipText: "#e3e5e8",
-        QPalette.ColorRole.Text: "#e3e5e8",
-        QPalette.ColorRole.Button: "#30343a",
-        QPalette.ColorRole.ButtonText: "#e3e5e8",
-        QPalette.ColorRole.BrightText: "#ff6b6b",
-        QPalette.ColorRole.Highlight: "#3d7fd6",
-        QPalette.ColorRole.HighlightedText: "#ffffff",
-        QPalette.ColorRole.Link: "#6fb1ff",
-        QPalette.ColorRole.PlaceholderText: "#8b9097",
-        QPalette.ColorRole.Mid: "#3a3e44",
-        QPalette.ColorRole.Dark: "#151719",
-    }
-    for role, color in roles.items():
-        palette.setColor(role, QColor(color))
-    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
-        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6c7177"))
-    app.setPalette(palette)
 
 
 def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRAME_TIMEOUT_MS):
@@ -124,28 +93,6 @@ def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRA
     return path
 
 
-def quiet_offscreen_messages() -> None:
-    """Drop the one warning the offscreen platform prints for every window shown
-    ("does not support propagateSizeHints"); every other Qt message passes through."""
-    global _quiet_installed
-    if _quiet_installed:
-        return
-    _quiet_installed = True
-    from PySide6.QtCore import qInstallMessageHandler
-
-    previous = None
-
-    def handler(mode, context, message: str) -> None:
-        if "propagateSizeHints" in message:
-            return
-        if previous is not None:
-            previous(mode, context, message)
-        else:
-            print(message, file=sys.stderr)
-
-    previous = qInstallMessageHandler(handler)
-
-
 def _quit_on_interrupt(app) -> None:
     """Ctrl+C in the terminal closes the app: Python only sees the signal when it runs,
     so a timer gives it a moment now and then while Qt's loop waits."""
@@ -166,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from explorer.engine import RenderEngine
+    from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
     from explorer.settings import APPLICATION, ORGANIZATION
 

@@ -39,18 +39,20 @@ from PySide6.QtWidgets import (
 
 from core.checkpoint import CheckpointError
 from core.images import make_grid, save_png
-from explorer.directions import is_direction_file
-from explorer.engine import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
-from explorer.image_controller import ImageController
-from explorer.importer import classify_drop
-from explorer.levels_panel import LatentLevelsPanel
-from explorer.model_panel import ModelPanel
-from explorer.samples_panel import SamplesPanel
+from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
+from explorer.models.directions import is_direction_file
+from explorer.models.jobs import Progress, Task
+from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
+from explorer.panels.image_controller import ImageController
+from explorer.panels.importer import classify_drop
+from explorer.panels.levels import LatentLevelsPanel
+from explorer.panels.model import ModelPanel
+from explorer.panels.samples import SamplesPanel
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
-from explorer.state import ExplorerState, ModelInfo, StateChange, StateFileError
-from explorer.tasks import Progress, Task, TaskRunner
-from explorer.training_panel import TrainingPanel
-from explorer.widgets import TaskProgress, grid_columns
+from explorer.training.workspace import TrainingPanel
+from explorer.widgets.controls import TaskProgress
+from explorer.widgets.images import grid_columns
+from explorer.widgets.task_runner import TaskRunner
 
 CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
 STATE_FILTER = "Latent state (*.npz)"
@@ -517,9 +519,3 @@ class MainWindow(QMainWindow):
             self.settings.geometry = self.saveGeometry()
         self.settings.sync()
         super().closeEvent(event)
-
-
-if __name__ == "__main__":
-    from explorer.app import main
-
-    raise SystemExit(main())

@@ -94,7 +94,7 @@ def make_window(qtbot, explorer_settings, one_torch_thread):
 
     Synchronous engine by default, so a frame is on screen as soon as an edit returns.
     """
-    from explorer.engine import RenderEngine
+    from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
 
     def make(checkpoint: Path | None = None, threaded: bool = False) -> MainWindow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.bench import measure_gui_latency
+from explorer_bench.gui import measure_gui_latency
 
 
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
@@ -25,7 +25,7 @@ def test_measure_gui_latency_refuses_a_bad_checkpoint(qapp, tmp_path, one_torch_
 
 
 def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thread):
-    from explorer.images_bench import run_images_bench
+    from explorer_bench.images import run_images_bench
 
     report = run_images_bench(tiny_checkpoint, repeats=2, warmup=1)
     for key in ("drop_to_reconstruction", "file_decode", "encode"):

@@ -10,7 +10,7 @@ from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.images import to_uint8
 from core.inference import fold_for_inference
 from core.model import FlowConfig
-from explorer.engine import Frame, RenderEngine, RenderRequest
+from explorer.engine.render import Frame, RenderEngine, RenderRequest
 
 THREE_LEVELS = FlowConfig(in_channels=1, image_size=8, num_scales=3, mid_channels=4, num_blocks=1)
 

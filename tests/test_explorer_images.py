@@ -25,9 +25,9 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.data import load_mnist
 from core.images import center_crop_box, load_image, save_png
 from core.model import FlowConfig
-from explorer.blend import LevelSource
-from explorer.directions import load_direction, save_direction
-from explorer.export import mp4_available
+from explorer.models.blend import LevelSource
+from explorer.models.directions import load_direction, save_direction
+from explorer.models.export import mp4_available
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST files missing")
@@ -391,7 +391,7 @@ def test_direction_from_two_groups_moves_the_latent_by_the_mean_difference(
 def test_direction_for_another_model_or_damaged_is_refused(
     make_window, mnist_checkpoint, rgb_checkpoint, grey_pngs, tmp_path
 ):
-    from explorer.directions import Direction
+    from explorer.models.directions import Direction
 
     window = make_window(mnist_checkpoint)
     drop(window, [grey_pngs[0]])
@@ -571,7 +571,7 @@ def test_threaded_import_and_cancel_from_the_status_bar(
     import itertools
     import threading
 
-    from explorer import importer
+    from explorer.panels import importer
 
     folder = tmp_path / "many"
     folder.mkdir()
@@ -627,7 +627,7 @@ def test_a_new_model_re_encodes_the_gallery(
 
 
 def test_lerp_and_slerp_end_exactly_at_a_and_b():
-    from explorer.blend import lerp, slerp
+    from explorer.models.blend import lerp, slerp
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 4, 4), dtype=np.float32), rng.standard_normal((2, 4, 4))
@@ -644,7 +644,7 @@ def test_lerp_and_slerp_end_exactly_at_a_and_b():
 
 
 def test_direction_is_the_mean_difference_and_its_file_refuses_pickles(tmp_path):
-    from explorer.directions import DirectionFileError, direction_from_groups
+    from explorer.models.directions import DirectionFileError, direction_from_groups
 
     rng = np.random.default_rng(1)
     group_a = [rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((3, 4, 2, 2))]

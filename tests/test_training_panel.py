@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.training_panel import LEAVE, STOP, TrainingPanel
-from explorer.training_process import (
+from explorer.training.process import (
     DATASET_GEOMETRY,
     DATASET_LABELS,
     EVENTS_FILE,
@@ -34,6 +33,7 @@ from explorer.training_process import (
     parse_event,
     read_event_log,
 )
+from explorer.training.workspace import LEAVE, STOP, TrainingPanel
 
 WAIT_MS = 60_000
 
@@ -119,7 +119,7 @@ def wait_gone(pid: int) -> None:
 
 def test_gui_process_never_imports_torch():
     code = (
-        "import sys, explorer.training_panel; "
+        "import sys, explorer.training.workspace; "
         "print('torch' in sys.modules, any(m.startswith('core') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

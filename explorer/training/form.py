@@ -1,6 +1,6 @@
 """The training form: data source, model size, training length, device and output folder.
 
-The form turns its widgets into a :class:`~explorer.training_process.RunSettings` and says
+The form turns its widgets into a :class:`~explorer.training.process.RunSettings` and says
 what is wrong with it (:meth:`TrainingForm.problems`), so the panel can keep Start disabled
 with the reason beside it. A data source is checked in a child process (how many images
 are readable, a few thumbnails) while the form stays responsive.
@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.training_process import (
+from explorer.training.process import (
     DATASET_GEOMETRY,
     DATASET_LABELS,
     PRESETS,
@@ -42,7 +42,7 @@ from explorer.training_process import (
     ScanReport,
     geometry_problem,
 )
-from explorer.widgets import to_qimage
+from explorer.widgets.images import to_qimage
 
 CUSTOM = "custom"
 SCAN_DELAY_MS = 400  # typing a path starts one check, not one per key

@@ -29,22 +29,22 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog
 
 from core.images import IMAGE_SUFFIXES, save_png
-from explorer import blend
-from explorer.directions import (
+from explorer.engine.render import Frame, RenderRequest
+from explorer.models import blend
+from explorer.models.directions import (
     DirectionFileError,
     direction_from_groups,
     load_direction,
     save_direction,
 )
-from explorer.directions_panel import DirectionsPanel
-from explorer.engine import Frame, RenderRequest
-from explorer.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
-from explorer.gallery import Gallery, GalleryImage, group_latents
-from explorer.gallery_panel import GalleryPanel
-from explorer.images_panel import ImagesPanel
-from explorer.importer import ImportedImage, ImportFailure, import_images
-from explorer.state import ModelInfo
-from explorer.tasks import Task
+from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
+from explorer.models.gallery import Gallery, GalleryImage, group_latents
+from explorer.models.jobs import Task
+from explorer.models.state import ModelInfo
+from explorer.panels.directions import DirectionsPanel
+from explorer.panels.gallery import GalleryPanel
+from explorer.panels.images import ImagesPanel
+from explorer.panels.importer import ImportedImage, ImportFailure, import_images
 
 if TYPE_CHECKING:
     from explorer.main_window import MainWindow

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.state import Event
+from explorer.models.state import Event
 
 SORT_KEYS = ("bpd_desc", "bpd_asc", "added", "name")
 

@@ -3,7 +3,7 @@
 Nothing here is a widget, and nothing here imports torch: the trainer
 (``python -m core train --progress json``) runs as a child process, and the two small jobs
 that need ``core`` (checking a data set, listing devices) run as child processes of this
-module (``python -m explorer.training_process scan|devices``), so the GUI process never
+module (``python -m explorer.training.process scan|devices``), so the GUI process never
 loads torch.
 
 The trainer writes its stdout, one JSON event per line, straight into
@@ -517,7 +517,7 @@ class JsonLinesJob(QObject):
         self._done = False
         self.process = QProcess(self)
         self.process.setProgram(sys.executable)
-        self.process.setArguments(["-m", "explorer.training_process", *args])
+        self.process.setArguments(["-m", "explorer.training.process", *args])
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
@@ -699,7 +699,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """Child jobs: ``scan DATASET DIR [--download]`` and ``devices``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m explorer.training_process")
+    parser = argparse.ArgumentParser(prog="python -m explorer.training.process")
     sub = parser.add_subparsers(dest="job", required=True)
     scan = sub.add_parser("scan", help="count readable images and print a few thumbnails")
     scan.add_argument("dataset", choices=sorted(DATASET_LABELS))

@@ -28,8 +28,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.state import OFFSET_RANGE, TEMPERATURE_RANGE, ExplorerState, StateChange
-from explorer.widgets import BACKGROUND, FloatSlider, ImageGridView
+from explorer.models.state import OFFSET_RANGE, TEMPERATURE_RANGE, ExplorerState, StateChange
+from explorer.widgets.controls import FloatSlider
+from explorer.widgets.images import BACKGROUND, ImageGridView
 
 HIST_RANGE = 4.0
 HIST_BINS = 48

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from core.images import make_grid
-from explorer.tasks import Progress
+from explorer.models.jobs import Progress
 
 GIF, MP4 = "gif", "mp4"
 VIDEO_MIN_SIDE = 256  # animations are upscaled (nearest) to at least this many pixels

@@ -25,8 +25,8 @@ from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
 from core.data import DatasetError, list_images
 from core.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
-from explorer.gallery import EncodedImage, Preview
-from explorer.tasks import Progress
+from explorer.models.gallery import EncodedImage, Preview
+from explorer.models.jobs import Progress
 
 PREVIEW_SIDE = 128
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}

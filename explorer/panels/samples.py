@@ -17,8 +17,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.state import MAX_IMAGES, MAX_SEED, TEMPERATURE_RANGE, ExplorerState, StateChange
-from explorer.widgets import FloatSlider, ImageGridView
+from explorer.models.state import (
+    MAX_IMAGES,
+    MAX_SEED,
+    TEMPERATURE_RANGE,
+    ExplorerState,
+    StateChange,
+)
+from explorer.widgets.controls import FloatSlider
+from explorer.widgets.images import ImageGridView
 
 
 class SamplesPanel(QWidget):

@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.state import AppliedDirection, ExplorerState, StateChange
-from explorer.widgets import FloatSlider
+from explorer.models.state import AppliedDirection, ExplorerState, StateChange
+from explorer.widgets.controls import FloatSlider
 
 AMOUNT_RANGE = (-2.0, 2.0)
 GROUPS = ("A", "B")

@@ -1,6 +1,6 @@
 """Figures for your own images in the explorer: drop to reconstruction, encode, interpolation.
 
-``python -m explorer.images_bench [CHECKPOINT] [--json] [--repeats N] [--threads N]``
+``python -m explorer_bench.images [CHECKPOINT] [--json] [--repeats N] [--threads N]``
 drives the real window offscreen with the threaded engine the app uses:
 
 - **drop to reconstruction**: from a real ``QDropEvent`` carrying a file to the samples view
@@ -93,11 +93,11 @@ def run_images_bench(
     from PySide6.QtWidgets import QApplication
 
     from core.images import load_image
-    from explorer.app import quiet_offscreen_messages
-    from explorer.bench import describe_model
-    from explorer.engine import RenderEngine, torch_threads
+    from explorer.engine.render import RenderEngine, torch_threads
     from explorer.main_window import MainWindow
     from explorer.settings import ExplorerSettings
+    from explorer.theme import quiet_offscreen_messages
+    from explorer_bench.gui import describe_model
 
     quiet_offscreen_messages()
     app = QApplication.instance() or QApplication(["realnvp-images-bench"])
@@ -228,7 +228,7 @@ def run_images_bench(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m explorer.images_bench", description=__doc__.splitlines()[0]
+        prog="python -m explorer_bench.images", description=__doc__.splitlines()[0]
     )
     parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
     parser.add_argument("--repeats", type=int, default=20)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.repeats, num_threads=args.threads, device=args.device
         )
     except (ValueError, TimeoutError) as exc:
-        print(f"explorer.images_bench: {exc}", file=sys.stderr)
+        print(f"explorer_bench.images: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report))

@@ -50,8 +50,8 @@ from core.device import describe, pick_device
 from core.images import to_uint8
 from core.inference import fold_for_inference
 from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
-from explorer.gallery import EncodedImage
-from explorer.state import ModelInfo
+from explorer.models.gallery import EncodedImage
+from explorer.models.state import ModelInfo
 
 # The architecture of the bundled model, used untrained when the bundled file is missing,
 # so the app still shows the real level structure.
@@ -64,7 +64,7 @@ def interactive_threads() -> int:
 
     The GUI thread paints while the worker renders. When torch's thread team takes every
     core it competes with the GUI thread: on a 2-core machine a one-image frame measured
-    28 ms at p95 with 2 threads and 14 ms with 1 (``python -m explorer.bench``).
+    28 ms at p95 with 2 threads and 14 ms with 1 (``python -m explorer_bench.gui``).
     """
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 

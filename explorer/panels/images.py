@@ -34,11 +34,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.blend import LINEAR, SPHERICAL, LevelSource
-from explorer.gallery import GalleryImage
-from explorer.levels_panel import level_title
-from explorer.state import MAX_IMAGES
-from explorer.widgets import CaptionedImage, CropPreview, FloatSlider, ImageGridView
+from explorer.models.blend import LINEAR, SPHERICAL, LevelSource
+from explorer.models.gallery import GalleryImage
+from explorer.models.state import MAX_IMAGES
+from explorer.panels.levels import level_title
+from explorer.widgets.controls import FloatSlider
+from explorer.widgets.images import CaptionedImage, CropPreview, ImageGridView
 
 DEFAULT_STRIP_FRAMES = 8
 DEFAULT_ANIMATION_FRAMES = 48

@@ -1,4 +1,4 @@
-"""``python -m explorer.training_bench``: what watching a run from the panel costs.
+"""``python -m explorer_bench.training``: what watching a run from the panel costs.
 
 1. A real training run (MNIST) is started from the training panel, offscreen, and watched
    for ``--seconds`` while a 5 ms heartbeat timer records every gap in the GUI's event loop.
@@ -33,9 +33,9 @@ DATA_CANDIDATES = ("../shared/data/mnist", "data/mnist", "data")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from explorer.training_process import PRESETS
+    from explorer.training.process import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m explorer.training_bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m explorer_bench.training", description=__doc__)
     p.add_argument("--seconds", type=float, default=60.0, help="length of the panel's run")
     p.add_argument(
         "--data-dir", help=f"MNIST folder (default: the first of {', '.join(DATA_CANDIDATES)})"
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def model_sizes(args: argparse.Namespace) -> dict[str, Any]:
     """The preset's sizes, with any given on the command line instead."""
-    from explorer.training_process import PRESETS
+    from explorer.training.process import PRESETS
 
     sizes = dict(zip(("num_scales", "mid_channels", "num_blocks"), PRESETS[args.preset]))
     sizes.update({k: v for k in sizes if (v := getattr(args, k)) is not None})
@@ -130,7 +130,7 @@ def run_until(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 def panel_run(args: argparse.Namespace, settings, screenshot: str | None) -> dict[str, Any]:
-    from explorer.training_panel import TrainingPanel
+    from explorer.training.workspace import TrainingPanel
 
     panel = TrainingPanel(runs_dir=settings.out_dir.parent, probe_devices=False)
     panel.resize(1280, 820)
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
-    from explorer.app import apply_dark_theme
-    from explorer.training_process import RunSettings
+    from explorer.theme import apply_dark_theme
+    from explorer.training.process import RunSettings
 
     app = QApplication.instance() or QApplication([])
     apply_dark_theme(app)

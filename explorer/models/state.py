@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from explorer.directions import Direction
-from explorer.npz_files import read_npz, write_npz
+from explorer.models.directions import Direction
+from explorer.models.npz_files import read_npz, write_npz
 
 Shape = tuple[int, int, int]
 SeedKey = tuple[int, ...]

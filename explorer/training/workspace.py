@@ -2,7 +2,7 @@
 
 The panel runs ``python -m core train --progress json`` (or ``torchrun`` for several GPUs)
 as a separate process and reads nothing but its JSON events (see
-:mod:`explorer.training_process`): live curves of training and test bits/dim, images/s,
+:mod:`explorer.training.process`): live curves of training and test bits/dim, images/s,
 a progress bar with ETA, the newest sample grids and the trainer's messages.
 
 Every run keeps its event stream in ``OUT/events.jsonl`` and its messages in
@@ -16,7 +16,7 @@ For the main window::
     if not panel.confirm_close(window):
         event.ignore()
 
-Preview it alone with ``python -m explorer.training_panel``.
+Preview it alone with ``python -m explorer.training.workspace``.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.training_form import TrainingForm
-from explorer.training_process import (
+from explorer.training.form import TrainingForm
+from explorer.training.process import (
     EVENTS_FILE,
     RunFollower,
     TrainingProcess,
@@ -658,12 +658,12 @@ class TrainingPanel(QWidget):
 
 
 def main() -> int:
-    """Preview the panel alone: ``python -m explorer.training_panel``."""
+    """Preview the panel alone: ``python -m explorer.training.workspace``."""
     import sys
 
     from PySide6.QtWidgets import QApplication
 
-    from explorer.app import apply_dark_theme
+    from explorer.theme import apply_dark_theme
 
     app = QApplication(sys.argv)
     apply_dark_theme(app)

@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.gallery import Gallery, GalleryImage
-from explorer.widgets import to_qimage
+from explorer.models.gallery import Gallery, GalleryImage
+from explorer.widgets.images import to_qimage
 
 ICON_SIDE = 44
 REFRESH_DELAY_MS = 150  # an import of thousands of files rebuilds the list a few times a second

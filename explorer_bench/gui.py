@@ -3,7 +3,7 @@
 The measurement drives the real window offscreen, with the threaded engine the app uses:
 it moves the finest level's direction slider (the edit the level cache speeds up: the
 coarser levels are reused) and waits until the samples view has painted the frame made for
-that position. ``python -m explorer.bench [CHECKPOINT] [--json] [--quick]`` prints the
+that position. ``python -m explorer_bench.gui [CHECKPOINT] [--json] [--quick]`` prints the
 figures; ``realnvp bench`` runs it that way, in a child process, so ``core`` never loads
 Qt. :func:`measure_gui_latency` is the measurement itself.
 """
@@ -47,10 +47,10 @@ def measure_gui_latency(
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from explorer.app import quiet_offscreen_messages
-    from explorer.engine import RenderEngine
+    from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
     from explorer.settings import ExplorerSettings
+    from explorer.theme import quiet_offscreen_messages
 
     quiet_offscreen_messages()
     app = QApplication.instance() or QApplication(["realnvp-bench"])
@@ -134,7 +134,7 @@ def run_suite(
     {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms"}, "no_cache": {...}},
      "images_16": {...}, "threads": ..., "repeats": ...}
     """
-    from explorer.engine import torch_threads
+    from explorer.engine.render import torch_threads
 
     report: dict = {"model": describe_model(checkpoint), "repeats": repeats}
     for n_images in image_counts:
@@ -158,7 +158,7 @@ def run_suite(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m explorer.bench", description=__doc__.splitlines()[0]
+        prog="python -m explorer_bench.gui", description=__doc__.splitlines()[0]
     )
     parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
     parser.add_argument("--repeats", type=int, default=30)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile == "on",
         )
     except (ValueError, TimeoutError) as exc:
-        print(f"explorer.bench: {exc}", file=sys.stderr)
+        print(f"explorer_bench.gui: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report))

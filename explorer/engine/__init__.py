@@ -1,0 +1,1 @@
+"""The render engine: the one part of the explorer that imports torch."""
