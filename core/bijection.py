@@ -6,6 +6,13 @@ Every invertible layer maps data to latent in ``forward`` and back in ``inverse`
     x = layer.inverse(z)
 
 No ``reverse=`` flags and no accumulators: composition is the caller's job.
+
+Every layer of Real NVP is also *per element*: its log-determinant is a sum of one term per
+element of its output, and it moves elements only by permuting them. Two more methods say
+so, for the likelihood map (:mod:`core.likelihood`)::
+
+    z, per_element = layer.forward_elementwise(x)   # per_element: z's shape, sums to logdet
+    moved = layer.permute_elements(t)               # where each element of x ends up in z
 """
 
 from __future__ import annotations
@@ -25,6 +32,18 @@ class Bijection(nn.Module):
     def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, per_element)``: ``per_element`` has ``z``'s shape and its sum over all but
+        the batch dimension is ``forward``'s logdet. Element ``(c, i, j)`` of ``z``
+        carries the term of the element of ``x`` that :meth:`permute_elements` moves there.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-element log-determinant")
+
+    def permute_elements(self, t: Tensor) -> Tensor:
+        """Move a tensor shaped like the input the way ``forward`` moves elements; the
+        default is a layer that keeps every element in place."""
+        return t
+
 
 class Squeeze(Bijection):
     """Space-to-depth: ``(B, C, H, W) -> (B, 4C, H/2, W/2)``, volume preserving.
@@ -40,6 +59,13 @@ class Squeeze(Bijection):
         z = x.reshape(b, c, h // 2, 2, w // 2, 2)  # (B, C, H/2, 2, W/2, 2)
         z = z.permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
         return z, x.new_zeros(b)
+
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, _ = self(x)
+        return z, torch.zeros_like(z)
+
+    def permute_elements(self, t: Tensor) -> Tensor:
+        return self(t)[0]
 
     def inverse(self, z: Tensor) -> Tensor:
         b, c4, h, w = z.shape
@@ -65,10 +91,13 @@ class LogitTransform(Bijection):
         self.alpha = alpha
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        p = self.alpha + (1.0 - 2.0 * self.alpha) * x
-        y = torch.log(p) - torch.log1p(-p)
-        per_dim = math.log(1.0 - 2.0 * self.alpha) - torch.log(p) - torch.log1p(-p)
+        y, per_dim = self.forward_elementwise(x)
         return y, per_dim.flatten(1).sum(1)
+
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.alpha + (1.0 - 2.0 * self.alpha) * x
+        log_p, log_1mp = torch.log(p), torch.log1p(-p)
+        return log_p - log_1mp, math.log(1.0 - 2.0 * self.alpha) - log_p - log_1mp
 
     def inverse(self, z: Tensor) -> Tensor:
         return (torch.sigmoid(z) - self.alpha) / (1.0 - 2.0 * self.alpha)
@@ -103,14 +132,22 @@ class BatchNormFlow(Bijection):
             self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
         return mean, var
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, per-channel log-scale (C,))``."""
         mean, var = self._stats(x)
         inv_std = torch.rsqrt(var + self.eps)
         scale = (inv_std * self.log_gamma.exp()).view(1, -1, 1, 1)
         y = (x - mean.view(1, -1, 1, 1)) * scale + self.beta.view(1, -1, 1, 1)
-        per_channel = self.log_gamma - 0.5 * torch.log(var + self.eps)  # (C,)
+        return y, self.log_gamma - 0.5 * torch.log(var + self.eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, per_channel = self._forward(x)
         logdet = per_channel.sum() * (x.shape[2] * x.shape[3])
         return y, logdet.expand(x.shape[0]).to(x.dtype)
+
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, per_channel = self._forward(x)
+        return y, per_channel.to(y.dtype).view(1, -1, 1, 1).expand_as(y)
 
     def inverse(self, z: Tensor) -> Tensor:
         if self.training:
@@ -136,6 +173,18 @@ class Sequential(Bijection):
             x, logdet = layer(x)
             total = total + logdet
         return x, total
+
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        total = None
+        for layer in self.layers:
+            x, per_element = layer.forward_elementwise(x)
+            total = per_element if total is None else layer.permute_elements(total) + per_element
+        return x, total if total is not None else torch.zeros_like(x)
+
+    def permute_elements(self, t: Tensor) -> Tensor:
+        for layer in self.layers:
+            t = layer.permute_elements(t)
+        return t
 
     def inverse(self, z: Tensor) -> Tensor:
         for layer in reversed(self.layers):

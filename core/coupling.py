@@ -91,19 +91,30 @@ class AffineCoupling(Bijection):
             self._mask_cache[key] = mask
         return mask
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, s)``: ``s`` shaped like ``x`` (checkerboard, 0 where kept) or like the
+        changed half (channel-wise)."""
         if self.mask_type is MaskType.CHECKERBOARD:
             b = self._mask(x)  # (1, 1, H, W)
             bx = x * b
             s, t = self._s_t(torch.cat((bx, b.expand(x.shape[0], 1, -1, -1)), 1), x.dtype)
             s = s * (1 - b)
             t = t * (1 - b)
-            y = bx + (1 - b) * (x * torch.exp(s) + t)
-            return y, s.flatten(1).sum(1)
+            return bx + (1 - b) * (x * torch.exp(s) + t), s
         kept, changed = self._split(x)
         s, t = self._s_t(kept, x.dtype)
-        changed = changed * torch.exp(s) + t
-        return self._join(kept, changed), s.flatten(1).sum(1)
+        return self._join(kept, changed * torch.exp(s) + t), s
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, s = self._forward(x)
+        return y, s.flatten(1).sum(1)
+
+    def forward_elementwise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The log-scale ``s`` of every changed element, 0 on the kept ones."""
+        y, s = self._forward(x)
+        if self.mask_type is MaskType.CHANNEL:
+            s = self._join(torch.zeros_like(s), s)
+        return y, s
 
     def inverse(self, z: Tensor) -> Tensor:
         if self.mask_type is MaskType.CHECKERBOARD:

@@ -6,12 +6,16 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from core.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
 from core.coupling import AffineCoupling, MaskType
+
+if TYPE_CHECKING:
+    from core.likelihood import LikelihoodMap
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -250,6 +254,22 @@ class RealNVP(nn.Module):
 
     def _bits_per_dim_continuous(self, x: Tensor) -> Tensor:
         return nats_to_bits_per_dim(self._log_prob(x), self.config.num_dims)
+
+    def likelihood_map(self, x: Tensor) -> LikelihoodMap:
+        """Exact bits/dim of images ``x`` in ``[0, 1]`` split per latent level, for the
+        preprocessing, and per pixel; see :mod:`core.likelihood` for the attribution rule."""
+        from core.likelihood import likelihood_map
+
+        return likelihood_map(self, x)
+
+    def likelihood_map_uint8(
+        self, x_uint8: Tensor, generator: torch.Generator | None = None
+    ) -> LikelihoodMap:
+        """:meth:`likelihood_map` of 8-bit images after the dequantization of
+        :meth:`bits_per_dim`; the same generator seed gives the same total."""
+        from core.likelihood import likelihood_map_uint8
+
+        return likelihood_map_uint8(self, x_uint8, generator)
 
     def sample_latents(
         self,

@@ -106,6 +106,21 @@ def test_logdet_matches_autograd_jacobian(case):
         assert torch.allclose(logdet[i], expected, atol=1e-9), (logdet[i], expected)
 
 
+def test_elementwise_logdet_sums_to_logdet_and_follows_the_elements(case):
+    _, layer, x = case
+    z, logdet = layer(x)
+    z2, per_element = layer.forward_elementwise(x)
+    assert torch.equal(z, z2)
+    assert per_element.shape == z.shape
+    torch.testing.assert_close(per_element.flatten(1).sum(1), logdet, rtol=1e-10, atol=1e-10)
+    # permute_elements moves values exactly as forward moves elements: an index tensor
+    # pushed through it is a permutation of the input's element numbers.
+    index = torch.arange(x[:1].numel()).view_as(x[:1])
+    moved = layer.permute_elements(index)
+    assert moved.shape == z[:1].shape
+    assert sorted(moved.flatten().tolist()) == list(range(x[:1].numel()))
+
+
 def test_every_parameter_gets_a_gradient(case):
     _, layer, x = case
     params = list(layer.parameters())
