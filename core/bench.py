@@ -42,8 +42,7 @@ import torch
 from core.device import describe, pick_device
 from core.inference import fold_for_inference
 from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
-
-BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"
+from core.resources import bundled_model_path, resolve_checkpoint
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -243,7 +242,17 @@ def run(
     }
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
-    bundled = Path(checkpoint) if checkpoint else (BUNDLED if BUNDLED.is_file() else None)
+    if checkpoint:
+        bundled = resolve_checkpoint(checkpoint)
+    else:
+        bundled = bundled_model_path()
+        if not bundled.is_file():
+            print(
+                f"bench: the bundled model is not installed ({bundled}): no 'bundled' "
+                "figures; pass --checkpoint for a model of your own",
+                file=sys.stderr,
+            )
+            bundled = None
     if bundled is not None:
         # First, before the long training runs leave the process's thread pool and
         # allocator in another state (later latencies measured up to 2x slower), and

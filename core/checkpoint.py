@@ -22,6 +22,7 @@ import torch
 
 from core.atomic import atomic_write
 from core.model import FlowConfig, RealNVP
+from core.resources import BundledModelMissing, resolve_checkpoint
 
 FORMAT = "realnvp-checkpoint"
 VERSION = 1
@@ -58,8 +59,12 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, validated; raises :class:`CheckpointError` with a clear
-    message for a missing, empty, huge, truncated, hostile or foreign file."""
-    path = Path(path)
+    message for a missing, empty, huge, truncated, hostile or foreign file. The word
+    ``bundled`` reads the bundled model (:func:`core.resources.resolve_checkpoint`)."""
+    try:
+        path = resolve_checkpoint(path)
+    except BundledModelMissing as exc:
+        raise CheckpointError(str(exc)) from None
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():

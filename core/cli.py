@@ -14,6 +14,7 @@ from core.checkpoint import CheckpointError
 from core.data import DATASETS, DatasetError
 from core.images import ImageLoadError
 from core.model import PRESETS
+from core.resources import resolve_checkpoint
 
 USER_ERRORS = (
     CheckpointError,
@@ -261,7 +262,7 @@ def _cmd_info(args) -> int:
 
     model, meta = load_checkpoint(args.checkpoint)
     info = {
-        "checkpoint": args.checkpoint,
+        "checkpoint": str(resolve_checkpoint(args.checkpoint)),
         "config": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "latent_shapes": [list(s) for s in model.latent_shapes],

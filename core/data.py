@@ -15,7 +15,6 @@ import pickle
 import shutil
 import struct
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from core.atomic import atomic_path
 from core.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 
 DATASETS = ("mnist", "cifar10", "folder")
@@ -72,24 +72,26 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
+class _ChecksumMismatch(Exception):
+    """A downloaded file that is not the expected one; it is removed, never kept."""
+
+
 def _download(urls: list[str], dest: Path, check: Callable[[Path], bool]) -> Path:
     """Fetch the first URL that works into ``dest`` atomically, verified by ``check``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                shutil.copyfileobj(resp, out)
-            if not check(Path(tmp)):
-                errors.append(f"{url}: checksum mismatch")
-                continue
-            os.replace(tmp, dest)
+            with atomic_path(dest, suffix=".part") as tmp:
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+                    shutil.copyfileobj(resp, out)
+                if not check(tmp):
+                    raise _ChecksumMismatch
             return dest
+        except _ChecksumMismatch:
+            errors.append(f"{url}: checksum mismatch")
         except OSError as exc:
             errors.append(f"{url}: {exc}")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     raise DatasetError(f"could not download {dest.name}: " + "; ".join(errors))
 
 

@@ -247,8 +247,9 @@ class RealNVP(nn.Module):
         return gaussian_log_prob(zs) + logdet
 
     def bits_per_dim(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Bits per dimension of 8-bit images, after uniform dequantization; shape (B,)."""
-        x = dequantize(x_uint8, generator)
+        """Bits per dimension of 8-bit images, after uniform dequantization, computed in the
+        model's own dtype; shape (B,)."""
+        x = dequantize(x_uint8, generator, self._param().dtype)
         self._check_images(x, "x_uint8")
         return self._bits_per_dim_continuous(x)
 
@@ -323,20 +324,24 @@ def gaussian_log_prob(zs: Sequence[Tensor]) -> Tensor:
     )
 
 
-def dequantize(x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``(x + u) / 256`` with ``u ~ U[0, 1)``: 8-bit images to continuous ``[0, 1)``."""
+def dequantize(
+    x_uint8: Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``(x + u) / 256`` with ``u ~ U[0, 1)``: 8-bit images to continuous ``[0, 1)`` in
+    ``dtype``. The noise is drawn in float32 whatever ``dtype``, so a seed gives the same
+    noise to a float32 and a float64 model."""
     if not isinstance(x_uint8, Tensor) or x_uint8.dtype != torch.uint8:
         got = x_uint8.dtype if isinstance(x_uint8, Tensor) else type(x_uint8).__name__
         raise ValueError(f"expected a uint8 tensor of 8-bit images, got {got}")
     device = generator.device if generator is not None else x_uint8.device
     noise = torch.rand(x_uint8.shape, generator=generator, device=device).to(x_uint8.device)
-    return (x_uint8.float() + noise) / 256.0
+    return (x_uint8.to(dtype) + noise.to(dtype)) / 256.0
 
 
-def pixel_centres(x_uint8: Tensor) -> Tensor:
+def pixel_centres(x_uint8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(x + 0.5) / 256``: 8-bit images to the centres of their dequantization bins, a pure
     function of the pixels (what encoding a user's image uses)."""
-    return (x_uint8.float() + 0.5) / 256.0
+    return (x_uint8.to(dtype) + 0.5) / 256.0
 
 
 ENCODE_SEED = 0  # dequantization seed of the bits/dim shown for an encoded image
@@ -357,11 +362,12 @@ def mean_bits_per_dim(
     it, so a checkpoint's recorded test bits/dim is reproduced exactly. ``autocast`` is an
     optional context manager factory (bf16 on CUDA).
     """
-    device = device if device is not None else model._param().device
+    param = model._param()
+    device = device if device is not None else param.device
     generator = torch.Generator().manual_seed(EVAL_SEED)
     total = 0.0
     for start in range(0, images.shape[0], batch_size):
-        x = dequantize(images[start : start + batch_size], generator).to(device)
+        x = dequantize(images[start : start + batch_size], generator, param.dtype).to(device)
         with autocast() if autocast is not None else contextlib.nullcontext():
             total += model._bits_per_dim_continuous(x).double().sum().item()
     return total / max(images.shape[0], 1)

@@ -2,6 +2,9 @@
 
 ``--screenshot PATH`` renders the window offscreen once the model is loaded and the first
 frame is on screen, writes a PNG and exits (for the README and for checks without a display).
+It exits with status 1, saying why on stderr, when the model could not be opened: a
+checkpoint given that fails writes no picture; a missing or unreadable bundled model (the
+default) writes the picture of the untrained model the window then shows.
 ``--images PATH ...`` imports images or folders after the model opens, as a drop would.
 """
 
@@ -24,7 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="realnvp-explorer", description="Explore a Real NVP model's samples and latents."
     )
     parser.add_argument(
-        "checkpoint", nargs="?", help="model to open (default: the bundled model in resources/)"
+        "checkpoint",
+        nargs="?",
+        help="model to open (default, or the word 'bundled': the bundled model)",
     )
     parser.add_argument(
         "--screenshot", metavar="PATH", help="write a PNG of the window after the first frame"
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
+    from core.resources import BUNDLED
     from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
     from explorer.settings import APPLICATION, ORGANIZATION
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     window = MainWindow(engine)
     window.resize(*SCREENSHOT_SIZE)
-    if args.checkpoint:
+    bundled_opened = True
+    if args.checkpoint and args.checkpoint != BUNDLED:
         if not window.open_checkpoint(args.checkpoint):
             if args.screenshot:
                 print(f"realnvp-explorer: {window.last_error}", file=sys.stderr)
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             window.open_default()  # the error box stays open over it
     else:
-        window.open_default()
+        bundled_opened = window.open_default()
     if args.images:
         window.open_paths(args.images)
 
@@ -155,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             window.close()
         print(saved)
+        if not bundled_opened:  # the picture shows an untrained model: a script must know
+            print(f"realnvp-explorer: {window.last_error}", file=sys.stderr)
+            return 1
         return 0
 
     window.restore_geometry()

@@ -299,6 +299,7 @@ class MainWindow(QMainWindow):
                 return True
             except CheckpointError as exc:
                 reason = f"The bundled model could not be read: {exc}"
+        self.last_error = reason
         self.open_random(reason)
         return False
 

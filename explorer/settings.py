@@ -11,10 +11,13 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from core.resources import bundled_model_path
+
 ORGANIZATION = "realnvp"
 APPLICATION = "explorer"
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-DEFAULT_CHECKPOINT = RESOURCES / "default_model.pt"
+# Absolute, and found the same way as the CLI's ``bundled``: from any working directory,
+# in an installed package as in a source checkout.
+DEFAULT_CHECKPOINT = bundled_model_path()
 MAX_RECENT = 8
 
 

@@ -14,6 +14,15 @@ import torch
 from core.checkpoint import save_checkpoint
 from core.model import FlowConfig, RealNVP
 
+ROOT = Path(__file__).resolve().parents[1]
+# The one place the tests look for MNIST: the folder in REALNVP_MNIST_DIR, by default the
+# shared data folder beside the repository (../shared/data/mnist). Test modules import
+# these two names with ``from conftest import MNIST_DIR, needs_mnist``.
+MNIST_DIR = Path(os.environ.get("REALNVP_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist")
+needs_mnist = pytest.mark.skipif(
+    not MNIST_DIR.is_dir(), reason=f"MNIST files not found in {MNIST_DIR} (set REALNVP_MNIST_DIR)"
+)
+
 TINY_CONFIG = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
 
 

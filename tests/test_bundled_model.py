@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MNIST_DIR, needs_mnist
 
 from core.checkpoint import load_checkpoint
 from core.data import load_mnist
 from core.inference import fold_for_inference
-from tests.test_data import MNIST_DIR, needs_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "resources" / "default_model.pt"

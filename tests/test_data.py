@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import http.server
 import io
-import os
 import pickle
 import shutil
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MNIST_DIR, needs_mnist
 from PIL import Image
 
 from core.data import (
@@ -29,14 +29,6 @@ from core.data import (
     parse_idx_images,
 )
 from core.images import ImageLoadError, load_image, make_grid, to_uint8
-
-MNIST_DIR = Path(
-    os.environ.get(
-        "REALNVP_MNIST_DIR",
-        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist",
-    )
-)
-needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST files missing")
 
 
 @needs_mnist

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MNIST_DIR, needs_mnist
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -29,8 +30,6 @@ from explorer.models.blend import LevelSource
 from explorer.models.directions import load_direction, save_direction
 from explorer.models.export import mp4_available
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared MNIST files missing")
 # 28x28 grey like MNIST; 2 scales keep it small: levels (2, 14, 14) and (2, 14, 14)... at
 # 3 scales 28 leaves 7x7: three levels, so level mixing has a middle level to test.
 MNIST_TINY = FlowConfig(in_channels=1, image_size=28, num_scales=3, mid_channels=4, num_blocks=1)
@@ -45,7 +44,7 @@ RECONSTRUCTION_TOLERANCE = 1e-4  # in [0, 1] units; float32 round trips give abo
 def mnist_pngs(tmp_path_factory) -> list[Path]:
     """Eight real test-set digits saved as PNG files."""
     if not MNIST_DIR.is_dir():
-        pytest.skip("shared MNIST files missing")
+        pytest.skip(f"MNIST files not found in {MNIST_DIR} (set REALNVP_MNIST_DIR)")
     images = load_mnist(MNIST_DIR, train=False).images[:8]  # (8, 1, 28, 28) uint8
     folder = tmp_path_factory.mktemp("digits")
     return [save_png(img[0].numpy(), folder / f"digit{i}.png") for i, img in enumerate(images)]

@@ -243,6 +243,20 @@ def test_screenshot_writes_a_non_blank_png(
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20
 
 
+def test_the_word_bundled_opens_the_bundled_model(
+    qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread, monkeypatch, capsys
+):
+    from explorer.app import main
+
+    monkeypatch.setattr(main_window_module, "DEFAULT_CHECKPOINT", tiny_checkpoint)
+    monkeypatch.chdir(tmp_path)  # no file called "bundled" here: the word is the model
+    assert main(["--screenshot", "shot.png", "--threads", "1", "bundled"]) == 0
+    assert capsys.readouterr().err == ""
+    image = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+    notice_color = np.array([0x5A, 0x45, 0x10])  # the untrained-model banner is not there
+    assert (np.abs(image - notice_color).sum(axis=2) == 0).sum() == 0
+
+
 def test_screenshot_of_a_bad_checkpoint_fails_cleanly(qapp, tmp_path, explorer_settings, capsys):
     from explorer.app import main
 
@@ -253,14 +267,15 @@ def test_screenshot_of_a_bad_checkpoint_fails_cleanly(qapp, tmp_path, explorer_s
     assert not (tmp_path / "x.png").exists()
 
 
-def test_screenshot_without_bundled_model_shows_the_untrained_notice(
-    qapp, tmp_path, explorer_settings, one_torch_thread, monkeypatch
+def test_screenshot_without_bundled_model_shows_the_notice_and_fails(
+    qapp, tmp_path, explorer_settings, one_torch_thread, monkeypatch, capsys
 ):
     from explorer.app import main
 
     monkeypatch.setattr(main_window_module, "DEFAULT_CHECKPOINT", tmp_path / "missing.pt")
     path = tmp_path / "default.png"
-    assert main(["--screenshot", str(path), "--threads", "1"]) == 0
+    assert main(["--screenshot", str(path), "--threads", "1"]) == 1
+    assert f"The bundled model {tmp_path / 'missing.pt'} was not found" in capsys.readouterr().err
     image = np.asarray(Image.open(path).convert("RGB")).astype(int)
     notice_color = np.array([0x5A, 0x45, 0x10])  # the notice banner's background
     assert (np.abs(image - notice_color).sum(axis=2) == 0).sum() > 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -275,3 +276,31 @@ def test_folded_inference_model_agrees():
     assert torch.allclose(folded.decode(zs), x, atol=1e-10)
     # the original keeps its weight-normalized layers and still trains
     assert any(type(m).__name__ == "WeightNormConv2d" for m in model.modules())
+
+
+def test_bits_per_dim_runs_in_the_models_own_dtype():
+    """A float64 model gets float64 inputs; the same seed draws the same dequantization
+    noise, so float32 and float64 agree to float32 precision."""
+    from core import mean_bits_per_dim
+
+    model32 = tiny_model(dtype=torch.float32)
+    model64 = copy.deepcopy(model32).double()
+    x8 = torch.randint(0, 256, (4, 1, 4, 4), dtype=torch.uint8)
+    with torch.no_grad():
+        b64 = model64.bits_per_dim(x8, torch.Generator().manual_seed(3))
+        b32 = model32.bits_per_dim(x8, torch.Generator().manual_seed(3))
+        mean64 = mean_bits_per_dim(model64, x8)
+    assert b64.dtype == torch.float64 and b32.dtype == torch.float32
+    torch.testing.assert_close(b64.float(), b32, rtol=1e-5, atol=1e-5)
+    assert math.isfinite(mean64) and abs(mean64 - mean_bits_per_dim(model32, x8)) < 1e-4
+    assert dequantize(x8, dtype=torch.float64).dtype == torch.float64
+
+
+def test_the_design_names_are_importable_from_core():
+    import core
+
+    for name in ("RealNVP", "FlowConfig", "Bijection", "load_checkpoint", "save_checkpoint"):
+        assert name in core.__all__ and getattr(core, name) is not None
+    from core.checkpoint import load_checkpoint
+
+    assert core.load_checkpoint is load_checkpoint

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import MNIST_DIR, needs_mnist
 
 from core import FlowConfig
 from core import train as train_module
 from core.checkpoint import load_checkpoint, read_checkpoint
 from core.events import EventSink
 from core.train import TrainConfig, Trainer, TrainingError
-from tests.test_data import MNIST_DIR, needs_mnist
 
 pytestmark = needs_mnist
 

@@ -12,13 +12,13 @@ import functools
 import importlib.util
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from core.atomic import atomic_path
 from core.images import make_grid
 from explorer.models.jobs import Progress
 
@@ -90,19 +90,12 @@ def animation_job(
         batches.append(decode([z[start : start + DECODE_BATCH] for z in latents]))
     images = np.concatenate(batches)  # (M, C, H, W)
     frames = to_frames(images, video_scale(images.shape[-1], fmt))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".{fmt}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, suffix=f".{fmt}") as tmp:  # the writers go by the suffix
         if fmt == GIF:
             yield Progress(count, total, "Writing GIF")
             _write_gif(tmp, frames, fps)
         else:
             yield from _write_mp4(tmp, frames, fps, count, total)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     yield Progress(total, total, f"Saved {path.name}")
     yield path
 
