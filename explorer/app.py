@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for rendering (default: all cores but one)",
+        help="CPU threads for rendering (default: one or every core, whichever renders "
+        "this model faster, measured after it loads)",
     )
     parser.add_argument(
         "--compile",

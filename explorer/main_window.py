@@ -47,7 +47,7 @@ from explorer.panels.image_controller import ImageController
 from explorer.panels.importer import classify_drop
 from explorer.panels.levels import LatentLevelsPanel
 from explorer.panels.model import ModelPanel
-from explorer.panels.samples import SamplesPanel
+from explorer.panels.samples import SamplesPanel, frame_text
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
@@ -150,6 +150,7 @@ class MainWindow(QMainWindow):
         self.state.changed.connect(self._on_state_changed)
         self.engine.frame_rendered.connect(self._on_frame)
         self.engine.render_failed.connect(self._on_render_failed)
+        self.engine.plan_changed.connect(self._on_plan_changed)
         self.samples_panel.view.image_selected.connect(self.levels_panel.set_image_index)
         self.samples_panel.view.setFocus()  # not the first spin box: keys act on the window
 
@@ -339,7 +340,12 @@ class MainWindow(QMainWindow):
         """Send the state's latents to the engine; returns the request id."""
         self.last_request_id += 1
         self.engine.submit(
-            RenderRequest(self.last_request_id, self.engine.model_id, tuple(self.state.latents()))
+            RenderRequest(
+                self.last_request_id,
+                self.engine.model_id,
+                tuple(self.state.latents()),
+                focus=self.samples_panel.view.selected,
+            )
         )
         return self.last_request_id
 
@@ -351,13 +357,15 @@ class MainWindow(QMainWindow):
     def _on_frame(self, frame: Frame) -> None:
         if frame.model_id != self.engine.model_id or frame.target != SAMPLES_TARGET:
             return  # from the model before the one just opened, or for another view
-        self.last_frame = frame
-        self.samples_panel.show_frame(frame.images, frame.request_id)
-        total = len(self.state.shapes)
-        cached = "" if frame.levels_decoded == total else f", {frame.levels_decoded}/{total} levels"
-        self.frame_label.setText(f"frame {frame.elapsed_ms:.1f} ms{cached}")
-        self.frame_label.setToolTip(f"torch.compile: {self.engine.compile_status}")
-        self.frame_shown.emit(frame.request_id)
+        self.samples_panel.show_frame(frame.images, frame.request_id, frame.stale)
+        self.frame_label.setText(frame_text(frame, len(self.state.shapes)))
+        self.frame_label.setToolTip(self.engine.render_status)
+        if frame.complete:
+            self.last_frame = frame
+            self.frame_shown.emit(frame.request_id)
+
+    def _on_plan_changed(self, _plan: object) -> None:
+        self.frame_label.setToolTip(self.engine.render_status)
 
     def _on_render_failed(self, message: str) -> None:
         self.statusBar().showMessage(f"Render failed: {message}", 10_000)

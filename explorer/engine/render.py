@@ -50,6 +50,8 @@ from core.device import describe, pick_device
 from core.images import to_uint8
 from core.inference import fold_for_inference
 from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
+from core.resnet import ResidualBlock, STNetwork
+from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
 from explorer.models.gallery import EncodedImage
 from explorer.models.state import ModelInfo
 
@@ -83,6 +85,7 @@ class RenderRequest:
     model_id: int
     latents: tuple[np.ndarray, ...]  # finest first, each (N, C, H, W) float32
     target: str = SAMPLES_TARGET  # which view the frame is for; newest wins per target
+    focus: int = 0  # the selected image: rendered first when the frame renders progressively
 
     def __post_init__(self) -> None:
         frozen = []
@@ -104,6 +107,15 @@ class Frame:
     levels_decoded: int  # how many levels were decoded; fewer than all = cache hit
     dropped: int  # requests skipped so far because newer ones replaced them
     target: str = SAMPLES_TARGET
+    # Progressive frames come in parts: the selected image first, then chunks of the grid.
+    # ``stale``: images still showing an older frame's pixels; ``complete``: the last part.
+    complete: bool = True
+    stale: tuple[int, ...] = ()
+    first_ms: float | None = None  # progressive: milliseconds to the selected image
+
+
+class _Preempted(Exception):
+    """Raised inside a decode when a newer request makes the rest of a grid pointless."""
 
 
 def compile_supported() -> bool:
@@ -196,6 +208,15 @@ def _step_function(model: RealNVP, level: int) -> Any:
     return lambda z, h: model.inverse_level(level, z, h)
 
 
+def _add_preemption_hooks(model: RealNVP, check: Any) -> None:
+    """Call ``check`` before every s/t network block of ``model``, so a grid chunk can stop
+    part-way (``check`` raises) when a newer request arrives: a block of the cifar10 preset
+    takes about a millisecond per image, a whole chunk hundreds."""
+    for module in model.modules():
+        if isinstance(module, (ResidualBlock, STNetwork)):
+            module.register_forward_pre_hook(lambda _module, _args: check())
+
+
 @dataclass
 class _LevelCache:
     model_id: int
@@ -204,24 +225,31 @@ class _LevelCache:
 
 
 class _RenderThread(QThread):
-    """Takes the newest request, renders it, reports back; sleeps when there is none."""
+    """Takes the newest request, renders it, reports back; between requests it runs the
+    plan measurement a step at a time; sleeps when there is nothing to do."""
 
     rendered = Signal(object)
     failed = Signal(str)
+    planned = Signal(object)
 
     def __init__(self, engine: RenderEngine) -> None:
         super().__init__()
         self._engine = engine
 
     def run(self) -> None:
-        while (request := self._engine._next_request(block=True)) is not None:
+        while (work := self._engine._next_work(block=True)) is not None:
+            if work is _MEASURE:
+                plan = self._engine._measure_step()
+                if plan is not None:
+                    self.planned.emit(plan)
+                continue
             try:
-                frame = self._engine._render(request)
+                self._engine._render(work, self.rendered.emit)
             except Exception as exc:  # a bad frame must not kill the worker
                 self.failed.emit(f"{type(exc).__name__}: {exc}")
-            else:
-                if frame is not None:
-                    self.rendered.emit(frame)
+
+
+_MEASURE = object()  # the render thread's work item for one plan-measurement step
 
 
 class RenderEngine(QObject):
@@ -229,6 +257,7 @@ class RenderEngine(QObject):
 
     frame_rendered = Signal(object)  # Frame
     render_failed = Signal(str)
+    plan_changed = Signal(object)  # RenderPlan, when a measurement step changes it
 
     def __init__(
         self,
@@ -237,6 +266,8 @@ class RenderEngine(QObject):
         num_threads: int | None = None,
         parent: QObject | None = None,
         compile: bool = False,
+        plan: RenderPlan | None = None,
+        measure_plan: bool | None = None,
     ) -> None:
         """``compile``: build ``torch.compile``-d decode steps in the background for each
         model. Off by default: once built they made slider frames about a quarter faster on
@@ -244,7 +275,13 @@ class RenderEngine(QObject):
         21.9 ms), but the build holds the interpreter lock for long stretches, and while it
         ran (about 100 s the first time, about 12 s once torch's on-disk cache has the code)
         16-image frames reached 620 ms at p95. Worth it for a long session, not for a look
-        at a checkpoint (``realnvp-explorer --compile on``)."""
+        at a checkpoint (``realnvp-explorer --compile on``).
+
+        ``num_threads``: CPU threads to render with; ``None`` lets the render plan decide by
+        measurement per model (:mod:`explorer.engine.plan`). ``plan``: use this plan for
+        every model instead (tests, benchmarks). ``measure_plan``: measure each model's plan
+        on the render thread between frames (default: in threaded mode without ``plan``);
+        synchronous engines measure when :meth:`measure_plan_now` is called."""
         super().__init__(parent)
         # Process-wide in torch; None picks the interactive default (see
         # interactive_threads): oversubscription costs far more than it gains for the
@@ -255,6 +292,16 @@ class RenderEngine(QObject):
         self.device = pick_device(device)
         self.device_label = describe(self.device)
         self.threaded = threaded
+        self._forced_threads = num_threads is not None
+        self._fixed_plan = plan
+        self.measure_plans = (threaded and plan is None) if measure_plan is None else measure_plan
+        self.plan: RenderPlan = plan or default_plan(
+            torch.get_num_threads(), self._forced_threads, self.device.type
+        )
+        self._measurement: PlanMeasurement | None = None
+        self.preempted = 0  # progressive grids cut short by a newer request
+        self._shown: dict[str, np.ndarray] = {}  # the last pixels sent per target
+        self._abort_target: str | None = None  # set while a grid chunk may be preempted
         self.compile = compile and compile_supported()
         self.compile_batches: tuple[int, ...] = (1, 16)  # a single image, the default grid
         self._compiled: _CompiledSteps | None = None
@@ -278,6 +325,7 @@ class RenderEngine(QObject):
             # deliver frames here; listeners of frame_rendered never run on the worker.
             self._thread.rendered.connect(self._deliver)
             self._thread.failed.connect(self.render_failed)
+            self._thread.planned.connect(self.plan_changed)
             self._thread.start()
 
     # -- the model -------------------------------------------------------------------------
@@ -320,12 +368,22 @@ class RenderEngine(QObject):
 
     def _install(self, model: RealNVP, **info: Any) -> ModelInfo:
         folded = fold_for_inference(model)
+        if not self.compile:
+            # Compiled steps would guard on the hooks' state; they stay unhooked and are
+            # preempted between levels only.
+            _add_preemption_hooks(folded, self._check_preempted)
         with self._mailbox:
             self._pending.clear()  # their latents fit the old model
+            self._measurement = None
         with self._model_lock:
             self._model = folded
             self._likelihood_model = model.eval()
             self._caches.clear()
+            self._shown.clear()
+            threads = self.plan.threads if self._forced_threads else torch.get_num_threads()
+            self.plan = self._fixed_plan or default_plan(
+                threads, self._forced_threads, self.device.type
+            )
             self._info = ModelInfo(
                 model_id=next(self._model_ids),
                 image_size=model.config.image_size,
@@ -340,7 +398,87 @@ class RenderEngine(QObject):
             if self.compile:
                 # Built on its own thread while frames render eagerly.
                 self._compiled = _CompiledSteps(folded, self._info.model_id, self.compile_batches)
-            return self._info
+            info_now = self._info
+        if self.measure_plans:
+            self._start_measurement()
+        return info_now
+
+    # -- the render plan ---------------------------------------------------------------------
+
+    def _start_measurement(self) -> None:
+        model_id = self.model_id
+        measurement = PlanMeasurement(
+            self.plan, lambda batch, threads: self._timed_decode(model_id, batch, threads)
+        )
+        with self._mailbox:
+            self._measurement = measurement
+            self._mailbox.notify()
+
+    def _timed_decode(self, model_id: int, batch: int, threads: int) -> float:
+        """Milliseconds of one full decode of ``batch`` random images with ``threads``."""
+        with self._model_lock:
+            model = self._model
+            if model is None or model_id != self.model_id:
+                raise _Preempted  # the model changed: this measurement is over
+            shapes = [tuple(s) for s in model.latent_shapes]
+            rng = np.random.default_rng(batch)
+            latents = [rng.standard_normal((batch, *s), dtype=np.float32) for s in shapes]
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    images, _ = self._decode(model, latents, None)
+                    images.float().cpu()  # waits for a GPU as a frame does
+                return (time.perf_counter() - start) * 1000.0
+            finally:
+                torch.set_num_threads(previous)
+
+    def _measure_step(self) -> RenderPlan | None:
+        """One step of the current measurement; the new plan when it changed."""
+        measurement = self._measurement
+        if measurement is None:
+            return None
+        try:
+            plan = next(measurement)
+        except (StopIteration, _Preempted):
+            plan = None
+        except Exception:  # a measurement must never break rendering: keep the plan
+            plan = None
+        with self._mailbox:
+            if self._measurement is not measurement:
+                return None  # a new model replaced it meanwhile
+            if plan is None:
+                self._measurement = None
+                return None
+        changed = plan != self.plan
+        self.plan = plan
+        return plan if changed else None
+
+    def measure_plan_now(self) -> RenderPlan:
+        """Measure the open model's plan on this thread now (synchronous engines, the
+        benchmark); returns the plan."""
+        if self._measurement is None:
+            self._start_measurement()
+        while self._measurement is not None:
+            plan = self._measure_step()
+            if plan is not None:
+                self.plan_changed.emit(plan)
+        return self.plan
+
+    @property
+    def measuring(self) -> bool:
+        return self._measurement is not None
+
+    def _check_preempted(self) -> None:
+        target = self._abort_target
+        if target is not None and target in self._pending:
+            raise _Preempted
+
+    @property
+    def render_status(self) -> str:
+        """The frame-time tooltip: the render plan and the optional code paths."""
+        return f"{self.plan.describe()}\ntorch.compile: {self.compile_status}"
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -360,14 +498,14 @@ class RenderEngine(QObject):
         thread (the samples first); returns the last frame rendered."""
         frame = None
         while (request := self._next_request(block=False)) is not None:
+            parts: list[Frame] = []
             try:
-                rendered = self._render(request)
+                self._render(request, parts.append)
             except Exception as exc:
                 self.render_failed.emit(f"{type(exc).__name__}: {exc}")
-                continue
-            if rendered is not None:
-                frame = rendered
-                self._deliver(rendered)
+            for part in parts:  # delivered outside the model lock: listeners may decode
+                frame = part
+                self._deliver(part)
         return frame
 
     @contextlib.contextmanager
@@ -390,6 +528,7 @@ class RenderEngine(QObject):
         with self._mailbox:
             self._stopping = True
             self._pending.clear()
+            self._measurement = None
             self._mailbox.notify_all()
         if self._thread is not None:
             self._thread.wait()
@@ -400,74 +539,220 @@ class RenderEngine(QObject):
         self.rendered += 1
         self.frame_rendered.emit(frame)
 
+    def _next_work(self, block: bool) -> RenderRequest | object | None:
+        """The newest request (samples first), else a plan-measurement step, else wait."""
+        with self._mailbox:
+            while (
+                block
+                and not self._stopping
+                and (self._held or (not self._pending and self._measurement is None))
+            ):
+                self._mailbox.wait()
+            if self._stopping or self._held:
+                return None
+            if not self._pending:
+                return _MEASURE if self._measurement is not None else None
+            return self._pop_newest()
+
     def _next_request(self, block: bool) -> RenderRequest | None:
         with self._mailbox:
             while block and not self._stopping and (not self._pending or self._held):
                 self._mailbox.wait()
             if self._stopping or self._held or not self._pending:
                 return None
-            target = (
-                SAMPLES_TARGET if SAMPLES_TARGET in self._pending else next(iter(self._pending))
-            )
-            return self._pending.pop(target)
+            return self._pop_newest()
+
+    def _pop_newest(self) -> RenderRequest:
+        target = SAMPLES_TARGET if SAMPLES_TARGET in self._pending else next(iter(self._pending))
+        return self._pending.pop(target)
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _render(self, request: RenderRequest) -> Frame | None:
+    def _render(self, request: RenderRequest, emit: Any) -> None:
+        """Render ``request``, handing each finished frame (or part of one) to ``emit``."""
         with self._model_lock:
             model = self._model
             if model is None or request.model_id != self.model_id:
-                return None  # made for a model that has since been replaced
+                return  # made for a model that has since been replaced
+            if torch.get_num_threads() != self.plan.threads:
+                torch.set_num_threads(self.plan.threads)  # this thread's own setting
             start = time.perf_counter()
+            latents = request.latents
+            self._check_latents(model, latents)
+            n = latents[0].shape[0]
+            first, cached = self._cache_start(latents, request.target)
+            fraction = (first + 1) / model.num_levels
             with torch.inference_mode():
-                images, decoded = self._decode(model, request.latents, request.target)
+                if self.plan.progressive(n, fraction) and request.target == SAMPLES_TARGET:
+                    self._render_progressive(model, request, first, cached, start, emit)
+                    return
+                running, images = self._decode_rows(model, latents, None, first, cached)
                 pixels = to_uint8(images.float().cpu().numpy())
+            self._store_cache(request.target, latents, first, cached, running)
+            self._shown[request.target] = pixels
             elapsed = (time.perf_counter() - start) * 1000.0
-        return Frame(
-            request.request_id,
-            request.model_id,
-            pixels,
-            elapsed,
-            decoded,
-            self.dropped,
-            request.target,
+        emit(
+            Frame(
+                request.request_id,
+                request.model_id,
+                pixels,
+                elapsed,
+                first + 1,
+                self.dropped,
+                request.target,
+            )
         )
 
-    def _decode(
-        self, model: RealNVP, latents: Sequence[np.ndarray], target: str | None
-    ) -> tuple[torch.Tensor, int]:
-        """Images for ``latents``, reusing the cached coarse levels of ``target`` (``None``:
-        no cache); returns (images, levels decoded). Same steps as ``RealNVP.decode``."""
+    def _render_progressive(
+        self,
+        model: RealNVP,
+        request: RenderRequest,
+        first: int,
+        cached: list[torch.Tensor] | None,
+        start: float,
+        emit: Any,
+    ) -> None:
+        """The selected image first, then the rest of the grid in chunks, each shown as it
+        completes. A newer request for the target preempts the chunks (between s/t network
+        blocks); the level cache is updated only once the whole grid is done, so it always
+        holds one consistent frame."""
+        latents, target = request.latents, request.target
+        n = latents[0].shape[0]
+        focus = min(max(request.focus, 0), n - 1)
+        shown = self._shown.get(target)
+        c, h, w = model.config.in_channels, model.config.image_size, model.config.image_size
+        pixels = np.zeros((n, c, h, w), np.uint8)
+        if shown is not None and shown.shape[1:] == pixels.shape[1:]:
+            keep = min(n, len(shown))
+            pixels[:keep] = shown[:keep]  # older pixels, shown dimmed until replaced
+        rest = [i for i in range(n) if i != focus]
+        size = self.plan.chunk_size(len(rest))
+        groups = [[focus]] + [rest[i : i + size] for i in range(0, len(rest), size)]
+        parts: list[tuple[list[int], list[torch.Tensor]]] = []
+        pending = set(range(n))
+        first_ms = None
+        for k, rows in enumerate(groups):
+            if k == 1:
+                self._abort_target = target  # the selected image is never preempted
+            try:
+                running, images = self._decode_rows(model, latents, rows, first, cached)
+                pixels[rows] = to_uint8(images.float().cpu().numpy())
+            except _Preempted:
+                self.preempted += 1
+                self._shown[target] = pixels
+                return
+            finally:
+                self._abort_target = None
+            parts.append((rows, running))
+            pending.difference_update(rows)
+            elapsed = (time.perf_counter() - start) * 1000.0
+            first_ms = elapsed if first_ms is None else first_ms
+            self._shown[target] = pixels
+            emit(
+                Frame(
+                    request.request_id,
+                    request.model_id,
+                    pixels.copy(),
+                    elapsed,
+                    first + 1,
+                    self.dropped,
+                    target,
+                    complete=not pending,
+                    stale=tuple(sorted(pending)),
+                    first_ms=first_ms,
+                )
+            )
+        # The whole grid's running tensors, in image order, for the level cache.
+        order = torch.tensor([i for rows, _ in parts for i in rows])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n)
+        running = [
+            torch.cat([r[level] for _, r in parts])[inverse] if level <= first else None
+            for level in range(model.num_levels)
+        ]
+        self._store_cache(target, latents, first, cached, running)
+
+    @staticmethod
+    def _check_latents(model: RealNVP, latents: Sequence[np.ndarray]) -> None:
         num_levels = model.num_levels
         if len(latents) != num_levels:
             raise ValueError(f"expected {num_levels} latent levels, got {len(latents)}")
         for i, (z, shape) in enumerate(zip(latents, model.latent_shapes)):
             if z.ndim != 4 or z.shape[1:] != tuple(shape) or z.shape[0] != latents[0].shape[0]:
                 raise ValueError(f"latent level {i} has shape {z.shape}, expected (N, {shape})")
-        use_cache = self.cache_enabled and target is not None
-        cache = self._caches.get(target) if use_cache else None  # type: ignore[arg-type]
-        # The coarsest level that differs from the cached frame; all finer ones are redone.
-        start = num_levels - 1
-        if cache is not None and cache.model_id == self.model_id:
-            start = -1
-            for j in range(num_levels - 1, -1, -1):
-                if not np.array_equal(latents[j], cache.latents[j]):
-                    start = j
-                    break
-            running = list(cache.running)
-        else:
-            running = [None] * num_levels  # type: ignore[list-item]
+
+    def _cache_start(
+        self, latents: Sequence[np.ndarray], target: str | None
+    ) -> tuple[int, list[torch.Tensor] | None]:
+        """The coarsest level that differs from ``target``'s cached frame (all finer ones
+        are redone) and that frame's running tensors; the top level and ``None`` when there
+        is no usable cache."""
+        num_levels = len(latents)
+        cache = self._caches.get(target) if self.cache_enabled and target is not None else None
+        if cache is None or cache.model_id != self.model_id:
+            return num_levels - 1, None
+        for j in range(num_levels - 1, -1, -1):
+            if not np.array_equal(latents[j], cache.latents[j]):
+                return j, cache.running
+        return -1, cache.running
+
+    def _store_cache(
+        self,
+        target: str | None,
+        latents: Sequence[np.ndarray],
+        first: int,
+        cached: list[torch.Tensor] | None,
+        running: list[torch.Tensor | None],
+    ) -> None:
+        if not self.cache_enabled or target is None:
+            return
+        merged = [
+            running[level] if level <= first else cached[level]  # type: ignore[index]
+            for level in range(len(latents))
+        ]
+        self._caches[target] = _LevelCache(self.model_id, list(latents), merged)  # type: ignore[arg-type]
+
+    def _decode_rows(
+        self,
+        model: RealNVP,
+        latents: Sequence[np.ndarray],
+        rows: list[int] | None,
+        first: int,
+        cached: list[torch.Tensor] | None,
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        """Decode images ``rows`` (``None``: all) from level ``first`` down, starting from
+        the ``cached`` running tensors of the coarser levels; returns the new running
+        tensors (``None`` above ``first``) and the images. Same steps as ``RealNVP.decode``."""
+        num_levels = model.num_levels
         param = next(model.parameters())
-        for level in range(start, -1, -1):
-            z = torch.tensor(latents[level], device=param.device, dtype=param.dtype)
+        index = None if rows is None else torch.tensor(rows, device=param.device)
+        running: list[torch.Tensor | None] = [None] * num_levels
+        above = None
+        if first < num_levels - 1:
+            above = cached[first + 1]  # type: ignore[index]
+            above = above if index is None else above[index]
+        for level in range(first, -1, -1):
+            self._check_preempted()
+            z = latents[level] if rows is None else latents[level][rows]
+            z = torch.tensor(z, device=param.device, dtype=param.dtype)
             if level == num_levels - 1:
-                running[level] = self._step(model, level, z)
+                above = self._step(model, level, z)
             else:
-                running[level] = self._step(model, level, z, running[level + 1])
-        images = self._step(model, -1, running[0])
-        if use_cache:
-            self._caches[target] = _LevelCache(self.model_id, list(latents), running)  # type: ignore[index]
-        return images, start + 1
+                above = self._step(model, level, z, above)
+            running[level] = above
+        self._check_preempted()
+        return running, self._step(model, -1, above)
+
+    def _decode(
+        self, model: RealNVP, latents: Sequence[np.ndarray], target: str | None
+    ) -> tuple[torch.Tensor, int]:
+        """Images for ``latents``, reusing the cached coarse levels of ``target`` (``None``:
+        no cache); returns (images, levels decoded)."""
+        self._check_latents(model, latents)
+        first, cached = self._cache_start(latents, target)
+        running, images = self._decode_rows(model, latents, None, first, cached)
+        self._store_cache(target, latents, first, cached, running)
+        return images, first + 1
 
     def _step(self, model: RealNVP, level: int, *args: torch.Tensor) -> torch.Tensor:
         """One decode step (level -1: ``to_image``), compiled when that code is ready for

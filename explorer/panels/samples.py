@@ -7,6 +7,8 @@ their signals blocked, so a sync never loops back into an edit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -26,6 +28,22 @@ from explorer.models.state import (
 )
 from explorer.widgets.controls import FloatSlider
 from explorer.widgets.images import ImageGridView
+
+
+def frame_text(frame: Any, num_levels: int) -> str:
+    """The status bar's frame time for an engine ``Frame`` (or a part of a progressive
+    one): ``frame 41.2 ms``, ``first image 12.0 ms, grid 4/16``, ``..., 1/2 levels``."""
+    cached = (
+        ""
+        if frame.levels_decoded == num_levels
+        else (f", {frame.levels_decoded}/{num_levels} levels")
+    )
+    if frame.first_ms is None:
+        return f"frame {frame.elapsed_ms:.1f} ms{cached}"
+    if not frame.complete:
+        done = len(frame.images) - len(frame.stale)
+        return f"first image {frame.first_ms:.1f} ms, grid {done}/{len(frame.images)}{cached}"
+    return f"frame {frame.elapsed_ms:.1f} ms, first image {frame.first_ms:.1f} ms{cached}"
 
 
 class SamplesPanel(QWidget):
@@ -81,9 +99,10 @@ class SamplesPanel(QWidget):
             spin.blockSignals(blocked)
         self.temperature.set_value(self.state.temperature)
 
-    def show_frame(self, images: np.ndarray, frame_id: int) -> None:
-        """Display ``uint8 (N, C, H, W)`` images."""
-        self.view.set_images(images, frame_id)
+    def show_frame(self, images: np.ndarray, frame_id: int, stale: tuple[int, ...] = ()) -> None:
+        """Display ``uint8 (N, C, H, W)`` images; ``stale`` ones (not yet rendered for this
+        frame) are dimmed."""
+        self.view.set_images(images, frame_id, stale)
 
     def _on_state_changed(self, change: StateChange) -> None:
         self.sync()

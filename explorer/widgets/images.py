@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 
 BACKGROUND = QColor("#17191c")
 ACCENT = QColor("#4ea1ff")
+STALE_SHADE = QColor(23, 25, 28, 150)  # over images still showing an older frame
 
 
 def to_qimage(image: np.ndarray) -> QImage:
@@ -43,7 +44,9 @@ class ImageGridView(QWidget):
     Scaling is by a whole factor whenever the images fit at least at their own size, so
     every image pixel becomes the same number of screen pixels. Clicking an image selects
     it. ``frame_painted`` fires when a newly set frame reaches the screen, which is what
-    a latency measurement waits for.
+    a latency measurement waits for. A frame may arrive in parts (progressive rendering):
+    images listed as ``stale`` still show an older frame and are drawn dimmed;
+    ``painted_complete_id`` is the newest frame painted with no stale image left.
     """
 
     image_selected = Signal(int)
@@ -62,7 +65,9 @@ class ImageGridView(QWidget):
         self._images: list[QImage] = []
         self._array: np.ndarray | None = None
         self._frame_id = 0
+        self._stale: frozenset[int] = frozenset()
         self.painted_frame_id = 0
+        self.painted_complete_id = 0
         self.selectable = selectable
         self.selected = 0
         self.gap = gap
@@ -82,11 +87,15 @@ class ImageGridView(QWidget):
     def frame_id(self) -> int:
         return self._frame_id
 
-    def set_images(self, images: np.ndarray | None, frame_id: int = 0) -> None:
-        """Show ``uint8 (N, C, H, W)`` images (``None``: nothing)."""
+    def set_images(
+        self, images: np.ndarray | None, frame_id: int = 0, stale: tuple[int, ...] = ()
+    ) -> None:
+        """Show ``uint8 (N, C, H, W)`` images (``None``: nothing); ``stale``: the indices of
+        images not yet rendered for this frame."""
         self._array = images
         self._images = [to_qimage(img) for img in images] if images is not None else []
         self._frame_id = frame_id
+        self._stale = frozenset(stale)
         if self.selected >= len(self._images):
             self.selected = 0
         self.update()
@@ -124,13 +133,18 @@ class ImageGridView(QWidget):
         painter.fillRect(self.rect(), BACKGROUND)
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         rects = self.cell_rects()
-        for image, rect in zip(self._images, rects):
+        for i, (image, rect) in enumerate(zip(self._images, rects)):
             painter.drawImage(rect, image)
+            if i in self._stale:
+                painter.fillRect(rect, STALE_SHADE)
         if self.selectable and len(rects) > 1 and self.selected < len(rects):
             painter.setPen(QPen(ACCENT, 2))
             painter.drawRect(rects[self.selected].adjusted(-2, -2, 1, 1))
         painter.end()
-        if self._frame_id != self.painted_frame_id:
+        complete = not self._stale and self._frame_id != self.painted_complete_id
+        if complete:
+            self.painted_complete_id = self._frame_id
+        if self._frame_id != self.painted_frame_id or complete:
             self.painted_frame_id = self._frame_id
             self.frame_painted.emit(self._frame_id)
 

@@ -1,0 +1,194 @@
+"""How the engine renders one model: its render plan, decided by measurement after loading.
+
+A :class:`RenderPlan` holds what the engine measured for the open model and what it chose
+from that: CPU threads, whether a grid renders progressively (the selected image first, then
+the rest in chunks) and in chunks of how many, and the numeric precision. The engine starts
+each model with :func:`default_plan` and replaces it as :class:`PlanMeasurement` steps
+(one timed decode each, run on the render thread between frames, never on the GUI thread)
+bring figures in.
+
+Extension point: a later measurement (precision, device) adds a field here, a step to
+:class:`PlanMeasurement`, and a line to :meth:`RenderPlan.describe`; the engine reads the
+plan, never the figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+# A frame that would take longer than this renders progressively: 50 ms is 20 frames a
+# second, about where a dragged slider stops feeling attached to the image. The bundled
+# model's 16-image frames (about 30 ms decoding on 2 cores) stay whole frames.
+FRAME_BUDGET_MS = 50.0
+# Progressive chunks aim at this many budgets each: bigger chunks decode more images per
+# second (a batch of 16 costs about 9 single images for the cifar10 preset), smaller ones
+# show progress sooner. A newer request preempts a chunk part-way, so this does not delay it.
+CHUNK_BUDGETS = 4.0
+# Batch sizes the plan is measured at: one image (the selected one) and the default grid.
+PLAN_BATCHES = (1, 16)
+# More threads are taken only when measured this much faster: the GUI thread shares the
+# cores while frames render, which the idle measurement does not see.
+THREAD_MARGIN = 0.9
+
+
+def thread_candidates(cores: int | None = None) -> tuple[int, ...]:
+    """The thread counts worth measuring: one, and every core."""
+    cores = max(1, cores if cores is not None else os.cpu_count() or 1)
+    return (1,) if cores == 1 else (1, cores)
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """How to render the open model, from figures measured on this machine.
+
+    ``decode_ms[threads][batch]``: median milliseconds of a full decode of ``batch`` images
+    with ``threads`` CPU threads (all figures measured so far). ``threads`` is the count the
+    engine renders with. ``precision`` is the dtype frames decode in (``"float32"``).
+    ``measured``: every planned figure is in; ``forced_threads``: ``--threads`` chose.
+    """
+
+    threads: int
+    decode_ms: Mapping[int, Mapping[int, float]] = field(default_factory=dict)
+    budget_ms: float = FRAME_BUDGET_MS
+    precision: str = "float32"
+    measured: bool = False
+    forced_threads: bool = False
+    device: str = "cpu"
+
+    def predict_ms(self, n: int, fraction: float = 1.0) -> float | None:
+        """Predicted milliseconds to decode ``n`` images with the chosen threads, linear
+        between the measured batch sizes; ``fraction``: the share of the levels decoded
+        (a level-cache hit redoes only the finer ones). ``None`` before any figure."""
+        figures = self.decode_ms.get(self.threads, {})
+        if not figures:
+            return None
+        batches = sorted(figures)
+        if len(batches) == 1 or n <= batches[0]:
+            b = batches[0]
+            per_image = figures[b] / b
+            return fraction * (figures[b] if n <= b else per_image * n)
+        lo, hi = batches[0], batches[-1]
+        for a, b in itertools.pairwise(batches):
+            if n <= b:
+                lo, hi = a, b
+                break
+        slope = (figures[hi] - figures[lo]) / (hi - lo)
+        return fraction * max(0.0, figures[lo] + slope * (n - lo))
+
+    def progressive(self, n: int, fraction: float = 1.0) -> bool:
+        """Whether ``n`` images render the selected one first, then the rest in chunks."""
+        predicted = self.predict_ms(n, fraction)
+        return n > 1 and predicted is not None and predicted > self.budget_ms
+
+    def chunk_size(self, n: int) -> int:
+        """Images per chunk after the selected one (at least one)."""
+        one = self.predict_ms(1) or 0.0
+        target = max(CHUNK_BUDGETS * self.budget_ms, 2.0 * one)
+        size = 1
+        while size < n and (self.predict_ms(size + 1) or 0.0) <= target:
+            size += 1
+        return size
+
+    def describe(self) -> str:
+        """Lines for the frame-time tooltip: the choice and the figures behind it."""
+        how = "set by --threads" if self.forced_threads else "measured" if self.measured else ""
+        if not self.measured and not self.forced_threads:
+            how = "measuring" if self.decode_ms else "default, not measured yet"
+        lines = [f"Render threads: {self.threads} ({how})"]
+        for threads, figures in sorted(self.decode_ms.items()):
+            shown = ", ".join(f"{b} image{'s' * (b > 1)} {ms:.1f} ms" for b, ms in figures.items())
+            lines.append(f"  {threads} thread{'s' * (threads > 1)}: {shown}")
+        one = self.predict_ms(1)
+        grid = self.predict_ms(PLAN_BATCHES[-1])
+        if grid is not None and self.progressive(PLAN_BATCHES[-1]):
+            lines.append(
+                f"Progressive: frames over {self.budget_ms:.0f} ms show the selected image "
+                f"first ({one:.0f} ms), then the grid in chunks of "
+                f"{self.chunk_size(PLAN_BATCHES[-1] - 1)}"
+            )
+        elif grid is not None:
+            lines.append(
+                f"Whole frames: a {PLAN_BATCHES[-1]}-image grid is within {self.budget_ms:.0f} ms"
+            )
+        lines.append(f"Precision: {self.precision}")
+        return "\n".join(lines)
+
+
+def default_plan(threads: int, forced: bool = False, device: str = "cpu") -> RenderPlan:
+    """The plan before anything is measured: whole frames with ``threads``."""
+    return RenderPlan(threads=threads, forced_threads=forced, device=device)
+
+
+def choose_threads(decode_ms: Mapping[int, Mapping[int, float]]) -> int:
+    """The fewest threads unless more are clearly faster for a single image plus a grid."""
+
+    def cost(threads: int) -> float:
+        return sum(decode_ms[threads].values())
+
+    complete = [t for t in sorted(decode_ms) if set(decode_ms[t]) == set(PLAN_BATCHES)]
+    if not complete:
+        return min(decode_ms) if decode_ms else 1
+    best = complete[0]
+    for threads in complete[1:]:
+        if cost(threads) < THREAD_MARGIN * cost(best):
+            best = threads
+    return best
+
+
+class PlanMeasurement:
+    """The measurement of one model's plan as small steps: each ``next()`` runs one timed
+    decode (through ``decode(batch, threads) -> ms``) and returns the plan so far.
+
+    The engine runs a step only when no frame is waiting, so a user's frame waits at most
+    one decode; for the cifar10 preset on 2 cores the whole measurement is about 20 decodes.
+    """
+
+    def __init__(
+        self,
+        start: RenderPlan,
+        decode: Callable[[int, int], float],
+        threads: tuple[int, ...] | None = None,
+        batches: tuple[int, ...] = PLAN_BATCHES,
+        repeats: Mapping[int, int] | None = None,
+    ) -> None:
+        self.plan = start
+        self._decode = decode
+        self._threads = (start.threads,) if start.forced_threads else threads or thread_candidates()
+        # The current thread count first, so a provisional plan exists early.
+        self._threads = tuple(sorted(set(self._threads), key=lambda t: t != start.threads))
+        self._batches = batches
+        self._repeats = {1: 5} if repeats is None else dict(repeats)
+        self._steps = self._run()
+
+    def __iter__(self) -> Iterator[RenderPlan]:
+        return self._steps
+
+    def __next__(self) -> RenderPlan:
+        return next(self._steps)
+
+    def _run(self) -> Iterator[RenderPlan]:
+        figures: dict[int, dict[int, float]] = {}
+        for threads in self._threads:
+            figures[threads] = {}
+            for batch in self._batches:
+                # One warm-up, then a few (fewer for big batches: they are slow and steadier).
+                repeats = self._repeats.get(batch, 2)
+                times = []
+                for i in range(1 + repeats):
+                    ms = self._decode(batch, threads)
+                    if i:
+                        times.append(ms)
+                    yield self.plan
+                figures[threads][batch] = round(statistics.median(times), 2)
+                chosen = self.plan.threads if len(figures) == 1 else choose_threads(figures)
+                self.plan = replace(
+                    self.plan,
+                    threads=chosen,
+                    decode_ms={t: dict(f) for t, f in figures.items() if f},
+                )
+        self.plan = replace(self.plan, threads=choose_threads(figures), measured=True)
+        yield self.plan
