@@ -90,11 +90,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"weights, which could run code ({refused[0]})"
             ) from None
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt file: not a torch checkpoint)"
+            f"{path}: not a readable checkpoint: the file is truncated or corrupt, or not a "
+            "checkpoint saved by torch"
         ) from None
-    except Exception as exc:  # whatever the unpickler trips on, the file is bad input
+    except Exception:  # whatever the unpickler trips on, the file is bad input
+        # Plain words: an exception's class name means nothing to the person who chose
+        # the file.
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt file: {type(exc).__name__})"
+            f"{path}: not a readable checkpoint: the file is truncated or corrupt"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Real NVP checkpoint of this project")

@@ -1,7 +1,9 @@
 """``realnvp-explorer [CHECKPOINT]`` and ``python -m explorer``: start the desktop explorer.
 
 ``--screenshot PATH`` renders the window offscreen once the model is loaded and the first
-frame is on screen, writes a PNG and exits (for the README and for checks without a display).
+frame is on screen, writes a PNG and exits (for the README and for checks without a display);
+``--size WxH``, ``--page`` and ``--tab`` choose what it photographs, e.g.
+``--screenshot train.png --size 1366x768 --page training``.
 It exits with status 1, saying why on stderr, when the model could not be opened: a
 checkpoint given that fails writes no picture; a missing or unreadable bundled model (the
 default) writes the picture of the untrained model the window then shows.
@@ -18,8 +20,23 @@ from pathlib import Path
 
 from explorer.theme import apply_dark_theme, quiet_offscreen_messages
 
-SCREENSHOT_SIZE = (1320, 820)
+SCREENSHOT_SIZE = (1366, 768)
 FIRST_FRAME_TIMEOUT_MS = 120_000
+PAGES = ("explorer", "training")  # as explorer.main_window.PAGES (not imported: no Qt yet)
+TABS = ("levels", "images", "directions")
+
+
+def window_size(text: str) -> tuple[int, int]:
+    """``1366x768`` to ``(1366, 768)``; argparse shows the message of a bad value."""
+    try:
+        width, height = (int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1366x768") from None
+    if not (320 <= width <= 16384 and 240 <= height <= 16384):
+        raise argparse.ArgumentTypeError(
+            f"{text}: the width must be 320 to 16384 and the height 240 to 16384"
+        )
+    return width, height
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +51,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--screenshot", metavar="PATH", help="write a PNG of the window after the first frame"
     )
+    parser.add_argument(
+        "--size",
+        type=window_size,
+        default=SCREENSHOT_SIZE,
+        metavar="WxH",
+        help="the window's size for --screenshot (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--page", choices=PAGES, default=None, help="the page to show (default: explorer)"
+    )
+    parser.add_argument("--tab", choices=TABS, default=None, help="the explorer page's tab to show")
     parser.add_argument(
         "--images",
         nargs="+",
@@ -59,15 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRAME_TIMEOUT_MS):
-    """Show ``window``, wait until its imports are done and its newest frames (samples and
-    interpolation strip) have been painted, grab it to ``path``."""
+def take_screenshot(
+    window,
+    path: str | os.PathLike,
+    timeout_ms: int = FIRST_FRAME_TIMEOUT_MS,
+    size: tuple[int, int] = SCREENSHOT_SIZE,
+):
+    """Show ``window`` at ``size``, wait until its imports are done and its newest frames
+    (samples and interpolation strip) have been painted, grab it to ``path``."""
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     view = window.samples_panel.view
     images = window.images
-    window.resize(*SCREENSHOT_SIZE)
+    page = window.current_page
+    window.show_page("explorer")  # the samples are painted first, whatever page is shown
+    window.resize(*size)
     window.show()
 
     def ready() -> bool:
@@ -91,6 +126,7 @@ def take_screenshot(window, path: str | os.PathLike, timeout_ms: int = FIRST_FRA
     if not view.painted_frame_id:
         raise RuntimeError("no frame was rendered in time")
     images.gallery_panel.refresh()  # it refreshes on a short timer after imports
+    window.show_page(page)
     QApplication.processEvents()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"realnvp-explorer: {exc}", file=sys.stderr)
         return 2
     window = MainWindow(engine)
-    window.resize(*SCREENSHOT_SIZE)
+    window.resize(*args.size)
     bundled_opened = True
     if args.checkpoint and args.checkpoint != BUNDLED:
         if not window.open_checkpoint(args.checkpoint):
@@ -153,10 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         bundled_opened = window.open_default()
     if args.images:
         window.open_paths(args.images)
+    if not args.screenshot:
+        window.restore_layout()  # a screenshot shows the layout of a first start
+    if args.tab:
+        window.show_explorer_tab(window.tabs.widget(TABS.index(args.tab)))
+    if args.page:
+        window.show_page(args.page)
 
     if args.screenshot:
         try:
-            saved = take_screenshot(window, args.screenshot)
+            saved = take_screenshot(window, args.screenshot, size=args.size)
         except (RuntimeError, OSError) as exc:
             print(f"realnvp-explorer: screenshot failed: {exc}", file=sys.stderr)
             return 1
@@ -168,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
 
-    window.restore_geometry()
     app.aboutToQuit.connect(engine.shutdown)
     _quit_on_interrupt(app)
     window.show()

@@ -7,8 +7,12 @@ samples panel. The window owns the engine and the task runner (long jobs: import
 exports) and shuts both down when it closes; the user's own images are wired by the
 :class:`~explorer.image_controller.ImageController`.
 
-Layout: model and gallery on the left, the samples in the middle, and tabs on the right:
-latent levels, images (the current image, interpolation, mixing), directions, training.
+Layout: two pages in a stack, switched from the mode bar at the top, the View menu or
+Alt+1 / Alt+2 (Ctrl+1 / Ctrl+2 already choose A and B). The explorer page has the model and
+gallery on the left, the samples in the middle and tabs on the right (latent levels,
+images, directions); the training page gives the training workspace the whole window
+(form, curves and previews side by side). A running run stays visible in the status bar
+from either page. Splitters, page and tab come back from the settings on the next start.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import (
     QAction,
+    QActionGroup,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
@@ -30,9 +35,10 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QScrollArea,
     QSplitter,
+    QStackedWidget,
     QTabWidget,
+    QToolBar,
     QVBoxLayout,
     QWidget,
 )
@@ -49,8 +55,10 @@ from explorer.panels.levels import LatentLevelsPanel
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
+from explorer.widgets.dialogs import ShortcutsDialog, show_about
 from explorer.widgets.images import grid_columns
 from explorer.widgets.task_runner import TaskRunner
 
@@ -59,6 +67,10 @@ STATE_FILTER = "Latent state (*.npz)"
 PNG_FILTER = "PNG image (*.png)"
 DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
+EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
+PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
+TABS = ("levels", "images", "directions")
+DEFAULT_SIZE = (1366, 768)
 
 
 class MainWindow(QMainWindow):
@@ -82,6 +94,8 @@ class MainWindow(QMainWindow):
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self.last_request_id = 0
+        self.grid_size = DEFAULT_GRID  # the samples grid the user chose (not an image view)
+        self.shortcuts_dialog: ShortcutsDialog | None = None
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
@@ -100,48 +114,59 @@ class MainWindow(QMainWindow):
         )
         self.notice.hide()
 
-        left = QSplitter(Qt.Orientation.Vertical)
-        left.addWidget(self.model_panel)
-        left.addWidget(self.images.gallery_panel)
-        left.setStretchFactor(0, 0)
-        left.setStretchFactor(1, 1)
-        left.setSizes([262, 438])
+        self.left_splitter = QSplitter(Qt.Orientation.Vertical)
+        self.left_splitter.addWidget(self.model_panel)
+        self.left_splitter.addWidget(self.images.gallery_panel)
+        self.left_splitter.setStretchFactor(0, 0)
+        self.left_splitter.setStretchFactor(1, 1)
+        self.left_splitter.setChildrenCollapsible(False)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.levels_panel, "Levels")
         self.tabs.addTab(self.images.images_panel, "Images")
         self.tabs.addTab(self.images.directions_panel, "Directions")
-        # In a scroll area: the form's minimum size must not squeeze the other panels.
-        training_scroll = QScrollArea()
-        training_scroll.setWidgetResizable(True)
-        training_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        training_scroll.setWidget(self.training_panel)
-        self.tabs.addTab(training_scroll, "Training")
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(left)
-        splitter.addWidget(self.samples_panel)
-        splitter.addWidget(self.tabs)
-        splitter.setStretchFactor(0, 0)
-        splitter.setStretchFactor(1, 1)
-        splitter.setStretchFactor(2, 0)
-        splitter.setSizes([230, 600, 490])
-        left.setMinimumWidth(190)
-        self.tabs.setMinimumWidth(420)
-        central = QWidget()
-        layout = QVBoxLayout(central)
-        layout.setContentsMargins(8, 8, 8, 4)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.left_splitter)
+        self.splitter.addWidget(self.samples_panel)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setChildrenCollapsible(False)
+        self.left_splitter.setMinimumWidth(190)
+        self.samples_panel.setMinimumWidth(300)
+        self.tabs.setMinimumWidth(380)
+        self.explorer_page = QWidget()
+        layout = QVBoxLayout(self.explorer_page)
+        layout.setContentsMargins(8, 6, 8, 4)
         layout.addWidget(self.notice)
-        layout.addWidget(splitter, 1)
-        self.setCentralWidget(central)
+        layout.addWidget(self.splitter, 1)
+        self.training_page = QWidget()
+        layout = QVBoxLayout(self.training_page)
+        layout.setContentsMargins(8, 6, 8, 4)
+        layout.addWidget(self.training_panel)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.explorer_page)
+        self.pages.addWidget(self.training_page)
+        self.setCentralWidget(self.pages)
+        self.reset_layout()
 
         self.device_label = QLabel(self.engine.device_label)
         self.frame_label = QLabel("no frame yet")
         self.task_progress = TaskProgress()
+        self.training_status = TrainingStatus()
         status = self.statusBar()
         status.addPermanentWidget(self.task_progress)
+        status.addPermanentWidget(self.training_status)
         for label in (self.frame_label, self.device_label):
             label.setContentsMargins(8, 0, 8, 0)
             status.addPermanentWidget(label)
         self._build_menus()
+        self._build_mode_bar()
+        self.training_status.open_requested.connect(lambda: self.show_page(TRAINING_PAGE))
+        self.training_panel.training_started.connect(self.training_status.started)
+        self.training_panel.progress_changed.connect(self.training_status.progressed)
+        self.training_panel.training_stopped.connect(self.training_status.stopped)
+        self.samples_panel.count.valueChanged.connect(self._grid_size_chosen)
         self.task_progress.cancel_requested.connect(self.tasks.cancel_current)
         self.tasks.started.connect(self._on_task_started)
         self.tasks.progressed.connect(self._on_task_progress)
@@ -157,8 +182,17 @@ class MainWindow(QMainWindow):
     # -- menus ------------------------------------------------------------------------------
 
     def _action(self, text: str, slot, shortcuts=(), tip: str = "") -> QAction:
+        """A window action; ``shortcuts`` are strings or standard keys (all the platform's
+        bindings of a standard key, e.g. Ctrl+Shift+Z and Ctrl+Y for Redo)."""
         action = QAction(text, self)
-        action.setShortcuts([QKeySequence(s) for s in shortcuts])
+        keys: list[QKeySequence] = []
+        for shortcut in shortcuts:
+            if isinstance(shortcut, QKeySequence.StandardKey):
+                bound = QKeySequence.keyBindings(shortcut)
+            else:
+                bound = [QKeySequence(shortcut)]
+            keys += [k for k in bound if not k.isEmpty() and k not in keys]
+        action.setShortcuts(keys)
         action.setStatusTip(tip)
         action.triggered.connect(lambda _checked=False: slot())
         self.addAction(action)  # shortcuts work even while the menu bar is hidden
@@ -174,6 +208,12 @@ class MainWindow(QMainWindow):
         self.recent_menu = QMenu("Open &Recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addMenu(self.recent_menu)
+        self.open_bundled_action = self._action(
+            "Open &Bundled Model",
+            self.open_bundled,
+            tip="The MNIST model that comes with the app",
+        )
+        file_menu.addAction(self.open_bundled_action)
         file_menu.addSeparator()
         self.save_grid_action = self._action(
             "&Save Grid as PNG…", self.save_grid_dialog, [QKeySequence.StandardKey.Save]
@@ -191,12 +231,16 @@ class MainWindow(QMainWindow):
         )
         file_menu.addActions([self.save_state_action, self.load_state_action])
         file_menu.addSeparator()
-        self.quit_action = self._action("&Quit", self.close, ["Ctrl+Q"])
+        self.quit_action = self._action(
+            "&Quit", self.close, [QKeySequence.StandardKey.Quit, "Ctrl+Q"]
+        )
         file_menu.addAction(self.quit_action)
 
         edit_menu = bar.addMenu("&Edit")
-        self.undo_action = self._action("&Undo", self.state.undo, ["Ctrl+Z"])
-        self.redo_action = self._action("&Redo", self.state.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        self.undo_action = self._action("&Undo", self.state.undo, [QKeySequence.StandardKey.Undo])
+        self.redo_action = self._action(
+            "&Redo", self.state.redo, [QKeySequence.StandardKey.Redo, "Ctrl+Shift+Z", "Ctrl+Y"]
+        )
         edit_menu.addActions([self.undo_action, self.redo_action])
 
         sample_menu = bar.addMenu("&Sample")
@@ -255,7 +299,151 @@ class MainWindow(QMainWindow):
             "&Cancel Import or Export", self.tasks.cancel_all, ["Esc"]
         )
         images_menu.addActions([self.load_direction_action, self.cancel_action])
+        self._build_view_menu()
+        self._build_help_menu()
         self._update_undo_actions()
+
+    def _build_view_menu(self) -> None:
+        view_menu = self.menuBar().addMenu("&View")
+        self.view_menu = view_menu
+        self.page_actions: dict[str, QAction] = {}
+        group = QActionGroup(self)
+        for i, (page, text, tip) in enumerate(
+            (
+                (EXPLORER_PAGE, "&Explore", "Samples, latent levels and your images"),
+                (TRAINING_PAGE, "&Train", "Train a model: settings, curves and samples"),
+            )
+        ):
+            action = self._action(text, lambda p=page: self.show_page(p), [f"Alt+{i + 1}"], tip)
+            action.setCheckable(True)
+            group.addAction(action)
+            self.page_actions[page] = action
+        self.page_actions[EXPLORER_PAGE].setChecked(True)
+        view_menu.addActions(list(self.page_actions.values()))
+        view_menu.addSeparator()
+        self.tab_actions: dict[str, QAction] = {}
+        for name, widget in zip(TABS, (self.levels_panel, *self._image_tabs())):
+            action = self._action(
+                f"{name.capitalize()} Tab", lambda w=widget: self.show_explorer_tab(w)
+            )
+            self.tab_actions[name] = action
+            view_menu.addAction(action)
+        view_menu.addSeparator()
+        self.full_screen_action = self._action(
+            "&Full Screen", self._toggle_full_screen, [QKeySequence.StandardKey.FullScreen, "F11"]
+        )
+        self.full_screen_action.setCheckable(True)
+        self.reset_layout_action = self._action(
+            "&Reset Layout", self.reset_layout, tip="Panel sizes as they were at first start"
+        )
+        view_menu.addActions([self.full_screen_action, self.reset_layout_action])
+
+    def _image_tabs(self) -> tuple[QWidget, QWidget]:
+        return self.images.images_panel, self.images.directions_panel
+
+    def _build_help_menu(self) -> None:
+        help_menu = self.menuBar().addMenu("&Help")
+        self.shortcuts_action = self._action(
+            "&Keyboard Shortcuts", self.show_shortcuts, [QKeySequence.StandardKey.HelpContents]
+        )
+        self.about_action = self._action("&About Real NVP Explorer", lambda: show_about(self))
+        self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        help_menu.addActions([self.shortcuts_action, self.about_action])
+
+    def _build_mode_bar(self) -> None:
+        """The pages, one click away, at the top left (as Qt Creator's modes)."""
+        bar = QToolBar("Pages", self)
+        bar.setObjectName("pages")
+        bar.setMovable(False)
+        bar.setFloatable(False)
+        bar.setIconSize(QSize(16, 16))
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        bar.setStyleSheet(
+            "QToolBar { spacing: 2px; padding: 2px 6px; border: none; }"
+            "QToolButton { padding: 3px 14px; border-radius: 3px; }"
+            "QToolButton:checked { background: #3d7fd6; color: white; }"
+        )
+        for action in self.page_actions.values():
+            action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")
+            bar.addAction(action)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+        self.mode_bar = bar
+        toggle = bar.toggleViewAction()
+        toggle.setText("Show &Page Bar")
+        self.view_menu.insertAction(self.full_screen_action, toggle)
+
+    # -- pages and layout ----------------------------------------------------------------------
+
+    @property
+    def current_page(self) -> str:
+        return PAGES[self.pages.currentIndex()]
+
+    def show_page(self, page: str) -> None:
+        """``explorer`` or ``training``."""
+        index = PAGES.index(page)
+        self.pages.setCurrentIndex(index)
+        self.page_actions[page].setChecked(True)
+        if page == EXPLORER_PAGE:
+            self.samples_panel.view.setFocus()
+
+    def show_explorer_tab(self, widget: QWidget) -> None:
+        self.show_page(EXPLORER_PAGE)
+        self.tabs.setCurrentWidget(widget)
+
+    @property
+    def current_tab(self) -> str:
+        return TABS[self.tabs.currentIndex()] if self.tabs.currentIndex() < len(TABS) else ""
+
+    def reset_layout(self) -> None:
+        """Splitter sizes of a first start (the proportions hold at any window size)."""
+        self.left_splitter.setSizes([262, 438])
+        self.splitter.setSizes([230, 600, 480])
+        self.training_panel.reset_layout()
+
+    def _splitters(self) -> dict[str, QSplitter]:
+        return {
+            "explorer": self.splitter,
+            "explorer_left": self.left_splitter,
+            **{f"training_{k}": v for k, v in self.training_panel.splitters().items()},
+        }
+
+    def save_layout(self) -> None:
+        """Window geometry, splitters, page and tab into the settings."""
+        if self.isVisible():
+            self.settings.geometry = self.saveGeometry()
+        for name, splitter in self._splitters().items():
+            self.settings.set_layout_state(f"splitter_{name}", splitter.saveState())
+        self.settings.page = self.current_page
+        self.settings.tab = self.current_tab
+
+    def restore_layout(self) -> None:
+        """What :meth:`save_layout` kept at the last close (nothing on a first start)."""
+        self.restore_geometry()
+        for name, splitter in self._splitters().items():
+            state = self.settings.layout_state(f"splitter_{name}")
+            if state is not None:
+                splitter.restoreState(state)
+        if self.settings.tab in TABS:
+            self.tabs.setCurrentIndex(TABS.index(self.settings.tab))
+        if self.settings.page in PAGES:
+            self.show_page(self.settings.page)
+
+    def _toggle_full_screen(self) -> None:
+        if self.isFullScreen():
+            self.showNormal()
+        else:
+            self.showFullScreen()
+        self.full_screen_action.setChecked(self.isFullScreen())
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        if self.shortcuts_dialog is None:
+            self.shortcuts_dialog = ShortcutsDialog(self.menuBar(), self)
+        self.shortcuts_dialog.show()
+        self.shortcuts_dialog.raise_()
+        return self.shortcuts_dialog
+
+    def sizeHint(self) -> QSize:
+        return QSize(*DEFAULT_SIZE)
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
@@ -270,6 +458,19 @@ class MainWindow(QMainWindow):
         else:
             self.recent_menu.addSeparator()
             self.recent_menu.addAction("Clear List", self.settings.clear_recent_files)
+        # The way back to the model the app starts with, whatever was opened since.
+        self.recent_menu.addSeparator()
+        bundled = self.recent_menu.addAction(f"Bundled Model ({DEFAULT_CHECKPOINT.name})")
+        bundled.setEnabled(DEFAULT_CHECKPOINT.is_file())
+        bundled.setStatusTip(str(DEFAULT_CHECKPOINT))
+        bundled.triggered.connect(lambda _checked=False: self.open_bundled())
+
+    def open_bundled(self) -> bool:
+        """The bundled model, from the menus (a missing file gets the usual message)."""
+        if not self.open_checkpoint(DEFAULT_CHECKPOINT):
+            return False
+        self.show_page(EXPLORER_PAGE)
+        return True
 
     # -- opening models -----------------------------------------------------------------------
 
@@ -283,7 +484,11 @@ class MainWindow(QMainWindow):
                 self.settings.remove_recent_file(str(Path(path).resolve()))
             return False
         except (OSError, RuntimeError, ValueError) as exc:  # e.g. out of device memory
-            self.report_error("Cannot open checkpoint", f"{path}: {exc}")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
+            self.report_error(
+                "Cannot open checkpoint",
+                f"{path}: the model could not be loaded on {self.engine.device_label}: {first}",
+            )
             return False
         self.settings.add_recent_file(path)
         self._model_changed(info)
@@ -327,9 +532,12 @@ class MainWindow(QMainWindow):
         name = Path(info.source).name if info.source else "random model"
         self.setWindowTitle(f"{name} — Real NVP Explorer")
         keep_view = self.state.shapes == info.latent_shapes and self.last_frame is not None
+        # Back to the samples grid the user chose: an image shown before (a 1-image view)
+        # belonged to the other model.
         self.state.reset(
             info.latent_shapes,
             temperature=self.state.temperature if keep_view else DEFAULT_TEMPERATURE,
+            n_images=self.grid_size,
         )
         self.images.model_changed(info)
         self.model_opened.emit(info)
@@ -368,7 +576,22 @@ class MainWindow(QMainWindow):
         self.frame_label.setToolTip(self.engine.render_status)
 
     def _on_render_failed(self, message: str) -> None:
-        self.statusBar().showMessage(f"Render failed: {message}", 10_000)
+        # Not a dialog: a failing render may repeat with every slider move.
+        self.last_error = message
+        self.show_status(f"Render failed: {message}", 10_000, tip=message)
+
+    def show_status(self, text: str, timeout_ms: int = 5000, tip: str = "") -> None:
+        """A one-line message in the status bar (a longer text's first line; the whole of it
+        in the tooltip)."""
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        first = lines[0] if lines else ""
+        if len(lines) > 1:
+            first += " …"
+        self.statusBar().setToolTip(tip or (text if len(lines) > 1 else ""))
+        self.statusBar().showMessage(first, timeout_ms)
+
+    def _grid_size_chosen(self, n: int) -> None:
+        self.grid_size = n
 
     def _update_undo_actions(self) -> None:
         self.undo_action.setEnabled(self.state.can_undo)
@@ -450,13 +673,16 @@ class MainWindow(QMainWindow):
     # -- errors, drops, closing --------------------------------------------------------------
 
     def report_error(self, title: str, message: str) -> None:
-        """Tell the user without blocking: a window-modal box opened with ``open()``; the
-        text is also kept in ``last_error`` and shown in the status bar."""
+        """Tell the user without blocking: a window-modal box opened with ``open()`` holds
+        the whole text; the status bar a one-line summary. Kept in ``last_error``."""
         self.last_error = message
-        self.statusBar().showMessage(message, 10_000)
+        lines = message.strip().splitlines()
+        summary = lines[0] if len(lines) == 1 else f"{title} (details in the message box)"
+        self.show_status(summary, 10_000, tip=message)
         if self.error_box is not None:
             self.error_box.close()
         self.error_box = QMessageBox(QMessageBox.Icon.Warning, title, message, parent=self)
+        self.error_box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_box.open()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
@@ -488,10 +714,10 @@ class MainWindow(QMainWindow):
             self.images.import_paths(images)
 
     def show_tab(self, widget: QWidget) -> None:
-        self.tabs.setCurrentWidget(widget)
+        self.show_explorer_tab(widget)
 
     def show_images_tab(self) -> None:
-        self.show_tab(self.images.images_panel)
+        self.show_explorer_tab(self.images.images_panel)
 
     # -- long jobs ------------------------------------------------------------------------------
 
@@ -513,6 +739,7 @@ class MainWindow(QMainWindow):
 
     def _open_trained_checkpoint(self, path: str) -> None:
         if self.open_checkpoint(path):
+            self.show_page(EXPLORER_PAGE)
             self.statusBar().showMessage(f"Opened the trained model {path}", 5000)
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -524,7 +751,6 @@ class MainWindow(QMainWindow):
         self.training_panel.form.shutdown()
         self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.engine.shutdown()
-        if self.isVisible():
-            self.settings.geometry = self.saveGeometry()
+        self.save_layout()
         self.settings.sync()
         super().closeEvent(event)

@@ -1,4 +1,5 @@
-"""Persistent settings (recent files, last folder) and where the bundled model lives.
+"""Persistent settings (recent files, last folder, window layout) and where the bundled
+model lives.
 
 Settings are always an INI file in the user scope: the same format on every platform, and
 tests redirect it to a temporary folder with ``QSettings.setPath``.
@@ -65,6 +66,30 @@ class ExplorerSettings:
     @geometry.setter
     def geometry(self, value: QByteArray) -> None:
         self.qsettings.setValue("geometry", value)
+
+    def layout_state(self, name: str) -> QByteArray | None:
+        """A splitter's saved state (``QSplitter.saveState``), or ``None``."""
+        value = self.qsettings.value(f"layout/{name}")
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    def set_layout_state(self, name: str, value: QByteArray) -> None:
+        self.qsettings.setValue(f"layout/{name}", value)
+
+    @property
+    def page(self) -> str:
+        return str(self.qsettings.value("layout/page", "") or "")
+
+    @page.setter
+    def page(self, name: str) -> None:
+        self.qsettings.setValue("layout/page", name)
+
+    @property
+    def tab(self) -> str:
+        return str(self.qsettings.value("layout/tab", "") or "")
+
+    @tab.setter
+    def tab(self, name: str) -> None:
+        self.qsettings.setValue("layout/tab", name)
 
     def sync(self) -> None:
         self.qsettings.sync()

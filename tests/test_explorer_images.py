@@ -671,3 +671,76 @@ def test_screenshot_with_images_waits_for_the_import_and_the_strip(
     assert main([*argv, "--images", *map(str, grey_pngs[:2])]) == 0
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape[0] > 300 and image.std() > 10
+
+
+# -- what a person meets: selection, the t slider after a drop, repeated drops -----------------
+
+
+def click_row(panel, row: int, modifier=Qt.KeyboardModifier.NoModifier) -> None:
+    from pytestqt.qtbot import QtBot
+
+    rect = panel.list.visualItemRect(panel.list.item(row))
+    QtBot.mouseClick(panel.list.viewport(), Qt.MouseButton.LeftButton, modifier, rect.center())
+
+
+def test_gallery_keeps_its_selection_when_it_refreshes(
+    make_window, mnist_checkpoint, grey_pngs, qtbot
+):
+    window = make_window(mnist_checkpoint)
+    drop(window, grey_pngs[:3])
+    panel = window.images.gallery_panel
+    panel.refresh()
+    click_row(panel, 0)
+    click_row(panel, 2, Qt.KeyboardModifier.ControlModifier)
+    chosen = set(panel.selected_ids())
+    assert len(chosen) == 2
+    window.images.gallery.swap_ab()  # any gallery change refreshes the list a moment later
+    qtbot.waitUntil(lambda: not panel._refresh_timer.isActive())
+    assert set(panel.selected_ids()) == chosen  # a direction group's selection survives
+    click_row(panel, 1)
+    only = panel.selected_ids()
+    qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)  # use as A
+    assert window.images.gallery.a_id == only[0]
+    qtbot.waitUntil(lambda: not panel._refresh_timer.isActive())
+    assert panel.selected_ids() == only
+    assert panel.show_button.isEnabled() and panel.b_button.isEnabled()
+
+
+def test_after_a_two_image_drop_the_slider_and_image_box_match_the_view(
+    make_window, mnist_checkpoint, grey_pngs, qtbot
+):
+    window = make_window(mnist_checkpoint)
+    drop(window, [grey_pngs[3]])  # an image is the view before the pair is dropped
+    drop(window, grey_pngs[:2])
+    gallery, panel = window.images.gallery, window.images.images_panel
+    a = gallery.a
+    assert (a.name, gallery.b.name) == (grey_pngs[0].name, grey_pngs[1].name)
+    assert gallery.current_id == a.item_id
+    np.testing.assert_array_equal(shown(window)[0], a.encoded.reconstruction)
+    assert panel.t.value() == 0.0  # the view shows A: the slider says so
+    assert panel.file_label.text().startswith(a.name)
+    # A nudge moves a little from A, not to B; the image box says the view is a blend.
+    panel.t.slider.setFocus()
+    qtbot.keyClick(panel.t.slider, Qt.Key.Key_Right)
+    assert panel.t.value() == pytest.approx(0.01)
+    assert gallery.current_id is None
+    assert "blend" in panel.file_label.text().lower()
+    assert grey_pngs[3].name not in panel.file_label.text()
+    assert not panel.original.view.isVisible() or panel.original.view.images is None
+    qtbot.keyClick(panel.t.slider, Qt.Key.Key_Home)  # back at A: the image box shows A
+    assert gallery.current_id == a.item_id
+    assert panel.file_label.text().startswith(a.name)
+
+
+def test_dropping_images_already_there_says_how_many_were_new(
+    make_window, mnist_checkpoint, grey_pngs
+):
+    window = make_window(mnist_checkpoint)
+    drop(window, grey_pngs[:2])
+    assert window.statusBar().currentMessage() == "Imported 2 images"
+    drop(window, grey_pngs[:3])
+    message = window.statusBar().currentMessage()
+    assert "1 new image" in message and "2 already in the gallery" in message
+    drop(window, grey_pngs[:3])
+    assert "no new images" in window.statusBar().currentMessage().lower()
+    assert len(window.images.gallery) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -299,3 +301,104 @@ def test_colour_models_are_shown_and_saved_in_colour(make_window, make_perturbed
         for y in range(0, shot.height(), 5)
     }
     assert any(r != g or g != b for r, g, b in colours)  # painted in colour, not grey
+
+
+# -- what a person meets: undo steps, plain error messages, going back ------------------------
+
+
+def test_each_keyboard_or_groove_click_slider_move_is_one_undo_step(
+    make_window, tiny_checkpoint, qtbot
+):
+    window = make_window(tiny_checkpoint)
+    slider = window.samples_panel.temperature.slider
+    start = window.state.temperature
+    slider.setFocus()
+    for _ in range(3):
+        qtbot.keyClick(slider, Qt.Key.Key_PageUp)
+    assert window.state.temperature == pytest.approx(start + 0.3)
+    window.undo_action.trigger()
+    assert window.state.temperature == pytest.approx(start + 0.2)
+    # A click on the groove beside the handle: one page step, one undo step each.
+    handle_x = slider.style().sliderPositionFromValue(
+        slider.minimum(), slider.maximum(), slider.value(), slider.width()
+    )
+    for _ in range(2):
+        x = min(slider.width() - 3, handle_x + 40)
+        qtbot.mouseClick(
+            slider, Qt.MouseButton.LeftButton, pos=QPointF(x, slider.height() / 2).toPoint()
+        )
+        handle_x = slider.style().sliderPositionFromValue(
+            slider.minimum(), slider.maximum(), slider.value(), slider.width()
+        )
+    assert window.state.temperature == pytest.approx(start + 0.4)
+    window.undo_action.trigger()
+    assert window.state.temperature == pytest.approx(start + 0.3)
+    # A level row's slider too.
+    level_slider = window.levels_panel.rows[0].temperature.slider
+    level_slider.setFocus()
+    qtbot.keyClick(level_slider, Qt.Key.Key_PageDown)
+    qtbot.keyClick(level_slider, Qt.Key.Key_PageDown)
+    window.undo_action.trigger()
+    assert window.state.level(0).temperature == pytest.approx(0.9)
+
+
+def test_checkpoint_errors_are_plain_words_and_shown_in_full(
+    make_window, tiny_checkpoint, tmp_path
+):
+    window = make_window(tiny_checkpoint)
+    data = tiny_checkpoint.read_bytes()
+    for name, content in (("cut.pt", data[: len(data) // 2]), ("junk.pt", b"PK\x03\x04" * 40)):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        assert not window.open_checkpoint(bad)
+        message = window.last_error
+        assert name in message
+        assert not re.search(r"\b\w*(Error|Exception)\b", message), message
+        assert window.error_box.text() + window.error_box.informativeText() == message or (
+            message in window.error_box.text() + "\n" + window.error_box.informativeText()
+        )
+        window.error_box.close()
+
+
+def test_multi_line_errors_are_not_cut_off_in_the_status_bar(make_window, tiny_checkpoint):
+    window = make_window(tiny_checkpoint)
+    lines = ["3 of 4 files could not be used; 1 imported.", "a.png: damaged", "b.png: empty"]
+    window.report_error("Some files could not be used", "\n".join(lines))
+    status = window.statusBar().currentMessage()
+    assert "\n" not in status and status  # one line, pointing at the full text
+    shown_text = window.error_box.text() + "\n" + window.error_box.informativeText()
+    assert all(line in shown_text for line in lines)
+    window.error_box.close()
+
+
+def test_opening_another_model_after_an_image_goes_back_to_the_samples_grid(
+    make_window, tiny_checkpoint, make_perturbed_model, tmp_path
+):
+    from core.checkpoint import save_checkpoint
+
+    window = make_window(tiny_checkpoint)
+    grid = window.state.n_images
+    image = tmp_path / "one.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(image)
+    window.open_paths([str(image)])
+    assert window.state.n_images == 1
+    other = save_checkpoint(tmp_path / "other.pt", make_perturbed_model(seed=3))
+    assert window.open_checkpoint(other)
+    assert window.state.n_images == grid
+    assert shown_images(window).shape[0] == grid
+
+
+def test_the_bundled_model_can_be_reopened_from_the_file_menu(
+    make_window, tiny_checkpoint, make_perturbed_model, tmp_path, monkeypatch
+):
+    from core.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(main_window_module, "DEFAULT_CHECKPOINT", tiny_checkpoint)
+    window = make_window(tiny_checkpoint)
+    other = save_checkpoint(tmp_path / "other.pt", make_perturbed_model(seed=4))
+    assert window.open_checkpoint(other)
+    window._fill_recent_menu()
+    texts = [a.text() for a in window.recent_menu.actions()]
+    assert any("bundled" in t.lower() for t in texts), texts
+    window.open_bundled_action.trigger()
+    assert window.engine.model_info.source == str(tiny_checkpoint)

@@ -192,7 +192,9 @@ def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, t
     qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
     assert panel.form.data_status.text() == "40 readable images"
     assert len(panel.form.thumbnails.labels) == 8
-    assert str(image_folder) in panel.command.text()
+    assert str(image_folder) in panel.full_command  # Copy: full paths, works anywhere
+    assert panel.command.text().startswith("cd ") and " --out . " in panel.command.text()
+    assert str(Path(sys.executable).parent) not in panel.command.text()
 
     cases = [
         (dict(image_size=9), "do not fit 2 scales"),

@@ -30,10 +30,10 @@ ICON_SIDE = 44
 REFRESH_DELAY_MS = 150  # an import of thousands of files rebuilds the list a few times a second
 ID_ROLE = Qt.ItemDataRole.UserRole
 SORTS = (
-    ("bpd_desc", "bits/dim, outliers first"),
-    ("bpd_asc", "bits/dim, typical first"),
-    ("added", "order added"),
-    ("name", "name"),
+    ("bpd_desc", "Outliers first"),
+    ("bpd_asc", "Typical first"),
+    ("added", "Order added"),
+    ("name", "Name"),
 )
 
 
@@ -78,7 +78,10 @@ class GalleryPanel(QGroupBox):
         self.sort = QComboBox()
         for key, label in SORTS:
             self.sort.addItem(label, key)
-        self.sort.setToolTip("Highest bits/dim first: the images the model finds least typical")
+        self.sort.setToolTip(
+            "Sort order. Outliers first: highest bits/dim first, the images the model finds "
+            "least typical"
+        )
         self.list = _List()
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setIconSize(QSize(ICON_SIDE, ICON_SIDE))
@@ -165,13 +168,16 @@ class GalleryPanel(QGroupBox):
         blocked = self.list.blockSignals(True)
         self.list.clear()
         for image in ordered:
-            self.list.addItem(self._make_item(image, image.item_id in selected))
+            item = self._make_item(image)
+            self.list.addItem(item)
+            # Only an item in the list can be selected: before addItem it is forgotten.
+            item.setSelected(image.item_id in selected)
         self.list.blockSignals(blocked)
         self.empty_label.setVisible(not ordered)
         self.setTitle(f"Your images ({len(ordered)})" if ordered else "Your images")
         self._update_buttons()
 
-    def _make_item(self, image: GalleryImage, selected: bool) -> QListWidgetItem:
+    def _make_item(self, image: GalleryImage) -> QListWidgetItem:
         roles = [
             r
             for r, on in (
@@ -192,7 +198,6 @@ class GalleryPanel(QGroupBox):
             font.setBold(True)
             item.setFont(font)
             item.setForeground(QColor("#8fc3ff"))
-        item.setSelected(selected)
         return item
 
     def _update_buttons(self) -> None:

@@ -57,6 +57,22 @@ IMAGE_FILTER = "Images ({});;All files (*)".format(
 DIRECTION_FILTER = "Direction (*.npz)"
 
 
+def import_summary(count: int, existing: int) -> str:
+    """The status line after an import of ``count`` files, ``existing`` of which were in
+    the gallery already."""
+    new = count - existing
+
+    def images(n: int) -> str:
+        return f"{n} image{'s' if n != 1 else ''}"
+
+    if not existing:
+        return f"Imported {images(new)}"
+    there = f"{existing} already in the gallery"
+    if not new:
+        return f"No new images: {there}"
+    return f"Imported {new} new image{'s' if new != 1 else ''}; {there}"
+
+
 @dataclass(eq=False)
 class ImportReport:
     """What one import did: the gallery ids it added (in order) and the files it could not
@@ -69,6 +85,7 @@ class ImportReport:
     group: str | None = None
     roles: dict[str, list[str]] = field(default_factory=dict)
     ids: list[int] = field(default_factory=list)
+    existing: int = 0  # files whose image was in the gallery already (shown, not added)
     failures: list[ImportFailure] = field(default_factory=list)
     previous_id: int | None = None
     cancelled: bool = False
@@ -99,6 +116,7 @@ class ImageController(QObject):
         self.last_strip: np.ndarray | None = None
         self.last_report: ImportReport | None = None
         self._strip_key: tuple | None = None
+        self._view_is_blend = False  # the view is A and B blended, not one gallery image
 
         self.gallery.changed.connect(self._on_gallery_changed)
         self.engine.frame_rendered.connect(self._on_frame)
@@ -137,6 +155,7 @@ class ImageController(QObject):
             if item is not None:
                 roles.setdefault(item.path, []).append(role)
         paths = list(dict.fromkeys(item.path for item in self.gallery.items))
+        self._view_is_blend = False
         self.gallery.clear()
         self._strip_key = None
         if paths:
@@ -173,9 +192,11 @@ class ImageController(QObject):
             return
         if not isinstance(result, ImportedImage) or result.encoded.model_id != self.engine.model_id:
             return  # encoded by a model that has since been replaced
-        item = self._same_image(result) or self.gallery.add(
-            result.path, result.pixels, result.encoded, result.preview
-        )
+        item = self._same_image(result)
+        if item is not None:
+            report.existing += 1
+        else:
+            item = self.gallery.add(result.path, result.pixels, result.encoded, result.preview)
         report.ids.append(item.item_id)
         for role in report.roles.get(item.path, ()):
             self.gallery.set_roles(**{f"{role}_id": item.item_id})
@@ -190,6 +211,9 @@ class ImageController(QObject):
             self.window.show_images_tab()
         elif len(report.ids) == 2:
             self.gallery.set_roles(a_id=report.ids[0], b_id=item.item_id)
+            # The view shows the first image, now A: the slider goes to A's end.
+            if self.gallery.current_id is not None:
+                self._sync_slider_to(self.gallery.current_id)
 
     def _same_image(self, result: ImportedImage) -> GalleryImage | None:
         """The gallery image of the same file with the same pixels and model, if any: a
@@ -229,9 +253,7 @@ class ImageController(QObject):
                 f"Import cancelled: {added} image{'s' if added != 1 else ''} imported", 10_000
             )
         elif added and not report.failures:
-            self.window.statusBar().showMessage(
-                f"Imported {added} image{'s' if added != 1 else ''}", 5000
-            )
+            self.window.statusBar().showMessage(import_summary(added, report.existing), 5000)
         self.import_finished.emit(report)
 
     def import_dialog(self) -> None:
@@ -259,6 +281,7 @@ class ImageController(QObject):
         if item is None or item.model_id != self.engine.model_id:
             return False
         # The view first: its frame goes to the engine before the strip's.
+        self._view_is_blend = False
         self.state.set_image(item.latents)
         self.gallery.set_roles(current_id=item.item_id, **roles)
         self._sync_slider_to(item.item_id)
@@ -276,11 +299,19 @@ class ImageController(QObject):
         self.window.samples_panel.view.select(0)
 
     def _on_gallery_changed(self) -> None:
-        info = self.engine.model_info
         panel = self.images_panel
-        panel.show_item(self.gallery.current, info.test_bpd if info else None)
+        self._show_current()
         panel.show_ab(self.gallery.a, self.gallery.b)
         self.request_strip()
+
+    def _show_current(self) -> None:
+        """The image box: the image the view shows, or what the blend is made of."""
+        info = self.engine.model_info
+        gallery, panel = self.gallery, self.images_panel
+        if gallery.current is None and self._view_is_blend and gallery.a and gallery.b:
+            panel.show_blend(panel.t.value(), gallery.a, gallery.b)
+        else:
+            panel.show_item(gallery.current, info.test_bpd if info else None)
 
     def _sync_slider_to(self, item_id: int) -> None:
         """Put the t slider at the end that the shown image is (without an edit)."""
@@ -300,10 +331,16 @@ class ImageController(QObject):
         a, b = self.gallery.a, self.gallery.b
         if a is None or b is None or {a.model_id, b.model_id} != {self.engine.model_id}:
             return False
-        latents = blend.blend(
-            a.latents, b.latents, self.blend_weights(), self.images_panel.mode_name
-        )
+        weights = self.blend_weights()
+        latents = blend.blend(a.latents, b.latents, weights, self.images_panel.mode_name)
         self.state.set_noise(latents, merge_key=("blend",))
+        # At either end the view is that image (the image box shows it), else a blend.
+        end = a.item_id if not any(weights) else b.item_id if all(w == 1 for w in weights) else None
+        self._view_is_blend = end is None
+        if end != self.gallery.current_id:
+            self.gallery.set_roles(current_id=end)  # the image box follows
+        else:
+            self._show_current()
         return True
 
     def strip_latents(self, frames: int) -> list[np.ndarray] | None:

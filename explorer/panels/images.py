@@ -390,6 +390,15 @@ class ImagesPanel(QScrollArea):
         self.likelihood_label.setText(likelihood)
         self.exact_label.setText(exact)
 
+    def show_blend(self, t: float, a: GalleryImage, b: GalleryImage) -> None:
+        """The view is a blend of A and B, no single image: say so, show no stale image."""
+        self.show_item(None)
+        self.vary_button.setEnabled(True)
+        self.keep_levels.setEnabled(True)
+        self.variations.setEnabled(True)
+        self.file_label.setText(f"Blend of A ({a.name}) and B ({b.name}) at t = {t:.2f}")
+        self.file_label.setToolTip(f"A: {a.path}\nB: {b.path}")
+
     def show_ab(self, a: GalleryImage | None, b: GalleryImage | None) -> None:
         for tile, item, name in ((self.a_tile, a, "A"), (self.b_tile, b, "B")):
             tile.set_image(item.pixels if item is not None else None)

@@ -8,6 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from explorer.models.state import ModelInfo
+from explorer.widgets.controls import ElidedLabel
 
 DASH = "—"
 
@@ -30,7 +31,7 @@ class ModelPanel(QGroupBox):
         ("image", "Image size"),
         ("channels", "Channels"),
         ("parameters", "Parameters"),
-        ("levels", "Levels (C×H×W)"),
+        ("levels", "Levels"),
         ("test_bpd", "Test bits/dim"),
         ("step", "Training step"),
         ("device", "Device"),
@@ -44,11 +45,14 @@ class ModelPanel(QGroupBox):
         form.setFormAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         form.setVerticalSpacing(6)
         for key, label in self.FIELDS:
-            value = QLabel(DASH)
+            # A file name cannot wrap: it is shortened in the middle, whole in the tooltip.
+            value = ElidedLabel(DASH) if key == "source" else QLabel(DASH)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            value.setWordWrap(True)
+            value.setWordWrap(key != "source")
             self.values[key] = value
             name = QLabel(label)
+            if key == "levels":
+                name.setToolTip("Channels × height × width of each level's latent")
             name.setStyleSheet("color: palette(placeholder-text);")
             form.addRow(name, value)
         layout = QVBoxLayout(self)
@@ -56,12 +60,7 @@ class ModelPanel(QGroupBox):
         layout.addStretch(1)
 
     def show_info(self, info: ModelInfo) -> None:
-        if info.source:
-            source = Path(info.source).name
-            self.values["source"].setToolTip(info.source)
-        else:
-            source = "random, untrained"
-            self.values["source"].setToolTip("")
+        source = Path(info.source).name if info.source else "random, untrained"
         texts = {
             "source": source,
             "dataset": info.dataset or DASH,
@@ -75,6 +74,7 @@ class ModelPanel(QGroupBox):
         }
         for key, text in texts.items():
             self.values[key].setText(text)
+        self.values["source"].setToolTip(info.source or "")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,10 @@ class SamplesPanel(QWidget):
         self.seed.setMinimumWidth(self.seed.fontMetrics().horizontalAdvance("0000000000") + 24)
         self.resample_button = QPushButton("Resample")
         self.resample_button.setToolTip("New noise for every unlocked level (R)")
-        self.temperature = FloatSlider(*TEMPERATURE_RANGE, step=0.01, value=state.temperature)
+        # A row of its own, and a spin box for exact values: 151 positions need room.
+        self.temperature = FloatSlider(
+            *TEMPERATURE_RANGE, step=0.01, value=state.temperature, spin=True
+        )
         self.temperature.setToolTip("Scales every level's noise; lower is smoother")
 
         controls = QHBoxLayout()
@@ -73,14 +76,18 @@ class SamplesPanel(QWidget):
         for label, widget in (("Images", self.count), ("Seed", self.seed)):
             controls.addWidget(QLabel(label))
             controls.addWidget(widget)
+        controls.addStretch(1)
         controls.addWidget(self.resample_button)
-        controls.addSpacing(12)
-        controls.addWidget(QLabel("Temperature"))
-        controls.addWidget(self.temperature, 1)
+        temperature = QHBoxLayout()
+        temperature.setSpacing(8)
+        temperature.addWidget(QLabel("Temperature"))
+        temperature.addWidget(self.temperature, 1)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
         layout.addWidget(self.view, 1)
+        layout.addLayout(temperature)
         layout.addLayout(controls)
 
         self.count.valueChanged.connect(self.state.set_n_images)

@@ -50,9 +50,12 @@ from PySide6.QtWidgets import (
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
     EVENTS_FILE,
+    LOG_FILE,
     RunFollower,
+    RunSettings,
     TrainingProcess,
     format_duration,
+    join_command,
 )
 
 TRAIN_COLOUR = "#4ea1ff"
@@ -66,6 +69,38 @@ LOG_LINES = 5000
 REDRAW_MS = 250
 RATE_WINDOW = 20  # step events the ETA averages over
 STDERR_SHOWN = 4
+
+
+def short_path(path: str, run_dir: Path) -> str:
+    """``path`` as the preview shows it: relative inside the run folder, ``~/…`` under the
+    home folder, else as it is."""
+    target = Path(path)
+    try:
+        relative = target.relative_to(run_dir)
+        return str(relative) if str(relative) != "." else "."
+    except ValueError:
+        pass
+    try:
+        return str(Path("~") / target.relative_to(Path.home()))
+    except ValueError:
+        return path
+
+
+def preview_command(settings: RunSettings, python: str | None = None) -> str:
+    """The command as the panel shows it: run from the run folder (``--out .``) with
+    ``python`` for the interpreter, so no checkout or home path of this machine shows.
+    Copy gives the full command (:meth:`RunSettings.shell_command`), which works anywhere."""
+    run_dir = settings.out_dir.expanduser().absolute()
+    argv = settings.command(python)
+    argv[0] = "python"
+    shown = [short_path(arg, run_dir) if os.path.isabs(arg) else arg for arg in argv]
+    where = short_path(str(run_dir), Path("/nonexistent"))
+    return (
+        f"cd {where} && {join_command(shown)} >> {EVENTS_FILE} 2>> {LOG_FILE}"
+        if settings.out
+        else join_command(shown)
+    )
+
 
 # What closing the window does with a run in progress.
 STOP, LEAVE, CANCEL = "stop", "leave", "cancel"
@@ -127,13 +162,15 @@ class TrainingPanel(QWidget):
     ``open_checkpoint_requested(path)`` from "Open in explorer", or by itself at the end
     of a run when "Open in explorer when done" is ticked; ``training_started(out)`` and
     ``training_stopped(outcome)`` with outcome ``finished``, ``stopped``, ``killed``,
-    ``failed`` or ``left running``.
+    ``failed`` or ``left running``; ``progress_changed(step, total, eta)`` while a run
+    goes on, for a status bar elsewhere.
     """
 
     checkpoint_ready = Signal(str)
     open_checkpoint_requested = Signal(str)
     training_started = Signal(str)
     training_stopped = Signal(str)
+    progress_changed = Signal(int, int, str)  # step, total steps, "ETA 3 min" or ""
 
     def __init__(
         self,
@@ -190,7 +227,10 @@ class TrainingPanel(QWidget):
 
         self.command = QLineEdit()
         self.command.setReadOnly(True)
-        self.command.setToolTip("The command the panel runs; paste it in a terminal")
+        self.command.setToolTip(
+            "The command the panel runs, from the run folder; Copy gives it with full paths"
+        )
+        self.full_command = ""
         self.command.setFont(QFont("monospace"))
         self.copy_button = QPushButton("Copy")
 
@@ -252,6 +292,8 @@ class TrainingPanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(self.form.minimumSizeHint().width() + 24)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.form_scroll = scroll
 
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.kill_button):
@@ -272,7 +314,6 @@ class TrainingPanel(QWidget):
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.plot)
         views.addWidget(samples)
-        views.setSizes([1000, 1000])  # an even split; the sample grids are twice as wide
         views.setChildrenCollapsible(False)
         stack = QSplitter(Qt.Orientation.Vertical)
         stack.addWidget(views)
@@ -307,6 +348,18 @@ class TrainingPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
+        self._splitters = {"form": splitter, "views": views, "log": stack}
+        self.reset_layout()
+
+    def splitters(self) -> dict[str, QSplitter]:
+        """The panel's splitters by name, for saving and restoring the layout."""
+        return dict(self._splitters)
+
+    def reset_layout(self) -> None:
+        """The form about a quarter of the width, the curves and samples even, the log a fifth."""
+        self._splitters["form"].setSizes([380, 1000])  # the form at least its minimum
+        self._splitters["views"].setSizes([1000, 1000])
+        self._splitters["log"].setSizes([800, 200])
 
     # -- state -----------------------------------------------------------------------------
 
@@ -335,11 +388,16 @@ class TrainingPanel(QWidget):
             self._form_locked = running
             self.form.set_running(running)
         if not running:
-            self.command.setText(self.form.settings().shell_command(self.python))
-            self.command.setCursorPosition(0)
+            self._show_command(self.form.settings())
+
+    def _show_command(self, settings: RunSettings) -> None:
+        self.full_command = settings.shell_command(self.python)
+        self.command.setText(preview_command(settings, self.python))
+        self.command.setCursorPosition(0)
 
     def copy_command(self) -> None:
-        QGuiApplication.clipboard().setText(self.command.text())
+        """The full command (absolute paths, this interpreter) to the clipboard."""
+        QGuiApplication.clipboard().setText(self.full_command)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -367,8 +425,7 @@ class TrainingPanel(QWidget):
         self.run_dir = process.settings.out_dir
         self.info.setText("Starting the trainer…")
         self.update_controls()
-        self.command.setText(process.settings.shell_command(self.python))
-        self.command.setCursorPosition(0)
+        self._show_command(process.settings)
         self._append_log(f"$ {self.command.text()}")
         self.training_started.emit(str(self.run_dir))
         return True
@@ -622,6 +679,9 @@ class TrainingPanel(QWidget):
                 left = (self.total_steps - s1) * (t1 - t0) / (s1 - s0)
                 parts.append(f"ETA {format_duration(left)}")
         self.rate.setText(" · ".join(parts))
+        if self.running or self.follower is not None:
+            eta = next((p for p in parts if p.startswith("ETA")), "")
+            self.progress_changed.emit(self.last_step, self.total_steps, eta)
 
     def _reset_monitor(self) -> None:
         self.train_points = ([], [])

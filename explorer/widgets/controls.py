@@ -3,22 +3,31 @@ spin box, and the progress bar of long jobs."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+import math
+
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QAbstractSlider,
+    QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QWidget,
 )
 
+WHEEL_EDIT_MS = 400  # wheel notches this close together are one undo step
+
 
 class FloatSlider(QWidget):
-    """A horizontal slider over ``[low, high]`` in steps of ``step``, with its value shown.
+    """A horizontal slider over ``[low, high]`` in steps of ``step``, with its value shown
+    in a label, or with ``spin=True`` in a spin box that takes exact values.
 
     ``value_changed`` fires on every move (live rendering while dragging); ``edit_finished``
-    when the user lets go, so a whole drag can be one undo step.
+    closes one undo step: when a drag is let go, after each key press or click on the groove
+    (each PageUp is its own step), after a typed value, and once the wheel rests.
     """
 
     value_changed = Signal(float)
@@ -32,23 +41,50 @@ class FloatSlider(QWidget):
         value: float = 0.0,
         fmt: str = "{:.2f}",
         parent: QWidget | None = None,
+        *,
+        spin: bool = False,
     ) -> None:
         super().__init__(parent)
         self._step = step
         self._fmt = fmt
+        self._end_after_move = False
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(round(low / step), round(high / step))
         self.slider.setPageStep(max(1, round(0.1 / step)))
         self.label = QLabel()
         self.label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("-0.000") + 4)
+        self.spin: QDoubleSpinBox | None = None
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.slider, 1)
-        layout.addWidget(self.label)
+        if spin:
+            self.spin = QDoubleSpinBox()
+            self.spin.setDecimals(max(0, -math.floor(math.log10(step) + 1e-9)))
+            self.spin.setRange(low, high)
+            self.spin.setSingleStep(step)
+            self.spin.setKeyboardTracking(False)  # one edit per typed number
+            self.spin.setAccelerated(True)
+            self.label.hide()
+            layout.addWidget(self.spin)
+            self.spin.valueChanged.connect(self._typed)
+        else:
+            layout.addWidget(self.label)
+        self._wheel_timer = QTimer(self)
+        self._wheel_timer.setSingleShot(True)
+        self._wheel_timer.setInterval(WHEEL_EDIT_MS)
+        self._wheel_timer.timeout.connect(self.edit_finished)
         self.set_value(value)
         self.slider.valueChanged.connect(self._moved)
+        self.slider.actionTriggered.connect(self._on_action)
+        self.slider.sliderPressed.connect(self._on_pressed)
         self.slider.sliderReleased.connect(self.edit_finished)
+
+    def setToolTip(self, text: str) -> None:
+        super().setToolTip(text)
+        self.slider.setToolTip(text)
+        if self.spin is not None:
+            self.spin.setToolTip(text)
 
     def value(self) -> float:
         return self._to_value(self.slider.value())
@@ -63,11 +99,88 @@ class FloatSlider(QWidget):
         self.slider.setValue(round(value / self._step))
         self.slider.blockSignals(blocked)
         self.label.setText(self._fmt.format(value))
+        self._show_in_spin(value)
+
+    def _show_in_spin(self, value: float) -> None:
+        if self.spin is not None:
+            blocked = self.spin.blockSignals(True)
+            self.spin.setValue(value)
+            self.spin.blockSignals(blocked)
+
+    def _on_action(self, action: int) -> None:
+        # Emitted before the new value is set. A drag ends on release; a key press or a
+        # click on the groove is a step of its own: the edit before it is closed now and
+        # its own one once its value is in (``_moved``); wheel notches end once it rests.
+        if self.slider.isSliderDown():
+            return
+        if int(action) == QAbstractSlider.SliderAction.SliderMove.value:
+            self._wheel_timer.start()
+            return
+        self.edit_finished.emit()
+        self._end_after_move = True
+
+    def _on_pressed(self) -> None:
+        self._end_after_move = False
+        self._wheel_timer.stop()
 
     def _moved(self, position: int) -> None:
         value = self._to_value(position)
         self.label.setText(self._fmt.format(value))
+        self._show_in_spin(value)
         self.value_changed.emit(value)
+        if self._end_after_move:
+            self._end_after_move = False
+            self.edit_finished.emit()
+
+    def _typed(self, value: float) -> None:
+        value = round(round(value / self._step) * self._step, 9)
+        blocked = self.slider.blockSignals(True)
+        self.slider.setValue(round(value / self._step))
+        self.slider.blockSignals(blocked)
+        self.label.setText(self._fmt.format(value))
+        self.edit_finished.emit()
+        self.value_changed.emit(value)
+        self.edit_finished.emit()
+
+
+class ElidedLabel(QLabel):
+    """One line of plain text that shortens itself with "…" in the middle when narrow
+    (a file name in a narrow column); the whole text stays in ``full_text`` and the
+    tooltip."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.full_text = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        self.full_text = text
+        self.setToolTip(text)
+        self._elide()
+
+    def text(self) -> str:
+        return self.full_text
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(
+            self.fontMetrics().horizontalAdvance("x…x") + 4, super().minimumSizeHint().height()
+        )
+
+    def sizeHint(self) -> QSize:
+        return QSize(
+            self.fontMetrics().horizontalAdvance(self.full_text) + 4, super().sizeHint().height()
+        )
+
+    def _elide(self) -> None:
+        shown = self.fontMetrics().elidedText(
+            self.full_text, Qt.TextElideMode.ElideMiddle, max(self.width() - 2, 0)
+        )
+        super().setText(shown)
 
 
 class TaskProgress(QWidget):
