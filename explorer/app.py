@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tab", choices=TABS, default=None, help="the explorer page's tab to show")
     parser.add_argument(
+        "--run",
+        metavar="FOLDER",
+        help="show a training run's curves and samples (its events.jsonl), following it while "
+        "it goes on; opens the training page",
+    )
+    parser.add_argument(
         "--images",
         nargs="+",
         metavar="PATH",
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         window.restore_layout()  # a screenshot shows the layout of a first start
     if args.tab:
         window.show_explorer_tab(window.tabs.widget(TABS.index(args.tab)))
+    if args.run:
+        if window.training_panel.open_run(args.run):
+            window.training_panel.catch_up()
+        window.show_page("training")
     if args.page:
         window.show_page(args.page)
 

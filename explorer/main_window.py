@@ -160,6 +160,7 @@ class MainWindow(QMainWindow):
         for label in (self.frame_label, self.device_label):
             label.setContentsMargins(8, 0, 8, 0)
             status.addPermanentWidget(label)
+        status.messageChanged.connect(lambda text: text or status.setToolTip(""))
         self._build_menus()
         self._build_mode_bar()
         self.training_status.open_requested.connect(lambda: self.show_page(TRAINING_PAGE))

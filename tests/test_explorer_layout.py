@@ -9,13 +9,15 @@ the Images tab has all of its rows, and writes a screenshot of every size, page 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPoint, QRect, QSize
+from PIL import Image
+from PySide6.QtCore import QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QRegion
 from PySide6.QtWidgets import (
     QAbstractButton,
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
     QAbstractSlider,
     QApplication,
     QLabel,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QScrollBar,
@@ -42,6 +45,18 @@ def screenshot_dir(tmp_path_factory) -> Path:
     path = Path(folder) if folder else tmp_path_factory.mktemp("layout-screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def dark_theme(qapp):
+    """The app's own look for the screenshots; the test style and palette come back after."""
+    from explorer.theme import apply_dark_theme
+
+    style, palette = qapp.style().name(), qapp.palette()
+    apply_dark_theme(qapp)
+    yield
+    qapp.setStyle(style)
+    qapp.setPalette(palette)
 
 
 @pytest.fixture
@@ -144,7 +159,9 @@ def check_page(window, page_root: QWidget) -> list[str]:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-def test_every_page_and_tab_fits_the_window(make_window, digits, size, screenshot_dir, qtbot):
+def test_every_page_and_tab_fits_the_window(
+    make_window, digits, size, screenshot_dir, qtbot, dark_theme
+):
     window = make_window(DEFAULT_CHECKPOINT)
     window.open_paths([str(p) for p in digits])
     window.images.gallery_panel.refresh()
@@ -172,3 +189,135 @@ def test_every_page_and_tab_fits_the_window(make_window, digits, size, screensho
         if page == "explorer":
             assert slider.width() >= slider.maximum() - slider.minimum(), name
     assert not found, "\n".join(found)
+
+
+# -- the platform's conventions ----------------------------------------------------------------
+
+
+def test_pages_switch_from_the_mode_bar_the_view_menu_and_alt_keys(
+    make_window, tiny_checkpoint, qtbot
+):
+    window = make_window(tiny_checkpoint)
+    window.activateWindow()  # shortcuts go to the active window
+    qtbot.waitUntil(window.isActiveWindow)
+    assert window.current_page == "explorer"
+    qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)
+    assert window.current_page == "training"
+    assert window.pages.currentWidget() is window.training_page
+    assert window.training_panel.isVisible() and not window.samples_panel.isVisible()
+    explore = window.mode_bar.widgetForAction(window.page_actions["explorer"])
+    qtbot.mouseClick(explore, Qt.MouseButton.LeftButton)
+    assert window.current_page == "explorer" and window.samples_panel.isVisible()
+    assert window.page_actions["explorer"].isChecked()
+    qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)
+    window.tab_actions["directions"].trigger()  # View > Directions Tab: back to the explorer
+    assert window.current_page == "explorer"
+    assert window.tabs.currentWidget() is window.images.directions_panel
+    assert window.view_menu.actions()[0] is window.page_actions["explorer"]
+
+
+def test_splitters_page_and_tab_come_back_on_the_next_start(
+    make_window, tiny_checkpoint, explorer_settings
+):
+    window = make_window(tiny_checkpoint)
+    window.splitter.setSizes([260, 330, 400])
+    window.training_panel.splitters()["form"].setSizes([450, 530])
+    window.show_explorer_tab(window.images.images_panel)
+    window.show_page("training")
+    sizes = window.splitter.sizes()
+    form_sizes = window.training_panel.splitters()["form"].sizes()
+    window.close()
+
+    again = make_window(tiny_checkpoint)
+    assert again.current_page == "explorer"  # a window starts plain; restoring is a step
+    # The offscreen screen is 800x600: Qt would fit the saved geometry to it.
+    explorer_settings.qsettings.remove("geometry")
+    again.restore_layout()
+    assert again.current_page == "training" and again.current_tab == "images"
+    assert again.splitter.sizes() == sizes
+    assert again.training_panel.splitters()["form"].sizes() == form_sizes
+    again.reset_layout_action.trigger()
+    assert again.splitter.sizes() != sizes
+
+
+def test_keyboard_shortcuts_come_from_the_actions_and_about_names_the_versions(
+    make_window, tiny_checkpoint
+):
+    from importlib.metadata import version
+
+    from PySide6 import __version__ as pyside_version
+    from PySide6.QtCore import qVersion
+    from PySide6.QtGui import QKeySequence
+
+    window = make_window(tiny_checkpoint)
+    dialog = window.show_shortcuts()
+    rows = dict(dialog.rows())
+    native = QKeySequence.SequenceFormat.NativeText
+    assert rows["Use Selected Image as A"] == QKeySequence("Ctrl+1").toString(native)
+    assert rows["Train"] == QKeySequence("Alt+2").toString(native)
+    assert rows["Resample"] == "R"
+    assert QKeySequence(QKeySequence.StandardKey.Undo).toString(native) in rows["Undo"]
+    menu_shortcuts = [
+        action
+        for menu in window.menuBar().actions()
+        for action in menu.menu().actions()
+        if action.shortcuts() and not action.menu()
+    ]
+    assert len(dialog.rows()) == len(menu_shortcuts)
+    dialog.filter.setText("interpolation")
+    assert dialog.rows() and all("nterpolation" in text for text, _ in dialog.rows())
+    dialog.close()
+
+    window.about_action.trigger()
+    box = next(w for w in window.findChildren(QMessageBox) if w.isVisible())
+    text = box.text()
+    for expected in (version("torch"), qVersion(), pyside_version, version("realnvp-explorer")):
+        assert expected in text
+    box.close()
+
+
+def test_a_running_run_shows_in_the_status_bar_from_the_explorer_page(
+    make_window, tiny_checkpoint, tmp_path, qtbot
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    events = [
+        {"event": "start", "step": 0, "total_steps": 500, "parameters": 1000, "device": "cpu"},
+        {"event": "step", "step": 100, "total_steps": 500, "loss": 3.1, "time": 10.0},
+        {"event": "step", "step": 120, "total_steps": 500, "loss": 2.9, "time": 12.0},
+    ]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    window = make_window(tiny_checkpoint)
+    status = window.training_status
+    assert not status.isVisible()
+    assert window.training_panel.open_run(run)  # a run still going: followed
+    qtbot.waitUntil(status.isVisible, timeout=5000)
+    assert window.current_page == "explorer"
+    qtbot.waitUntil(lambda: "120 / 500" in status.button.text(), timeout=5000)
+    assert "ETA 38 s" in status.button.text()  # 380 steps to go at 10 steps/s
+    assert status.bar.value() == 120 and status.bar.maximum() == 500
+    qtbot.mouseClick(status.button, Qt.MouseButton.LeftButton)
+    assert window.current_page == "training"
+
+
+def test_screenshot_of_any_page_at_any_size(
+    qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread
+):
+    from explorer.app import main
+
+    accent = np.array([0x3D, 0x7F, 0xD6])  # the checked page button
+
+    def accent_pixels(image: np.ndarray, left: int, right: int) -> int:
+        band = image[20:52, left:right].astype(int)
+        return int((np.abs(band - accent).sum(axis=2) == 0).sum())
+
+    for page, size in (("training", (1024, 640)), ("explorer", (1366, 768))):
+        path = tmp_path / f"{page}.png"
+        argv = ["--screenshot", str(path), "--size", f"{size[0]}x{size[1]}", "--page", page]
+        assert main([*argv, "--threads", "1", str(tiny_checkpoint)]) == 0
+        image = np.asarray(Image.open(path).convert("RGB"))
+        assert image.shape[:2] == (size[1], size[0])
+        explore, train = accent_pixels(image, 0, 92), accent_pixels(image, 92, 180)
+        assert (train > 500 and explore == 0) if page == "training" else (explore > 500)
+    with pytest.raises(SystemExit):
+        main(["--screenshot", str(tmp_path / "x.png"), "--size", "big"])

@@ -21,9 +21,11 @@ Preview it alone with ``python -m explorer.training.workspace``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from explorer.training.form import TrainingForm
 from explorer.training.process import (
     EVENTS_FILE,
     LOG_FILE,
+    PRESETS,
     RunFollower,
     RunSettings,
     TrainingProcess,
@@ -71,19 +74,56 @@ RATE_WINDOW = 20  # step events the ETA averages over
 STDERR_SHOWN = 4
 
 
+def home_path(path: str | os.PathLike) -> str:
+    """``path`` with the home folder shown as ``~`` (what a screenshot may show)."""
+    try:
+        return str(Path("~") / Path(path).relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def short_path(path: str, run_dir: Path) -> str:
     """``path`` as the preview shows it: relative inside the run folder, ``~/…`` under the
     home folder, else as it is."""
-    target = Path(path)
     try:
-        relative = target.relative_to(run_dir)
-        return str(relative) if str(relative) != "." else "."
+        return str(Path(path).relative_to(run_dir))
     except ValueError:
-        pass
-    try:
-        return str(Path("~") / target.relative_to(Path.home()))
-    except ValueError:
-        return path
+        return home_path(path)
+
+
+def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> RunSettings:
+    """The settings a run was started with, from its ``start`` event (``base`` for what the
+    event does not say), so a reopened run shows them in the form."""
+    train, model = event.get("train_config") or {}, event.get("model_config") or {}
+    sizes = tuple(model.get(k) for k in ("num_scales", "mid_channels", "num_blocks"))
+    preset = next((name for name, value in PRESETS.items() if value == sizes), None)
+    picked = {
+        key: train[key]
+        for key in (
+            "dataset",
+            "data_dir",
+            "download",
+            "batch_size",
+            "lr",
+            "epochs",
+            "max_steps",
+            "device",
+            "eval_every",
+            "eval_limit",
+            "log_every",
+            "seed",
+            "compile",
+            "flip",
+        )
+        if key in train
+    }
+    if all(isinstance(v, int) for v in sizes):
+        picked.update(zip(("num_scales", "mid_channels", "num_blocks"), sizes), preset=preset)
+    if isinstance(model.get("in_channels"), int) and isinstance(model.get("image_size"), int):
+        picked.update(channels=model["in_channels"], image_size=model["image_size"])
+    return replace(
+        base, **picked, out=str(folder), resume="", gpus=max(1, event.get("world_size") or 1)
+    )
 
 
 def preview_command(settings: RunSettings, python: str | None = None) -> str:
@@ -94,9 +134,8 @@ def preview_command(settings: RunSettings, python: str | None = None) -> str:
     argv = settings.command(python)
     argv[0] = "python"
     shown = [short_path(arg, run_dir) if os.path.isabs(arg) else arg for arg in argv]
-    where = short_path(str(run_dir), Path("/nonexistent"))
     return (
-        f"cd {where} && {join_command(shown)} >> {EVENTS_FILE} 2>> {LOG_FILE}"
+        f"cd {home_path(run_dir)} && {join_command(shown)} >> {EVENTS_FILE} 2>> {LOG_FILE}"
         if settings.out
         else join_command(shown)
     )
@@ -549,9 +588,15 @@ class TrainingPanel(QWidget):
         # Followed until its log ends with done or error: a run left running goes on.
         self.follower.caught_up.connect(self._stop_following)
         self.follower.start()
-        self.info.setText(f"Run in {folder}")
+        self.info.setText(f"Run in {home_path(folder)}")
         self.update_controls()
         return True
+
+    def catch_up(self) -> None:
+        """Read a reopened run's files to their end and draw them now (a screenshot)."""
+        if self.follower is not None:
+            self.follower.poll(final=True)
+        self._redraw()
 
     def _stop_following(self) -> None:
         if self.follower is not None:
@@ -626,6 +671,12 @@ class TrainingPanel(QWidget):
             parts.append(f"{event['skipped_files']:,} unreadable files skipped")
         self.info.setText(" · ".join(parts))
         self.info.setToolTip(str(event.get("out", "")))
+        if self.follower is not None and not self.running and self.run_dir is not None:
+            # A reopened run: the form shows how it was started (and what Copy gives).
+            # A run of another version may not fit: the form then stays as it was.
+            with contextlib.suppress(TypeError, ValueError):
+                self.form.apply(settings_of_run(event, self.run_dir, self.form.settings()))
+            self.update_controls()
         self._schedule_redraw()
 
     def _on_done(self, event: dict[str, Any]) -> None:
@@ -637,9 +688,10 @@ class TrainingPanel(QWidget):
         scores = ""
         if test is not None and best is not None:
             scores = f": test {test:.3f} bits/dim (best {best:.3f})"
+        checkpoint = home_path(self.checkpoint) if self.checkpoint else "none"
         self._show_message(
             f"{str(reason).capitalize()} at step {event.get('step')}{scores}. "
-            f"Checkpoint: {self.checkpoint or 'none'}"
+            f"Checkpoint: {checkpoint}"
         )
         self._rate.clear()
         self._schedule_redraw()
