@@ -160,11 +160,18 @@ def _cmd_sample(args) -> int:
 
 
 def _add_encode(sub) -> None:
-    p = sub.add_parser("encode", help="encode images: reconstructions, latents, bits/dim")
+    p = sub.add_parser(
+        "encode", help="encode images: reconstructions, latents, bits/dim and where they go"
+    )
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="encoded")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    p.add_argument(
+        "--heatmap",
+        metavar="DIR",
+        help="write DIR/<name>_heatmap.png: the image, its reconstruction and its bits per pixel",
+    )
 
 
 def _cmd_encode(args) -> int:
@@ -172,36 +179,55 @@ def _cmd_encode(args) -> int:
     import torch
 
     from core.checkpoint import load_checkpoint
+    from core.heatmap import bits_range, colorize, upscale
     from core.images import load_image, save_png, to_uint8
-    from core.model import ENCODE_SEED, pixel_centres
+    from core.likelihood import describe_image
+    from core.model import pixel_centres
+    from core.typicality import TypicalityReference
 
-    model, _ = load_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint)
+    reference = TypicalityReference.from_meta(meta)
     cfg = model.config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    heat_dir = Path(args.heatmap) if args.heatmap else None
+    if heat_dir is not None:
+        heat_dir.mkdir(parents=True, exist_ok=True)
     for name in args.images:
         pixels = load_image(name, cfg.in_channels, cfg.image_size)  # (C, H, W) uint8
         x8 = torch.from_numpy(pixels)[None]
         with torch.inference_mode():
-            bpd = model.bits_per_dim(x8, torch.Generator().manual_seed(ENCODE_SEED)).item()
+            described = describe_image(model, pixels, reference)
             x = pixel_centres(x8)
             zs = model.encode(x)
             recon = model.decode(zs)
         err = (recon - x).abs().max().item()
         stem = Path(name).stem
-        save_png(to_uint8(recon[0].numpy()).transpose(1, 2, 0), out / f"{stem}_recon.png")
+        recon8 = to_uint8(recon[0].numpy())  # (C, H, W)
+        save_png(recon8.transpose(1, 2, 0), out / f"{stem}_recon.png")
         np.savez(
             out / f"{stem}_latents.npz", **{f"level{i}": z[0].numpy() for i, z in enumerate(zs)}
         )
-        results.append({"image": name, "bits_per_dim": bpd, "max_abs_error": err})
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for r in results:
+        result = {"path": name, **described.summary, "max_abs_error": err}
+        if heat_dir is not None:
+            lo, hi = bits_range(described.pixel_bits.sum(0))
+            panels = [np.repeat(p, 3, 0) if p.shape[0] == 1 else p for p in (pixels, recon8)]
+            row = [upscale(p.transpose(1, 2, 0)) for p in panels]
+            row.append(upscale(colorize(described.pixel_bits, lo, hi)))
+            gap = np.full((row[0].shape[0], 4, 3), 255, np.uint8)
+            path = heat_dir / f"{stem}_heatmap.png"
+            save_png(np.concatenate([row[0], gap, row[1], gap, row[2]], 1), path)
+            result.update(heatmap=str(path), heatmap_bits_range=[lo, hi])
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
             print(
-                f"{r['image']}: {r['bits_per_dim']:.4f} bits/dim, reconstruction error "
-                f"{r['max_abs_error']:.2e}"
+                f"{name}: {result['bits_per_dim']:.4f} bits/dim ("
+                + ", ".join(
+                    f"level {lv['level']} {lv['bits_per_dim']:.3f}" for lv in result["levels"]
+                )
+                + f", preprocessing {result['preprocess_bits_per_dim']:.3f}); "
+                f"{result['verdict']}: {result['reason']}; reconstruction error {err:.2e}"
             )
     return 0
 
@@ -214,14 +240,21 @@ def _add_eval(sub) -> None:
     p.add_argument("--limit", type=_positive)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="store the test set's per-image bits/dim and complexity scores in the "
+        "checkpoint (typicality reference), keeping everything else in it",
+    )
 
 
-def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device) -> tuple[str, int, float]:
-    """Mean test bits/dim in float32 on the model's data set: (data set, images, bits/dim)."""
+def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device):
+    """Per-image test bits/dim in float32 on the model's data set:
+    ``(data set, uint8 images (N, C, H, W), bits/dim (N,) float64)``."""
     import torch
 
     from core.data import load_dataset
-    from core.model import mean_bits_per_dim
+    from core.model import per_image_bits_per_dim
 
     cfg = model.config
     dataset = dataset or meta.get("dataset") or "mnist"
@@ -232,22 +265,50 @@ def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device) -> tuple[s
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
     images = test.images[:limit] if limit else test.images
     with torch.inference_mode():
-        return dataset, images.shape[0], mean_bits_per_dim(model, images, device)
+        return dataset, images, per_image_bits_per_dim(model, images, device)
+
+
+def _typicality_meta(dataset: str, images, per_image, note: str) -> dict:
+    from core.typicality import TypicalityReference
+
+    return TypicalityReference.from_scores(
+        dataset, per_image.numpy(), images.numpy(), note=note
+    ).to_meta()
 
 
 def _cmd_eval(args) -> int:
-    from core.checkpoint import load_checkpoint
+    from core.checkpoint import (
+        load_checkpoint,
+        model_from_checkpoint,
+        read_checkpoint,
+        save_checkpoint,
+    )
     from core.device import pick_device
 
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
-    dataset, n, bpd = _test_bits_per_dim(
+    dataset, images, per_image = _test_bits_per_dim(
         model, meta, args.dataset, args.data_dir, args.limit, device
     )
+    n, bpd = images.shape[0], per_image.mean().item()
+    result = {"dataset": dataset, "images": n, "test_bpd": bpd}
+    if args.save:
+        path = resolve_checkpoint(args.checkpoint)
+        data = read_checkpoint(path)
+        stored = dict(data["meta"])
+        stored["typicality"] = _typicality_meta(
+            dataset, images, per_image, f"float32, {n} test images, by realnvp eval"
+        )
+        save_checkpoint(
+            path, model_from_checkpoint(data, path), stored, training=data.get("training")
+        )
+        result["saved"] = str(path)
     if args.json:
-        print(json.dumps({"dataset": dataset, "images": n, "test_bpd": bpd}))
+        print(json.dumps(result))
     else:
         print(f"{dataset}: {bpd:.4f} bits/dim on {n} test images")
+        if args.save:
+            print(f"{result['saved']}: test-set typicality statistics stored")
     return 0
 
 
@@ -259,6 +320,7 @@ def _add_info(sub) -> None:
 
 def _cmd_info(args) -> int:
     from core.checkpoint import load_checkpoint
+    from core.typicality import META_KEY, summarize_meta
 
     model, meta = load_checkpoint(args.checkpoint)
     info = {
@@ -268,6 +330,8 @@ def _cmd_info(args) -> int:
         "latent_shapes": [list(s) for s in model.latent_shapes],
         **{k: v for k, v in meta.items() if k != "config"},
     }
+    if META_KEY in info:  # thousands of numbers: a summary line instead
+        info[META_KEY] = summarize_meta(info[META_KEY])
     if args.json:
         print(json.dumps(info, default=str))
     else:
@@ -282,8 +346,9 @@ def _add_export(sub) -> None:
     p.add_argument("out")
     p.add_argument(
         "--data-dir",
-        help="evaluate these weights in float32 on the test set and record that as test_bpd "
-        "(a checkpoint saved on a stop carries its last evaluation, made at an earlier step)",
+        help="evaluate these weights in float32 on the test set and record that as test_bpd, "
+        "with the per-image bits/dim and complexity scores for typicality (a checkpoint "
+        "saved on a stop carries its last evaluation, made at an earlier step)",
     )
 
 
@@ -296,11 +361,18 @@ def _cmd_export(args) -> int:
     meta = dict(data["meta"])
     if args.data_dir:
         device = pick_device("auto")
-        _, n, bpd = _test_bits_per_dim(
+        dataset, images, per_image = _test_bits_per_dim(
             model.to(device).eval(), meta, None, args.data_dir, None, device
         )
         model.cpu()
-        meta.update(test_bpd=bpd, test_bpd_note=f"float32, {n} test images, on export")
+        n, bpd = images.shape[0], per_image.mean().item()
+        meta.update(
+            test_bpd=bpd,
+            test_bpd_note=f"float32, {n} test images, on export",
+            typicality=_typicality_meta(
+                dataset, images, per_image, f"float32, {n} test images, on export"
+            ),
+        )
         print(f"test: {bpd:.4f} bits/dim on {n} test images")
     path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")

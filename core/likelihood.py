@@ -29,10 +29,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from core.model import LOG_2PI, dequantize
+from core.model import ENCODE_SEED, LOG_2PI, dequantize
+from core.typicality import TypicalityReference, Verdict, judge_pixels
 
 if TYPE_CHECKING:
     from core.model import RealNVP
@@ -159,4 +161,39 @@ def likelihood_map_uint8(
     """:func:`likelihood_map` of 8-bit images after the uniform dequantization
     :meth:`RealNVP.bits_per_dim` uses: the same ``generator`` seed gives the same total."""
     param = model._param()
-    return likelihood_map(model, dequantize(x_uint8, generator).to(param.device, param.dtype))
+    return likelihood_map(model, dequantize(x_uint8, generator, param.dtype).to(param.device))
+
+
+@dataclass(frozen=True)
+class ImageLikelihood:
+    """One 8-bit image's bits: the breakdown, the maps (numpy) and the typicality verdict."""
+
+    summary: dict[str, Any]  # the keys of ``realnvp encode --json`` (less ``path``)
+    pixel_bits: np.ndarray  # (C, H, W) bits, sums to bits_per_dim * D
+    level_bits: np.ndarray  # (L, C, H, W) bits of each level
+    preprocess_bits: np.ndarray  # (C, H, W)
+    verdict: Verdict
+
+
+@torch.no_grad()
+def describe_image(
+    model: RealNVP,
+    pixels: np.ndarray,
+    reference: TypicalityReference | None,
+    seed: int = ENCODE_SEED,
+) -> ImageLikelihood:
+    """Likelihood map, per-level breakdown and verdict of a uint8 ``(C, H, W)`` image, with
+    the dequantization noise of ``seed`` (the encode seed: the same bits/dim that
+    ``realnvp encode`` and the explorer show). What the CLI and the explorer both call."""
+    x8 = torch.from_numpy(np.ascontiguousarray(pixels))[None]
+    m = likelihood_map_uint8(model, x8, torch.Generator().manual_seed(seed))
+    summary = m.summary(0)
+    verdict = judge_pixels(reference, summary["bits_per_dim"], pixels)
+    summary.update(verdict.to_dict())
+    return ImageLikelihood(
+        summary=summary,
+        pixel_bits=m.pixel_bits[0].double().cpu().numpy(),
+        level_bits=m.level_bits[0].double().cpu().numpy(),
+        preprocess_bits=m.preprocess_bits[0].double().cpu().numpy(),
+        verdict=verdict,
+    )

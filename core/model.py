@@ -349,6 +349,31 @@ EVAL_SEED = 1234  # dequantization seed of every test bits/dim figure
 
 
 @torch.no_grad()
+def per_image_bits_per_dim(
+    model: RealNVP,
+    images: Tensor,
+    device: torch.device | str | None = None,
+    batch_size: int = 500,
+    autocast=None,
+) -> Tensor:
+    """Bits/dim of each uint8 image (N, C, H, W), dequantized with :data:`EVAL_SEED`;
+    float64 on the CPU, shape (N,).
+
+    The one test-set evaluation: the trainer's evaluations, ``realnvp eval`` and the
+    typicality reference all call it, so a checkpoint's recorded test bits/dim is
+    reproduced exactly. ``autocast`` is an optional context manager factory (bf16 on CUDA).
+    """
+    param = model._param()
+    device = device if device is not None else param.device
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = dequantize(images[start : start + batch_size], generator, param.dtype).to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out.append(model._bits_per_dim_continuous(x).double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
 def mean_bits_per_dim(
     model: RealNVP,
     images: Tensor,
@@ -356,21 +381,9 @@ def mean_bits_per_dim(
     batch_size: int = 500,
     autocast=None,
 ) -> float:
-    """Mean bits/dim of uint8 ``images`` (N, C, H, W), dequantized with :data:`EVAL_SEED`.
-
-    The one test-set evaluation: the trainer's evaluations and ``realnvp eval`` both call
-    it, so a checkpoint's recorded test bits/dim is reproduced exactly. ``autocast`` is an
-    optional context manager factory (bf16 on CUDA).
-    """
-    param = model._param()
-    device = device if device is not None else param.device
-    generator = torch.Generator().manual_seed(EVAL_SEED)
-    total = 0.0
-    for start in range(0, images.shape[0], batch_size):
-        x = dequantize(images[start : start + batch_size], generator, param.dtype).to(device)
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            total += model._bits_per_dim_continuous(x).double().sum().item()
-    return total / max(images.shape[0], 1)
+    """Mean of :func:`per_image_bits_per_dim`."""
+    per_image = per_image_bits_per_dim(model, images, device, batch_size, autocast)
+    return per_image.sum().item() / max(images.shape[0], 1)
 
 
 def nats_to_bits_per_dim(log_prob: Tensor, num_dims: int) -> Tensor:

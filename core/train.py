@@ -32,11 +32,12 @@ from core.model import (
     RealNVP,
     dequantize,
     gaussian_log_prob,
-    mean_bits_per_dim,
     nats_to_bits_per_dim,
+    per_image_bits_per_dim,
     preset,
 )
 from core.resnet import weight_norm_scales
+from core.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
 
 
 class TrainingError(RuntimeError):
@@ -497,12 +498,20 @@ class Trainer:
         """Mean test bits/dim in eval mode (see :func:`core.model.mean_bits_per_dim`), in
         float32 also on CUDA: under bf16 autocast the same weights read about 0.005 bits/dim
         high (1.3970 against 1.3922 on MNIST), more than the gains late in a run."""
-        images = test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
+        per_image = self.evaluate_per_image(test)
+        return per_image.sum().item() / max(len(per_image), 1)
+
+    @torch.no_grad()
+    def evaluate_per_image(self, test: ImageDataset) -> torch.Tensor:
+        """Bits/dim of each evaluated test image (float64, CPU), as :meth:`evaluate`."""
         self.model.eval()
         try:
-            return mean_bits_per_dim(self.model, images, self.device)
+            return per_image_bits_per_dim(self.model, self._eval_images(test), self.device)
         finally:
             self.model.train()
+
+    def _eval_images(self, test: ImageDataset) -> torch.Tensor:
+        return test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
 
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
@@ -535,6 +544,8 @@ class Trainer:
             "device": describe(self.device),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if state.get("typicality") is not None:
+            meta["typicality"] = state["typicality"]
         training = {
             "train_config": self.config.to_dict(),
             "step": step,
@@ -723,7 +734,9 @@ class Trainer:
                 dist.broadcast(b, 0)
         if self.dist.is_main:
             if reason == "finished":
-                self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
+                self._evaluate_and_save(
+                    test, step, epoch, optimizer, scheduler, noise, state, last=True
+                )
             else:
                 self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
         self.sink.emit(
@@ -743,6 +756,17 @@ class Trainer:
             "best_test_bpd": state["best_test_bpd"],
         }
 
+    def _typicality(self, test: ImageDataset, per_image: torch.Tensor) -> dict[str, Any] | None:
+        """The typicality reference of the last evaluation (see :mod:`core.typicality`);
+        ``None`` when it covered too few images to be one."""
+        images = self._eval_images(test)
+        if len(per_image) < MIN_REFERENCE_IMAGES or not torch.isfinite(per_image).all():
+            return None
+        note = f"float32, {len(per_image)} test images, last evaluation of training"
+        return TypicalityReference.from_scores(
+            self.config.dataset, per_image.numpy(), images.cpu().numpy(), note=note
+        ).to_meta()
+
     def _should_stop(self, stop: _StopFlag, check_now: bool) -> bool:
         if not self.dist.enabled:
             return stop.requested
@@ -752,8 +776,13 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
-    def _evaluate_and_save(self, test, step, epoch, optimizer, scheduler, noise, state) -> None:
-        test_bpd = self.evaluate(test)
+    def _evaluate_and_save(
+        self, test, step, epoch, optimizer, scheduler, noise, state, last: bool = False
+    ) -> None:
+        per_image = self.evaluate_per_image(test)
+        test_bpd = per_image.sum().item() / max(len(per_image), 1)
+        if last:
+            state["typicality"] = self._typicality(test, per_image)
         state["last_test_bpd"] = test_bpd
         state["history"]["evals"].append({"step": step, "test_bpd": test_bpd})
         self.sink.emit("eval", step=step, epoch=epoch, test_bpd=test_bpd)

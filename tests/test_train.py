@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -22,6 +23,7 @@ from core import train as train_module
 from core.checkpoint import load_checkpoint, read_checkpoint
 from core.events import EventSink
 from core.train import TrainConfig, Trainer, TrainingError
+from core.typicality import TypicalityReference
 
 pytestmark = needs_mnist
 
@@ -75,6 +77,10 @@ def test_run_emits_events_and_writes_files(tmp_path):
     assert meta["step"] == 6 and meta["test_bpd"] == pytest.approx(result["test_bpd"])
     assert (tmp_path / "run" / "best.pt").is_file()
     assert model.config == TINY
+    # the last evaluation leaves the typicality reference of its 64 test images
+    reference = TypicalityReference.from_meta(meta)
+    assert reference is not None and reference.images == 64 and reference.dataset == "mnist"
+    assert float(np.mean(reference.bits_per_dim)) == pytest.approx(meta["test_bpd"], abs=1e-4)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -382,7 +388,7 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
             check=True,
         ).stdout
 
@@ -399,7 +405,7 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
             "--json",
         )
     )
-    assert out[0]["max_abs_error"] < 1e-4 and out[0]["bits_per_dim"] > 0
+    assert out["max_abs_error"] < 1e-4 and out["bits_per_dim"] > 0
     assert (tmp_path / "enc" / "in_recon.png").is_file()
     assert (tmp_path / "enc" / "in_latents.npz").is_file()
     run("export", str(tiny_ckpt), str(tmp_path / "small.pt"))
@@ -410,6 +416,22 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
         run("eval", str(tmp_path / "small.pt"), "--data-dir", str(MNIST_DIR), "--json")
     )
     assert measured["test_bpd"] == full["test_bpd"] and full["images"] == 10000
+    # export keeps the meta it does not recompute and adds the typicality reference
+    assert measured["dataset"] == "mnist"
+    reference = TypicalityReference.from_meta(measured)
+    assert reference.images == 10000
+    assert float(np.mean(reference.bits_per_dim)) == pytest.approx(full["test_bpd"], abs=1e-5)
+    assert (
+        "10000 mnist test images"
+        in json.loads(run("info", str(tmp_path / "measured.pt"), "--json"))["typicality"]
+    )
+    # eval --save stores it in place and keeps the training state
+    before = read_checkpoint(tiny_ckpt)
+    run("eval", str(tiny_ckpt), "--data-dir", str(MNIST_DIR), "--limit", "40", "--save")
+    after = read_checkpoint(tiny_ckpt)
+    assert TypicalityReference.from_meta(after["meta"]).images == 40
+    assert after["meta"]["dataset"] == before["meta"]["dataset"]
+    assert (after["training"] is None) == (before["training"] is None)
     info = json.loads(run("info", str(tiny_ckpt), "--json"))
     assert info["latent_shapes"] == [[2, 14, 14], [2, 14, 14]]
     ev = json.loads(
