@@ -10,7 +10,9 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``parameters``; ``encode_ms`` / ``decode_ms`` with ``p50`` and ``p95`` for ``batch_1`` and
   ``batch_64``; for ``bundled`` (folded for inference, as the explorer renders)
   ``fine_level_change`` with ``cached_ms`` and ``full_ms``: decoding after a change to the
-  finest level from the cached coarser levels against a full decode; for presets
+  finest level from the cached coarser levels against a full decode, and ``likelihood_map``
+  with ``encode_ms``, ``map_ms`` and ``ratio_p50``: one image's likelihood map and per-level
+  breakdown against a plain encode, timed alternately in the same run; for presets
   ``train_images_per_s`` and ``train_gflops`` (FLOPs of one training step,
   counted by torch's FLOP counter, per second) at batch 64; ``train_peak_fraction``;
   ``first_step_s``; with ``--train-batch 64 256`` also ``train_batch_256``; with ``--compile``
@@ -104,6 +106,32 @@ def fine_level_change(model: RealNVP, repeats: int, device: torch.device) -> dic
         full = _time_ms(lambda: model.decode(zs), repeats, device=device)
         fine = _time_ms(from_cache, repeats, device=device)
     return {"cached_ms": _percentiles(fine), "full_ms": _percentiles(full)}
+
+
+def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
+    """One image: a plain encode against the likelihood map with its per-level breakdown
+    (what ``realnvp encode --json`` and the explorer compute), timed alternately so both
+    see the same machine load."""
+    from core.likelihood import likelihood_map
+
+    cfg = model.config
+    x = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+
+    def mapped() -> None:
+        m = likelihood_map(model, x)
+        m.pixel_bits  # noqa: B018 - the per-pixel total is part of the work
+        m.summary(0)
+
+    enc: list[float] = []
+    lik: list[float] = []
+    with torch.inference_mode():
+        _time_ms(lambda: model.encode(x), 0, warmup=3)
+        _time_ms(mapped, 0, warmup=3)
+        for _ in range(repeats):
+            enc += _time_ms(lambda: model.encode(x), 1, warmup=0, device=device)
+            lik += _time_ms(mapped, 1, warmup=0, device=device)
+    encode, map_ = _percentiles(enc), _percentiles(lik)
+    return {"encode_ms": encode, "map_ms": map_, "ratio_p50": round(map_["p50"] / encode["p50"], 3)}
 
 
 def train_step_flops(model: RealNVP, batch: int, device: torch.device) -> int:
@@ -272,6 +300,7 @@ def run(
         }
         if not train:
             entry["fine_level_change"] = fine_level_change(model, repeats, device)
+            entry["likelihood_map"] = likelihood_map_cost(model, repeats, device)
         if train:
             first, *more = train_batches
             entry.update(training_speed(model.config, first, train_steps, device, train_peak))
@@ -317,6 +346,13 @@ def _print(report: dict[str, Any]) -> None:
             print(
                 f"  finest-level change: from cache p50 {c['p50']:.1f} ms p95 {c['p95']:.1f} ms"
                 f" | full decode p50 {f['p50']:.1f} ms p95 {f['p95']:.1f} ms"
+            )
+        if "likelihood_map" in e:
+            lm = e["likelihood_map"]
+            print(
+                f"  likelihood map + breakdown, one image: p50 {lm['map_ms']['p50']:.1f} ms "
+                f"against a plain encode's {lm['encode_ms']['p50']:.1f} ms "
+                f"({lm['ratio_p50']:.2f}x, timed alternately)"
             )
         if "train_images_per_s" in e:
             print(

@@ -19,6 +19,9 @@ def test_report_keys(tmp_path):
     assert bundled["parameters"] == sum(p.numel() for p in RealNVP(TINY).parameters())
     change = bundled["fine_level_change"]
     assert set(change) == {"cached_ms", "full_ms"} and change["cached_ms"]["n"] > 0
+    lm = bundled["likelihood_map"]
+    assert lm["map_ms"]["n"] == lm["encode_ms"]["n"] > 0
+    assert lm["ratio_p50"] == round(lm["map_ms"]["p50"] / lm["encode_ms"]["p50"], 3)
     for batch in ("batch_1", "batch_64"):
         for key in ("encode_ms", "decode_ms"):
             assert set(bundled[batch][key]) == {"p50", "p95", "n"}
