@@ -19,8 +19,20 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``train_compiled`` (one entry per batch size) for the ``torch.compile``-d step; on CUDA
   ``train_cuda_graph`` (one entry per batch size) for the step replayed from a CUDA graph,
   as the trainer runs it by default.
-- ``gui`` (when the explorer is installed): slider-to-pixels latency from
-  ``python -m explorer_bench.gui --json``, run as a separate process so ``core`` never loads Qt.
+- ``render.<name>``: the explorer's rendering figures for ``bundled`` (or ``checkpoint``
+  with ``--checkpoint``) and each ``--render-presets`` model with random weights (default
+  ``cifar10``; the timing does not depend on the weights), folded for inference as the
+  explorer renders: ``parameters``, ``threads``; ``decode_ms`` with ``batch_1`` and
+  ``batch_16``; ``fine_level_change`` with ``batch_1`` and ``batch_16``, each ``cached_ms``
+  and ``full_ms``; on CUDA the same under ``cuda_graphs`` (replayed from CUDA graphs, as the
+  explorer renders on a GPU) with ``cuda_graphs_status``.
+- ``gui`` (when the explorer is installed): ``gui.<name>`` for the same models, from
+  ``python -m explorer_bench.gui --json`` run as a separate process so ``core`` never loads
+  Qt: slider-to-first-pixels (``p50_ms``, ``p95_ms``), slider-to-whole-grid
+  (``whole_grid_p50_ms``, ``whole_grid_p95_ms``) and during a drag (``drag_p50_ms``,
+  ``drag_p95_ms``) for ``images_1`` and ``images_16`` (``cache`` and ``no_cache``), the
+  one-image decode of the same run (``decode_1``), the render ``plan`` and
+  ``first_pixels_16_p95_over_decode_1_p50``.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -89,10 +101,12 @@ def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> d
     return {"encode_ms": _percentiles(enc), "decode_ms": _percentiles(dec)}
 
 
-def fine_level_change(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
+def fine_level_change(
+    model: RealNVP, repeats: int, device: torch.device, batch: int = 1
+) -> dict[str, Any]:
     """Decode after a change to the finest level only: from the cached output of the coarser
     levels (what the explorer's level cache does) against a full decode."""
-    zs = model.sample_latents(1, 1.0, torch.Generator().manual_seed(0))
+    zs = model.sample_latents(batch, 1.0, torch.Generator().manual_seed(0))
     zs = [z.to(device) for z in zs]
     with torch.inference_mode():
         h = model.inverse_top(zs[-1])
@@ -132,6 +146,34 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
             lik += _time_ms(mapped, 1, warmup=0, device=device)
     encode, map_ = _percentiles(enc), _percentiles(lik)
     return {"encode_ms": encode, "map_ms": map_, "ratio_p50": round(map_["p50"] / encode["p50"], 3)}
+
+
+def random_model(config: FlowConfig, device: torch.device, seed: int = 0) -> RealNVP:
+    """A model with random weights moved off the identity start (every coupling starts as
+    one), as the explorer's untrained model: for timing, which does not depend on them."""
+    generator = torch.Generator().manual_seed(seed)
+    model = RealNVP(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return model.to(device).eval()
+
+
+def render_figures(
+    model: RealNVP, repeats: int, device: torch.device, batches: tuple[int, ...] = (1, 16)
+) -> dict[str, Any]:
+    """The explorer's rendering work on the folded ``model``: full decodes and the cached
+    finest-level change, per batch size (fewer repeats for big batches)."""
+    out: dict[str, Any] = {"decode_ms": {}, "fine_level_change": {}}
+    for batch in batches:
+        n = repeats if batch == 1 else max(2, repeats // 3)
+        zs = [z.to(device) for z in model.sample_latents(batch, 1.0, torch.Generator())]
+        with torch.inference_mode():
+            out["decode_ms"][f"batch_{batch}"] = _percentiles(
+                _time_ms(lambda zs=zs: model.decode(zs), n, device=device)
+            )
+        out["fine_level_change"][f"batch_{batch}"] = fine_level_change(model, n, device, batch)
+    return out
 
 
 def train_step_flops(model: RealNVP, batch: int, device: torch.device) -> int:
@@ -206,22 +248,32 @@ def training_speed(
 
 
 def gui_latency(
-    checkpoint: Path | None, quick: bool, threads: int | None = None
+    checkpoint: Path | None,
+    quick: bool,
+    threads: int | None = None,
+    preset_name: str | None = None,
+    repeats: int | None = None,
+    device_name: str = "auto",
 ) -> dict[str, Any] | None:
-    """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable."""
-    cmd = [sys.executable, "-m", "explorer_bench.gui", "--json"]
+    """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable.
+    ``preset_name``: a model of that architecture with random weights instead."""
+    cmd = [sys.executable, "-m", "explorer_bench.gui", "--json", "--device", device_name]
     if threads is not None:  # otherwise the explorer's own default, as the app runs
         cmd += ["--threads", str(threads)]
-    if checkpoint is not None:
-        cmd.append(str(checkpoint))
+    if preset_name is not None:
+        cmd += ["--preset", preset_name]
+    elif checkpoint is not None:
+        cmd += ["--checkpoint", str(checkpoint)]
     if quick:
         cmd.append("--quick")
+    elif repeats is not None:
+        cmd += ["--repeats", str(repeats)]
     try:
         result = subprocess.run(
             cmd,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1200,
             env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -243,6 +295,7 @@ def run(
     threads: int | None = None,
     compile: bool = False,
     train_batches: list[int] | None = None,
+    render_presets: list[str] | None = None,
 ) -> dict[str, Any]:
     from core.checkpoint import load_checkpoint
 
@@ -267,6 +320,7 @@ def run(
         "matmul_peak_gflops": peak,
         "train_peak_gflops": train_peak,
         "models": {},
+        "render": {},
     }
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
@@ -288,6 +342,15 @@ def run(
         model = load_checkpoint(bundled, device)[0]
         count = sum(p.numel() for p in model.parameters())
         models["bundled"] = (fold_for_inference(model), False, count)
+        render_name = "checkpoint" if checkpoint and checkpoint != "bundled" else "bundled"
+        report["render"][render_name] = _render_entry(models["bundled"][0], count, repeats, device)
+    render_presets = ["cifar10"] if render_presets is None else render_presets
+    for name in render_presets:
+        model = random_model(PRESETS[name], device)
+        count = sum(p.numel() for p in model.parameters())
+        report["render"][name] = _render_entry(
+            fold_for_inference(model), count, 3 if quick else 10, device
+        )
     for name in names:
         model = RealNVP(PRESETS[name]).to(device).eval()
         models[name] = (model, True, sum(p.numel() for p in model.parameters()))
@@ -324,8 +387,42 @@ def run(
                 }
         report["models"][name] = entry
     if gui:
-        report["gui"] = gui_latency(bundled, quick, threads)
+        report["gui"] = {}
+        if bundled is not None:
+            report["gui"][render_name] = gui_latency(
+                bundled, quick, threads, device_name=device_name
+            )
+        for name in render_presets:  # big models: fewer moves keep the run short
+            report["gui"][name] = gui_latency(
+                None, quick, threads, preset_name=name, repeats=10, device_name=device_name
+            )
     return report
+
+
+def _render_entry(
+    model: RealNVP, parameters: int, repeats: int, device: torch.device
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "parameters": parameters,  # of the model as trained (folding merges some)
+        "threads": torch.get_num_threads(),
+        **render_figures(model, repeats, device),
+    }
+    if device.type == "cuda":
+        entry.update(_graphed_render_figures(model, repeats, device))
+    return entry
+
+
+def _graphed_render_figures(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
+    """The same figures with the decode steps replayed from CUDA graphs (the explorer's
+    GPU path); the status says why not when they could not be captured."""
+    from core.graphs import GraphedDecoder
+
+    decoder = GraphedDecoder(model, batches=(1, 16))
+    status = decoder.build()
+    out: dict[str, Any] = {"cuda_graphs_status": status}
+    if decoder.ready:
+        out["cuda_graphs"] = render_figures(decoder.as_model(), repeats, device)
+    return out
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -359,8 +456,32 @@ def _print(report: dict[str, Any]) -> None:
                 f"  training (batch 64): {e['train_images_per_s']} images/s, "
                 f"{e['train_gflops']} GFLOP/s = {100 * e['train_peak_fraction']:.0f}% of peak"
             )
-    if report.get("gui"):
-        print(f"\ngui: {json.dumps(report['gui'])}")
+    for name, e in report.get("render", {}).items():
+        d1, d16 = e["decode_ms"]["batch_1"], e["decode_ms"]["batch_16"]
+        c16 = e["fine_level_change"]["batch_16"]["cached_ms"]
+        print(
+            f"\nrender {name} ({e['parameters']:,} parameters, {e['threads']} threads): decode "
+            f"1 image p50 {d1['p50']:.1f} ms p95 {d1['p95']:.1f} ms | 16 images p50 "
+            f"{d16['p50']:.1f} ms p95 {d16['p95']:.1f} ms | finest-level change, 16 images, "
+            f"from cache p50 {c16['p50']:.1f} ms"
+        )
+    for name, g in (report.get("gui") or {}).items():
+        if not g or "error" in g:
+            print(f"\ngui {name}: {(g or {}).get('error', 'not available')}")
+            continue
+        d1 = g["decode_1"]
+        print(
+            f"\ngui {name} (slider to pixels, {g['plan']['threads']} render threads; one-image "
+            f"decode p50 {d1['p50_ms']:.1f} ms p95 {d1['p95_ms']:.1f} ms):"
+        )
+        for key, variants in g.items():
+            if key.startswith("images_"):
+                for variant, f in variants.items():
+                    print(
+                        f"  {key.removeprefix('images_'):>3} images {variant:>12}: first pixels "
+                        f"p50 {f['p50_ms']:.1f} ms p95 {f['p95_ms']:.1f} ms | whole grid p50 "
+                        f"{f['whole_grid_p50_ms']:.1f} ms p95 {f['whole_grid_p95_ms']:.1f} ms"
+                    )
 
 
 def main(args: argparse.Namespace | None = None) -> int:
@@ -381,6 +502,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),
         train_batches=getattr(args, "train_batch", None),
+        render_presets=getattr(args, "render_presets", None),
     )
     if args.json:
         print(json.dumps(report))

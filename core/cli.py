@@ -387,6 +387,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
     p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
+    p.add_argument(
+        "--render-presets",
+        nargs="*",
+        choices=sorted(PRESETS),
+        help="random-weight models for the render and GUI figures (default: cifar10)",
+    )
     p.add_argument("--threads", type=_positive, help="CPU threads for torch")
     p.add_argument(
         "--compile",

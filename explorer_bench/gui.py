@@ -3,20 +3,28 @@
 The measurement drives the real window offscreen, with the threaded engine the app uses:
 it moves the finest level's direction slider (the edit the level cache speeds up: the
 coarser levels are reused) and waits until the samples view has painted the frame made for
-that position. ``python -m explorer_bench.gui [CHECKPOINT] [--json] [--quick]`` prints the
-figures; ``realnvp bench`` runs it that way, in a child process, so ``core`` never loads
-Qt. :func:`measure_gui_latency` is the measurement itself.
+that position: first its first pixels (with progressive rendering, the selected image), then
+the whole grid. A second series moves the slider again as soon as the first pixels are on
+screen, as a drag does, so the rest of each grid is preempted.
+
+``python -m explorer_bench.gui [--checkpoint CKPT | --preset NAME] [--json] [--quick]``
+prints the figures (``--preset``: a model of that architecture with random weights; the
+timing does not depend on the weights); ``realnvp bench`` runs it that way, in a child
+process, so ``core`` never loads Qt. :func:`measure_gui_latency` is the measurement itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,11 +43,18 @@ def measure_gui_latency(
     device: str = "auto",
     timeout_s: float = 60.0,
     compile: bool = False,
+    plan: Any = None,
+    report: dict | None = None,
 ) -> dict[str, float]:
-    """``{"p50_ms", "p95_ms"}`` of slider-to-pixels latency over ``repeats`` moves.
+    """Slider-to-pixels latency over ``repeats`` moves, in milliseconds: ``p50_ms`` and
+    ``p95_ms`` to the first pixels of the new frame, ``whole_grid_p50_ms`` and
+    ``whole_grid_p95_ms`` to the whole grid, ``drag_p50_ms`` and ``drag_p95_ms`` to the first
+    pixels when each move follows the previous one's first pixels at once.
 
     ``checkpoint=None`` opens what the app opens without an argument: the bundled model,
-    or an untrained random model of the same architecture when it is missing.
+    or an untrained random model of the same architecture when it is missing. ``plan``: the
+    engine's :class:`~explorer.engine.plan.RenderPlan` (default: measured after loading,
+    and waited for). ``report``: a dict that receives the plan used (``"plan"``).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -58,8 +73,9 @@ def measure_gui_latency(
         # Never the user's settings: a throwaway INI file.
         qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
         window = MainWindow(
-            RenderEngine(device=device, num_threads=num_threads, compile=compile),
+            RenderEngine(device=device, num_threads=num_threads, compile=compile, plan=plan),
             ExplorerSettings(qsettings),
+            probe_devices=False,
         )
         try:
             if checkpoint is None:
@@ -68,19 +84,26 @@ def measure_gui_latency(
                 raise ValueError(window.last_error)
             window.engine.cache_enabled = use_cache
             window.engine.wait_for_compile()  # measure the steady state, not the build
+            wait_until(lambda: not window.engine.measuring, timeout_s * 10)
+            if report is not None:
+                report["plan"] = window.engine.plan
             window.state.set_n_images(n_images)
             window.resize(*WINDOW_SIZE)
             window.show()
             view = window.samples_panel.view
             slider = window.levels_panel.rows[0].offset.slider
 
-            def wait_for(request_id: int) -> None:
-                if view.painted_frame_id >= request_id:
+            def wait_for(request_id: int, whole: bool = False) -> None:
+                def done() -> bool:
+                    painted = view.painted_complete_id if whole else view.painted_frame_id
+                    return painted >= request_id
+
+                if done():
                     return
                 loop = QEventLoop()
 
-                def painted(frame_id: int) -> None:
-                    if frame_id >= request_id:
+                def painted(_frame_id: int) -> None:
+                    if done():
                         loop.quit()
 
                 view.frame_painted.connect(painted)
@@ -90,25 +113,71 @@ def measure_gui_latency(
                 timer.start(int(timeout_s * 1000))
                 loop.exec()
                 view.frame_painted.disconnect(painted)
-                if view.painted_frame_id < request_id:
+                if not done():
                     raise TimeoutError(f"no frame painted within {timeout_s} s")
 
-            wait_for(window.last_request_id)
-            times: list[float] = []
+            wait_for(window.last_request_id, whole=True)
+            first: list[float] = []
+            whole: list[float] = []
             for i in range(warmup + repeats):
                 position = SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)]
                 start = time.perf_counter()
                 slider.setValue(position)
                 wait_for(window.last_request_id)
+                first_ms = (time.perf_counter() - start) * 1000.0
+                wait_for(window.last_request_id, whole=True)
                 if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000.0)
+                    first.append(first_ms)
+                    whole.append((time.perf_counter() - start) * 1000.0)
+            drag: list[float] = []
+            for i in range(warmup + repeats):  # the next move as soon as pixels show
+                start = time.perf_counter()
+                slider.setValue(SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)] + i % 7)
+                wait_for(window.last_request_id)
+                if i >= warmup:
+                    drag.append((time.perf_counter() - start) * 1000.0)
+            wait_for(window.last_request_id, whole=True)
         finally:
             window.close()
             app.processEvents()
     return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
+        "p50_ms": float(np.percentile(first, 50)),
+        "p95_ms": float(np.percentile(first, 95)),
+        "whole_grid_p50_ms": float(np.percentile(whole, 50)),
+        "whole_grid_p95_ms": float(np.percentile(whole, 95)),
+        "drag_p50_ms": float(np.percentile(drag, 50)),
+        "drag_p95_ms": float(np.percentile(drag, 95)),
     }
+
+
+def wait_until(condition: Any, timeout_s: float) -> None:
+    """Run Qt's event loop until ``condition()`` holds (or the time is up)."""
+    from PySide6.QtWidgets import QApplication
+
+    deadline = time.perf_counter() + timeout_s
+    while not condition() and time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def random_checkpoint(preset_name: str, seed: int = 0) -> Iterator[Path]:
+    """A temporary checkpoint of the ``preset_name`` architecture with random weights
+    (moved off the identity start, as the explorer's untrained model), for timing."""
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.model import RealNVP, preset
+
+    generator = torch.Generator().manual_seed(seed)
+    model = RealNVP(preset(preset_name))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    with tempfile.TemporaryDirectory() as tmp:
+        yield save_checkpoint(
+            Path(tmp) / f"{preset_name}-random.pt", model.eval(), meta={"dataset": "random"}
+        )
 
 
 def describe_model(checkpoint: str | os.PathLike | None) -> str:
@@ -121,6 +190,52 @@ def describe_model(checkpoint: str | os.PathLike | None) -> str:
     return "untrained random model, mnist-small architecture (bundled model not found)"
 
 
+def one_image_decode_ms(
+    checkpoint: str | os.PathLike | None, plan: Any, repeats: int, device: str = "auto"
+) -> dict[str, float]:
+    """p50 and p95 of a full one-image decode by the engine (no level cache, no window),
+    with the threads of ``plan``: the yardstick for the first-pixels figures."""
+    import torch
+
+    from explorer.engine.render import RenderEngine
+    from explorer.settings import DEFAULT_CHECKPOINT
+
+    engine = RenderEngine(device=device, threaded=False, plan=plan)
+    previous = torch.get_num_threads()
+    try:
+        path = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
+        info = engine.open_checkpoint(path) if Path(path).is_file() else engine.open_random()
+        torch.set_num_threads(engine.plan.threads)
+        rng = np.random.default_rng(0)
+        latents = [rng.standard_normal((1, *s), dtype=np.float32) for s in info.latent_shapes]
+        times = []
+        for i in range(2 + repeats):
+            start = time.perf_counter()
+            engine.decode(latents, info.model_id)
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous)
+        engine.shutdown()
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def plan_summary(plan: Any) -> dict:
+    """The render plan as JSON: threads, measured decode times, whether a 16-image grid
+    renders progressively and in chunks of how many."""
+    grid = 16
+    return {
+        "threads": plan.threads,
+        "decode_ms": {
+            str(t): {str(b): ms for b, ms in f.items()} for t, f in plan.decode_ms.items()
+        },
+        "progressive_16": plan.progressive(grid),
+        "chunk_16": plan.chunk_size(grid - 1) if plan.progressive(grid) else None,
+        "budget_ms": plan.budget_ms,
+        "precision": plan.precision,
+    }
+
+
 def run_suite(
     checkpoint: str | os.PathLike | None,
     repeats: int = 30,
@@ -128,31 +243,59 @@ def run_suite(
     device: str = "auto",
     image_counts: tuple[int, ...] = (1, 16),
     compile: bool = False,
+    baseline: bool = False,
+    model_name: str | None = None,
 ) -> dict:
     """Every figure the explorer reports, as a JSON-ready dict::
 
-    {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms"}, "no_cache": {...}},
-     "images_16": {...}, "threads": ..., "repeats": ...}
-    """
-    from explorer.engine.render import torch_threads
+    {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms", "whole_grid_p50_ms", ...},
+     "no_cache": {...}}, "images_16": {...}, "decode_1": {"p50_ms", "p95_ms"},
+     "plan": {...}, "threads": ..., "repeats": ...}
 
-    report: dict = {"model": describe_model(checkpoint), "repeats": repeats}
+    The engine's render plan is measured once, in the first window, and reused by the
+    others. ``baseline``: also ``whole_frames`` beside ``cache`` (interleaved move series):
+    the cached figures with whole frames at the fixed default thread count, as the engine
+    rendered before render plans.
+    """
+    from explorer.engine.plan import default_plan
+    from explorer.engine.render import interactive_threads
+
+    report: dict = {"model": model_name or describe_model(checkpoint), "repeats": repeats}
+    plan = None
+    warmup = 1 if repeats < 10 else 3
     for n_images in image_counts:
-        report[f"images_{n_images}"] = {
-            "cache" if use_cache else "no_cache": measure_gui_latency(
+        figures: dict = {}
+        # The whole-frames baseline sits between the others, so the series alternate.
+        variants = ["cache", "whole_frames", "no_cache"] if baseline else ["cache", "no_cache"]
+        for name in variants:
+            used: dict = {}
+            chosen = plan
+            if name == "whole_frames":
+                chosen = default_plan(num_threads or interactive_threads(), num_threads is not None)
+            figures[name] = measure_gui_latency(
                 checkpoint,
                 n_images,
-                use_cache,
+                name != "no_cache",
                 repeats,
-                warmup=1 if repeats < 10 else 3,
+                warmup=warmup,
                 num_threads=num_threads,
                 device=device,
                 compile=compile,
+                plan=chosen,
+                report=used,
             )
-            for use_cache in (True, False)
-        }
-    report["threads"] = torch_threads()
+            if plan is None:
+                plan = used["plan"]
+        report[f"images_{n_images}"] = figures
+    report["decode_1"] = one_image_decode_ms(checkpoint, plan, repeats, device)
+    report["plan"] = plan_summary(plan)
+    report["threads"] = plan.threads
     report["compile"] = compile
+    if 16 in image_counts:
+        first = report["images_16"]["cache"]["p95_ms"]
+        report["first_pixels_16_p95_over_decode_1_p50"] = round(
+            first / report["decode_1"]["p50_ms"], 3
+        )
     return report
 
 
@@ -161,11 +304,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m explorer_bench.gui", description=__doc__.splitlines()[0]
     )
     parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
+    parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CKPT", help="model")
+    parser.add_argument(
+        "--preset", help="a model of this architecture with random weights (e.g. cifar10)"
+    )
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 30")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--images", type=int, nargs="+", default=[1, 16], help="grid sizes (default: 1 16)"
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also whole frames at the default thread count, interleaved (before render plans)",
+    )
     parser.add_argument(
         "--compile",
         choices=("on", "off"),
@@ -174,14 +329,23 @@ def main(argv: list[str] | None = None) -> int:
         "measured once it is built",
     )
     args = parser.parse_args(argv)
+    checkpoint = args.checkpoint_option or args.checkpoint
+    if checkpoint and args.preset:
+        parser.error("give a checkpoint or --preset, not both")
     try:
-        report = run_suite(
-            args.checkpoint,
-            repeats=5 if args.quick else args.repeats,
-            num_threads=args.threads,
-            device=args.device,
-            compile=args.compile == "on",
-        )
+        with (
+            random_checkpoint(args.preset) if args.preset else contextlib.nullcontext(checkpoint)
+        ) as path:
+            report = run_suite(
+                path,
+                repeats=5 if args.quick else args.repeats,
+                num_threads=args.threads,
+                device=args.device,
+                image_counts=tuple(args.images),
+                compile=args.compile == "on",
+                baseline=args.baseline,
+                model_name=f"{args.preset} preset, random weights" if args.preset else None,
+            )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer_bench.gui: {exc}", file=sys.stderr)
         return 1
@@ -189,14 +353,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     print(f"GUI latency, slider change to pixels on screen; model: {report['model']}")
-    print(f"torch threads: {report['threads']}, {report['repeats']} moves per figure")
-    print(f"{'images':>6}  {'cache':>8}  {'p50 ms':>8}  {'p95 ms':>8}")
+    plan = report["plan"]
+    print(
+        f"render threads: {plan['threads']}, {report['repeats']} moves per figure; "
+        f"one-image decode p50 {report['decode_1']['p50_ms']:.1f} ms "
+        f"p95 {report['decode_1']['p95_ms']:.1f} ms"
+    )
+    print(
+        f"{'images':>6}  {'variant':>12}  {'first p50':>9}  {'first p95':>9}  "
+        f"{'grid p50':>9}  {'grid p95':>9}  {'drag p95':>9}"
+    )
     for key, figures in report.items():
         if key.startswith("images_"):
-            for cache, f in figures.items():
+            for variant, f in figures.items():
                 print(
-                    f"{key.removeprefix('images_'):>6}  {cache:>8}  "
-                    f"{f['p50_ms']:>8.1f}  {f['p95_ms']:>8.1f}"
+                    f"{key.removeprefix('images_'):>6}  {variant:>12}  {f['p50_ms']:>9.1f}  "
+                    f"{f['p95_ms']:>9.1f}  {f['whole_grid_p50_ms']:>9.1f}  "
+                    f"{f['whole_grid_p95_ms']:>9.1f}  {f['drag_p95_ms']:>9.1f}"
                 )
     return 0
 

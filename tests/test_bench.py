@@ -5,15 +5,23 @@ from __future__ import annotations
 import torch
 
 from core import FlowConfig, RealNVP
-from core.bench import latency, run, train_step_flops, training_speed
+from core.bench import (
+    latency,
+    random_model,
+    render_figures,
+    run,
+    train_step_flops,
+    training_speed,
+)
 from core.checkpoint import save_checkpoint
+from core.inference import fold_for_inference
 
 TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
 
 
 def test_report_keys(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", RealNVP(TINY).eval())
-    report = run(quick=True, checkpoint=str(path), presets=[], gui=False)
+    report = run(quick=True, checkpoint=str(path), presets=[], gui=False, render_presets=[])
     assert report["matmul_peak_gflops"] > 0
     bundled = report["models"]["bundled"]
     assert bundled["parameters"] == sum(p.numel() for p in RealNVP(TINY).parameters())
@@ -26,6 +34,19 @@ def test_report_keys(tmp_path):
         for key in ("encode_ms", "decode_ms"):
             assert set(bundled[batch][key]) == {"p50", "p95", "n"}
             assert 0 < bundled[batch][key]["p50"] <= bundled[batch][key]["p95"]
+    render = report["render"]["checkpoint"]
+    assert render["parameters"] == bundled["parameters"] and render["threads"] >= 1
+    for batch in ("batch_1", "batch_16"):
+        assert 0 < render["decode_ms"][batch]["p50"] <= render["decode_ms"][batch]["p95"]
+        assert set(render["fine_level_change"][batch]) == {"cached_ms", "full_ms"}
+    assert "cuda_graphs" not in render  # CPU: no graphs
+
+
+def test_render_figures_time_the_cached_change_per_batch():
+    model = fold_for_inference(random_model(TINY, torch.device("cpu")))
+    figures = render_figures(model, 2, torch.device("cpu"), batches=(1, 3))
+    assert set(figures["decode_ms"]) == {"batch_1", "batch_3"}
+    assert figures["fine_level_change"]["batch_3"]["cached_ms"]["n"] == 2
 
 
 def test_training_figures_count_real_flops():

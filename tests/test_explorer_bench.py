@@ -3,6 +3,8 @@ against wall-clock limits)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from explorer_bench.gui import measure_gui_latency
@@ -13,8 +15,41 @@ def test_measure_gui_latency_reports_percentiles(
     qapp, tiny_checkpoint, one_torch_thread, use_cache
 ):
     figures = measure_gui_latency(tiny_checkpoint, n_images=4, use_cache=use_cache, repeats=3)
-    assert set(figures) == {"p50_ms", "p95_ms"}
+    assert set(figures) == {
+        "p50_ms",
+        "p95_ms",
+        "whole_grid_p50_ms",
+        "whole_grid_p95_ms",
+        "drag_p50_ms",
+        "drag_p95_ms",
+    }
     assert 0 < figures["p50_ms"] <= figures["p95_ms"]
+    assert figures["p50_ms"] <= figures["whole_grid_p50_ms"]
+
+
+def test_suite_with_a_progressive_plan_and_the_baseline(qapp, tiny_checkpoint, one_torch_thread):
+    from explorer_bench.gui import run_suite
+
+    report = run_suite(tiny_checkpoint, repeats=2, image_counts=(1, 3), baseline=True)
+    assert set(report["images_3"]) == {"cache", "whole_frames", "no_cache"}
+    assert report["decode_1"]["p50_ms"] > 0
+    plan = report["plan"]
+    assert plan["threads"] >= 1 and plan["decode_ms"]  # measured in the first window
+    assert "first_pixels_16_p95_over_decode_1_p50" not in report  # no 16-image grid here
+    figures = report["images_3"]["cache"]
+    assert figures["p95_ms"] > 0 and figures["whole_grid_p95_ms"] > 0
+
+
+def test_preset_models_are_benchmarked_with_random_weights(qapp, one_torch_thread, capsys):
+    from explorer_bench.gui import main
+
+    assert main(["--preset", "mnist-small", "--images", "2", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "mnist-small preset, random weights"
+    assert set(report["images_2"]) == {"cache", "no_cache"}
+    with pytest.raises(SystemExit):
+        main(["--preset", "mnist-small", "--checkpoint", "x.pt"])
+    assert "not both" in capsys.readouterr().err
 
 
 def test_measure_gui_latency_refuses_a_bad_checkpoint(qapp, tmp_path, one_torch_thread):

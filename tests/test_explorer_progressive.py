@@ -67,6 +67,8 @@ def test_more_threads_only_when_clearly_faster():
     assert choose_threads({1: {1: 10.0, 16: 100.0}, 2: {1: 8.0, 16: 60.0}}) == 2
     assert choose_threads({1: {1: 10.0, 16: 100.0}, 2: {1: 9.5, 16: 98.0}}) == 1
     assert choose_threads({1: {1: 10.0, 16: 100.0}, 2: {1: 1.0}}) == 1  # incomplete: ignored
+    # Faster in the median but with a far slower worst decode (an oversubscribed team).
+    assert choose_threads({1: {1: 10.0, 16: 100.0}, 2: {1: 5.0, 16: 50.0}}, {1: 130, 2: 900}) == 1
     assert thread_candidates(1) == (1,) and thread_candidates(8) == (1, 8)
 
 

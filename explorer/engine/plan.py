@@ -123,18 +123,24 @@ def default_plan(threads: int, forced: bool = False, device: str = "cpu") -> Ren
     return RenderPlan(threads=threads, forced_threads=forced, device=device)
 
 
-def choose_threads(decode_ms: Mapping[int, Mapping[int, float]]) -> int:
-    """The fewest threads unless more are clearly faster for a single image plus a grid."""
+def choose_threads(
+    decode_ms: Mapping[int, Mapping[int, float]], worst_ms: Mapping[int, float] | None = None
+) -> int:
+    """The fewest threads unless more are clearly faster (by :data:`THREAD_MARGIN`) for the
+    measured batches together, and no slower in their slowest decodes (``worst_ms``)."""
 
     def cost(threads: int) -> float:
         return sum(decode_ms[threads].values())
 
-    complete = [t for t in sorted(decode_ms) if set(decode_ms[t]) == set(PLAN_BATCHES)]
-    if not complete:
+    measured = [t for t in sorted(decode_ms) if decode_ms[t]]
+    if not measured:
         return min(decode_ms) if decode_ms else 1
-    best = complete[0]
-    for threads in complete[1:]:
-        if cost(threads) < THREAD_MARGIN * cost(best):
+    best = measured[0]
+    for threads in measured[1:]:
+        if set(decode_ms[threads]) != set(decode_ms[best]):
+            continue
+        steadier = worst_ms is None or worst_ms[threads] <= worst_ms[best]
+        if cost(threads) < THREAD_MARGIN * cost(best) and steadier:
             best = threads
     return best
 
@@ -171,24 +177,30 @@ class PlanMeasurement:
         return next(self._steps)
 
     def _run(self) -> Iterator[RenderPlan]:
-        figures: dict[int, dict[int, float]] = {}
-        for threads in self._threads:
-            figures[threads] = {}
-            for batch in self._batches:
-                # One warm-up, then a few (fewer for big batches: they are slow and steadier).
-                repeats = self._repeats.get(batch, 2)
-                times = []
-                for i in range(1 + repeats):
+        # Thread counts alternate decode by decode, so both see the same load from the rest
+        # of the machine (on a shared machine an oversubscribed thread team can be ten
+        # times slower for a while).
+        figures: dict[int, dict[int, float]] = {t: {} for t in self._threads}
+        worst: dict[int, float] = dict.fromkeys(self._threads, 0.0)
+        for batch in self._batches:
+            # One warm-up, then a few (fewer for big batches: they are slow and steadier).
+            repeats = self._repeats.get(batch, 2)
+            times: dict[int, list[float]] = {t: [] for t in self._threads}
+            for i in range(1 + repeats):
+                for threads in self._threads:
                     ms = self._decode(batch, threads)
                     if i:
-                        times.append(ms)
+                        times[threads].append(ms)
                     yield self.plan
-                figures[threads][batch] = round(statistics.median(times), 2)
-                chosen = self.plan.threads if len(figures) == 1 else choose_threads(figures)
-                self.plan = replace(
-                    self.plan,
-                    threads=chosen,
-                    decode_ms={t: dict(f) for t, f in figures.items() if f},
-                )
-        self.plan = replace(self.plan, threads=choose_threads(figures), measured=True)
+            for threads, samples in times.items():
+                figures[threads][batch] = round(statistics.median(samples), 2)
+                worst[threads] += max(samples)
+            self.plan = replace(
+                self.plan,
+                threads=choose_threads(figures, worst)
+                if not self.plan.forced_threads
+                else self.plan.threads,
+                decode_ms={t: dict(f) for t, f in figures.items()},
+            )
+        self.plan = replace(self.plan, measured=True)
         yield self.plan
