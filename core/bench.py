@@ -25,7 +25,8 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   explorer renders: ``parameters``, ``threads``; ``decode_ms`` with ``batch_1`` and
   ``batch_16``; ``fine_level_change`` with ``batch_1`` and ``batch_16``, each ``cached_ms``
   and ``full_ms``; on CUDA the same under ``cuda_graphs`` (replayed from CUDA graphs, as the
-  explorer renders on a GPU) with ``cuda_graphs_status``.
+  explorer renders on a GPU) with ``cuda_graphs_status`` and ``cuda_graphs_agreement``
+  (``batches.<B>``: ``max_abs_diff`` against eager, ``eager_ms``, ``graph_ms``).
 - ``gui`` (when the explorer is installed): ``gui.<name>`` for the same models, from
   ``python -m explorer_bench.gui --json`` run as a separate process so ``core`` never loads
   Qt: slider-to-first-pixels (``p50_ms``, ``p95_ms``), slider-to-whole-grid
@@ -415,13 +416,15 @@ def _render_entry(
 def _graphed_render_figures(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
     """The same figures with the decode steps replayed from CUDA graphs (the explorer's
     GPU path); the status says why not when they could not be captured."""
-    from core.graphs import GraphedDecoder
+    from core.graphs import GraphedDecoder, agreement
 
     decoder = GraphedDecoder(model, batches=(1, 16))
     status = decoder.build()
     out: dict[str, Any] = {"cuda_graphs_status": status}
     if decoder.ready:
         out["cuda_graphs"] = render_figures(decoder.as_model(), repeats, device)
+        decoder.release()
+        out["cuda_graphs_agreement"] = agreement(model, repeats=repeats)
     return out
 
 

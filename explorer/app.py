@@ -90,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="build torch.compile-d decode steps in the background for each model: frames "
         "about a quarter faster once built, slow frames while it builds (default: off)",
     )
+    parser.add_argument(
+        "--graphs",
+        choices=("on", "off"),
+        default="on",
+        help="on a CUDA device, replay the decode steps from CUDA graphs built in the "
+        "background for each model (default: on; any failure renders eagerly)",
+    )
     return parser.parse_args(argv)
 
 
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             num_threads=args.threads,
             compile=args.compile == "on",
+            graphs=args.graphs == "on",
         )
     except ValueError as exc:  # an unknown or unavailable device
         print(f"realnvp-explorer: {exc}", file=sys.stderr)

@@ -177,6 +177,7 @@ class MainWindow(QMainWindow):
         self.engine.frame_rendered.connect(self._on_frame)
         self.engine.render_failed.connect(self._on_render_failed)
         self.engine.plan_changed.connect(self._on_plan_changed)
+        self.engine.render_notice.connect(self._on_render_notice)
         self.samples_panel.view.image_selected.connect(self.levels_panel.set_image_index)
         self.samples_panel.view.setFocus()  # not the first spin box: keys act on the window
 
@@ -575,6 +576,11 @@ class MainWindow(QMainWindow):
 
     def _on_plan_changed(self, _plan: object) -> None:
         self.frame_label.setToolTip(self.engine.render_status)
+        self.device_label.setText(self.engine.device_label)  # --device auto may switch
+        self.device_label.setToolTip(self.engine.device_choice)
+
+    def _on_render_notice(self, message: str) -> None:
+        self.statusBar().showMessage(message, 10_000)
 
     def _on_render_failed(self, message: str) -> None:
         # Not a dialog: a failing render may repeat with every slider move.

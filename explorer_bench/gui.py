@@ -166,17 +166,14 @@ def random_checkpoint(preset_name: str, seed: int = 0) -> Iterator[Path]:
     (moved off the identity start, as the explorer's untrained model), for timing."""
     import torch
 
+    from core.bench import random_model
     from core.checkpoint import save_checkpoint
-    from core.model import RealNVP, preset
+    from core.model import preset
 
-    generator = torch.Generator().manual_seed(seed)
-    model = RealNVP(preset(preset_name))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    model = random_model(preset(preset_name), torch.device("cpu"), seed)
     with tempfile.TemporaryDirectory() as tmp:
         yield save_checkpoint(
-            Path(tmp) / f"{preset_name}-random.pt", model.eval(), meta={"dataset": "random"}
+            Path(tmp) / f"{preset_name}-random.pt", model, meta={"dataset": "random"}
         )
 
 
@@ -194,28 +191,35 @@ def one_image_decode_ms(
     checkpoint: str | os.PathLike | None, plan: Any, repeats: int, device: str = "auto"
 ) -> dict[str, float]:
     """p50 and p95 of a full one-image decode by the engine (no level cache, no window),
-    with the threads of ``plan``: the yardstick for the first-pixels figures."""
+    on a worker thread with the threads of ``plan``, as the render thread decodes: the
+    yardstick for the first-pixels figures."""
+    import threading
+
     import torch
 
     from explorer.engine.render import RenderEngine
     from explorer.settings import DEFAULT_CHECKPOINT
 
     engine = RenderEngine(device=device, threaded=False, plan=plan)
-    previous = torch.get_num_threads()
+    times: list[float] = []
     try:
         path = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
         info = engine.open_checkpoint(path) if Path(path).is_file() else engine.open_random()
-        torch.set_num_threads(engine.plan.threads)
         rng = np.random.default_rng(0)
         latents = [rng.standard_normal((1, *s), dtype=np.float32) for s in info.latent_shapes]
-        times = []
-        for i in range(2 + repeats):
-            start = time.perf_counter()
-            engine.decode(latents, info.model_id)
-            if i >= 2:
-                times.append((time.perf_counter() - start) * 1000.0)
+
+        def decode() -> None:
+            torch.set_num_threads(engine.plan.threads)  # this thread's own setting
+            for i in range(2 + repeats):
+                start = time.perf_counter()
+                engine.decode(latents, info.model_id)
+                if i >= 2:
+                    times.append((time.perf_counter() - start) * 1000.0)
+
+        worker = threading.Thread(target=decode, name="bench-decode")
+        worker.start()
+        worker.join()
     finally:
-        torch.set_num_threads(previous)
         engine.shutdown()
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 

@@ -5,9 +5,13 @@
 #   bash tools/gpu_check.sh OUT_DIR MNIST_DIR [SECONDS]
 #
 # Within SECONDS (default 500) it writes to OUT_DIR:
-#   log.txt            GPU and torch versions, the CUDA tests, stderr of the steps below
+#   log.txt            GPU and torch versions, the CUDA tests (training, model, the render
+#                      engine's CUDA graphs against eager), stderr of the steps below
 #   bench.json         realnvp bench on CUDA: latencies; training eager and from a CUDA graph
-#                      at batch 64 and 256
+#                      at batch 64 and 256; render figures for the bundled and the cifar10
+#                      models, eager and replayed from CUDA graphs, with their agreement
+#   gui_bundled.json   the explorer's slider-to-pixels on CUDA (when PySide6 is installed):
+#   gui_cifar10.json   first pixels and whole grid, 1 and 16 images
 #   bench_compile.json with COMPILE_BENCH=1: the torch.compile-d training step (CIFAR-10)
 #   train.jsonl        events of an MNIST training run (mnist-small, bf16, CUDA graph) given
 #                      the time that is left, stopped with SIGTERM (it saves and ends cleanly)
@@ -34,15 +38,29 @@ section env
   nproc; } >>"$LOG" 2>&1
 
 section "CUDA tests"
-timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_model.py \
-  -k "cuda or autocast" -rs >>"$LOG" 2>&1
+TESTS="tests/test_train.py tests/test_model.py tests/test_graphs.py"
+# The engine's tests need Qt; without PySide6 only the core ones run.
+if $PY -c "import PySide6" 2>/dev/null; then
+  TESTS="$TESTS tests/test_render_graphs.py"
+  export QT_QPA_PLATFORM=offscreen
+fi
+timeout 150 $PY -m pytest -q -p no:cacheprovider $TESTS -k "cuda or autocast" -rs >>"$LOG" 2>&1
 echo "pytest exit $?" >>"$LOG"
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   section "bench"
-  timeout 120 $PY -m core bench --json --quick --device "$DEV" --no-gui --train-batch 64 256 \
-    >"$OUT/bench.json" 2>>"$LOG"
+  timeout 180 $PY -m core bench --json --quick --device "$DEV" --no-gui --train-batch 64 256 \
+    --render-presets cifar10 >"$OUT/bench.json" 2>>"$LOG"
   echo "bench exit $?" >>"$LOG"
+  if $PY -c "import PySide6" 2>/dev/null; then
+    section "GUI bench on $DEV (bundled, cifar10)"
+    timeout 120 $PY -m explorer_bench.gui --json --quick --device "$DEV" \
+      >"$OUT/gui_bundled.json" 2>>"$LOG"
+    echo "gui bench bundled exit $?" >>"$LOG"
+    timeout 180 $PY -m explorer_bench.gui --json --quick --device "$DEV" --preset cifar10 \
+      >"$OUT/gui_cifar10.json" 2>>"$LOG"
+    echo "gui bench cifar10 exit $?" >>"$LOG"
+  fi
   if [ -n "${COMPILE_BENCH:-}" ]; then
     section "bench, compiled training step (cifar10)"
     timeout 300 $PY -m core bench --json --quick --device "$DEV" --no-gui --presets cifar10 \

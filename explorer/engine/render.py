@@ -31,6 +31,7 @@ The engine never touches a widget; widgets never touch torch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import threading
@@ -47,11 +48,12 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.checkpoint import load_checkpoint
 from core.device import describe, pick_device
+from core.graphs import GraphedDecoder
 from core.images import to_uint8
 from core.inference import fold_for_inference
 from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
 from core.resnet import ResidualBlock, STNetwork
-from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
+from explorer.engine.plan import PLAN_BATCHES, PlanMeasurement, RenderPlan, default_plan
 from explorer.models.gallery import EncodedImage
 from explorer.models.state import ModelInfo
 
@@ -59,6 +61,9 @@ from explorer.models.state import ModelInfo
 # so the app still shows the real level structure.
 RANDOM_MODEL_CONFIG = preset("mnist-small")
 SAMPLES_TARGET = "samples"
+# Batch sizes that get CUDA graphs: a single image, the default grid, and a few more that
+# frames use (other grid sizes, progressive chunks); beyond that, eager.
+MAX_GRAPH_BATCHES = 6
 
 
 def interactive_threads() -> int:
@@ -258,6 +263,7 @@ class RenderEngine(QObject):
     frame_rendered = Signal(object)  # Frame
     render_failed = Signal(str)
     plan_changed = Signal(object)  # RenderPlan, when a measurement step changes it
+    render_notice = Signal(str)  # a fallback the user should hear of (status bar)
 
     def __init__(
         self,
@@ -268,6 +274,7 @@ class RenderEngine(QObject):
         compile: bool = False,
         plan: RenderPlan | None = None,
         measure_plan: bool | None = None,
+        graphs: bool = True,
     ) -> None:
         """``compile``: build ``torch.compile``-d decode steps in the background for each
         model. Off by default: once built they made slider frames about a quarter faster on
@@ -281,7 +288,13 @@ class RenderEngine(QObject):
         measurement per model (:mod:`explorer.engine.plan`). ``plan``: use this plan for
         every model instead (tests, benchmarks). ``measure_plan``: measure each model's plan
         on the render thread between frames (default: in threaded mode without ``plan``);
-        synchronous engines measure when :meth:`measure_plan_now` is called."""
+        synchronous engines measure when :meth:`measure_plan_now` is called.
+
+        ``graphs``: on a CUDA device, capture the decode steps and encode as CUDA graphs
+        for each model (:mod:`core.graphs`) on the render thread between frames, and replay
+        them once checked; any failure leaves rendering eager. ``device="auto"`` on a
+        machine with a GPU also times the GPU against the CPU for each model (between
+        frames) and renders on the faster one (:attr:`device_choice`)."""
         super().__init__(parent)
         # Process-wide in torch; None picks the interactive default (see
         # interactive_threads): oversubscription costs far more than it gains for the
@@ -291,6 +304,15 @@ class RenderEngine(QObject):
         )
         self.device = pick_device(device)
         self.device_label = describe(self.device)
+        self.auto_device = device == "auto" and self.device.type == "cuda"
+        self.use_graphs = graphs
+        self._graphs: GraphedDecoder | None = None
+        self._graph_job: Iterator[None] | None = None
+        self._device_job: Iterator[None] | None = None
+        self._cpu_model: RealNVP | None = None  # auto on a GPU: the CPU contender
+        self.device_choice = ""  # auto: what was chosen and the figures, for a tooltip
+        self._max_batch: int | None = None  # after running out of memory: smaller pieces
+        self._graphs_note = ""  # why graphs are off, when they were turned off
         self.threaded = threaded
         self._forced_threads = num_threads is not None
         self._fixed_plan = plan
@@ -375,11 +397,20 @@ class RenderEngine(QObject):
         with self._mailbox:
             self._pending.clear()  # their latents fit the old model
             self._measurement = None
+            self._graph_job = None
+            self._device_job = None
         with self._model_lock:
+            if self._graphs is not None:
+                self._graphs.release()  # the old model's graphs and their memory
+                self._graphs = None
             self._model = folded
             self._likelihood_model = model.eval()
             self._caches.clear()
             self._shown.clear()
+            self._max_batch = None
+            self._cpu_model = None
+            self._graphs_note = ""
+            self.device_choice = ""
             threads = self.plan.threads if self._forced_threads else torch.get_num_threads()
             self.plan = self._fixed_plan or default_plan(
                 threads, self._forced_threads, self.device.type
@@ -399,6 +430,21 @@ class RenderEngine(QObject):
                 # Built on its own thread while frames render eagerly.
                 self._compiled = _CompiledSteps(folded, self._info.model_id, self.compile_batches)
             info_now = self._info
+            if self.device.type == "cuda" and self.use_graphs:
+                self._graphs = GraphedDecoder(folded, batches=(1, 16))
+                graph_job = self._graphs.build_steps()
+            else:
+                graph_job = None
+            if self.auto_device:
+                cpu = fold_for_inference(model).to("cpu")  # a copy: the model stays put
+                if not self.compile:
+                    _add_preemption_hooks(cpu, self._check_preempted)
+                self._cpu_model = cpu
+        with self._mailbox:
+            self._graph_job = graph_job
+            if self._cpu_model is not None:
+                self._device_job = self._device_race(info_now.model_id)
+            self._mailbox.notify()
         if self.measure_plans:
             self._start_measurement()
         return info_now
@@ -408,16 +454,22 @@ class RenderEngine(QObject):
     def _start_measurement(self) -> None:
         model_id = self.model_id
         measurement = PlanMeasurement(
-            self.plan, lambda batch, threads: self._timed_decode(model_id, batch, threads)
+            self.plan,
+            lambda batch, threads: self._timed_decode(model_id, batch, threads),
+            # On a GPU the CPU threads do not render: only the frame times are measured.
+            threads=(self.plan.threads,) if self.device.type != "cpu" else None,
         )
         with self._mailbox:
             self._measurement = measurement
             self._mailbox.notify()
 
-    def _timed_decode(self, model_id: int, batch: int, threads: int) -> float:
-        """Milliseconds of one full decode of ``batch`` random images with ``threads``."""
+    def _timed_decode(
+        self, model_id: int, batch: int, threads: int, model: RealNVP | None = None
+    ) -> float:
+        """Milliseconds of one full decode of ``batch`` random images with ``threads``
+        (``model``: another copy than the rendering one, e.g. the CPU contender)."""
         with self._model_lock:
-            model = self._model
+            model = model or self._model
             if model is None or model_id != self.model_id:
                 raise _Preempted  # the model changed: this measurement is over
             shapes = [tuple(s) for s in model.latent_shapes]
@@ -435,7 +487,29 @@ class RenderEngine(QObject):
                 torch.set_num_threads(previous)
 
     def _measure_step(self) -> RenderPlan | None:
-        """One step of the current measurement; the new plan when it changed."""
+        """One step of the idle-time work: the CUDA graph build, then the device race, then
+        the plan measurement; returns the plan when it changed (or a status did)."""
+        for name in ("_graph_job", "_device_job"):
+            job = getattr(self, name)
+            if job is None:
+                continue
+            try:
+                if name == "_graph_job":
+                    with self._model_lock:
+                        next(job)
+                else:
+                    next(job)
+                return None
+            except StopIteration:
+                pass
+            except Exception as exc:  # idle-time work must never break rendering
+                if name == "_graph_job" and self._graphs is not None:
+                    self._graphs.status = f"failed, eager: {type(exc).__name__}: {exc}"
+                    self._graphs.release()
+            with self._mailbox:
+                if getattr(self, name) is job:
+                    setattr(self, name, None)
+            return self.plan  # a status changed: refresh what shows it
         measurement = self._measurement
         if measurement is None:
             return None
@@ -468,7 +542,73 @@ class RenderEngine(QObject):
 
     @property
     def measuring(self) -> bool:
-        return self._measurement is not None
+        """Whether idle-time work (graphs, device race, plan) is still to come."""
+        return (
+            self._measurement is not None
+            or self._graph_job is not None
+            or self._device_job is not None
+        )
+
+    def _device_race(self, model_id: int) -> Iterator[None]:
+        """``--device auto`` with a GPU: time the GPU (replaying graphs once built) against
+        the CPU, decode by decode in turn, and render on the faster for this model."""
+        gpu, cpu = self._model, self._cpu_model
+        if gpu is None or cpu is None:
+            return
+        threads = self.plan.threads
+        figures: dict[str, dict[int, float]] = {"cuda": {}, "cpu": {}}
+        for batch in PLAN_BATCHES:
+            times: dict[str, list[float]] = {"cuda": [], "cpu": []}
+            for i in range(4):
+                for name, contender in (("cuda", gpu), ("cpu", cpu)):
+                    ms = self._timed_decode(model_id, batch, threads, contender)
+                    if i:
+                        times[name].append(ms)
+                    yield
+            for name in figures:
+                figures[name][batch] = float(np.median(times[name]))
+        cost = {name: sum(f.values()) for name, f in figures.items()}
+        winner = "cpu" if cost["cpu"] < cost["cuda"] else "cuda"
+
+        def shown(name: str) -> str:
+            return ", ".join(
+                f"{b} image{'s' * (b > 1)} {ms:.1f} ms" for b, ms in figures[name].items()
+            )
+
+        self.device_choice = (
+            f"--device auto chose {winner}: cuda {shown('cuda')}; cpu {shown('cpu')}"
+        )
+        if winner == "cpu":
+            with self._model_lock:
+                if model_id == self.model_id:
+                    self._switch_to_cpu()
+            if self.measure_plans:
+                self._start_measurement()
+
+    def _switch_to_cpu(self) -> None:
+        """Render on the CPU from now on (model lock held): the auto device race chose it,
+        or the GPU ran out of memory."""
+        cpu = self._cpu_model or fold_for_inference(self._likelihood_model).to("cpu")  # type: ignore[arg-type]
+        if self._cpu_model is None and not self.compile:
+            _add_preemption_hooks(cpu, self._check_preempted)
+        if self._graphs is not None:
+            self._graphs.release()
+            self._graphs = None
+        self._graph_job = None
+        self._compiled = None
+        self._model = cpu
+        self._cpu_model = None
+        if self._likelihood_model is not None:
+            self._likelihood_model.to("cpu")
+        self.device = torch.device("cpu")
+        self.device_label = describe(self.device)
+        self._caches.clear()
+        self._max_batch = None
+        if self._info is not None:
+            self._info = dataclasses.replace(self._info, device=self.device_label)
+        self.plan = self._fixed_plan or default_plan(self.plan.threads, self._forced_threads, "cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _check_preempted(self) -> None:
         target = self._abort_target
@@ -476,9 +616,24 @@ class RenderEngine(QObject):
             raise _Preempted
 
     @property
+    def graphs_status(self) -> str:
+        """CUDA graphs: ``off: ...``, ``building``, ``on: N graphs ...`` or ``failed, eager:
+        ...``, for the frame-time tooltip."""
+        if not self.use_graphs:
+            return "off (--graphs off)"
+        graphs = self._graphs
+        if graphs is None:
+            return self._graphs_note or "off: not rendering on a CUDA device"
+        return graphs.status if graphs.built else "building"
+
+    @property
     def render_status(self) -> str:
         """The frame-time tooltip: the render plan and the optional code paths."""
-        return f"{self.plan.describe()}\ntorch.compile: {self.compile_status}"
+        lines = [self.plan.describe(), f"CUDA graphs: {self.graphs_status}"]
+        lines.append(f"torch.compile: {self.compile_status}")
+        if self.device_choice:
+            lines.append(self.device_choice)
+        return "\n".join(lines)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -529,6 +684,8 @@ class RenderEngine(QObject):
             self._stopping = True
             self._pending.clear()
             self._measurement = None
+            self._graph_job = None  # a capture in progress ends with its current step
+            self._device_job = None
             self._mailbox.notify_all()
         if self._thread is not None:
             self._thread.wait()
@@ -545,13 +702,13 @@ class RenderEngine(QObject):
             while (
                 block
                 and not self._stopping
-                and (self._held or (not self._pending and self._measurement is None))
+                and (self._held or (not self._pending and not self.measuring))
             ):
                 self._mailbox.wait()
             if self._stopping or self._held:
                 return None
             if not self._pending:
-                return _MEASURE if self._measurement is not None else None
+                return _MEASURE if self.measuring else None
             return self._pop_newest()
 
     def _next_request(self, block: bool) -> RenderRequest | None:
@@ -569,7 +726,42 @@ class RenderEngine(QObject):
     # -- rendering ------------------------------------------------------------------------------
 
     def _render(self, request: RenderRequest, emit: Any) -> None:
-        """Render ``request``, handing each finished frame (or part of one) to ``emit``."""
+        """Render ``request``, handing each finished frame (or part of one) to ``emit``.
+        Out of GPU memory, it falls back step by step (no CUDA graphs, then smaller
+        batches, then the CPU), says so by ``render_notice``, and tries again."""
+        while True:
+            try:
+                self._render_once(request, emit)
+                return
+            except torch.OutOfMemoryError:
+                with self._model_lock:
+                    message = self._fall_back_from_oom(request.latents[0].shape[0])
+                if message is None:
+                    raise
+                self.render_notice.emit(message)
+
+    def _fall_back_from_oom(self, batch: int) -> str | None:
+        """The next step down after running out of memory (model lock held); ``None`` when
+        there is none left."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._caches.clear()  # its tensors hold memory; the next frame rebuilds it
+        if self._graphs is not None:
+            self._graphs.release()
+            self._graphs = None
+            self._graph_job = None
+            self._graphs_note = "off: the GPU ran out of memory"
+            return "Out of GPU memory: rendering without CUDA graphs"
+        current = min(self._max_batch or batch, batch)
+        if current > 1:
+            self._max_batch = max(1, current // 2)
+            return f"Out of GPU memory: rendering {self._max_batch} images at a time"
+        if self.device.type != "cpu":
+            self._switch_to_cpu()
+            return "Out of GPU memory: rendering on the CPU from now on"
+        return None
+
+    def _render_once(self, request: RenderRequest, emit: Any) -> None:
         with self._model_lock:
             model = self._model
             if model is None or request.model_id != self.model_id:
@@ -724,6 +916,19 @@ class RenderEngine(QObject):
         the ``cached`` running tensors of the coarser levels; returns the new running
         tensors (``None`` above ``first``) and the images. Same steps as ``RealNVP.decode``."""
         num_levels = model.num_levels
+        count = latents[0].shape[0] if rows is None else len(rows)
+        limit = self._max_batch
+        if limit is not None and count > limit:  # after running out of memory: in pieces
+            every = list(range(count)) if rows is None else rows
+            parts = [
+                self._decode_rows(model, latents, every[i : i + limit], first, cached)
+                for i in range(0, count, limit)
+            ]
+            running_parts = [
+                torch.cat([p[0][level] for p in parts]) if level <= first else None
+                for level in range(num_levels)
+            ]
+            return running_parts, torch.cat([p[1] for p in parts])
         param = next(model.parameters())
         index = None if rows is None else torch.tensor(rows, device=param.device)
         running: list[torch.Tensor | None] = [None] * num_levels
@@ -755,8 +960,17 @@ class RenderEngine(QObject):
         return images, first + 1
 
     def _step(self, model: RealNVP, level: int, *args: torch.Tensor) -> torch.Tensor:
-        """One decode step (level -1: ``to_image``), compiled when that code is ready for
-        this model and batch size, eager otherwise (and from then on, if it fails)."""
+        """One decode step (level -1: ``to_image``): replayed from a CUDA graph when one is
+        built for this model and batch size (a new batch size asks for one), compiled when
+        that code is ready, eager otherwise (and from then on, if compiling fails)."""
+        graphs = self._graphs
+        if graphs is not None and graphs.built and graphs.model is model:
+            out = graphs.step(level, *args)
+            if out is not None:
+                return out
+            if len(graphs.batches) < MAX_GRAPH_BATCHES and graphs.want(args[0].shape[0]):
+                with self._mailbox:
+                    self._graph_job = graphs.build_steps()
         compiled = self._compiled
         if compiled is not None and compiled.model is model:
             try:
@@ -812,7 +1026,10 @@ class RenderEngine(QObject):
             with torch.inference_mode():
                 x8 = torch.from_numpy(np.ascontiguousarray(pixels))[None].to(param.device)
                 x = pixel_centres(x8).to(param.dtype)  # (1, C, H, W)
-                latents = [z.float().cpu().numpy() for z in model.encode(x)]
+                graphs = self._graphs
+                replayed = graphs.encode(x) if graphs is not None and graphs.built else None
+                encoded = model.encode(x) if replayed is None else replayed
+                latents = [z.float().cpu().numpy() for z in encoded]
                 # Decoded through the samples view's level cache: the image usually becomes
                 # the view next, and its frame is then a full cache hit.
                 recon, _ = self._decode(model, latents, SAMPLES_TARGET)
