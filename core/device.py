@@ -44,12 +44,13 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def describe(device: torch.device) -> str:
-    """A human label such as ``cuda:0 (NVIDIA H200)`` or ``cpu (2 threads)``."""
+def describe(device: torch.device, threads: int | None = None) -> str:
+    """A human label such as ``cuda:0 (NVIDIA H200)`` or ``cpu (2 threads)`` (``threads``:
+    the count to show instead of this thread's torch setting)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device.type == "cpu":
-        n = torch.get_num_threads()
+        n = torch.get_num_threads() if threads is None else threads
         return f"cpu ({n} thread{'s' if n != 1 else ''})"
     return str(device)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import threading
 import time
@@ -527,6 +528,8 @@ class RenderEngine(QObject):
                 return None
         changed = plan != self.plan
         self.plan = plan
+        if self.device.type == "cpu":  # the label shows the threads frames render with
+            self.device_label = describe(self.device, plan.threads)
         return plan if changed else None
 
     def measure_plan_now(self) -> RenderPlan:
@@ -819,6 +822,7 @@ class RenderEngine(QObject):
             pixels[:keep] = shown[:keep]  # older pixels, shown dimmed until replaced
         rest = [i for i in range(n) if i != focus]
         size = self.plan.chunk_size(len(rest))
+        size = math.ceil(len(rest) / math.ceil(len(rest) / size)) if rest else 1  # even chunks
         groups = [[focus]] + [rest[i : i + size] for i in range(0, len(rest), size)]
         parts: list[tuple[list[int], list[torch.Tensor]]] = []
         pending = set(range(n))
