@@ -33,7 +33,7 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   (``whole_grid_p50_ms``, ``whole_grid_p95_ms``) and during a drag (``drag_p50_ms``,
   ``drag_p95_ms``) for ``images_1`` and ``images_16`` (``cache`` and ``no_cache``), the
   one-image decode of the same run (``decode_1``), the render ``plan`` and
-  ``first_pixels_16_p95_over_decode_1_p50``.
+  ``first_pixels_16_p95_over_decode_1_p50``; on CUDA also ``gui.<name>_no_graphs``.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -255,10 +255,13 @@ def gui_latency(
     preset_name: str | None = None,
     repeats: int | None = None,
     device_name: str = "auto",
+    graphs: bool = True,
 ) -> dict[str, Any] | None:
     """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable.
     ``preset_name``: a model of that architecture with random weights instead."""
     cmd = [sys.executable, "-m", "explorer_bench.gui", "--json", "--device", device_name]
+    if not graphs:
+        cmd += ["--graphs", "off"]
     if threads is not None:  # otherwise the explorer's own default, as the app runs
         cmd += ["--threads", str(threads)]
     if preset_name is not None:
@@ -389,14 +392,17 @@ def run(
         report["models"][name] = entry
     if gui:
         report["gui"] = {}
-        if bundled is not None:
-            report["gui"][render_name] = gui_latency(
-                bundled, quick, threads, device_name=device_name
-            )
-        for name in render_presets:  # big models: fewer moves keep the run short
-            report["gui"][name] = gui_latency(
-                None, quick, threads, preset_name=name, repeats=10, device_name=device_name
-            )
+        # On CUDA each model also without graphs (``<name>_no_graphs``).
+        for graphs in (True, False) if device.type == "cuda" else (True,):
+            suffix = "" if graphs else "_no_graphs"
+            if bundled is not None:
+                report["gui"][render_name + suffix] = gui_latency(
+                    bundled, quick, threads, device_name=device_name, graphs=graphs
+                )
+            for name in render_presets:  # big models: fewer moves keep the run short
+                report["gui"][name + suffix] = gui_latency(
+                    None, quick, threads, name, 10, device_name=device_name, graphs=graphs
+                )
     return report
 
 

@@ -45,6 +45,7 @@ def measure_gui_latency(
     compile: bool = False,
     plan: Any = None,
     report: dict | None = None,
+    graphs: bool = True,
 ) -> dict[str, float]:
     """Slider-to-pixels latency over ``repeats`` moves, in milliseconds: ``p50_ms`` and
     ``p95_ms`` to the first pixels of the new frame, ``whole_grid_p50_ms`` and
@@ -73,7 +74,9 @@ def measure_gui_latency(
         # Never the user's settings: a throwaway INI file.
         qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
         window = MainWindow(
-            RenderEngine(device=device, num_threads=num_threads, compile=compile, plan=plan),
+            RenderEngine(
+                device=device, num_threads=num_threads, compile=compile, plan=plan, graphs=graphs
+            ),
             ExplorerSettings(qsettings),
             probe_devices=False,
         )
@@ -249,6 +252,7 @@ def run_suite(
     compile: bool = False,
     baseline: bool = False,
     model_name: str | None = None,
+    graphs: bool = True,
 ) -> dict:
     """Every figure the explorer reports, as a JSON-ready dict::
 
@@ -287,6 +291,7 @@ def run_suite(
                 compile=compile,
                 plan=chosen,
                 report=used,
+                graphs=graphs,
             )
             if plan is None:
                 plan = used["plan"]
@@ -295,6 +300,7 @@ def run_suite(
     report["plan"] = plan_summary(plan)
     report["threads"] = plan.threads
     report["compile"] = compile
+    report["graphs"] = graphs
     if 16 in image_counts:
         first = report["images_16"]["cache"]["p95_ms"]
         report["first_pixels_16_p95_over_decode_1_p50"] = round(
@@ -332,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the engine's background torch.compile (as realnvp-explorer --compile), "
         "measured once it is built",
     )
+    parser.add_argument(
+        "--graphs",
+        choices=("on", "off"),
+        default="on",
+        help="CUDA graphs on a GPU (as realnvp-explorer --graphs)",
+    )
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint_option or args.checkpoint
     if checkpoint and args.preset:
@@ -349,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 compile=args.compile == "on",
                 baseline=args.baseline,
                 model_name=f"{args.preset} preset, random weights" if args.preset else None,
+                graphs=args.graphs == "on",
             )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer_bench.gui: {exc}", file=sys.stderr)

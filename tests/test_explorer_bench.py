@@ -43,8 +43,10 @@ def test_suite_with_a_progressive_plan_and_the_baseline(qapp, tiny_checkpoint, o
 def test_preset_models_are_benchmarked_with_random_weights(qapp, one_torch_thread, capsys):
     from explorer_bench.gui import main
 
-    assert main(["--preset", "mnist-small", "--images", "2", "--repeats", "1", "--json"]) == 0
+    argv = ["--preset", "mnist-small", "--images", "2", "--repeats", "1", "--graphs", "off"]
+    assert main([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["graphs"] is False
     assert report["model"] == "mnist-small preset, random weights"
     assert set(report["images_2"]) == {"cache", "no_cache"}
     with pytest.raises(SystemExit):

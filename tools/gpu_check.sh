@@ -11,7 +11,8 @@
 #                      at batch 64 and 256; render figures for the bundled and the cifar10
 #                      models, eager and replayed from CUDA graphs, with their agreement
 #   gui_bundled.json   the explorer's slider-to-pixels on CUDA (when PySide6 is installed):
-#   gui_cifar10.json   first pixels and whole grid, 1 and 16 images
+#   gui_cifar10.json   first pixels and whole grid, 1 and 16 images; *_no_graphs.json the
+#                      same with --graphs off
 #   bench_compile.json with COMPILE_BENCH=1: the torch.compile-d training step (CIFAR-10)
 #   train.jsonl        events of an MNIST training run (mnist-small, bf16, CUDA graph) given
 #                      the time that is left, stopped with SIGTERM (it saves and ends cleanly)
@@ -53,13 +54,16 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     --render-presets cifar10 >"$OUT/bench.json" 2>>"$LOG"
   echo "bench exit $?" >>"$LOG"
   if $PY -c "import PySide6" 2>/dev/null; then
-    section "GUI bench on $DEV (bundled, cifar10)"
-    timeout 120 $PY -m explorer_bench.gui --json --quick --device "$DEV" \
-      >"$OUT/gui_bundled.json" 2>>"$LOG"
-    echo "gui bench bundled exit $?" >>"$LOG"
-    timeout 180 $PY -m explorer_bench.gui --json --quick --device "$DEV" --preset cifar10 \
-      >"$OUT/gui_cifar10.json" 2>>"$LOG"
-    echo "gui bench cifar10 exit $?" >>"$LOG"
+    for graphs in on off; do
+      section "GUI bench on $DEV, graphs $graphs (bundled, cifar10)"
+      sfx=$([ "$graphs" = on ] && echo "" || echo "_no_graphs")
+      timeout 120 $PY -m explorer_bench.gui --json --quick --device "$DEV" --graphs "$graphs" \
+        >"$OUT/gui_bundled$sfx.json" 2>>"$LOG"
+      echo "gui bench bundled graphs $graphs exit $?" >>"$LOG"
+      timeout 180 $PY -m explorer_bench.gui --json --quick --device "$DEV" --graphs "$graphs" \
+        --preset cifar10 >"$OUT/gui_cifar10$sfx.json" 2>>"$LOG"
+      echo "gui bench cifar10 graphs $graphs exit $?" >>"$LOG"
+    done
   fi
   if [ -n "${COMPILE_BENCH:-}" ]; then
     section "bench, compiled training step (cifar10)"
