@@ -2,6 +2,9 @@
 
 The colour scale is a perceptually ordered dark-to-bright ramp (inferno's anchor colours):
 black-purple for the pixels the model codes in the fewest bits, yellow-white for the most.
+Bits are placed on it by ``asinh`` (linear near zero, logarithmic for large values): an
+out-of-distribution image can spend a hundred bits on a few pixels and ten on the rest,
+and a linear scale would show only the few.
 """
 
 from __future__ import annotations
@@ -25,21 +28,21 @@ _INFERNO = np.array(
 
 
 def bits_range(bits: np.ndarray) -> tuple[float, float]:
-    """``(lo, hi)`` for a colour scale: the 1st and 99th percentiles, so one extreme pixel
-    does not wash out the rest; never an empty range."""
+    """``(lo, hi)`` of a colour scale: the smallest and largest finite value; never an
+    empty range."""
     finite = np.asarray(bits, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(finite, [1, 99])
+    lo, hi = float(finite.min()), float(finite.max())
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
-    return float(lo), float(hi)
+    return lo, hi
 
 
 def colorize(bits: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """``uint8 (H, W, 3)`` colours of per-pixel bits ``(H, W)`` or ``(C, H, W)`` (channels
-    summed: the bits of a colour pixel), scaled between ``lo`` and ``hi``."""
+    summed: the bits of a colour pixel), on the asinh scale from ``lo`` to ``hi``."""
     arr = np.asarray(bits, dtype=np.float64)
     if arr.ndim == 3:
         arr = arr.sum(0)
@@ -49,21 +52,14 @@ def colorize(bits: np.ndarray, lo: float | None = None, hi: float | None = None)
         auto_lo, auto_hi = bits_range(arr)
         lo = auto_lo if lo is None else lo
         hi = auto_hi if hi is None else hi
-    t = np.clip((np.nan_to_num(arr, nan=lo) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    a_lo, a_hi = np.arcsinh(lo), np.arcsinh(hi)
+    t = (np.arcsinh(np.nan_to_num(arr, nan=lo)) - a_lo) / max(a_hi - a_lo, 1e-12)
+    t = np.clip(t, 0.0, 1.0)
     pos = t * (len(_INFERNO) - 1)
     i = np.minimum(pos.astype(np.int64), len(_INFERNO) - 2)
     frac = (pos - i)[..., None]
     rgb = _INFERNO[i] * (1 - frac) + _INFERNO[i + 1] * frac
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.6) -> np.ndarray:
-    """Blend an ``(H, W, 3)`` heat map over a uint8 ``(C, H, W)`` image; ``(H, W, 3)``."""
-    img = np.asarray(image)
-    rgb = np.repeat(img, 3, 0) if img.shape[0] == 1 else img
-    base = rgb.transpose(1, 2, 0).astype(np.float64)
-    out = base * (1 - opacity) + heat.astype(np.float64) * opacity
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def upscale(image: np.ndarray, min_side: int = 112) -> np.ndarray:

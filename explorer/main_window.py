@@ -52,6 +52,7 @@ from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFi
 from explorer.panels.image_controller import ImageController
 from explorer.panels.importer import classify_drop
 from explorer.panels.levels import LatentLevelsPanel
+from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
@@ -69,7 +70,7 @@ DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
 EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
 PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
-TABS = ("levels", "images", "directions")
+TABS = ("levels", "images", "directions", "likelihood")
 DEFAULT_SIZE = (1366, 768)
 
 
@@ -124,6 +125,9 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.levels_panel, "Levels")
         self.tabs.addTab(self.images.images_panel, "Images")
         self.tabs.addTab(self.images.directions_panel, "Directions")
+        self.sample_likelihood = SampleLikelihood(self)
+        self.tabs.addTab(self.sample_likelihood.panel, "Likelihood")
+        self.tabs.currentChanged.connect(lambda _i: self.sample_likelihood.refresh_soon())
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_splitter)
         self.splitter.addWidget(self.samples_panel)
@@ -324,7 +328,8 @@ class MainWindow(QMainWindow):
         view_menu.addActions(list(self.page_actions.values()))
         view_menu.addSeparator()
         self.tab_actions: dict[str, QAction] = {}
-        for name, widget in zip(TABS, (self.levels_panel, *self._image_tabs())):
+        tabs = (self.levels_panel, *self._image_tabs(), self.sample_likelihood.panel)
+        for name, widget in zip(TABS, tabs):
             action = self._action(
                 f"{name.capitalize()} Tab", lambda w=widget: self.show_explorer_tab(w)
             )
@@ -757,6 +762,7 @@ class MainWindow(QMainWindow):
             return
         self.training_panel.form.shutdown()
         self.tasks.shutdown()  # first: a job may be waiting on the engine
+        self.sample_likelihood.shutdown()
         self.engine.shutdown()
         self.save_layout()
         self.settings.sync()

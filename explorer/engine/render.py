@@ -54,8 +54,11 @@ from core.images import to_uint8
 from core.inference import fold_for_inference
 from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
 from core.resnet import ResidualBlock, STNetwork
+from core.typicality import TypicalityReference
+from explorer.engine.likelihood import describe_pixels
 from explorer.engine.plan import PLAN_BATCHES, PlanMeasurement, RenderPlan, default_plan
 from explorer.models.gallery import EncodedImage
+from explorer.models.likelihood import LikelihoodView
 from explorer.models.state import ModelInfo
 
 # The architecture of the bundled model, used untrained when the bundled file is missing,
@@ -333,6 +336,7 @@ class RenderEngine(QObject):
         self.rendered = 0
         self._model: RealNVP | None = None  # the inference copy: renders and encodes
         self._likelihood_model: RealNVP | None = None  # the original: bits/dim
+        self._reference: TypicalityReference | None = None  # the checkpoint's test statistics
         self._info: ModelInfo | None = None
         self._model_ids = iter(range(1, 2**62))
         self._caches: dict[str, _LevelCache] = {}
@@ -367,6 +371,7 @@ class RenderEngine(QObject):
         model, meta = load_checkpoint(path, map_location=self.device)
         test_bpd = meta.get("test_bpd")
         step = meta.get("step")
+        self._reference = TypicalityReference.from_meta(meta)
         return self._install(
             model,
             source=str(Path(path)),
@@ -385,6 +390,7 @@ class RenderEngine(QObject):
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=generator))
         model = model.to(self.device).eval()
+        self._reference = None
         return self._install(
             model, source=None, untrained=True, dataset=None, test_bpd=None, step=None
         )
@@ -1040,14 +1046,34 @@ class RenderEngine(QObject):
                 error = (recon - x).abs()[0]  # (C, H, W)
                 generator = torch.Generator().manual_seed(ENCODE_SEED)
                 bpd = original.bits_per_dim(x8, generator)[0]
+                # The same total (to float rounding), split per level and pixel.
+                likelihood = describe_pixels(original, pixels, self._reference)
                 result = EncodedImage(
                     model_id=info.model_id,
                     latents=tuple(z[0].copy() for z in latents),
                     reconstruction=to_uint8(recon[0].float().cpu().numpy()),
                     error=error.float().cpu().numpy(),
                     bits_per_dim=float(bpd),
+                    likelihood=likelihood,
                 )
         return result
+
+    def describe_likelihood(self, pixels: np.ndarray) -> LikelihoodView:
+        """Likelihood map, per-level bits and typicality verdict of a uint8 ``(C, H, W)``
+        image of the open model's shape (a sample, a dropped image). Call it off the GUI
+        thread: it costs about one encode. ``ValueError`` without a model or for a wrong
+        shape."""
+        pixels = np.asarray(pixels)
+        with self._model_lock:
+            original, info = self._likelihood_model, self._info
+            if original is None or info is None:
+                raise ValueError("no model is open")
+            expected = (info.channels, info.image_size, info.image_size)
+            if pixels.dtype != np.uint8 or pixels.shape != expected:
+                raise ValueError(
+                    f"expected uint8 pixels of shape {expected}, got {pixels.dtype} {pixels.shape}"
+                )
+            return describe_pixels(original, pixels, self._reference)
 
     def decode(self, latents: Sequence[np.ndarray], model_id: int | None = None) -> np.ndarray:
         """``uint8 (N, C, H, W)`` images for ``latents`` (finest first, each ``(N, C, H, W)``),

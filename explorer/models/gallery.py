@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from explorer.models.likelihood import LikelihoodView, sort_by_p_value
 from explorer.models.state import Event
 
-SORT_KEYS = ("bpd_desc", "bpd_asc", "added", "name")
+SORT_KEYS = ("bpd_desc", "bpd_asc", "p_value", "added", "name")
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,6 +30,7 @@ class EncodedImage:
     reconstruction: np.ndarray  # uint8 (C, H, W): decode(encode(x)) quantized
     error: np.ndarray  # float32 (C, H, W): |decode(encode(x)) - x| in [0, 1] units
     bits_per_dim: float
+    likelihood: LikelihoodView | None = None  # per level and pixel, and the verdict
 
     def __post_init__(self) -> None:
         for array in (*self.latents, self.reconstruction, self.error):
@@ -73,6 +75,12 @@ class GalleryImage:
     @property
     def model_id(self) -> int:
         return self.encoded.model_id
+
+    @property
+    def p_value(self) -> float | None:
+        """The smaller two-sided typicality p-value; None without the model's test data."""
+        likelihood = self.encoded.likelihood
+        return likelihood.p_min if likelihood is not None else None
 
 
 class Gallery:
@@ -167,8 +175,11 @@ class Gallery:
         self.changed.emit()
 
     def sorted(self, key: str = "bpd_desc") -> list[GalleryImage]:
-        """``bpd_desc``: least typical first (outliers); ``bpd_asc``; ``added``; ``name``."""
+        """``bpd_desc``: most bits/dim first; ``bpd_asc``; ``p_value``: least typical first
+        (smallest two-sided p-value against the model's test set); ``added``; ``name``."""
         items = self.items
+        if key == "p_value":
+            return sorted(items, key=lambda it: sort_by_p_value(it.p_value))
         if key == "bpd_desc":
             return sorted(items, key=lambda it: -_finite(it.bits_per_dim))
         if key == "bpd_asc":

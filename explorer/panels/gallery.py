@@ -30,8 +30,9 @@ ICON_SIDE = 44
 REFRESH_DELAY_MS = 150  # an import of thousands of files rebuilds the list a few times a second
 ID_ROLE = Qt.ItemDataRole.UserRole
 SORTS = (
-    ("bpd_desc", "Outliers first"),
-    ("bpd_asc", "Typical first"),
+    ("bpd_desc", "Most bits/dim first"),
+    ("bpd_asc", "Fewest bits/dim first"),
+    ("p_value", "Least typical first"),
     ("added", "Order added"),
     ("name", "Name"),
 )
@@ -79,8 +80,9 @@ class GalleryPanel(QGroupBox):
         for key, label in SORTS:
             self.sort.addItem(label, key)
         self.sort.setToolTip(
-            "Sort order. Outliers first: highest bits/dim first, the images the model finds "
-            "least typical"
+            "Sort order. Least typical first: smallest two-sided p-value against the model's "
+            "test set (bits/dim or complexity-corrected score), which also catches images "
+            "with too FEW bits/dim, such as blank ones"
         )
         self.list = _List()
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -190,7 +192,10 @@ class GalleryPanel(QGroupBox):
         icon = self._icons.get(image.item_id)
         if icon is None:
             icon = self._icons[image.item_id] = icon_for(image.pixels)
-        item = QListWidgetItem(icon, f"{image.name}{badge}\n{image.bits_per_dim:.3f} bits/dim")
+        figures = f"{image.bits_per_dim:.3f} bits/dim"
+        if image.p_value is not None:
+            figures += f" · p {image.p_value:.2g}"
+        item = QListWidgetItem(icon, f"{image.name}{badge}\n{figures}")
         item.setData(ID_ROLE, image.item_id)
         item.setToolTip(image.path)
         if image.item_id == self.gallery.current_id:

@@ -1,0 +1,48 @@
+"""The likelihood map and typicality verdict of one image, for the explorer (torch here).
+
+Called by the render engine under its model lock, on a worker thread: the map costs about
+one encode (``realnvp bench``: ``likelihood_map``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.heatmap import bits_range, colorize
+from core.likelihood import describe_image
+from core.model import RealNVP
+from core.typicality import TypicalityReference
+from explorer.models.likelihood import PREPROCESSING, TOTAL, LikelihoodView, level_key
+
+
+def describe_pixels(
+    model: RealNVP, pixels: np.ndarray, reference: TypicalityReference | None
+) -> LikelihoodView:
+    """:class:`LikelihoodView` of a uint8 ``(C, H, W)`` image (the encode seed's noise)."""
+    described = describe_image(model, pixels, reference)
+    s = described.summary
+    maps = {TOTAL: described.pixel_bits}
+    for i, bits in enumerate(described.level_bits):
+        maps[level_key(i)] = bits
+    maps[PREPROCESSING] = described.preprocess_bits
+    heat, ranges = {}, {}
+    for name, bits in maps.items():
+        per_pixel = bits.sum(0)  # (H, W): a colour pixel's channels together
+        ranges[name] = bits_range(per_pixel)
+        heat[name] = colorize(per_pixel, *ranges[name])
+    return LikelihoodView(
+        bits_per_dim=s["bits_per_dim"],
+        prior_bits_per_dim=tuple(lv["prior_bits_per_dim"] for lv in s["levels"]),
+        logdet_bits_per_dim=tuple(lv["logdet_bits_per_dim"] for lv in s["levels"]),
+        preprocess_bits_per_dim=s["preprocess_bits_per_dim"],
+        heat=heat,
+        heat_range=ranges,
+        verdict=s["verdict"],
+        reason=s["reason"],
+        percentile=s["percentile"],
+        p_value=s["p_value"],
+        complexity_score=s["complexity_score"],
+        complexity_p_value=s["complexity_p_value"],
+        reference_bits=reference.bits_per_dim if reference is not None else None,
+        reference_dataset=reference.dataset if reference is not None else "",
+    )
