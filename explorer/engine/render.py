@@ -371,9 +371,9 @@ class RenderEngine(QObject):
         model, meta = load_checkpoint(path, map_location=self.device)
         test_bpd = meta.get("test_bpd")
         step = meta.get("step")
-        self._reference = TypicalityReference.from_meta(meta)
         return self._install(
             model,
+            reference=TypicalityReference.from_meta(meta),
             source=str(Path(path)),
             untrained=False,
             dataset=str(meta["dataset"]) if meta.get("dataset") else None,
@@ -390,12 +390,13 @@ class RenderEngine(QObject):
             for p in model.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=generator))
         model = model.to(self.device).eval()
-        self._reference = None
         return self._install(
             model, source=None, untrained=True, dataset=None, test_bpd=None, step=None
         )
 
-    def _install(self, model: RealNVP, **info: Any) -> ModelInfo:
+    def _install(
+        self, model: RealNVP, reference: TypicalityReference | None = None, **info: Any
+    ) -> ModelInfo:
         folded = fold_for_inference(model)
         if not self.compile:
             # Compiled steps would guard on the hooks' state; they stay unhooked and are
@@ -412,6 +413,7 @@ class RenderEngine(QObject):
                 self._graphs = None
             self._model = folded
             self._likelihood_model = model.eval()
+            self._reference = reference
             self._caches.clear()
             self._shown.clear()
             self._max_batch = None
