@@ -136,9 +136,9 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
         self.splitter.setChildrenCollapsible(False)
-        self.left_splitter.setMinimumWidth(190)
+        self.left_splitter.setMinimumWidth(210)
         self.samples_panel.setMinimumWidth(300)
-        self.tabs.setMinimumWidth(380)
+        self.tabs.setMinimumWidth(400)
         self.explorer_page = QWidget()
         layout = QVBoxLayout(self.explorer_page)
         layout.setContentsMargins(8, 6, 8, 4)
@@ -152,7 +152,7 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(self.explorer_page)
         self.pages.addWidget(self.training_page)
         self.setCentralWidget(self.pages)
-        self.reset_layout()
+        self._layout_set = False  # set on the first show, for the window's size
 
         self.device_label = QLabel(self.engine.device_label)
         self.frame_label = QLabel("no frame yet")
@@ -402,10 +402,24 @@ class MainWindow(QMainWindow):
         return TABS[self.tabs.currentIndex()] if self.tabs.currentIndex() < len(TABS) else ""
 
     def reset_layout(self) -> None:
-        """Splitter sizes of a first start (the proportions hold at any window size)."""
-        self.left_splitter.setSizes([262, 438])
-        self.splitter.setSizes([230, 600, 480])
-        self.training_panel.reset_layout()
+        """Splitter sizes of a first start, for the window's width: on a laptop the
+        samples get what the side columns' minimums leave, on a large screen the side
+        columns grow a little and the samples the most."""
+        width = max(self.width(), 1024)
+        left = min(max(round(0.22 * width), 220), 300)
+        tabs = min(max(round(0.36 * width), 400), 560)
+        self.splitter.setSizes([left, max(300, width - left - tabs - 40), tabs])
+        model = self.model_panel.sizeHint().height()
+        self.left_splitter.setSizes([model, max(200, self.height() - model)])
+        self.training_panel.reset_layout(width)
+        self._layout_set = True
+
+    def showEvent(self, event) -> None:
+        # The first show knows the window's size: the splitters are set for it, unless
+        # restore_layout brought back the user's own.
+        if not self._layout_set:
+            self.reset_layout()
+        super().showEvent(event)
 
     def _splitters(self) -> dict[str, QSplitter]:
         return {
@@ -428,8 +442,8 @@ class MainWindow(QMainWindow):
         self.restore_geometry()
         for name, splitter in self._splitters().items():
             state = self.settings.layout_state(f"splitter_{name}")
-            if state is not None:
-                splitter.restoreState(state)
+            if state is not None and splitter.restoreState(state):
+                self._layout_set = True
         if self.settings.tab in TABS:
             self.tabs.setCurrentIndex(TABS.index(self.settings.tab))
         if self.settings.page in PAGES:

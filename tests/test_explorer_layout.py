@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QAbstractScrollArea,
     QAbstractSlider,
     QApplication,
+    QComboBox,
     QLabel,
     QMessageBox,
     QPushButton,
@@ -117,6 +118,8 @@ def needed_size(widget: QWidget) -> QSize:
     if isinstance(widget, QPushButton):
         text = widget.text().replace("&&", "\0").replace("&", "").replace("\0", "&")
         return QSize(metrics.horizontalAdvance(text) + 8, metrics.height())
+    if isinstance(widget, QComboBox):  # the chosen item's text beside the arrow
+        return QSize(metrics.horizontalAdvance(widget.currentText()) + 28, metrics.height())
     if isinstance(widget, QLabel) and widget.wordWrap():
         text = widget.text()
         if "<" in text:
@@ -139,7 +142,7 @@ def check_page(window, page_root: QWidget) -> list[str]:
     found: list[str] = []
     for root in roots:
         for widget in [root, *root.findChildren(QWidget)]:
-            if not isinstance(widget, (QAbstractButton, QAbstractSlider, QLabel)):
+            if not isinstance(widget, (QAbstractButton, QAbstractSlider, QLabel, QComboBox)):
                 continue
             if not widget.isVisible() or widget.width() == 0:
                 continue

@@ -80,7 +80,8 @@ class DirectionsPanel(QScrollArea):
         self.selection_buttons: dict[str, QPushButton] = {}
         self.folder_buttons: dict[str, QPushButton] = {}
         for row, group in enumerate(GROUPS):
-            title = QLabel(f"Group {group} ({'from' if group == 'A' else 'to'})")
+            title = QLabel(f"{group} ({'from' if group == 'A' else 'to'})")
+            title.setToolTip(f"Group {group}: the examples the direction goes {title.text()[3:-1]}")
             label = QLabel("no images")
             label.setStyleSheet("color: palette(placeholder-text);")
             selection = QPushButton("Gallery selection")

@@ -46,7 +46,7 @@ DEFAULT_STRIP_FRAMES = 8
 DEFAULT_ANIMATION_FRAMES = 48
 DEFAULT_FPS = 24
 DEFAULT_VARIATIONS = 16
-TILE = 92
+TILE = 76  # four tiles in a row fit the tab column of a 1024 px window
 STRIP_HEIGHT = 64
 
 
@@ -176,17 +176,19 @@ class ImagesPanel(QScrollArea):
             "the caption): where the float32 round trip is least exact"
         )
         tiles = QHBoxLayout()
-        tiles.setSpacing(6)
+        tiles.setSpacing(4)
         for tile in (crop_tile, self.original, self.reconstruction, self.error):
             tiles.addWidget(tile)
         tiles.addStretch(1)
         self.likelihood_label = QLabel()
+        self.likelihood_label.setWordWrap(True)
         self.likelihood_label.setTextFormat(Qt.TextFormat.RichText)
         self.likelihood_label.setToolTip(
             "bits/dim of this image under the model (uniform dequantization with a fixed "
             "seed, as `realnvp encode` prints it); lower is more typical"
         )
         self.exact_label = QLabel()
+        self.exact_label.setWordWrap(True)
         self.exact_label.setStyleSheet("color: palette(placeholder-text);")
         self.show_button = QPushButton("Show image")
         self.show_button.setToolTip(
@@ -258,6 +260,7 @@ class ImagesPanel(QScrollArea):
         self.levels_layout = QVBoxLayout()
         self.levels_layout.setSpacing(2)
         levels_title = QLabel("Level mixing: each level from A, B or the slider")
+        levels_title.setWordWrap(True)
         levels_title.setStyleSheet("color: palette(placeholder-text);")
         self.strip_frames = QSpinBox()
         self.strip_frames.setRange(2, 16)

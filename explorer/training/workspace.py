@@ -394,9 +394,12 @@ class TrainingPanel(QWidget):
         """The panel's splitters by name, for saving and restoring the layout."""
         return dict(self._splitters)
 
-    def reset_layout(self) -> None:
-        """The form about a quarter of the width, the curves and samples even, the log a fifth."""
-        self._splitters["form"].setSizes([380, 1000])  # the form at least its minimum
+    def reset_layout(self, width: int | None = None) -> None:
+        """The form about 30 % of ``width`` (default: the panel's) within its minimum and
+        480 px, the curves and samples even, the log a fifth."""
+        width = width or max(self.width(), 1024)
+        form = min(max(round(0.3 * width), self.form_scroll.minimumWidth()), 480)
+        self._splitters["form"].setSizes([form, max(1, width - form)])
         self._splitters["views"].setSizes([1000, 1000])
         self._splitters["log"].setSizes([800, 200])
 
