@@ -118,9 +118,12 @@ def take_screenshot(
     window.resize(*size)
     window.show()
 
+    form = window.training_panel.form
+
     def ready() -> bool:
         return (
             not window.tasks.busy
+            and not form.checking  # a run's data folder (--run) is checked before the photo
             and view.painted_frame_id >= window.last_request_id > 0
             and images.strip_shown_id == images.strip_request_id
         )
@@ -132,7 +135,7 @@ def take_screenshot(
             if ready():
                 loop.quit()
 
-        for signal in (view.frame_painted, images.strip_shown, window.tasks.finished):
+        for signal in (view.frame_painted, images.strip_shown, window.tasks.finished, form.changed):
             signal.connect(check)
         QTimer.singleShot(timeout_ms, loop.quit)
         loop.exec()

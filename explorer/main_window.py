@@ -194,7 +194,12 @@ class MainWindow(QMainWindow):
         keys: list[QKeySequence] = []
         for shortcut in shortcuts:
             if isinstance(shortcut, QKeySequence.StandardKey):
-                bound = QKeySequence.keyBindings(shortcut)
+                # Not the media keys some platforms add (a keyboard's own "Open" key).
+                bound = [
+                    k
+                    for k in QKeySequence.keyBindings(shortcut)
+                    if k.count() and k[0].key().value < Qt.Key.Key_Help.value
+                ]
             else:
                 bound = [QKeySequence(shortcut)]
             keys += [k for k in bound if not k.isEmpty() and k not in keys]

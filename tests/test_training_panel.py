@@ -369,3 +369,36 @@ def test_window_trains_and_opens_the_result(qtbot, make_window, image_folder, tm
     assert info.source == str(out / "latest.pt")
     assert (info.image_size, info.channels) == (8, 1)
     assert window.close()  # nothing running any more: no question
+
+
+def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
+    tmp_path: Path, monkeypatch
+):
+    from explorer.training.workspace import preview_command, settings_of_run
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out, data = tmp_path / "home" / "runs" / "r1", tmp_path / "home" / "data dir" / "mnist"
+    settings = RunSettings(dataset="mnist", data_dir=str(data), out=str(out))
+    preview = preview_command(settings, "/opt/venv/bin/python")
+    assert preview.startswith("cd ~/runs/r1 && python -m core train --progress json ")
+    assert " --data-dir ~/'data dir/mnist' " in preview and " --out . " in preview
+    assert preview.endswith(" >> events.jsonl 2>> trainer.log")
+    assert str(tmp_path) not in preview and "/opt/venv" not in preview
+    assert str(data) in settings.shell_command() and str(out) in settings.shell_command()
+
+    model = {"in_channels": 1, "image_size": 28, "num_scales": 3, "mid_channels": 16}
+    train = {"dataset": "mnist", "data_dir": str(data), "batch_size": 32, "max_steps": 240}
+    start = {"event": "start", "model_config": {**model, "num_blocks": 2}, "train_config": train}
+    shown = settings_of_run(start, out, RunSettings(batch_size=64, out="elsewhere"))
+    assert (shown.data_dir, shown.out) == ("~/data dir/mnist", "~/runs/r1")
+    assert (shown.preset, shown.batch_size, shown.max_steps) == ("mnist-small", 32, 240)
+
+
+def test_a_data_folder_typed_with_a_tilde_is_checked(qtbot, make_panel, image_folder, monkeypatch):
+    monkeypatch.setenv("HOME", str(image_folder.parent))
+    panel = make_panel()
+    panel.form.dataset.setCurrentIndex(panel.form.dataset.findData("folder"))
+    panel.form.data_dir.setText(f"~/{image_folder.name}")
+    panel.form.start_scan()
+    qtbot.waitUntil(lambda: not panel.form.checking, timeout=WAIT_MS)
+    assert panel.form.data_status.text() == "40 readable images"

@@ -458,6 +458,14 @@ class TrainingForm(QWidget):
         self.scan.start()
         self.changed.emit()
 
+    @property
+    def checking(self) -> bool:
+        """Whether a data check is due or under way."""
+        due = self._scan_timer.isActive()
+        return due or (
+            self.scan is not None and not (self.scan_report and self.scan_report.finished)
+        )
+
     def shutdown(self) -> None:
         """End the short child processes (device probe, data scan) before the window goes."""
         self.cancel_scan()
@@ -580,7 +588,8 @@ class TrainingForm(QWidget):
             self.out.setText(str(Path(text).expanduser().parent))
 
     def _browse_data(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Data folder", self.data_dir.text())
+        start = os.path.expanduser(self.data_dir.text())
+        path = QFileDialog.getExistingDirectory(self, "Data folder", start)
         if path:
             self.data_dir.setText(path)
 

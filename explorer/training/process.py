@@ -569,7 +569,8 @@ class DataScan(QObject):
     ) -> None:
         super().__init__(parent)
         self.report = ScanReport(dataset, data_dir)
-        args = ["scan", dataset, data_dir] + (["--download"] if download else [])
+        # The folder as typed (``~/data``) is the report's; the child gets it expanded.
+        args = ["scan", dataset, _absolute(data_dir)] + (["--download"] if download else [])
         self.job = JsonLinesJob(args, self)
         self.job.line_received.connect(self._on_line)
         self.job.ended.connect(self._on_ended)

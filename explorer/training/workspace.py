@@ -121,9 +121,10 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
         picked.update(zip(("num_scales", "mid_channels", "num_blocks"), sizes), preset=preset)
     if isinstance(model.get("in_channels"), int) and isinstance(model.get("image_size"), int):
         picked.update(channels=model["in_channels"], image_size=model["image_size"])
-    return replace(
-        base, **picked, out=str(folder), resume="", gpus=max(1, event.get("world_size") or 1)
-    )
+    if isinstance(picked.get("data_dir"), str):
+        picked["data_dir"] = home_path(picked["data_dir"])
+    gpus = max(1, int(event.get("world_size") or 1))
+    return replace(base, **picked, out=home_path(folder), resume="", gpus=gpus)
 
 
 def preview_command(settings: RunSettings, python: str | None = None) -> str:
@@ -133,12 +134,21 @@ def preview_command(settings: RunSettings, python: str | None = None) -> str:
     run_dir = settings.out_dir.expanduser().absolute()
     argv = settings.command(python)
     argv[0] = "python"
-    shown = [short_path(arg, run_dir) if os.path.isabs(arg) else arg for arg in argv]
-    return (
-        f"cd {home_path(run_dir)} && {join_command(shown)} >> {EVENTS_FILE} 2>> {LOG_FILE}"
-        if settings.out
-        else join_command(shown)
+    shown = " ".join(
+        shell_word(short_path(arg, run_dir)) if os.path.isabs(arg) else join_command([arg])
+        for arg in argv
     )
+    if not settings.out:
+        return shown
+    return f"cd {shell_word(home_path(run_dir))} && {shown} >> {EVENTS_FILE} 2>> {LOG_FILE}"
+
+
+def shell_word(path: str) -> str:
+    """A path quoted for the shell, a leading ``~/`` left outside the quotes so the shell
+    still expands it."""
+    if path.startswith("~/"):
+        return "~/" + join_command([path[2:]])
+    return join_command([path])
 
 
 # What closing the window does with a run in progress.

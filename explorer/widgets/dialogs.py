@@ -118,6 +118,7 @@ class ShortcutsDialog(QDialog):
             QTreeWidgetItem(group, [text, keys])
         self.tree.expandAll()
         self.tree.resizeColumnToContents(0)
+        self.tree.resizeColumnToContents(1)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -125,7 +126,7 @@ class ShortcutsDialog(QDialog):
         layout.addWidget(self.tree, 1)
         layout.addWidget(buttons)
         self.filter.textChanged.connect(self._filter)
-        self.resize(460, 520)
+        self.resize(max(480, self.tree.columnWidth(0) + self.tree.columnWidth(1) + 60), 600)
 
     def rows(self) -> list[tuple[str, str]]:
         """The visible ``(action, keys)`` rows."""
