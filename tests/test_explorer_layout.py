@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.images import save_png
+from explorer.main_window import TABS
 from explorer.settings import DEFAULT_CHECKPOINT
 
 SIZES = [(1024, 640), (1366, 768), (1920, 1080)]
@@ -174,15 +175,13 @@ def test_every_page_and_tab_fits_the_window(
     qtbot.waitUntil(lambda: window.size() == QSize(*size), timeout=5000)
     # The temperature slider has a pixel for each of its positions.
     slider = window.samples_panel.temperature.slider
-    views = [("explorer", tab) for tab in ("levels", "images", "directions")]
+    views = [("explorer", tab) for tab in TABS]
     views.append(("training", ""))
     found: list[str] = []
     for page, tab in views:
         window.show_page(page)
         if tab:
-            window.show_explorer_tab(
-                window.tabs.widget(("levels", "images", "directions").index(tab))
-            )
+            window.show_explorer_tab(window.tabs.widget(TABS.index(tab)))
         QApplication.processEvents()
         QApplication.processEvents()
         name = f"{size[0]}x{size[1]}-{page}{'-' + tab if tab else ''}"

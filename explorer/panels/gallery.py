@@ -29,10 +29,12 @@ from explorer.widgets.images import to_qimage
 ICON_SIDE = 44
 REFRESH_DELAY_MS = 150  # an import of thousands of files rebuilds the list a few times a second
 ID_ROLE = Qt.ItemDataRole.UserRole
+# Short: the combo shares a row with Import in the narrow left column ("first" is in the
+# tooltip).
 SORTS = (
-    ("bpd_desc", "Most bits/dim first"),
-    ("bpd_asc", "Fewest bits/dim first"),
-    ("p_value", "Least typical first"),
+    ("bpd_desc", "Most bits/dim"),
+    ("bpd_asc", "Fewest bits/dim"),
+    ("p_value", "Least typical"),
     ("added", "Order added"),
     ("name", "Name"),
 )
@@ -80,7 +82,8 @@ class GalleryPanel(QGroupBox):
         for key, label in SORTS:
             self.sort.addItem(label, key)
         self.sort.setToolTip(
-            "Sort order. Least typical first: smallest two-sided p-value against the model's "
+            "Sort order, each first: most or fewest bits/dim; least typical: smallest "
+            "two-sided p-value against the model's "
             "test set (bits/dim or complexity-corrected score), which also catches images "
             "with too FEW bits/dim, such as blank ones"
         )
@@ -88,6 +91,9 @@ class GalleryPanel(QGroupBox):
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setIconSize(QSize(ICON_SIDE, ICON_SIDE))
         self.list.setUniformItemSizes(True)
+        # Long figures wrap onto a third line rather than scroll the list sideways.
+        self.list.setWordWrap(True)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setToolTip(
             "Double-click or Enter: show; select several for a direction group (Directions tab)"
         )

@@ -70,6 +70,7 @@ class LikelihoodPanel(QWidget):
             "and the logit"
         )
         self.range_label = QLabel()
+        self.range_label.setWordWrap(True)  # the tab column of a 1024 px window is narrow
         self.range_label.setStyleSheet("color: palette(placeholder-text);")
         self.verdict_label = QLabel()
         self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
