@@ -23,6 +23,7 @@ class EventSink:
         self.stream = stream
         self._total_steps = 0
         self._last_eval: float | None = None
+        self._precision = ""
 
     def emit(self, kind: str, /, **fields: Any) -> None:
         if self.mode == "none":
@@ -40,8 +41,10 @@ class EventSink:
         kind = r["event"]
         if kind == "start":
             self._total_steps = int(r.get("total_steps", 0))
+            self._precision = f"  {r['precision']}" if r.get("precision") else ""
+            how = f" in {r['precision_reason']}" if r.get("precision_reason") else ""
             err.write(
-                f"training {r.get('parameters', 0):,} parameters on {r.get('device')} "
+                f"training {r.get('parameters', 0):,} parameters on {r.get('device')}{how} "
                 f"for {self._total_steps} steps -> {r.get('out')}\n"
             )
         elif kind == "step":
@@ -51,7 +54,7 @@ class EventSink:
             err.write(
                 f"\r[{'#' * done}{'.' * (30 - done)}] {r['step']}/{total} "
                 f"epoch {r['epoch']}  {r['loss']:.3f} bits/dim{test}  "
-                f"{r['images_per_s']:.0f} img/s   "
+                f"{r['images_per_s']:.0f} img/s{self._precision}   "
             )
         elif kind == "eval":
             self._last_eval = r["test_bpd"]

@@ -24,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from core.coupling import AffineCoupling
 from core.model import RealNVP
 from core.resnet import ResidualBlock, STNetwork, WeightNormConv2d
 
@@ -78,3 +79,28 @@ def fold_for_inference(model: RealNVP) -> RealNVP:
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded
+
+
+class Bf16Network(nn.Module):
+    """An s/t network with bf16 weights in channels_last (oneDNN's layout for bf16
+    convolutions): its input is cast to bf16 on the way in, and its outputs stay bf16,
+    which :class:`core.coupling.AffineCoupling` casts back to the running dtype before
+    ``exp`` and the log-determinant."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x.to(torch.bfloat16, memory_format=torch.channels_last))
+
+
+@torch.no_grad()
+def bf16_copy(folded: RealNVP) -> RealNVP:
+    """A copy of an inference model whose s/t networks run in bf16; everything else (the
+    logit, ``exp``, the flow's batch norms, the latents and the images) stays float32."""
+    copied = copy.deepcopy(folded).eval()
+    for module in copied.modules():
+        if isinstance(module, AffineCoupling) and not isinstance(module.net, Bf16Network):
+            module.net = Bf16Network(module.net)
+    return copied

@@ -8,6 +8,7 @@ the CPU). Rank 0 alone writes files and events.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from core.model import (
     per_image_bits_per_dim,
     preset,
 )
+from core.precision import PrecisionChoice, choose_precision, conv_probe_ms, interleaved_ms
 from core.resnet import weight_norm_scales
 from core.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
 
@@ -60,6 +62,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     device: str = "auto"
+    precision: str = "auto"  # auto | float32 | bf16 (see core.precision)
     compile: bool = False
     cuda_graph: bool = True  # one process on CUDA, not compiled: replay steps from a graph
     seed: int = 0
@@ -144,12 +147,76 @@ class _StopFlag:
 # -- one step -------------------------------------------------------------------------------
 
 
-def step_autocast(device: torch.device) -> Any:
-    """The autocast of a training step on ``device``: bf16 for CUDA, none elsewhere. No cast
-    cache: each weight is cast once per step anyway, and CUDA graph capture cannot use it."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+def step_autocast(device: torch.device, precision: str | None = None) -> Any:
+    """The autocast of a training step on ``device`` in ``precision`` (``float32`` or
+    ``bf16``; ``None``: the device's default, bf16 on CUDA and float32 elsewhere).
+
+    bf16 autocast changes only the convolutions, which are the s/t networks': everything
+    else in the flow (the logit preprocessing, ``exp`` of the scales, the log-determinants,
+    the flow's batch norm) gets float32 inputs (:class:`core.coupling.AffineCoupling` casts
+    the s/t outputs back) and stays float32, and batch-norm running statistics are float32
+    buffers. No cast cache: each weight is cast once per step anyway, and CUDA graph capture
+    cannot use it."""
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" else "float32"
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
+
+
+def use_channels_last(device: torch.device, precision: str) -> bool:
+    """Whether a step runs channels_last: on CUDA, and in bf16 on the CPU, where oneDNN's
+    bf16 convolutions want it (7x faster than NCHW where bf16 is emulated; a 3x3, 64
+    channels at 16x16). float32 on the CPU stays NCHW: FIXME measured."""
+    return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
+
+
+def make_train_step(
+    model: RealNVP,
+    device: torch.device,
+    precision: str,
+    recipe: TrainConfig,
+    lr: float = 1e-4,
+) -> TrainStep:
+    """A :class:`TrainStep` of ``model`` as the trainer runs it in ``precision`` (memory
+    format included), with a fresh Adam: for measurements (``realnvp bench``, ``auto``)."""
+    if use_channels_last(device, precision):
+        model.to(memory_format=torch.channels_last)
+    optimizer, fused = make_adam(model.parameters(), lr)
+    return TrainStep(
+        model,
+        model,
+        optimizer,
+        fused,
+        recipe.weight_norm_l2,
+        recipe.grad_clip,
+        lambda: step_autocast(device, precision),
+    )
+
+
+def measure_step_ms(
+    model: RealNVP, batch: int, device: torch.device, recipe: TrainConfig
+) -> dict[str, float]:
+    """Median milliseconds of a training step of a copy of ``model`` (``model`` itself and
+    the global random state are untouched) in float32 and in bf16, interleaved. One step
+    of each warms up; then two of each, or one where a step takes seconds."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    steps, inputs = {}, {}
+    for p in ("float32", "bf16"):
+        steps[p] = make_train_step(copy.deepcopy(model).train(), device, p, recipe)
+        cl = use_channels_last(device, p)
+        inputs[p] = x.to(device).contiguous(
+            memory_format=torch.channels_last if cl else torch.contiguous_format
+        )
+
+    def run(p: str) -> None:
+        steps[p](inputs[p])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return interleaved_ms(run, repeats=2, warmup=1, budget_s=10.0)
 
 
 def _warn_running_eagerly(what: str, exc: Exception) -> None:
@@ -419,6 +486,7 @@ class Trainer:
                 epochs=config.epochs,
                 max_steps=config.max_steps,
                 device=config.device,
+                precision=config.precision,
                 compile=config.compile,
                 cuda_graph=config.cuda_graph,
                 eval_every=config.eval_every,
@@ -435,8 +503,8 @@ class Trainer:
         self.out = Path(config.out)
         self.model.to(self.device)
         self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            self.model.to(memory_format=torch.channels_last)
+        self.precision: PrecisionChoice | None = None  # chosen when the run starts
+        self.channels_last = False
         self.model.train()
 
     # -- data -------------------------------------------------------------------------------
@@ -471,7 +539,30 @@ class Trainer:
     # -- pieces of a step -------------------------------------------------------------------
 
     def _autocast(self):
-        return step_autocast(self.device)
+        return step_autocast(self.device, self.precision.precision if self.precision else None)
+
+    def _choose_precision(self) -> PrecisionChoice:
+        """``--precision``, or for ``auto`` a short measurement (see
+        :mod:`core.precision`) on a copy of the model, so the run itself is untouched. In a
+        distributed run rank 0 measures and every rank takes its choice."""
+        c, mc = self.config, self.model.config
+        if not self.dist.is_main and c.precision == "auto" and self.device.type == "cpu":
+            choice = None
+        else:
+            choice = choose_precision(
+                c.precision,
+                self.device,
+                probe=lambda: conv_probe_ms(mc.mid_channels, mc.image_size // 2, c.batch_size),
+                measure=lambda: measure_step_ms(self.model, c.batch_size, self.device, c),
+            )
+        if self.dist.enabled:
+            flag = torch.tensor([choice is not None and choice.precision == "bf16"])
+            dist.broadcast(flag.to(self.device), 0)
+            if choice is None:
+                bf16 = bool(flag.item())
+                name = "bf16" if bf16 else "float32"
+                choice = PrecisionChoice(name, f"{name} (rank 0's choice)", c.precision)
+        return choice
 
     def _batch(
         self, images: torch.Tensor, perm: torch.Tensor, pos: int, noise: torch.Generator
@@ -485,7 +576,7 @@ class Trainer:
         if self.config.flip:
             flip = torch.rand(x.shape[0], generator=noise, device=noise.device) < 0.5
             x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
-        if self.cuda:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -581,6 +672,10 @@ class Trainer:
         model = self.model
         train, test = self._load_data()
         images = self._resident(train.images)
+        self.precision = self._choose_precision()
+        self.channels_last = use_channels_last(self.device, self.precision.precision)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
         steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
         total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
 
@@ -649,6 +744,8 @@ class Trainer:
             steps_per_epoch=steps_per_epoch,
             parameters=sum(p.numel() for p in model.parameters()),
             device=describe(self.device),
+            precision=self.precision.precision,
+            precision_reason=self.precision.reason,
             world_size=self.dist.world,
             out=str(self.out),
             model_config=model.config.to_dict(),

@@ -674,6 +674,8 @@ class TrainingPanel(QWidget):
         self._rate.clear()
         self.message.hide()
         parts = [f"{int(event.get('parameters', 0)):,} parameters", str(event.get("device"))]
+        if event.get("precision"):  # what --precision auto chose, and why in the tooltip
+            parts.append(str(event["precision"]))
         if event.get("world_size", 1) > 1:
             parts.append(f"{event['world_size']} processes")
         if event.get("train_images") is not None:
@@ -683,7 +685,8 @@ class TrainingPanel(QWidget):
         if event.get("skipped_files"):
             parts.append(f"{event['skipped_files']:,} unreadable files skipped")
         self.info.setText(" · ".join(parts))
-        self.info.setToolTip(str(event.get("out", "")))
+        why = event.get("precision_reason")
+        self.info.setToolTip("\n".join(str(t) for t in (event.get("out", ""), why) if t))
         if self.follower is not None and not self.running and self.run_dir is not None:
             # A reopened run: the form shows how it was started (and what Copy gives).
             # A run of another version may not fit: the form then stays as it was.

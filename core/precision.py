@@ -1,0 +1,192 @@
+"""float32 or bf16: which precision a step runs in, chosen by measurement on the CPU.
+
+A CPU with bf16 matrix units (``amx_bf16``, ``avx512_bf16``) runs bf16 convolutions several
+times faster than float32; one without them emulates bf16 and runs it many times slower (an
+AMD EPYC of the Zen 3 family: a 3x3 convolution of 64 channels at 16x16, channels_last,
+17 against 145 GFLOP/s in float32, and a 16-image decode of the ``cifar10`` preset 50x
+slower in plain NCHW). How much a model gains also depends on its widths and the batch, so
+``auto`` measures:
+
+1. a probe of one 3x3 convolution of the model's width and size in both precisions (well
+   under a second). Where bf16 is not faster there, float32 is chosen without timing the
+   real work, which in emulated bf16 can take minutes;
+2. otherwise the real work (a training step, a decode) in both precisions, interleaved, and
+   bf16 only if it is at least :data:`MARGIN` faster.
+
+The flow's arithmetic never changes precision: bf16 is only ever the s/t networks' matrix
+work (see :func:`core.train.step_autocast` and :func:`core.inference.bf16_copy`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PRECISIONS = ("auto", "float32", "bf16")
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+# bf16 is chosen only when it is at least this much faster: within noise float32 stays,
+# being the exact reference.
+MARGIN = 0.95
+# The picture test of a bf16 frame: at most one grey level (of 255) from the float32 frame
+# on at least this share of the pixels.
+SAME_PICTURE_GREY_LEVELS = 1
+SAME_PICTURE_SHARE = 0.999
+
+
+def bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's bf16 matrix-unit flags (``amx_bf16``, ``avx512_bf16``; ``bf16`` on Arm).
+    Shown in reports; the choice itself is measured, since flags do not say how fast."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return sorted(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a model runs in and why: ``precision`` is ``float32`` or ``bf16``;
+    ``reason`` is one line for people (the ``start`` event, the progress bar, tooltips);
+    ``float32_ms`` / ``bf16_ms`` are the figures behind a measured choice."""
+
+    precision: str
+    reason: str
+    requested: str = "auto"
+    float32_ms: float | None = None
+    bf16_ms: float | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def interleaved_ms(
+    run: Callable[[str], object],
+    repeats: int = 2,
+    warmup: int = 1,
+    budget_s: float | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of ``run(precision)`` for float32 and bf16, alternating so that a
+    change in the machine's load falls on both. ``budget_s``: fewer repeats (at least one)
+    where the warm-up calls say they would take longer."""
+    warm = 0.0
+    for _ in range(warmup):
+        for p in ("float32", "bf16"):
+            warm += _time_ms(lambda p=p: run(p)) / 1000.0
+    if budget_s is not None and warmup:
+        per_round = warm / warmup
+        repeats = max(1, min(repeats, int(budget_s // max(per_round, 1e-9))))
+    times: dict[str, list[float]] = {"float32": [], "bf16": []}
+    for _ in range(repeats):
+        for p in ("float32", "bf16"):
+            times[p].append(_time_ms(lambda p=p: run(p)))
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def conv_probe_ms(channels: int, size: int, batch: int, repeats: int = 3) -> dict[str, float]:
+    """A 3x3 convolution of ``channels`` at ``size`` x ``size`` in both precisions,
+    channels_last (oneDNN's preferred layout for bf16), batch trimmed so one float32 call
+    is about 0.2 GFLOP: a fraction of a second even where bf16 is emulated."""
+    flops_per_image = 2 * channels * channels * 9 * size * size
+    batch = max(1, min(batch, int(2e8 // flops_per_image)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=g)
+    w = torch.randn(channels, channels, 3, 3, generator=g) / (3 * channels**0.5)
+    inputs = {
+        p: (
+            x.to(dt).contiguous(memory_format=torch.channels_last),
+            w.to(dt).contiguous(memory_format=torch.channels_last),
+        )
+        for p, dt in DTYPES.items()
+    }
+
+    def run(p: str) -> None:
+        with torch.inference_mode():
+            F.conv2d(*inputs[p], padding=1)
+
+    return interleaved_ms(run, repeats=repeats)
+
+
+Measure = Callable[[], dict[str, float]]
+
+
+def choose_precision(
+    requested: str,
+    device: torch.device,
+    probe: Measure,
+    measure: Measure,
+    what: str = "step",
+) -> PrecisionChoice:
+    """The precision to run in. ``requested``: ``auto``, ``float32`` or ``bf16``.
+
+    On the CPU ``auto`` runs ``probe()`` (see :func:`conv_probe_ms`) and, only where bf16
+    was faster there, ``measure()``: both return median milliseconds per precision (see
+    :func:`interleaved_ms`). On CUDA ``auto`` is bf16 (the GPU's tensor cores; the trainer's
+    recipe); elsewhere (MPS) float32.
+    """
+    check_precision(requested)
+    if requested != "auto":
+        return PrecisionChoice(requested, f"{requested} (asked for)", requested)
+    if device.type == "cuda":
+        return PrecisionChoice("bf16", "bf16 (auto: CUDA)", requested)
+    if device.type != "cpu":
+        return PrecisionChoice("float32", f"float32 (auto: bf16 not used on {device.type})")
+    probe_ms = probe()
+    f32, bf16 = probe_ms["float32"], probe_ms["bf16"]
+    if not bf16 < f32:
+        units = ", ".join(bf16_units()) or "no bf16 units"
+        return PrecisionChoice(
+            "float32",
+            f"float32 (auto: bf16 convolutions {bf16 / f32:.1f}x slower here; {units})",
+            requested,
+            round(f32, 3),
+            round(bf16, 3),
+        )
+    ms = measure()
+    f32, bf16 = ms["float32"], ms["bf16"]
+    if bf16 < MARGIN * f32:
+        reason = f"bf16 (auto: {what} {f32 / bf16:.2f}x faster than float32)"
+        chosen = "bf16"
+    else:
+        reason = f"float32 (auto: bf16 {what} {f32 / bf16:.2f}x, not faster)"
+        chosen = "float32"
+    return PrecisionChoice(chosen, reason, requested, round(f32, 3), round(bf16, 3))
+
+
+def same_picture(reference: np.ndarray, other: np.ndarray) -> tuple[bool, float]:
+    """Whether two ``uint8`` frames show the same picture: at most
+    :data:`SAME_PICTURE_GREY_LEVELS` apart on at least :data:`SAME_PICTURE_SHARE` of the
+    pixels. Returns (same, share within)."""
+    if reference.shape != other.shape:
+        raise ValueError(f"frames of shapes {reference.shape} and {other.shape}")
+    diff = np.abs(reference.astype(np.int16) - other.astype(np.int16))
+    share = float((diff <= SAME_PICTURE_GREY_LEVELS).mean()) if diff.size else 1.0
+    return share >= SAME_PICTURE_SHARE, share
