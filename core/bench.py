@@ -41,6 +41,7 @@ Tests never assert these times; they only check that the command runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -90,6 +91,119 @@ def matmul_peak_gflops(
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = min(_time_ms(lambda: a @ b, repeats, device=device))
     return round(2 * size**3 / (best / 1000.0) / 1e9, 1)
+
+
+def bf16_matmul_peak_gflops(device: torch.device, repeats: int = 10) -> tuple[float, int]:
+    """The bf16 matmul ceiling and the size it was measured at. On CUDA 8192x8192. On the
+    CPU the size doubles from 256 up to 2048 while one product takes under 0.1 s: a CPU
+    without bf16 units emulates it about 150x slower than float32 (0.9 against 148
+    GFLOP/s, AMD EPYC Zen 3), where a 2048 product alone would take 20 s."""
+    if device.type == "cuda":
+        return matmul_peak_gflops(device, 8192, repeats, torch.bfloat16), 8192
+    size = 256
+    while size < 2048:
+        a = torch.randn(size, size, dtype=torch.bfloat16)
+        if min(_time_ms(lambda a=a: a @ a, 2, warmup=1)) > 100.0:
+            break
+        size *= 2
+    return matmul_peak_gflops(device, size, repeats, torch.bfloat16), size
+
+
+def _interleaved_ms(
+    fns: dict[str, Callable[[], Any]], repeats: int, budget_s: float, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Times of each function, one call of each in turn (so a change in the machine's load
+    falls on all), after one warm-up call each; fewer rounds (at least one) where the
+    warm-up says ``repeats`` would take over ``budget_s``. Returns (times, warm-up times)."""
+    first = {name: _time_ms(fn, 1, warmup=0, device=device)[0] for name, fn in fns.items()}
+    rounds = max(1, min(repeats, int(budget_s * 1000.0 // max(sum(first.values()), 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name] += _time_ms(fn, 1, warmup=0, device=device)
+    return times, first
+
+
+def train_precisions(
+    config: FlowConfig,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    peak: float,
+    budget_s: float = 60.0,
+) -> dict[str, Any]:
+    """The trainer's step (:func:`core.train.make_train_step`: autocast, memory format) in
+    float32 and in bf16, timed interleaved on two copies of one model; figures per
+    precision as in :func:`training_speed`, all shares of ``peak``, and ``bf16_speedup``."""
+    from core.train import TrainConfig, make_train_step, use_channels_last
+
+    torch.manual_seed(0)
+    model = RealNVP(config).to(device).train()
+    flops = train_step_flops(model, batch, device)
+    x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device)
+    runs = {}
+    for p in ("float32", "bf16"):
+        step = make_train_step(copy.deepcopy(model), device, p, TrainConfig())
+        cl = use_channels_last(device, p)
+        xp = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        runs[p] = lambda step=step, xp=xp: step(xp)
+    times, first = _interleaved_ms(runs, steps, budget_s, device)
+    out: dict[str, Any] = {"batch": batch, "train_step_gflop": round(flops / 1e9, 4)}
+    for p, ms in times.items():
+        per_step = statistics.median(ms) / 1000.0
+        gflops = flops / per_step / 1e9
+        out[p] = {
+            "first_step_s": round(first[p] / 1000.0, 2),
+            "steps_timed": len(ms),
+            "train_images_per_s": round(batch / per_step, 2),
+            "train_gflops": round(gflops, 3),
+            "train_peak_fraction": round(gflops / peak, 4) if peak else None,
+        }
+    out["bf16_speedup"] = round(
+        out["bf16"]["train_images_per_s"] / out["float32"]["train_images_per_s"], 3
+    )
+    return out
+
+
+def render_precisions(
+    model: RealNVP,
+    batches: tuple[int, ...],
+    repeats: int,
+    device: torch.device,
+    budget_s: float = 30.0,
+) -> dict[str, Any]:
+    """The explorer's full decode of ``model`` (an inference copy) in float32 and with bf16
+    s/t networks (:func:`core.inference.bf16_copy`), interleaved, per batch size: p50 of
+    each, ``bf16_speedup``, and the picture test of :func:`core.precision.same_picture`
+    (``same_picture``, ``within_one_grey_level``: the share of pixels within one level)."""
+    from core.images import to_uint8
+    from core.inference import bf16_copy
+    from core.precision import same_picture
+
+    fast = bf16_copy(model)
+    out: dict[str, Any] = {}
+    for batch in batches:
+        zs = model.sample_latents(batch, 0.8, torch.Generator().manual_seed(batch))
+        zs = [z.to(device) for z in zs]
+        with torch.inference_mode():
+            runs = {
+                "float32": lambda zs=zs: model.decode(zs),
+                "bf16": lambda zs=zs: fast.decode(zs),
+            }
+            times, _ = _interleaved_ms(runs, repeats, budget_s, device)
+            same, share = same_picture(
+                to_uint8(model.decode(zs).float().cpu().numpy()),
+                to_uint8(fast.decode(zs).float().cpu().numpy()),
+            )
+        f32, bf16 = (statistics.median(times[p]) for p in ("float32", "bf16"))
+        out[f"batch_{batch}"] = {
+            "float32_ms": _percentiles(times["float32"]),
+            "bf16_ms": _percentiles(times["bf16"]),
+            "bf16_speedup": round(f32 / bf16, 3),
+            "same_picture": same,
+            "within_one_grey_level": round(share, 5),
+        }
+    return out
 
 
 def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -300,28 +414,30 @@ def run(
     compile: bool = False,
     train_batches: list[int] | None = None,
     render_presets: list[str] | None = None,
+    precision_only: bool = False,
 ) -> dict[str, Any]:
     from core.checkpoint import load_checkpoint
+    from core.precision import bf16_units
 
     device = pick_device(device_name)
     repeats = 5 if quick else 30
     train_steps = 2 if quick else 5
     peak = matmul_peak_gflops(device, repeats=3 if quick else 10)
+    bf16_peak, bf16_size = bf16_matmul_peak_gflops(device, 3 if quick else 10)
     train_batches = train_batches or [64]
-    # On CUDA training runs in bf16 autocast, so its ceiling is the bf16 matmul rate.
-    train_peak = (
-        matmul_peak_gflops(device, 8192, 3 if quick else 10, torch.bfloat16)
-        if device.type == "cuda"
-        else peak
-    )
+    # Training runs in float32 or bf16 (CUDA: bf16 autocast): its ceiling is the higher one.
+    train_peak = max(peak, bf16_peak)
     report: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
             "device": describe(device),
             "threads": torch.get_num_threads(),
             "python": platform.python_version(),
+            "bf16_units": bf16_units() if device.type == "cpu" else None,
         },
         "matmul_peak_gflops": peak,
+        "bf16_matmul_peak_gflops": bf16_peak,
+        "bf16_matmul_size": bf16_size,
         "train_peak_gflops": train_peak,
         "models": {},
         "render": {},
@@ -347,9 +463,12 @@ def run(
         count = sum(p.numel() for p in model.parameters())
         models["bundled"] = (fold_for_inference(model), False, count)
         render_name = "checkpoint" if checkpoint and checkpoint != "bundled" else "bundled"
-        report["render"][render_name] = _render_entry(models["bundled"][0], count, repeats, device)
+        if not precision_only:
+            report["render"][render_name] = _render_entry(
+                models["bundled"][0], count, repeats, device
+            )
     render_presets = ["cifar10"] if render_presets is None else render_presets
-    for name in render_presets:
+    for name in [] if precision_only else render_presets:
         model = random_model(PRESETS[name], device)
         count = sum(p.numel() for p in model.parameters())
         report["render"][name] = _render_entry(
@@ -359,18 +478,31 @@ def run(
         model = RealNVP(PRESETS[name]).to(device).eval()
         models[name] = (model, True, sum(p.numel() for p in model.parameters()))
     for name, (model, train, count) in models.items():
-        entry: dict[str, Any] = {
-            "config": model.config.to_dict(),
-            "parameters": count,
-            "batch_1": latency(model, 1, repeats, device),
-            "batch_64": latency(model, 64, 2 if quick else 10, device),
-        }
+        entry: dict[str, Any] = {"config": model.config.to_dict(), "parameters": count}
+        # The render comparison needs a picture: presets get weights moved off the
+        # identity initialization, as the explorer's untrained model does.
+        shown = model if not train else fold_for_inference(random_model(model.config, device))
+        entry["render_precision"] = render_precisions(shown, (1, 16), 3 if quick else 10, device)
+        if train:
+            first, *more = train_batches
+            entry["train_precision"] = train_precisions(
+                model.config, first, train_steps, device, train_peak
+            )
+        if precision_only:
+            report["models"][name] = entry
+            continue
+        entry["batch_1"] = latency(model, 1, repeats, device)
+        entry["batch_64"] = latency(model, 64, 2 if quick else 10, device)
         if not train:
             entry["fine_level_change"] = fine_level_change(model, repeats, device)
             entry["likelihood_map"] = likelihood_map_cost(model, repeats, device)
         if train:
-            first, *more = train_batches
-            entry.update(training_speed(model.config, first, train_steps, device, train_peak))
+            if device.type == "cuda":
+                entry.update(training_speed(model.config, first, train_steps, device, train_peak))
+            else:  # the trainer's default step there is the float32 one just measured
+                figures = entry["train_precision"]
+                entry.update(figures["float32"], batch=first, compiled=False, cuda_graph=False)
+                entry["train_step_gflop"] = figures["train_step_gflop"]
             for b in more:
                 entry[f"train_batch_{b}"] = training_speed(
                     model.config, b, train_steps, device, train_peak
@@ -434,12 +566,44 @@ def _graphed_render_figures(model: RealNVP, repeats: int, device: torch.device) 
     return out
 
 
+def _print_precisions(report: dict[str, Any]) -> None:
+    """The float32 / bf16 table: both ceilings, training and rendering side by side."""
+    units = report["machine"].get("bf16_units")
+    print(
+        f"ceilings: float32 matmul {report['matmul_peak_gflops']} GFLOP/s, bf16 matmul "
+        f"{report['bf16_matmul_peak_gflops']} GFLOP/s ({report['bf16_matmul_size']}^2)"
+        + ("" if units is None else f"; bf16 units: {', '.join(units) or 'none'}")
+    )
+    print(f"{'':34}{'float32':>22}{'bf16':>22}{'bf16 speed-up':>15}")
+    for name, e in report["models"].items():
+        t = e.get("train_precision")
+        if t:
+            cells = [
+                f"{t[p]['train_images_per_s']} img/s "
+                f"({100 * (t[p]['train_peak_fraction'] or 0):.1f}%)"
+                for p in ("float32", "bf16")
+            ]
+            label = f"{name} training, batch {t['batch']}"
+            print(f"{label:34}{cells[0]:>22}{cells[1]:>22}{t['bf16_speedup']:>14.2f}x")
+        for batch, r in e.get("render_precision", {}).items():
+            n = batch.removeprefix("batch_")
+            cells = [f"{r[p + '_ms']['p50']:.1f} ms" for p in ("float32", "bf16")]
+            label = f"{name} render, {n} image{'s' * (n != '1')}"
+            print(
+                f"{label:34}{cells[0]:>22}{cells[1]:>22}{r['bf16_speedup']:>14.2f}x"
+                f"  same picture: {'yes' if r['same_picture'] else 'no'} "
+                f"({100 * r['within_one_grey_level']:.2f}% within one grey level)"
+            )
+    print("(training: images/s and the share of the higher ceiling; render: p50)")
+
+
 def _print(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print(
-        f"torch {m['torch']} on {m['device']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s"
-    )
+    print(f"torch {m['torch']} on {m['device']}")
+    _print_precisions(report)
     for name, e in report["models"].items():
+        if "batch_1" not in e:
+            continue
         print(f"\n{name}: {e['parameters']:,} parameters")
         for batch in ("batch_1", "batch_64"):
             enc, dec = e[batch]["encode_ms"], e[batch]["decode_ms"]
@@ -512,6 +676,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         compile=getattr(args, "compile", False),
         train_batches=getattr(args, "train_batch", None),
         render_presets=getattr(args, "render_presets", None),
+        precision_only=getattr(args, "precision_only", False),
     )
     if args.json:
         print(json.dumps(report))

@@ -409,6 +409,11 @@ def _add_bench(sub) -> None:
         help="also time the training step under torch.compile (train_compiled)",
     )
     p.add_argument(
+        "--precision-only",
+        action="store_true",
+        help="only the float32 / bf16 comparison: both ceilings, training and rendering",
+    )
+    p.add_argument(
         "--train-batch",
         type=_positive,
         nargs="+",

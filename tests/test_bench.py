@@ -9,7 +9,9 @@ from core.bench import (
     latency,
     random_model,
     render_figures,
+    render_precisions,
     run,
+    train_precisions,
     train_step_flops,
     training_speed,
 )
@@ -22,8 +24,16 @@ TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num
 def test_report_keys(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", RealNVP(TINY).eval())
     report = run(quick=True, checkpoint=str(path), presets=[], gui=False, render_presets=[])
-    assert report["matmul_peak_gflops"] > 0
+    assert report["matmul_peak_gflops"] > 0 and report["bf16_matmul_peak_gflops"] > 0
+    assert report["train_peak_gflops"] == max(
+        report["matmul_peak_gflops"], report["bf16_matmul_peak_gflops"]
+    )
+    assert isinstance(report["machine"]["bf16_units"], list)
     bundled = report["models"]["bundled"]
+    for batch in ("batch_1", "batch_16"):
+        render = bundled["render_precision"][batch]
+        assert render["float32_ms"]["p50"] > 0 and render["bf16_ms"]["p50"] > 0
+        assert 0 <= render["within_one_grey_level"] <= 1
     assert bundled["parameters"] == sum(p.numel() for p in RealNVP(TINY).parameters())
     change = bundled["fine_level_change"]
     assert set(change) == {"cached_ms", "full_ms"} and change["cached_ms"]["n"] > 0
@@ -62,3 +72,25 @@ def test_training_figures_count_real_flops():
 def test_latency_shapes():
     out = latency(RealNVP(TINY).eval(), 3, 2, torch.device("cpu"))
     assert out["encode_ms"]["n"] == 2
+
+
+def test_training_is_timed_in_both_precisions_against_the_higher_ceiling():
+    figures = train_precisions(TINY, 4, 2, torch.device("cpu"), peak=100.0)
+    for p in ("float32", "bf16"):
+        f = figures[p]
+        assert f["train_images_per_s"] > 0 and f["steps_timed"] >= 1
+        assert f["train_peak_fraction"] == round(f["train_gflops"] / 100.0, 4)
+    assert figures["bf16_speedup"] == round(
+        figures["bf16"]["train_images_per_s"] / figures["float32"]["train_images_per_s"], 3
+    )
+
+
+def test_render_picture_test_sees_bf16_differences():
+    from conftest import perturbed_model
+
+    from core.inference import fold_for_inference
+
+    model = fold_for_inference(perturbed_model(TINY, scale=0.05))
+    out = render_precisions(model, (2,), 2, torch.device("cpu"))["batch_2"]
+    assert out["float32_ms"]["n"] >= 1 and out["bf16_speedup"] > 0
+    assert out["same_picture"] == (out["within_one_grey_level"] >= 0.999)

@@ -83,11 +83,17 @@ def test_run_emits_events_and_writes_files(tmp_path):
     assert float(np.mean(reference.bits_per_dim)) == pytest.approx(meta["test_bpd"], abs=1e-4)
 
 
-def test_resume_continues_exactly(tmp_path):
-    Trainer(TINY, config(tmp_path / "full", max_steps=8)).run()
-    Trainer(TINY, config(tmp_path / "half", max_steps=4)).run()
+PRECISIONS = pytest.mark.parametrize("precision", ["float32", "bf16"])
+
+
+@PRECISIONS
+def test_resume_continues_exactly(tmp_path, precision):
+    Trainer(TINY, config(tmp_path / "full", max_steps=8, precision=precision)).run()
+    Trainer(TINY, config(tmp_path / "half", max_steps=4, precision=precision)).run()
     Trainer(
-        None, config(tmp_path / "half", max_steps=8), resume=tmp_path / "half" / "latest.pt"
+        None,
+        config(tmp_path / "half", max_steps=8, precision=precision),
+        resume=tmp_path / "half" / "latest.pt",
     ).run()
     full = read_checkpoint(tmp_path / "full" / "latest.pt")
     resumed = read_checkpoint(tmp_path / "half" / "latest.pt")
@@ -99,6 +105,65 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(full_opt[k]["exp_avg"], res_opt[k]["exp_avg"]) for k in full_opt)
 
 
+def test_bf16_run_evaluates_in_float32_and_says_its_precision(tmp_path, monkeypatch):
+    from core.data import load_mnist
+    from core.model import mean_bits_per_dim
+
+    def autocast_seen(self, test):
+        # every training step runs in CPU bf16 autocast; evaluation never does
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_evaluate(self, test)
+
+    seen: list[bool] = []
+    real_evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", autocast_seen)
+    sink = ListSink()
+    trainer = Trainer(TINY, config(tmp_path / "run", precision="bf16"), sink)
+    result = trainer.run()
+    start = sink.events[0]
+    assert start["precision"] == "bf16" and "asked for" in start["precision_reason"]
+    assert seen == [False] and trainer.channels_last
+    model, meta = load_checkpoint(tmp_path / "run" / "latest.pt")
+    images = load_mnist(MNIST_DIR, train=False).images[:64]
+    assert meta["test_bpd"] == result["test_bpd"] == mean_bits_per_dim(model, images)
+
+
+@pytest.mark.parametrize("bf16_faster", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_auto_takes_the_measured_precision(tmp_path, monkeypatch, bf16_faster):
+    """CI has no bf16 units: the measurement's outcome is forced both ways."""
+    fast, slow = {"float32": 10.0, "bf16": 2.0}, {"float32": 2.0, "bf16": 30.0}
+    probe = fast if bf16_faster else slow
+    measured = []
+    monkeypatch.setattr(train_module, "conv_probe_ms", lambda *a: probe)
+
+    def measure(model, batch, device, recipe):
+        measured.append(batch)
+        return dict(fast)
+
+    monkeypatch.setattr(train_module, "measure_step_ms", measure)
+    sink = ListSink()
+    trainer = Trainer(TINY, config(tmp_path / "run", max_steps=2), sink)
+    trainer.run()
+    start = sink.events[0]
+    want = "bf16" if bf16_faster else "float32"
+    assert start["precision"] == want and start["precision_reason"].startswith(f"{want} (auto")
+    assert measured == ([16] if bf16_faster else [])  # the step is timed only after the probe
+    assert trainer.channels_last is bf16_faster
+
+
+def test_auto_measures_on_a_copy(tmp_path):
+    from core.model import RealNVP
+    from core.train import measure_step_ms
+
+    model = RealNVP(FlowConfig(1, 8, 2, 4, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    ms = measure_step_ms(model, 2, torch.device("cpu"), config(tmp_path))
+    assert set(ms) == {"float32", "bf16"} and min(ms.values()) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
 def test_resume_needs_training_state(tmp_path):
     from core.checkpoint import save_checkpoint
     from core.model import RealNVP
@@ -108,7 +173,8 @@ def test_resume_needs_training_state(tmp_path):
         Trainer(None, config(tmp_path / "x"), resume=path)
 
 
-def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+@PRECISIONS
+def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch, precision):
     real_batch = Trainer._batch
     calls = {"n": 0}
 
@@ -122,7 +188,9 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_batch", poisoned)
     sink = ListSink()
     trainer = Trainer(
-        TINY, config(tmp_path / "run", max_steps=50, eval_every=4, max_nonfinite=5), sink
+        TINY,
+        config(tmp_path / "run", max_steps=50, eval_every=4, max_nonfinite=5, precision=precision),
+        sink,
     )
     with pytest.raises(TrainingError, match="5 non-finite losses in a row"):
         trainer.run()
@@ -137,8 +205,12 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert steps[1]["nonfinite"] == 1
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "plain-adam"])
-def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused):
+@pytest.mark.parametrize(
+    ("fused", "precision"),
+    [(True, "float32"), (False, "float32"), (True, "bf16")],
+    ids=["fused-adam", "plain-adam", "fused-adam-bf16"],
+)
+def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused, precision):
     if not fused:  # an older torch without the fused kernel: the host looks at the flag
         monkeypatch.setattr(train_module, "make_adam", _plain_adam)
     monkeypatch.setattr(
@@ -146,7 +218,7 @@ def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused):
         "_batch",
         lambda self, images, perm, pos, noise: torch.full((16, 1, 28, 28), float("nan")),
     )
-    trainer = Trainer(TINY, config(tmp_path / "run", max_steps=1))
+    trainer = Trainer(TINY, config(tmp_path / "run", max_steps=1, precision=precision))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run()
     for key, value in trainer.model.state_dict().items():
