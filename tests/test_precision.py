@@ -140,7 +140,7 @@ def test_the_bf16_copy_leaves_the_float32_model_exact():
     fast = bf16_copy(folded)
     for key, value in folded.state_dict().items():
         assert torch.equal(value, before[key]) and value.dtype == before[key].dtype, key
-    x = torch.rand(3, 1, 8, 8) * 0.9 + 0.05
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
     with torch.inference_mode():
         assert (folded.decode(folded.encode(x)) - x).abs().max() < 1e-5  # float32: exact
         zs = folded.encode(x)
@@ -150,8 +150,8 @@ def test_the_bf16_copy_leaves_the_float32_model_exact():
         p.dtype == torch.bfloat16 for n in nets for p in n.parameters() if p.is_floating_point()
     )
     assert out.dtype == torch.float32
-    # bf16 s/t networks: close to the float32 image, not equal to it
-    error = (out - x).abs().max().item()
-    assert 0 < error < 0.1
+    # bf16 s/t networks: near the float32 image, not equal to it (which pixels move, and
+    # by how much, is the engine's picture test)
+    assert torch.isfinite(out).all() and 0 < (out - x).abs().mean() < 0.05
     same, share = same_picture(to_uint8(x.numpy()), to_uint8(out.numpy()))
-    assert 0.5 < share <= 1.0 and isinstance(same, bool)
+    assert 0.5 < share < 1.0 and not same

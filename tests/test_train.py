@@ -115,8 +115,8 @@ def test_bf16_run_evaluates_in_float32_and_says_its_precision(tmp_path, monkeypa
         return real_evaluate(self, test)
 
     seen: list[bool] = []
-    real_evaluate = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", autocast_seen)
+    real_evaluate = Trainer.evaluate_per_image
+    monkeypatch.setattr(Trainer, "evaluate_per_image", autocast_seen)
     sink = ListSink()
     trainer = Trainer(TINY, config(tmp_path / "run", precision="bf16"), sink)
     result = trainer.run()

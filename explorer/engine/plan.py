@@ -20,6 +20,8 @@ import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from core.precision import MARGIN
+
 # A frame that would take longer than this renders progressively: 50 ms is 20 frames a
 # second, about where a dragged slider stops feeling attached to the image. The bundled
 # model's 16-image frames (about 30 ms decoding on 2 cores) stay whole frames.
@@ -47,14 +49,18 @@ class RenderPlan:
 
     ``decode_ms[threads][batch]``: median milliseconds of a full decode of ``batch`` images
     with ``threads`` CPU threads (all figures measured so far). ``threads`` is the count the
-    engine renders with. ``precision`` is the dtype frames decode in (``"float32"``).
+    engine renders with. ``precisions[batch]``: ``"float32"`` or ``"bf16"``, what frames of
+    that many images decode in (see :meth:`precision_for`; float32 until measured), with
+    ``precision_note`` saying why and ``precision_ms[batch]`` the figures behind it.
     ``measured``: every planned figure is in; ``forced_threads``: ``--threads`` chose.
     """
 
     threads: int
     decode_ms: Mapping[int, Mapping[int, float]] = field(default_factory=dict)
     budget_ms: float = FRAME_BUDGET_MS
-    precision: str = "float32"
+    precisions: Mapping[int, str] = field(default_factory=dict)
+    precision_note: str = "not measured yet"
+    precision_ms: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
     measured: bool = False
     forced_threads: bool = False
     device: str = "cpu"
@@ -78,6 +84,15 @@ class RenderPlan:
                 break
         slope = (figures[hi] - figures[lo]) / (hi - lo)
         return fraction * max(0.0, figures[lo] + slope * (n - lo))
+
+    def precision_for(self, n: int) -> str:
+        """The precision a frame of ``n`` images decodes in: that of the largest measured
+        batch size up to ``n`` (the smallest for fewer), float32 before any."""
+        if not self.precisions:
+            return "float32"
+        batches = sorted(self.precisions)
+        below = [b for b in batches if b <= n]
+        return self.precisions[below[-1] if below else batches[0]]
 
     def progressive(self, n: int, fraction: float = 1.0) -> bool:
         """Whether ``n`` images render the selected one first, then the rest in chunks."""
@@ -114,7 +129,17 @@ class RenderPlan:
             lines.append(
                 f"Whole frames: a {PLAN_BATCHES[-1]}-image grid is within {self.budget_ms:.0f} ms"
             )
-        lines.append(f"Precision: {self.precision}")
+        chosen = sorted(self.precisions.items())
+        if chosen and len({p for _, p in chosen}) == 1:
+            lines.append(f"Precision: {chosen[0][1]} ({self.precision_note})")
+        elif chosen:
+            shown = ", ".join(f"{b} image{'s' * (b > 1)} {p}" for b, p in chosen)
+            lines.append(f"Precision: {shown} ({self.precision_note})")
+        else:
+            lines.append(f"Precision: float32 ({self.precision_note})")
+        for b, ms in sorted(self.precision_ms.items()):
+            shown = ", ".join(f"{p} {v:.1f} ms" for p, v in ms.items())
+            lines.append(f"  {b} image{'s' * (b > 1)}: {shown}")
         return "\n".join(lines)
 
 
@@ -145,9 +170,27 @@ def choose_threads(
     return best
 
 
+@dataclass(frozen=True)
+class PrecisionMeasurement:
+    """What measuring a model's render precision needs from the engine (see
+    :mod:`core.precision`): ``probe()``, median ms of a bf16 and a float32 convolution of
+    the model's width; ``picture(batch)``, whether a bf16 frame of ``batch`` images shows
+    the same picture as the float32 one (:func:`core.precision.same_picture`) and the
+    share of pixels within one grey level; ``decode(batch, threads, precision)``, ms of
+    one full decode."""
+
+    probe: Callable[[], Mapping[str, float]]
+    picture: Callable[[int], tuple[bool, float]]
+    decode: Callable[[int, int, str], float]
+    repeats: int = 2
+
+
 class PlanMeasurement:
     """The measurement of one model's plan as small steps: each ``next()`` runs one timed
-    decode (through ``decode(batch, threads) -> ms``) and returns the plan so far.
+    decode (through ``decode(batch, threads) -> ms``) and returns the plan so far. With
+    ``precision``, then the render precision at the chosen thread count: the convolution
+    probe, and only where bf16 was faster there the picture test at the largest batch and
+    interleaved decodes in both precisions at each batch size, one step each.
 
     The engine runs a step only when no frame is waiting, so a user's frame waits at most
     one decode; for the cifar10 preset on 2 cores the whole measurement is about 20 decodes.
@@ -160,9 +203,11 @@ class PlanMeasurement:
         threads: tuple[int, ...] | None = None,
         batches: tuple[int, ...] = PLAN_BATCHES,
         repeats: Mapping[int, int] | None = None,
+        precision: PrecisionMeasurement | None = None,
     ) -> None:
         self.plan = start
         self._decode = decode
+        self._precision = precision
         self._threads = (start.threads,) if start.forced_threads else threads or thread_candidates()
         # The current thread count first, so a provisional plan exists early.
         self._threads = tuple(sorted(set(self._threads), key=lambda t: t != start.threads))
@@ -202,5 +247,51 @@ class PlanMeasurement:
                 else self.plan.threads,
                 decode_ms={t: dict(f) for t, f in figures.items()},
             )
+        if self._precision is not None:
+            yield from self._measure_precision(self._precision)
         self.plan = replace(self.plan, measured=True)
         yield self.plan
+
+    def _measure_precision(self, m: PrecisionMeasurement) -> Iterator[RenderPlan]:
+        float32 = dict.fromkeys(self._batches, "float32")
+        probe = m.probe()
+        yield self.plan
+        if not probe["bf16"] < probe["float32"]:
+            ratio = probe["bf16"] / probe["float32"]
+            note = f"bf16 convolutions {ratio:.1f}x slower here"
+            self.plan = replace(self.plan, precisions=float32, precision_note=note)
+            return
+        grid = max(self._batches)
+        same, share = m.picture(grid)
+        yield self.plan
+        if not same:
+            note = (
+                f"a bf16 frame is not the same picture: {100 * share:.2f}% of pixels "
+                "within one grey level"
+            )
+            self.plan = replace(self.plan, precisions=float32, precision_note=note)
+            return
+        threads = self.plan.threads
+        chosen: dict[int, str] = {}
+        figures: dict[int, dict[str, float]] = {}
+        decode_ms = {t: dict(f) for t, f in self.plan.decode_ms.items()}
+        for batch in self._batches:
+            times: dict[str, list[float]] = {"float32": [], "bf16": []}
+            for i in range(1 + m.repeats):  # one warm-up round, then alternating
+                for p in ("float32", "bf16"):
+                    ms = m.decode(batch, threads, p)
+                    if i:
+                        times[p].append(ms)
+                    yield self.plan
+            medians = {p: round(statistics.median(t), 2) for p, t in times.items()}
+            figures[batch] = medians
+            chosen[batch] = "bf16" if medians["bf16"] < MARGIN * medians["float32"] else "float32"
+            decode_ms.setdefault(threads, {})[batch] = medians[chosen[batch]]
+        note = f"bf16 frames are the same picture ({100 * share:.2f}% within one grey level)"
+        self.plan = replace(
+            self.plan,
+            precisions=chosen,
+            precision_note=note,
+            precision_ms=figures,
+            decode_ms=decode_ms,
+        )

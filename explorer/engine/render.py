@@ -51,12 +51,19 @@ from core.checkpoint import load_checkpoint
 from core.device import describe, pick_device
 from core.graphs import GraphedDecoder
 from core.images import to_uint8
-from core.inference import fold_for_inference
+from core.inference import bf16_copy, fold_for_inference
 from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
+from core.precision import conv_probe_ms, same_picture
 from core.resnet import ResidualBlock, STNetwork
 from core.typicality import TypicalityReference
 from explorer.engine.likelihood import describe_pixels
-from explorer.engine.plan import PLAN_BATCHES, PlanMeasurement, RenderPlan, default_plan
+from explorer.engine.plan import (
+    PLAN_BATCHES,
+    PlanMeasurement,
+    PrecisionMeasurement,
+    RenderPlan,
+    default_plan,
+)
 from explorer.models.gallery import EncodedImage
 from explorer.models.likelihood import LikelihoodView
 from explorer.models.state import ModelInfo
@@ -231,6 +238,7 @@ class _LevelCache:
     model_id: int
     latents: list[np.ndarray]  # the latents of the cached frame, finest first
     running: list[torch.Tensor]  # running[j]: tensor after handling levels >= j
+    precision: str = "float32"  # of the model that made it; float32 work never uses bf16's
 
 
 class _RenderThread(QThread):
@@ -335,6 +343,9 @@ class RenderEngine(QObject):
         self.dropped = 0
         self.rendered = 0
         self._model: RealNVP | None = None  # the inference copy: renders and encodes
+        # Its copy with bf16 s/t networks, made by the precision measurement where bf16
+        # convolutions are faster; frames use it where the plan says bf16.
+        self._bf16_model: RealNVP | None = None
         self._likelihood_model: RealNVP | None = None  # the original: bits/dim
         self._reference: TypicalityReference | None = None  # the checkpoint's test statistics
         self._info: ModelInfo | None = None
@@ -412,6 +423,7 @@ class RenderEngine(QObject):
                 self._graphs.release()  # the old model's graphs and their memory
                 self._graphs = None
             self._model = folded
+            self._bf16_model = None
             self._likelihood_model = model.eval()
             self._reference = reference
             self._caches.clear()
@@ -462,28 +474,43 @@ class RenderEngine(QObject):
 
     def _start_measurement(self) -> None:
         model_id = self.model_id
+        precision = None
+        if self.device.type == "cpu" and self._fixed_plan is None:
+            precision = PrecisionMeasurement(
+                probe=lambda: self._precision_probe(model_id),
+                picture=lambda batch: self._same_picture(model_id, batch),
+                decode=lambda batch, threads, p: self._timed_decode(
+                    model_id, batch, threads, precision=p
+                ),
+            )
         measurement = PlanMeasurement(
             self.plan,
             lambda batch, threads: self._timed_decode(model_id, batch, threads),
             # On a GPU the CPU threads do not render: only the frame times are measured.
             threads=(self.plan.threads,) if self.device.type != "cpu" else None,
+            precision=precision,
         )
         with self._mailbox:
             self._measurement = measurement
             self._mailbox.notify()
 
     def _timed_decode(
-        self, model_id: int, batch: int, threads: int, model: RealNVP | None = None
+        self,
+        model_id: int,
+        batch: int,
+        threads: int,
+        model: RealNVP | None = None,
+        precision: str = "float32",
     ) -> float:
         """Milliseconds of one full decode of ``batch`` random images with ``threads``
-        (``model``: another copy than the rendering one, e.g. the CPU contender)."""
+        (``model``: another copy than the rendering one, e.g. the CPU contender; else the
+        rendering one in ``precision``)."""
         with self._model_lock:
-            model = model or self._model
-            if model is None or model_id != self.model_id:
+            if model is None:
+                model = self._model_in(model_id, precision)
+            elif model_id != self.model_id:
                 raise _Preempted  # the model changed: this measurement is over
-            shapes = [tuple(s) for s in model.latent_shapes]
-            rng = np.random.default_rng(batch)
-            latents = [rng.standard_normal((batch, *s), dtype=np.float32) for s in shapes]
+            latents = self._plan_latents(model, batch)
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
@@ -494,6 +521,53 @@ class RenderEngine(QObject):
                 return (time.perf_counter() - start) * 1000.0
             finally:
                 torch.set_num_threads(previous)
+
+    def _model_in(self, model_id: int, precision: str) -> RealNVP:
+        """The open model's inference copy in ``precision`` (the bf16 copy is made on first
+        use); :class:`_Preempted` when ``model_id`` is no longer open. Under the model lock."""
+        model = self._model
+        if model is None or model_id != self.model_id:
+            raise _Preempted  # the model changed: this measurement is over
+        if precision == "float32":
+            return model
+        if self._bf16_model is None:
+            # From the hook-free original: the preemption hooks are not copied.
+            fast = bf16_copy(fold_for_inference(self._likelihood_model))
+            if not self.compile:
+                _add_preemption_hooks(fast, self._check_preempted)
+            self._bf16_model = fast
+        return self._bf16_model
+
+    @staticmethod
+    def _plan_latents(model: RealNVP, batch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(batch)
+        return [rng.standard_normal((batch, *s), dtype=np.float32) for s in model.latent_shapes]
+
+    def _precision_probe(self, model_id: int) -> dict[str, float]:
+        """The bf16 / float32 convolution probe at the model's s/t width (a fraction of a
+        second), with the render threads."""
+        with self._model_lock:
+            model = self._model_in(model_id, "float32")
+            cfg = model.config
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.plan.threads)
+            try:
+                return conv_probe_ms(cfg.mid_channels, max(cfg.image_size // 2, 1), 16)
+            finally:
+                torch.set_num_threads(previous)
+
+    def _same_picture(self, model_id: int, batch: int) -> tuple[bool, float]:
+        """Whether a bf16 frame of ``batch`` random images is the float32 frame's picture."""
+        with self._model_lock:
+            model = self._model_in(model_id, "float32")
+            fast = self._model_in(model_id, "bf16")
+            latents = self._plan_latents(model, batch)
+            with torch.inference_mode():
+                frames = [
+                    to_uint8(self._decode(m, latents, None)[0].float().cpu().numpy())
+                    for m in (model, fast)
+                ]
+            return same_picture(*frames)
 
     def _measure_step(self) -> RenderPlan | None:
         """One step of the idle-time work: the CUDA graph build, then the device race, then
@@ -783,15 +857,20 @@ class RenderEngine(QObject):
             latents = request.latents
             self._check_latents(model, latents)
             n = latents[0].shape[0]
-            first, cached = self._cache_start(latents, request.target)
+            precision = self.plan.precision_for(n)
+            if precision == "bf16" and self._bf16_model is not None:
+                model = self._bf16_model
+            else:
+                precision = "float32"
+            first, cached = self._cache_start(latents, request.target, precision)
             fraction = (first + 1) / model.num_levels
             with torch.inference_mode():
                 if self.plan.progressive(n, fraction) and request.target == SAMPLES_TARGET:
-                    self._render_progressive(model, request, first, cached, start, emit)
+                    self._render_progressive(model, request, first, cached, start, emit, precision)
                     return
                 running, images = self._decode_rows(model, latents, None, first, cached)
                 pixels = to_uint8(images.float().cpu().numpy())
-            self._store_cache(request.target, latents, first, cached, running)
+            self._store_cache(request.target, latents, first, cached, running, precision)
             self._shown[request.target] = pixels
             elapsed = (time.perf_counter() - start) * 1000.0
         emit(
@@ -814,6 +893,7 @@ class RenderEngine(QObject):
         cached: list[torch.Tensor] | None,
         start: float,
         emit: Any,
+        precision: str = "float32",
     ) -> None:
         """The selected image first, then the rest of the grid in chunks, each shown as it
         completes. A newer request for the target preempts the chunks (between s/t network
@@ -874,7 +954,7 @@ class RenderEngine(QObject):
             torch.cat([r[level] for _, r in parts])[inverse] if level <= first else None
             for level in range(model.num_levels)
         ]
-        self._store_cache(target, latents, first, cached, running)
+        self._store_cache(target, latents, first, cached, running, precision)
 
     @staticmethod
     def _check_latents(model: RealNVP, latents: Sequence[np.ndarray]) -> None:
@@ -886,14 +966,17 @@ class RenderEngine(QObject):
                 raise ValueError(f"latent level {i} has shape {z.shape}, expected (N, {shape})")
 
     def _cache_start(
-        self, latents: Sequence[np.ndarray], target: str | None
+        self, latents: Sequence[np.ndarray], target: str | None, precision: str = "float32"
     ) -> tuple[int, list[torch.Tensor] | None]:
         """The coarsest level that differs from ``target``'s cached frame (all finer ones
         are redone) and that frame's running tensors; the top level and ``None`` when there
-        is no usable cache."""
+        is no usable cache. float32 work (an encoded image's reconstruction) never starts
+        from tensors a bf16 frame made; bf16 frames may start from float32 ones."""
         num_levels = len(latents)
         cache = self._caches.get(target) if self.cache_enabled and target is not None else None
         if cache is None or cache.model_id != self.model_id:
+            return num_levels - 1, None
+        if cache.precision != precision and cache.precision != "float32":
             return num_levels - 1, None
         for j in range(num_levels - 1, -1, -1):
             if not np.array_equal(latents[j], cache.latents[j]):
@@ -907,6 +990,7 @@ class RenderEngine(QObject):
         first: int,
         cached: list[torch.Tensor] | None,
         running: list[torch.Tensor | None],
+        precision: str = "float32",
     ) -> None:
         if not self.cache_enabled or target is None:
             return
@@ -914,7 +998,7 @@ class RenderEngine(QObject):
             running[level] if level <= first else cached[level]  # type: ignore[index]
             for level in range(len(latents))
         ]
-        self._caches[target] = _LevelCache(self.model_id, list(latents), merged)  # type: ignore[arg-type]
+        self._caches[target] = _LevelCache(self.model_id, list(latents), merged, precision)  # type: ignore[arg-type]
 
     def _decode_rows(
         self,
