@@ -105,8 +105,8 @@ def force_bf16_faster(monkeypatch, engine: RenderEngine) -> None:
     real = engine._timed_decode
     monkeypatch.setattr(engine, "_precision_probe", lambda model_id: dict(FAST_BF16))
 
-    def timed(model_id, batch, threads, precision="float32"):
-        real(model_id, batch, threads, precision)  # really decodes, in that precision
+    def timed(model_id, batch, threads, model=None, precision="float32"):
+        real(model_id, batch, threads, model, precision=precision)  # really decodes in it
         return (1.0 if precision == "bf16" else 10.0) * batch
 
     monkeypatch.setattr(engine, "_timed_decode", timed)

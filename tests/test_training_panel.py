@@ -251,6 +251,9 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
     assert panel.progress.maximum() == 1_000_000
     assert "images/s" in panel.rate.text()
     assert len(panel.test_points[0]) >= 1 and not panel.samples.image.isNull()
+    start = next(e for e in read_event_log(out) if e["event"] == "start")
+    assert start["precision"] in panel.info.text().split(" · ")  # what auto chose, and why
+    assert start["precision_reason"] in panel.info.toolTip()
 
     with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
         panel.stop_button.click()
