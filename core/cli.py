@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from core.checkpoint import CheckpointError
+from core.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.data import DATASETS, DatasetError
 from core.images import ImageLoadError
 from core.model import PRESETS
@@ -19,6 +20,7 @@ from core.resources import resolve_checkpoint
 
 USER_ERRORS = (
     CheckpointError,
+    ClassStatsError,
     DatasetError,
     ImageLoadError,
     ValueError,
@@ -38,6 +40,25 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _per_class(text: str) -> int | None:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or a positive integer, got {text}")
+    return value or None
+
+
+def _progress_bar(label: str):
+    """``progress(done, total)`` drawing a one-line bar on stderr."""
+
+    def progress(done: int, total: int) -> None:
+        filled = int(30 * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return progress
 
 
 def _add_train(sub) -> None:
@@ -83,6 +104,13 @@ def _add_train(sub) -> None:
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--max-nonfinite", type=_positive, default=20)
     p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    p.add_argument(
+        "--class-limit",
+        type=_per_class,
+        default=DEFAULT_PER_CLASS,
+        help="labelled data: training images per class for the class statistics stored at "
+        f"the end of the run (default {DEFAULT_PER_CLASS}; 0: all)",
+    )
 
 
 def _cmd_train(args) -> int:
@@ -115,6 +143,7 @@ def _cmd_train(args) -> int:
         log_every=args.log_every,
         flip=args.flip,
         max_nonfinite=args.max_nonfinite,
+        class_stats_per_class=args.class_limit or 0,
     )
     model_config = None
     if not args.resume:
@@ -149,20 +178,48 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--class",
+        dest="class_name",
+        help="draw from this class's fitted Gaussian, by name or index (the checkpoint needs "
+        "class statistics: realnvp export --data-dir)",
+    )
+    p.add_argument(
+        "--class-levels",
+        default="all",
+        help="with --class: the levels drawn from the class (all, coarse, fine, or indices "
+        "such as 1,2); the others come from the prior",
+    )
 
 
 def _cmd_sample(args) -> int:
     import torch
 
     from core.checkpoint import load_checkpoint
+    from core.class_stats import level_mask, stats_from_meta
     from core.device import pick_device
     from core.images import make_grid, save_png, to_uint8
 
     device = pick_device(args.device)
-    model, _ = load_checkpoint(args.checkpoint, device)
+    model, meta = load_checkpoint(args.checkpoint, device)
     g = torch.Generator().manual_seed(args.seed)
     with torch.inference_mode():
-        x = model.sample(args.n, temperature=args.temperature, generator=g)
+        if args.class_name is None:
+            x = model.sample(args.n, temperature=args.temperature, generator=g)
+        else:
+            stats = stats_from_meta(meta)
+            if stats is None:
+                raise ClassStatsError(
+                    f"{args.checkpoint} has no class statistics; add them with "
+                    "realnvp export CKPT OUT --data-dir DIR"
+                )
+            if stats.shapes != tuple(tuple(s) for s in model.latent_shapes):
+                raise ClassStatsError(f"{args.checkpoint}: class statistics of another model")
+            k = stats.index(args.class_name)
+            levels = level_mask(args.class_levels, model.num_levels)
+            noise = [z.float().cpu().numpy() for z in model.sample_latents(args.n, 1.0, g)]
+            zs = stats.sample_latents(k, noise, args.temperature, levels)
+            x = model.decode([torch.from_numpy(z).to(device) for z in zs])
     path = save_png(make_grid(to_uint8(x.cpu().numpy())), args.out)
     print(path)
     return 0
@@ -238,6 +295,57 @@ def _cmd_encode(args) -> int:
                 + f", preprocessing {result['preprocess_bits_per_dim']:.3f}); "
                 f"{result['verdict']}: {result['reason']}; reconstruction error {err:.2e}"
             )
+    return 0
+
+
+def _add_directions(sub) -> None:
+    p = sub.add_parser(
+        "directions", help="per-class latent means and standard deviations of a labelled set"
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument(
+        "--limit",
+        type=_per_class,
+        default=DEFAULT_PER_CLASS,
+        help=f"images per class, the first in data set order (default {DEFAULT_PER_CLASS}; 0: all)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+
+
+def _class_stats(model, dataset: str, data_dir: str, limit: int | None, device):
+    """Class statistics of ``dataset``'s training images, with a progress bar; every
+    class without images is named on stderr."""
+    from core.class_stats import compute_class_stats
+    from core.data import load_dataset
+
+    cfg = model.config
+    train = load_dataset(
+        dataset, data_dir, True, channels=cfg.in_channels, image_size=cfg.image_size
+    )
+    if (train.channels, train.image_size) != (cfg.in_channels, cfg.image_size):
+        raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
+    stats = compute_class_stats(
+        model, train, limit, device=device, progress=_progress_bar("class statistics")
+    )
+    for name in stats.skipped:
+        print(f"class {name!r} has no images: skipped", file=sys.stderr)
+    return stats
+
+
+def _cmd_directions(args) -> int:
+    from core.checkpoint import load_checkpoint
+    from core.device import pick_device
+
+    device = pick_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    dataset = args.dataset or meta.get("dataset") or "mnist"
+    stats = _class_stats(model, dataset, args.data_dir, args.limit, device)
+    path = stats.save_npz(args.out)
+    counts = ", ".join(f"{n}: {c}" for n, c in zip(stats.names, stats.counts))
+    print(f"{path}: {stats.num_classes} classes ({counts})")
     return 0
 
 
@@ -357,7 +465,15 @@ def _add_export(sub) -> None:
         "--data-dir",
         help="evaluate these weights in float32 on the test set and record that as test_bpd, "
         "with the per-image bits/dim and complexity scores for typicality (a checkpoint "
-        "saved on a stop carries its last evaluation, made at an earlier step)",
+        "saved on a stop carries its last evaluation, made at an earlier step); for labelled "
+        "data also record per-class latent statistics",
+    )
+    p.add_argument(
+        "--class-limit",
+        type=_per_class,
+        default=DEFAULT_PER_CLASS,
+        help=f"with --data-dir: training images per class for the class statistics "
+        f"(default {DEFAULT_PER_CLASS}; 0: all)",
     )
 
 
@@ -373,7 +489,6 @@ def _cmd_export(args) -> int:
         dataset, images, per_image = _test_bits_per_dim(
             model.to(device).eval(), meta, None, args.data_dir, None, device
         )
-        model.cpu()
         n, bpd = images.shape[0], per_image.mean().item()
         meta.update(
             test_bpd=bpd,
@@ -383,9 +498,25 @@ def _cmd_export(args) -> int:
             ),
         )
         print(f"test: {bpd:.4f} bits/dim on {n} test images")
+        _export_class_stats(model, meta, args.data_dir, args.class_limit, device)
+        model.cpu()
     path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
     return 0
+
+
+def _export_class_stats(model, meta: dict, data_dir: str, limit: int | None, device) -> None:
+    """Record class statistics in ``meta`` for labelled data; unlabelled data keeps what
+    ``meta`` had."""
+    from core.class_stats import META_KEY
+
+    try:
+        stats = _class_stats(model, meta.get("dataset") or "mnist", data_dir, limit, device)
+    except ClassStatsError as exc:
+        print(f"no class statistics: {exc}", file=sys.stderr)
+        return
+    meta[META_KEY] = stats.to_meta()
+    print(f"class statistics: {stats.num_classes} classes, {stats.source}")
 
 
 def _add_bench(sub) -> None:
@@ -436,6 +567,7 @@ COMMANDS = {
     "info": _cmd_info,
     "bench": _cmd_bench,
     "export": _cmd_export,
+    "directions": _cmd_directions,
 }
 
 
@@ -451,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_info,
         _add_bench,
         _add_export,
+        _add_directions,
     ):
         add(sub)
     return parser

@@ -7,6 +7,7 @@ verified by checksum before use.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -36,11 +37,17 @@ class DatasetError(ValueError):
 
 @dataclass
 class ImageDataset:
-    """Images as ``uint8 (N, C, H, W)``, plus how many files were skipped as unreadable."""
+    """Images as ``uint8 (N, C, H, W)``, plus how many files were skipped as unreadable.
+
+    ``labels``: one class index per image (``int64 (N,)``, ``-1`` for an image without a
+    class), or ``None`` for unlabelled data; ``class_names[k]`` names class ``k``.
+    """
 
     images: torch.Tensor
     name: str
     skipped: int = 0
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -70,6 +77,19 @@ MNIST_FILES = {
 CIFAR10_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 class _ChecksumMismatch(Exception):
@@ -133,6 +153,18 @@ def parse_idx_images(data: bytes, source: str = "IDX data") -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols).copy()
 
 
+def parse_idx_labels(data: bytes, source: str = "IDX data") -> np.ndarray:
+    """IDX1 unsigned-byte labels to ``int64 (N,)``."""
+    if len(data) < 8:
+        raise DatasetError(f"{source}: too short for an IDX label file")
+    magic, n = struct.unpack(">II", data[:8])
+    if magic != 2049:
+        raise DatasetError(f"{source}: not an IDX label file (magic number {magic})")
+    if len(data) != 8 + n:
+        raise DatasetError(f"{source}: {len(data)} bytes, expected {8 + n} (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
 def _find_mnist_file(data_dir: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
         for candidate in (data_dir / name, data_dir / "mnist" / name):
@@ -167,7 +199,20 @@ def load_mnist(
             )
         path = _fetch_mnist(data_dir, stem, mirrors)
     images = parse_idx_images(_read_maybe_gzip(path), str(path))
-    return ImageDataset(torch.from_numpy(images), "mnist")
+    # The labels are optional: training needs only the images.
+    label_stem = stem.replace("images-idx3", "labels-idx1")
+    label_path = _find_mnist_file(data_dir, label_stem)
+    if label_path is None and download:
+        with contextlib.suppress(DatasetError):  # images without labels still train
+            label_path = _fetch_mnist(data_dir, label_stem, mirrors)
+    labels = None
+    if label_path is not None:
+        labels = parse_idx_labels(_read_maybe_gzip(label_path), str(label_path))
+        if len(labels) != len(images):
+            raise DatasetError(
+                f"{label_path}: {len(labels)} labels for {len(images)} images in {path}"
+            )
+    return ImageDataset(torch.from_numpy(images), "mnist", labels=labels, class_names=MNIST_CLASSES)
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------------
@@ -192,15 +237,27 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data batch")
 
 
-def _cifar_batch(raw: bytes, source: str) -> np.ndarray:
+def _cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` of one batch."""
     try:
         batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch.get(b"labels", [-1] * len(data)), dtype=np.int64)
     except Exception as exc:
         raise DatasetError(f"{source}: not a CIFAR-10 batch ({exc})") from None
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(f"{source}: unexpected CIFAR-10 batch shape {data.shape}")
-    return data.reshape(-1, 3, 32, 32)
+    if labels.shape != (len(data),):
+        raise DatasetError(f"{source}: {labels.size} labels for {len(data)} images")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_dataset(batches: list[tuple[np.ndarray, np.ndarray]]) -> ImageDataset:
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    return ImageDataset(
+        torch.from_numpy(images), "cifar10", labels=labels, class_names=CIFAR10_CLASSES
+    )
 
 
 def load_cifar10(
@@ -217,7 +274,7 @@ def load_cifar10(
     )
     if folder is not None:
         arrays = [_cifar_batch((folder / n).read_bytes(), str(folder / n)) for n in names]
-        return ImageDataset(torch.from_numpy(np.concatenate(arrays)), "cifar10")
+        return _cifar_dataset(arrays)
     archive = data_dir / CIFAR10_ARCHIVE
     if not archive.is_file():
         if not download:
@@ -240,7 +297,7 @@ def load_cifar10(
                 arrays.append(_cifar_batch(tar.extractfile(members[n]).read(), f"{archive}:{n}"))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DatasetError(f"{archive}: damaged archive ({exc})") from None
-    return ImageDataset(torch.from_numpy(np.concatenate(arrays)), "cifar10")
+    return _cifar_dataset(arrays)
 
 
 # -- a folder of images ---------------------------------------------------------------------
@@ -266,6 +323,14 @@ def is_held_out(path: Path, fraction: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
+def folder_classes(folder: str | os.PathLike, paths: list[Path]) -> tuple[str, ...]:
+    """Class names of a folder data set: its first-level subfolders that hold images, when
+    there are two or more (sorted); otherwise ``()``, an unlabelled folder."""
+    folder = Path(folder)
+    names = {p.relative_to(folder).parts[0] for p in paths if len(p.relative_to(folder).parts) > 1}
+    return tuple(sorted(names)) if len(names) >= 2 else ()
+
+
 def load_folder(
     folder: str | os.PathLike,
     train: bool,
@@ -277,6 +342,8 @@ def load_folder(
     """Every readable image under ``folder``; unreadable files are skipped and counted.
 
     ``progress(done, total)`` may return ``False`` to cancel (raises :class:`DatasetError`).
+    With two or more first-level subfolders, each subfolder is a class (images lying in
+    ``folder`` itself get the label ``-1``); see :func:`folder_classes`.
     """
     paths = list_images(folder)
     if not paths:
@@ -284,17 +351,28 @@ def load_folder(
     split = [p for p in paths if is_held_out(p, test_fraction) != train]
     if not split:  # tiny folders: use everything on both sides rather than nothing
         split = paths
-    arrays, skipped = [], 0
+    classes = folder_classes(folder, paths)
+    index = {name: k for k, name in enumerate(classes)}
+    arrays, labels, skipped = [], [], 0
     for i, p in enumerate(split):
         try:
             arrays.append(load_image(p, channels, image_size))
         except ImageLoadError:
             skipped += 1
+        else:
+            parts = p.relative_to(folder).parts
+            labels.append(index.get(parts[0], -1) if len(parts) > 1 else -1)
         if progress is not None and progress(i + 1, len(split)) is False:
             raise DatasetError("loading cancelled")
     if not arrays:
         raise DatasetError(f"{folder}: none of the {len(split)} image files could be read")
-    return ImageDataset(torch.from_numpy(np.stack(arrays)), "folder", skipped)
+    return ImageDataset(
+        torch.from_numpy(np.stack(arrays)),
+        "folder",
+        skipped,
+        labels=np.array(labels, dtype=np.int64) if classes else None,
+        class_names=classes,
+    )
 
 
 def load_dataset(

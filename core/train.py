@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from core.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError, compute_class_stats
 from core.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
 from core.device import describe, pick_device
 from core.events import EventSink
@@ -72,6 +73,9 @@ class TrainConfig:
     flip: bool = False
     max_nonfinite: int = 20
     num_samples: int = 64
+    # Training images per class for the class statistics computed at the end of a run
+    # on labelled data (core.class_stats); 0: all of them.
+    class_stats_per_class: int = DEFAULT_PER_CLASS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -506,6 +510,7 @@ class Trainer:
         self.precision: PrecisionChoice | None = None  # chosen when the run starts
         self.channels_last = False
         self.model.train()
+        self.class_stats: dict[str, Any] | None = None  # meta["class_stats"] once computed
 
     # -- data -------------------------------------------------------------------------------
 
@@ -611,6 +616,17 @@ class Trainer:
     def _eval_images(self, test: ImageDataset) -> torch.Tensor:
         return test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
 
+    def compute_class_stats(self, train: ImageDataset) -> None:
+        """Per-class latent statistics of the training set (see :mod:`core.class_stats`),
+        kept for the checkpoints saved from now on; unlabelled data is left without."""
+        try:
+            stats = compute_class_stats(
+                self.model, train, self.config.class_stats_per_class or None, device=self.device
+            )
+        except ClassStatsError:
+            return
+        self.class_stats = stats.to_meta()
+
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
         """A PNG with two grids side by side: temperature 0.7 (left) and 1.0 (right)."""
@@ -644,6 +660,8 @@ class Trainer:
         }
         if state.get("typicality") is not None:
             meta["typicality"] = state["typicality"]
+        if self.class_stats is not None:
+            meta[META_KEY] = self.class_stats
         training = {
             "train_config": self.config.to_dict(),
             "step": step,
@@ -839,7 +857,15 @@ class Trainer:
         if self.dist.is_main:
             if reason == "finished":
                 self._evaluate_and_save(
-                    test, step, epoch, optimizer, scheduler, noise, state, last=True
+                    test,
+                    step,
+                    epoch,
+                    optimizer,
+                    scheduler,
+                    noise,
+                    state,
+                    last=True,
+                    final_train=train,
                 )
             else:
                 self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
@@ -881,8 +907,20 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def _evaluate_and_save(
-        self, test, step, epoch, optimizer, scheduler, noise, state, last: bool = False
+        self,
+        test,
+        step,
+        epoch,
+        optimizer,
+        scheduler,
+        noise,
+        state,
+        last: bool = False,
+        final_train=None,
     ) -> None:
+        """``last``: the run's last evaluation (typicality statistics); ``final_train``: the
+        training set then, whose class statistics (labelled data) go into the checkpoints
+        saved now."""
         per_image = self.evaluate_per_image(test)
         test_bpd = per_image.sum().item() / max(len(per_image), 1)
         if last:
@@ -892,6 +930,8 @@ class Trainer:
         self.sink.emit("eval", step=step, epoch=epoch, test_bpd=test_bpd)
         path = self.write_samples(step)
         self.sink.emit("samples", step=step, path=str(path), temperatures=[0.7, 1.0])
+        if final_train is not None and final_train.labels is not None:
+            self.compute_class_stats(final_train)
         improved = state["best_test_bpd"] is None or test_bpd < state["best_test_bpd"]
         if improved and math.isfinite(test_bpd):
             state["best_test_bpd"] = test_bpd

@@ -49,8 +49,10 @@ from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRe
 from explorer.models.directions import is_direction_file
 from explorer.models.jobs import Progress, Task
 from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
+from explorer.panels.classes import ClassesPanel
 from explorer.panels.image_controller import ImageController
 from explorer.panels.importer import classify_drop
+from explorer.panels.latent_map import LatentMapPanel
 from explorer.panels.levels import LatentLevelsPanel
 from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
@@ -105,6 +107,8 @@ class MainWindow(QMainWindow):
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
         self.images = ImageController(self)
+        self.classes_panel = ClassesPanel(self.state)
+        self.map_panel = LatentMapPanel(self.state, self.engine, self.tasks, self.images.gallery)
         # probe_devices=False skips the child process that lists CUDA devices (tests).
         self.training_panel = TrainingPanel(probe_devices=probe_devices)
         self.training_panel.open_checkpoint_requested.connect(self._open_trained_checkpoint)
@@ -128,6 +132,8 @@ class MainWindow(QMainWindow):
         self.sample_likelihood = SampleLikelihood(self)
         self.tabs.addTab(self.sample_likelihood.panel, "Likelihood")
         self.tabs.currentChanged.connect(lambda _i: self.sample_likelihood.refresh_soon())
+        self.tabs.addTab(self.classes_panel, "Classes")
+        self.tabs.addTab(self.map_panel, "Map")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_splitter)
         self.splitter.addWidget(self.samples_panel)
@@ -183,6 +189,8 @@ class MainWindow(QMainWindow):
         self.engine.plan_changed.connect(self._on_plan_changed)
         self.engine.render_notice.connect(self._on_render_notice)
         self.samples_panel.view.image_selected.connect(self.levels_panel.set_image_index)
+        self.samples_panel.view.image_selected.connect(self.classes_panel.set_image_index)
+        self.samples_panel.view.image_selected.connect(self.map_panel.set_image_index)
         self.samples_panel.view.setFocus()  # not the first spin box: keys act on the window
 
     # -- menus ------------------------------------------------------------------------------
@@ -566,6 +574,8 @@ class MainWindow(QMainWindow):
             n_images=self.grid_size,
         )
         self.images.model_changed(info)
+        self.classes_panel.model_changed(info)
+        self.map_panel.model_changed(info)
         self.model_opened.emit(info)
 
     # -- rendering ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.checkpoint import load_checkpoint
+from core.class_stats import META_KEY, ClassStats, ClassStatsError
 from core.device import describe, pick_device
 from core.graphs import GraphedDecoder
 from core.images import to_uint8
@@ -212,6 +213,23 @@ def _own_code(fn: Any, tag: str) -> Any:
 
 
 _CODE_IDS = itertools.count()
+
+
+def _class_stats_of(meta: dict[str, Any], model: RealNVP) -> tuple[ClassStats | None, str]:
+    """A checkpoint's class statistics, or ``None`` and the reason, for the user."""
+    if META_KEY not in meta:
+        return None, (
+            "This checkpoint has no class statistics: it was not trained on labelled data "
+            "(MNIST, CIFAR-10, or a folder with a subfolder per class), or was saved before "
+            "they existed. Add them with: realnvp export CKPT OUT --data-dir DIR"
+        )
+    try:
+        stats = ClassStats.from_meta(meta[META_KEY])
+    except ClassStatsError as exc:
+        return None, f"The checkpoint's class statistics cannot be used: {exc}"
+    if stats.shapes != tuple(tuple(int(v) for v in s) for s in model.latent_shapes):
+        return None, "The checkpoint's class statistics are for other latent shapes."
+    return stats, ""
 
 
 def _step_function(model: RealNVP, level: int) -> Any:
@@ -382,6 +400,7 @@ class RenderEngine(QObject):
         model, meta = load_checkpoint(path, map_location=self.device)
         test_bpd = meta.get("test_bpd")
         step = meta.get("step")
+        stats, note = _class_stats_of(meta, model)
         return self._install(
             model,
             reference=TypicalityReference.from_meta(meta),
@@ -390,6 +409,8 @@ class RenderEngine(QObject):
             dataset=str(meta["dataset"]) if meta.get("dataset") else None,
             test_bpd=float(test_bpd) if isinstance(test_bpd, (int, float)) else None,
             step=int(step) if isinstance(step, int) else None,
+            class_stats=stats,
+            class_note=note,
         )
 
     def open_random(self, config: FlowConfig = RANDOM_MODEL_CONFIG, seed: int = 0) -> ModelInfo:
@@ -402,7 +423,13 @@ class RenderEngine(QObject):
                 p.add_(0.01 * torch.randn(p.shape, generator=generator))
         model = model.to(self.device).eval()
         return self._install(
-            model, source=None, untrained=True, dataset=None, test_bpd=None, step=None
+            model,
+            source=None,
+            untrained=True,
+            dataset=None,
+            test_bpd=None,
+            step=None,
+            class_note="An untrained model has no classes.",
         )
 
     def _install(
@@ -1173,3 +1200,29 @@ class RenderEngine(QObject):
             with torch.inference_mode():
                 images, _ = self._decode(model, latents, None)
                 return to_uint8(images.float().cpu().numpy())
+
+    # -- batch encoding for the latent map (synchronous, any thread) --------------------------
+
+    def encode_batch(self, pixels: np.ndarray, model_id: int | None = None) -> list[np.ndarray]:
+        """Latents (finest first, each ``float32 (N, C, H, W)``) of ``uint8 (N, C, H, W)``
+        images' pixel centres, as :meth:`encode` gives them but without bits/dim or the
+        level cache. Callers pass small chunks: the model lock is held meanwhile, and frames
+        wait. ``model_id``: refuse (``ValueError``) when the open model has changed."""
+        pixels = np.asarray(pixels)
+        with self._model_lock:
+            model, info = self._model, self._info
+            if model is None or info is None:
+                raise ValueError("no model is open")
+            if model_id is not None and model_id != info.model_id:
+                raise ValueError("the model has changed")
+            expected = (info.channels, info.image_size, info.image_size)
+            if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+                raise ValueError(
+                    f"expected uint8 images of shape (N, {expected}), got {pixels.shape}"
+                )
+            param = next(model.parameters())
+            with torch.inference_mode():
+                x8 = torch.from_numpy(np.ascontiguousarray(pixels)).to(param.device)
+                return [
+                    z.float().cpu().numpy() for z in model.encode(pixel_centres(x8).to(param.dtype))
+                ]

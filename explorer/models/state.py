@@ -22,8 +22,10 @@ exact reconstruction. The temperature sliders then scale the image's latent towa
 mode (a more typical version of the image), and "Resample level" replaces one level of the
 image with fresh noise: the explorer acts on an image as on a sample.
 
-**Named directions** (directions from examples, see :mod:`explorer.directions`) are added on
-top: ``z_l += amount * d_l`` for each direction with a non-zero amount.
+**Class sliders** (see :mod:`explorer.models.classes`) then move the levels in their mask
+towards class means, ``z_l += sum_k a_k (mean_k,l - z_l)``, and **named directions**
+(directions from examples, see :mod:`explorer.directions`) are added on top:
+``z_l += amount * d_l`` for each direction with a non-zero amount.
 
 Every state is an immutable :class:`ViewState`; an edit builds a new one. That makes undo
 a stack of earlier states and saving a view a matter of writing one of them to ``.npz``.
@@ -41,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from core.class_stats import ClassStats
+from explorer.models.classes import ClassMove
 from explorer.models.directions import Direction
 from explorer.models.npz_files import read_npz, write_npz
 
@@ -139,6 +143,7 @@ class ViewState:
     seed: int
     temperature: float
     directions: tuple[AppliedDirection, ...] = ()
+    classes: ClassMove | None = None  # the class sliders, when the model has class statistics
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
@@ -147,6 +152,8 @@ class ViewState:
     def latent(self, index: int) -> np.ndarray:
         """Rendered latent of level ``index``: ``(n, C, H, W)`` float32."""
         z = self.levels[index].latent(self.temperature)
+        if self.classes is not None:
+            z = self.classes.apply(index, z)
         moved = False
         for applied in self.directions:
             if applied.amount:
@@ -204,6 +211,9 @@ class ModelInfo:
     step: int | None
     device: str
     config: dict[str, Any] = field(default_factory=dict)
+    # Per-class latent statistics (labelled training data), or None with the reason why.
+    class_stats: ClassStats | None = None
+    class_note: str = ""
 
 
 def _check_temperature(value: float) -> float:
@@ -368,21 +378,104 @@ class ExplorerState:
 
     def set_image(self, latents: Sequence[np.ndarray]) -> None:
         """An image's latents (one ``(C, H, W)`` or ``(1, C, H, W)`` array per level) become
-        the view: ``eps = z`` with every temperature 1, offsets and direction amounts 0 and
-        nothing locked, so the rendered latent is exactly ``z``. Undoable."""
+        the view: ``eps = z`` with every temperature 1, offsets, class and direction amounts
+        0 and nothing locked, so the rendered latent is exactly ``z``. Undoable."""
         eps = self._checked_eps(latents)
         if len(eps[0]) != 1:
             raise ValueError("set_image takes the latents of one image")
+        self.set_latents(eps)
+
+    def set_latents(self, latents: Sequence[np.ndarray]) -> None:
+        """Like :meth:`set_image` for ``N`` images (one ``(N, C, H, W)`` array per level):
+        a class sample, or the baked view a map drag starts from. Undoable."""
+        eps = self._checked_eps(latents)
         view = self._view
         levels = tuple(
             replace(level, eps=e, temperature=1.0, offset=0.0, locked=False, eps_key=None)
             for level, e in zip(view.levels, eps)
         )
         directions = tuple(replace(d, amount=0.0) for d in view.directions)
+        classes = view.classes.cleared() if view.classes is not None else None
         self._commit(
-            replace(view, levels=levels, n_images=1, temperature=1.0, directions=directions),
+            replace(
+                view,
+                levels=levels,
+                n_images=len(eps[0]),
+                temperature=1.0,
+                directions=directions,
+                classes=classes,
+            ),
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )
+
+    def set_level_latent(self, index: int, latent: np.ndarray, merge_key: object = None) -> None:
+        """Level ``index`` of a baked view (see :attr:`is_baked`) becomes ``latent`` exactly
+        (``(N, C, H, W)`` or ``(C, H, W)``): a drag on the latent map."""
+        if not self.is_baked:
+            raise ValueError("set_level_latent needs a baked view (see set_latents)")
+        z = np.array(latent, dtype=np.float32, copy=True)
+        level = self.level(index)
+        if z.shape == level.shape:
+            z = z[None]
+        if z.shape != level.eps.shape or not np.isfinite(z).all():
+            raise ValueError(f"latent of shape {z.shape}, expected {level.eps.shape}")
+        z.setflags(write=False)
+        self._replace_level(index, {"eps": z, "eps_key": None}, merge_key)
+
+    @property
+    def is_baked(self) -> bool:
+        """Whether every rendered latent is its level's ``eps`` exactly: temperatures 1, no
+        offsets, class or direction amounts (what :meth:`set_latents` makes)."""
+        view = self._view
+        return (
+            view.temperature == 1.0
+            and all(lv.temperature == 1.0 and not lv.offset for lv in view.levels)
+            and not any(d.amount for d in view.directions)
+            and (view.classes is None or not view.classes.active)
+        )
+
+    # -- class sliders ----------------------------------------------------------------------
+
+    @property
+    def classes(self) -> ClassMove | None:
+        return self._view.classes
+
+    def set_classes(self, classes: ClassMove | None) -> None:
+        """Install the open model's class sliders (``None``: the model has none). Part of
+        opening a model, not an edit: the undo history is kept as it is."""
+        if classes is not None and tuple(m.shape[1:] for m in classes.means) != self.shapes:
+            raise ValueError("class means do not fit the model's latent levels")
+        before = self._view
+        self._view = replace(before, classes=classes)
+        moved = before.classes is not None and before.classes.active
+        self.changed.emit(StateChange(frozenset(range(self.num_levels)) if moved else frozenset()))
+
+    def set_class_amount(self, k: int, value: float, merge: bool = True) -> None:
+        """Move the masked levels towards class ``k``'s mean by ``value`` (0: not at all,
+        1: onto the mean)."""
+        classes = self._require_classes()
+        value = _check_amount(value)
+        if value == classes.amounts[k]:
+            return
+        self._commit(
+            replace(self._view, classes=classes.with_amount(k, value)),
+            StateChange(frozenset(classes.levels)),
+            ("class_amount", k) if merge else None,
+        )
+
+    def set_class_mask(self, mask: str) -> None:
+        """Which levels the class sliders move: ``coarse``, ``fine`` or ``all``."""
+        classes = self._require_classes()
+        if mask == classes.mask:
+            return
+        moved = replace(classes, mask=mask)
+        changed = frozenset(classes.levels) | frozenset(moved.levels) if classes.active else ()
+        self._commit(replace(self._view, classes=moved), StateChange(frozenset(changed)))
+
+    def _require_classes(self) -> ClassMove:
+        if self._view.classes is None:
+            raise ValueError("the open model has no class statistics")
+        return self._view.classes
 
     def set_noise(self, eps: Sequence[np.ndarray], merge_key: object = None) -> None:
         """Replace every level's unit noise (one ``(N, C, H, W)`` or ``(C, H, W)`` array per
@@ -538,6 +631,8 @@ class ExplorerState:
     def load_npz(self, path: str | os.PathLike) -> None:
         """Restore a view saved by :meth:`save_npz`; undoable. Raises :class:`StateFileError`."""
         view = load_view(path)
+        if view.classes is None and self._view.classes is not None:
+            view = replace(view, classes=self._view.classes.cleared())  # an older file
         if view.shapes != self.shapes:
             raise StateFileError(
                 f"{path}: this state was saved for a model with latent levels "
@@ -626,6 +721,10 @@ def _difference(before: ViewState, after: ViewState) -> StateChange:
         for x, y in zip(before.directions, after.directions)
         if x.amount or y.amount
     )
+    if before.classes is None:
+        moved = moved or (after.classes is not None and after.classes.active)
+    else:
+        moved = moved or not before.classes.same_effect(after.classes)
     changed = frozenset(
         i
         for i, (a, b) in enumerate(zip(before.levels, after.levels))
@@ -687,6 +786,14 @@ def save_view(view: ViewState, path: str | os.PathLike) -> Path:
     for k, applied in enumerate(view.directions):
         for i, v in enumerate(applied.direction.vectors):
             arrays[f"named_{k}_{i}"] = v
+    # Class sliders: optional too; the means travel with them, so the file restores the
+    # same latents whatever model statistics are open when it is loaded.
+    if view.classes is not None:
+        arrays["class_names"] = np.array(view.classes.names, dtype=str)
+        arrays["class_amounts"] = np.array(view.classes.amounts, dtype=np.float64)
+        arrays["class_mask"] = np.array(view.classes.mask)
+        for i, m in enumerate(view.classes.means):
+            arrays[f"class_means_{i}"] = m
     return write_npz(path, arrays)
 
 
@@ -732,12 +839,28 @@ def load_view(path: str | os.PathLike) -> ViewState:
             directions.append(
                 AppliedDirection(Direction(str(name), tuple(vectors)), _check_amount(amount))
             )
+        classes = None
+        if "class_names" in arrays:
+            names = tuple(str(v) for v in arrays["class_names"])
+            means = []
+            for i, shape in enumerate(shapes):
+                m = np.asarray(arrays[f"class_means_{i}"], dtype=np.float32)
+                if m.shape != (len(names), *shape) or not np.isfinite(m).all():
+                    raise StateFileError(f"{path}: class means of level {i} are damaged")
+                means.append(m)
+            classes = ClassMove(
+                names,
+                tuple(means),
+                tuple(_check_amount(a) for a in arrays["class_amounts"]),
+                str(arrays["class_mask"]),
+            )
         view = ViewState(
             tuple(levels),
             n,
             seed,
             _check_temperature(arrays["temperature"]),
             tuple(directions),
+            classes,
         )
     except StateFileError:
         raise

@@ -1,0 +1,335 @@
+"""Per-class latent statistics of a labelled data set, level by level.
+
+For class ``k`` and latent level ``l``, over the training images ``x`` of that class::
+
+    mean[k, l] = E[z_l(x)]                      (per element)
+    std[k, l]  = sqrt(E[(z_l(x) - mean[k, l])^2])
+
+with ``z = encode(pixel_centres(x))``, the latents that ``realnvp encode`` and the explorer
+give an image. They make class directions (move a level's latent towards ``mean[k, l]``)
+and class samples (draw each level from the diagonal Gaussian
+``N(mean[k, l], (T * std[k, l])^2)``), as Glow's demo made attribute directions from
+labelled data.
+
+**The sample.** The first ``per_class`` images of each class in the data set's order
+(default :data:`DEFAULT_PER_CLASS`; ``None`` takes them all), so a rerun picks the same
+images. A class with no images is left out and named in :attr:`ClassStats.skipped`.
+
+**Storage.** A checkpoint keeps them in ``meta["class_stats"]`` as plain values (raw bytes,
+lists, numbers; see :meth:`ClassStats.to_meta`), so ``torch.load(weights_only=True)`` reads
+them and this module needs torch only to compute them: the explorer's torch-free models use
+:class:`ClassStats` as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from core.data import ImageDataset
+    from core.model import RealNVP
+
+STATS_FORMAT = "realnvp-class-stats"
+STATS_VERSION = 1
+DEFAULT_PER_CLASS = 1000
+META_KEY = "class_stats"
+MAX_CLASSES = 1000
+
+
+class ClassStatsError(ValueError):
+    """Class statistics that cannot be made or read; the message is meant for the user."""
+
+
+@dataclass(frozen=True, eq=False)
+class ClassStats:
+    """Per-class latent means and standard deviations, finest level first.
+
+    ``means[l]`` and ``stds[l]`` are ``float32 (K, C, H, W)`` for ``K`` classes named
+    ``names``; ``counts[k]`` images of class ``k`` were used. Arrays are read-only.
+    """
+
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    means: tuple[np.ndarray, ...]
+    stds: tuple[np.ndarray, ...]
+    source: str = ""  # what they were computed from, for the record
+    skipped: tuple[str, ...] = field(default=())  # classes without images, left out
+
+    def __post_init__(self) -> None:
+        k = len(self.names)
+        if not 1 <= k <= MAX_CLASSES or len(self.counts) != k or len(set(self.names)) != k:
+            raise ClassStatsError(f"class statistics: {k} names for {len(self.counts)} counts")
+        if not self.means or len(self.means) != len(self.stds):
+            raise ClassStatsError("class statistics: means and stds need the same levels")
+        frozen: dict[str, list[np.ndarray]] = {"means": [], "stds": []}
+        for what in ("means", "stds"):
+            for i, a in enumerate(getattr(self, what)):
+                a = np.array(a, dtype=np.float32, copy=True)
+                if a.ndim != 4 or a.shape[0] != k or a.shape != np.shape(self.means[i]):
+                    raise ClassStatsError(f"class statistics: level {i} {what} of shape {a.shape}")
+                if not np.isfinite(a).all() or (what == "stds" and (a < 0).any()):
+                    raise ClassStatsError(f"class statistics: level {i} {what} are not finite")
+                a.setflags(write=False)
+                frozen[what].append(a)
+        object.__setattr__(self, "means", tuple(frozen["means"]))
+        object.__setattr__(self, "stds", tuple(frozen["stds"]))
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(tuple(int(v) for v in m.shape[1:]) for m in self.means)  # type: ignore[misc]
+
+    def index(self, name_or_index: str | int) -> int:
+        """The class index of a name (``"7"``, ``"cat"``) or of an index given as text."""
+        text = str(name_or_index).strip()
+        if text in self.names:
+            return self.names.index(text)
+        if text.lstrip("-").isdigit() and 0 <= int(text) < self.num_classes:
+            return int(text)
+        raise ClassStatsError(f"no class {text!r}; the classes are {', '.join(self.names)}")
+
+    def sample_latents(
+        self,
+        k: int,
+        noise: Sequence[np.ndarray],
+        temperature: float,
+        levels: Sequence[int] | None = None,
+    ) -> list[np.ndarray]:
+        """Latents of class ``k``: level ``l`` in ``levels`` (default: all) is
+        ``mean[k, l] + temperature * std[k, l] * noise[l]``; any other level is
+        ``temperature * noise[l]``, a draw from the prior. ``noise[l]`` is ``(N, C, H, W)``
+        standard normal noise."""
+        chosen = set(range(len(self.means)) if levels is None else levels)
+        out = []
+        t = np.float32(temperature)
+        for i, e in enumerate(noise):
+            e = np.asarray(e, dtype=np.float32)
+            if i in chosen:
+                out.append(self.means[i][k] + t * self.stds[i][k] * e)
+            else:
+                out.append(t * e)
+        return out
+
+    # -- plain values for a checkpoint and an .npz file ------------------------------------
+
+    def to_meta(self, dtype: str = "float32") -> dict[str, Any]:
+        """Plain values (no numpy, no torch) for a checkpoint's ``meta``."""
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+        return {
+            "format": STATS_FORMAT,
+            "version": STATS_VERSION,
+            "names": list(self.names),
+            "counts": list(self.counts),
+            "shapes": [list(s) for s in self.shapes],
+            "dtype": dtype,
+            "means": [m.astype(dtype).tobytes() for m in self.means],
+            "stds": [s.astype(dtype).tobytes() for s in self.stds],
+            "source": self.source,
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_meta(cls, data: Any) -> ClassStats:
+        """Read :meth:`to_meta`'s values back; raises :class:`ClassStatsError`."""
+        try:
+            if data.get("format") != STATS_FORMAT or data.get("version") != STATS_VERSION:
+                raise ClassStatsError(
+                    f"class statistics of an unknown kind ({data.get('format')!r}, "
+                    f"version {data.get('version')!r})"
+                )
+            dtype = np.dtype(str(data["dtype"]))
+            if dtype not in (np.float32, np.float16):
+                raise ClassStatsError(f"class statistics stored as {dtype}")
+            names = [str(n) for n in data["names"]]
+            k = len(names)
+            arrays: dict[str, list[np.ndarray]] = {"means": [], "stds": []}
+            for what in arrays:
+                for shape, raw in zip(data["shapes"], data[what], strict=True):
+                    shape = (k, *(int(v) for v in shape))
+                    if len(shape) != 4 or len(raw) != math.prod(shape) * dtype.itemsize:
+                        raise ClassStatsError(f"class statistics: damaged {what}")
+                    arrays[what].append(np.frombuffer(raw, dtype=dtype).reshape(shape))
+            return cls(
+                tuple(names),
+                tuple(int(c) for c in data["counts"]),
+                tuple(arrays["means"]),
+                tuple(arrays["stds"]),
+                str(data.get("source", "")),
+                tuple(str(n) for n in data.get("skipped", ())),
+            )
+        except ClassStatsError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ClassStatsError(f"damaged class statistics ({exc})") from None
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        """Write as ``.npz`` of plain arrays (``mean_<l>``, ``std_<l>``, ``counts``, ...)."""
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(STATS_FORMAT),
+            "version": np.array(STATS_VERSION),
+            "names": np.array(self.names, dtype=str),
+            "counts": np.array(self.counts, dtype=np.int64),
+            "source": np.array(self.source),
+            "skipped": np.array(self.skipped, dtype=str),
+        }
+        for i, (m, s) in enumerate(zip(self.means, self.stds)):
+            arrays[f"mean_{i}"] = m
+            arrays[f"std_{i}"] = s
+        path = Path(path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike) -> ClassStats:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "format" not in data.files or str(data["format"]) != STATS_FORMAT:
+                    raise ClassStatsError(f"{path}: not a class statistics file")
+                levels = sum(1 for n in data.files if n.startswith("mean_"))
+                return cls(
+                    tuple(str(n) for n in data["names"]),
+                    tuple(int(c) for c in data["counts"]),
+                    tuple(data[f"mean_{i}"] for i in range(levels)),
+                    tuple(data[f"std_{i}"] for i in range(levels)),
+                    str(data["source"]),
+                    tuple(str(n) for n in data["skipped"]),
+                )
+        except ClassStatsError:
+            raise
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ClassStatsError(f"{path}: damaged class statistics file ({exc})") from None
+
+
+LEVEL_MASKS = ("coarse", "fine", "all")
+
+
+def level_mask(spec: str, num_levels: int) -> tuple[int, ...]:
+    """Levels named by ``spec``: ``all``; ``fine``, the finest level (0) alone; ``coarse``,
+    every level but the finest (the global shape, where a digit's class lives); or indices
+    such as ``1,2``."""
+    spec = spec.strip().lower()
+    if spec == "all" or (spec == "coarse" and num_levels == 1):
+        return tuple(range(num_levels))
+    if spec == "fine":
+        return (0,)
+    if spec == "coarse":
+        return tuple(range(1, num_levels))
+    try:
+        levels = sorted({int(v) for v in spec.split(",") if v.strip()})
+    except ValueError:
+        levels = []
+    if not levels or not all(0 <= v < num_levels for v in levels):
+        raise ClassStatsError(
+            f"levels {spec!r}: give coarse, fine, all or indices from 0 to {num_levels - 1}"
+        )
+    return tuple(levels)
+
+
+def stats_from_meta(meta: dict[str, Any]) -> ClassStats | None:
+    """A checkpoint meta's class statistics, or ``None`` when it has none or they are
+    damaged (every consumer copes with their absence)."""
+    data = meta.get(META_KEY)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return ClassStats.from_meta(data)
+    except ClassStatsError:
+        return None
+
+
+def sample_indices(labels: np.ndarray, num_classes: int, per_class: int | None) -> np.ndarray:
+    """The documented sample: the first ``per_class`` images of each class (all when
+    ``None``), in data set order; images labelled ``-1`` are never taken."""
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), dtype=bool)
+    for k in range(num_classes):
+        idx = np.flatnonzero(labels == k)
+        keep[idx if per_class is None else idx[:per_class]] = True
+    return np.flatnonzero(keep)
+
+
+def compute_class_stats(
+    model: RealNVP,
+    dataset: ImageDataset,
+    per_class: int | None = DEFAULT_PER_CLASS,
+    batch_size: int = 256,
+    device: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClassStats:
+    """Encode the sample of each class and return its per-level statistics.
+
+    Sums run in float64; the model is put in eval mode and restored. ``progress(done,
+    total)`` is called after every batch. Raises :class:`ClassStatsError` for unlabelled
+    data or when no class has an image.
+    """
+    # torch only here: the rest of the module serves the explorer's torch-free models.
+    import torch
+
+    from core.model import pixel_centres
+
+    if dataset.labels is None or len(dataset.class_names) < 2:
+        raise ClassStatsError(
+            f"the {dataset.name} data set has no labels (a folder needs two or more "
+            "subfolders, one per class)"
+        )
+    names = dataset.class_names
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    chosen = sample_indices(labels, len(names), per_class)
+    present = sorted({int(v) for v in labels[chosen]})
+    if not present:
+        raise ClassStatsError(f"the {dataset.name} data set has no labelled images")
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    param = next(model.parameters())
+    device = device if device is not None else param.device
+    k = len(present)
+    sums = [torch.zeros((k, *s), dtype=torch.float64) for s in model.latent_shapes]
+    squares = [torch.zeros_like(s) for s in sums]
+    counts = torch.zeros(k, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(chosen), batch_size):
+                idx = chosen[start : start + batch_size]
+                x8 = dataset.images[torch.from_numpy(idx)].to(device)
+                zs = model.encode(pixel_centres(x8).to(param.dtype))
+                y = torch.from_numpy(remap[labels[idx]])
+                counts.index_add_(0, y, torch.ones(len(idx), dtype=torch.float64))
+                for level, z in enumerate(zs):
+                    z = z.detach().to("cpu", torch.float64)
+                    sums[level].index_add_(0, y, z)
+                    squares[level].index_add_(0, y, z * z)
+                if progress is not None:
+                    progress(min(start + batch_size, len(chosen)), len(chosen))
+    finally:
+        model.train(was_training)
+    n = counts.view(-1, 1, 1, 1)
+    means = [s / n for s in sums]
+    stds = [(q / n - m * m).clamp_min(0).sqrt() for q, m in zip(squares, means)]
+    limit = "all images" if per_class is None else f"the first {per_class} per class"
+    return ClassStats(
+        names=tuple(names[i] for i in present),
+        counts=tuple(int(c) for c in counts.tolist()),
+        means=tuple(m.float().numpy() for m in means),
+        stds=tuple(s.float().numpy() for s in stds),
+        source=f"{dataset.name} training set, {limit} ({len(chosen)} images)",
+        skipped=tuple(name for i, name in enumerate(names) if i not in present),
+    )

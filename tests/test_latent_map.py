@@ -1,0 +1,166 @@
+"""The latent map: principal components, placing a latent at a point, the map job with
+progress and cancel, and the Map tab driven with the mouse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication
+
+from core.checkpoint import save_checkpoint
+from explorer.models.jobs import Progress
+from explorer.models.latent_map import (
+    ALL_LEVELS,
+    LatentMap,
+    MapImages,
+    fit_projection,
+    flatten,
+    latent_map_job,
+    nearest_point,
+)
+from tests.conftest import perturbed_model
+from tests.test_class_stats import write_folder
+
+SHAPES = [(2, 4, 4), (4, 2, 2)]
+
+
+def random_latents(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, *s)).astype(np.float32) for s in SHAPES]
+
+
+def test_place_moves_onto_the_point_and_keeps_the_rest():
+    rows = flatten(random_latents(50), ALL_LEVELS)
+    projection = fit_projection(rows)
+    assert np.allclose(projection.axes @ projection.axes.T, np.eye(2))
+    assert projection.explained[0] >= projection.explained[1] > 0
+    x = rows[3]
+    moved = projection.place(x, (1.5, -2.0))
+    assert np.allclose(projection.project(moved[None])[0], (1.5, -2.0))
+    # what changed lies in the plane: the orthogonal components are kept
+    change = moved - x
+    assert np.allclose(change - projection.axes.T @ (projection.axes @ change), 0)
+
+
+def test_nearest_point_within_a_pixel_radius():
+    points = np.array([[0.0, 0.0], [10.0, 0.0]])
+    assert nearest_point(points, (9.0, 0.5), (1.0, 1.0), 2.0) == 1
+    assert nearest_point(points, (5.0, 0.0), (1.0, 1.0), 2.0) is None
+    assert nearest_point(points, (5.0, 0.0), (0.5, 0.5), 12.0) is not None  # zoomed out
+
+
+def test_the_job_reports_progress_and_makes_a_map_of_one_level():
+    latents = random_latents(25)
+    pixels = np.zeros((25, 1, 8, 8), np.uint8)
+    labels = np.arange(25) % 3
+    calls = []
+
+    def encode(batch):
+        calls.append(len(batch))
+        start = sum(calls) - len(batch)
+        return [z[start : start + len(batch)] for z in latents]
+
+    items = list(
+        latent_map_job(
+            7, 1, lambda: MapImages(pixels, labels, ("a", "b", "c"), "test"), encode, chunk=10
+        )
+    )
+    progress = [i for i in items if isinstance(i, Progress)]
+    (result,) = [i for i in items if isinstance(i, LatentMap)]
+    assert calls == [10, 10, 5] and [p.done for p in progress[1:4]] == [10, 20, 25]
+    assert result.level == 1 and result.points.shape == (25, 2)
+    assert np.allclose(result.coordinates(latents), result.points)
+    other = result.with_level(0)
+    assert other.level == 0 and not np.allclose(other.points, result.points)
+    # moving one image's level-1 latent onto a point of the level-1 plane
+    one = [z[4:5] for z in latents]
+    (moved,) = result.moved(one, (0.25, 0.5))
+    assert moved.shape == (1, *SHAPES[1])
+    assert np.allclose(result.coordinates([one[0], moved])[0], (0.25, 0.5), atol=1e-5)
+
+
+# -- the Map tab ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    folder = write_folder(tmp_path / "digits", {"a": 40, "b": 40})
+    ckpt = save_checkpoint(tmp_path / "f.pt", perturbed_model(), {"dataset": "folder"})
+    return ckpt, folder
+
+
+def _mouse(widget, kind: QEvent.Type, pos: QPointF, buttons: Qt.MouseButton) -> None:
+    button = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseMove else Qt.MouseButton.LeftButton
+    global_pos = QPointF(widget.mapToGlobal(pos.toPoint()))
+    event = QMouseEvent(kind, pos, global_pos, button, buttons, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, event)
+
+
+def test_map_tab_click_a_point_and_drag_the_current_image(make_window, qtbot, folder_checkpoint):
+    ckpt, folder = folder_checkpoint
+    window = make_window(ckpt)
+    panel = window.map_panel
+    window.show_tab(panel)
+    panel.set_data_dir(folder)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    assert panel.map is not None, panel.status.text()
+    latent_map = panel.map
+    assert latent_map.level == 1 and len(latent_map) >= 3
+    assert latent_map.class_names == ("a", "b") and set(latent_map.labels) <= {0, 1}
+    view = panel.view
+    viewport = view.viewport()
+
+    # hover over a point: its thumbnail shows
+    x, y = latent_map.points[2]
+    pos = view.viewport_point(x, y)
+    _mouse(viewport, QEvent.Type.MouseMove, pos, Qt.MouseButton.NoButton)
+    assert view.thumbnail.isVisible()
+
+    # click a point: that image becomes the view
+    qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=pos.toPoint())
+    assert window.state.n_images == 1
+    shown = window.state.latents()
+    assert all(np.array_equal(z[0], m[2]) for z, m in zip(shown, latent_map.latents))
+    frames = window.last_request_id
+
+    # click in empty space and drag: the level-1 latent follows the pointer
+    xs, ys = latent_map.points[:, 0], latent_map.points[:, 1]
+    start = view.viewport_point(xs.max() + 0.02 * np.ptp(xs), ys.min())
+    end = QPointF(start.x() - 20, start.y() - 20)
+    _mouse(viewport, QEvent.Type.MouseButtonPress, start, Qt.MouseButton.LeftButton)
+    _mouse(
+        viewport,
+        QEvent.Type.MouseMove,
+        QPointF(start.x() - 10, start.y() - 5),
+        Qt.MouseButton.LeftButton,
+    )
+    _mouse(viewport, QEvent.Type.MouseMove, end, Qt.MouseButton.LeftButton)
+    _mouse(viewport, QEvent.Type.MouseButtonRelease, end, Qt.MouseButton.NoButton)
+    assert window.last_request_id == frames + 3  # one render per pointer event
+    moved = window.state.latents()
+    assert np.array_equal(moved[0], shown[0])  # the other level, bit for bit
+    where = latent_map.coordinates(moved)[0]
+    assert np.allclose(where, view.view_point(end), atol=1e-4)
+    assert window.last_frame.request_id == window.last_request_id
+    # the whole drag is one undo step
+    window.undo_action.trigger()
+    assert all(np.array_equal(a, b) for a, b in zip(window.state.latents(), shown))
+
+
+def test_map_errors_say_why_and_the_map_is_cached(make_window, qtbot, folder_checkpoint, tmp_path):
+    ckpt, folder = folder_checkpoint
+    window = make_window(ckpt)
+    panel = window.map_panel
+    panel.set_data_dir(tmp_path / "nowhere")
+    panel.compute()
+    assert panel.map is None and "no such folder" in panel.status.text()
+    panel.set_data_dir(folder)
+    assert panel.compute() is not None  # a job
+    first = panel.map
+    panel.level_combo.setCurrentIndex(panel.level_combo.findData(ALL_LEVELS))
+    assert panel.map.level == ALL_LEVELS and panel.map.latents is first.latents
+    assert panel.compute() is None  # cached for this model: no new job
