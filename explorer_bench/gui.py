@@ -180,6 +180,123 @@ def random_checkpoint(preset_name: str, seed: int = 0) -> Iterator[Path]:
         )
 
 
+def measure_map(
+    checkpoint: str | os.PathLike | None,
+    data_dir: str | os.PathLike,
+    n_map: int = 2000,
+    repeats: int = 30,
+    *,
+    warmup: int = 3,
+    num_threads: int | None = None,
+    device: str = "auto",
+    timeout_s: float = 120.0,
+) -> dict[str, float]:
+    """The latent map: seconds to compute a map of ``n_map`` test images (load, encode,
+    principal components; the job runs on its worker thread as in the app), then pointer
+    move to pixels while dragging the current image on the map (one image, the map's
+    default level), ``{"map_images", "map_s", "p50_ms", "p95_ms"}``."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QEvent, QEventLoop, QPointF, QSettings, Qt, QTimer
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.engine.render import RenderEngine
+    from explorer.main_window import MainWindow
+    from explorer.settings import ExplorerSettings
+    from explorer.theme import quiet_offscreen_messages
+
+    quiet_offscreen_messages()
+    app = QApplication.instance() or QApplication(["realnvp-bench"])
+    with tempfile.TemporaryDirectory() as tmp:
+        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(
+            RenderEngine(device=device, num_threads=num_threads), ExplorerSettings(qsettings)
+        )
+        try:
+            if checkpoint is None:
+                window.open_default()
+            elif not window.open_checkpoint(checkpoint):
+                raise ValueError(window.last_error)
+            window.resize(*WINDOW_SIZE)
+            window.show()
+            panel = window.map_panel
+            window.show_tab(panel)
+            panel.set_data_dir(data_dir)
+            panel.count.setValue(n_map)
+            view = window.samples_panel.view
+
+            def wait(done, what: str) -> None:
+                loop = QEventLoop()
+                timer = QTimer()
+                timer.timeout.connect(lambda: done() and loop.quit())
+                timer.start(1)
+                deadline = QTimer()
+                deadline.setSingleShot(True)
+                deadline.timeout.connect(loop.quit)
+                deadline.start(int(timeout_s * 1000))
+                if not done():
+                    loop.exec()
+                timer.stop()
+                if not done():
+                    raise TimeoutError(f"no {what} within {timeout_s} s")
+
+            start = time.perf_counter()
+            task = panel.compute()
+            wait(lambda: task is None or task.finished, "map")
+            map_s = time.perf_counter() - start
+            if panel.map is None:
+                raise ValueError(panel.status.text())
+            xs, ys = panel.map.points[:, 0], panel.map.points[:, 1]
+            viewport = panel.view.viewport()
+            a = panel.view.viewport_point(
+                float(np.percentile(xs, 20)), float(np.percentile(ys, 20))
+            )
+            b = panel.view.viewport_point(
+                float(np.percentile(xs, 80)), float(np.percentile(ys, 80))
+            )
+
+            def send(kind, pos: QPointF, buttons) -> None:
+                button = (
+                    Qt.MouseButton.NoButton
+                    if kind == QEvent.Type.MouseMove
+                    else Qt.MouseButton.LeftButton
+                )
+                event = QMouseEvent(
+                    kind,
+                    pos,
+                    QPointF(viewport.mapToGlobal(pos.toPoint())),
+                    button,
+                    buttons,
+                    Qt.KeyboardModifier.NoModifier,
+                )
+                QApplication.sendEvent(viewport, event)
+
+            left = Qt.MouseButton.LeftButton
+            # Make a test image the current one, then press beside it and drag.
+            panel.show_point(0)
+            send(QEvent.Type.MouseButtonPress, a + QPointF(3, 3), left)
+            wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
+            times: list[float] = []
+            for i in range(warmup + repeats):
+                t = (i % 10) / 9.0
+                pos = a + (b - a) * (t if (i // 10) % 2 == 0 else 1 - t)
+                begin = time.perf_counter()
+                send(QEvent.Type.MouseMove, pos, left)
+                wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
+                if i >= warmup:
+                    times.append((time.perf_counter() - begin) * 1000.0)
+            send(QEvent.Type.MouseButtonRelease, b, Qt.MouseButton.NoButton)
+        finally:
+            window.close()
+            app.processEvents()
+    return {
+        "map_images": len(panel.map),
+        "map_s": map_s,
+        "p50_ms": float(np.percentile(times, 50)),
+        "p95_ms": float(np.percentile(times, 95)),
+    }
+
+
 def describe_model(checkpoint: str | os.PathLike | None) -> str:
     from explorer.settings import DEFAULT_CHECKPOINT
 
@@ -253,12 +370,15 @@ def run_suite(
     baseline: bool = False,
     model_name: str | None = None,
     graphs: bool = True,
+    map_data_dir: str | os.PathLike | None = None,
+    map_images: int = 2000,
 ) -> dict:
     """Every figure the explorer reports, as a JSON-ready dict::
 
     {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms", "whole_grid_p50_ms", ...},
      "no_cache": {...}}, "images_16": {...}, "decode_1": {"p50_ms", "p95_ms"},
-     "plan": {...}, "threads": ..., "repeats": ...}
+     "plan": {...}, "threads": ..., "repeats": ...,
+     "map": {"map_images", "map_s", "p50_ms", "p95_ms"}}   (with ``map_data_dir``)
 
     The engine's render plan is measured once, in the first window, and reused by the
     others. ``baseline``: also ``whole_frames`` beside ``cache`` (interleaved move series):
@@ -296,6 +416,16 @@ def run_suite(
             if plan is None:
                 plan = used["plan"]
         report[f"images_{n_images}"] = figures
+    if map_data_dir is not None:
+        report["map"] = measure_map(
+            checkpoint,
+            map_data_dir,
+            map_images,
+            repeats,
+            warmup=warmup,
+            num_threads=num_threads,
+            device=device,
+        )
     report["decode_1"] = one_image_decode_ms(checkpoint, plan, repeats, device)
     report["plan"] = plan_summary(plan)
     report["threads"] = plan.threads
@@ -344,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="CUDA graphs on a GPU (as realnvp-explorer --graphs)",
     )
+    parser.add_argument(
+        "--data-dir",
+        help="also time the latent map: computing it from the data set's test images in this "
+        "folder, and dragging on it (pointer move to pixels)",
+    )
+    parser.add_argument("--map-images", type=int, default=2000)
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint_option or args.checkpoint
     if checkpoint and args.preset:
@@ -362,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                 baseline=args.baseline,
                 model_name=f"{args.preset} preset, random weights" if args.preset else None,
                 graphs=args.graphs == "on",
+                map_data_dir=args.data_dir,
+                map_images=args.map_images,
             )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer_bench.gui: {exc}", file=sys.stderr)
@@ -388,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{f['p95_ms']:>9.1f}  {f['whole_grid_p50_ms']:>9.1f}  "
                     f"{f['whole_grid_p95_ms']:>9.1f}  {f['drag_p95_ms']:>9.1f}"
                 )
+    if "map" in report:
+        m = report["map"]
+        print(f"latent map of {m['map_images']} test images computed in {m['map_s']:.1f} s")
+        print(
+            f"{'1':>6}  {'map drag':>12}  {m['p50_ms']:>9.1f}  {m['p95_ms']:>9.1f}"
+            "   (pointer move to pixels, one image)"
+        )
     return 0
 
 

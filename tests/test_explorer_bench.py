@@ -77,3 +77,16 @@ def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thre
         "interpolation_frame_p95_ms",
         "interpolation_met",
     }
+
+
+def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
+    from core.checkpoint import save_checkpoint
+    from explorer_bench.gui import measure_map
+    from tests.conftest import perturbed_model
+    from tests.test_class_stats import write_folder
+
+    folder = write_folder(tmp_path / "digits", {"a": 40, "b": 40})
+    ckpt = save_checkpoint(tmp_path / "f.pt", perturbed_model(), {"dataset": "folder"})
+    figures = measure_map(ckpt, folder, n_map=50, repeats=3, warmup=1)
+    assert figures["map_images"] >= 2 and figures["map_s"] > 0
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"]

@@ -44,6 +44,7 @@ def config(out: Path, **kwargs) -> TrainConfig:
         warmup_steps=3,
         num_samples=4,
         seed=3,
+        class_stats_per_class=4,  # the class statistics at the end: a few images suffice
     )
     base.update(kwargs)
     return TrainConfig(**base)
