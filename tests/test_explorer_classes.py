@@ -138,3 +138,28 @@ def test_a_model_without_statistics_hides_the_controls_and_says_why(make_window,
     assert panel.unavailable.isVisible() and "no class statistics" in panel.unavailable.text()
     assert not panel.move_box.isVisible() and not panel.sample_box.isVisible()
     assert window.state.classes is None
+
+
+def test_the_engine_reads_statistics_and_says_why_when_there_are_none(
+    tmp_path, classes_checkpoint, class_stats
+):
+    from explorer.engine.render import RenderEngine
+
+    engine = RenderEngine(device="cpu", threaded=False)
+    info = engine.open_checkpoint(classes_checkpoint)
+    assert info.class_stats.names == class_stats.names and info.class_note == ""
+    damaged = {**class_stats.to_meta(), "stds": [b"x"] * len(class_stats.shapes)}
+    path = save_checkpoint(tmp_path / "d.pt", perturbed_model(), {META_KEY: damaged})
+    info = engine.open_checkpoint(path)
+    assert info.class_stats is None and "cannot be used" in info.class_note
+    assert "untrained" in engine.open_random().class_note
+    old = info.model_id
+    info = engine.open_checkpoint(classes_checkpoint)
+    # the map's batch encoder gives what the one-image encoder gives
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)
+    batch = engine.encode_batch(pixels)
+    one = engine.encode(pixels[1])
+    assert all(np.allclose(b[1], z, atol=1e-5) for b, z in zip(batch, one.latents))
+    with pytest.raises(ValueError, match="changed"):
+        engine.encode_batch(pixels, model_id=old)
+    engine.shutdown()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, QPointF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, Qt, Signal
 from PySide6.QtGui import QImage, QMouseEvent, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
@@ -144,6 +144,16 @@ class MapView(pg.PlotWidget):
         scale = self.box.viewPixelSize()
         return nearest_point(self.pickable, self.view_point(pos), scale, PICK_RADIUS_PX)
 
+    def _place_thumbnail(self, pointer: QPoint) -> None:
+        """Beside the pointer, inside the view."""
+        size = self.thumbnail.sizeHint()
+        x, y = pointer.x() + 14, pointer.y() + 14
+        if x + size.width() > self.width():
+            x = pointer.x() - 14 - size.width()
+        if y + size.height() > self.height():
+            y = pointer.y() - 14 - size.height()
+        self.thumbnail.move(max(0, x), max(0, y))
+
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         kind = event.type()
         if kind == QEvent.Type.MouseButtonPress and event.button() == Qt.MouseButton.LeftButton:
@@ -163,7 +173,7 @@ class MapView(pg.PlotWidget):
                 index = self.pick(event.position())
                 self.hovered.emit(-1 if index is None else index)
                 if index is not None:
-                    self.thumbnail.move(event.position().toPoint() + pg.QtCore.QPoint(14, 14))
+                    self._place_thumbnail(event.position().toPoint())
             return self._dragging
         if kind == QEvent.Type.MouseButtonRelease and self._dragging:
             self._dragging = False

@@ -1,0 +1,101 @@
+"""The bundled model's class statistics do what the Classes tab promises: a class sample
+looks like its class, and moving a digit's coarse levels onto another class's means turns
+it into that class while its finest level stays bit-identical.
+
+The judge is a nearest-class-mean classifier in pixel space, fitted here on the MNIST
+training set: simple, and blind to the latent space it checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.class_stats import stats_from_meta
+from core.data import load_mnist
+from core.inference import fold_for_inference
+from core.model import pixel_centres
+from explorer.models.classes import ClassMove, class_sample, nearest_classes
+from explorer.models.state import ExplorerState
+from tests.test_data import MNIST_DIR, needs_mnist
+
+BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"
+
+pytestmark = [
+    needs_mnist,
+    pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled model"),
+]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    model, meta = load_checkpoint(BUNDLED)
+    stats = stats_from_meta(meta)
+    assert stats is not None, "the bundled model carries class statistics"
+    return fold_for_inference(model), stats
+
+
+@pytest.fixture(scope="module")
+def pixel_class_means() -> np.ndarray:
+    """``(10, 784)``: the mean training image of each digit, pixels in [0, 1]."""
+    train = load_mnist(MNIST_DIR, train=True)
+    x = train.images.reshape(len(train), -1).float().numpy() / 255.0
+    return np.stack([x[train.labels == k].mean(axis=0) for k in range(10)])
+
+
+def classify(images: torch.Tensor, means: np.ndarray) -> np.ndarray:
+    """Nearest class mean in pixel space of ``(N, 1, 28, 28)`` images in [0, 1]."""
+    x = images.reshape(len(images), -1).numpy().astype(np.float64)
+    d = ((x[:, None, :] - means[None]) ** 2).sum(axis=2)
+    return d.argmin(axis=1)
+
+
+def decode(model, latents) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.decode([torch.from_numpy(np.array(z, dtype=np.float32)) for z in latents])
+
+
+def test_the_statistics_cover_every_digit_with_enough_images(bundled):
+    _, stats = bundled
+    assert stats.names == tuple(str(d) for d in range(10))
+    assert min(stats.counts) >= 1000 and not stats.skipped
+
+
+def test_sampling_a_class_gives_that_digit(bundled, pixel_class_means, one_torch_thread):
+    model, stats = bundled
+    hits = []
+    for k in range(10):
+        latents = class_sample(stats, k, 100, 0.7, seed=k)
+        hits.append(float((classify(decode(model, latents), pixel_class_means) == k).mean()))
+    passed = sum(h >= 0.7 for h in hits)
+    assert passed >= 8, f"share assigned to the sampled digit, per digit: {hits}"
+
+
+def test_moving_the_coarse_levels_changes_the_class_and_keeps_the_finest(
+    bundled, pixel_class_means, one_torch_thread
+):
+    model, stats = bundled
+    test = load_mnist(MNIST_DIR, train=False)
+    digits, labels = test.images[:20], test.labels[:20]
+    with torch.inference_mode():
+        encoded = [z.numpy() for z in model.encode(pixel_centres(digits))]
+    assert (classify(decode(model, encoded), pixel_class_means) == labels).mean() >= 0.7
+    changed = 0
+    for i, label in enumerate(labels):
+        target = (int(label) + 5) % 10
+        state = ExplorerState(stats.shapes, n_images=1)
+        state.set_classes(ClassMove.from_stats(stats))  # the mask starts at "coarse"
+        state.set_image([z[i] for z in encoded])
+        state.set_class_amount(target, 1.0)
+        moved = state.latents()
+        assert np.array_equal(moved[0], encoded[0][i : i + 1])  # the finest, bit for bit
+        near = nearest_classes([z[0] for z in moved], stats.names, stats.means)
+        assert [n.index for n in near[1:]] == [target] * (len(moved) - 1)
+        changed += int(classify(decode(model, moved), pixel_class_means)[0] == target)
+    # the decoded image is judged in pixel space, where the untouched finest level still
+    # carries some of the old digit's stroke
+    assert changed >= 14, f"{changed} of 20 digits became the target class"
