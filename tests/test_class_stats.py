@@ -175,7 +175,9 @@ def test_level_masks_and_class_samples():
 
 @pytest.fixture
 def labelled_folder(tmp_path) -> Path:
-    return write_folder(tmp_path / "folder", {"a": 6, "b": 6, "empty": 0})
+    # 8x8 images, enough that the held-out tenth has the 20 test images export's
+    # typicality reference needs
+    return write_folder(tmp_path / "folder", {"a": 120, "b": 120, "empty": 0})
 
 
 def test_cli_directions_sample_and_export(tmp_path, tiny_checkpoint, labelled_folder, capsys):

@@ -164,3 +164,23 @@ def test_map_errors_say_why_and_the_map_is_cached(make_window, qtbot, folder_che
     panel.level_combo.setCurrentIndex(panel.level_combo.findData(ALL_LEVELS))
     assert panel.map.level == ALL_LEVELS and panel.map.latents is first.latents
     assert panel.compute() is None  # cached for this model: no new job
+
+
+def test_computing_a_map_can_be_cancelled(make_window, folder_checkpoint):
+    ckpt, folder = folder_checkpoint
+    window = make_window(ckpt)
+    panel = window.map_panel
+    panel.set_data_dir(folder)
+    panel.count.setValue(20)
+    seen = []
+
+    def cancel_on_encoding(task, progress):
+        seen.append(progress.text)
+        if progress.text == "encoding":
+            task.cancel()
+
+    window.tasks.progressed.connect(cancel_on_encoding)
+    task = panel.compute()
+    assert task.cancelled and panel.map is None
+    assert "encoding" in seen and "principal components" not in seen
+    assert panel.status.text() == "Cancelled."
