@@ -72,7 +72,7 @@ DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
 EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
 PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
-TABS = ("levels", "images", "directions", "likelihood")
+TABS = ("levels", "images", "directions", "likelihood", "classes")
 DEFAULT_SIZE = (1366, 768)
 
 
@@ -132,8 +132,14 @@ class MainWindow(QMainWindow):
         self.sample_likelihood = SampleLikelihood(self)
         self.tabs.addTab(self.sample_likelihood.panel, "Likelihood")
         self.tabs.currentChanged.connect(lambda _i: self.sample_likelihood.refresh_soon())
-        self.tabs.addTab(self.classes_panel, "Classes")
-        self.tabs.addTab(self.map_panel, "Map")
+        # The class controls above the latent map: both act on the data's labels, and a
+        # tab of their own each would overflow the tab bar.
+        self.classes_tab = QSplitter(Qt.Orientation.Vertical)
+        self.classes_tab.addWidget(self.classes_panel)
+        self.classes_tab.addWidget(self.map_panel)
+        self.classes_tab.setChildrenCollapsible(False)
+        self.classes_tab.setSizes([330, 470])
+        self.tabs.addTab(self.classes_tab, "Classes")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_splitter)
         self.splitter.addWidget(self.samples_panel)
@@ -341,7 +347,12 @@ class MainWindow(QMainWindow):
         view_menu.addActions(list(self.page_actions.values()))
         view_menu.addSeparator()
         self.tab_actions: dict[str, QAction] = {}
-        tabs = (self.levels_panel, *self._image_tabs(), self.sample_likelihood.panel)
+        tabs = (
+            self.levels_panel,
+            *self._image_tabs(),
+            self.sample_likelihood.panel,
+            self.classes_tab,
+        )
         for name, widget in zip(TABS, tabs):
             action = self._action(
                 f"{name.capitalize()} Tab", lambda w=widget: self.show_explorer_tab(w)
@@ -407,8 +418,12 @@ class MainWindow(QMainWindow):
             self.samples_panel.view.setFocus()
 
     def show_explorer_tab(self, widget: QWidget) -> None:
+        """Show the tab that is or holds ``widget``."""
         self.show_page(EXPLORER_PAGE)
-        self.tabs.setCurrentWidget(widget)
+        while widget is not None and self.tabs.indexOf(widget) < 0:
+            widget = widget.parentWidget()
+        if widget is not None:
+            self.tabs.setCurrentWidget(widget)
 
     @property
     def current_tab(self) -> str:
