@@ -61,6 +61,12 @@ from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
 from core.resources import bundled_model_path, resolve_checkpoint
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: small figures (a tiny model on a loaded
+    machine) keep their value instead of rounding to 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -90,7 +96,7 @@ def matmul_peak_gflops(
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = min(_time_ms(lambda: a @ b, repeats, device=device))
-    return round(2 * size**3 / (best / 1000.0) / 1e9, 1)
+    return _sig(2 * size**3 / (best / 1000.0) / 1e9)
 
 
 def bf16_matmul_peak_gflops(device: torch.device, repeats: int = 10) -> tuple[float, int]:
@@ -155,9 +161,9 @@ def train_precisions(
         out[p] = {
             "first_step_s": round(first[p] / 1000.0, 2),
             "steps_timed": len(ms),
-            "train_images_per_s": round(batch / per_step, 2),
-            "train_gflops": round(gflops, 3),
-            "train_peak_fraction": round(gflops / peak, 4) if peak else None,
+            "train_images_per_s": _sig(batch / per_step),
+            "train_gflops": _sig(gflops),
+            "train_peak_fraction": _sig(gflops / peak) if peak else None,
         }
     out["bf16_speedup"] = round(
         out["bf16"]["train_images_per_s"] / out["float32"]["train_images_per_s"], 3
@@ -355,10 +361,10 @@ def training_speed(
         "compiled": step.compiled,
         "cuda_graph": step.graph is not None,
         "first_step_s": round(first_s, 2),
-        "train_images_per_s": round(batch / per_step, 1),
+        "train_images_per_s": _sig(batch / per_step),
         "train_step_gflop": round(flops / 1e9, 4),
-        "train_gflops": round(gflops, 3),
-        "train_peak_fraction": round(gflops / peak, 3) if peak else None,
+        "train_gflops": _sig(gflops),
+        "train_peak_fraction": _sig(gflops / peak) if peak else None,
     }
 
 
