@@ -1,6 +1,8 @@
-"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, bench.
+"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, export, bench.
 
-A user error is one line on stderr and exit status 2, never a traceback.
+Every command that takes a checkpoint also takes the word ``bundled`` for the bundled model.
+A user error is one line on stderr and exit status 2, never a traceback; output cut short
+by its reader (``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from core.checkpoint import CheckpointError
 from core.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.data import DATASETS, DatasetError
+from core.events import silence
 from core.images import ImageLoadError
 from core.model import PRESETS
 from core.precision import PRECISIONS
@@ -352,8 +355,13 @@ def _cmd_directions(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test bits/dim of a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    p.add_argument(
+        "--data-dir",
+        help="folder with the test set (default: the folder the checkpoint was trained from, "
+        "when it exists here, else ./data)",
+    )
+    p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
     p.add_argument("--limit", type=_positive)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -365,7 +373,26 @@ def _add_eval(sub) -> None:
     )
 
 
-def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device):
+def _recorded_data_dir(data: dict) -> str | None:
+    """The data folder a checkpoint was trained from: ``meta`` (the trainer records it) or
+    the training state of older checkpoints."""
+    train_config = (data.get("training") or {}).get("train_config") or {}
+    return data["meta"].get("data_dir") or train_config.get("data_dir")
+
+
+def _eval_data_dir(args, data: dict) -> str:
+    """``--data-dir``; else the checkpoint's own folder when it is there and holds the same
+    data set; else ``./data`` (where ``--download`` puts it)."""
+    if args.data_dir:
+        return args.data_dir
+    recorded = _recorded_data_dir(data)
+    same_data = args.dataset in (None, data["meta"].get("dataset"))
+    if recorded and same_data and Path(recorded).is_dir():
+        return recorded
+    return "data"
+
+
+def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device, download=False):
     """Per-image test bits/dim in float32 on the model's data set:
     ``(data set, uint8 images (N, C, H, W), bits/dim (N,) float64)``."""
     import torch
@@ -376,7 +403,12 @@ def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device):
     cfg = model.config
     dataset = dataset or meta.get("dataset") or "mnist"
     test = load_dataset(
-        dataset, data_dir, False, channels=cfg.in_channels, image_size=cfg.image_size
+        dataset,
+        data_dir,
+        False,
+        channels=cfg.in_channels,
+        image_size=cfg.image_size,
+        download=download,
     )
     if (test.channels, test.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
@@ -394,21 +426,18 @@ def _typicality_meta(dataset: str, images, per_image, note: str) -> dict:
 
 
 def _cmd_eval(args) -> int:
-    from core.checkpoint import (
-        load_checkpoint,
-        model_from_checkpoint,
-        read_checkpoint,
-        save_checkpoint,
-    )
+    from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
     from core.device import pick_device
 
     device = pick_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
+    data = read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(data, args.checkpoint).to(device).eval()
+    data_dir = _eval_data_dir(args, data)
     dataset, images, per_image = _test_bits_per_dim(
-        model, meta, args.dataset, args.data_dir, args.limit, device
+        model, data["meta"], args.dataset, data_dir, args.limit, device, args.download
     )
     n, bpd = images.shape[0], per_image.mean().item()
-    result = {"dataset": dataset, "images": n, "test_bpd": bpd}
+    result = {"dataset": dataset, "images": n, "test_bpd": bpd, "data_dir": data_dir}
     if args.save:
         path = resolve_checkpoint(args.checkpoint)
         data = read_checkpoint(path)
@@ -423,7 +452,7 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{dataset}: {bpd:.4f} bits/dim on {n} test images")
+        print(f"{dataset}: {bpd:.4f} bits/dim on {n} test images in {data_dir}")
         if args.save:
             print(f"{result['saved']}: test-set typicality statistics stored")
     return 0
@@ -475,23 +504,32 @@ def _add_export(sub) -> None:
         help=f"with --data-dir: training images per class for the class statistics "
         f"(default {DEFAULT_PER_CLASS}; 0: all)",
     )
+    p.add_argument(
+        "--download", action="store_true", help="with --data-dir: fetch the test set if missing"
+    )
 
 
 def _cmd_export(args) -> int:
     from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
     from core.device import pick_device
 
+    if args.download and not args.data_dir:
+        raise ValueError("--download needs --data-dir, the folder to put the test set in")
     data = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(data, args.checkpoint)
     meta = dict(data["meta"])
     if args.data_dir:
         device = pick_device("auto")
         dataset, images, per_image = _test_bits_per_dim(
-            model.to(device).eval(), meta, None, args.data_dir, None, device
+            model.to(device).eval(), meta, None, args.data_dir, None, device, args.download
         )
         n, bpd = images.shape[0], per_image.mean().item()
+        # best_test_bpd is the best figure measured, as the trainer keeps it: never above
+        # the test_bpd it sits beside.
+        best = min(b for b in (meta.get("best_test_bpd"), bpd) if b is not None)
         meta.update(
             test_bpd=bpd,
+            best_test_bpd=best,
             test_bpd_note=f"float32, {n} test images, on export",
             typicality=_typicality_meta(
                 dataset, images, per_image, f"float32, {n} test images, on export"
@@ -592,7 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a pipe closed early shows here, not at exit
+        return status
+    except BrokenPipeError:  # the reader of stdout is gone (`| head`): nothing to say
+        silence(sys.stdout)
+        return 0
     except USER_ERRORS as exc:
         if args.debug:
             raise

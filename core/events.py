@@ -8,36 +8,46 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
 
 
 class EventSink:
-    """Writes events; ``enabled=False`` (ranks other than 0) writes nothing."""
+    """Writes events; ``enabled=False`` (ranks other than 0) writes nothing.
+
+    When the reader goes away (``realnvp train --progress json | head``) the sink falls
+    silent and sets ``closed``; the trainer takes that as a request to save and stop.
+    """
 
     def __init__(self, mode: str = "bar", enabled: bool = True, stream: TextIO | None = None):
         if mode not in ("bar", "json", "none"):
             raise ValueError(f"progress mode must be bar, json or none, got {mode!r}")
         self.mode = mode if enabled else "none"
         self.stream = stream
+        self.closed = False
         self._total_steps = 0
         self._last_eval: float | None = None
         self._precision = ""
+        self._last_eval_step: int | None = None
 
     def emit(self, kind: str, /, **fields: Any) -> None:
         if self.mode == "none":
             return
         record = {"event": kind, "time": round(time.time(), 3), **fields}
-        if self.mode == "json":
-            out = self.stream or sys.stdout
-            out.write(json.dumps(_finite(record)) + "\n")
-            out.flush()
-            return
-        self._bar(record)
+        out = self.stream or (sys.stdout if self.mode == "json" else sys.stderr)
+        try:
+            if self.mode == "json":
+                out.write(json.dumps(_finite(record)) + "\n")
+                out.flush()
+            else:
+                self._bar(record, out)
+        except BrokenPipeError:
+            self.mode, self.closed = "none", True
+            silence(out)
 
-    def _bar(self, r: dict[str, Any]) -> None:
-        err = self.stream or sys.stderr
+    def _bar(self, r: dict[str, Any], err: TextIO) -> None:
         kind = r["event"]
         if kind == "start":
             self._total_steps = int(r.get("total_steps", 0))
@@ -57,11 +67,36 @@ class EventSink:
                 f"{r['images_per_s']:.0f} img/s{self._precision}   "
             )
         elif kind == "eval":
-            self._last_eval = r["test_bpd"]
+            self._last_eval, self._last_eval_step = r["test_bpd"], r.get("step")
         elif kind == "done":
-            err.write(f"\ndone: {r.get('reason', '')} at step {r.get('step')}\n")
+            # The final evaluation comes after the last step line: say it here.
+            test, best = r.get("test_bpd"), r.get("best_test_bpd")
+            result = ""
+            if isinstance(test, float):
+                result = f", test {test:.4f} bits/dim"
+                if self._last_eval_step not in (None, r.get("step")):  # stopped between evals
+                    result += f" (evaluated at step {self._last_eval_step})"
+            if isinstance(best, float) and best != test:
+                result += f", best {best:.4f}"
+            err.write(
+                f"\ndone: {r.get('reason', '')} at step {r.get('step')}{result}; "
+                f"checkpoint {r.get('checkpoint')}\n"
+            )
         # "error" is left to the command line, which prints it as its one line
         err.flush()
+
+
+def silence(stream: TextIO) -> None:
+    """After a broken pipe: point the stream's file descriptor at the null device, so
+    neither later writes nor the interpreter's flush at exit raise again or print a
+    traceback (the recipe of Python's ``signal`` documentation)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not backed by a file: nothing is flushed at exit
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def _finite(obj: Any) -> Any:

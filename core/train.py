@@ -126,6 +126,9 @@ def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
 # -- the run --------------------------------------------------------------------------------
 
 
+STOP_FILE = "STOP"  # created in the output folder, it asks a run to save and finish
+
+
 class _StopFlag:
     """SIGINT / SIGTERM ask the loop to save and finish instead of dying mid-step."""
 
@@ -652,6 +655,8 @@ class Trainer:
     def _save(self, name: str, step: int, epoch: int, optimizer, scheduler, noise, state) -> Path:
         meta = {
             "dataset": self.config.dataset,
+            # Where the data came from, so `realnvp eval` finds the test set without help.
+            "data_dir": os.path.abspath(self.config.data_dir),
             "step": step,
             "epoch": epoch,
             "test_bpd": state["last_test_bpd"],
@@ -684,7 +689,16 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    @property
+    def stop_file(self) -> Path:
+        """``OUT/STOP``: creating it stops the run as SIGTERM does (save, ``done``), on every
+        platform and under ``torchrun``, where every rank then ends with status 0. A stale
+        one is removed when the run starts and after it has stopped the run."""
+        return self.out / STOP_FILE
+
     def run(self) -> dict[str, Any]:
+        if self.dist.is_main:
+            self.stop_file.unlink(missing_ok=True)
         try:
             with _StopFlag() as stop:
                 return self._run(stop)
@@ -872,6 +886,7 @@ class Trainer:
                 )
             else:
                 self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
+                self.stop_file.unlink(missing_ok=True)
         self.sink.emit(
             "done",
             step=step,
@@ -901,11 +916,14 @@ class Trainer:
         ).to_meta()
 
     def _should_stop(self, stop: _StopFlag, check_now: bool) -> bool:
+        """A signal, the stop file, or a closed event stream (the reader of ``--progress
+        json`` went away) ends the run with a checkpoint."""
         if not self.dist.enabled:
-            return stop.requested
+            return stop.requested or self.sink.closed or self.stop_file.exists()
         if not check_now:  # agreeing across ranks is a synchronisation; not every step
             return False
-        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
+        requested = stop.requested or self.sink.closed or self.stop_file.exists()
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 

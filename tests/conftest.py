@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import struct
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +24,20 @@ MNIST_DIR = Path(os.environ.get("REALNVP_MNIST_DIR") or ROOT.parent / "shared" /
 needs_mnist = pytest.mark.skipif(
     not MNIST_DIR.is_dir(), reason=f"MNIST files not found in {MNIST_DIR} (set REALNVP_MNIST_DIR)"
 )
+
+
+@pytest.fixture
+def small_mnist(tmp_path: Path) -> Path:
+    """A folder in MNIST's format (the two uncompressed IDX image files) with 64 training
+    and 24 test images of random pixels: for tests of the plumbing, not of the model."""
+    folder = tmp_path / "small-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for stem, n in (("train-images-idx3-ubyte", 64), ("t10k-images-idx3-ubyte", 24)):
+        pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        (folder / stem).write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+    return folder
+
 
 TINY_CONFIG = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
 

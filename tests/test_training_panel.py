@@ -27,6 +27,7 @@ from explorer.training.process import (
     DATASET_LABELS,
     EVENTS_FILE,
     PRESETS,
+    STOP_FILE,
     LineBuffer,
     RunSettings,
     geometry_problem,
@@ -130,7 +131,9 @@ def test_constants_written_out_agree_with_core():
     from core.data import DATASETS, dataset_geometry
     from core.model import PRESETS as CORE_PRESETS
     from core.model import FlowConfig
+    from core.train import STOP_FILE as CORE_STOP_FILE
 
+    assert STOP_FILE == CORE_STOP_FILE
     assert set(DATASET_LABELS) == set(DATASETS)
     assert {k: (c.num_scales, c.mid_channels, c.num_blocks) for k, c in CORE_PRESETS.items()} == (
         PRESETS
@@ -274,6 +277,34 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
     qtbot.waitUntil(lambda: again.sample_step == panel.sample_step, timeout=WAIT_MS)
     assert again.checkpoint == str(out / "latest.pt")
     assert again.follower is None  # the run has ended: nothing more to follow
+
+
+def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_path, monkeypatch):
+    """Where Stop has no SIGTERM (Windows, torchrun runs) the stop file does it all; a stop
+    asked for before the trainer has started is asked again once it has."""
+    import explorer.training.process as process_module
+
+    monkeypatch.setattr(process_module, "SIGTERM_STOPS", False)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / STOP_FILE).touch()  # a stale one, left by an earlier run: the trainer ignores it
+    panel = make_panel()
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
+    qtbot.waitUntil(lambda: panel.last_step >= 2, timeout=WAIT_MS)
+    with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
+        panel.stop_button.click()
+    assert stopped.args == ["stopped"]
+    done = [e for e in read_event_log(out) if e["event"] == "done"]
+    assert done[-1]["reason"] == "stopped" and done[-1]["step"] >= 2
+    assert (out / "latest.pt").is_file() and not (out / STOP_FILE).exists()
+
+    again = make_panel()
+    start_when_ready(qtbot, again, tiny_run(image_folder, tmp_path / "early"))
+    with qtbot.waitSignal(again.training_stopped, timeout=WAIT_MS) as stopped:
+        again.stop_button.click()  # at once: the trainer has not said start yet
+    assert stopped.args == ["stopped"]
+    done = [e for e in read_event_log(tmp_path / "early") if e["event"] == "done"]
+    assert done and done[-1]["reason"] == "stopped"
 
 
 def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path):

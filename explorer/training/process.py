@@ -36,6 +36,10 @@ from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
+STOP_FILE = "STOP"  # core.train.STOP_FILE: the trainer saves and finishes when it appears
+# QProcess.terminate is SIGTERM only on POSIX (on Windows it posts WM_CLOSE, which a console
+# program never sees); the stop file works everywhere.
+SIGTERM_STOPS = os.name == "posix"
 POLL_MS = 100  # how often a running trainer's files are read; events are never later
 MAX_READ = 256 * 1024  # bytes per poll (about 1,500 events), so no poll stalls the GUI
 STDERR_LINES = 40
@@ -402,10 +406,21 @@ class TrainingProcess(QObject):
         process.start()
 
     def stop(self) -> None:
-        """Ask the trainer to save ``latest.pt`` and finish (SIGTERM)."""
-        if self.running and self.process is not None:
+        """Ask the trainer to save ``latest.pt`` and finish: the stop file in its output
+        folder, which works on every platform and under ``torchrun`` (which then exits
+        with status 0), and, for one process on POSIX, SIGTERM too, which the trainer
+        notices within the step. ``torchrun`` gets no signal: it would end its workers
+        and exit with an error."""
+        if self.running and self.process is not None and self.settings is not None:
             self.stop_requested = True
-            self.process.terminate()
+            self._write_stop_file()
+            if SIGTERM_STOPS and self.settings.gpus <= 1:
+                self.process.terminate()
+
+    def _write_stop_file(self) -> None:
+        if self.settings is not None:
+            with contextlib.suppress(OSError):  # the folder the trainer itself writes to
+                (self.settings.out_dir / STOP_FILE).touch()
 
     def kill(self) -> None:
         """End the trainer at once; checkpoints already written stay."""
@@ -433,6 +448,10 @@ class TrainingProcess(QObject):
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
+        if kind == "start" and self.stop_requested:
+            # The trainer removes a stale stop file before it says start: a stop asked
+            # for while it was starting is asked for again.
+            self._write_stop_file()
         if kind in ("step", "eval", "done") and isinstance(event.get("step"), int):
             self.last_step = event["step"]
         if kind == "checkpoint" and event.get("kind") == "latest":

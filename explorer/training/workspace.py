@@ -267,7 +267,7 @@ class TrainingPanel(QWidget):
         self.start_button = QPushButton("Start")
         self.start_button.setDefault(True)
         self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Save latest.pt and finish (the trainer gets SIGTERM)")
+        self.stop_button.setToolTip("Save latest.pt and finish (through the file OUT/STOP)")
         self.kill_button = QPushButton("Kill")
         self.kill_button.setToolTip("End the trainer at once; checkpoints on disk stay")
         self.reason = QLabel()
