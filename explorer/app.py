@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     window = MainWindow(engine)
     window.resize(*args.size)
-    bundled_opened = True
+    bundled_problem = None  # why the bundled model, when asked for, could not be opened
     if args.checkpoint and args.checkpoint != BUNDLED:
         if not window.open_checkpoint(args.checkpoint):
             if args.screenshot:
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             window.open_default()  # the error box stays open over it
     else:
-        bundled_opened = window.open_default()
+        if not window.open_default():
+            bundled_problem = window.last_error
     if args.images:
         window.open_paths(args.images)
     if not args.screenshot:
@@ -226,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             window.close()
         print(saved)
-        if not bundled_opened:  # the picture shows an untrained model: a script must know
-            print(f"realnvp-explorer: {window.last_error}", file=sys.stderr)
+        if bundled_problem:  # the picture shows an untrained model: a script must know
+            print(f"realnvp-explorer: {bundled_problem}", file=sys.stderr)
             return 1
         return 0
 
