@@ -1,4 +1,4 @@
-"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, export, bench.
+"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, export, directions, bench.
 
 Every command that takes a checkpoint also takes the word ``bundled`` for the bundled model.
 A user error is one line on stderr and exit status 2, never a traceback; output cut short
@@ -318,7 +318,9 @@ def _add_directions(sub) -> None:
     p.add_argument("--out", required=True, help="the .npz file to write")
 
 
-def _class_stats(model, dataset: str, data_dir: str, limit: int | None, device):
+def _class_stats(
+    model, dataset: str, data_dir: str, limit: int | None, device, download: bool = False
+):
     """Class statistics of ``dataset``'s training images, with a progress bar; every
     class without images is named on stderr."""
     from core.class_stats import compute_class_stats
@@ -326,7 +328,12 @@ def _class_stats(model, dataset: str, data_dir: str, limit: int | None, device):
 
     cfg = model.config
     train = load_dataset(
-        dataset, data_dir, True, channels=cfg.in_channels, image_size=cfg.image_size
+        dataset,
+        data_dir,
+        True,
+        channels=cfg.in_channels,
+        image_size=cfg.image_size,
+        download=download,
     )
     if (train.channels, train.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
@@ -536,20 +543,23 @@ def _cmd_export(args) -> int:
             ),
         )
         print(f"test: {bpd:.4f} bits/dim on {n} test images")
-        _export_class_stats(model, meta, args.data_dir, args.class_limit, device)
+        _export_class_stats(model, meta, args.data_dir, args.class_limit, device, args.download)
         model.cpu()
     path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
-def _export_class_stats(model, meta: dict, data_dir: str, limit: int | None, device) -> None:
+def _export_class_stats(
+    model, meta: dict, data_dir: str, limit: int | None, device, download: bool = False
+) -> None:
     """Record class statistics in ``meta`` for labelled data; unlabelled data keeps what
     ``meta`` had."""
     from core.class_stats import META_KEY
 
     try:
-        stats = _class_stats(model, meta.get("dataset") or "mnist", data_dir, limit, device)
+        dataset = meta.get("dataset") or "mnist"
+        stats = _class_stats(model, dataset, data_dir, limit, device, download)
     except ClassStatsError as exc:
         print(f"no class statistics: {exc}", file=sys.stderr)
         return

@@ -28,14 +28,19 @@ needs_mnist = pytest.mark.skipif(
 
 @pytest.fixture
 def small_mnist(tmp_path: Path) -> Path:
-    """A folder in MNIST's format (the two uncompressed IDX image files) with 64 training
-    and 24 test images of random pixels: for tests of the plumbing, not of the model."""
+    """A folder in MNIST's format (its four uncompressed IDX files) with 64 training and 24
+    test images of random pixels: for tests of the plumbing, not of the model."""
     folder = tmp_path / "small-mnist"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for stem, n in (("train-images-idx3-ubyte", 64), ("t10k-images-idx3-ubyte", 24)):
+    for part, n in (("train", 64), ("t10k", 24)):
         pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        (folder / stem).write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels.tobytes())
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        (folder / f"{part}-images-idx3-ubyte").write_bytes(header + pixels.tobytes())
+        (folder / f"{part}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
     return folder
 
 

@@ -194,7 +194,13 @@ def test_bench_prints_the_gui_figures_as_lines(capsys):
         "images_1": {"cache": figures},
         "images_16": {"cache": figures, "no_cache": figures},
     }
-    report = {"machine": machine, "matmul_peak_gflops": 1.0, "models": {}}
+    report = {
+        "machine": machine,
+        "matmul_peak_gflops": 1.0,
+        "bf16_matmul_peak_gflops": 2.0,
+        "bf16_matmul_size": 1024,
+        "models": {},
+    }
     _print({**report, "gui": {"bundled": gui, "cifar10": {"error": "no display"}}})
     text = capsys.readouterr().out
     assert "{" not in text and "p50_ms" not in text, text
