@@ -124,7 +124,7 @@ def take_screenshot(
         return (
             not window.tasks.busy
             and not form.checking  # a run's data folder (--run) is checked before the photo
-            and view.painted_frame_id >= window.last_request_id > 0
+            and view.painted_complete_id >= window.last_request_id > 0  # the whole grid
             and images.strip_shown_id == images.strip_request_id
         )
 

@@ -89,6 +89,7 @@ def test_measurement_times_every_thread_count_and_batch_and_picks_the_faster():
     # count comes first, so a provisional plan can go progressive early.
     assert len(plans) == len(calls) + 1
     assert calls[0][1] == 1
+    assert plans[0].decode_ms == {1: {1: 10.0}}  # the first, rough figure at once
     assert any(p.decode_ms and not p.measured for p in plans)
     text = final.describe()
     assert "Render threads: 4 (measured)" in text and "16 images 64.0 ms" in text
@@ -213,6 +214,22 @@ def test_threaded_engine_measures_between_frames(qapp, qtbot, tiny_checkpoint):
         assert engine.device_label.startswith(f"cpu ({engine.plan.threads} thread")
         model, _ = load_checkpoint(tiny_checkpoint)
         np.testing.assert_array_equal(frames[-1].images, reference_pixels(model, latents))
+    finally:
+        engine.shutdown()
+
+
+def test_a_slow_models_first_frame_is_already_progressive(qapp, qtbot, tiny_checkpoint):
+    engine = RenderEngine(device="cpu", threaded=True)
+    # The model decodes like a real-size one: 100 ms per image, by this engine's clock.
+    engine._timed_decode = lambda model_id, batch, threads, model=None: 100.0 * batch
+    try:
+        frames: list[Frame] = []
+        engine.frame_rendered.connect(frames.append)
+        info = engine.open_checkpoint(tiny_checkpoint)
+        latents = random_latents(info.latent_shapes, 4, seed=3)
+        engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        qtbot.waitUntil(lambda: bool(frames) and frames[-1].complete, timeout=30_000)
+        assert not frames[0].complete and frames[0].stale == (1, 2, 3)
     finally:
         engine.shutdown()
 

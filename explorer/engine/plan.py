@@ -236,6 +236,11 @@ class PlanMeasurement:
                     ms = self._decode(batch, threads)
                     if i:
                         times[threads].append(ms)
+                    elif not self.plan.decode_ms:
+                        # A first, rough figure (a cold decode overestimates): the engine
+                        # takes this step before the model's first frame, so even that
+                        # frame can render progressively.
+                        self.plan = replace(self.plan, decode_ms={threads: {batch: round(ms, 2)}})
                     yield self.plan
             for threads, samples in times.items():
                 figures[threads][batch] = round(statistics.median(samples), 2)

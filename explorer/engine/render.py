@@ -819,9 +819,19 @@ class RenderEngine(QObject):
                 self._mailbox.wait()
             if self._stopping or self._held:
                 return None
-            if not self._pending:
+            if not self._pending or self._first_figure_due():
                 return _MEASURE if self.measuring else None
             return self._pop_newest()
+
+    def _first_figure_due(self) -> bool:
+        """Whether the plan measurement's first decode should run before a waiting frame:
+        the model has no figure yet and nothing else (graphs, device race) comes first."""
+        return (
+            self._measurement is not None
+            and not self.plan.decode_ms
+            and self._graph_job is None
+            and self._device_job is None
+        )
 
     def _next_request(self, block: bool) -> RenderRequest | None:
         with self._mailbox:
