@@ -87,9 +87,9 @@ def test_measurement_times_every_thread_count_and_batch_and_picks_the_faster():
     assert {c for c in calls} == {(b, t) for b in PLAN_BATCHES for t in (1, 4)}
     # One decode per step, so a frame never waits for more than one; the current thread
     # count comes first, so a provisional plan can go progressive early.
-    assert len(plans) == len(calls) + 1
+    assert len(plans) == len(calls)  # the first step's two decodes: warm-up and figure
     assert calls[0][1] == 1
-    assert plans[0].decode_ms == {1: {1: 10.0}}  # the first, rough figure at once
+    assert plans[0].decode_ms == {1: {1: 10.0}}  # a first figure (warm) at once
     assert any(p.decode_ms and not p.measured for p in plans)
     text = final.describe()
     assert "Render threads: 4 (measured)" in text and "16 images 64.0 ms" in text
