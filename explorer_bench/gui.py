@@ -189,7 +189,7 @@ def measure_map(
     warmup: int = 3,
     num_threads: int | None = None,
     device: str = "auto",
-    timeout_s: float = 120.0,
+    timeout_s: float = 900.0,
 ) -> dict[str, float]:
     """The latent map: seconds to compute a map of ``n_map`` test images (load, encode,
     principal components; the job runs on its worker thread as in the app), then pointer
