@@ -272,16 +272,23 @@ def measure_map(
                 QApplication.sendEvent(viewport, event)
 
             left = Qt.MouseButton.LeftButton
-            # Make a test image the current one, then press beside it and drag.
+            # Make a test image the current one, then press on empty space (the plot's
+            # margin beyond the last point), which starts a drag, and drag through the cloud.
             panel.show_point(0)
-            send(QEvent.Type.MouseButtonPress, a + QPointF(3, 3), left)
+            empty = panel.view.viewport_point(
+                float(xs.max() + 0.04 * np.ptp(xs)), float(ys.max() + 0.04 * np.ptp(ys))
+            )
+            send(QEvent.Type.MouseButtonPress, empty, left)
             wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
             times: list[float] = []
             for i in range(warmup + repeats):
-                t = (i % 10) / 9.0
-                pos = a + (b - a) * (t if (i // 10) % 2 == 0 else 1 - t)
+                t = (i % 9 + 1) / 9.0  # never the same position twice in a row
+                pos = a + (b - a) * (t if (i // 9) % 2 == 0 else 1 - t + 1 / 9.0)
+                before = window.last_request_id
                 begin = time.perf_counter()
                 send(QEvent.Type.MouseMove, pos, left)
+                if window.last_request_id == before:
+                    raise ValueError("a pointer move on the map did not move the image")
                 wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
                 if i >= warmup:
                     times.append((time.perf_counter() - begin) * 1000.0)
