@@ -27,6 +27,7 @@ def test_file_is_small_and_describes_itself():
     assert meta["dataset"] == "mnist"
     assert model.config.image_size == 28 and model.config.in_channels == 1
     assert meta["test_bpd"] <= 1.5
+    assert meta["best_test_bpd"] <= meta["test_bpd"]  # `realnvp info` shows them together
     card = CARD.read_text()
     assert f"{meta['test_bpd']:.4f}" in card  # the card quotes the checkpoint's own figure
     assert "realnvp train" in card
