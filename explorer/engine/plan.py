@@ -85,6 +85,11 @@ class RenderPlan:
         slope = (figures[hi] - figures[lo]) / (hi - lo)
         return fraction * max(0.0, figures[lo] + slope * (n - lo))
 
+    @property
+    def precision(self) -> str:
+        """The precision of a grid of the largest planned batch (reports, benchmarks)."""
+        return self.precision_for(PLAN_BATCHES[-1])
+
     def precision_for(self, n: int) -> str:
         """The precision a frame of ``n`` images decodes in: that of the largest measured
         batch size up to ``n`` (the smallest for fewer), float32 before any."""
