@@ -300,6 +300,10 @@ def test_a_running_run_shows_in_the_status_bar_from_the_explorer_page(
     assert status.bar.value() == 120 and status.bar.maximum() == 500
     qtbot.mouseClick(status.button, Qt.MouseButton.LeftButton)
     assert window.current_page == "training"
+    with (run / "events.jsonl").open("a") as f:  # the run ends: no ETA any more
+        f.write(json.dumps({"event": "done", "step": 130, "reason": "stopped"}) + "\n")
+    qtbot.waitUntil(lambda: status.button.text() == "Training stopped", timeout=5000)
+    assert not status.bar.isVisible()
 
 
 def test_screenshot_of_any_page_at_any_size(

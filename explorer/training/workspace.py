@@ -711,6 +711,9 @@ class TrainingPanel(QWidget):
         )
         self._rate.clear()
         self._schedule_redraw()
+        if self.process is None and self.follower is not None:
+            # A reopened run has ended: whoever shows its progress (the status bar) says so.
+            self.training_stopped.emit(str(reason))
 
     def _show_samples(self) -> None:
         path, step = self._samples
