@@ -58,6 +58,7 @@ import torch
 from core.device import describe, pick_device
 from core.inference import fold_for_inference
 from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
+from core.model import random_model as core_random_model
 from core.resources import bundled_model_path, resolve_checkpoint
 
 
@@ -270,14 +271,9 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
 
 
 def random_model(config: FlowConfig, device: torch.device, seed: int = 0) -> RealNVP:
-    """A model with random weights moved off the identity start (every coupling starts as
-    one), as the explorer's untrained model: for timing, which does not depend on them."""
-    generator = torch.Generator().manual_seed(seed)
-    model = RealNVP(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=generator))
-    return model.to(device).eval()
+    """:func:`core.model.random_model` on ``device``: for timing, which does not depend on
+    the weights."""
+    return core_random_model(config, seed).to(device)
 
 
 def render_figures(

@@ -316,6 +316,18 @@ class RealNVP(nn.Module):
         return temps
 
 
+def random_model(config: FlowConfig, seed: int = 0) -> RealNVP:
+    """An untrained model, in eval mode on the CPU, with its weights moved slightly off the
+    identity start (every coupling starts as one), so it maps like a flow and its samples
+    show some structure: the explorer's untrained model and the benchmarks' stand-in."""
+    generator = torch.Generator().manual_seed(seed)
+    model = RealNVP(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
 def gaussian_log_prob(zs: Sequence[Tensor]) -> Tensor:
     """Standard normal log density of the concatenated latents, per sample; shape (B,)."""
     return sum(

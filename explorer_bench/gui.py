@@ -32,6 +32,42 @@ SLIDER_POSITIONS = (40, -40)  # in hundredths of the level's typical latent norm
 WINDOW_SIZE = (1320, 820)
 
 
+@contextlib.contextmanager
+def bench_window(
+    checkpoint: str | os.PathLike | None, *, probe_devices: bool = True, **engine_options: Any
+) -> Iterator[Any]:
+    """The real main window, offscreen, over throwaway settings (never the user's), with
+    ``checkpoint`` open (``None``: what the app opens without an argument); closed at the
+    end. ``engine_options`` go to :class:`~explorer.engine.render.RenderEngine`."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.engine.render import RenderEngine
+    from explorer.main_window import MainWindow
+    from explorer.settings import ExplorerSettings
+    from explorer.theme import quiet_offscreen_messages
+
+    quiet_offscreen_messages()
+    app = QApplication.instance() or QApplication(["realnvp-bench"])
+    with tempfile.TemporaryDirectory() as tmp:
+        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(
+            RenderEngine(**engine_options),
+            ExplorerSettings(qsettings),
+            probe_devices=probe_devices,
+        )
+        try:
+            if checkpoint is None:
+                window.open_default()
+            elif not window.open_checkpoint(checkpoint):
+                raise ValueError(window.last_error)
+            yield window
+        finally:
+            window.close()
+            app.processEvents()
+
+
 def measure_gui_latency(
     checkpoint: str | os.PathLike | None,
     n_images: int = 1,
@@ -60,89 +96,72 @@ def measure_gui_latency(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QEventLoop, QSettings, QTimer
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtCore import QEventLoop, QTimer
 
-    from explorer.engine.render import RenderEngine
-    from explorer.main_window import MainWindow
-    from explorer.settings import ExplorerSettings
-    from explorer.theme import quiet_offscreen_messages
+    with bench_window(
+        checkpoint,
+        probe_devices=False,
+        device=device,
+        num_threads=num_threads,
+        compile=compile,
+        plan=plan,
+        graphs=graphs,
+    ) as window:
+        window.engine.cache_enabled = use_cache
+        window.engine.wait_for_compile()  # measure the steady state, not the build
+        wait_until(lambda: not window.engine.measuring, timeout_s * 10)
+        if report is not None:
+            report["plan"] = window.engine.plan
+        window.state.set_n_images(n_images)
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        view = window.samples_panel.view
+        slider = window.levels_panel.rows[0].offset.slider
 
-    quiet_offscreen_messages()
-    app = QApplication.instance() or QApplication(["realnvp-bench"])
-    with tempfile.TemporaryDirectory() as tmp:
-        # Never the user's settings: a throwaway INI file.
-        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(
-            RenderEngine(
-                device=device, num_threads=num_threads, compile=compile, plan=plan, graphs=graphs
-            ),
-            ExplorerSettings(qsettings),
-            probe_devices=False,
-        )
-        try:
-            if checkpoint is None:
-                window.open_default()
-            elif not window.open_checkpoint(checkpoint):
-                raise ValueError(window.last_error)
-            window.engine.cache_enabled = use_cache
-            window.engine.wait_for_compile()  # measure the steady state, not the build
-            wait_until(lambda: not window.engine.measuring, timeout_s * 10)
-            if report is not None:
-                report["plan"] = window.engine.plan
-            window.state.set_n_images(n_images)
-            window.resize(*WINDOW_SIZE)
-            window.show()
-            view = window.samples_panel.view
-            slider = window.levels_panel.rows[0].offset.slider
+        def wait_for(request_id: int, whole: bool = False) -> None:
+            def done() -> bool:
+                painted = view.painted_complete_id if whole else view.painted_frame_id
+                return painted >= request_id
 
-            def wait_for(request_id: int, whole: bool = False) -> None:
-                def done() -> bool:
-                    painted = view.painted_complete_id if whole else view.painted_frame_id
-                    return painted >= request_id
+            if done():
+                return
+            loop = QEventLoop()
 
+            def painted(_frame_id: int) -> None:
                 if done():
-                    return
-                loop = QEventLoop()
+                    loop.quit()
 
-                def painted(_frame_id: int) -> None:
-                    if done():
-                        loop.quit()
+            view.frame_painted.connect(painted)
+            timer = QTimer()
+            timer.setSingleShot(True)
+            timer.timeout.connect(loop.quit)
+            timer.start(int(timeout_s * 1000))
+            loop.exec()
+            view.frame_painted.disconnect(painted)
+            if not done():
+                raise TimeoutError(f"no frame painted within {timeout_s} s")
 
-                view.frame_painted.connect(painted)
-                timer = QTimer()
-                timer.setSingleShot(True)
-                timer.timeout.connect(loop.quit)
-                timer.start(int(timeout_s * 1000))
-                loop.exec()
-                view.frame_painted.disconnect(painted)
-                if not done():
-                    raise TimeoutError(f"no frame painted within {timeout_s} s")
-
+        wait_for(window.last_request_id, whole=True)
+        first: list[float] = []
+        whole: list[float] = []
+        for i in range(warmup + repeats):
+            position = SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)]
+            start = time.perf_counter()
+            slider.setValue(position)
+            wait_for(window.last_request_id)
+            first_ms = (time.perf_counter() - start) * 1000.0
             wait_for(window.last_request_id, whole=True)
-            first: list[float] = []
-            whole: list[float] = []
-            for i in range(warmup + repeats):
-                position = SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)]
-                start = time.perf_counter()
-                slider.setValue(position)
-                wait_for(window.last_request_id)
-                first_ms = (time.perf_counter() - start) * 1000.0
-                wait_for(window.last_request_id, whole=True)
-                if i >= warmup:
-                    first.append(first_ms)
-                    whole.append((time.perf_counter() - start) * 1000.0)
-            drag: list[float] = []
-            for i in range(warmup + repeats):  # the next move as soon as pixels show
-                start = time.perf_counter()
-                slider.setValue(SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)] + i % 7)
-                wait_for(window.last_request_id)
-                if i >= warmup:
-                    drag.append((time.perf_counter() - start) * 1000.0)
-            wait_for(window.last_request_id, whole=True)
-        finally:
-            window.close()
-            app.processEvents()
+            if i >= warmup:
+                first.append(first_ms)
+                whole.append((time.perf_counter() - start) * 1000.0)
+        drag: list[float] = []
+        for i in range(warmup + repeats):  # the next move as soon as pixels show
+            start = time.perf_counter()
+            slider.setValue(SLIDER_POSITIONS[i % len(SLIDER_POSITIONS)] + i % 7)
+            wait_for(window.last_request_id)
+            if i >= warmup:
+                drag.append((time.perf_counter() - start) * 1000.0)
+        wait_for(window.last_request_id, whole=True)
     return {
         "p50_ms": float(np.percentile(first, 50)),
         "p95_ms": float(np.percentile(first, 95)),
@@ -196,106 +215,83 @@ def measure_map(
     move to pixels while dragging the current image on the map (one image, the map's
     default level), ``{"map_images", "map_s", "p50_ms", "p95_ms"}``."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QEvent, QEventLoop, QPointF, QSettings, Qt, QTimer
+    from PySide6.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer
     from PySide6.QtGui import QMouseEvent
     from PySide6.QtWidgets import QApplication
 
-    from explorer.engine.render import RenderEngine
-    from explorer.main_window import MainWindow
-    from explorer.settings import ExplorerSettings
-    from explorer.theme import quiet_offscreen_messages
+    with bench_window(checkpoint, device=device, num_threads=num_threads) as window:
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        panel = window.map_panel
+        window.show_tab(panel)
+        panel.set_data_dir(data_dir)
+        panel.count.setValue(n_map)
+        view = window.samples_panel.view
 
-    quiet_offscreen_messages()
-    app = QApplication.instance() or QApplication(["realnvp-bench"])
-    with tempfile.TemporaryDirectory() as tmp:
-        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(
-            RenderEngine(device=device, num_threads=num_threads), ExplorerSettings(qsettings)
+        def wait(done, what: str) -> None:
+            loop = QEventLoop()
+            timer = QTimer()
+            timer.timeout.connect(lambda: done() and loop.quit())
+            timer.start(1)
+            deadline = QTimer()
+            deadline.setSingleShot(True)
+            deadline.timeout.connect(loop.quit)
+            deadline.start(int(timeout_s * 1000))
+            if not done():
+                loop.exec()
+            timer.stop()
+            if not done():
+                raise TimeoutError(f"no {what} within {timeout_s} s")
+
+        start = time.perf_counter()
+        task = panel.compute()
+        wait(lambda: task is None or task.finished, "map")
+        map_s = time.perf_counter() - start
+        if panel.map is None:
+            raise ValueError(panel.status.text())
+        xs, ys = panel.map.points[:, 0], panel.map.points[:, 1]
+        viewport = panel.view.viewport()
+        a = panel.view.viewport_point(float(np.percentile(xs, 20)), float(np.percentile(ys, 20)))
+        b = panel.view.viewport_point(float(np.percentile(xs, 80)), float(np.percentile(ys, 80)))
+
+        def send(kind, pos: QPointF, buttons) -> None:
+            button = (
+                Qt.MouseButton.NoButton
+                if kind == QEvent.Type.MouseMove
+                else Qt.MouseButton.LeftButton
+            )
+            event = QMouseEvent(
+                kind,
+                pos,
+                QPointF(viewport.mapToGlobal(pos.toPoint())),
+                button,
+                buttons,
+                Qt.KeyboardModifier.NoModifier,
+            )
+            QApplication.sendEvent(viewport, event)
+
+        left = Qt.MouseButton.LeftButton
+        # Make a test image the current one, then press on empty space (the plot's
+        # margin beyond the last point), which starts a drag, and drag through the cloud.
+        panel.show_point(0)
+        empty = panel.view.viewport_point(
+            float(xs.max() + 0.04 * np.ptp(xs)), float(ys.max() + 0.04 * np.ptp(ys))
         )
-        try:
-            if checkpoint is None:
-                window.open_default()
-            elif not window.open_checkpoint(checkpoint):
-                raise ValueError(window.last_error)
-            window.resize(*WINDOW_SIZE)
-            window.show()
-            panel = window.map_panel
-            window.show_tab(panel)
-            panel.set_data_dir(data_dir)
-            panel.count.setValue(n_map)
-            view = window.samples_panel.view
-
-            def wait(done, what: str) -> None:
-                loop = QEventLoop()
-                timer = QTimer()
-                timer.timeout.connect(lambda: done() and loop.quit())
-                timer.start(1)
-                deadline = QTimer()
-                deadline.setSingleShot(True)
-                deadline.timeout.connect(loop.quit)
-                deadline.start(int(timeout_s * 1000))
-                if not done():
-                    loop.exec()
-                timer.stop()
-                if not done():
-                    raise TimeoutError(f"no {what} within {timeout_s} s")
-
-            start = time.perf_counter()
-            task = panel.compute()
-            wait(lambda: task is None or task.finished, "map")
-            map_s = time.perf_counter() - start
-            if panel.map is None:
-                raise ValueError(panel.status.text())
-            xs, ys = panel.map.points[:, 0], panel.map.points[:, 1]
-            viewport = panel.view.viewport()
-            a = panel.view.viewport_point(
-                float(np.percentile(xs, 20)), float(np.percentile(ys, 20))
-            )
-            b = panel.view.viewport_point(
-                float(np.percentile(xs, 80)), float(np.percentile(ys, 80))
-            )
-
-            def send(kind, pos: QPointF, buttons) -> None:
-                button = (
-                    Qt.MouseButton.NoButton
-                    if kind == QEvent.Type.MouseMove
-                    else Qt.MouseButton.LeftButton
-                )
-                event = QMouseEvent(
-                    kind,
-                    pos,
-                    QPointF(viewport.mapToGlobal(pos.toPoint())),
-                    button,
-                    buttons,
-                    Qt.KeyboardModifier.NoModifier,
-                )
-                QApplication.sendEvent(viewport, event)
-
-            left = Qt.MouseButton.LeftButton
-            # Make a test image the current one, then press on empty space (the plot's
-            # margin beyond the last point), which starts a drag, and drag through the cloud.
-            panel.show_point(0)
-            empty = panel.view.viewport_point(
-                float(xs.max() + 0.04 * np.ptp(xs)), float(ys.max() + 0.04 * np.ptp(ys))
-            )
-            send(QEvent.Type.MouseButtonPress, empty, left)
+        send(QEvent.Type.MouseButtonPress, empty, left)
+        wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
+        times: list[float] = []
+        for i in range(warmup + repeats):
+            t = (i % 9 + 1) / 9.0  # never the same position twice in a row
+            pos = a + (b - a) * (t if (i // 9) % 2 == 0 else 1 - t + 1 / 9.0)
+            before = window.last_request_id
+            begin = time.perf_counter()
+            send(QEvent.Type.MouseMove, pos, left)
+            if window.last_request_id == before:
+                raise ValueError("a pointer move on the map did not move the image")
             wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
-            times: list[float] = []
-            for i in range(warmup + repeats):
-                t = (i % 9 + 1) / 9.0  # never the same position twice in a row
-                pos = a + (b - a) * (t if (i // 9) % 2 == 0 else 1 - t + 1 / 9.0)
-                before = window.last_request_id
-                begin = time.perf_counter()
-                send(QEvent.Type.MouseMove, pos, left)
-                if window.last_request_id == before:
-                    raise ValueError("a pointer move on the map did not move the image")
-                wait(lambda: view.painted_frame_id >= window.last_request_id, "frame")
-                if i >= warmup:
-                    times.append((time.perf_counter() - begin) * 1000.0)
-            send(QEvent.Type.MouseButtonRelease, b, Qt.MouseButton.NoButton)
-        finally:
-            window.close()
-            app.processEvents()
+            if i >= warmup:
+                times.append((time.perf_counter() - begin) * 1000.0)
+        send(QEvent.Type.MouseButtonRelease, b, Qt.MouseButton.NoButton)
     return {
         "map_images": len(panel.map),
         "map_s": map_s,

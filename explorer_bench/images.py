@@ -88,133 +88,115 @@ def run_images_bench(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QEventLoop, QMimeData, QPointF, QSettings, Qt, QTimer, QUrl
+    from PySide6.QtCore import QEventLoop, QMimeData, QPointF, Qt, QTimer, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
     from core.images import load_image
-    from explorer.engine.render import RenderEngine, torch_threads
-    from explorer.main_window import MainWindow
-    from explorer.settings import ExplorerSettings
-    from explorer.theme import quiet_offscreen_messages
-    from explorer_bench.gui import describe_model
+    from explorer.engine.render import torch_threads
+    from explorer_bench.gui import bench_window, describe_model
 
-    quiet_offscreen_messages()
-    app = QApplication.instance() or QApplication(["realnvp-images-bench"])
     report: dict = {"model": describe_model(checkpoint), "repeats": repeats}
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bench_window(checkpoint, device=device, num_threads=num_threads) as window,
+    ):
         files = make_files(Path(tmp))
-        qsettings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(
-            RenderEngine(device=device, num_threads=num_threads), ExplorerSettings(qsettings)
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        view = window.samples_panel.view
+        info = window.engine.model_info
+        report["image"] = f"{info.channels}x{info.image_size}x{info.image_size}"
+        # Waiting sleeps in an event loop woken only by the signals that can end it:
+        # a polling loop would hold the GIL against the worker threads it measures.
+        wake_up = (
+            view.frame_painted,
+            window.images.image_shown,
+            window.images.strip_shown,
         )
-        try:
-            if checkpoint is None:
-                window.open_default()
-            elif not window.open_checkpoint(checkpoint):
-                raise ValueError(window.last_error)
-            window.resize(*WINDOW_SIZE)
-            window.show()
-            view = window.samples_panel.view
-            info = window.engine.model_info
-            report["image"] = f"{info.channels}x{info.image_size}x{info.image_size}"
 
-            # Waiting sleeps in an event loop woken only by the signals that can end it:
-            # a polling loop would hold the GIL against the worker threads it measures.
-            wake_up = (
-                view.frame_painted,
-                window.images.image_shown,
-                window.images.strip_shown,
-            )
+        def wait(done: Callable[[], bool], what: str) -> None:
+            if done():
+                return
+            loop = QEventLoop()
 
-            def wait(done: Callable[[], bool], what: str) -> None:
+            def check(*_args: object) -> None:
                 if done():
-                    return
-                loop = QEventLoop()
+                    loop.quit()
 
-                def check(*_args: object) -> None:
-                    if done():
-                        loop.quit()
+            for signal in wake_up:
+                signal.connect(check)
+            timer = QTimer()
+            timer.setSingleShot(True)
+            timer.timeout.connect(loop.quit)
+            timer.start(int(timeout_s * 1000))
+            loop.exec()
+            for signal in wake_up:
+                signal.disconnect(check)
+            if not done():
+                raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
-                for signal in wake_up:
-                    signal.connect(check)
-                timer = QTimer()
-                timer.setSingleShot(True)
-                timer.timeout.connect(loop.quit)
-                timer.start(int(timeout_s * 1000))
-                loop.exec()
-                for signal in wake_up:
-                    signal.disconnect(check)
-                if not done():
-                    raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+        def painted() -> bool:
+            return view.painted_frame_id >= window.last_request_id
 
-            def painted() -> bool:
-                return view.painted_frame_id >= window.last_request_id
+        def idle() -> bool:  # the strip too: each drop starts from a quiet app
+            images = window.images
+            return painted() and images.strip_shown_id == images.strip_request_id
 
-            def idle() -> bool:  # the strip too: each drop starts from a quiet app
-                images = window.images
-                return painted() and images.strip_shown_id == images.strip_request_id
+        wait(painted, "the first frame")
 
-            wait(painted, "the first frame")
+        def drop(path: Path) -> None:
+            mime = QMimeData()
+            mime.setUrls([QUrl.fromLocalFile(str(path))])
+            pos = QPointF(window.width() / 2, window.height() / 2)
+            args = (Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+            enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, *args)
+            QApplication.sendEvent(window, enter)
+            QApplication.sendEvent(window, QDropEvent(pos, Qt.DropAction.CopyAction, mime, *args))
 
-            def drop(path: Path) -> None:
-                mime = QMimeData()
-                mime.setUrls([QUrl.fromLocalFile(str(path))])
-                pos = QPointF(window.width() / 2, window.height() / 2)
-                args = (Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
-                enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, *args)
-                QApplication.sendEvent(window, enter)
-                QApplication.sendEvent(
-                    window, QDropEvent(pos, Qt.DropAction.CopyAction, mime, *args)
-                )
-
-            shown: list[int] = []
-            window.images.image_shown.connect(shown.append)
-            drop_figures, decode_figures, encode_figures = {}, {}, {}
-            for kind, paths in files.items():
-                times = []
-                for i in range(warmup + repeats):
-                    count = len(shown)
-                    start = time.perf_counter()
-                    drop(paths[i % 2])  # alternate, so no frame is a cache hit
-                    wait(lambda c=count: len(shown) > c and painted(), "the reconstruction")
-                    if i >= warmup:
-                        times.append((time.perf_counter() - start) * 1000.0)
-                    wait(idle, "the strip")
-                drop_figures[kind] = percentiles(times)
-                decode_times, encode_times = [], []
-                for i in range(warmup + repeats):
-                    start = time.perf_counter()
-                    pixels = load_image(paths[i % 2], info.channels, info.image_size)
-                    middle = time.perf_counter()
-                    window.engine.encode(pixels)
-                    end = time.perf_counter()
-                    if i >= warmup:
-                        decode_times.append((middle - start) * 1000.0)
-                        encode_times.append((end - middle) * 1000.0)
-                decode_figures[kind] = percentiles(decode_times)
-                encode_figures[kind] = percentiles(encode_times)
-            report["drop_to_reconstruction"] = drop_figures
-            report["file_decode"] = decode_figures
-            report["encode"] = encode_figures
-
-            # A and B are the last two dropped; drag the slider across, frame by frame.
-            window.show_images_tab()
-            slider = window.images.images_panel.t.slider
-            positions = [*range(5, 100, 5), *range(95, 0, -5)]
+        shown: list[int] = []
+        window.images.image_shown.connect(shown.append)
+        drop_figures, decode_figures, encode_figures = {}, {}, {}
+        for kind, paths in files.items():
             times = []
             for i in range(warmup + repeats):
+                count = len(shown)
                 start = time.perf_counter()
-                slider.setValue(positions[i % len(positions)])
-                wait(painted, "the interpolation frame")
+                drop(paths[i % 2])  # alternate, so no frame is a cache hit
+                wait(lambda c=count: len(shown) > c and painted(), "the reconstruction")
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1000.0)
-            report["interpolation_frame"] = percentiles(times)
-            report["threads"] = torch_threads()
-            report["device"] = window.engine.device_label
-        finally:
-            window.close()
-            app.processEvents()
+                wait(idle, "the strip")
+            drop_figures[kind] = percentiles(times)
+            decode_times, encode_times = [], []
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                pixels = load_image(paths[i % 2], info.channels, info.image_size)
+                middle = time.perf_counter()
+                window.engine.encode(pixels)
+                end = time.perf_counter()
+                if i >= warmup:
+                    decode_times.append((middle - start) * 1000.0)
+                    encode_times.append((end - middle) * 1000.0)
+            decode_figures[kind] = percentiles(decode_times)
+            encode_figures[kind] = percentiles(encode_times)
+        report["drop_to_reconstruction"] = drop_figures
+        report["file_decode"] = decode_figures
+        report["encode"] = encode_figures
+        # A and B are the last two dropped; drag the slider across, frame by frame.
+        window.show_images_tab()
+        slider = window.images.images_panel.t.slider
+        positions = [*range(5, 100, 5), *range(95, 0, -5)]
+        times = []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            slider.setValue(positions[i % len(positions)])
+            wait(painted, "the interpolation frame")
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+        report["interpolation_frame"] = percentiles(times)
+        report["threads"] = torch_threads()
+        report["device"] = window.engine.device_label
     worst_encode = max(f["p95_ms"] for f in report["encode"].values())
     report["targets"] = {
         "encode_p95_ms": TARGETS_MS["encode_p95"],

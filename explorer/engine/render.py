@@ -53,7 +53,7 @@ from core.device import describe, pick_device
 from core.graphs import GraphedDecoder
 from core.images import to_uint8
 from core.inference import bf16_copy, fold_for_inference
-from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset
+from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset, random_model
 from core.precision import conv_probe_ms, same_picture
 from core.resnet import ResidualBlock, STNetwork
 from core.typicality import TypicalityReference
@@ -416,12 +416,7 @@ class RenderEngine(QObject):
     def open_random(self, config: FlowConfig = RANDOM_MODEL_CONFIG, seed: int = 0) -> ModelInfo:
         """An untrained model with slightly perturbed weights, so it is not the identity
         (every coupling starts as one) and its samples show some structure."""
-        generator = torch.Generator().manual_seed(seed)
-        model = RealNVP(config)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.01 * torch.randn(p.shape, generator=generator))
-        model = model.to(self.device).eval()
+        model = random_model(config, seed).to(self.device)
         return self._install(
             model,
             source=None,
