@@ -1,9 +1,10 @@
 """Real NVP: the flow, its training and its checkpoints. Never imports Qt."""
 
-from core.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
-from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from core.coupling import AffineCoupling, MaskType, channel_mask, checkerboard_mask
-from core.model import (
+from core.files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.files.resources import BUNDLED, bundled_model_path
+from core.flow.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
+from core.flow.coupling import AffineCoupling, MaskType, channel_mask, checkerboard_mask
+from core.flow.model import (
     PRESETS,
     FlowConfig,
     RealNVP,
@@ -12,7 +13,6 @@ from core.model import (
     nats_to_bits_per_dim,
     preset,
 )
-from core.resources import BUNDLED, bundled_model_path
 
 __all__ = [
     "BUNDLED",

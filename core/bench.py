@@ -55,11 +55,11 @@ from typing import Any
 
 import torch
 
-from core.device import describe, pick_device
-from core.inference import fold_for_inference
-from core.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
-from core.model import random_model as core_random_model
-from core.resources import bundled_model_path, resolve_checkpoint
+from core.files.resources import bundled_model_path, resolve_checkpoint
+from core.flow.inference import fold_for_inference
+from core.flow.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
+from core.flow.model import random_model as core_random_model
+from core.training.device import describe, pick_device
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -139,10 +139,10 @@ def train_precisions(
     peak: float,
     budget_s: float = 60.0,
 ) -> dict[str, Any]:
-    """The trainer's step (:func:`core.train.make_train_step`: autocast, memory format) in
-    float32 and in bf16, timed interleaved on two copies of one model; figures per
-    precision as in :func:`training_speed`, all shares of ``peak``, and ``bf16_speedup``."""
-    from core.train import TrainConfig, make_train_step, use_channels_last
+    """The trainer's step (:func:`core.training.trainer.make_train_step`: autocast, memory format)
+    in float32 and in bf16, timed interleaved on two copies of one model; figures per precision
+    as in :func:`training_speed`, all shares of ``peak``, and ``bf16_speedup``."""
+    from core.training.trainer import TrainConfig, make_train_step, use_channels_last
 
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()
@@ -180,12 +180,12 @@ def render_precisions(
     budget_s: float = 30.0,
 ) -> dict[str, Any]:
     """The explorer's full decode of ``model`` (an inference copy) in float32 and with bf16
-    s/t networks (:func:`core.inference.bf16_copy`), interleaved, per batch size: p50 of
-    each, ``bf16_speedup``, and the picture test of :func:`core.precision.same_picture`
+    s/t networks (:func:`core.flow.inference.bf16_copy`), interleaved, per batch size: p50 of
+    each, ``bf16_speedup``, and the picture test of :func:`core.training.precision.same_picture`
     (``same_picture``, ``within_one_grey_level``: the share of pixels within one level)."""
-    from core.images import to_uint8
-    from core.inference import bf16_copy
-    from core.precision import same_picture
+    from core.files.images import to_uint8
+    from core.flow.inference import bf16_copy
+    from core.training.precision import same_picture
 
     fast = bf16_copy(model)
     out: dict[str, Any] = {}
@@ -248,7 +248,7 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
     """One image: a plain encode against the likelihood map with its per-level breakdown
     (what ``realnvp encode --json`` and the explorer compute), timed alternately so both
     see the same machine load."""
-    from core.likelihood import likelihood_map
+    from core.flow.likelihood import likelihood_map
 
     cfg = model.config
     x = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
@@ -271,7 +271,7 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
 
 
 def random_model(config: FlowConfig, device: torch.device, seed: int = 0) -> RealNVP:
-    """:func:`core.model.random_model` on ``device``: for timing, which does not depend on
+    """:func:`core.flow.model.random_model` on ``device``: for timing, which does not depend on
     the weights."""
     return core_random_model(config, seed).to(device)
 
@@ -315,9 +315,9 @@ def training_speed(
     compile: bool = False,
     cuda_graph: bool = False,
 ) -> dict[str, Any]:
-    """The trainer's own step (:class:`core.train.TrainStep`): on CUDA with bf16 autocast and
-    channels_last as the trainer runs it, optionally ``torch.compile``-d."""
-    from core.train import TrainConfig, TrainStep, make_adam, step_autocast
+    """The trainer's own step (:class:`core.training.trainer.TrainStep`): on CUDA with bf16
+    autocast and channels_last as the trainer runs it, optionally ``torch.compile``-d."""
+    from core.training.trainer import TrainConfig, TrainStep, make_adam, step_autocast
 
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()
@@ -418,8 +418,8 @@ def run(
     render_presets: list[str] | None = None,
     precision_only: bool = False,
 ) -> dict[str, Any]:
-    from core.checkpoint import load_checkpoint
-    from core.precision import bf16_units
+    from core.files.checkpoint import load_checkpoint
+    from core.training.precision import bf16_units
 
     device = pick_device(device_name)
     repeats = 5 if quick else 30
@@ -556,7 +556,7 @@ def _render_entry(
 def _graphed_render_figures(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
     """The same figures with the decode steps replayed from CUDA graphs (the explorer's
     GPU path); the status says why not when they could not be captured."""
-    from core.graphs import GraphedDecoder, agreement
+    from core.flow.graphs import GraphedDecoder, agreement
 
     decoder = GraphedDecoder(model, batches=(1, 16))
     status = decoder.build()

@@ -12,14 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from core.checkpoint import CheckpointError
-from core.class_stats import DEFAULT_PER_CLASS, ClassStatsError
-from core.data import DATASETS, DatasetError
-from core.events import silence
-from core.images import ImageLoadError
-from core.model import PRESETS
-from core.precision import PRECISIONS
-from core.resources import resolve_checkpoint
+from core.files.checkpoint import CheckpointError
+from core.files.images import ImageLoadError
+from core.files.resources import resolve_checkpoint
+from core.flow.model import PRESETS
+from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
+from core.training.data import DATASETS, DatasetError
+from core.training.events import silence
+from core.training.precision import PRECISIONS
 
 USER_ERRORS = (
     CheckpointError,
@@ -119,8 +119,8 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     import torch
 
-    from core.events import EventSink
-    from core.train import TrainConfig, Trainer, TrainingError, build_model_config
+    from core.training.events import EventSink
+    from core.training.trainer import TrainConfig, Trainer, TrainingError, build_model_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,10 +198,10 @@ def _add_sample(sub) -> None:
 def _cmd_sample(args) -> int:
     import torch
 
-    from core.checkpoint import load_checkpoint
-    from core.class_stats import level_mask, stats_from_meta
-    from core.device import pick_device
-    from core.images import make_grid, save_png, to_uint8
+    from core.files.checkpoint import load_checkpoint
+    from core.files.images import make_grid, save_png, to_uint8
+    from core.stats.class_stats import level_mask, stats_from_meta
+    from core.training.device import pick_device
 
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
@@ -247,12 +247,12 @@ def _cmd_encode(args) -> int:
     import numpy as np
     import torch
 
-    from core.checkpoint import load_checkpoint
-    from core.heatmap import bits_range, colorize, upscale
-    from core.images import load_image, save_png, to_uint8
-    from core.likelihood import describe_image
-    from core.model import pixel_centres
-    from core.typicality import TypicalityReference
+    from core.files.checkpoint import load_checkpoint
+    from core.files.images import load_image, save_png, to_uint8
+    from core.flow.likelihood import describe_image
+    from core.flow.model import pixel_centres
+    from core.stats.heatmap import bits_range, colorize, upscale
+    from core.stats.typicality import TypicalityReference
 
     model, meta = load_checkpoint(args.checkpoint)
     reference = TypicalityReference.from_meta(meta)
@@ -323,8 +323,8 @@ def _class_stats(
 ):
     """Class statistics of ``dataset``'s training images, with a progress bar; every
     class without images is named on stderr."""
-    from core.class_stats import compute_class_stats
-    from core.data import load_dataset
+    from core.stats.class_stats import compute_class_stats
+    from core.training.data import load_dataset
 
     cfg = model.config
     train = load_dataset(
@@ -346,8 +346,8 @@ def _class_stats(
 
 
 def _cmd_directions(args) -> int:
-    from core.checkpoint import load_checkpoint
-    from core.device import pick_device
+    from core.files.checkpoint import load_checkpoint
+    from core.training.device import pick_device
 
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
@@ -404,8 +404,8 @@ def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device, download=F
     ``(data set, uint8 images (N, C, H, W), bits/dim (N,) float64)``."""
     import torch
 
-    from core.data import load_dataset
-    from core.model import per_image_bits_per_dim
+    from core.flow.model import per_image_bits_per_dim
+    from core.training.data import load_dataset
 
     cfg = model.config
     dataset = dataset or meta.get("dataset") or "mnist"
@@ -425,7 +425,7 @@ def _test_bits_per_dim(model, meta, dataset, data_dir, limit, device, download=F
 
 
 def _typicality_meta(dataset: str, images, per_image, note: str) -> dict:
-    from core.typicality import TypicalityReference
+    from core.stats.typicality import TypicalityReference
 
     return TypicalityReference.from_scores(
         dataset, per_image.numpy(), images.numpy(), note=note
@@ -433,8 +433,8 @@ def _typicality_meta(dataset: str, images, per_image, note: str) -> dict:
 
 
 def _cmd_eval(args) -> int:
-    from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
-    from core.device import pick_device
+    from core.files.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+    from core.training.device import pick_device
 
     device = pick_device(args.device)
     data = read_checkpoint(args.checkpoint)
@@ -472,8 +472,8 @@ def _add_info(sub) -> None:
 
 
 def _cmd_info(args) -> int:
-    from core.checkpoint import load_checkpoint
-    from core.typicality import META_KEY, summarize_meta
+    from core.files.checkpoint import load_checkpoint
+    from core.stats.typicality import META_KEY, summarize_meta
 
     model, meta = load_checkpoint(args.checkpoint)
     info = {
@@ -517,8 +517,8 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from core.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
-    from core.device import pick_device
+    from core.files.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+    from core.training.device import pick_device
 
     if args.download and not args.data_dir:
         raise ValueError("--download needs --data-dir, the folder to put the test set in")
@@ -555,7 +555,7 @@ def _export_class_stats(
 ) -> None:
     """Record class statistics in ``meta`` for labelled data; unlabelled data keeps what
     ``meta`` had."""
-    from core.class_stats import META_KEY
+    from core.stats.class_stats import META_KEY
 
     try:
         dataset = meta.get("dataset") or "mnist"

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from core.resources import BUNDLED
+    from core.files.resources import BUNDLED
     from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
     from explorer.settings import APPLICATION, ORGANIZATION

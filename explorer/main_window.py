@@ -43,8 +43,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.checkpoint import CheckpointError
-from core.images import make_grid, save_png
+from core.files.checkpoint import CheckpointError
+from core.files.images import make_grid, save_png
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
 from explorer.models.jobs import Progress, Task

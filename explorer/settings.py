@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
-from core.resources import bundled_model_path
+from core.files.resources import bundled_model_path
 
 ORGANIZATION = "realnvp"
 APPLICATION = "explorer"

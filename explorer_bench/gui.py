@@ -189,8 +189,8 @@ def random_checkpoint(preset_name: str, seed: int = 0) -> Iterator[Path]:
     import torch
 
     from core.bench import random_model
-    from core.checkpoint import save_checkpoint
-    from core.model import preset
+    from core.files.checkpoint import save_checkpoint
+    from core.flow.model import preset
 
     model = random_model(preset(preset_name), torch.device("cpu"), seed)
     with tempfile.TemporaryDirectory() as tmp:

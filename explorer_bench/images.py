@@ -6,7 +6,7 @@ drives the real window offscreen with the threaded engine the app uses:
 - **drop to reconstruction**: from a real ``QDropEvent`` carrying a file to the samples view
   having painted the image's reconstruction (file decode, crop and resize, encode,
   bits/dim, render and paint), for a 28x28 PNG and a 1000x800 photo (JPEG);
-- **file decode** (``core.images.load_image``) and **encode** (``RenderEngine.encode``:
+- **file decode** (``core.files.images.load_image``) and **encode** (``RenderEngine.encode``:
   latents, reconstruction, error and bits/dim) measured apart, so the encode figure is the
   time after the file is decoded;
 - **interpolation frame**: from moving the real A → B slider to the new frame painted.
@@ -92,7 +92,7 @@ def run_images_bench(
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
-    from core.images import load_image
+    from core.files.images import load_image
     from explorer.engine.render import torch_threads
     from explorer_bench.gui import bench_window, describe_model
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import save_checkpoint
-from core.model import FlowConfig, RealNVP
+from core.files.checkpoint import save_checkpoint
+from core.flow.model import FlowConfig, RealNVP
 
 ROOT = Path(__file__).resolve().parents[1]
 # The one place the tests look for MNIST: the folder in REALNVP_MNIST_DIR, by default the

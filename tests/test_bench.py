@@ -16,8 +16,8 @@ from core.bench import (
     train_step_flops,
     training_speed,
 )
-from core.checkpoint import save_checkpoint
-from core.inference import fold_for_inference
+from core.files.checkpoint import save_checkpoint
+from core.flow.inference import fold_for_inference
 
 TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
 
@@ -89,7 +89,7 @@ def test_training_is_timed_in_both_precisions_against_the_higher_ceiling():
 def test_render_picture_test_sees_bf16_differences():
     from conftest import perturbed_model
 
-    from core.inference import fold_for_inference
+    from core.flow.inference import fold_for_inference
 
     model = fold_for_inference(perturbed_model(TINY, scale=0.05))
     out = render_precisions(model, (2,), 2, torch.device("cpu"))["batch_2"]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
-from core.class_stats import stats_from_meta
-from core.data import load_mnist
-from core.inference import fold_for_inference
-from core.model import pixel_centres
+from core.files.checkpoint import load_checkpoint
+from core.flow.inference import fold_for_inference
+from core.flow.model import pixel_centres
+from core.stats.class_stats import stats_from_meta
+from core.training.data import load_mnist
 from explorer.models.classes import ClassMove, class_sample, nearest_classes
 from explorer.models.state import ExplorerState
 from tests.test_data import MNIST_DIR, needs_mnist

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import MNIST_DIR, needs_mnist
 
-from core.checkpoint import load_checkpoint
-from core.data import load_mnist
-from core.inference import fold_for_inference
+from core.files.checkpoint import load_checkpoint
+from core.flow.inference import fold_for_inference
+from core.training.data import load_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "resources" / "default_model.pt"

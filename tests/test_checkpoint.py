@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core import FlowConfig, RealNVP
-from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from tests.test_bijections import perturb
 
 CONFIG = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
@@ -104,7 +104,7 @@ def test_bad_files(tmp_path, kind, monkeypatch):
             z.writestr("readme.txt", "a zip, but not torch's")
     elif kind == "huge":
         path.write_bytes(b"x" * 100)
-        monkeypatch.setattr("core.checkpoint.MAX_CHECKPOINT_BYTES", 50)
+        monkeypatch.setattr("core.files.checkpoint.MAX_CHECKPOINT_BYTES", 50)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from core.class_stats import (
+from core.cli import main as cli_main
+from core.files.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from core.flow.model import pixel_centres
+from core.stats.class_stats import (
     META_KEY,
     ClassStats,
     ClassStatsError,
@@ -21,9 +23,7 @@ from core.class_stats import (
     sample_indices,
     stats_from_meta,
 )
-from core.cli import main as cli_main
-from core.data import ImageDataset, load_folder, load_mnist
-from core.model import pixel_centres
+from core.training.data import ImageDataset, load_folder, load_mnist
 from tests.conftest import perturbed_model
 from tests.test_data import MNIST_DIR, needs_mnist
 
@@ -232,8 +232,8 @@ def test_cli_directions_sample_and_export(tmp_path, tiny_checkpoint, labelled_fo
 
 
 def test_trainer_stores_class_statistics_after_its_last_evaluation(tmp_path, labelled_folder):
-    from core.model import FlowConfig
-    from core.train import TrainConfig, Trainer
+    from core.flow.model import FlowConfig
+    from core.training.trainer import TrainConfig, Trainer
 
     config = TrainConfig(
         dataset="folder",

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import core.data
-from core.checkpoint import read_checkpoint, save_checkpoint
+import core.training.data
 from core.cli import COMMANDS, build_parser, main
-from core.events import EventSink
-from core.model import FlowConfig
+from core.files.checkpoint import read_checkpoint, save_checkpoint
+from core.flow.model import FlowConfig
+from core.training.events import EventSink
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_SIZED = FlowConfig(in_channels=1, image_size=28, num_scales=2, mid_channels=4, num_blocks=1)
@@ -55,7 +55,7 @@ def test_the_advice_to_pass_download_can_be_followed(
         dest.write_bytes(gzip.compress((small_mnist / dest.name.removesuffix(".gz")).read_bytes()))
         return dest
 
-    monkeypatch.setattr(core.data, "_download", fetch)
+    monkeypatch.setattr(core.training.data, "_download", fetch)
     empty = tmp_path / "data"
     assert main(["eval", str(mnist_ckpt), "--data-dir", str(empty), "--limit", "8"]) == 2
     assert "pass --download" in capsys.readouterr().err

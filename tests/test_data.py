@@ -20,7 +20,8 @@ import pytest
 from conftest import MNIST_DIR, needs_mnist
 from PIL import Image
 
-from core.data import (
+from core.files.images import ImageLoadError, load_image, make_grid, to_uint8
+from core.training.data import (
     DatasetError,
     load_cifar10,
     load_dataset,
@@ -28,7 +29,6 @@ from core.data import (
     load_mnist,
     parse_idx_images,
 )
-from core.images import ImageLoadError, load_image, make_grid, to_uint8
 
 
 @needs_mnist

@@ -80,7 +80,7 @@ def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thre
 
 
 def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
-    from core.checkpoint import save_checkpoint
+    from core.files.checkpoint import save_checkpoint
     from explorer_bench.gui import measure_map
     from tests.conftest import perturbed_model
     from tests.test_class_stats import write_folder

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from core.images import to_uint8
-from core.inference import fold_for_inference
-from core.model import FlowConfig
+from core.files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.files.images import to_uint8
+from core.flow.inference import fold_for_inference
+from core.flow.model import FlowConfig
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
 
 THREE_LEVELS = FlowConfig(in_channels=1, image_size=8, num_scales=3, mid_channels=4, num_blocks=1)

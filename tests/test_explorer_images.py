@@ -22,10 +22,10 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from core.checkpoint import load_checkpoint, save_checkpoint
-from core.data import load_mnist
-from core.images import center_crop_box, load_image, save_png
-from core.model import FlowConfig
+from core.files.checkpoint import load_checkpoint, save_checkpoint
+from core.files.images import center_crop_box, load_image, save_png
+from core.flow.model import FlowConfig
+from core.training.data import load_mnist
 from explorer.models.blend import LevelSource
 from explorer.models.directions import load_direction, save_direction
 from explorer.models.export import mp4_available

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.images import save_png
+from core.files.images import save_png
 from explorer.main_window import TABS
 from explorer.settings import DEFAULT_CHECKPOINT
 

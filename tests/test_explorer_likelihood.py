@@ -10,8 +10,8 @@ from PIL import Image
 from PySide6.QtCore import QPoint, Qt
 from test_explorer_images import MNIST_TINY, drop
 
-from core.checkpoint import save_checkpoint
-from core.typicality import NO_REFERENCE, TypicalityReference
+from core.files.checkpoint import save_checkpoint
+from core.stats.typicality import NO_REFERENCE, TypicalityReference
 from explorer.models.gallery import EncodedImage, Gallery
 from explorer.models.likelihood import TOTAL, LikelihoodView, level_key, overlay
 
@@ -22,7 +22,7 @@ def checkpoint_with_reference(tmp_path, make_perturbed_model):
     on 40 stroke images."""
     import torch
 
-    from core.model import per_image_bits_per_dim
+    from core.flow.model import per_image_bits_per_dim
 
     model = make_perturbed_model(MNIST_TINY, seed=1, scale=0.01)
     rng = np.random.default_rng(0)

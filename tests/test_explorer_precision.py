@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import perturbed_model
 
-from core.checkpoint import save_checkpoint
-from core.images import to_uint8
-from core.inference import Bf16Network, fold_for_inference
-from core.model import ENCODE_SEED, PRESETS
-from core.resources import bundled_model_path
+from core.files.checkpoint import save_checkpoint
+from core.files.images import to_uint8
+from core.files.resources import bundled_model_path
+from core.flow.inference import Bf16Network, fold_for_inference
+from core.flow.model import ENCODE_SEED, PRESETS
 from explorer.engine.plan import (
     PLAN_BATCHES,
     PlanMeasurement,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from core.checkpoint import load_checkpoint
-from core.images import to_uint8
-from core.inference import fold_for_inference
+from core.files.checkpoint import load_checkpoint
+from core.files.images import to_uint8
+from core.flow.inference import fold_for_inference
 from explorer.engine.plan import (
     PLAN_BATCHES,
     PlanMeasurement,

@@ -284,8 +284,8 @@ def test_screenshot_without_bundled_model_shows_the_notice_and_fails(
 
 
 def test_colour_models_are_shown_and_saved_in_colour(make_window, make_perturbed_model, tmp_path):
-    from core.checkpoint import save_checkpoint
-    from core.model import FlowConfig
+    from core.files.checkpoint import save_checkpoint
+    from core.flow.model import FlowConfig
 
     config = FlowConfig(in_channels=3, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
     path = save_checkpoint(tmp_path / "rgb.pt", make_perturbed_model(config))
@@ -374,7 +374,7 @@ def test_multi_line_errors_are_not_cut_off_in_the_status_bar(make_window, tiny_c
 def test_opening_another_model_after_an_image_goes_back_to_the_samples_grid(
     make_window, tiny_checkpoint, make_perturbed_model, tmp_path
 ):
-    from core.checkpoint import save_checkpoint
+    from core.files.checkpoint import save_checkpoint
 
     window = make_window(tiny_checkpoint)
     grid = window.state.n_images
@@ -391,7 +391,7 @@ def test_opening_another_model_after_an_image_goes_back_to_the_samples_grid(
 def test_the_bundled_model_can_be_reopened_from_the_file_menu(
     make_window, tiny_checkpoint, make_perturbed_model, tmp_path, monkeypatch
 ):
-    from core.checkpoint import save_checkpoint
+    from core.files.checkpoint import save_checkpoint
 
     monkeypatch.setattr(main_window_module, "DEFAULT_CHECKPOINT", tiny_checkpoint)
     window = make_window(tiny_checkpoint)

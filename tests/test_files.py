@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.atomic import atomic_write, current_umask
-from core.checkpoint import save_checkpoint
-from core.images import save_png
+from core.files.atomic import atomic_write, current_umask
+from core.files.checkpoint import save_checkpoint
+from core.files.images import save_png
 from explorer.models.export import GIF, animation_job
 from explorer.models.npz_files import write_npz
 

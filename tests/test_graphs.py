@@ -1,4 +1,4 @@
-"""core.graphs without Qt (so it runs on a GPU machine without the explorer installed):
+"""core.flow.graphs without Qt (so it runs on a GPU machine without the explorer installed):
 off on the CPU; on CUDA every replayed step agrees with eager decoding."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.graphs import GraphedDecoder, agreement, graphs_supported
-from core.inference import fold_for_inference
+from core.flow.graphs import GraphedDecoder, agreement, graphs_supported
+from core.flow.inference import fold_for_inference
 
 CUDA = torch.cuda.is_available()
 

@@ -11,7 +11,7 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
-from core.checkpoint import save_checkpoint
+from core.files.checkpoint import save_checkpoint
 from explorer.models.jobs import Progress
 from explorer.models.latent_map import (
     ALL_LEVELS,

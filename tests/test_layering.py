@@ -1,6 +1,6 @@
-"""The explorer's folders are its layers, and the layering is checked here, by reading the
-source (nothing is imported): Qt-free models, torch only in the engine, no import circles,
-``core`` free of Qt, and benchmarks outside the application package."""
+"""The folders are the layers, and the layering is checked here, by reading the source
+(nothing is imported): Qt-free models, torch only in the engine, no import circles, ``core``
+free of Qt and split by concept, and benchmarks outside the application package."""
 
 from __future__ import annotations
 
@@ -122,3 +122,29 @@ def test_no_import_circles():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+CORE = sources("core")
+CORE_ENTRY_POINTS = {"core", "core.__main__", "core.cli", "core.bench"}
+CORE_CONCEPTS = ("core.flow", "core.training", "core.stats", "core.files")
+
+
+def test_core_is_folders_by_concept():
+    """Beside the entry points (the package, ``python -m core``, the CLI and the benchmarks)
+    every module of ``core`` sits in the folder of its concept."""
+    flat = {m for m in CORE if m not in CORE_ENTRY_POINTS and not m.startswith(CORE_CONCEPTS)}
+    assert not flat, f"modules outside core's concept folders: {sorted(flat)}"
+
+
+@pytest.mark.parametrize("module", [m for m in CORE if m.startswith(CORE_CONCEPTS)])
+def test_core_concepts_never_import_the_entry_points(module: str):
+    """The flow, the training, the statistics and the files are libraries: the CLI and the
+    benchmarks use them, never the other way round."""
+    bad = {m for m in imports(CORE[module]) if m in CORE_ENTRY_POINTS - {"core"}}
+    assert not bad, f"{module} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", [m for m in CORE if m.startswith("core.flow")])
+def test_the_flow_knows_nothing_of_training(module: str):
+    bad = {m for m in imports(CORE[module]) if m.startswith("core.training")}
+    assert not bad, f"{module} imports {sorted(bad)}"

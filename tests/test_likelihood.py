@@ -1,4 +1,4 @@
-"""The likelihood map: exact per-level and per-pixel bits (core.likelihood)."""
+"""The likelihood map: exact per-level and per-pixel bits (core.flow.likelihood)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from core.likelihood import likelihood_map
-from core.model import FlowConfig, RealNVP, dequantize
+from core.flow.likelihood import likelihood_map
+from core.flow.model import FlowConfig, RealNVP, dequantize
 from tests.test_bijections import perturb
 
 CONFIGS = [
@@ -135,7 +135,7 @@ def test_bundled_model_is_exact_in_float64():
 
     if not BUNDLED.is_file():
         pytest.skip("no bundled model")
-    from core.checkpoint import load_checkpoint
+    from core.files.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(BUNDLED)
     model = model.double()

@@ -12,7 +12,7 @@ from conftest import MNIST_DIR
 from PIL import Image
 
 from core.cli import main
-from core.typicality import IN_DISTRIBUTION, NO_REFERENCE
+from core.stats.typicality import IN_DISTRIBUTION, NO_REFERENCE
 
 KEYS = {
     "path",
@@ -91,8 +91,8 @@ def test_encode_text_output_names_levels_and_verdict(tmp_path, tiny_checkpoint, 
 
 @pytest.fixture(scope="module")
 def bundled():
-    from core.checkpoint import load_checkpoint
-    from core.resources import bundled_model_path
+    from core.files.checkpoint import load_checkpoint
+    from core.files.resources import bundled_model_path
 
     if not bundled_model_path().is_file():
         pytest.skip("no bundled model")
@@ -100,9 +100,9 @@ def bundled():
 
 
 def _verdicts(model, reference, pixels: np.ndarray):
-    from core.likelihood import likelihood_map_uint8
-    from core.model import ENCODE_SEED
-    from core.typicality import judge_pixels
+    from core.flow.likelihood import likelihood_map_uint8
+    from core.flow.model import ENCODE_SEED
+    from core.stats.typicality import judge_pixels
 
     with torch.inference_mode():
         m = likelihood_map_uint8(
@@ -121,7 +121,7 @@ def photo_like(seed: int = 0) -> np.ndarray:
 
 
 def test_bundled_model_ships_its_test_statistics(bundled):
-    from core.typicality import TypicalityReference
+    from core.stats.typicality import TypicalityReference
 
     _, meta = bundled
     reference = TypicalityReference.from_meta(meta)
@@ -130,7 +130,7 @@ def test_bundled_model_ships_its_test_statistics(bundled):
 
 
 def test_bundled_verdicts_digits_in_blank_and_photos_out(bundled):
-    from core.typicality import TypicalityReference
+    from core.stats.typicality import TypicalityReference
 
     model, meta = bundled
     reference = TypicalityReference.from_meta(meta)
@@ -148,7 +148,7 @@ def test_bundled_verdicts_digits_in_blank_and_photos_out(bundled):
     assert "simpler than anything in the test set" in black.reason
     if not MNIST_DIR.is_dir():
         pytest.skip("no MNIST")
-    from core.data import load_mnist
+    from core.training.data import load_mnist
 
     digits = load_mnist(MNIST_DIR, train=False).images[-300:].numpy()
     labels = [v.label for v in _verdicts(model, reference, digits)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core import PRESETS, FlowConfig, RealNVP, dequantize, preset
-from core.model import gaussian_log_prob
+from core.flow.model import gaussian_log_prob
 from tests.test_bijections import perturb
 
 TINY = FlowConfig(in_channels=1, image_size=4, num_scales=2, mid_channels=4, num_blocks=1)
@@ -255,7 +255,7 @@ def test_bf16_autocast_keeps_flow_arithmetic_in_float32():
 
 
 def test_folded_inference_model_agrees():
-    from core.inference import fold_for_inference
+    from core.flow.inference import fold_for_inference
 
     config = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=2)
     model = tiny_model(config)
@@ -301,6 +301,6 @@ def test_the_design_names_are_importable_from_core():
 
     for name in ("RealNVP", "FlowConfig", "Bijection", "load_checkpoint", "save_checkpoint"):
         assert name in core.__all__ and getattr(core, name) is not None
-    from core.checkpoint import load_checkpoint
+    from core.files.checkpoint import load_checkpoint
 
     assert core.load_checkpoint is load_checkpoint

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from core.resources import BUNDLED, bundled_model_path, model_card_path, resolve_checkpoint
+from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from core.files.resources import BUNDLED, bundled_model_path, model_card_path, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "core", "explorer", "explorer_bench")
@@ -61,9 +61,9 @@ def test_the_word_bundled_is_the_bundled_model(tmp_path, monkeypatch):
 
 
 def test_a_missing_bundled_model_is_one_clear_error(tmp_path, monkeypatch):
-    import core.resources
+    import core.files.resources
 
-    monkeypatch.setattr(core.resources, "resources_dir", lambda: tmp_path / "nothing")
+    monkeypatch.setattr(core.files.resources, "resources_dir", lambda: tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="bundled model is not installed"):
         load_checkpoint(BUNDLED)
     from core.cli import main

@@ -11,19 +11,19 @@ import pytest
 import torch
 from conftest import perturbed_model
 
-from core.bijection import Bijection
-from core.images import to_uint8
-from core.inference import Bf16Network, bf16_copy, fold_for_inference
-from core.model import FlowConfig, gaussian_log_prob
-from core.precision import (
+from core.files.images import to_uint8
+from core.flow.bijection import Bijection
+from core.flow.inference import Bf16Network, bf16_copy, fold_for_inference
+from core.flow.model import FlowConfig, gaussian_log_prob
+from core.flow.resnet import STNetwork
+from core.training.precision import (
     bf16_units,
     choose_precision,
     conv_probe_ms,
     interleaved_ms,
     same_picture,
 )
-from core.resnet import STNetwork
-from core.train import step_autocast
+from core.training.trainer import step_autocast
 
 CPU = torch.device("cpu")
 SMALL = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1)

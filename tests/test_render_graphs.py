@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import core.graphs
-from core.graphs import GraphedDecoder
-from core.images import to_uint8
-from core.inference import fold_for_inference
+import core.flow.graphs
+from core.files.images import to_uint8
+from core.flow.graphs import GraphedDecoder
+from core.flow.inference import fold_for_inference
 from explorer.engine.plan import RenderPlan, default_plan
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
 
@@ -55,8 +55,8 @@ def fake_cuda(monkeypatch):
     for name, value in (("replays", 0), ("broken", False), ("fail_batch", None)):
         monkeypatch.setattr(FakeGraph, name, value)
     monkeypatch.setattr(FakeGraph, "oom_batch", None)
-    monkeypatch.setattr(core.graphs, "_Graph", FakeGraph)
-    monkeypatch.setattr(core.graphs, "graphs_supported", lambda model: None)
+    monkeypatch.setattr(core.flow.graphs, "_Graph", FakeGraph)
+    monkeypatch.setattr(core.flow.graphs, "graphs_supported", lambda model: None)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
     return FakeGraph
 
@@ -305,7 +305,7 @@ def test_closing_during_a_background_capture_ends_cleanly(
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_cuda_engine_frames_match_the_cpu(qapp, tiny_checkpoint):
-    from core.checkpoint import load_checkpoint
+    from core.files.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(tiny_checkpoint)
     engine = RenderEngine(device="cuda", threaded=False, plan=default_plan(1))

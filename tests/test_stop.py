@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.checkpoint import read_checkpoint
-from core.events import EventSink
-from core.model import FlowConfig
-from core.train import STOP_FILE, TrainConfig, Trainer
+from core.files.checkpoint import read_checkpoint
+from core.flow.model import FlowConfig
+from core.training.events import EventSink
+from core.training.trainer import STOP_FILE, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = FlowConfig(in_channels=1, image_size=28, num_scales=2, mid_channels=4, num_blocks=1)

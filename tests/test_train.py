@@ -19,11 +19,11 @@ import torch.multiprocessing as mp
 from conftest import MNIST_DIR, needs_mnist
 
 from core import FlowConfig
-from core import train as train_module
-from core.checkpoint import load_checkpoint, read_checkpoint
-from core.events import EventSink
-from core.train import TrainConfig, Trainer, TrainingError
-from core.typicality import TypicalityReference
+from core.files.checkpoint import load_checkpoint, read_checkpoint
+from core.stats.typicality import TypicalityReference
+from core.training import trainer as train_module
+from core.training.events import EventSink
+from core.training.trainer import TrainConfig, Trainer, TrainingError
 
 pytestmark = needs_mnist
 
@@ -107,8 +107,8 @@ def test_resume_continues_exactly(tmp_path, precision):
 
 
 def test_bf16_run_evaluates_in_float32_and_says_its_precision(tmp_path, monkeypatch):
-    from core.data import load_mnist
-    from core.model import mean_bits_per_dim
+    from core.flow.model import mean_bits_per_dim
+    from core.training.data import load_mnist
 
     def autocast_seen(self, test):
         # every training step runs in CPU bf16 autocast; evaluation never does
@@ -153,8 +153,8 @@ def test_auto_takes_the_measured_precision(tmp_path, monkeypatch, bf16_faster):
 
 
 def test_auto_measures_on_a_copy(tmp_path):
-    from core.model import RealNVP
-    from core.train import measure_step_ms
+    from core.flow.model import RealNVP
+    from core.training.trainer import measure_step_ms
 
     model = RealNVP(FlowConfig(1, 8, 2, 4, 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -166,8 +166,8 @@ def test_auto_measures_on_a_copy(tmp_path):
 
 
 def test_resume_needs_training_state(tmp_path):
-    from core.checkpoint import save_checkpoint
-    from core.model import RealNVP
+    from core.files.checkpoint import save_checkpoint
+    from core.flow.model import RealNVP
 
     path = save_checkpoint(tmp_path / "bare.pt", RealNVP(TINY))
     with pytest.raises(TrainingError, match="no training state"):
@@ -252,8 +252,8 @@ def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch, graph):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_follows_the_eager_step():
-    from core.model import RealNVP
-    from core.train import TrainStep, make_adam, step_autocast
+    from core.flow.model import RealNVP
+    from core.training.trainer import TrainStep, make_adam, step_autocast
 
     def autocast():
         return step_autocast(torch.device("cuda"))
@@ -307,8 +307,8 @@ def test_resume_of_an_unfused_run_keeps_the_fused_kernel(tmp_path, monkeypatch):
 
 def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
     """Good and bad steps are counted on the device; only read() synchronises."""
-    from core.model import RealNVP
-    from core.train import TrainStep, make_adam
+    from core.flow.model import RealNVP
+    from core.training.trainer import TrainStep, make_adam
 
     torch.manual_seed(0)
     model = RealNVP(TINY).train()
@@ -329,8 +329,8 @@ def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
 
 
 def test_a_compile_failure_falls_back_to_eager(capsys):
-    from core.model import RealNVP
-    from core.train import TrainStep, make_adam
+    from core.flow.model import RealNVP
+    from core.training.trainer import TrainStep, make_adam
 
     class Uncompilable(torch.nn.Module):
         def forward(self, x):
@@ -441,8 +441,8 @@ def test_cli_user_errors_are_one_line(tmp_path, args, message, tiny_ckpt):
 
 @pytest.fixture
 def tiny_ckpt(tmp_path_factory):
-    from core.checkpoint import save_checkpoint
-    from core.model import RealNVP
+    from core.files.checkpoint import save_checkpoint
+    from core.flow.model import RealNVP
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.manual_seed(0)

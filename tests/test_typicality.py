@@ -1,11 +1,11 @@
-"""Typicality verdicts against a model's test set (core.typicality: numpy only)."""
+"""Typicality verdicts against a model's test set (core.stats.typicality: numpy only)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.typicality import (
+from core.stats.typicality import (
     IN_DISTRIBUTION,
     NO_REFERENCE,
     OUT_OF_DISTRIBUTION,

@@ -35,8 +35,8 @@ ln -s "$DATA" "$HOME/data/mnist"
 import sys
 from pathlib import Path
 
-from core.data import load_mnist
-from core.images import save_png
+from core.training.data import load_mnist
+from core.files.images import save_png
 
 images = load_mnist(Path(sys.argv[1]), train=False).images
 for name, index in (("seven.png", 0), ("two.png", 1)):

@@ -1,6 +1,6 @@
-"""Test images for the latent map, read with the one data set loader (``core.data``).
+"""Test images for the latent map, read with the one data set loader (``core.training.data``).
 
-Here because ``core.data`` hands out torch tensors; the map's own code sees only numpy.
+Here because ``core.training.data`` hands out torch tensors; the map's own code sees only numpy.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from core.data import DatasetError, load_dataset
+from core.training.data import DatasetError, load_dataset
 from explorer.models.latent_map import MapImages
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.heatmap import bits_range, colorize
-from core.likelihood import describe_image
-from core.model import RealNVP
-from core.typicality import TypicalityReference
+from core.flow.likelihood import describe_image
+from core.flow.model import RealNVP
+from core.stats.heatmap import bits_range, colorize
+from core.stats.typicality import TypicalityReference
 from explorer.models.likelihood import PREPROCESSING, TOTAL, LikelihoodView, level_key
 
 

@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from core.precision import MARGIN
+from core.training.precision import MARGIN
 
 # A frame that would take longer than this renders progressively: 50 ms is 20 frames a
 # second, about where a dragged slider stops feeling attached to the image. The bundled
@@ -178,9 +178,9 @@ def choose_threads(
 @dataclass(frozen=True)
 class PrecisionMeasurement:
     """What measuring a model's render precision needs from the engine (see
-    :mod:`core.precision`): ``probe()``, median ms of a bf16 and a float32 convolution of
+    :mod:`core.training.precision`): ``probe()``, median ms of a bf16 and a float32 convolution of
     the model's width; ``picture(batch)``, whether a bf16 frame of ``batch`` images shows
-    the same picture as the float32 one (:func:`core.precision.same_picture`) and the
+    the same picture as the float32 one (:func:`core.training.precision.same_picture`) and the
     share of pixels within one grey level; ``decode(batch, threads, precision)``, ms of
     one full decode."""
 

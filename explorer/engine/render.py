@@ -47,16 +47,16 @@ import numpy as np
 import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from core.checkpoint import load_checkpoint
-from core.class_stats import META_KEY, ClassStats, ClassStatsError
-from core.device import describe, pick_device
-from core.graphs import GraphedDecoder
-from core.images import to_uint8
-from core.inference import bf16_copy, fold_for_inference
-from core.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset, random_model
-from core.precision import conv_probe_ms, same_picture
-from core.resnet import ResidualBlock, STNetwork
-from core.typicality import TypicalityReference
+from core.files.checkpoint import load_checkpoint
+from core.files.images import to_uint8
+from core.flow.graphs import GraphedDecoder
+from core.flow.inference import bf16_copy, fold_for_inference
+from core.flow.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset, random_model
+from core.flow.resnet import ResidualBlock, STNetwork
+from core.stats.class_stats import META_KEY, ClassStats, ClassStatsError
+from core.stats.typicality import TypicalityReference
+from core.training.device import describe, pick_device
+from core.training.precision import conv_probe_ms, same_picture
 from explorer.engine.likelihood import describe_pixels
 from explorer.engine.plan import (
     PLAN_BATCHES,
@@ -321,7 +321,7 @@ class RenderEngine(QObject):
         synchronous engines measure when :meth:`measure_plan_now` is called.
 
         ``graphs``: on a CUDA device, capture the decode steps and encode as CUDA graphs
-        for each model (:mod:`core.graphs`) on the render thread between frames, and replay
+        for each model (:mod:`core.flow.graphs`) on the render thread between frames, and replay
         them once checked; any failure leaves rendering eager. ``device="auto"`` on a
         machine with a GPU also times the GPU against the CPU for each model (between
         frames) and renders on the faster one (:attr:`device_choice`)."""
@@ -1136,8 +1136,8 @@ class RenderEngine(QObject):
         The latents are those of the pixel centres ``(k + 0.5) / 256``, so they are a pure
         function of the pixels; the reconstruction error is ``|decode(encode(x)) - x|`` in
         ``[0, 1]`` units. bits/dim is ``RealNVP.bits_per_dim`` on the original model with a
-        generator seeded with :data:`core.model.ENCODE_SEED`, one image at a time, so the figure
-        does not depend on which images were dropped together and equals what
+        generator seeded with :data:`core.flow.model.ENCODE_SEED`, one image at a time, so the
+        figure does not depend on which images were dropped together and equals what
         ``realnvp encode`` prints. Raises ``ValueError`` for the wrong shape or no model.
         """
         pixels = np.asarray(pixels)

@@ -1,7 +1,7 @@
 """Directions from the data's labels: class sliders, nearest classes and class samples.
 
 A checkpoint trained on labelled data carries per-class latent means and standard
-deviations per level (:mod:`core.class_stats`). From them, with numpy alone:
+deviations per level (:mod:`core.stats.class_stats`). From them, with numpy alone:
 
 - **Class sliders.** One amount ``a_k`` per class moves the chosen levels of whatever the
   view shows from its own latent towards the class means::
@@ -15,7 +15,7 @@ deviations per level (:mod:`core.class_stats`). From them, with numpy alone:
   latent, with every distance, in RMS units ``||z_l - mean[k, l]|| / sqrt(D_l)`` so that
   levels of different sizes read alike.
 - **Class samples**: each level drawn from the class's diagonal Gaussian,
-  ``mean[k, l] + T * std[k, l] * eps`` (:meth:`core.class_stats.ClassStats.sample_latents`).
+  ``mean[k, l] + T * std[k, l] * eps`` (:meth:`core.stats.class_stats.ClassStats.sample_latents`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.class_stats import LEVEL_MASKS, ClassStats, level_mask
+from core.stats.class_stats import LEVEL_MASKS, ClassStats, level_mask
 
 CLASS_AMOUNT_RANGE = (0.0, 1.0)
 DEFAULT_MASK = "coarse"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.atomic import atomic_path
-from core.images import make_grid
+from core.files.atomic import atomic_path
+from core.files.images import make_grid
 from explorer.models.jobs import Progress
 
 GIF, MP4 = "gif", "mp4"

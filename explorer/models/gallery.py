@@ -56,7 +56,7 @@ class GalleryImage:
 
     item_id: int
     path: str
-    pixels: np.ndarray  # uint8 (C, H, W): core.images.load_image at the model's size
+    pixels: np.ndarray  # uint8 (C, H, W): core.files.images.load_image at the model's size
     encoded: EncodedImage
     preview: Preview | None = None
 

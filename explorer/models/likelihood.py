@@ -1,7 +1,7 @@
 """What the explorer shows about an image's likelihood: plain numpy, no Qt, no torch.
 
 The engine (:mod:`explorer.engine.likelihood`) fills a :class:`LikelihoodView` from
-``core.likelihood.describe_image``; the likelihood panel only draws it.
+``core.flow.likelihood.describe_image``; the likelihood panel only draws it.
 """
 
 from __future__ import annotations

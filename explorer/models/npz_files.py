@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic import atomic_write
+from core.files.atomic import atomic_write
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from core.class_stats import ClassStats
+from core.stats.class_stats import ClassStats
 from explorer.models.classes import ClassMove
 from explorer.models.directions import Direction
 from explorer.models.npz_files import read_npz, write_npz

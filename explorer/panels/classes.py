@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.class_stats import LEVEL_MASKS, ClassStats, level_mask
+from core.stats.class_stats import LEVEL_MASKS, ClassStats, level_mask
 from explorer.models.classes import (
     CLASS_AMOUNT_RANGE,
     ClassMove,

@@ -28,7 +28,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog
 
-from core.images import IMAGE_SUFFIXES, save_png
+from core.files.images import IMAGE_SUFFIXES, save_png
 from explorer.engine.render import Frame, RenderRequest
 from explorer.models import blend
 from explorer.models.directions import (

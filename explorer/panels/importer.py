@@ -1,7 +1,7 @@
 """Turn dropped files and folders into encoded gallery images: the import job.
 
 :func:`import_images` is a generator job for :class:`~explorer.tasks.TaskRunner`: it lists
-folders, reads each file with ``core.images.load_image`` (the one image loader: EXIF
+folders, reads each file with ``core.files.images.load_image`` (the one image loader: EXIF
 orientation, alpha on white, palette / CMYK / 16-bit, centre crop, resize; a clear
 ``ImageLoadError`` for empty, damaged, non-image and oversized files), has the engine encode
 it, and yields one result per file. A bad file is a :class:`ImportFailure`, never an
@@ -23,8 +23,8 @@ import numpy as np
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
-from core.data import DatasetError, list_images
-from core.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
+from core.files.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
+from core.training.data import DatasetError, list_images
 from explorer.models.gallery import EncodedImage, Preview
 from explorer.models.jobs import Progress
 

@@ -36,7 +36,9 @@ from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
-STOP_FILE = "STOP"  # core.train.STOP_FILE: the trainer saves and finishes when it appears
+STOP_FILE = (
+    "STOP"  # core.training.trainer.STOP_FILE: the trainer saves and finishes when it appears
+)
 # QProcess.terminate is SIGTERM only on POSIX (on Windows it posts WM_CLOSE, which a console
 # program never sees); the stop file works everywhere.
 SIGTERM_STOPS = os.name == "posix"
@@ -44,8 +46,8 @@ POLL_MS = 100  # how often a running trainer's files are read; events are never 
 MAX_READ = 256 * 1024  # bytes per poll (about 1,500 events), so no poll stalls the GUI
 STDERR_LINES = 40
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "folder": "Folder of images"}
-DATASET_GEOMETRY = {"mnist": (1, 28), "cifar10": (3, 32)}  # core.data.dataset_geometry
-# (num_scales, mid_channels, num_blocks) of core.model.PRESETS, written out because the
+DATASET_GEOMETRY = {"mnist": (1, 28), "cifar10": (3, 32)}  # core.training.data.dataset_geometry
+# (num_scales, mid_channels, num_blocks) of core.flow.model.PRESETS, written out because the
 # GUI process must not import torch; tests/test_training_panel.py checks they agree.
 PRESETS = {"mnist-small": (3, 16, 2), "cifar10": (2, 64, 8)}
 THUMBNAILS = 8
@@ -166,7 +168,7 @@ def join_command(argv: list[str]) -> str:
 
 
 def geometry_problem(image_size: int, num_scales: int) -> str | None:
-    """The rule of ``core.model.FlowConfig``: each scale but the last halves the image."""
+    """The rule of ``core.flow.model.FlowConfig``: each scale but the last halves the image."""
     step = 2 ** (num_scales - 1)
     if image_size % step or image_size // step < 2:
         return (
@@ -658,8 +660,8 @@ def _thumbnail(pixels: np.ndarray) -> None:
 
 
 def _scan(dataset: str, data_dir: str, download: bool) -> int:
-    from core.data import DatasetError, list_images, load_dataset
-    from core.images import ImageLoadError, load_image
+    from core.files.images import ImageLoadError, load_image
+    from core.training.data import DatasetError, list_images, load_dataset
 
     try:
         if dataset != "folder":
@@ -705,7 +707,7 @@ def _scan(dataset: str, data_dir: str, download: bool) -> int:
 
 def _devices() -> int:
     # The project's one device picker, so the list matches what --device accepts.
-    from core.device import available_devices, describe, pick_device
+    from core.training.device import available_devices, describe, pick_device
 
     names = available_devices()
     devices = [

@@ -31,7 +31,7 @@ def resources_dir() -> Path:
     checkout's own ``resources/``, so code and model always come from the same tree; an
     installed package takes its ``realnvp_resources``.
     """
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]
     if (source / "pyproject.toml").is_file() and (source / "resources").is_dir():
         return source / "resources"
     try:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from core.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
-from core.coupling import AffineCoupling, MaskType
+from core.flow.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
+from core.flow.coupling import AffineCoupling, MaskType
 
 if TYPE_CHECKING:
-    from core.likelihood import LikelihoodMap
+    from core.flow.likelihood import LikelihoodMap
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -258,8 +258,8 @@ class RealNVP(nn.Module):
 
     def likelihood_map(self, x: Tensor) -> LikelihoodMap:
         """Exact bits/dim of images ``x`` in ``[0, 1]`` split per latent level, for the
-        preprocessing, and per pixel; see :mod:`core.likelihood` for the attribution rule."""
-        from core.likelihood import likelihood_map
+        preprocessing, and per pixel; see :mod:`core.flow.likelihood` for the attribution rule."""
+        from core.flow.likelihood import likelihood_map
 
         return likelihood_map(self, x)
 
@@ -268,7 +268,7 @@ class RealNVP(nn.Module):
     ) -> LikelihoodMap:
         """:meth:`likelihood_map` of 8-bit images after the dequantization of
         :meth:`bits_per_dim`; the same generator seed gives the same total."""
-        from core.likelihood import likelihood_map_uint8
+        from core.flow.likelihood import likelihood_map_uint8
 
         return likelihood_map_uint8(self, x_uint8, generator)
 

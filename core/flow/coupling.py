@@ -7,8 +7,8 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from core.bijection import Bijection
-from core.resnet import STNetwork
+from core.flow.bijection import Bijection
+from core.flow.resnet import STNetwork
 
 
 class MaskType(str, Enum):

@@ -25,8 +25,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from core.atomic import atomic_path
-from core.images import IMAGE_SUFFIXES, ImageLoadError, load_image
+from core.files.atomic import atomic_path
+from core.files.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 
 DATASETS = ("mnist", "cifar10", "folder")
 

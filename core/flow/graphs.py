@@ -13,7 +13,7 @@ caller for a capture problem: :meth:`GraphedDecoder.build` returns a status line
 capture leaves that step eager, and a CUDA out-of-memory error during capture drops that
 batch size and every larger one (the smaller ones keep their graphs).
 
->>> from core.model import FlowConfig, RealNVP
+>>> from core.flow.model import FlowConfig, RealNVP
 >>> model = RealNVP(FlowConfig(in_channels=1, image_size=8, num_scales=2,
 ...                            mid_channels=4, num_blocks=1)).eval()
 >>> decoder = GraphedDecoder(model)
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.model import RealNVP
+from core.flow.model import RealNVP
 
 # A replayed graph must give the eager step's result to float32 rounding.
 AGREEMENT_TOLERANCE = 1e-4

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.atomic import atomic_write
+from core.files.atomic import atomic_write
 
 IMAGE_SUFFIXES = {
     ".png",

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from core.atomic import atomic_write
-from core.model import FlowConfig, RealNVP
-from core.resources import BundledModelMissing, resolve_checkpoint
+from core.files.atomic import atomic_write
+from core.files.resources import BundledModelMissing, resolve_checkpoint
+from core.flow.model import FlowConfig, RealNVP
 
 FORMAT = "realnvp-checkpoint"
 VERSION = 1
@@ -60,7 +60,7 @@ def save_checkpoint(
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, validated; raises :class:`CheckpointError` with a clear
     message for a missing, empty, huge, truncated, hostile or foreign file. The word
-    ``bundled`` reads the bundled model (:func:`core.resources.resolve_checkpoint`)."""
+    ``bundled`` reads the bundled model (:func:`core.files.resources.resolve_checkpoint`)."""
     try:
         path = resolve_checkpoint(path)
     except BundledModelMissing as exc:

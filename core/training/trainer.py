@@ -23,13 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from core.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError, compute_class_stats
-from core.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
-from core.device import describe, pick_device
-from core.events import EventSink
-from core.images import make_grid, save_png, to_uint8
-from core.model import (
+from core.files.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from core.files.images import make_grid, save_png, to_uint8
+from core.flow.model import (
     FlowConfig,
     RealNVP,
     dequantize,
@@ -38,9 +34,13 @@ from core.model import (
     per_image_bits_per_dim,
     preset,
 )
-from core.precision import PrecisionChoice, choose_precision, conv_probe_ms, interleaved_ms
-from core.resnet import weight_norm_scales
-from core.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
+from core.flow.resnet import weight_norm_scales
+from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError, compute_class_stats
+from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
+from core.training.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
+from core.training.device import describe, pick_device
+from core.training.events import EventSink
+from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms, interleaved_ms
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +63,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     device: str = "auto"
-    precision: str = "auto"  # auto | float32 | bf16 (see core.precision)
+    precision: str = "auto"  # auto | float32 | bf16 (see core.training.precision)
     compile: bool = False
     cuda_graph: bool = True  # one process on CUDA, not compiled: replay steps from a graph
     seed: int = 0
@@ -74,7 +74,7 @@ class TrainConfig:
     max_nonfinite: int = 20
     num_samples: int = 64
     # Training images per class for the class statistics computed at the end of a run
-    # on labelled data (core.class_stats); 0: all of them.
+    # on labelled data (core.stats.class_stats); 0: all of them.
     class_stats_per_class: int = DEFAULT_PER_CLASS
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def step_autocast(device: torch.device, precision: str | None = None) -> Any:
 
     bf16 autocast changes only the convolutions, which are the s/t networks': everything
     else in the flow (the logit preprocessing, ``exp`` of the scales, the log-determinants,
-    the flow's batch norm) gets float32 inputs (:class:`core.coupling.AffineCoupling` casts
+    the flow's batch norm) gets float32 inputs (:class:`core.flow.coupling.AffineCoupling` casts
     the s/t outputs back) and stays float32, and batch-norm running statistics are float32
     buffers. No cast cache: each weight is cast once per step anyway, and CUDA graph capture
     cannot use it."""
@@ -554,7 +554,7 @@ class Trainer:
 
     def _choose_precision(self) -> PrecisionChoice:
         """``--precision``, or for ``auto`` a short measurement (see
-        :mod:`core.precision`) on a copy of the model, so the run itself is untouched. In a
+        :mod:`core.training.precision`) on a copy of the model, so the run itself is untouched. In a
         distributed run rank 0 measures and every rank takes its choice."""
         c, mc = self.config, self.model.config
         if not self.dist.is_main and c.precision == "auto" and self.device.type == "cpu":
@@ -597,7 +597,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, test: ImageDataset) -> float:
-        """Mean test bits/dim in eval mode (see :func:`core.model.mean_bits_per_dim`), in
+        """Mean test bits/dim in eval mode (see :func:`core.flow.model.mean_bits_per_dim`), in
         float32 also on CUDA: under bf16 autocast the same weights read about 0.005 bits/dim
         high (1.3970 against 1.3922 on MNIST), more than the gains late in a run."""
         per_image = self.evaluate_per_image(test)
@@ -623,7 +623,7 @@ class Trainer:
         return test.images[: self.config.eval_limit] if self.config.eval_limit else test.images
 
     def compute_class_stats(self, train: ImageDataset) -> None:
-        """Per-class latent statistics of the training set (see :mod:`core.class_stats`),
+        """Per-class latent statistics of the training set (see :mod:`core.stats.class_stats`),
         kept for the checkpoints saved from now on; unlabelled data is left without."""
         try:
             stats = compute_class_stats(
@@ -905,7 +905,7 @@ class Trainer:
         }
 
     def _typicality(self, test: ImageDataset, per_image: torch.Tensor) -> dict[str, Any] | None:
-        """The typicality reference of the last evaluation (see :mod:`core.typicality`);
+        """The typicality reference of the last evaluation (see :mod:`core.stats.typicality`);
         ``None`` when it covered too few images to be one."""
         images = self._eval_images(test)
         if len(per_image) < MIN_REFERENCE_IMAGES or not torch.isfinite(per_image).all():

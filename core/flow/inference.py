@@ -24,9 +24,9 @@ import copy
 import torch
 from torch import nn
 
-from core.coupling import AffineCoupling
-from core.model import RealNVP
-from core.resnet import ResidualBlock, STNetwork, WeightNormConv2d
+from core.flow.coupling import AffineCoupling
+from core.flow.model import RealNVP
+from core.flow.resnet import ResidualBlock, STNetwork, WeightNormConv2d
 
 
 def _plain_conv(wn: WeightNormConv2d) -> nn.Conv2d:
@@ -84,7 +84,7 @@ def fold_for_inference(model: RealNVP) -> RealNVP:
 class Bf16Network(nn.Module):
     """An s/t network with bf16 weights in channels_last (oneDNN's layout for bf16
     convolutions): its input is cast to bf16 on the way in, and its outputs stay bf16,
-    which :class:`core.coupling.AffineCoupling` casts back to the running dtype before
+    which :class:`core.flow.coupling.AffineCoupling` casts back to the running dtype before
     ``exp`` and the log-determinant."""
 
     def __init__(self, net: nn.Module) -> None:

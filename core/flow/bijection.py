@@ -9,7 +9,7 @@ No ``reverse=`` flags and no accumulators: composition is the caller's job.
 
 Every layer of Real NVP is also *per element*: its log-determinant is a sum of one term per
 element of its output, and it moves elements only by permuting them. Two more methods say
-so, for the likelihood map (:mod:`core.likelihood`)::
+so, for the likelihood map (:mod:`core.flow.likelihood`)::
 
     z, per_element = layer.forward_elementwise(x)   # per_element: z's shape, sums to logdet
     moved = layer.permute_elements(t)               # where each element of x ends up in z

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.atomic import atomic_write
+from core.files.atomic import atomic_write
 
 if TYPE_CHECKING:
-    from core.data import ImageDataset
-    from core.model import RealNVP
+    from core.flow.model import RealNVP
+    from core.training.data import ImageDataset
 
 STATS_FORMAT = "realnvp-class-stats"
 STATS_VERSION = 1
@@ -282,7 +282,7 @@ def compute_class_stats(
     # torch only here: the rest of the module serves the explorer's torch-free models.
     import torch
 
-    from core.model import pixel_centres
+    from core.flow.model import pixel_centres
 
     if dataset.labels is None or len(dataset.class_names) < 2:
         raise ClassStatsError(

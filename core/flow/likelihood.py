@@ -15,7 +15,7 @@ elements, so the bits/dim of an image split exactly:
 input element ``(c, i, j)``: couplings, batch norms and the logit change values in place,
 squeeze moves values without mixing them, and factoring out splits the channels. Each term
 is charged to the pixel its own element started at, found by pushing an index tensor
-through the same squeezes and splits (:meth:`core.bijection.Bijection.permute_elements`).
+through the same squeezes and splits (:meth:`core.flow.bijection.Bijection.permute_elements`).
 A coupling's log-scale ``s`` of an element is charged to that element (the one whose value
 it scales), not to the kept elements that computed it; the batch norm's per-channel
 ``log gamma - log sqrt(var + eps)`` to each element of that channel; the prior
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.model import ENCODE_SEED, LOG_2PI, dequantize
-from core.typicality import TypicalityReference, Verdict, judge_pixels
+from core.flow.model import ENCODE_SEED, LOG_2PI, dequantize
+from core.stats.typicality import TypicalityReference, Verdict, judge_pixels
 
 if TYPE_CHECKING:
-    from core.model import RealNVP
+    from core.flow.model import RealNVP
 
 LOG_256 = math.log(256.0)
 LN_2 = math.log(2.0)
@@ -95,7 +95,7 @@ def likelihood_map(model: RealNVP, x: Tensor) -> LikelihoodMap:
     """The exact bits/dim breakdown of dequantized images ``x`` in ``[0, 1]`` (see the
     module docstring for the attribution rule). One pass of the flow, like ``log_prob``.
 
-    >>> from core.model import FlowConfig, RealNVP
+    >>> from core.flow.model import FlowConfig, RealNVP
     >>> model = RealNVP(FlowConfig(image_size=8, num_scales=2, mid_channels=4,
     ...                            num_blocks=1)).eval()
     >>> x = torch.rand(2, 1, 8, 8)
