@@ -26,18 +26,21 @@ array per level) into numpy ``uint8`` images, handed back by the ``frame_rendere
   their own worker threads, and the model lock keeps them from racing a render.
 
 The engine never touches a widget; widgets never touch torch.
+
+Beside this module (the render loop, its mailbox, the level cache, decoding and encoding):
+:mod:`~explorer.engine.requests` (what crosses threads), :mod:`~explorer.engine.measure`
+(the plan's measurement), :mod:`~explorer.engine.devices` (threads, the device race and the
+out-of-memory fall-backs) and :mod:`~explorer.engine.compiled` (the decode steps, compiled
+or hooked for preemption).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
 import math
 import os
 import threading
 import time
-import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,169 +53,43 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from core.files.checkpoint import load_checkpoint
 from core.files.images import to_uint8
 from core.flow.graphs import GraphedDecoder
-from core.flow.inference import bf16_copy, fold_for_inference
+from core.flow.inference import fold_for_inference
 from core.flow.model import ENCODE_SEED, FlowConfig, RealNVP, pixel_centres, preset, random_model
-from core.flow.resnet import ResidualBlock, STNetwork
 from core.stats.class_stats import META_KEY, ClassStats, ClassStatsError
 from core.stats.typicality import TypicalityReference
 from core.training.device import describe, pick_device
-from core.training.precision import conv_probe_ms, same_picture
-from explorer.engine.likelihood import describe_pixels
-from explorer.engine.plan import (
-    PLAN_BATCHES,
-    PlanMeasurement,
-    PrecisionMeasurement,
-    RenderPlan,
-    default_plan,
+from explorer.engine.compiled import (
+    CompiledSteps,
+    add_preemption_hooks,
+    compile_supported,
+    step_function,
 )
+from explorer.engine.devices import DeviceFallbacks, interactive_threads, torch_threads
+from explorer.engine.likelihood import describe_pixels
+from explorer.engine.measure import PlanMeasuring
+from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
+from explorer.engine.requests import SAMPLES_TARGET, Frame, Preempted, RenderRequest
 from explorer.models.gallery import EncodedImage
 from explorer.models.likelihood import LikelihoodView
 from explorer.models.state import ModelInfo
 
+__all__ = [
+    "RANDOM_MODEL_CONFIG",
+    "SAMPLES_TARGET",
+    "Frame",
+    "RenderEngine",
+    "RenderRequest",
+    "compile_supported",
+    "interactive_threads",
+    "torch_threads",
+]
+
 # The architecture of the bundled model, used untrained when the bundled file is missing,
 # so the app still shows the real level structure.
 RANDOM_MODEL_CONFIG = preset("mnist-small")
-SAMPLES_TARGET = "samples"
 # Batch sizes that get CUDA graphs: a single image, the default grid, and a few more that
 # frames use (other grid sizes, progressive chunks); beyond that, eager.
 MAX_GRAPH_BATCHES = 6
-
-
-def interactive_threads() -> int:
-    """Threads for rendering small batches live: every core but one, at least one.
-
-    The GUI thread paints while the worker renders. When torch's thread team takes every
-    core it competes with the GUI thread: on a 2-core machine a one-image frame measured
-    28 ms at p95 with 2 threads and 14 ms with 1 (``python -m explorer_bench.gui``).
-    """
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
-
-
-def torch_threads() -> int:
-    """The CPU threads torch renders with (process-wide), for reports and benchmarks."""
-    return torch.get_num_threads()
-
-
-@dataclass(frozen=True, eq=False)
-class RenderRequest:
-    """One frame to draw. The latents are copied and made read-only on construction, so
-    a request can cross threads and nothing can change it while it waits."""
-
-    request_id: int
-    model_id: int
-    latents: tuple[np.ndarray, ...]  # finest first, each (N, C, H, W) float32
-    target: str = SAMPLES_TARGET  # which view the frame is for; newest wins per target
-    focus: int = 0  # the selected image: rendered first when the frame renders progressively
-
-    def __post_init__(self) -> None:
-        frozen = []
-        for z in self.latents:
-            z = np.array(z, dtype=np.float32, copy=True, order="C")
-            z.setflags(write=False)
-            frozen.append(z)
-        object.__setattr__(self, "latents", tuple(frozen))
-
-
-@dataclass(frozen=True, eq=False)
-class Frame:
-    """A rendered frame: ``images`` is ``uint8 (N, C, H, W)``."""
-
-    request_id: int
-    model_id: int
-    images: np.ndarray
-    elapsed_ms: float
-    levels_decoded: int  # how many levels were decoded; fewer than all = cache hit
-    dropped: int  # requests skipped so far because newer ones replaced them
-    target: str = SAMPLES_TARGET
-    # Progressive frames come in parts: the selected image first, then chunks of the grid.
-    # ``stale``: images still showing an older frame's pixels; ``complete``: the last part.
-    complete: bool = True
-    stale: tuple[int, ...] = ()
-    first_ms: float | None = None  # progressive: milliseconds to the selected image
-
-
-class _Preempted(Exception):
-    """Raised inside a decode when a newer request makes the rest of a grid pointless."""
-
-
-def compile_supported() -> bool:
-    """Whether this torch can run the engine's compiled steps (it needs the
-    ``fail_on_recompile`` stance of ``torch.compiler.set_stance``, torch 2.6 or newer)."""
-    return hasattr(torch.compiler, "set_stance")
-
-
-class _CompiledSteps:
-    """``torch.compile``-d decode steps of one model for a few batch sizes, built and checked
-    against the eager steps on a background thread at low priority.
-
-    The render thread uses them only once all are built (:attr:`ready`), and then under the
-    ``fail_on_recompile`` stance: an input the steps were not built for never compiles on the
-    render thread, it raises, and the engine turns them off and renders eagerly. Any failure
-    (no compiler, an unsupported op, a mismatch with the eager result) is silent: the steps
-    stay unused and the engine renders as before.
-    """
-
-    def __init__(self, model: RealNVP, model_id: int, batches: Sequence[int]) -> None:
-        self.model, self.model_id, self.batches = model, model_id, tuple(batches)
-        self.steps: dict[tuple[int, int], Any] = {}  # (level or -1 for to_image, batch)
-        self.ready = False
-        self.error: str | None = None
-        self.seconds = 0.0
-        self._thread = threading.Thread(target=self._build, name="explorer-compile", daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return self.ready
-
-    def _build(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: a nice thread
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        start = time.perf_counter()
-        model = self.model
-        try:
-            param = next(model.parameters())
-            with torch.inference_mode():
-                for batch in self.batches:
-                    zs = model.sample_latents(batch, 1.0, torch.Generator().manual_seed(0))
-                    zs = [z.to(param.device, param.dtype) for z in zs]
-                    h = None
-                    for level in range(model.num_levels - 1, -2, -1):
-                        step = _step_function(model, level)
-                        args = (h,) if level < 0 else (zs[level],) if h is None else (zs[level], h)
-                        # Eagerly first: that fills the couplings' mask caches, which the
-                        # compiled code then finds (and guards on) as the render thread will.
-                        want = step(*args)
-                        fn = torch.compile(_own_code(step, f"{level}_{batch}"), dynamic=False)
-                        out = fn(*args)
-                        if not torch.allclose(out, want, rtol=1e-4, atol=1e-4):
-                            raise RuntimeError(f"compiled level {level} differs from eager")
-                        self.steps[(level, batch)] = fn
-                        h = want.contiguous()
-            self.ready = True
-        except Exception as exc:  # compilation is an optimization: never an error to show
-            self.steps.clear()
-            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        self.seconds = time.perf_counter() - start
-
-    def run(self, level: int, *args: torch.Tensor) -> torch.Tensor | None:
-        """The compiled step's output, or ``None`` when there is none for these inputs."""
-        fn = self.steps.get((level, args[0].shape[0])) if self.ready else None
-        if fn is None:
-            return None
-        with torch.compiler.set_stance("fail_on_recompile"):
-            return fn(*(a.contiguous() for a in args))
-
-
-def _own_code(fn: Any, tag: str) -> Any:
-    """``fn`` with a code object of its own. Dynamo keeps compiled code per code object, so
-    each (model, level, batch) step compiles once and never counts as a recompile of another
-    (the render thread's ``fail_on_recompile`` stance is process-wide)."""
-    code = fn.__code__.replace(co_name=f"decode_step_{tag}_{next(_CODE_IDS)}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
-_CODE_IDS = itertools.count()
 
 
 def _class_stats_of(meta: dict[str, Any], model: RealNVP) -> tuple[ClassStats | None, str]:
@@ -230,25 +107,6 @@ def _class_stats_of(meta: dict[str, Any], model: RealNVP) -> tuple[ClassStats | 
     if stats.shapes != tuple(tuple(int(v) for v in s) for s in model.latent_shapes):
         return None, "The checkpoint's class statistics are for other latent shapes."
     return stats, ""
-
-
-def _step_function(model: RealNVP, level: int) -> Any:
-    """One decode step as a plain function: the top level, a lower level, or ``to_image``
-    (level -1)."""
-    if level < 0:
-        return lambda h: model.to_image(h)
-    if level == model.num_levels - 1:
-        return lambda z: model.inverse_top(z)
-    return lambda z, h: model.inverse_level(level, z, h)
-
-
-def _add_preemption_hooks(model: RealNVP, check: Any) -> None:
-    """Call ``check`` before every s/t network block of ``model``, so a grid chunk can stop
-    part-way (``check`` raises) when a newer request arrives: a block of the cifar10 preset
-    takes about a millisecond per image, a whole chunk hundreds."""
-    for module in model.modules():
-        if isinstance(module, (ResidualBlock, STNetwork)):
-            module.register_forward_pre_hook(lambda _module, _args: check())
 
 
 @dataclass
@@ -287,7 +145,7 @@ class _RenderThread(QThread):
 _MEASURE = object()  # the render thread's work item for one plan-measurement step
 
 
-class RenderEngine(QObject):
+class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
     """Owns the model; renders :class:`RenderRequest` objects into :class:`Frame` objects."""
 
     frame_rendered = Signal(object)  # Frame
@@ -356,7 +214,7 @@ class RenderEngine(QObject):
         self._abort_target: str | None = None  # set while a grid chunk may be preempted
         self.compile = compile and compile_supported()
         self.compile_batches: tuple[int, ...] = (1, 16)  # a single image, the default grid
-        self._compiled: _CompiledSteps | None = None
+        self._compiled: CompiledSteps | None = None
         self.cache_enabled = True
         self.dropped = 0
         self.rendered = 0
@@ -434,7 +292,7 @@ class RenderEngine(QObject):
         if not self.compile:
             # Compiled steps would guard on the hooks' state; they stay unhooked and are
             # preempted between levels only.
-            _add_preemption_hooks(folded, self._check_preempted)
+            add_preemption_hooks(folded, self._check_preempted)
         with self._mailbox:
             self._pending.clear()  # their latents fit the old model
             self._measurement = None
@@ -471,7 +329,7 @@ class RenderEngine(QObject):
             self._compiled = None
             if self.compile:
                 # Built on its own thread while frames render eagerly.
-                self._compiled = _CompiledSteps(folded, self._info.model_id, self.compile_batches)
+                self._compiled = CompiledSteps(folded, self._info.model_id, self.compile_batches)
             info_now = self._info
             if self.device.type == "cuda" and self.use_graphs:
                 self._graphs = GraphedDecoder(folded, batches=(1, 16))
@@ -481,7 +339,7 @@ class RenderEngine(QObject):
             if self.auto_device:
                 cpu = fold_for_inference(model).to("cpu")  # a copy: the model stays put
                 if not self.compile:
-                    _add_preemption_hooks(cpu, self._check_preempted)
+                    add_preemption_hooks(cpu, self._check_preempted)
                 self._cpu_model = cpu
         with self._mailbox:
             self._graph_job = graph_job
@@ -492,246 +350,10 @@ class RenderEngine(QObject):
             self._start_measurement()
         return info_now
 
-    # -- the render plan ---------------------------------------------------------------------
-
-    def _start_measurement(self) -> None:
-        model_id = self.model_id
-        precision = None
-        if self.device.type == "cpu" and self._fixed_plan is None:
-            precision = PrecisionMeasurement(
-                probe=lambda: self._precision_probe(model_id),
-                picture=lambda batch: self._same_picture(model_id, batch),
-                decode=lambda batch, threads, p: self._timed_decode(
-                    model_id, batch, threads, precision=p
-                ),
-            )
-        measurement = PlanMeasurement(
-            self.plan,
-            lambda batch, threads: self._timed_decode(model_id, batch, threads),
-            # On a GPU the CPU threads do not render: only the frame times are measured.
-            threads=(self.plan.threads,) if self.device.type != "cpu" else None,
-            precision=precision,
-        )
-        with self._mailbox:
-            self._measurement = measurement
-            self._mailbox.notify()
-
-    def _timed_decode(
-        self,
-        model_id: int,
-        batch: int,
-        threads: int,
-        model: RealNVP | None = None,
-        precision: str = "float32",
-    ) -> float:
-        """Milliseconds of one full decode of ``batch`` random images with ``threads``
-        (``model``: another copy than the rendering one, e.g. the CPU contender; else the
-        rendering one in ``precision``)."""
-        with self._model_lock:
-            if model is None:
-                model = self._model_in(model_id, precision)
-            elif model_id != self.model_id:
-                raise _Preempted  # the model changed: this measurement is over
-            latents = self._plan_latents(model, batch)
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    images, _ = self._decode(model, latents, None)
-                    images.float().cpu()  # waits for a GPU as a frame does
-                return (time.perf_counter() - start) * 1000.0
-            finally:
-                torch.set_num_threads(previous)
-
-    def _model_in(self, model_id: int, precision: str) -> RealNVP:
-        """The open model's inference copy in ``precision`` (the bf16 copy is made on first
-        use); :class:`_Preempted` when ``model_id`` is no longer open. Under the model lock."""
-        model = self._model
-        if model is None or model_id != self.model_id:
-            raise _Preempted  # the model changed: this measurement is over
-        if precision == "float32":
-            return model
-        if self._bf16_model is None:
-            # From the hook-free original: the preemption hooks are not copied.
-            fast = bf16_copy(fold_for_inference(self._likelihood_model))
-            if not self.compile:
-                _add_preemption_hooks(fast, self._check_preempted)
-            self._bf16_model = fast
-        return self._bf16_model
-
-    @staticmethod
-    def _plan_latents(model: RealNVP, batch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng(batch)
-        return [rng.standard_normal((batch, *s), dtype=np.float32) for s in model.latent_shapes]
-
-    def _precision_probe(self, model_id: int) -> dict[str, float]:
-        """The bf16 / float32 convolution probe at the model's s/t width (a fraction of a
-        second), with the render threads."""
-        with self._model_lock:
-            model = self._model_in(model_id, "float32")
-            cfg = model.config
-            previous = torch.get_num_threads()
-            torch.set_num_threads(self.plan.threads)
-            try:
-                return conv_probe_ms(cfg.mid_channels, max(cfg.image_size // 2, 1), 16)
-            finally:
-                torch.set_num_threads(previous)
-
-    def _same_picture(self, model_id: int, batch: int) -> tuple[bool, float]:
-        """Whether a bf16 frame of ``batch`` random images is the float32 frame's picture."""
-        with self._model_lock:
-            model = self._model_in(model_id, "float32")
-            fast = self._model_in(model_id, "bf16")
-            latents = self._plan_latents(model, batch)
-            with torch.inference_mode():
-                frames = [
-                    to_uint8(self._decode(m, latents, None)[0].float().cpu().numpy())
-                    for m in (model, fast)
-                ]
-            return same_picture(*frames)
-
-    def _measure_step(self) -> RenderPlan | None:
-        """One step of the idle-time work: the CUDA graph build, then the device race, then
-        the plan measurement; returns the plan when it changed (or a status did)."""
-        for name in ("_graph_job", "_device_job"):
-            job = getattr(self, name)
-            if job is None:
-                continue
-            try:
-                if name == "_graph_job":
-                    with self._model_lock:
-                        next(job)
-                else:
-                    next(job)
-                return None
-            except StopIteration:
-                pass
-            except Exception as exc:  # idle-time work must never break rendering
-                if name == "_graph_job" and self._graphs is not None:
-                    self._graphs.status = f"failed, eager: {type(exc).__name__}: {exc}"
-                    self._graphs.release()
-            with self._mailbox:
-                if getattr(self, name) is job:
-                    setattr(self, name, None)
-            return self.plan  # a status changed: refresh what shows it
-        measurement = self._measurement
-        if measurement is None:
-            return None
-        try:
-            plan = next(measurement)
-        except (StopIteration, _Preempted):
-            plan = None
-        except Exception:  # a measurement must never break rendering: keep the plan
-            plan = None
-        with self._mailbox:
-            if self._measurement is not measurement:
-                return None  # a new model replaced it meanwhile
-            if plan is None:
-                self._measurement = None
-                return None
-        changed = plan != self.plan
-        self.plan = plan
-        if self.device.type == "cpu":  # the label shows the threads frames render with
-            self.device_label = describe(self.device, plan.threads)
-        return plan if changed else None
-
-    def measure_plan_now(self) -> RenderPlan:
-        """Measure the open model's plan on this thread now (synchronous engines, the
-        benchmark); returns the plan."""
-        if self._measurement is None:
-            self._start_measurement()
-        while self._measurement is not None:
-            plan = self._measure_step()
-            if plan is not None:
-                self.plan_changed.emit(plan)
-        return self.plan
-
-    @property
-    def measuring(self) -> bool:
-        """Whether idle-time work (graphs, device race, plan) is still to come."""
-        return (
-            self._measurement is not None
-            or self._graph_job is not None
-            or self._device_job is not None
-        )
-
-    def _device_race(self, model_id: int) -> Iterator[None]:
-        """``--device auto`` with a GPU: time the GPU (replaying graphs once built) against
-        the CPU, decode by decode in turn, and render on the faster for this model."""
-        gpu, cpu = self._model, self._cpu_model
-        if gpu is None or cpu is None:
-            return
-        threads = self.plan.threads
-        figures: dict[str, dict[int, float]] = {"cuda": {}, "cpu": {}}
-        for batch in PLAN_BATCHES:
-            times: dict[str, list[float]] = {"cuda": [], "cpu": []}
-            for i in range(4):
-                for name, contender in (("cuda", gpu), ("cpu", cpu)):
-                    ms = self._timed_decode(model_id, batch, threads, contender)
-                    if i:
-                        times[name].append(ms)
-                    yield
-            for name in figures:
-                figures[name][batch] = float(np.median(times[name]))
-        cost = {name: sum(f.values()) for name, f in figures.items()}
-        winner = "cpu" if cost["cpu"] < cost["cuda"] else "cuda"
-
-        def shown(name: str) -> str:
-            return ", ".join(
-                f"{b} image{'s' * (b > 1)} {ms:.1f} ms" for b, ms in figures[name].items()
-            )
-
-        self.device_choice = (
-            f"--device auto chose {winner}: cuda {shown('cuda')}; cpu {shown('cpu')}"
-        )
-        if winner == "cpu":
-            with self._model_lock:
-                if model_id == self.model_id:
-                    self._switch_to_cpu()
-            if self.measure_plans:
-                self._start_measurement()
-
-    def _switch_to_cpu(self) -> None:
-        """Render on the CPU from now on (model lock held): the auto device race chose it,
-        or the GPU ran out of memory."""
-        cpu = self._cpu_model or fold_for_inference(self._likelihood_model).to("cpu")  # type: ignore[arg-type]
-        if self._cpu_model is None and not self.compile:
-            _add_preemption_hooks(cpu, self._check_preempted)
-        if self._graphs is not None:
-            self._graphs.release()
-            self._graphs = None
-        self._graph_job = None
-        self._compiled = None
-        self._model = cpu
-        self._cpu_model = None
-        if self._likelihood_model is not None:
-            self._likelihood_model.to("cpu")
-        self.device = torch.device("cpu")
-        self.device_label = describe(self.device)
-        self._caches.clear()
-        self._max_batch = None
-        if self._info is not None:
-            self._info = dataclasses.replace(self._info, device=self.device_label)
-        self.plan = self._fixed_plan or default_plan(self.plan.threads, self._forced_threads, "cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
     def _check_preempted(self) -> None:
         target = self._abort_target
         if target is not None and target in self._pending:
-            raise _Preempted
-
-    @property
-    def graphs_status(self) -> str:
-        """CUDA graphs: ``off: ...``, ``building``, ``on: N graphs ...`` or ``failed, eager:
-        ...``, for the frame-time tooltip."""
-        if not self.use_graphs:
-            return "off (--graphs off)"
-        graphs = self._graphs
-        if graphs is None:
-            return self._graphs_note or "off: not rendering on a CUDA device"
-        return graphs.status if graphs.built else "building"
+            raise Preempted
 
     @property
     def render_status(self) -> str:
@@ -857,27 +479,6 @@ class RenderEngine(QObject):
                     raise
                 self.render_notice.emit(message)
 
-    def _fall_back_from_oom(self, batch: int) -> str | None:
-        """The next step down after running out of memory (model lock held); ``None`` when
-        there is none left."""
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self._caches.clear()  # its tensors hold memory; the next frame rebuilds it
-        if self._graphs is not None:
-            self._graphs.release()
-            self._graphs = None
-            self._graph_job = None
-            self._graphs_note = "off: the GPU ran out of memory"
-            return "Out of GPU memory: rendering without CUDA graphs"
-        current = min(self._max_batch or batch, batch)
-        if current > 1:
-            self._max_batch = max(1, current // 2)
-            return f"Out of GPU memory: rendering {self._max_batch} images at a time"
-        if self.device.type != "cpu":
-            self._switch_to_cpu()
-            return "Out of GPU memory: rendering on the CPU from now on"
-        return None
-
     def _render_once(self, request: RenderRequest, emit: Any) -> None:
         with self._model_lock:
             model = self._model
@@ -953,7 +554,7 @@ class RenderEngine(QObject):
             try:
                 running, images = self._decode_rows(model, latents, rows, first, cached)
                 pixels[rows] = to_uint8(images.float().cpu().numpy())
-            except _Preempted:
+            except Preempted:
                 self.preempted += 1
                 self._shown[target] = pixels
                 return
@@ -1108,7 +709,7 @@ class RenderEngine(QObject):
                 out = None
             if out is not None:
                 return out
-        return _step_function(model, level)(*args)
+        return step_function(model, level)(*args)
 
     @property
     def compile_status(self) -> str:

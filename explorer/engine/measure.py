@@ -1,0 +1,187 @@
+"""The render plan's measurement, run by the engine a step at a time on the render thread
+between frames: thread counts, then precision (the bf16 convolution probe, the picture
+test, interleaved decodes). :class:`PlanMeasuring` is mixed into
+:class:`~explorer.engine.render.RenderEngine` and uses its model, locks and decode; the
+plan itself and its decisions live in :mod:`explorer.engine.plan`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from core.files.images import to_uint8
+from core.flow.inference import bf16_copy, fold_for_inference
+from core.flow.model import RealNVP
+from core.training.device import describe
+from core.training.precision import conv_probe_ms, same_picture
+from explorer.engine.compiled import add_preemption_hooks
+from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan
+from explorer.engine.requests import Preempted
+
+
+class PlanMeasuring:
+    """The plan-measurement half of :class:`~explorer.engine.render.RenderEngine`."""
+
+    def _start_measurement(self) -> None:
+        model_id = self.model_id
+        precision = None
+        if self.device.type == "cpu" and self._fixed_plan is None:
+            precision = PrecisionMeasurement(
+                probe=lambda: self._precision_probe(model_id),
+                picture=lambda batch: self._same_picture(model_id, batch),
+                decode=lambda batch, threads, p: self._timed_decode(
+                    model_id, batch, threads, precision=p
+                ),
+            )
+        measurement = PlanMeasurement(
+            self.plan,
+            lambda batch, threads: self._timed_decode(model_id, batch, threads),
+            # On a GPU the CPU threads do not render: only the frame times are measured.
+            threads=(self.plan.threads,) if self.device.type != "cpu" else None,
+            precision=precision,
+        )
+        with self._mailbox:
+            self._measurement = measurement
+            self._mailbox.notify()
+
+    def _timed_decode(
+        self,
+        model_id: int,
+        batch: int,
+        threads: int,
+        model: RealNVP | None = None,
+        precision: str = "float32",
+    ) -> float:
+        """Milliseconds of one full decode of ``batch`` random images with ``threads``
+        (``model``: another copy than the rendering one, e.g. the CPU contender; else the
+        rendering one in ``precision``)."""
+        with self._model_lock:
+            if model is None:
+                model = self._model_in(model_id, precision)
+            elif model_id != self.model_id:
+                raise Preempted  # the model changed: this measurement is over
+            latents = self._plan_latents(model, batch)
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    images, _ = self._decode(model, latents, None)
+                    images.float().cpu()  # waits for a GPU as a frame does
+                return (time.perf_counter() - start) * 1000.0
+            finally:
+                torch.set_num_threads(previous)
+
+    def _model_in(self, model_id: int, precision: str) -> RealNVP:
+        """The open model's inference copy in ``precision`` (the bf16 copy is made on first
+        use); :class:`Preempted` when ``model_id`` is no longer open. Under the model lock."""
+        model = self._model
+        if model is None or model_id != self.model_id:
+            raise Preempted  # the model changed: this measurement is over
+        if precision == "float32":
+            return model
+        if self._bf16_model is None:
+            # From the hook-free original: the preemption hooks are not copied.
+            fast = bf16_copy(fold_for_inference(self._likelihood_model))
+            if not self.compile:
+                add_preemption_hooks(fast, self._check_preempted)
+            self._bf16_model = fast
+        return self._bf16_model
+
+    @staticmethod
+    def _plan_latents(model: RealNVP, batch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(batch)
+        return [rng.standard_normal((batch, *s), dtype=np.float32) for s in model.latent_shapes]
+
+    def _precision_probe(self, model_id: int) -> dict[str, float]:
+        """The bf16 / float32 convolution probe at the model's s/t width (a fraction of a
+        second), with the render threads."""
+        with self._model_lock:
+            model = self._model_in(model_id, "float32")
+            cfg = model.config
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.plan.threads)
+            try:
+                return conv_probe_ms(cfg.mid_channels, max(cfg.image_size // 2, 1), 16)
+            finally:
+                torch.set_num_threads(previous)
+
+    def _same_picture(self, model_id: int, batch: int) -> tuple[bool, float]:
+        """Whether a bf16 frame of ``batch`` random images is the float32 frame's picture."""
+        with self._model_lock:
+            model = self._model_in(model_id, "float32")
+            fast = self._model_in(model_id, "bf16")
+            latents = self._plan_latents(model, batch)
+            with torch.inference_mode():
+                frames = [
+                    to_uint8(self._decode(m, latents, None)[0].float().cpu().numpy())
+                    for m in (model, fast)
+                ]
+            return same_picture(*frames)
+
+    def _measure_step(self) -> RenderPlan | None:
+        """One step of the idle-time work: the CUDA graph build, then the device race, then
+        the plan measurement; returns the plan when it changed (or a status did)."""
+        for name in ("_graph_job", "_device_job"):
+            job = getattr(self, name)
+            if job is None:
+                continue
+            try:
+                if name == "_graph_job":
+                    with self._model_lock:
+                        next(job)
+                else:
+                    next(job)
+                return None
+            except StopIteration:
+                pass
+            except Exception as exc:  # idle-time work must never break rendering
+                if name == "_graph_job" and self._graphs is not None:
+                    self._graphs.status = f"failed, eager: {type(exc).__name__}: {exc}"
+                    self._graphs.release()
+            with self._mailbox:
+                if getattr(self, name) is job:
+                    setattr(self, name, None)
+            return self.plan  # a status changed: refresh what shows it
+        measurement = self._measurement
+        if measurement is None:
+            return None
+        try:
+            plan = next(measurement)
+        except (StopIteration, Preempted):
+            plan = None
+        except Exception:  # a measurement must never break rendering: keep the plan
+            plan = None
+        with self._mailbox:
+            if self._measurement is not measurement:
+                return None  # a new model replaced it meanwhile
+            if plan is None:
+                self._measurement = None
+                return None
+        changed = plan != self.plan
+        self.plan = plan
+        if self.device.type == "cpu":  # the label shows the threads frames render with
+            self.device_label = describe(self.device, plan.threads)
+        return plan if changed else None
+
+    def measure_plan_now(self) -> RenderPlan:
+        """Measure the open model's plan on this thread now (synchronous engines, the
+        benchmark); returns the plan."""
+        if self._measurement is None:
+            self._start_measurement()
+        while self._measurement is not None:
+            plan = self._measure_step()
+            if plan is not None:
+                self.plan_changed.emit(plan)
+        return self.plan
+
+    @property
+    def measuring(self) -> bool:
+        """Whether idle-time work (graphs, device race, plan) is still to come."""
+        return (
+            self._measurement is not None
+            or self._graph_job is not None
+            or self._device_job is not None
+        )
