@@ -5,7 +5,9 @@ the window build an immutable :class:`RenderRequest` and hand it to the
 :class:`RenderEngine`; the engine's ``frame_rendered`` signal brings the pixels back to the
 samples panel. The window owns the engine and the task runner (long jobs: imports,
 exports) and shuts both down when it closes; the user's own images are wired by the
-:class:`~explorer.image_controller.ImageController`.
+:class:`~explorer.panels.image_controller.ImageController`. Panels get what they use
+(engine, state, task runner, file choosers) and speak back through signals; none knows
+the window.
 
 Layout: two pages in a stack, switched from the mode bar at the top, the View menu or
 Alt+1 / Alt+2 (Ctrl+1 / Ctrl+2 already choose A and B). The explorer page has the model and
@@ -61,7 +63,7 @@ from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
-from explorer.widgets.dialogs import ShortcutsDialog, show_about
+from explorer.widgets.dialogs import FileDialogs, ShortcutsDialog, show_about
 from explorer.widgets.images import grid_columns
 from explorer.widgets.task_runner import TaskRunner
 
@@ -106,7 +108,13 @@ class MainWindow(QMainWindow):
         self.samples_panel = SamplesPanel(self.state)
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
-        self.images = ImageController(self)
+        self.dialogs = FileDialogs(self, self.settings)
+        self.images = ImageController(
+            self.engine, self.state, self.tasks, self.samples_panel.view, self.dialogs, self
+        )
+        self.images.error_reported.connect(self.report_error)
+        self.images.status_message.connect(self.statusBar().showMessage)
+        self.images.tab_requested.connect(self.show_explorer_tab)
         self.classes_panel = ClassesPanel(self.state)
         self.map_panel = LatentMapPanel(self.state, self.engine, self.tasks, self.images.gallery)
         # probe_devices=False skips the child process that lists CUDA devices (tests).
@@ -129,7 +137,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.levels_panel, "Levels")
         self.tabs.addTab(self.images.images_panel, "Images")
         self.tabs.addTab(self.images.directions_panel, "Directions")
-        self.sample_likelihood = SampleLikelihood(self)
+        self.sample_likelihood = SampleLikelihood(self.engine, self.samples_panel.view, self)
+        self.model_opened.connect(lambda _info: self.sample_likelihood.forget())
         self.tabs.addTab(self.sample_likelihood.panel, "Likelihood")
         self.tabs.currentChanged.connect(lambda _i: self.sample_likelihood.refresh_soon())
         # The class controls above the latent map: both act on the data's labels, and a
@@ -621,6 +630,7 @@ class MainWindow(QMainWindow):
         self.frame_label.setToolTip(self.engine.render_status)
         if frame.complete:
             self.last_frame = frame
+            self.sample_likelihood.show_frame(frame)
             self.frame_shown.emit(frame.request_id)
 
     def _on_plan_changed(self, _plan: object) -> None:
@@ -697,15 +707,7 @@ class MainWindow(QMainWindow):
         return True
 
     def ask_save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, title, str(Path(self.settings.last_dir) / name), filter_
-        )
-        if not path:
-            return None
-        if not path.lower().endswith(suffix):
-            path += suffix
-        self.settings.last_dir = str(Path(path).parent)
-        return path
+        return self.dialogs.save_path(title, name, filter_, suffix)
 
     def save_grid_dialog(self) -> None:
         if path := self.ask_save_path("Save grid", "samples.png", PNG_FILTER, ".png"):

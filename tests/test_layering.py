@@ -56,6 +56,7 @@ def top(name: str) -> str:
 
 
 EXPLORER = sources("explorer")
+WINDOW_AND_APP = ("explorer.main_window", "explorer.app")
 
 
 @pytest.mark.parametrize("module", [m for m in EXPLORER if m.startswith("explorer.models")])
@@ -84,6 +85,15 @@ def test_widgets_and_models_do_not_reach_up():
         if module.startswith(("explorer.widgets", "explorer.models")):
             bad = {m for m in imports(path) if m.startswith(upper)}
             assert not bad, f"{module} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", [m for m in EXPLORER if m.startswith("explorer.panels")])
+def test_panels_do_not_know_the_window(module: str):
+    """A panel gets what it uses (engine, state, task runner, file choosers) and speaks
+    back through signals: it never imports the window or the app, not even for a type
+    hint under ``TYPE_CHECKING`` (which is how a panel starts reaching into the window)."""
+    bad = {m for m in imports(EXPLORER[module]) if m.startswith(WINDOW_AND_APP)}
+    assert not bad, f"{module} imports {sorted(bad)}"
 
 
 def test_benchmarks_live_outside_the_application_package():

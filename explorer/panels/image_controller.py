@@ -15,6 +15,11 @@ it (gallery, images, directions) and wires them to the state and the engine:
 - **Export** of the strip (PNG) and of the animation (GIF, MP4) runs as a job too.
 
 A failed import, load or export reports why and leaves the view as it was.
+
+The controller does not know the window that holds it: it gets the engine, the state, the
+task runner, the samples grid (whose selection K varies) and the file choosers, and says
+what the user should read through signals (``error_reported``, ``status_message``,
+``tab_requested``) that the window shows.
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtWidgets import QWidget
 
 from core.files.images import IMAGE_SUFFIXES, save_png
-from explorer.engine.render import Frame, RenderRequest
+from explorer.engine.render import Frame, RenderEngine, RenderRequest
 from explorer.models import blend
 from explorer.models.directions import (
     DirectionFileError,
@@ -40,14 +44,14 @@ from explorer.models.directions import (
 from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
 from explorer.models.gallery import Gallery, GalleryImage, group_latents
 from explorer.models.jobs import Task
-from explorer.models.state import ModelInfo
+from explorer.models.state import ExplorerState, ModelInfo
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
 from explorer.panels.images import ImagesPanel
 from explorer.panels.importer import ImportedImage, ImportFailure, import_images
-
-if TYPE_CHECKING:
-    from explorer.main_window import MainWindow
+from explorer.widgets.dialogs import FileDialogs
+from explorer.widgets.images import ImageGridView
+from explorer.widgets.task_runner import TaskRunner
 
 STRIP_TARGET = "strip"
 MAX_LISTED_FAILURES = 8
@@ -99,13 +103,25 @@ class ImageController(QObject):
     import_finished = Signal(object)  # ImportReport
     strip_shown = Signal(int)  # request id of the strip now shown
     export_finished = Signal(object)  # Path, or None when cancelled or failed
+    error_reported = Signal(str, str)  # title, message: something the user must read
+    status_message = Signal(str, int)  # a passing one-line message, its timeout in ms
+    tab_requested = Signal(QWidget)  # a panel of this controller the user should now see
 
-    def __init__(self, window: MainWindow) -> None:
-        super().__init__(window)
-        self.window = window
-        self.engine = window.engine
-        self.state = window.state
-        self.tasks = window.tasks
+    def __init__(
+        self,
+        engine: RenderEngine,
+        state: ExplorerState,
+        tasks: TaskRunner,
+        samples_view: ImageGridView,
+        dialogs: FileDialogs,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.state = state
+        self.tasks = tasks
+        self.samples_view = samples_view
+        self.dialogs = dialogs
         self.gallery = Gallery()
         self.gallery_panel = GalleryPanel(self.gallery)
         self.images_panel = ImagesPanel()
@@ -208,7 +224,7 @@ class ImageController(QObject):
                 self.show(item.item_id, a_id=previous, b_id=item.item_id)
             else:
                 self.show(item.item_id, a_id=item.item_id)
-            self.window.show_images_tab()
+            self.tab_requested.emit(self.images_panel)
         elif len(report.ids) == 2:
             self.gallery.set_roles(a_id=report.ids[0], b_id=item.item_id)
             # The view shows the first image, now A: the slider goes to A's end.
@@ -235,7 +251,7 @@ class ImageController(QObject):
             self.directions_panel.set_group(report.group, report.ids)
         added = len(report.ids)
         if report.error:
-            self.window.report_error("Import failed", report.error)
+            self.error_reported.emit("Import failed", report.error)
         elif report.failures and (report.show or report.group):
             total = added + len(report.failures)
             lines = [f.message for f in report.failures[:MAX_LISTED_FAILURES]]
@@ -247,29 +263,23 @@ class ImageController(QObject):
             else:
                 title = "Some files could not be used"
                 head = f"{len(report.failures)} of {total} could not be used; {added} imported.\n\n"
-            self.window.report_error(title, head + "\n".join(lines))
+            self.error_reported.emit(title, head + "\n".join(lines))
         if report.cancelled:
-            self.window.statusBar().showMessage(
+            self.status_message.emit(
                 f"Import cancelled: {added} image{'s' if added != 1 else ''} imported", 10_000
             )
         elif added and not report.failures:
-            self.window.statusBar().showMessage(import_summary(added, report.existing), 5000)
+            self.status_message.emit(import_summary(added, report.existing), 5000)
         self.import_finished.emit(report)
 
     def import_dialog(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(
-            self.window, "Import images", self.window.settings.last_dir, IMAGE_FILTER
-        )
+        paths = self.dialogs.open_files("Import images", IMAGE_FILTER)
         if paths:
-            self.window.settings.last_dir = str(Path(paths[0]).parent)
             self.import_paths(paths)
 
     def import_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self.window, "Import a folder of images", self.window.settings.last_dir
-        )
+        folder = self.dialogs.folder("Import a folder of images")
         if folder:
-            self.window.settings.last_dir = folder
             self.import_paths([folder])
 
     # -- showing -------------------------------------------------------------------------------
@@ -294,9 +304,8 @@ class ImageController(QObject):
         panel = self.images_panel
         keep = panel.keep_levels.value() if keep is None else keep
         n = panel.variations.value() if n is None else n
-        selected = self.window.samples_panel.view.selected
-        self.state.vary_fine(keep, n, image_index=selected)
-        self.window.samples_panel.view.select(0)
+        self.state.vary_fine(keep, n, image_index=self.samples_view.selected)
+        self.samples_view.select(0)
 
     def _on_gallery_changed(self) -> None:
         panel = self.images_panel
@@ -388,18 +397,15 @@ class ImageController(QObject):
     def group_from_selection(self, group: str) -> None:
         ids = self.gallery_panel.selected_ids()
         if not ids:
-            self.window.statusBar().showMessage(
+            self.status_message.emit(
                 f"Select the images of group {group} in the gallery first", 8000
             )
             return
         self.directions_panel.set_group(group, ids)
 
     def group_from_folder_dialog(self, group: str) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self.window, f"Images of group {group}", self.window.settings.last_dir
-        )
+        folder = self.dialogs.folder(f"Images of group {group}")
         if folder:
-            self.window.settings.last_dir = folder
             self.import_paths([folder], show=False, group=group)
 
     def create_direction(self, name: str) -> bool:
@@ -409,7 +415,7 @@ class ImageController(QObject):
             items = [self.gallery.get(i) for i in self.directions_panel.groups[group]]
             items = [it for it in items if it is not None and it.model_id == self.engine.model_id]
             if not items:
-                self.window.report_error(
+                self.error_reported.emit(
                     "Cannot make a direction", f"Group {group} has no images of this model."
                 )
                 return False
@@ -418,7 +424,7 @@ class ImageController(QObject):
         direction = direction_from_groups(name.strip() or default, groups[0], groups[1])
         self.state.add_direction(direction)
         self.directions_panel.name.clear()
-        self.window.statusBar().showMessage(
+        self.status_message.emit(
             f"Direction “{direction.name}”: {direction.count_a} → {direction.count_b} images",
             8000,
         )
@@ -429,9 +435,9 @@ class ImageController(QObject):
             direction = load_direction(path)
             self.state.add_direction(direction)
         except (DirectionFileError, ValueError) as exc:
-            self.window.report_error("Cannot load direction", f"{exc}")
+            self.error_reported.emit("Cannot load direction", f"{exc}")
             return False
-        self.window.show_tab(self.directions_panel)
+        self.tab_requested.emit(self.directions_panel)
         return True
 
     def save_direction_file(self, index: int, path: str | os.PathLike) -> Path | None:
@@ -439,21 +445,19 @@ class ImageController(QObject):
         try:
             saved = save_direction(direction, path)
         except OSError as exc:
-            self.window.report_error("Cannot save direction", f"{path}: {exc}")
+            self.error_reported.emit("Cannot save direction", f"{path}: {exc}")
             return None
-        self.window.statusBar().showMessage(f"Saved {saved}", 5000)
+        self.status_message.emit(f"Saved {saved}", 5000)
         return saved
 
     def load_direction_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self.window, "Load direction", self.window.settings.last_dir, DIRECTION_FILTER
-        )
+        path = self.dialogs.open_file("Load direction", DIRECTION_FILTER)
         if path:
             self.load_direction_file(path)
 
     def save_direction_dialog(self, index: int) -> None:
         name = self.state.directions[index].direction.name.replace(" ", "_")
-        path = self.window.ask_save_path("Save direction", f"{name}.npz", DIRECTION_FILTER, ".npz")
+        path = self.dialogs.save_path("Save direction", f"{name}.npz", DIRECTION_FILTER, ".npz")
         if path:
             self.save_direction_file(index, path)
 
@@ -464,21 +468,21 @@ class ImageController(QObject):
         frames = self.images_panel.strip_frames.value()
         latents = self.strip_latents(frames)
         if latents is None:
-            self.window.report_error("Cannot export", "Choose two images, A and B, first.")
+            self.error_reported.emit("Cannot export", "Choose two images, A and B, first.")
             return None
         images = self.engine.decode(latents)
         try:
             saved = save_png(strip_png(images), path)
         except (OSError, ValueError) as exc:
-            self.window.report_error("Cannot save image", f"{path}: {exc}")
+            self.error_reported.emit("Cannot save image", f"{path}: {exc}")
             return None
-        self.window.statusBar().showMessage(f"Saved {saved}", 5000)
+        self.status_message.emit(f"Saved {saved}", 5000)
         return saved
 
     def export_animation(self, path: str | os.PathLike, fmt: str) -> Task | None:
         """The interpolation as GIF or MP4, rendered and written as a job."""
         if fmt == MP4 and not mp4_available():
-            self.window.report_error(
+            self.error_reported.emit(
                 "MP4 is not available",
                 "Writing MP4 needs the imageio and imageio-ffmpeg packages "
                 "(pip install imageio imageio-ffmpeg). GIF works without them.",
@@ -488,7 +492,7 @@ class ImageController(QObject):
         latents = self.strip_latents(panel.animation_frames.value())
         a = self.gallery.a
         if latents is None or a is None:
-            self.window.report_error("Cannot export", "Choose two images, A and B, first.")
+            self.error_reported.emit("Cannot export", "Choose two images, A and B, first.")
             return None
         if panel.bounce.isChecked():
             latents = there_and_back(latents)
@@ -505,17 +509,17 @@ class ImageController(QObject):
 
     def _on_export_done(self, path: str | os.PathLike, task: Task) -> None:
         if task.error and not task.cancelled:
-            self.window.report_error("Export failed", f"{path}: {task.error}")
+            self.error_reported.emit("Export failed", f"{path}: {task.error}")
         elif task.cancelled:
-            self.window.statusBar().showMessage("Export cancelled; nothing was written", 8000)
+            self.status_message.emit("Export cancelled; nothing was written", 8000)
         else:
-            self.window.statusBar().showMessage(f"Saved {path}", 5000)
+            self.status_message.emit(f"Saved {path}", 5000)
         ok = not task.cancelled and not task.error
         self.export_finished.emit(Path(path) if ok else None)
 
     def export_dialog(self, kind: str) -> None:
         if kind == "png":
-            path = self.window.ask_save_path(
+            path = self.dialogs.save_path(
                 "Save interpolation strip", "interpolation.png", "PNG image (*.png)", ".png"
             )
             if path:
@@ -523,7 +527,7 @@ class ImageController(QObject):
             return
         fmt = GIF if kind == GIF else MP4
         filters = {GIF: "GIF animation (*.gif)", MP4: "MP4 video (*.mp4)"}
-        path = self.window.ask_save_path(
+        path = self.dialogs.save_path(
             f"Save interpolation as {fmt.upper()}", f"interpolation.{fmt}", filters[fmt], f".{fmt}"
         )
         if path:

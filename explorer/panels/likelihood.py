@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -26,11 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from explorer.engine.render import Frame, RenderEngine
 from explorer.models.likelihood import TOTAL, LikelihoodView, overlay
-from explorer.widgets.images import CaptionedImage
-
-if TYPE_CHECKING:
-    from explorer.main_window import MainWindow
+from explorer.widgets.images import CaptionedImage, ImageGridView
 
 HEAT_OPACITY = 0.8
 VERDICT_COLOURS = {
@@ -220,13 +217,20 @@ class LikelihoodPanel(QWidget):
 class SampleLikelihood(QObject):
     """The likelihood of the sample selected in the samples grid, computed by the engine
     on a worker thread (synchronously with a synchronous engine, in tests), only while
-    its panel is visible; the newest selection wins."""
+    its panel is visible; the newest selection wins.
+
+    It gets the engine and the samples grid; whoever shows the frames hands each complete
+    one to :meth:`show_frame` and calls :meth:`forget` when another model opens."""
 
     described = Signal(object, object, int)  # view or error text, pixels, request number
 
-    def __init__(self, window: MainWindow) -> None:
-        super().__init__(window)
-        self.window = window
+    def __init__(
+        self, engine: RenderEngine, samples_view: ImageGridView, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        self.samples_view = samples_view
+        self.frame: Frame | None = None  # the last complete frame of the samples grid
         self.panel = LikelihoodPanel("Selected sample: where the bits go")
         self._request = 0
         self._shown_key: tuple | None = None
@@ -236,24 +240,30 @@ class SampleLikelihood(QObject):
         self._timer.setInterval(SAMPLE_DELAY_MS)
         self._timer.timeout.connect(self.refresh)
         self.described.connect(self._on_described)
-        window.samples_panel.view.image_selected.connect(lambda _i: self.refresh_soon())
-        window.frame_shown.connect(lambda _id: self.refresh_soon())
-        window.model_opened.connect(lambda _info: self._forget())
+        samples_view.image_selected.connect(lambda _i: self.refresh_soon())
 
     def refresh_soon(self) -> None:
         """:meth:`refresh` once the frames and selections settle."""
         self._timer.start()
 
-    def _forget(self) -> None:
+    def show_frame(self, frame: Frame) -> None:
+        """A complete frame of the samples grid is on screen: describe its selected sample
+        once frames settle."""
+        self.frame = frame
+        self.refresh_soon()
+
+    def forget(self) -> None:
+        """Another model opened: what was shown belongs to the old one."""
+        self.frame = None
         self._shown_key = None
         self.panel.show_view(None, None)
 
     def refresh(self) -> None:
         """Describe the selected sample now if the panel is visible and it changed."""
-        frame = self.window.last_frame
+        frame = self.frame
         if frame is None or not self.panel.isVisible() or len(frame.images) == 0:
             return
-        index = min(self.window.samples_panel.view.selected, len(frame.images) - 1)
+        index = min(self.samples_view.selected, len(frame.images) - 1)
         key = (frame.model_id, frame.request_id, index)
         if key == self._shown_key:
             return
@@ -262,8 +272,7 @@ class SampleLikelihood(QObject):
         self._request += 1
         request = self._request
         self.panel.show_view(None, pixels)
-        engine = self.window.engine
-        if not engine.threaded:
+        if not self.engine.threaded:
             self._on_described(self._describe(pixels), pixels, request)
             return
         future = self._pool.submit(self._describe, pixels)
@@ -273,7 +282,7 @@ class SampleLikelihood(QObject):
 
     def _describe(self, pixels: np.ndarray) -> LikelihoodView | str:
         try:
-            return self.window.engine.describe_likelihood(pixels)
+            return self.engine.describe_likelihood(pixels)
         except ValueError as exc:  # the model changed under the request
             return str(exc)
 

@@ -1,10 +1,13 @@
 """The Help menu's windows: About (with the versions a bug report needs) and Keyboard
-Shortcuts, a list built from the window's own actions so it cannot go stale."""
+Shortcuts, a list built from the window's own actions so it cannot go stale; and
+:class:`FileDialogs`, the file choosers every page shares, which start in the folder the user
+chose last."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
 
 from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import Qt, qVersion
@@ -12,6 +15,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QLineEdit,
     QMenu,
     QMenuBar,
@@ -21,6 +25,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from explorer.settings import ExplorerSettings
 
 APP_NAME = "Real NVP Explorer"
 
@@ -154,3 +160,46 @@ class ShortcutsDialog(QDialog):
 
 def action_keys(action: QAction) -> str:
     return ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
+
+
+class FileDialogs:
+    """The open and save choosers of one window: parented to it (so they are modal to it)
+    and starting in the settings' last folder, which each accepted choice updates. Panels
+    get this instead of the window, so they can ask for a path without knowing who holds
+    them."""
+
+    def __init__(self, parent: QWidget, settings: ExplorerSettings) -> None:
+        self.parent = parent
+        self.settings = settings
+
+    def open_files(self, title: str, filter_: str) -> list[str]:
+        paths, _ = QFileDialog.getOpenFileNames(self.parent, title, self.settings.last_dir, filter_)
+        if paths:
+            self.settings.last_dir = str(Path(paths[0]).parent)
+        return paths
+
+    def open_file(self, title: str, filter_: str) -> str | None:
+        path, _ = QFileDialog.getOpenFileName(self.parent, title, self.settings.last_dir, filter_)
+        if not path:
+            return None
+        self.settings.last_dir = str(Path(path).parent)
+        return path
+
+    def folder(self, title: str) -> str | None:
+        folder = QFileDialog.getExistingDirectory(self.parent, title, self.settings.last_dir)
+        if not folder:
+            return None
+        self.settings.last_dir = folder
+        return folder
+
+    def save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
+        """A path to save to, ``suffix`` added when the user typed none (``None``: cancelled)."""
+        path, _ = QFileDialog.getSaveFileName(
+            self.parent, title, str(Path(self.settings.last_dir) / name), filter_
+        )
+        if not path:
+            return None
+        if not path.lower().endswith(suffix):
+            path += suffix
+        self.settings.last_dir = str(Path(path).parent)
+        return path
