@@ -17,7 +17,7 @@ from core.files.images import ImageLoadError
 from core.files.resources import resolve_checkpoint
 from core.flow.model import PRESETS
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
-from core.training.data import DATASETS, DatasetError
+from core.training.datasets import DATASETS, DatasetError
 from core.training.events import silence
 from core.training.precision import PRECISIONS
 
@@ -323,7 +323,7 @@ def _class_stats(
 ):
     """Class statistics of ``dataset``'s training images, with a progress bar; every
     class without images is named on stderr."""
-    from core.stats.class_stats import compute_class_stats
+    from core.stats.measure import compute_class_stats
     from core.training.data import load_dataset
 
     cfg = model.config

@@ -18,11 +18,11 @@ from core.stats.class_stats import (
     META_KEY,
     ClassStats,
     ClassStatsError,
-    compute_class_stats,
     level_mask,
     sample_indices,
     stats_from_meta,
 )
+from core.stats.measure import compute_class_stats
 from core.training.data import ImageDataset, load_folder, load_mnist
 from tests.conftest import perturbed_model
 from tests.test_data import MNIST_DIR, needs_mnist

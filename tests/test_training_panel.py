@@ -130,7 +130,7 @@ def test_gui_process_never_imports_torch():
 def test_constants_written_out_agree_with_core():
     from core.flow.model import PRESETS as CORE_PRESETS
     from core.flow.model import FlowConfig
-    from core.training.data import DATASETS, dataset_geometry
+    from core.training.datasets import DATASETS, dataset_geometry
     from core.training.trainer import STOP_FILE as CORE_STOP_FILE
 
     assert STOP_FILE == CORE_STOP_FILE

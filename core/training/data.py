@@ -27,12 +27,13 @@ import torch
 
 from core.files.atomic import atomic_path
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, load_image
-
-DATASETS = ("mnist", "cifar10", "folder")
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be loaded; the message is meant for the user."""
+from core.training.datasets import (
+    DATASETS,
+    DatasetError,
+    folder_classes,
+    is_held_out,
+    list_images,
+)
 
 
 @dataclass
@@ -303,34 +304,6 @@ def load_cifar10(
 # -- a folder of images ---------------------------------------------------------------------
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted, hidden files left out."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: no such folder")
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def is_held_out(path: Path, fraction: float) -> bool:
-    """A stable split: the same file lands on the same side on every run and machine."""
-    digest = hashlib.sha1(path.name.encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
-
-
-def folder_classes(folder: str | os.PathLike, paths: list[Path]) -> tuple[str, ...]:
-    """Class names of a folder data set: its first-level subfolders that hold images, when
-    there are two or more (sorted); otherwise ``()``, an unlabelled folder."""
-    folder = Path(folder)
-    names = {p.relative_to(folder).parts[0] for p in paths if len(p.relative_to(folder).parts) > 1}
-    return tuple(sorted(names)) if len(names) >= 2 else ()
-
-
 def load_folder(
     folder: str | os.PathLike,
     train: bool,
@@ -392,12 +365,3 @@ def load_dataset(
     if name == "folder":
         return load_folder(data_dir, train, channels or 3, image_size or 32)
     raise DatasetError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-
-
-def dataset_geometry(name: str, channels: int | None, image_size: int | None) -> tuple[int, int]:
-    """``(channels, image_size)`` that a model for this data set must have."""
-    if name == "mnist":
-        return 1, 28
-    if name == "cifar10":
-        return 3, 32
-    return channels or 3, image_size or 32

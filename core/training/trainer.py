@@ -35,9 +35,11 @@ from core.flow.model import (
     preset,
 )
 from core.flow.resnet import weight_norm_scales
-from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError, compute_class_stats
+from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError
+from core.stats.measure import compute_class_stats
 from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
-from core.training.data import DatasetError, ImageDataset, dataset_geometry, load_dataset
+from core.training.data import ImageDataset, load_dataset
+from core.training.datasets import DatasetError, dataset_geometry
 from core.training.device import describe, pick_device
 from core.training.events import EventSink
 from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms, interleaved_ms

@@ -24,7 +24,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
-from core.training.data import DatasetError, list_images
+from core.training.datasets import DatasetError, list_images
 from explorer.models.gallery import EncodedImage, Preview
 from explorer.models.jobs import Progress
 

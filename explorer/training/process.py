@@ -46,7 +46,7 @@ POLL_MS = 100  # how often a running trainer's files are read; events are never 
 MAX_READ = 256 * 1024  # bytes per poll (about 1,500 events), so no poll stalls the GUI
 STDERR_LINES = 40
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "folder": "Folder of images"}
-DATASET_GEOMETRY = {"mnist": (1, 28), "cifar10": (3, 32)}  # core.training.data.dataset_geometry
+DATASET_GEOMETRY = {"mnist": (1, 28), "cifar10": (3, 32)}  # core.training.datasets.dataset_geometry
 # (num_scales, mid_channels, num_blocks) of core.flow.model.PRESETS, written out because the
 # GUI process must not import torch; tests/test_training_panel.py checks they agree.
 PRESETS = {"mnist-small": (3, 16, 2), "cifar10": (2, 64, 8)}
@@ -661,7 +661,8 @@ def _thumbnail(pixels: np.ndarray) -> None:
 
 def _scan(dataset: str, data_dir: str, download: bool) -> int:
     from core.files.images import ImageLoadError, load_image
-    from core.training.data import DatasetError, list_images, load_dataset
+    from core.training.data import load_dataset
+    from core.training.datasets import DatasetError, list_images
 
     try:
         if dataset != "folder":

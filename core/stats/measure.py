@@ -1,0 +1,83 @@
+"""Computing what a checkpoint knows about its data, from a model and a data set (torch).
+
+The results are plain data defined in torch-free modules (:class:`core.stats.class_stats.
+ClassStats`), so the explorer's views read them without loading torch; only this module,
+which encodes images, needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.flow.model import RealNVP, pixel_centres
+from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStats, ClassStatsError, sample_indices
+from core.training.data import ImageDataset
+
+
+def compute_class_stats(
+    model: RealNVP,
+    dataset: ImageDataset,
+    per_class: int | None = DEFAULT_PER_CLASS,
+    batch_size: int = 256,
+    device: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClassStats:
+    """Encode the sample of each class and return its per-level statistics.
+
+    Sums run in float64; the model is put in eval mode and restored. ``progress(done,
+    total)`` is called after every batch. Raises :class:`ClassStatsError` for unlabelled
+    data or when no class has an image.
+    """
+    if dataset.labels is None or len(dataset.class_names) < 2:
+        raise ClassStatsError(
+            f"the {dataset.name} data set has no labels (a folder needs two or more "
+            "subfolders, one per class)"
+        )
+    names = dataset.class_names
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    chosen = sample_indices(labels, len(names), per_class)
+    present = sorted({int(v) for v in labels[chosen]})
+    if not present:
+        raise ClassStatsError(f"the {dataset.name} data set has no labelled images")
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    param = next(model.parameters())
+    device = device if device is not None else param.device
+    k = len(present)
+    sums = [torch.zeros((k, *s), dtype=torch.float64) for s in model.latent_shapes]
+    squares = [torch.zeros_like(s) for s in sums]
+    counts = torch.zeros(k, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(chosen), batch_size):
+                idx = chosen[start : start + batch_size]
+                x8 = dataset.images[torch.from_numpy(idx)].to(device)
+                zs = model.encode(pixel_centres(x8).to(param.dtype))
+                y = torch.from_numpy(remap[labels[idx]])
+                counts.index_add_(0, y, torch.ones(len(idx), dtype=torch.float64))
+                for level, z in enumerate(zs):
+                    z = z.detach().to("cpu", torch.float64)
+                    sums[level].index_add_(0, y, z)
+                    squares[level].index_add_(0, y, z * z)
+                if progress is not None:
+                    progress(min(start + batch_size, len(chosen)), len(chosen))
+    finally:
+        model.train(was_training)
+    n = counts.view(-1, 1, 1, 1)
+    means = [s / n for s in sums]
+    stds = [(q / n - m * m).clamp_min(0).sqrt() for q, m in zip(squares, means)]
+    limit = "all images" if per_class is None else f"the first {per_class} per class"
+    return ClassStats(
+        names=tuple(names[i] for i in present),
+        counts=tuple(int(c) for c in counts.tolist()),
+        means=tuple(m.float().numpy() for m in means),
+        stds=tuple(s.float().numpy() for s in stds),
+        source=f"{dataset.name} training set, {limit} ({len(chosen)} images)",
+        skipped=tuple(name for i, name in enumerate(names) if i not in present),
+    )
