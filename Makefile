@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test run lint bench clean
+.PHONY: venv test test-fast run lint bench docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The whole suite (what CI runs), then the quick loop: every module, the slow tests left out.
 test: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+test-fast: venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow"
 
 run: venv
 	$(BIN)/realnvp-explorer
@@ -24,6 +28,10 @@ run: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/cli.md is generated from the argparse parsers (tests/test_docs.py checks it is current).
+docs: venv
+	$(BIN)/python tools/cli_reference.py
 
 bench: venv
 	$(BIN)/realnvp bench

@@ -39,7 +39,7 @@ def window_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realnvp-explorer", description="Explore a Real NVP model's samples and latents."
     )
@@ -97,7 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="on a CUDA device, replay the decode steps from CUDA graphs built in the "
         "background for each model (default: on; any failure renders eagerly)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def take_screenshot(

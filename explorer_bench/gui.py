@@ -442,7 +442,7 @@ def run_suite(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m explorer_bench.gui", description=__doc__.splitlines()[0]
     )
@@ -483,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         "folder, and dragging on it (pointer move to pixels)",
     )
     parser.add_argument("--map-images", type=int, default=2000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint_option or args.checkpoint
     if checkpoint and args.preset:

@@ -32,7 +32,7 @@ HEARTBEAT_MS = 5
 DATA_CANDIDATES = ("../shared/data/mnist", "data/mnist", "data")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     from explorer.training.process import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m explorer_bench.training", description=__doc__)
@@ -55,7 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--screenshot", metavar="PATH", help="save the panel halfway through")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def model_sizes(args: argparse.Namespace) -> dict[str, Any]:

@@ -279,6 +279,7 @@ def test_a_failed_compile_is_silent_and_frames_stay_right(
 
 
 @pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="needs torch >= 2.6")
+@pytest.mark.slow
 def test_compiled_steps_render_the_same_frames_and_never_compile_on_the_render_thread(
     qapp, one_torch_thread, tmp_path, make_perturbed_model
 ):

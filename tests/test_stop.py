@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core.files.checkpoint import read_checkpoint
 from core.flow.model import FlowConfig
 from core.training.events import EventSink
@@ -55,6 +57,7 @@ def test_the_stop_file_saves_and_finishes_and_a_stale_one_is_ignored(tmp_path, s
     assert not (out / STOP_FILE).exists()  # removed once it has done its job
 
 
+@pytest.mark.slow
 def test_torchrun_stops_cleanly_with_status_0(tmp_path, small_mnist):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -450,6 +450,7 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
     from PIL import Image
 
@@ -533,6 +534,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, dump: str) -> None:
     torch.save(trainer.model.state_dict(), f"{dump}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_identical_weights(tmp_path):
     port = _free_port()
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run"), str(tmp_path)), nprocs=2)

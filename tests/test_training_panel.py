@@ -279,6 +279,7 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
     assert again.follower is None  # the run has ended: nothing more to follow
 
 
+@pytest.mark.slow
 def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_path, monkeypatch):
     """Where Stop has no SIGTERM (Windows, torchrun runs) the stop file does it all; a stop
     asked for before the trainer has started is asked again once it has."""
@@ -335,6 +336,7 @@ def test_kill_ends_the_run_at_once(qtbot, make_panel, image_folder, tmp_path):
     assert not panel.running and not panel.kill_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_closing_asks_and_stop_closes_after_the_checkpoint(
     qtbot, make_panel, image_folder, tmp_path
 ):
@@ -355,6 +357,7 @@ def test_closing_asks_and_stop_closes_after_the_checkpoint(
     assert panel.confirm_close(panel) is True
 
 
+@pytest.mark.slow
 def test_leave_running_detaches_the_trainer(qtbot, make_panel, image_folder, tmp_path):
     panel = make_panel()
     out = tmp_path / "run"
