@@ -22,6 +22,7 @@ from core.flow.inference import fold_for_inference
 TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
 
 
+@pytest.mark.slow
 def test_report_keys(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", RealNVP(TINY).eval())
     report = run(quick=True, checkpoint=str(path), presets=[], gui=False, render_presets=[])

@@ -65,6 +65,7 @@ def test_the_statistics_cover_every_digit_with_enough_images(bundled):
     assert min(stats.counts) >= 1000 and not stats.skipped
 
 
+@pytest.mark.slow
 def test_sampling_a_class_gives_that_digit(bundled, pixel_class_means, one_torch_thread):
     model, stats = bundled
     hits = []

@@ -33,6 +33,7 @@ def test_file_is_small_and_describes_itself():
     assert "realnvp train" in card
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_real_digits_round_trip_and_score_like_the_card():
     model, meta = load_checkpoint(BUNDLED)

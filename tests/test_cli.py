@@ -131,6 +131,7 @@ def test_a_closed_stdout_ends_quietly(tiny_checkpoint):
     assert proc.stderr.read() == ""
 
 
+@pytest.mark.slow
 def test_training_into_a_closed_pipe_saves_and_ends_quietly(tmp_path, small_mnist):
     """``realnvp train --progress json | head -3``: the run stops with a checkpoint."""
     out = tmp_path / "run"

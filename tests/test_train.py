@@ -289,6 +289,7 @@ def _plain_adam(params, lr):
     return torch.optim.Adam(list(params), lr=lr), False
 
 
+@pytest.mark.slow
 def test_resume_of_an_unfused_run_keeps_the_fused_kernel(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(train_module, "make_adam", _plain_adam)
@@ -355,6 +356,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "core", *args]
 
 
+@pytest.mark.slow
 def test_json_progress_parses_and_stop_signal_saves(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(

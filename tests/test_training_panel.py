@@ -236,6 +236,7 @@ def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_p
 # -- the panel: real runs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image_folder, tmp_path):
     panel = make_panel()
     panel.open_when_done.setChecked(True)
@@ -325,6 +326,7 @@ def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path
     assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_kill_ends_the_run_at_once(qtbot, make_panel, image_folder, tmp_path):
     panel = make_panel()
     start_when_ready(qtbot, panel, tiny_run(image_folder, tmp_path / "run"))
@@ -385,6 +387,7 @@ def test_leave_running_detaches_the_trainer(qtbot, make_panel, image_folder, tmp
 # -- inside the explorer window -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_window_trains_and_opens_the_result(qtbot, make_window, image_folder, tmp_path):
     """From the Training tab: a real run, stopped; its checkpoint opens in the explorer."""
     window = make_window()
