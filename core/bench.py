@@ -139,10 +139,11 @@ def train_precisions(
     peak: float,
     budget_s: float = 60.0,
 ) -> dict[str, Any]:
-    """The trainer's step (:func:`core.training.trainer.make_train_step`: autocast, memory format)
+    """The trainer's step (:func:`core.training.step.make_train_step`: autocast, memory format)
     in float32 and in bf16, timed interleaved on two copies of one model; figures per precision
     as in :func:`training_speed`, all shares of ``peak``, and ``bf16_speedup``."""
-    from core.training.trainer import TrainConfig, make_train_step, use_channels_last
+    from core.training.step import make_train_step, use_channels_last
+    from core.training.trainer import TrainConfig
 
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()
@@ -315,9 +316,10 @@ def training_speed(
     compile: bool = False,
     cuda_graph: bool = False,
 ) -> dict[str, Any]:
-    """The trainer's own step (:class:`core.training.trainer.TrainStep`): on CUDA with bf16
+    """The trainer's own step (:class:`core.training.step.TrainStep`): on CUDA with bf16
     autocast and channels_last as the trainer runs it, optionally ``torch.compile``-d."""
-    from core.training.trainer import TrainConfig, TrainStep, make_adam, step_autocast
+    from core.training.step import TrainStep, make_adam, step_autocast
+    from core.training.trainer import TrainConfig
 
     torch.manual_seed(0)
     model = RealNVP(config).to(device).train()

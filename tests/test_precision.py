@@ -23,7 +23,7 @@ from core.training.precision import (
     interleaved_ms,
     same_picture,
 )
-from core.training.trainer import step_autocast
+from core.training.step import step_autocast
 
 CPU = torch.device("cpu")
 SMALL = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=8, num_blocks=1)

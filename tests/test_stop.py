@@ -15,7 +15,8 @@ import pytest
 from core.files.checkpoint import read_checkpoint
 from core.flow.model import FlowConfig
 from core.training.events import EventSink
-from core.training.trainer import STOP_FILE, TrainConfig, Trainer
+from core.training.stopping import STOP_FILE
+from core.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = FlowConfig(in_channels=1, image_size=28, num_scales=2, mid_channels=4, num_blocks=1)

@@ -154,7 +154,7 @@ def test_auto_takes_the_measured_precision(tmp_path, monkeypatch, bf16_faster):
 
 def test_auto_measures_on_a_copy(tmp_path):
     from core.flow.model import RealNVP
-    from core.training.trainer import measure_step_ms
+    from core.training.step import measure_step_ms
 
     model = RealNVP(FlowConfig(1, 8, 2, 4, 1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,7 +253,7 @@ def test_cuda_run_skips_a_nan_batch_on_the_device(tmp_path, monkeypatch, graph):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_step_follows_the_eager_step():
     from core.flow.model import RealNVP
-    from core.training.trainer import TrainStep, make_adam, step_autocast
+    from core.training.step import TrainStep, make_adam, step_autocast
 
     def autocast():
         return step_autocast(torch.device("cuda"))
@@ -309,7 +309,7 @@ def test_resume_of_an_unfused_run_keeps_the_fused_kernel(tmp_path, monkeypatch):
 def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
     """Good and bad steps are counted on the device; only read() synchronises."""
     from core.flow.model import RealNVP
-    from core.training.trainer import TrainStep, make_adam
+    from core.training.step import TrainStep, make_adam
 
     torch.manual_seed(0)
     model = RealNVP(TINY).train()
@@ -331,7 +331,7 @@ def test_train_step_keeps_the_host_out_of_the_loop(monkeypatch):
 
 def test_a_compile_failure_falls_back_to_eager(capsys):
     from core.flow.model import RealNVP
-    from core.training.trainer import TrainStep, make_adam
+    from core.training.step import TrainStep, make_adam
 
     class Uncompilable(torch.nn.Module):
         def forward(self, x):

@@ -131,7 +131,7 @@ def test_constants_written_out_agree_with_core():
     from core.flow.model import PRESETS as CORE_PRESETS
     from core.flow.model import FlowConfig
     from core.training.datasets import DATASETS, dataset_geometry
-    from core.training.trainer import STOP_FILE as CORE_STOP_FILE
+    from core.training.stopping import STOP_FILE as CORE_STOP_FILE
 
     assert STOP_FILE == CORE_STOP_FILE
     assert set(DATASET_LABELS) == set(DATASETS)

@@ -1,2 +1,4 @@
-"""The training: the trainer (paper's recipe, safe checkpoints, exact resume, DDP), the data
-sets, the precision and device choices, and the training events a follower reads."""
+"""The training: the trainer (the paper's recipe, safe checkpoints, exact resume), one training
+step (``step``), distributed ranks (``distributed``), clean stops (``stopping``), the data
+sets (``datasets`` torch-free, ``data`` the loaders), the precision and device choices, and
+the training events a follower reads."""

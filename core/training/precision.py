@@ -14,7 +14,7 @@ slower in plain NCHW). How much a model gains also depends on its widths and the
    bf16 only if it is at least :data:`MARGIN` faster.
 
 The flow's arithmetic never changes precision: bf16 is only ever the s/t networks' matrix
-work (see :func:`core.training.trainer.step_autocast` and :func:`core.flow.inference.bf16_copy`).
+work (see :func:`core.training.step.step_autocast` and :func:`core.flow.inference.bf16_copy`).
 """
 
 from __future__ import annotations

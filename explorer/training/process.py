@@ -37,7 +37,7 @@ from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
 STOP_FILE = (
-    "STOP"  # core.training.trainer.STOP_FILE: the trainer saves and finishes when it appears
+    "STOP"  # core.training.stopping.STOP_FILE: the trainer saves and finishes when it appears
 )
 # QProcess.terminate is SIGTERM only on POSIX (on Windows it posts WM_CLOSE, which a console
 # program never sees); the stop file works everywhere.
