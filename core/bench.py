@@ -34,6 +34,9 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``drag_p95_ms``) for ``images_1`` and ``images_16`` (``cache`` and ``no_cache``), the
   one-image decode of the same run (``decode_1``), the render ``plan`` and
   ``first_pixels_16_p95_over_decode_1_p50``; on CUDA also ``gui.<name>_no_graphs``.
+  ``gui.<name>.parity``: that one-image decode (``decode_1.by_threads``) at the thread
+  count of ``render.<name>`` beside ``render.<name>.decode_ms.batch_1``: ``gui_p50_ms``,
+  ``engine_p50_ms``, ``ratio``.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -539,7 +542,26 @@ def run(
                 report["gui"][name + suffix] = gui_latency(
                     None, quick, threads, name, 10, device_name=device_name, graphs=graphs
                 )
+        for name, entry in report["gui"].items():
+            if isinstance(entry, dict) and name in report["render"]:
+                entry["parity"] = gui_parity(report["render"][name], entry.get("decode_1"))
     return report
+
+
+def gui_parity(render: dict[str, Any], gui_decode: dict[str, Any] | None) -> dict[str, Any]:
+    """The explorer's one-image decode (on its render thread, in the app's conditions)
+    beside this process's own at the same thread count: ``gui_p50_ms``, ``engine_p50_ms``,
+    ``ratio`` (1.0 is parity), ``threads``. ``ratio`` is ``None`` when the GUI figure
+    lacks that thread count."""
+    threads = render["threads"]
+    engine = render["decode_ms"]["batch_1"]["p50"]
+    gui = ((gui_decode or {}).get("by_threads") or {}).get(str(threads))
+    return {
+        "threads": threads,
+        "gui_p50_ms": gui,
+        "engine_p50_ms": engine,
+        "ratio": round(gui / engine, 3) if gui else None,
+    }
 
 
 def _render_entry(
@@ -651,6 +673,13 @@ def _print(report: dict[str, Any]) -> None:
             f"\ngui {name} (slider to pixels, {g['plan']['threads']} render threads; one-image "
             f"decode p50 {d1['p50_ms']:.1f} ms p95 {d1['p95_ms']:.1f} ms):"
         )
+        parity = g.get("parity")
+        if parity and parity["ratio"] is not None:
+            print(
+                f"  GUI parity, one image at {parity['threads']} threads: the explorer's render "
+                f"thread p50 {parity['gui_p50_ms']:.1f} ms against render {name}'s "
+                f"{parity['engine_p50_ms']:.1f} ms ({parity['ratio']:.2f}x)"
+            )
         for key, variants in g.items():
             if key.startswith("images_"):
                 for variant, f in variants.items():

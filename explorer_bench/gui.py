@@ -191,7 +191,11 @@ def random_checkpoint(preset_name: str, seed: int = 0) -> Iterator[Path]:
     from core.bench import random_model
     from core.files.checkpoint import save_checkpoint
     from core.flow.model import preset
+    from explorer.engine.devices import set_thread_team
 
+    # One thread, as the app's GUI thread computes: a thread team made here would slow
+    # every render-thread frame measured after it (see set_thread_team).
+    set_thread_team(1)
     model = random_model(preset(preset_name), torch.device("cpu"), seed)
     with tempfile.TemporaryDirectory() as tmp:
         yield save_checkpoint(
@@ -311,40 +315,59 @@ def describe_model(checkpoint: str | os.PathLike | None) -> str:
 
 
 def one_image_decode_ms(
-    checkpoint: str | os.PathLike | None, plan: Any, repeats: int, device: str = "auto"
-) -> dict[str, float]:
-    """p50 and p95 of a full one-image decode by the engine (no level cache, no window),
-    on a worker thread with the threads of ``plan``, as the render thread decodes: the
-    yardstick for the first-pixels figures."""
-    import threading
+    checkpoint: str | os.PathLike | None,
+    plan: Any,
+    repeats: int,
+    device: str = "auto",
+    threads: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """The explorer's one-image decode, as the app runs it: a threaded engine whose model
+    the GUI thread opened, one-image frames without the level cache on its render thread
+    (the frame's own time, not its delivery), ``p50_ms`` and ``p95_ms`` with the threads of
+    ``plan``. ``by_threads``: the p50 with each of ``threads`` (default 1 and every core),
+    the thread counts alternating frame by frame, so ``realnvp bench`` can set it beside
+    its own one-image decode at the same count (``gui.<name>.parity``)."""
+    from dataclasses import replace
 
-    import torch
+    from PySide6.QtWidgets import QApplication
 
-    from explorer.engine.render import RenderEngine
+    from explorer.engine.plan import thread_candidates
+    from explorer.engine.render import RenderEngine, RenderRequest
     from explorer.settings import DEFAULT_CHECKPOINT
 
-    engine = RenderEngine(device=device, threaded=False, plan=plan)
-    times: list[float] = []
+    app = QApplication.instance() or QApplication(["realnvp-bench"])
+    counts = tuple(dict.fromkeys((plan.threads, *(threads or thread_candidates()))))
+    engine = RenderEngine(device=device, threaded=True, plan=plan)
+    engine.cache_enabled = False
+    frames: list[Any] = []
+    engine.frame_rendered.connect(frames.append)
+    times: dict[int, list[float]] = {t: [] for t in counts}
     try:
         path = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
         info = engine.open_checkpoint(path) if Path(path).is_file() else engine.open_random()
         rng = np.random.default_rng(0)
-        latents = [rng.standard_normal((1, *s), dtype=np.float32) for s in info.latent_shapes]
-
-        def decode() -> None:
-            torch.set_num_threads(engine.plan.threads)  # this thread's own setting
-            for i in range(2 + repeats):
-                start = time.perf_counter()
-                engine.decode(latents, info.model_id)
+        for i in range(2 + repeats):
+            for count in counts:
+                engine.plan = replace(plan, threads=count)
+                latents = [
+                    rng.standard_normal((1, *s), dtype=np.float32) for s in info.latent_shapes
+                ]
+                frames.clear()
+                engine.submit(RenderRequest(i, info.model_id, tuple(latents)))
+                wait_until(lambda: bool(frames), 60.0)
+                if not frames:
+                    raise TimeoutError("the engine rendered no frame within 60 s")
                 if i >= 2:
-                    times.append((time.perf_counter() - start) * 1000.0)
-
-        worker = threading.Thread(target=decode, name="bench-decode")
-        worker.start()
-        worker.join()
+                    times[count].append(frames[-1].elapsed_ms)
     finally:
         engine.shutdown()
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+        app.processEvents()
+    own = times[plan.threads]
+    return {
+        "p50_ms": float(np.percentile(own, 50)),
+        "p95_ms": float(np.percentile(own, 95)),
+        "by_threads": {str(t): round(float(np.percentile(v, 50)), 3) for t, v in times.items()},
+    }
 
 
 def plan_summary(plan: Any) -> dict:

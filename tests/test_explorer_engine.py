@@ -319,3 +319,48 @@ def test_compiled_steps_render_the_same_frames_and_never_compile_on_the_render_t
         assert engine.compile_status.startswith("ready")  # unused, not broken
     finally:
         engine.shutdown()
+
+
+def test_only_the_render_thread_computes_with_more_than_one_thread(
+    qtbot, tiny_checkpoint, one_torch_thread
+):
+    """A second OpenMP thread team (the GUI thread loading a model, an importer encoding)
+    oversubscribes the cores and made render-thread decodes about 1.5x slower; so the GUI
+    thread and every other caller compute on one thread, and frames on the plan's."""
+    import threading
+
+    from explorer.engine.plan import default_plan
+
+    torch.set_num_threads(2)  # as the GUI thread starts: torch's default team
+    engine = RenderEngine(device="cpu", threaded=True, plan=default_plan(2, forced=True))
+    try:
+        info = engine.open_checkpoint(tiny_checkpoint)  # on this (GUI) thread
+        assert torch.get_num_threads() == 1
+        seen: dict[str, int] = {}
+
+        def record(_module, _args) -> None:
+            seen.setdefault(threading.current_thread().name, torch.get_num_threads())
+
+        for model in (engine._model, engine._likelihood_model):
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.register_forward_pre_hook(record)
+        frames: list[Frame] = []
+        engine.frame_rendered.connect(frames.append)
+        latents = random_latents(info.latent_shapes, 2, seed=3)
+        engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        qtbot.waitUntil(lambda: bool(frames) and frames[-1].complete, timeout=30_000)
+        render_thread = next(iter(seen))
+        assert seen[render_thread] == 2
+
+        def importer() -> None:
+            torch.set_num_threads(2)  # whatever the thread had, the engine gives it one
+            engine.encode(np.zeros((1, 8, 8), np.uint8))
+
+        worker = threading.Thread(target=importer, name="importer")
+        worker.start()
+        worker.join()
+        assert seen["importer"] == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        engine.shutdown()

@@ -52,6 +52,10 @@ class CompiledSteps:
     def _build(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: a nice thread
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        # One thread: a thread team of its own would oversubscribe the render thread's
+        # for the rest of the session (see explorer.engine.devices.set_thread_team).
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
         start = time.perf_counter()
         model = self.model
         try:

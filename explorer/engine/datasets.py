@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from core.training.data import DatasetError, load_dataset
+from explorer.engine.devices import set_thread_team
 from explorer.models.latent_map import MapImages
 
 
@@ -21,7 +22,9 @@ def load_map_images(
     limit: int,
 ) -> MapImages:
     """The first ``limit`` test images of ``dataset`` in ``data_dir`` with their labels.
-    Raises ``DatasetError`` (a ``ValueError`` with a message for the user)."""
+    Raises ``DatasetError`` (a ``ValueError`` with a message for the user). Runs off the
+    render thread, so single-threaded (see ``devices.set_thread_team``)."""
+    set_thread_team(1)
     test = load_dataset(dataset, data_dir, False, channels=channels, image_size=image_size)
     if (test.channels, test.image_size) != (channels, image_size):
         raise DatasetError(

@@ -64,7 +64,12 @@ from explorer.engine.compiled import (
     compile_supported,
     step_function,
 )
-from explorer.engine.devices import DeviceFallbacks, interactive_threads, torch_threads
+from explorer.engine.devices import (
+    DeviceFallbacks,
+    interactive_threads,
+    set_thread_team,
+    torch_threads,
+)
 from explorer.engine.likelihood import describe_pixels
 from explorer.engine.measure import PlanMeasuring
 from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
@@ -130,6 +135,7 @@ class _RenderThread(QThread):
         self._engine = engine
 
     def run(self) -> None:
+        self._engine._render_ident = threading.get_ident()
         while (work := self._engine._next_work(block=True)) is not None:
             if work is _MEASURE:
                 plan = self._engine._measure_step()
@@ -184,14 +190,18 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         machine with a GPU also times the GPU against the CPU for each model (between
         frames) and renders on the faster one (:attr:`device_choice`)."""
         super().__init__(parent)
-        # Process-wide in torch; None picks the interactive default (see
-        # interactive_threads): oversubscription costs far more than it gains for the
-        # small batches of a live view.
-        torch.set_num_threads(
+        # None picks the interactive default (see interactive_threads): oversubscription
+        # costs far more than it gains for the small batches of a live view.
+        self._threads = (
             max(1, int(num_threads)) if num_threads is not None else interactive_threads()
         )
+        # The thread that renders, once it runs (synchronous mode: whoever calls); every
+        # other thread does its torch work single-threaded (devices.set_thread_team says why).
+        self._render_ident: int | None = None
+        if threaded:  # this (GUI) thread, and threads not yet started, compute on one
+            set_thread_team(1)
         self.device = pick_device(device)
-        self.device_label = describe(self.device)
+        self.device_label = describe(self.device, self._threads)
         self.auto_device = device == "auto" and self.device.type == "cuda"
         self.use_graphs = graphs
         self._graphs: GraphedDecoder | None = None
@@ -206,7 +216,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self._fixed_plan = plan
         self.measure_plans = (threaded and plan is None) if measure_plan is None else measure_plan
         self.plan: RenderPlan = plan or default_plan(
-            torch.get_num_threads(), self._forced_threads, self.device.type
+            self._threads, self._forced_threads, self.device.type
         )
         self._measurement: PlanMeasurement | None = None
         self.preempted = 0  # progressive grids cut short by a newer request
@@ -252,9 +262,18 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
     def model_id(self) -> int:
         return self._info.model_id if self._info else 0
 
+    def _threads_here(self) -> None:
+        """Give the calling thread its torch thread count: the plan's on the thread that
+        renders (any caller of a synchronous engine), one on every other thread, so no
+        second OpenMP team ever competes with the render thread's for the cores (the GUI
+        thread loading a model, an importer encoding). See ``devices.set_thread_team``."""
+        renders = self._thread is None or self._render_ident == threading.get_ident()
+        set_thread_team(self.plan.threads if renders else 1)
+
     def open_checkpoint(self, path: str | os.PathLike) -> ModelInfo:
         """Load a checkpoint and make it current. Raises ``CheckpointError`` (a
         ``ValueError`` with a message for the user); the current model then stays."""
+        self._threads_here()
         model, meta = load_checkpoint(path, map_location=self.device)
         test_bpd = meta.get("test_bpd")
         step = meta.get("step")
@@ -274,6 +293,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
     def open_random(self, config: FlowConfig = RANDOM_MODEL_CONFIG, seed: int = 0) -> ModelInfo:
         """An untrained model with slightly perturbed weights, so it is not the identity
         (every coupling starts as one) and its samples show some structure."""
+        self._threads_here()
         model = random_model(config, seed).to(self.device)
         return self._install(
             model,
@@ -312,7 +332,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             self._cpu_model = None
             self._graphs_note = ""
             self.device_choice = ""
-            threads = self.plan.threads if self._forced_threads else torch.get_num_threads()
+            threads = self.plan.threads if self._forced_threads else self._threads
             self.plan = self._fixed_plan or default_plan(
                 threads, self._forced_threads, self.device.type
             )
@@ -380,6 +400,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
     def process_pending(self) -> Frame | None:
         """Synchronous mode: render the newest waiting request of every target now, on this
         thread (the samples first); returns the last frame rendered."""
+        self._threads_here()
         frame = None
         while (request := self._next_request(block=False)) is not None:
             parts: list[Frame] = []
@@ -741,6 +762,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         figure does not depend on which images were dropped together and equals what
         ``realnvp encode`` prints. Raises ``ValueError`` for the wrong shape or no model.
         """
+        self._threads_here()
         pixels = np.asarray(pixels)
         with self._model_lock:
             model, original, info = self._model, self._likelihood_model, self._info
@@ -782,6 +804,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         image of the open model's shape (a sample, a dropped image). Call it off the GUI
         thread: it costs about one encode. ``ValueError`` without a model or for a wrong
         shape."""
+        self._threads_here()
         pixels = np.asarray(pixels)
         with self._model_lock:
             original, info = self._likelihood_model, self._info
@@ -798,6 +821,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         """``uint8 (N, C, H, W)`` images for ``latents`` (finest first, each ``(N, C, H, W)``),
         without the level cache. ``model_id``: refuse (``ValueError``) when the open model
         has changed since the latents were made."""
+        self._threads_here()
         with self._model_lock:
             model = self._model
             if model is None or (model_id is not None and model_id != self.model_id):
@@ -814,6 +838,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         images' pixel centres, as :meth:`encode` gives them but without bits/dim or the
         level cache. Callers pass small chunks: the model lock is held meanwhile, and frames
         wait. ``model_id``: refuse (``ValueError``) when the open model has changed."""
+        self._threads_here()
         pixels = np.asarray(pixels)
         with self._model_lock:
             model, info = self._model, self._info
