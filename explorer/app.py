@@ -7,7 +7,12 @@ frame is on screen, writes a PNG and exits (for the README and for checks withou
 It exits with status 1, saying why on stderr, when the model could not be opened: a
 checkpoint given that fails writes no picture; a missing or unreadable bundled model (the
 default) writes the picture of the untrained model the window then shows.
-``--images PATH ...`` imports images or folders after the model opens, as a drop would.
+``--images PATH ...`` imports images or folders after the model opens, as a drop would
+(``--tab`` still chooses the tab shown after the import).
+
+A screenshot changes nothing the next start sees: the window keeps its settings (recent
+files, layout, page) in a throwaway file. A ``--size`` below the window's smallest size is
+said in one line on stderr, and the picture has the smallest size.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from explorer.theme import apply_dark_theme, quiet_offscreen_messages
@@ -37,6 +43,15 @@ def window_size(text: str) -> tuple[int, int]:
             f"{text}: the width must be 320 to 16384 and the height 240 to 16384"
         )
     return width, height
+
+
+def size_note(asked: tuple[int, int], got: tuple[int, int]) -> str:
+    """Why the picture is not the size asked for: the window has a smallest size (its
+    three columns' minimums on the explorer page), and Qt will not shrink it below."""
+    return (
+        f"--size {asked[0]}x{asked[1]} is below the window's smallest size, "
+        f"so the picture is {got[0]}x{got[1]}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,13 +125,15 @@ def take_screenshot(
     timeout_ms: int = FIRST_FRAME_TIMEOUT_MS,
     size: tuple[int, int] = SCREENSHOT_SIZE,
 ):
-    """Show ``window`` at ``size``, wait until its imports are done and its newest frames
-    (samples and interpolation strip) have been painted, grab it to ``path``."""
+    """Show ``window`` at ``size``, wait until its imports are done, its newest frames
+    (samples and interpolation strip) have been painted and a shown Likelihood tab has
+    measured the selected sample, grab it to ``path``."""
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     view = window.samples_panel.view
     images = window.images
+    likelihood = window.sample_likelihood
     page = window.current_page
     window.show_page("explorer")  # the samples are painted first, whatever page is shown
     window.resize(*size)
@@ -130,6 +147,7 @@ def take_screenshot(
             and not form.checking  # a run's data folder (--run) is checked before the photo
             and view.painted_complete_id >= window.last_request_id > 0  # the whole grid
             and images.strip_shown_id == images.strip_request_id
+            and not likelihood.pending
         )
 
     if not ready():
@@ -139,10 +157,21 @@ def take_screenshot(
             if ready():
                 loop.quit()
 
-        for signal in (view.frame_painted, images.strip_shown, window.tasks.finished, form.changed):
+        signals = (
+            view.frame_painted,
+            images.strip_shown,
+            window.tasks.finished,
+            form.changed,
+            likelihood.described,
+        )
+        for signal in signals:
             signal.connect(check)
+        poll = QTimer()  # what settles without a signal (the likelihood's short delay)
+        poll.timeout.connect(check)
+        poll.start(100)
         QTimer.singleShot(timeout_ms, loop.quit)
         loop.exec()
+        poll.stop()
     if not view.painted_frame_id:
         raise RuntimeError("no frame was rendered in time")
     images.gallery_panel.refresh()  # it refreshes on a short timer after imports
@@ -178,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.files.resources import BUNDLED
     from explorer.engine.render import RenderEngine
     from explorer.main_window import MainWindow
-    from explorer.settings import APPLICATION, ORGANIZATION
+    from explorer.settings import APPLICATION, ORGANIZATION, ExplorerSettings
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setOrganizationName(ORGANIZATION)
@@ -196,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # an unknown or unavailable device
         print(f"realnvp-explorer: {exc}", file=sys.stderr)
         return 2
-    window = MainWindow(engine)
+    # A screenshot reads and writes a throwaway settings file: it shows a first start and
+    # leaves the user's recent files, layout and page as they were.
+    scratch = tempfile.TemporaryDirectory(prefix="realnvp-screenshot-") if args.screenshot else None
+    settings = ExplorerSettings.in_file(Path(scratch.name) / "settings.ini") if scratch else None
+    window = MainWindow(engine, settings)
     window.resize(*args.size)
     bundled_problem = None  # why the bundled model, when asked for, could not be opened
     if args.checkpoint and args.checkpoint != BUNDLED:
@@ -210,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if not window.open_default():
             bundled_problem = window.last_error
     if args.images:
-        window.open_paths(args.images)
+        window.open_paths(args.images, reveal=args.tab is None)
     if not args.screenshot:
         window.restore_layout()  # a screenshot shows the layout of a first start
     if args.tab:
@@ -225,12 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         try:
             saved = take_screenshot(window, args.screenshot, size=args.size)
+            shot = (window.width(), window.height())
         except (RuntimeError, OSError) as exc:
             print(f"realnvp-explorer: screenshot failed: {exc}", file=sys.stderr)
             return 1
         finally:
             window.close()
+            scratch.cleanup()
         print(saved)
+        if shot != args.size:
+            print(f"realnvp-explorer: {size_note(args.size, shot)}", file=sys.stderr)
         if bundled_problem:  # the picture shows an untrained model: a script must know
             print(f"realnvp-explorer: {bundled_problem}", file=sys.stderr)
             return 1

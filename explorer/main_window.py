@@ -757,19 +757,20 @@ class MainWindow(QMainWindow):
         event.acceptProposedAction()
         self.open_paths(paths)
 
-    def open_paths(self, paths: list[str]) -> None:
+    def open_paths(self, paths: list[str], reveal: bool = True) -> None:
         """Open what was dropped: a checkpoint (.pt, .pth, .ckpt), state or direction files
-        (.npz), and images or folders of images, which are imported."""
+        (.npz), and images or folders of images, which are imported. ``reveal``: show the
+        tab of what arrived (not when the user chose a tab, as ``--tab`` does)."""
         checkpoints, npz_files, images = classify_drop(paths)
         if checkpoints:
             self.open_checkpoint(checkpoints[-1])
         for path in npz_files:
             if is_direction_file(path):
-                self.images.load_direction_file(path)
+                self.images.load_direction_file(path, reveal=reveal)
             else:
                 self.load_state(path)
         if images:
-            self.images.import_paths(images)
+            self.images.import_paths(images, reveal=reveal)
 
     def show_tab(self, widget: QWidget) -> None:
         self.show_explorer_tab(widget)

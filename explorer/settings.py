@@ -30,6 +30,12 @@ class ExplorerSettings:
             QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANIZATION, APPLICATION
         )
 
+    @classmethod
+    def in_file(cls, path: str | os.PathLike) -> ExplorerSettings:
+        """Settings kept in the INI file ``path`` instead of the user's (a screenshot's
+        throwaway settings)."""
+        return cls(QSettings(str(path), QSettings.Format.IniFormat))
+
     def recent_files(self) -> list[str]:
         value = self.qsettings.value("recent_files", [])
         if isinstance(value, str):  # QSettings gives back a lone string for a 1-item list

@@ -82,12 +82,14 @@ class ImportReport:
     """What one import did: the gallery ids it added (in order) and the files it could not
     use. ``show``: the first image becomes the view; ``group``: the images become a
     direction group; ``roles``: paths whose images get A, B or current back (a re-import
-    after a model change)."""
+    after a model change); ``reveal``: the Images tab comes to the front with the first
+    image shown."""
 
     paths: list[str]
     show: bool = True
     group: str | None = None
     roles: dict[str, list[str]] = field(default_factory=dict)
+    reveal: bool = True
     ids: list[int] = field(default_factory=list)
     existing: int = 0  # files whose image was in the gallery already (shown, not added)
     failures: list[ImportFailure] = field(default_factory=list)
@@ -185,12 +187,13 @@ class ImageController(QObject):
         show: bool = True,
         group: str | None = None,
         roles: dict[str, list[str]] | None = None,
+        reveal: bool = True,
     ) -> Task | None:
         """Import files and folders as a job; returns its task (``None`` without a model)."""
         info = self.engine.model_info
         if info is None or not paths:
             return None
-        report = ImportReport([str(p) for p in paths], show, group, roles or {})
+        report = ImportReport([str(p) for p in paths], show, group, roles or {}, reveal)
         report.previous_id = self.gallery.current_id
         channels, size, encode = info.channels, info.image_size, self.engine.encode
         count = len(report.paths)
@@ -224,7 +227,8 @@ class ImageController(QObject):
                 self.show(item.item_id, a_id=previous, b_id=item.item_id)
             else:
                 self.show(item.item_id, a_id=item.item_id)
-            self.tab_requested.emit(self.images_panel)
+            if report.reveal:
+                self.tab_requested.emit(self.images_panel)
         elif len(report.ids) == 2:
             self.gallery.set_roles(a_id=report.ids[0], b_id=item.item_id)
             # The view shows the first image, now A: the slider goes to A's end.
@@ -430,14 +434,15 @@ class ImageController(QObject):
         )
         return True
 
-    def load_direction_file(self, path: str | os.PathLike) -> bool:
+    def load_direction_file(self, path: str | os.PathLike, reveal: bool = True) -> bool:
         try:
             direction = load_direction(path)
             self.state.add_direction(direction)
         except (DirectionFileError, ValueError) as exc:
             self.error_reported.emit("Cannot load direction", f"{exc}")
             return False
-        self.tab_requested.emit(self.directions_panel)
+        if reveal:
+            self.tab_requested.emit(self.directions_panel)
         return True
 
     def save_direction_file(self, index: int, path: str | os.PathLike) -> Path | None:

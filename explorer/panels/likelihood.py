@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -233,6 +233,7 @@ class SampleLikelihood(QObject):
         self.frame: Frame | None = None  # the last complete frame of the samples grid
         self.panel = LikelihoodPanel("Selected sample: where the bits go")
         self._request = 0
+        self._answered = 0  # the newest request whose answer is shown
         self._shown_key: tuple | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="likelihood")
         self._timer = QTimer(self)
@@ -241,6 +242,35 @@ class SampleLikelihood(QObject):
         self._timer.timeout.connect(self.refresh)
         self.described.connect(self._on_described)
         samples_view.image_selected.connect(lambda _i: self.refresh_soon())
+        self.panel.installEventFilter(self)  # shown (its tab, its page): measure then
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.panel and event.type() == QEvent.Type.Show:
+            self.refresh_soon()
+        return False
+
+    def _key(self) -> tuple | None:
+        """What the panel should describe now: the frame and the selected sample."""
+        frame = self.frame
+        if frame is None or len(frame.images) == 0:
+            return None
+        return (
+            frame.model_id,
+            frame.request_id,
+            min(self.samples_view.selected, len(frame.images) - 1),
+        )
+
+    @property
+    def pending(self) -> bool:
+        """Whether the visible panel has yet to show the selected sample's likelihood (a
+        screenshot of the tab waits for it)."""
+        if not self.panel.isVisible() or self._key() is None:
+            return False
+        return (
+            self._timer.isActive()
+            or self._key() != self._shown_key
+            or self._answered != self._request
+        )
 
     def refresh_soon(self) -> None:
         """:meth:`refresh` once the frames and selections settle."""
@@ -260,15 +290,13 @@ class SampleLikelihood(QObject):
 
     def refresh(self) -> None:
         """Describe the selected sample now if the panel is visible and it changed."""
-        frame = self.frame
-        if frame is None or not self.panel.isVisible() or len(frame.images) == 0:
+        key = self._key()
+        if key is None or self.frame is None or not self.panel.isVisible():
             return
-        index = min(self.samples_view.selected, len(frame.images) - 1)
-        key = (frame.model_id, frame.request_id, index)
         if key == self._shown_key:
             return
         self._shown_key = key
-        pixels = np.array(frame.images[index])
+        pixels = np.array(self.frame.images[key[2]])
         self._request += 1
         request = self._request
         self.panel.show_view(None, pixels)
@@ -296,6 +324,7 @@ class SampleLikelihood(QObject):
     def _on_described(self, result: object, pixels: np.ndarray, request: int) -> None:
         if request != self._request:
             return  # a newer selection is on its way
+        self._answered = request
         if isinstance(result, LikelihoodView):
             self.panel.show_view(result, pixels)
         else:
