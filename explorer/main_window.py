@@ -279,7 +279,7 @@ class MainWindow(QMainWindow):
 
         sample_menu = bar.addMenu("&Sample")
         self.resample_action = self._action(
-            "&Resample", self.state.resample, ["R"], "New noise for every unlocked level"
+            "&Resample", self.resample, ["R"], "New noise for every unlocked level"
         )
         sample_menu.addAction(self.resample_action)
 
@@ -550,6 +550,8 @@ class MainWindow(QMainWindow):
             return False
         self.settings.add_recent_file(path)
         self._model_changed(info)
+        # In place of an earlier failure's message, which no longer holds.
+        self.show_status(f"Opened {Path(path).name}", 5000)
         return True
 
     def open_default(self, path: str | os.PathLike | None = None) -> bool:
@@ -655,6 +657,13 @@ class MainWindow(QMainWindow):
             first += " …"
         self.statusBar().setToolTip(tip or (text if len(lines) > 1 else ""))
         self.statusBar().showMessage(first, timeout_ms)
+
+    def resample(self) -> bool:
+        """Resample (R); with every level locked there is nothing to draw, and it says so."""
+        if self.state.resample():
+            return True
+        self.show_status("Every level is locked: unlock one to resample", 5000)
+        return False
 
     def _grid_size_chosen(self, n: int) -> None:
         self.grid_size = n

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from core.files.images import save_png
 from explorer import app as app_module
+from explorer.panels.gallery import ID_ROLE
 
 
 @pytest.fixture
@@ -90,3 +92,82 @@ def test_tab_is_kept_when_images_are_imported(
     argv = screenshot_argv(tmp_path / "classes.png", tiny_checkpoint, "--tab", "classes")
     assert app_module.main([*argv, "--images", *map(str, strokes)]) == 0
     assert seen == {"tab": "classes", "imported": "2"}
+
+
+# -- the explorer page -------------------------------------------------------------------------
+
+
+def test_a_successful_open_replaces_an_earlier_error_in_the_status_bar(
+    make_window, tiny_checkpoint, tmp_path
+):
+    window = make_window(tiny_checkpoint)
+    bad = tmp_path / "empty.pt"
+    bad.write_bytes(b"")
+    assert not window.open_checkpoint(bad)
+    assert "empty" in window.statusBar().currentMessage()
+    assert window.open_checkpoint(tiny_checkpoint)
+    message = window.statusBar().currentMessage()
+    assert "empty" not in message and tiny_checkpoint.name in message
+    assert window.statusBar().toolTip() == ""  # the error's full text went with it
+
+
+def test_resample_with_every_level_locked_changes_nothing_and_says_why(
+    make_window, tiny_checkpoint, qtbot
+):
+    window = make_window(tiny_checkpoint)
+    state, panel = window.state, window.samples_panel
+    for row in window.levels_panel.rows:
+        row.locked.setChecked(True)
+    assert not panel.resample_button.isEnabled()
+    assert "locked" in panel.resample_button.toolTip()
+    seed = state.seed
+    frame = window.last_frame.request_id
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    qtbot.keyClick(panel.view, Qt.Key.Key_R)
+    assert state.seed == seed and window.last_frame.request_id == frame
+    assert "Every level is locked" in window.statusBar().currentMessage()
+    window.levels_panel.rows[0].locked.setChecked(False)
+    assert panel.resample_button.isEnabled()
+    qtbot.mouseClick(panel.resample_button, Qt.MouseButton.LeftButton)
+    assert state.seed == seed + 1
+
+
+def test_showing_an_image_says_why_the_temperature_is_one_and_resample_brings_it_back(
+    make_window, tiny_checkpoint, strokes, qtbot
+):
+    window = make_window(tiny_checkpoint)
+    panel = window.samples_panel
+    window.state.set_temperature(0.7)
+    window.open_paths([str(strokes[0])])
+    assert window.state.temperature == 1.0  # the image's own latents, exactly
+    note = panel.temperature_note
+    assert note.isVisible() and "0.70" in note.text() and "1.00" in note.text()
+    qtbot.mouseClick(panel.resample_button, Qt.MouseButton.LeftButton)
+    assert window.state.temperature == pytest.approx(0.7)
+    assert panel.temperature.value() == pytest.approx(0.7)
+    assert not note.isVisible()
+    # A temperature the user sets while an image is shown is theirs: Resample keeps it.
+    window.open_paths([str(strokes[1])])
+    window.state.set_temperature(0.9)
+    assert not note.isVisible()
+    window.resample()
+    assert window.state.temperature == pytest.approx(0.9)
+
+
+def test_the_gallery_has_one_highlight_and_show_acts_on_it(make_window, tiny_checkpoint, strokes):
+    window = make_window(tiny_checkpoint)
+    window.open_paths([str(p) for p in strokes])
+    gallery, panel = window.images.gallery, window.images.gallery_panel
+    panel.refresh()
+    first = gallery.current_id
+    assert panel.selected_ids() == [first]  # the selection is the image shown
+    other = next(item.item_id for item in gallery.items if item.item_id != first)
+    window.images.show(other)  # e.g. from the Images tab or a map point
+    panel.refresh()
+    assert panel.selected_ids() == [other]
+    texts = {panel.list.item(r).data(ID_ROLE): panel.list.item(r) for r in range(2)}
+    assert "shown" in texts[other].text() and "shown" not in texts[first].text()
+    assert not any(item.font().bold() for item in texts.values())
+    panel.show_button.click()
+    assert gallery.current_id == other

@@ -144,6 +144,9 @@ class ViewState:
     temperature: float
     directions: tuple[AppliedDirection, ...] = ()
     classes: ClassMove | None = None  # the class sliders, when the model has class statistics
+    # The global temperature the user sampled at before an image's latents took the view
+    # to 1.00 (exact reconstruction); Resample comes back to it. None: nothing to restore.
+    sampling_temperature: float | None = None
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
@@ -330,7 +333,8 @@ class ExplorerState:
         if value == self.temperature:
             return
         self._commit(
-            replace(self._view, temperature=value),
+            # The user's own choice: Resample keeps it (nothing to come back to).
+            replace(self._view, temperature=value, sampling_temperature=None),
             StateChange(frozenset(range(self.num_levels))),
             ("temperature",) if merge else None,
         )
@@ -350,13 +354,40 @@ class ExplorerState:
                     level, eps=draw_noise(key, view.n_images, level.shape), eps_key=key
                 )
                 changed.add(i)
+        temperature = view.temperature
+        if view.sampling_temperature is not None:  # new samples: the user's temperature again
+            temperature = view.sampling_temperature
+            changed = set(range(len(levels)))
         self._commit(
-            replace(view, seed=seed, levels=tuple(levels)), StateChange(frozenset(changed))
+            replace(
+                view,
+                seed=seed,
+                levels=tuple(levels),
+                temperature=temperature,
+                sampling_temperature=None,
+            ),
+            StateChange(frozenset(changed)),
         )
 
-    def resample(self) -> None:
-        """New noise for every unlocked level (the next seed)."""
+    @property
+    def all_locked(self) -> bool:
+        """Whether every level is locked, so Resample has nothing to draw."""
+        return all(level.locked for level in self._view.levels)
+
+    @property
+    def sampling_temperature(self) -> float | None:
+        """The temperature Resample returns to after an image was shown at 1.00 (``None``
+        when the view is at the user's own temperature)."""
+        return self._view.sampling_temperature
+
+    def resample(self) -> bool:
+        """New noise for every unlocked level (the next seed), at the temperature the user
+        sampled at before an image was shown. With every level locked nothing would change,
+        so nothing does (not even the seed); returns whether it resampled."""
+        if self.all_locked:
+            return False
         self.set_seed((self.seed + 1) % (MAX_SEED + 1))
+        return True
 
     def set_n_images(self, n: int) -> None:
         n = int(n)
@@ -396,6 +427,9 @@ class ExplorerState:
         )
         directions = tuple(replace(d, amount=0.0) for d in view.directions)
         classes = view.classes.cleared() if view.classes is not None else None
+        sampled_at = (
+            view.sampling_temperature if view.sampling_temperature is not None else view.temperature
+        )
         self._commit(
             replace(
                 view,
@@ -404,6 +438,7 @@ class ExplorerState:
                 temperature=1.0,
                 directions=directions,
                 classes=classes,
+                sampling_temperature=sampled_at if sampled_at != 1.0 else None,
             ),
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )

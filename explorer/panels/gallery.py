@@ -3,13 +3,18 @@
 Sorted by bits/dim, highest first, the images the model finds least typical (outliers)
 come to the top. Double-click (or Enter, or Show) makes an image the current view; A and B
 choose the pair for interpolation; several selected images can seed a direction group.
+
+One highlight, one meaning: the list's selection is what the buttons act on. The image the
+view shows is named in its text ("shown"), not highlighted, and when another image becomes
+the view the selection moves to it, so Show never acts on an image other than the one the
+user sees picked.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QIcon, QKeyEvent, QPixmap
+from PySide6.QtCore import QItemSelectionModel, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QIcon, QKeyEvent, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -78,6 +83,7 @@ class GalleryPanel(QGroupBox):
         super().__init__("Your images", parent)
         self.gallery = gallery
         self._icons: dict[int, QIcon] = {}
+        self._shown_id: int | None = None  # the view's image at the last refresh
         self.sort = QComboBox()
         for key, label in SORTS:
             self.sort.addItem(label, key)
@@ -170,6 +176,10 @@ class GalleryPanel(QGroupBox):
         """Rebuild the list from the gallery in the chosen order, keeping the selection."""
         self._refresh_timer.stop()
         selected = set(self.selected_ids())
+        current = self.gallery.current_id
+        if current is not None and current != self._shown_id:
+            selected = {current}  # a new view: the selection follows it
+        self._shown_id = current
         ordered = self.gallery.sorted(self.sort_key)
         live = {it.item_id for it in ordered}
         self._icons = {k: v for k, v in self._icons.items() if k in live}
@@ -180,6 +190,8 @@ class GalleryPanel(QGroupBox):
             self.list.addItem(item)
             # Only an item in the list can be selected: before addItem it is forgotten.
             item.setSelected(image.item_id in selected)
+            if image.item_id in selected:
+                self.list.setCurrentItem(item, QItemSelectionModel.SelectionFlag.NoUpdate)
         self.list.blockSignals(blocked)
         self.empty_label.setVisible(not ordered)
         self.setTitle(f"Your images ({len(ordered)})" if ordered else "Your images")
@@ -189,6 +201,7 @@ class GalleryPanel(QGroupBox):
         roles = [
             r
             for r, on in (
+                ("shown", image.item_id == self.gallery.current_id),
                 ("A", image.item_id == self.gallery.a_id),
                 ("B", image.item_id == self.gallery.b_id),
             )
@@ -204,11 +217,6 @@ class GalleryPanel(QGroupBox):
         item = QListWidgetItem(icon, f"{image.name}{badge}\n{figures}")
         item.setData(ID_ROLE, image.item_id)
         item.setToolTip(image.path)
-        if image.item_id == self.gallery.current_id:
-            font = item.font()
-            font.setBold(True)
-            item.setFont(font)
-            item.setForeground(QColor("#8fc3ff"))
         return item
 
     def _update_buttons(self) -> None:

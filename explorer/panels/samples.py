@@ -70,6 +70,12 @@ class SamplesPanel(QWidget):
             *TEMPERATURE_RANGE, step=0.01, value=state.temperature, spin=True
         )
         self.temperature.setToolTip("Scales every level's noise; lower is smoother")
+        # Shown while an image's own latents are the view at 1.00: says why the slider
+        # moved and that Resample brings the user's temperature back.
+        self.temperature_note = QLabel()
+        self.temperature_note.setWordWrap(True)
+        self.temperature_note.setStyleSheet("color: palette(placeholder-text);")
+        self.temperature_note.hide()
 
         controls = QHBoxLayout()
         controls.setSpacing(8)
@@ -88,11 +94,12 @@ class SamplesPanel(QWidget):
         layout.setSpacing(6)
         layout.addWidget(self.view, 1)
         layout.addLayout(temperature)
+        layout.addWidget(self.temperature_note)
         layout.addLayout(controls)
 
         self.count.valueChanged.connect(self.state.set_n_images)
         self.seed.valueChanged.connect(self.state.set_seed)
-        self.resample_button.clicked.connect(self.state.resample)
+        self.resample_button.clicked.connect(lambda: self.state.resample())
         self.temperature.value_changed.connect(self.state.set_temperature)
         self.temperature.edit_finished.connect(self.state.end_edit)
         self.state.changed.connect(self._on_state_changed)
@@ -105,6 +112,20 @@ class SamplesPanel(QWidget):
             spin.setValue(value)
             spin.blockSignals(blocked)
         self.temperature.set_value(self.state.temperature)
+        sampled_at = self.state.sampling_temperature
+        self.temperature_note.setVisible(sampled_at is not None)
+        if sampled_at is not None:
+            self.temperature_note.setText(
+                f"Temperature {self.state.temperature:.2f}: the image's own latents, exactly. "
+                f"Resample goes back to {sampled_at:.2f}."
+            )
+        locked = self.state.all_locked
+        self.resample_button.setEnabled(not locked)
+        self.resample_button.setToolTip(
+            "Every level is locked: unlock one to resample"
+            if locked
+            else "New noise for every unlocked level (R)"
+        )
 
     def show_frame(self, images: np.ndarray, frame_id: int, stale: tuple[int, ...] = ()) -> None:
         """Display ``uint8 (N, C, H, W)`` images; ``stale`` ones (not yet rendered for this
