@@ -147,7 +147,8 @@ class MainWindow(QMainWindow):
         self.classes_tab.addWidget(self.classes_panel)
         self.classes_tab.addWidget(self.map_panel)
         self.classes_tab.setChildrenCollapsible(False)
-        self.classes_tab.setSizes([330, 470])
+        self.map_panel.map_shown.connect(self._fit_classes_tab)
+        self._fit_classes_tab(False)
         self.tabs.addTab(self.classes_tab, "Classes")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_splitter)
@@ -450,6 +451,20 @@ class MainWindow(QMainWindow):
         self.left_splitter.setSizes([model, max(200, self.height() - model)])
         self.training_panel.reset_layout(width)
         self._layout_set = True
+
+    def _fit_classes_tab(self, map_shown: bool) -> None:
+        """Until a map exists its panel is two rows of controls and a line of status, and
+        the class controls get the rest of the tab; a computed map gets most of it (the
+        class controls scroll)."""
+        panel = self.map_panel
+        if not map_shown:
+            panel.setMaximumHeight(panel.sizeHint().height())
+            return
+        panel.setMaximumHeight(16_777_215)  # QWIDGETSIZE_MAX
+        total = sum(self.classes_tab.sizes())
+        if total > 0:
+            classes = min(self.classes_panel.sizeHint().height(), round(0.4 * total))
+            self.classes_tab.setSizes([classes, total - classes])
 
     def showEvent(self, event) -> None:
         # The first show knows the window's size: the splitters are set for it, unless

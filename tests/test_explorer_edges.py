@@ -16,6 +16,8 @@ from PySide6.QtCore import Qt
 from core.files.images import save_png
 from explorer import app as app_module
 from explorer.panels.gallery import ID_ROLE
+from tests.test_explorer_classes import class_stats, classes_checkpoint  # noqa: F401
+from tests.test_latent_map import folder_checkpoint  # noqa: F401
 
 
 @pytest.fixture
@@ -171,3 +173,55 @@ def test_the_gallery_has_one_highlight_and_show_acts_on_it(make_window, tiny_che
     assert not any(item.font().bold() for item in texts.values())
     panel.show_button.click()
     assert gallery.current_id == other
+
+
+# -- the Classes tab -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+def test_class_controls_get_the_tab_until_a_map_is_computed(
+    make_window, folder_checkpoint, classes_checkpoint, qtbot, size
+):
+    window = make_window(classes_checkpoint)
+    window.resize(*size)
+    window.show_tab(window.classes_panel)
+    qtbot.waitUntil(lambda: window.classes_tab.height() > 0)
+    panels = window.classes_panel, window.map_panel
+    assert not window.map_panel.view.isVisible()  # no map yet: no empty plot
+    # Every class slider shows without scrolling at 1366x768; at 1024x640 most do.
+    assert panels[0].height() > 0.7 * window.classes_tab.height()
+    assert window.map_panel.compute_button.isVisible()
+    ckpt, folder = folder_checkpoint
+    assert window.open_checkpoint(ckpt)
+    window.map_panel.set_data_dir(folder)
+    qtbot.mouseClick(window.map_panel.compute_button, Qt.MouseButton.LeftButton)
+    assert window.map_panel.map is not None, window.map_panel.status.text()
+    assert window.map_panel.view.isVisible()
+    assert panels[1].height() > panels[0].height()  # a computed map gets most of the tab
+
+
+def test_the_map_data_folder_is_the_models_own_and_absolute(
+    make_window, make_perturbed_model, tmp_path, monkeypatch, qtbot
+):
+    from core.files.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REALNVP_DATA_DIR", raising=False)
+    recorded = tmp_path / "mnist-files"
+    recorded.mkdir()
+    with_folder = save_checkpoint(
+        tmp_path / "a.pt", make_perturbed_model(), {"dataset": "mnist", "data_dir": str(recorded)}
+    )
+    without = save_checkpoint(tmp_path / "b.pt", make_perturbed_model(), {"dataset": "mnist"})
+    window = make_window(with_folder)
+    panel = window.map_panel
+    assert panel.data_dir.text() == str(recorded)
+    assert panel.data_label.text() == "MNIST folder"
+    assert window.open_checkpoint(without)
+    assert panel.data_dir.text() == str(tmp_path / "data")  # absolute, not "data"
+    assert Path(panel.data_dir.text()).is_absolute()
+    mine = str(tmp_path / "mine")
+    panel.data_dir.selectAll()
+    qtbot.keyClicks(panel.data_dir, mine)
+    assert window.open_checkpoint(with_folder)
+    assert panel.data_dir.text() == mine  # the user's own folder is kept

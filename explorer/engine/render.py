@@ -288,6 +288,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             step=int(step) if isinstance(step, int) else None,
             class_stats=stats,
             class_note=note,
+            data_dir=str(meta["data_dir"]) if meta.get("data_dir") else None,
         )
 
     def open_random(self, config: FlowConfig = RANDOM_MODEL_CONFIG, seed: int = 0) -> ModelInfo:

@@ -217,6 +217,7 @@ class ModelInfo:
     # Per-class latent statistics (labelled training data), or None with the reason why.
     class_stats: ClassStats | None = None
     class_note: str = ""
+    data_dir: str | None = None  # the folder the model was trained from, as recorded
 
 
 def _check_temperature(value: float) -> float:
@@ -354,9 +355,11 @@ class ExplorerState:
                     level, eps=draw_noise(key, view.n_images, level.shape), eps_key=key
                 )
                 changed.add(i)
-        temperature = view.temperature
-        if view.sampling_temperature is not None:  # new samples: the user's temperature again
-            temperature = view.sampling_temperature
+        temperature, sampled_at = view.temperature, view.sampling_temperature
+        # New samples: the user's temperature again, unless a level is locked (it would
+        # change that level too; keep-coarse variations of an image stay at 1.00).
+        if sampled_at is not None and not any(level.locked for level in levels):
+            temperature, sampled_at = sampled_at, None
             changed = set(range(len(levels)))
         self._commit(
             replace(
@@ -364,7 +367,7 @@ class ExplorerState:
                 seed=seed,
                 levels=tuple(levels),
                 temperature=temperature,
-                sampling_temperature=None,
+                sampling_temperature=sampled_at,
             ),
             StateChange(frozenset(changed)),
         )
@@ -375,14 +378,20 @@ class ExplorerState:
         return all(level.locked for level in self._view.levels)
 
     @property
+    def any_locked(self) -> bool:
+        """Whether a level is locked (Resample then keeps the global temperature)."""
+        return any(level.locked for level in self._view.levels)
+
+    @property
     def sampling_temperature(self) -> float | None:
         """The temperature Resample returns to after an image was shown at 1.00 (``None``
         when the view is at the user's own temperature)."""
         return self._view.sampling_temperature
 
     def resample(self) -> bool:
-        """New noise for every unlocked level (the next seed), at the temperature the user
-        sampled at before an image was shown. With every level locked nothing would change,
+        """New noise for every unlocked level (the next seed); with no level locked, at the
+        temperature the user sampled at before an image was shown. With every level locked
+        nothing would change,
         so nothing does (not even the seed); returns whether it resampled."""
         if self.all_locked:
             return False

@@ -45,6 +45,7 @@ from explorer.models.state import ExplorerState, ModelInfo, StateChange
 from explorer.widgets.task_runner import TaskRunner
 
 PICK_RADIUS_PX = 6.0
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "folder": ""}
 THUMBNAIL_SCALE = 3
 # Ten well-separated colours (matplotlib's tab10), one per class; grey for no class.
 CLASS_COLOURS = (
@@ -60,6 +61,15 @@ CLASS_COLOURS = (
     (23, 190, 207),
 )
 NO_CLASS = (150, 150, 150)
+
+
+def suggested_data_dir(recorded: str | None) -> str:
+    """Where the model's data set most likely is, as an absolute path (the app may start in
+    any folder): the folder the model was trained from when it is there, else
+    ``$REALNVP_DATA_DIR``, else ``./data`` (where ``realnvp train --download`` puts it)."""
+    candidates = [recorded, os.environ.get("REALNVP_DATA_DIR"), "data"]
+    paths = [Path(c).expanduser().absolute() for c in candidates if c]
+    return str(next((p for p in paths if p.is_dir()), paths[0]))
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -188,6 +198,7 @@ class LatentMapPanel(QWidget):
     """Controls, the map view, and the wiring between map, state and engine."""
 
     map_ready = Signal(object)  # LatentMap
+    map_shown = Signal(bool)  # whether the plot is shown (it is hidden until a map exists)
 
     def __init__(
         self,
@@ -213,8 +224,11 @@ class LatentMapPanel(QWidget):
 
         self.level_combo = QComboBox()
         self.level_combo.setToolTip("The latent level the map shows (or all, concatenated)")
-        self.data_dir = QLineEdit(os.environ.get("REALNVP_DATA_DIR", "data"))
+        self.data_dir = QLineEdit(suggested_data_dir(None))
         self.data_dir.setToolTip("Folder with the model's data set; its test images are mapped")
+        self._data_dir_chosen = False  # typed or browsed by the user: kept across models
+        self.data_dir.textEdited.connect(lambda _t: setattr(self, "_data_dir_chosen", True))
+        self.data_label = QLabel("Data")
         self.browse_button = QPushButton("…")
         self.browse_button.setToolTip("Choose the data folder")
         self.count = QSpinBox()
@@ -239,7 +253,7 @@ class LatentMapPanel(QWidget):
         row1.addStretch(1)
         row1.addWidget(self.compute_button)
         row2 = QHBoxLayout()
-        row2.addWidget(QLabel("Data"))
+        row2.addWidget(self.data_label)
         row2.addWidget(self.data_dir, 1)
         row2.addWidget(self.browse_button)
         layout = QVBoxLayout(self)
@@ -248,6 +262,8 @@ class LatentMapPanel(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.legend)
         layout.addWidget(self.status)
+        # No map, no plot: an empty plot would take the room the class controls above need.
+        self.view.hide()
 
         self.compute_button.clicked.connect(lambda _c=False: self.compute())
         self.browse_button.clicked.connect(self._browse)
@@ -278,14 +294,25 @@ class LatentMapPanel(QWidget):
         self.level_combo.setCurrentIndex(len(info.latent_shapes) - 1)  # the coarsest
         self.level_combo.blockSignals(blocked)
         self._set_map(None)
+        name = DATASET_NAMES.get(info.dataset or "", info.dataset)
+        self.data_label.setText(f"{name} folder" if name else "Data")
+        if not self._data_dir_chosen:
+            self.data_dir.setText(suggested_data_dir(info.data_dir))
+        self.data_dir.setToolTip(
+            f"Folder holding the {name} files; its test images are mapped"
+            if name
+            else "Folder of images; they are mapped"
+        )
         self.status.setText(
-            "Compute a map of the test images to begin."
-            if info.dataset
+            f"Compute a map of the {name} test images to begin."
+            if name
             else "This model does not name its data set: set Data to a folder of images."
         )
 
     def set_data_dir(self, path: str | os.PathLike) -> None:
+        """The user's folder: kept when another model opens."""
         self.data_dir.setText(str(path))
+        self._data_dir_chosen = True
 
     def compute(self) -> Task | None:
         """Start computing the map (a job); a cached one is shown at once."""
@@ -335,6 +362,9 @@ class LatentMapPanel(QWidget):
 
     def _set_map(self, latent_map: LatentMap | None) -> None:
         self.map = latent_map
+        if self.view.isHidden() == (latent_map is not None):
+            self.view.setVisible(latent_map is not None)
+            self.map_shown.emit(latent_map is not None)
         if latent_map is None:
             self.view.set_points(np.zeros((0, 2)), [])
             self.legend.setText("")

@@ -117,7 +117,11 @@ class SamplesPanel(QWidget):
         if sampled_at is not None:
             self.temperature_note.setText(
                 f"Temperature {self.state.temperature:.2f}: the image's own latents, exactly. "
-                f"Resample goes back to {sampled_at:.2f}."
+                + (
+                    f"Resample goes back to {sampled_at:.2f}."
+                    if not self.state.any_locked
+                    else f"With no level locked, Resample goes back to {sampled_at:.2f}."
+                )
             )
         locked = self.state.all_locked
         self.resample_button.setEnabled(not locked)
