@@ -13,11 +13,14 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
+from core.files.checkpoint import save_checkpoint
 from core.files.images import save_png
+from core.stats.class_stats import META_KEY, compute_class_stats
 from explorer import app as app_module
 from explorer.panels.gallery import ID_ROLE
-from tests.test_explorer_classes import class_stats, classes_checkpoint  # noqa: F401
-from tests.test_latent_map import folder_checkpoint  # noqa: F401
+from tests.conftest import perturbed_model
+from tests.test_class_stats import labelled_dataset
+from tests.test_latent_map import write_folder
 
 
 @pytest.fixture
@@ -178,9 +181,17 @@ def test_the_gallery_has_one_highlight_and_show_acts_on_it(make_window, tiny_che
 # -- the Classes tab -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def classes_checkpoint(tmp_path: Path) -> Path:
+    """A tiny model with class statistics (three classes)."""
+    stats = compute_class_stats(perturbed_model(), labelled_dataset((5, 3, 2)), per_class=None)
+    meta = {"dataset": "tiny-test", META_KEY: stats.to_meta()}
+    return save_checkpoint(tmp_path / "classes.pt", perturbed_model(), meta)
+
+
 @pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
 def test_class_controls_get_the_tab_until_a_map_is_computed(
-    make_window, folder_checkpoint, classes_checkpoint, qtbot, size
+    make_window, classes_checkpoint, tmp_path, qtbot, size
 ):
     window = make_window(classes_checkpoint)
     window.resize(*size)
@@ -191,7 +202,8 @@ def test_class_controls_get_the_tab_until_a_map_is_computed(
     # Every class slider shows without scrolling at 1366x768; at 1024x640 most do.
     assert panels[0].height() > 0.7 * window.classes_tab.height()
     assert window.map_panel.compute_button.isVisible()
-    ckpt, folder = folder_checkpoint
+    folder = write_folder(tmp_path / "digits", {"a": 40, "b": 40})
+    ckpt = save_checkpoint(tmp_path / "f.pt", perturbed_model(), {"dataset": "folder"})
     assert window.open_checkpoint(ckpt)
     window.map_panel.set_data_dir(folder)
     qtbot.mouseClick(window.map_panel.compute_button, Qt.MouseButton.LeftButton)
@@ -203,8 +215,6 @@ def test_class_controls_get_the_tab_until_a_map_is_computed(
 def test_the_map_data_folder_is_the_models_own_and_absolute(
     make_window, make_perturbed_model, tmp_path, monkeypatch, qtbot
 ):
-    from core.files.checkpoint import save_checkpoint
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REALNVP_DATA_DIR", raising=False)
     recorded = tmp_path / "mnist-files"
