@@ -15,7 +15,8 @@ from PySide6.QtCore import Qt
 
 from core.files.checkpoint import save_checkpoint
 from core.files.images import save_png
-from core.stats.class_stats import META_KEY, compute_class_stats
+from core.stats.class_stats import META_KEY
+from core.stats.measure import compute_class_stats
 from explorer import app as app_module
 from explorer.panels.gallery import ID_ROLE
 from tests.conftest import perturbed_model
