@@ -20,12 +20,14 @@ from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.training.datasets import DATASETS, DatasetError
 from core.training.events import silence
 from core.training.precision import PRECISIONS
+from core.training.run_folder import RunFolderError
 
 USER_ERRORS = (
     CheckpointError,
     ClassStatsError,
     DatasetError,
     ImageLoadError,
+    RunFolderError,
     ValueError,
     FileNotFoundError,
     PermissionError,
@@ -71,7 +73,12 @@ def _add_train(sub) -> None:
     p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder data sets: 1 or 3")
     p.add_argument("--image-size", type=_positive, help="folder data sets: side in pixels")
-    p.add_argument("--out", default="runs/run", help="output folder for checkpoints and samples")
+    p.add_argument(
+        "--out",
+        help="output folder for checkpoints, samples and events.jsonl; it must not hold "
+        "another run (see --resume, --overwrite) (default: runs/run; with --resume, the "
+        "checkpoint's folder)",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
     p.add_argument("--num-scales", type=_positive)
     p.add_argument("--mid-channels", type=_positive)
@@ -81,8 +88,17 @@ def _add_train(sub) -> None:
     p.add_argument("--weight-norm-l2", type=float, default=5e-5)
     p.add_argument("--grad-clip", type=float, default=100.0)
     p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--epochs", type=_positive, default=1)
-    p.add_argument("--max-steps", type=_positive, help="overrides --epochs")
+    p.add_argument(
+        "--epochs",
+        type=_positive,
+        help="passes over the training set (default: 1; with --resume, the resumed run's)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=_positive,
+        help="optimizer steps in all, counted from the start of the run; overrides --epochs "
+        "(default: from --epochs; with --resume, the resumed run's)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--precision",
@@ -98,7 +114,19 @@ def _add_train(sub) -> None:
         action="store_false",
         help="on CUDA, launch every kernel of a step instead of replaying a CUDA graph",
     )
-    p.add_argument("--resume", help="continue from a checkpoint with training state")
+    fresh = p.add_mutually_exclusive_group()
+    fresh.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue the run of this checkpoint (its latest.pt): in its folder, to its "
+        "own length, with its data, model and optimizer (default: a new run)",
+    )
+    fresh.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder that holds an earlier one; the earlier run's "
+        "checkpoints, samples, events and log move into a previous-DATE folder inside it",
+    )
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=_positive, default=500)
@@ -128,13 +156,13 @@ def _cmd_train(args) -> int:
         dataset=args.dataset,
         data_dir=args.data_dir,
         download=args.download,
-        out=args.out,
+        out=args.out or (str(Path(args.resume).parent) if args.resume else "runs/run"),
         batch_size=args.batch_size,
         lr=args.lr,
         weight_norm_l2=args.weight_norm_l2,
         grad_clip=args.grad_clip,
         warmup_steps=args.warmup_steps,
-        epochs=args.epochs,
+        epochs=args.epochs or 1,
         max_steps=args.max_steps,
         device=args.device,
         precision=args.precision,
@@ -161,7 +189,15 @@ def _cmd_train(args) -> int:
         )
     sink = EventSink(args.progress)
     try:
-        trainer = Trainer(model_config, config, sink, resume=args.resume)
+        trainer = Trainer(
+            model_config,
+            config,
+            sink,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            # A resumed run ends where it was going to unless told otherwise.
+            keep_length=args.epochs is None and args.max_steps is None,
+        )
     except USER_ERRORS as exc:
         sink.emit("error", message=str(exc))
         raise

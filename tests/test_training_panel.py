@@ -218,6 +218,46 @@ def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, t
     assert panel.start_button.isEnabled()
 
 
+def test_the_form_keeps_the_trainers_run_folder_rule(qtbot, make_panel, image_folder, tmp_path):
+    """The form refuses what the trainer would (core.training.run_folder), in its own words:
+    a finished run's folder until Start afresh is ticked, and a folder a live run holds."""
+    import json
+    import socket
+
+    from PySide6.QtCore import Qt
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "latest.pt").write_bytes(b"weights")
+    with (out / EVENTS_FILE).open("w") as f:
+        for event in (
+            {"event": "start", "step": 0, "total_steps": 40},
+            {"event": "step", "step": 40, "loss": 3.0},
+            {"event": "done", "step": 40, "reason": "finished"},
+        ):
+            f.write(json.dumps(event) + "\n")
+    panel = make_panel()
+    panel.form.apply(tiny_run(image_folder, out))
+    panel.form.start_scan()
+    qtbot.waitUntil(lambda: "already holds" in panel.reason.text(), timeout=WAIT_MS)
+    assert "a finished run (step 40 of 40)" in panel.reason.text()
+    assert "tick Start afresh" in panel.reason.text()
+    assert not panel.start_button.isEnabled()
+
+    box = panel.form.overwrite
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton, pos=box.rect().center())
+    assert box.isChecked()
+    qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
+    assert "--overwrite" in panel.form.settings().command()
+
+    (out / "run.lock").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    )
+    panel.form.changed.emit()
+    assert f"in use by another run: process {os.getpid()}" in panel.reason.text()
+    assert not panel.start_button.isEnabled()
+
+
 def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -268,7 +308,7 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
     assert (out / "latest.pt").is_file()
     assert ready == opened == [str(out / "latest.pt")]
     assert panel.open_button.isEnabled() and "Stopped at step" in panel.message.text()
-    assert "already holds a run" in panel.reason.text()  # the folder now holds this run
+    assert "already holds a stopped run" in panel.reason.text()  # the folder holds this run
 
     # The run reopened from its folder shows the same curves.
     again = make_panel()

@@ -1,11 +1,13 @@
 """Training events: one JSON object per line on stdout, or a progress bar on stderr.
 
 Event kinds (the GUI's contract): ``start``, ``step``, ``eval``, ``samples``,
-``checkpoint``, ``done``, ``error``. Every event carries ``event`` and ``time``.
+``checkpoint``, ``warning`` (``message``: something the user should know, the run goes on),
+``done``, ``error``. Every event carries ``event`` and ``time``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,11 +33,31 @@ class EventSink:
         self._last_eval: float | None = None
         self._precision = ""
         self._last_eval_step: int | None = None
+        self._record: TextIO | None = None
+        self._mid_line = False  # a progress line is drawn and not ended
+
+    def record_to(self, path: str | os.PathLike | None) -> None:
+        """Also append every event, as a JSON line, to ``path`` (the run's ``events.jsonl``);
+        ``None`` closes it. A record that cannot be written (a full disk) is dropped, never
+        the run."""
+        if self._record is not None:
+            with contextlib.suppress(OSError):
+                self._record.close()
+            self._record = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self._record = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
 
     def emit(self, kind: str, /, **fields: Any) -> None:
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        if self._record is not None:
+            try:
+                self._record.write(json.dumps(_finite(record)) + "\n")
+                self._record.flush()
+            except OSError:
+                self.record_to(None)
         if self.mode == "none":
             return
-        record = {"event": kind, "time": round(time.time(), 3), **fields}
         out = self.stream or (sys.stdout if self.mode == "json" else sys.stderr)
         try:
             if self.mode == "json":
@@ -46,6 +68,12 @@ class EventSink:
         except BrokenPipeError:
             self.mode, self.closed = "none", True
             silence(out)
+
+    def _end_line(self) -> str:
+        """A newline if a progress line is drawn, so the next message starts on its own."""
+        lead = "\n" if self._mid_line else ""
+        self._mid_line = False
+        return lead
 
     def _bar(self, r: dict[str, Any], err: TextIO) -> None:
         kind = r["event"]
@@ -66,6 +94,7 @@ class EventSink:
                 f"epoch {r['epoch']}  {r['loss']:.3f} bits/dim{test}  "
                 f"{r['images_per_s']:.0f} img/s{self._precision}   "
             )
+            self._mid_line = True
         elif kind == "eval":
             self._last_eval, self._last_eval_step = r["test_bpd"], r.get("step")
         elif kind == "done":
@@ -79,9 +108,11 @@ class EventSink:
             if isinstance(best, float) and best != test:
                 result += f", best {best:.4f}"
             err.write(
-                f"\ndone: {r.get('reason', '')} at step {r.get('step')}{result}; "
+                f"{self._end_line()}done: {r.get('reason', '')} at step {r.get('step')}{result}; "
                 f"checkpoint {r.get('checkpoint')}\n"
             )
+        elif kind == "warning":
+            err.write(f"{self._end_line()}warning: {r.get('message')}\n")
         # "error" is left to the command line, which prints it as its one line
         err.flush()
 

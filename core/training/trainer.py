@@ -39,6 +39,13 @@ from core.training.device import describe
 from core.training.distributed import init_distributed
 from core.training.events import EventSink
 from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
+from core.training.run_folder import (
+    EVENTS_FILE,
+    RunFolderError,
+    RunLock,
+    claim_run_folder,
+    same_file,
+)
 from core.training.step import (
     TrainStep,
     fix_loaded_adam,
@@ -129,8 +136,17 @@ class Trainer:
         config: TrainConfig,
         sink: EventSink | None = None,
         resume: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        keep_length: bool = False,
     ) -> None:
+        """``resume``: a checkpoint with training state to continue; ``keep_length``: then
+        train to the resumed run's own end (its ``max_steps`` / ``epochs``), not to
+        ``config``'s. ``overwrite``: a fresh run may start in a folder holding an earlier one,
+        which is moved aside (:func:`core.training.run_folder.claim_run_folder`)."""
         self.dist, self.device = init_distributed(config.device)
+        self.overwrite = overwrite
+        self.resume_path = Path(resume) if resume is not None else None
+        self.lock: RunLock | None = None
         self.sink = sink or EventSink("none")
         if not self.dist.is_main:
             self.sink = EventSink("none")
@@ -144,8 +160,8 @@ class Trainer:
             config = replace(
                 saved,
                 out=config.out,
-                epochs=config.epochs,
-                max_steps=config.max_steps,
+                epochs=saved.epochs if keep_length else config.epochs,
+                max_steps=saved.max_steps if keep_length else config.max_steps,
                 device=config.device,
                 precision=config.precision,
                 compile=config.compile,
@@ -348,17 +364,41 @@ class Trainer:
         return self.out / STOP_FILE
 
     def run(self) -> dict[str, Any]:
-        if self.dist.is_main:
-            self.stop_file.unlink(missing_ok=True)
         try:
+            if self.dist.is_main:
+                self._claim_folder()
+                self.stop_file.unlink(missing_ok=True)
             with StopSignals() as stop:
                 return self._run(stop)
+        except RunFolderError as exc:
+            # A launcher that sends stdout into this folder's events.jsonl must not have the
+            # refusal written into the events of the run that holds the folder.
+            if not same_file(sys.stdout, self.out / EVENTS_FILE):
+                self.sink.emit("error", message=str(exc))
+            raise
         except (DatasetError, TrainingError, ValueError, OSError) as exc:
             self.sink.emit("error", message=str(exc))
             raise
         finally:
+            if self.lock is not None:
+                self.lock.release()
+            self.sink.record_to(None)
             if self.dist.enabled and dist.is_initialized():
                 dist.destroy_process_group()
+
+    def _claim_folder(self) -> None:
+        """Take the output folder for this run (see :mod:`core.training.run_folder`): a run
+        resumed from a checkpoint in the folder continues it there; otherwise the folder must
+        hold no earlier run, unless ``overwrite``. Events also go to ``OUT/events.jsonl``
+        unless stdout already is that file (the training page, ``>> OUT/events.jsonl``), so
+        every run folder can be reopened and its state read."""
+        resume_here = self.resume_path is not None and (
+            self.resume_path.resolve().parent == self.out.resolve()
+        )
+        self.lock = claim_run_folder(self.out, resume=resume_here, overwrite=self.overwrite)
+        events = self.out / EVENTS_FILE
+        if not same_file(sys.stdout, events):
+            self.sink.record_to(events)
 
     def _run(self, stop: StopSignals) -> dict[str, Any]:
         c = self.config
@@ -448,6 +488,8 @@ class Trainer:
             skipped_files=train.skipped,
             resumed=self.resume_state is not None,
         )
+        for warning in self.lock.warnings if self.lock is not None else ():
+            self.sink.emit("warning", message=warning)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 

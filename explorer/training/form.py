@@ -185,6 +185,11 @@ class TrainingForm(QWidget):
         self.out_browse = QPushButton("Browse…")
         self.out_new = QPushButton("New")
         self.out_new.setToolTip("A fresh folder under " + str(self.runs_dir))
+        self.overwrite = QCheckBox("Start afresh in a folder that holds a run")
+        self.overwrite.setToolTip(
+            "The earlier run's checkpoints, samples, events and log move into a "
+            "previous-DATE folder inside it"
+        )
         self.resume = QCheckBox("Resume from a checkpoint")
         self.resume_path = QLineEdit()
         self.resume_path.setPlaceholderText("…/latest.pt of an earlier run")
@@ -269,6 +274,7 @@ class TrainingForm(QWidget):
 
         output, f = group("Output")
         f.addRow("Folder", _path_row(self.out, self.out_browse, self.out_new))
+        f.addRow(self.overwrite)
         f.addRow(self.resume)
         f.addRow("Checkpoint", _path_row(self.resume_path, self.resume_browse))
 
@@ -330,6 +336,7 @@ class TrainingForm(QWidget):
             gpus=self.gpus.value(),
             out=self.out.text().strip(),
             resume=self.resume_path.text().strip() if self.resume.isChecked() else "",
+            overwrite=self.overwrite.isChecked() and not self.resume.isChecked(),
             eval_every=self.eval_every.value(),
             eval_limit=self.eval_limit.value() or None,
             log_every=self.log_every.value(),
@@ -363,6 +370,7 @@ class TrainingForm(QWidget):
         self.gpus.setValue(s.gpus)
         self.resume.setChecked(bool(s.resume))
         self.resume_path.setText(s.resume)
+        self.overwrite.setChecked(s.overwrite)
         self.out.setText(s.out)
         self._out_typed = True
         self.eval_every.setValue(s.eval_every)
@@ -421,11 +429,22 @@ class TrainingForm(QWidget):
         if not s.out:
             return ["choose an output folder"]
         out = s.out_dir
-        if out.exists() and not out.is_dir():
-            return [f"{s.out} is a file, not a folder"]
-        resuming_here = bool(s.resume) and Path(s.resume).expanduser().parent == out
-        if (out / "latest.pt").exists() and not resuming_here:
-            return [f"{out.name} already holds a run: press New for a fresh folder, or resume it"]
+        resuming_here = bool(s.resume) and (
+            Path(s.resume).expanduser().resolve().parent == out.resolve()
+        )
+        # The trainer's own rule, worded for this form. core.training.run_folder is torch-free;
+        # imported here so that importing the page loads no core module at all.
+        from core.training.run_folder import RunFolderError, check_run_folder
+
+        try:
+            check_run_folder(
+                out,
+                resume=resuming_here,
+                overwrite=s.overwrite,
+                choices="press New for a fresh folder, resume it, or tick Start afresh",
+            )
+        except RunFolderError as exc:
+            return [str(exc)]
         existing = out
         while not existing.exists() and existing.parent != existing:
             existing = existing.parent
@@ -563,6 +582,7 @@ class TrainingForm(QWidget):
         self.folder_geometry.setEnabled(not resuming)
         self.resume_path.setEnabled(resuming)
         self.resume_browse.setEnabled(resuming)
+        self.overwrite.setEnabled(not resuming)
         multi_ok = self.cuda_devices > 1 and self.device.currentData() in ("auto", "cuda")
         self.gpus.setEnabled(multi_ok or self.gpus.value() > 1)
 

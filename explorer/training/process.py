@@ -78,6 +78,7 @@ class RunSettings:
     gpus: int = 1  # more than one runs torchrun, one process per GPU
     out: str = ""
     resume: str = ""  # a checkpoint: data, model and optimizer then come from it
+    overwrite: bool = False  # a new run in a folder holding an earlier one, moved aside
     eval_every: int = 500
     eval_limit: int | None = None
     log_every: int = 10
@@ -132,6 +133,8 @@ class RunSettings:
                 args += ["--eval-limit", str(self.eval_limit)]
             if self.flip:
                 args.append("--flip")
+            if self.overwrite:
+                args.append("--overwrite")
         args += ["--out", _absolute(self.out)]
         if self.max_steps:
             args += ["--max-steps", str(self.max_steps)]

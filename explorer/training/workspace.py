@@ -662,6 +662,8 @@ class TrainingPanel(QWidget):
             self._on_done(event)
         elif kind == "error":
             self._show_message(f"The trainer reported: {event.get('message')}", error=True)
+        elif kind == "warning":  # a stale lock taken over, an earlier run moved aside, disk space
+            self._show_message(f"Note: {event.get('message')}")
 
     def _on_start(self, event: dict[str, Any]) -> None:
         # A resumed run continues the curves from its checkpoint's step; a new run (or one
