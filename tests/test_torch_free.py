@@ -34,6 +34,7 @@ CORE_TORCH_FREE = [
     "core.training",
     "core.training.datasets",
     "core.training.events",
+    "core.training.run_folder",
 ]
 
 
