@@ -67,7 +67,12 @@ def _progress_bar(label: str):
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a Real NVP model")
+    _train_arguments(sub.add_parser("train", help="train a Real NVP model"))
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``train``, also those of ``remote HOST train`` (checked here before
+    they travel)."""
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-dir", default="data", help="folder with the data set files")
     p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
@@ -643,6 +648,184 @@ def _cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _add_remote(sub) -> None:
+    p = sub.add_parser(
+        "remote",
+        help="train on another machine over ssh: check, train, status, follow, stop, kill, fetch",
+        description="Runs on a host reached with the system ssh client (batch mode: keys or an "
+        "agent, never a password prompt). The run is detached there and survives the "
+        "connection; every command below re-attaches to it by its run folder.",
+    )
+    p.add_argument("--ssh-config", metavar="FILE", help="ssh config file (passed as ssh -F)")
+    p.add_argument("host", help="an alias of your ssh config, or user@host[:port]")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    where = _Parser(add_help=False)
+    where.add_argument(
+        "--python",
+        default="python3",
+        help="the host's Python that has realnvp-explorer installed, e.g. a virtual "
+        "environment's bin/python (default: python3)",
+    )
+    where.add_argument(
+        "--runs-dir",
+        default="~/realnvp-runs",
+        help="the host's folder for new runs, and for run names given without a folder "
+        "(default: ~/realnvp-runs)",
+    )
+    train = actions.add_parser(
+        "train",
+        parents=[where],
+        allow_abbrev=False,
+        help="start a run there and return at once; the last line is the run folder",
+    )
+    train.add_argument("--gpus", type=_positive, default=1, help="more than one: torchrun")
+    _train_arguments(train)
+    train.set_defaults(out=None)  # by default a new folder in --runs-dir
+    check = actions.add_parser(
+        "check", parents=[where], help="the host's GPUs, CPU cores, free disk and version"
+    )
+    check.add_argument("--json", action="store_true")
+    for name, text in (
+        ("status", "state (running, done, failed, stopped), step and test bits/dim"),
+        ("follow", "a progress bar until the run ends; Ctrl+C leaves it running"),
+        ("stop", "save latest.pt and finish (the run's STOP file)"),
+        ("kill", "end the run's processes at once"),
+        ("fetch", "copy checkpoints, samples, events and log here, verified by SHA-256"),
+    ):
+        q = actions.add_parser(name, parents=[where], help=text)
+        q.add_argument("run", help="the run folder on the host (as train printed it)")
+        if name == "status":
+            q.add_argument("--json", action="store_true")
+        elif name == "follow":
+            q.add_argument(
+                "--give-up-after",
+                type=float,
+                default=600.0,
+                metavar="S",
+                help="end after the host has been unreachable this long (default 600 s)",
+            )
+        elif name == "fetch":
+            q.add_argument("--to", help="local folder (default: a cache folder, printed)")
+            q.add_argument("names", nargs="*", help="only these files (e.g. latest.pt)")
+
+
+# Options of ``remote HOST train`` that are the launcher's, not the trainer's.
+_REMOTE_ONLY = {"--python", "--runs-dir", "--gpus", "--out", "--progress"}
+
+
+def _forwarded_train_args(args) -> list[str]:
+    """The words after ``train`` as typed, less the launcher's own options: they reach the
+    host as they are, after this parser has checked them."""
+    argv = args.argv
+    start = next(
+        (i + 1 for i in range(1, len(argv)) if argv[i] == "train" and argv[i - 1] == args.host),
+        len(argv),
+    )
+    words, rest = [], argv[start:]
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word.split("=", 1)[0] in _REMOTE_ONLY:
+            i += 1 if "=" in word else 2
+            continue
+        words.append(word)
+        i += 1
+    return words
+
+
+def _fetch_progress(name: str, done: int, total: int) -> None:
+    """One bar per file on stderr, in megabytes."""
+    filled = int(30 * done / max(total, 1))
+    end = "\n" if done >= total else ""
+    sys.stderr.write(
+        f"\r{name} [{'#' * filled}{'.' * (30 - filled)}] {done / 1e6:.1f}/{total / 1e6:.1f} MB{end}"
+    )
+    sys.stderr.flush()
+
+
+def _cmd_remote(args) -> int:
+    from core.training.remote import default_cache_dir, ssh_host
+
+    host = ssh_host(
+        args.host, python=args.python, runs_dir=args.runs_dir, config_file=args.ssh_config
+    )
+    action = args.action
+    if action == "check":
+        facts = host.check()
+        if args.json:
+            print(json.dumps({**facts.__dict__, "gpus": [g.__dict__ for g in facts.gpus]}))
+        else:
+            print("\n".join(facts.summary()))
+        if facts.problem:
+            print(f"realnvp remote: error: {facts.problem}", file=sys.stderr)
+            return 2
+        return 0
+    if action == "train":
+        run = host.start(_forwarded_train_args(args), out=args.out, gpus=args.gpus)
+        print(
+            f"started on {args.host}; follow it with: realnvp remote {args.host} follow {run.out}",
+            file=sys.stderr,
+        )
+        print(run.out)
+        return 0
+    if action == "status":
+        status = host.status(args.run)
+        if args.json:
+            print(json.dumps(status.to_dict()))
+        else:
+            of = f"/{status.max_steps}" if status.max_steps else ""
+            test = f", test {status.test_bpd:.4f} bits/dim" if status.test_bpd is not None else ""
+            why = f": {status.message}" if status.message else ""
+            print(f"{status.state}{why} (step {status.step}{of}{test})")
+        return 0
+    if action == "follow":
+        return _follow_remote(host, args)
+    if action == "stop":
+        host.stop(args.run)
+        print(f"stop asked: {args.run} saves latest.pt and finishes", file=sys.stderr)
+        return 0
+    if action == "kill":
+        host.kill(args.run)
+        print(f"killed: {args.run}", file=sys.stderr)
+        return 0
+    run = host.remote_run(args.run)
+    to = args.to or default_cache_dir(run)
+    result = host.fetch(run, to, names=args.names, progress=_fetch_progress)
+    print(
+        f"{result.fetched} of {len(result.files)} files copied ({result.bytes / 1e6:.1f} MB), "
+        "all verified by SHA-256",
+        file=sys.stderr,
+    )
+    print(result.folder)
+    return 0
+
+
+def _follow_remote(host, args) -> int:
+    from core.training.events import EventSink
+
+    sink = EventSink("bar")
+    follower = host.follow(args.run, give_up_after=args.give_up_after)
+    try:
+        for update in follower:
+            if update.kind == "event":
+                sink.show(update.event)
+            elif update.kind == "lost":
+                print(f"\n{update.text}", file=sys.stderr)
+            elif update.kind == "connected" and follower.reconnects:
+                print(f"reconnected to {args.host}", file=sys.stderr)
+            elif update.kind == "ended":
+                if update.state == "failed":
+                    why = f": {update.text}" if update.text else ""
+                    print(f"realnvp remote: the run failed{why}", file=sys.stderr)
+                    return 1
+                return 0
+    except KeyboardInterrupt:
+        follower.close()
+        print(f"\nleft running on {args.host}: {args.run}", file=sys.stderr)
+        return 130
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "sample": _cmd_sample,
@@ -652,6 +835,7 @@ COMMANDS = {
     "bench": _cmd_bench,
     "export": _cmd_export,
     "directions": _cmd_directions,
+    "remote": _cmd_remote,
 }
 
 
@@ -668,13 +852,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_export,
         _add_directions,
+        _add_remote,
     ):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.training.transport import RemoteError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # remote HOST train forwards the train options as typed
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a pipe closed early shows here, not at exit
@@ -682,6 +871,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout is gone (`| head`): nothing to say
         silence(sys.stdout)
         return 0
+    except RemoteError as exc:
+        if args.debug:
+            raise
+        print(f"realnvp {args.command}: error: {exc}", file=sys.stderr)
+        return exc.status
     except USER_ERRORS as exc:
         if args.debug:
             raise

@@ -12,8 +12,10 @@ Layout (a plain dict saved with ``torch.save``; loaded with ``weights_only=True`
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,14 @@ from typing import Any
 import torch
 
 from core.files.atomic import atomic_write
+from core.files.format_version import CHECKPOINT_FORMAT
 from core.files.resources import BundledModelMissing, resolve_checkpoint
 from core.flow.model import FlowConfig, RealNVP
 
 FORMAT = "realnvp-checkpoint"
-VERSION = 1
+VERSION = CHECKPOINT_FORMAT
 MAX_CHECKPOINT_BYTES = 4 * 1024**3
+FULL_DISK_BYTES = 1024**2  # free space below this after a failed write: the disk is full
 
 
 class CheckpointError(ValueError):
@@ -53,7 +57,14 @@ def save_checkpoint(
         "training": training,
     }
     with atomic_write(path) as f:
-        torch.save(payload, f)
+        try:
+            torch.save(payload, f)
+        except RuntimeError as exc:
+            # torch's zip writer reports a short write as "unexpected pos": on a full disk,
+            # say so (the trainer's error event then names the cause).
+            if shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            raise
     return path
 
 

@@ -58,6 +58,13 @@ class EventSink:
                 self.record_to(None)
         if self.mode == "none":
             return
+        self.show(record)
+
+    def show(self, record: dict[str, Any]) -> None:
+        """Write an event as this sink does, ``time`` included: for events made elsewhere
+        (a run followed on another machine draws the same progress bar)."""
+        if self.mode == "none":
+            return
         out = self.stream or (sys.stdout if self.mode == "json" else sys.stderr)
         try:
             if self.mode == "json":

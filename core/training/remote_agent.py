@@ -1,0 +1,618 @@
+"""The run agent: what a launcher runs on the run's machine, ``PY -m core.training.remote_agent``.
+
+The client (:mod:`core.training.remote`) never sends shell text: each operation is one
+agent command whose words arrive quoted, and paths are expanded (``~``) and checked here,
+by Python, on the machine that holds them. Operations:
+
+``check [--runs-dir DIR]``
+    Host facts as one JSON line: package version, checkpoint format, where ``core`` was
+    imported from, CPU cores, GPUs (name, memory), free disk in the runs folder.
+``start --python PY [--runs-dir DIR] [--out OUT] [--gpus N] -- TRAIN_ARGS...``
+    Claims the run folder, then starts ``PY -m core train TRAIN_ARGS --progress json --out
+    OUT`` (``torchrun`` for more than one GPU) detached: its own session and process group
+    (``setsid``), SIGHUP ignored, stdin from the null device, stdout appended to
+    ``OUT/events.jsonl``, stderr to ``OUT/trainer.log``, so it outlives the connection.
+    The process group is recorded in ``OUT/launch.json``. Prints ``{"out", "pid"}``.
+``status RUN``
+    The run's state (``running``, ``done``, ``failed``, ``stopped``), step, max_steps and
+    the last test bits/dim.
+``follow RUN [--offset N] [--log-offset N]``
+    Streams the run as JSON lines until it ends: ``{"o": END, "line": TEXT}`` for each
+    complete line of ``events.jsonl`` (``END``: the byte offset after it, so a new follow
+    from there repeats and loses nothing), ``{"lo": END, "log": TEXT}`` for new lines of
+    ``trainer.log``, ``{"hb": TIME}`` every few seconds while nothing happens (a dead
+    connection shows on the next write), and last ``{"end": STATE, ...}``.
+``stop RUN`` / ``kill RUN``
+    Stop: the trainer's stop file ``OUT/STOP`` (saves and finishes). Kill: SIGKILL to the
+    recorded process group, once it is checked to be the same process (boot and start time).
+``manifest RUN`` / ``read RUN NAME [--offset N]``
+    The run folder's files (relative name, size, SHA-256), and the bytes of one of them
+    from an offset (raw on stdout) for a resumable fetch.
+
+A failure is one JSON line on stderr after :data:`AGENT_ERROR_MARK`, exit status 2 (the
+input or the host) or 1 (the run). This module loads no torch except in ``check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from core.files.atomic import atomic_write
+from core.files.format_version import CHECKPOINT_FORMAT
+
+AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
+AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.training.transport.AGENT_ERROR_MARK
+DEFAULT_RUNS_DIR = "~/realnvp-runs"
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "trainer.log"
+LAUNCH_FILE = "launch.json"
+STOP_FILE = "STOP"  # core.training.trainer.STOP_FILE
+FOLLOW_POLL_S = 0.25
+HEARTBEAT_S = 5.0
+MAX_READ = 256 * 1024
+CHUNK = 256 * 1024
+MIN_FREE_BYTES = 16 * 2**20  # a run needs room for its first checkpoints and samples
+DISK_FULL = "No space left on device"  # strerror(ENOSPC), in the trainer's error event
+STATES = ("running", "done", "failed", "stopped")
+
+
+class AgentError(Exception):
+    def __init__(self, message: str, kind: str = "agent", status: int = 2) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+def _say(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(exc: AgentError) -> NoReturn:
+    record = {"kind": exc.kind, "message": str(exc), "status": exc.status}
+    sys.stderr.write(AGENT_ERROR_MARK + json.dumps(record) + "\n")
+    sys.stderr.flush()
+    raise SystemExit(exc.status)
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _os_error(exc: OSError, what: str) -> AgentError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AgentError(
+            f"the disk of {_host()} is full: {what} could not be written", "disk-full"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AgentError(f"{what} on {_host()} cannot be written: {exc.strerror}", "bad-input")
+    return AgentError(f"{what} on {_host()}: {exc.strerror or exc}", "agent")
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+
+def runs_dir(text: str | None) -> Path:
+    return Path(os.path.expanduser(text or DEFAULT_RUNS_DIR)).absolute()
+
+
+def run_path(run: str, runs: str | None = None) -> Path:
+    """A run folder as the client names it: absolute, ``~/...``, or relative to the runs
+    folder (``run-20261205-081500``)."""
+    if not run:
+        raise AgentError("no run folder given", "bad-input")
+    path = Path(os.path.expanduser(run))
+    return path if path.is_absolute() else runs_dir(runs) / path
+
+
+def existing_run(run: str, runs: str | None = None) -> Path:
+    out = run_path(run, runs)
+    if not (out / EVENTS_FILE).is_file():
+        what = "no run folder" if not out.exists() else "no run in the folder"
+        raise AgentError(f"there is {what} {out} on {_host()}", "missing-run")
+    return out
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def _boot_id() -> str | None:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell it from a later
+    process that got the same id."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (ended, not yet reaped by its parent) is not running.
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def read_launch(out: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((out / LAUNCH_FILE).read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | None:
+    """Whether the recorded trainer still runs: ``None`` when no launch was recorded (a run
+    started by hand or by the desktop app on that machine)."""
+    launch = read_launch(out) if launch is None else launch
+    pid = launch.get("pid")
+    if not isinstance(pid, int):
+        return None
+    if launch.get("boot_id") and launch.get("boot_id") != _boot_id():
+        return False  # the machine restarted since
+    if launch.get("start_ticks") is not None and _start_ticks(pid) != launch["start_ticks"]:
+        return False
+    return _alive(pid)
+
+
+# -- the run's state ------------------------------------------------------------------------
+
+
+def _events(out: Path) -> Iterator[dict[str, Any]]:
+    with contextlib.suppress(OSError), (out / EVENTS_FILE).open("rb") as f:
+        for raw in f:
+            with contextlib.suppress(ValueError):
+                record = json.loads(raw)
+                if isinstance(record, dict) and isinstance(record.get("event"), str):
+                    yield record
+
+
+def run_status(out: Path) -> dict[str, Any]:
+    """``state``, ``step``, ``max_steps``, ``test_bpd`` and ``message`` of the run in ``out``
+    from its events, and whether its trainer is alive."""
+    state, step, max_steps, test_bpd, message, started = "running", 0, None, None, "", False
+    for e in _events(out):
+        kind = e["event"]
+        if kind == "start":
+            started, state, message = True, "running", ""
+            max_steps = e.get("total_steps", max_steps)
+            step = e.get("step", step)
+        elif kind in ("step", "eval") and isinstance(e.get("step"), int):
+            step = e["step"]
+            max_steps = e.get("total_steps", max_steps)
+            if kind == "eval":
+                test_bpd = e.get("test_bpd", test_bpd)
+        elif kind == "done":
+            step = e.get("step", step)
+            test_bpd = e.get("test_bpd", test_bpd)
+            state = "stopped" if e.get("reason") == "stopped" else "done"
+        elif kind == "error":
+            state, message = "failed", str(e.get("message", ""))
+            if DISK_FULL in message:
+                message = f"the disk of {_host()} is full: {message}"
+    launch = read_launch(out)
+    alive = trainer_alive(out, launch)
+    if state == "running" and alive is False:
+        state = "failed"
+        if launch.get("killed"):
+            message = "killed"
+        else:
+            message = "the trainer ended without a done event" + (
+                "" if started else " (see trainer.log)"
+            )
+            tail = _log_tail(out)
+            if tail:
+                message += f": {tail}"
+    return {
+        "run": str(out),
+        "state": state,
+        "step": step,
+        "max_steps": max_steps,
+        "test_bpd": test_bpd,
+        "message": message,
+        "alive": alive,
+        "pid": launch.get("pid"),
+        "host": _host(),
+    }
+
+
+def _log_tail(out: Path) -> str:
+    with contextlib.suppress(OSError), (out / LOG_FILE).open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines()]
+        lines = [x for x in lines if x]
+        return lines[-1] if lines else ""
+    return ""
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+def op_check(args: argparse.Namespace) -> None:
+    import importlib.metadata
+
+    import core
+
+    try:
+        version = importlib.metadata.version("realnvp-explorer")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    runs = runs_dir(args.runs_dir)
+    existing = runs
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": p.name, "memory_bytes": int(p.total_memory)})
+    _say(
+        {
+            "protocol": AGENT_PROTOCOL,
+            "package_version": version,
+            "checkpoint_format": CHECKPOINT_FORMAT,
+            "core_path": str(Path(core.__file__).parent),
+            "python": sys.executable,
+            "python_version": sys.version.split()[0],
+            "torch_version": torch.__version__,
+            "hostname": _host(),
+            "cpu_count": os.cpu_count() or 1,
+            "gpus": gpus,
+            "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+            "runs_dir": str(runs),
+            "runs_dir_exists": runs.is_dir(),
+            "free_bytes": free,
+        }
+    )
+
+
+def _new_run_name(runs: Path) -> Path:
+    stamp = time.strftime("run-%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        out = runs / (stamp if i == 1 else f"{stamp}-{i}")
+        if not out.exists():
+            return out
+    raise AgentError(f"no free run folder name in {runs}", "taken")
+
+
+def claim(out: Path) -> None:
+    """A new run's folder: absent, empty, or holding no run (no events, no checkpoint)."""
+    if out.exists() and not out.is_dir():
+        raise AgentError(f"{out} on {_host()} is a file, not a folder", "bad-input")
+    if out.is_dir():
+        held = [p.name for p in out.iterdir() if p.name in (EVENTS_FILE, "latest.pt", LAUNCH_FILE)]
+        if held:
+            raise AgentError(
+                f"the run folder {out} on {_host()} already holds a run: choose another --out",
+                "taken",
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, f"the run folder {out}") from None
+
+
+def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
+    """The trainer's command: the one a local run uses, ``--progress json --out OUT`` last
+    (argparse keeps the last value of an option given twice)."""
+    if gpus > 1:
+        launcher = [python, "-m", "torch.distributed.run", "--standalone"]
+        launcher += ["--nproc_per_node", str(gpus)]
+    else:
+        launcher = [python]
+    return [*launcher, "-m", "core", "train", *train_args, "--progress", "json", "--out", str(out)]
+
+
+def _ignore_hangup() -> None:  # in the child, before exec: nohup
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def op_start(args: argparse.Namespace) -> None:
+    if args.checkpoint_format is not None and args.checkpoint_format != CHECKPOINT_FORMAT:
+        raise AgentError(
+            f"realnvp-explorer on {_host()} writes checkpoint format {CHECKPOINT_FORMAT}, the "
+            f"program starting the run reads format {args.checkpoint_format}: install the "
+            "same version on both",
+            "version",
+        )
+    runs = runs_dir(args.runs_dir)
+    out = run_path(args.out, args.runs_dir) if args.out else _new_run_name(runs)
+    claim(out)
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise AgentError(
+            f"the disk of {_host()} is full: {free / 2**20:.1f} MiB free for the run {out}",
+            "disk-full",
+        )
+    argv = trainer_argv(args.python, args.gpus, args.train_args, out)
+    try:
+        events = (out / EVENTS_FILE).open("ab")
+        log = (out / LOG_FILE).open("ab")
+    except OSError as exc:
+        raise _os_error(exc, f"the run folder {out}") from None
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=events,
+            stderr=log,
+            close_fds=True,
+            start_new_session=True,  # setsid: its own session and process group
+            preexec_fn=_ignore_hangup,
+        )
+    except OSError as exc:
+        message = f"could not start {argv[0]} on {_host()}: {exc.strerror}"
+        raise AgentError(message, "no-python") from None
+    finally:
+        events.close()
+        log.close()
+    launch = {
+        "pid": process.pid,
+        "pgid": process.pid,
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "host": _host(),
+        "boot_id": _boot_id(),
+        "start_ticks": _start_ticks(process.pid),
+        "started": time.time(),
+    }
+    try:
+        with atomic_write(out / LAUNCH_FILE) as f:
+            f.write(json.dumps(launch, indent=1).encode())
+    except OSError as exc:
+        process.kill()
+        raise _os_error(exc, f"the run folder {out}") from None
+    _say({"out": str(out), "pid": process.pid, "host": _host()})
+
+
+def op_status(args: argparse.Namespace) -> None:
+    _say(run_status(existing_run(args.run, args.runs_dir)))
+
+
+def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Complete lines after ``offset`` (at most :data:`MAX_READ` bytes), each with the
+    offset after it; a file now shorter than ``offset`` was replaced: from its start."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(MAX_READ, size - offset))
+    except OSError:
+        return [], offset
+    lines, pos = [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    for raw in data[: end + 1].splitlines(keepends=True):
+        pos += len(raw)
+        lines.append((pos, raw.rstrip(b"\r\n")))
+    return lines, pos
+
+
+def op_follow(args: argparse.Namespace) -> None:
+    out = existing_run(args.run, args.runs_dir)
+    offset, log_offset = args.offset, args.log_offset
+    last_kind, last_write = None, time.monotonic()
+    gone_since: float | None = None
+    while True:
+        lines, offset_after = _complete_lines(out / EVENTS_FILE, offset)
+        for end, raw in lines:
+            text = raw.decode("utf-8", "replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                last_kind = json.loads(text).get("event", last_kind)
+            _say({"o": end, "line": text})
+        offset = offset_after if lines else offset
+        log_lines, log_after = _complete_lines(out / LOG_FILE, log_offset)
+        if log_lines:
+            text = "\n".join(raw.decode("utf-8", "replace") for _, raw in log_lines)
+            _say({"lo": log_after, "log": text})
+            log_offset = log_after
+        if lines or log_lines:
+            last_write = time.monotonic()
+            continue  # read on at once: more may already be there
+        if last_kind in ("done", "error"):
+            status = run_status(out)
+            _say({"end": status["state"], "offset": offset, "message": status["message"]})
+            return
+        if trainer_alive(out) is False:
+            # It ended without saying so (killed, crashed): one more read after a pause
+            # catches lines written just before the end.
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 2 * FOLLOW_POLL_S:
+                status = run_status(out)
+                _say({"end": status["state"], "offset": offset, "message": status["message"]})
+                return
+        if time.monotonic() - last_write > HEARTBEAT_S:
+            _say({"hb": round(time.time(), 3)})
+            last_write = time.monotonic()
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _not_running(out: Path, status: dict[str, Any]) -> AgentError:
+    return AgentError(
+        f"the run {out} on {_host()} is not running ({status['state']})", "not-running", 1
+    )
+
+
+def op_stop(args: argparse.Namespace) -> None:
+    out = existing_run(args.run, args.runs_dir)
+    status = run_status(out)
+    if status["state"] != "running":
+        raise _not_running(out, status)
+    try:
+        (out / STOP_FILE).touch()
+    except OSError as exc:
+        raise _os_error(exc, f"{out / STOP_FILE}") from None
+    # The trainer removes a stale stop file when it starts: a stop asked for while it was
+    # still starting is asked for again once it has started.
+    deadline = time.monotonic() + args.wait
+    while not any(e["event"] == "start" for e in _events(out)):
+        if trainer_alive(out) is False or time.monotonic() > deadline:
+            break
+        time.sleep(FOLLOW_POLL_S)
+    else:
+        with contextlib.suppress(OSError):
+            (out / STOP_FILE).touch()
+    _say({"out": str(out), "stop": True})
+
+
+def op_kill(args: argparse.Namespace) -> None:
+    out = existing_run(args.run, args.runs_dir)
+    launch = read_launch(out)
+    alive = trainer_alive(out, launch)
+    if alive is None:
+        raise AgentError(f"{out} on {_host()} records no process to kill", "not-running", 1)
+    if not alive:
+        raise _not_running(out, run_status(out))
+    launch["killed"] = time.time()
+    with contextlib.suppress(OSError), atomic_write(out / LAUNCH_FILE) as f:
+        f.write(json.dumps(launch, indent=1).encode())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(int(launch["pgid"]), signal.SIGKILL)
+    _say({"out": str(out), "killed": True})
+
+
+def _run_files(out: Path) -> Iterator[Path]:
+    """The run's files: regular files only (no links, which could lead out of the folder),
+    leaving out temporaries (``.name.*``, written atomically) and the stop file."""
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out)
+        if any(part.startswith(".") for part in rel.parts) or rel.name == STOP_FILE:
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        yield path
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def op_manifest(args: argparse.Namespace) -> None:
+    out = existing_run(args.run, args.runs_dir)
+    wanted = set(args.names or [])
+    files = []
+    for path in _run_files(out):
+        rel = path.relative_to(out).as_posix()
+        if wanted and rel not in wanted:
+            continue
+        with contextlib.suppress(OSError):  # replaced or removed while listing
+            size, sha = _sha256(path)
+            files.append({"name": rel, "size": size, "sha256": sha})
+    missing = wanted - {f["name"] for f in files}
+    if missing:
+        raise AgentError(
+            f"{out} on {_host()} has no {', '.join(sorted(missing))}", "missing-run", 2
+        )
+    _say({"out": str(out), "files": files})
+
+
+def op_read(args: argparse.Namespace) -> None:
+    out = existing_run(args.run, args.runs_dir)
+    path = (out / args.name).resolve()
+    if out.resolve() not in path.parents or not path.is_file():
+        raise AgentError(f"{out} on {_host()} has no file {args.name}", "missing-run")
+    stdout = sys.stdout.buffer
+    with path.open("rb") as f:
+        f.seek(args.offset)
+        while chunk := f.read(CHUNK):
+            stdout.write(chunk)
+    stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core.training.remote_agent")
+    sub = parser.add_subparsers(dest="op", required=True)
+    check = sub.add_parser("check")
+    check.add_argument("--runs-dir")
+    start = sub.add_parser("start")
+    start.add_argument("--python", required=True)
+    start.add_argument("--runs-dir")
+    start.add_argument("--out")
+    start.add_argument("--gpus", type=int, default=1)
+    start.add_argument("--checkpoint-format", type=int)
+    start.add_argument("train_args", nargs=argparse.REMAINDER)
+    for name in ("status", "follow", "stop", "kill", "manifest", "read"):
+        p = sub.add_parser(name)
+        p.add_argument("--runs-dir")
+        p.add_argument("run")
+        if name == "follow":
+            p.add_argument("--offset", type=int, default=0)
+            p.add_argument("--log-offset", type=int, default=0)
+        elif name == "stop":
+            p.add_argument("--wait", type=float, default=120.0)
+        elif name == "manifest":
+            p.add_argument("names", nargs="*")
+        elif name == "read":
+            p.add_argument("name")
+            p.add_argument("--offset", type=int, default=0)
+    return parser
+
+
+OPERATIONS = {
+    "check": op_check,
+    "start": op_start,
+    "status": op_status,
+    "follow": op_follow,
+    "stop": op_stop,
+    "kill": op_kill,
+    "manifest": op_manifest,
+    "read": op_read,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.op == "start" and args.train_args[:1] == ["--"]:
+        args.train_args = args.train_args[1:]
+    try:
+        OPERATIONS[args.op](args)
+    except AgentError as exc:
+        _fail(exc)
+    except BrokenPipeError:  # the client went away (a cut connection): nothing to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        _fail(_os_error(exc, exc.filename or "a file"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

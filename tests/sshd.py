@@ -1,0 +1,170 @@
+"""A real OpenSSH server on 127.0.0.1 for the remote-run tests (``tests/test_remote.py``).
+
+:func:`start_sshd` runs ``/usr/sbin/sshd -D`` on a free port with a temporary host key and
+an authorized key for the current user, and writes a client config (``ssh -F``) with these
+aliases:
+
+- ``rnvp-test``: the server, the right key, its host key known;
+- ``rnvp-wrongkey``: the server, a key it does not know (authentication fails);
+- ``rnvp-unknownkey``: the server with an empty known-hosts file (host key unknown);
+- ``rnvp-refused``: a port where nothing listens (connection refused).
+
+On the "host" the remote Python is :data:`sys.executable` behind a small wrapper script
+that puts this checkout first on ``PYTHONPATH``: sshd passes no environment, and the
+shared virtual environment's editable install would otherwise import another checkout's
+``core``. Without ``sshd`` (``apt-get install openssh-server``) the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def sshd_missing() -> str | None:
+    """Why the server cannot run here, or ``None``."""
+    if not os.path.exists(SSHD):
+        return f"no OpenSSH server ({SSHD}); install it with apt-get install openssh-server"
+    for tool in ("ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"no {tool} on PATH (the OpenSSH client)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rnvp-test", "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return (path.with_suffix(".pub")).read_text().strip()
+
+
+@dataclass
+class SshServer:
+    """A running test server; ``alias`` and ``config`` are what the client needs."""
+
+    root: Path
+    port: int
+    config: Path
+    python: str
+    process: subprocess.Popen
+    alias: str = "rnvp-test"
+
+    def host(self, alias: str | None = None, **kwargs):
+        from core.training.remote import ssh_host
+
+        kwargs.setdefault("python", self.python)
+        kwargs.setdefault("runs_dir", str(self.root / "runs"))
+        return ssh_host(alias or self.alias, config_file=str(self.config), **kwargs)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_sshd(root: Path) -> SshServer:
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    host_pub = _keygen(root / "host_ed25519")
+    user_pub = _keygen(root / "id_ed25519")
+    _keygen(root / "other_ed25519")
+    (root / "authorized_keys").write_text(user_pub + "\n")
+    port = free_port()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    (root / "empty_known_hosts").write_text("")
+    config = root / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {root / 'host_ed25519'}",
+                f"PidFile {root / 'sshd.pid'}",
+                f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "Subsystem sftp internal-sftp",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
+    user = getpass.getuser()
+    refused = free_port()
+    client = root / "ssh_config"
+    blocks = []
+    for alias, key, known, p in (
+        ("rnvp-test", "id_ed25519", "known_hosts", port),
+        ("rnvp-wrongkey", "other_ed25519", "known_hosts", port),
+        ("rnvp-unknownkey", "id_ed25519", "empty_known_hosts", port),
+        ("rnvp-refused", "id_ed25519", "known_hosts", refused),
+    ):
+        blocks.append(
+            f"Host {alias}\n  HostName 127.0.0.1\n  Port {p}\n  User {user}\n"
+            f"  IdentityFile {root / key}\n  IdentitiesOnly yes\n  IdentityAgent none\n"
+            f"  UserKnownHostsFile {root / known}\n  StrictHostKeyChecking yes\n"
+            "  LogLevel ERROR\n"
+        )
+    client.write_text("\n".join(blocks))
+    python = root / "host-python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'PYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(0o755)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation folder
+    log = (root / "sshd.log").open("ab")
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd ended at once: {(root / 'sshd.log').read_text()[-500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return SshServer(root, port, client, str(python), process)
+
+
+def running_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """The body of a fixture: a server until the fixture's scope ends; skips the tests
+    without sshd."""
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()

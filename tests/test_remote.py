@@ -1,0 +1,409 @@
+"""Runs on another machine over SSH, against a real OpenSSH server on 127.0.0.1
+(``tests/sshd.py``): check, start, follow through cut connections, stop, kill, fetch, and
+one sentence for every bad input. The "host" is this machine, so the tests can look at
+the run folder directly to compare."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MNIST_DIR, needs_mnist
+from sshd import running_sshd
+
+from core.cli import main as cli_main
+from core.training.remote import (
+    RemoteRun,
+    default_cache_dir,
+    local_host,
+    safe_target,
+    sha256_file,
+)
+from core.training.remote_agent import read_launch, trainer_alive
+from core.training.transport import RemoteError, SshTransport, split_target
+
+# A tiny MNIST run: a few dozen steps of the small preset, evaluated on 64 test images.
+TRAIN = [
+    "--dataset",
+    "mnist",
+    "--data-dir",
+    str(MNIST_DIR),
+    "--preset",
+    "mnist-small",
+    "--batch-size",
+    "16",
+    "--eval-limit",
+    "64",
+    "--class-limit",
+    "5",
+    "--threads",
+    "1",
+    "--log-every",
+    "2",
+]
+NASTY = "a b $(touch x); 'q' \"d\" `id`"  # a folder name the host's shell must not run
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = cli_main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def remote_cli(server, capsys, *argv: str) -> tuple[int, str, str]:
+    """``realnvp remote --ssh-config CFG rnvp-test ACTION ...`` with the host's Python."""
+    action, *rest = argv
+    where = ["--python", server.python, "--runs-dir", str(server.root / "runs")]
+    return cli(
+        capsys, "remote", "--ssh-config", str(server.config), server.alias, action, *where, *rest
+    )
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def file_events(out: str | Path) -> list[dict]:
+    lines = (Path(out) / "events.jsonl").read_bytes().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# -- no server needed -----------------------------------------------------------------------
+
+
+def test_a_fetch_writes_only_inside_its_folder(tmp_path: Path):
+    assert safe_target(tmp_path, "samples/s_01.png") == tmp_path / "samples" / "s_01.png"
+    for name in ("../x", "/etc/passwd", "a/../../b", "C:evil", "a\\..\\b", "", "."):
+        with pytest.raises(RemoteError) as info:
+            safe_target(tmp_path, name)
+        assert info.value.kind == "bad-input"
+
+
+def test_host_names_are_checked_before_ssh_sees_them():
+    assert split_target("me@gpu.example.org:2222") == ("me@gpu.example.org", 2222)
+    assert split_target("gpubox") == ("gpubox", None)
+    for bad in ("-oProxyCommand=touch x", "two words", "", "h:70000"):
+        with pytest.raises(RemoteError) as info:
+            split_target(bad)
+        assert info.value.kind == "bad-input"
+
+
+def test_every_word_of_a_remote_command_is_quoted():
+    transport = SshTransport("gpubox", env={"A": "1 2"}, share=False)
+    argv = transport.command(["python3", "-m", "x", NASTY, "$HOME;rm -rf /"])
+    words = ["env", "A=1 2", "python3", "-m", "x", NASTY, "$HOME;rm -rf /"]
+    # The host's shell splits the one command string back into exactly these words.
+    shell = subprocess.run(
+        ["sh", "-c", f'for w in {argv[-1]}; do printf "%s\\n" "$w"; done'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.splitlines() == words
+    assert "BatchMode=yes" in argv and argv[argv.index("--") + 1] == "gpubox"
+
+
+def test_a_remembered_run_round_trips_and_has_a_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    run = RemoteRun("/home/me/realnvp-runs/run-1", "me@gpu:22", "~/venv/bin/python")
+    assert RemoteRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    if sys.platform.startswith("linux"):
+        assert default_cache_dir(run) == tmp_path / "realnvp" / "runs" / "me@gpu_22" / "run-1"
+
+
+def test_local_host_says_when_a_run_folder_is_missing(tmp_path: Path):
+    host = local_host(runs_dir=str(tmp_path))
+    with pytest.raises(RemoteError) as info:
+        host.status("nothing-here")
+    assert info.value.kind == "missing-run" and "nothing-here" in str(info.value)
+
+
+# -- against the server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+def test_check_reports_the_host_and_runs_this_checkout(sshd, capsys):
+    status, out, err = remote_cli(sshd, capsys, "check", "--json")
+    assert status == 0, err
+    facts = json.loads(out)
+    # sshd passes no environment: the wrapper Python must still import this checkout.
+    assert facts["core_path"] == str(Path(__file__).resolve().parents[1] / "core")
+    assert facts["cpu_count"] >= 1 and facts["free_bytes"] > 0
+    assert facts["checkpoint_format"] == 1 and facts["problem"] is None
+    status, out, _ = remote_cli(sshd, capsys, "check")
+    assert status == 0 and "CPU cores:" in out and "GPUs:" in out
+
+
+def test_a_checkpoint_format_of_another_version_is_refused_before_starting(
+    sshd, capsys, monkeypatch
+):
+    import core.training.remote as remote
+
+    monkeypatch.setattr(remote, "CHECKPOINT_FORMAT", 99)
+    status, _, err = remote_cli(sshd, capsys, "check")
+    assert status == 2 and "checkpoint format 1, this program reads format 99" in err
+    with pytest.raises(RemoteError) as info:
+        sshd.host().start(["--dataset", "mnist"])
+    assert info.value.kind == "version"
+    assert not (sshd.root / "runs").exists() or not any((sshd.root / "runs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("alias", "kind", "sentence"),
+    [
+        ("rnvp-nosuchhost.invalid", "unknown-host", "unknown host rnvp-nosuchhost.invalid"),
+        ("rnvp-refused", "refused", "rnvp-refused refused the connection"),
+        ("rnvp-wrongkey", "auth", "use a key or an agent for rnvp-wrongkey"),
+        ("rnvp-unknownkey", "host-key", "rnvp-unknownkey's host key is not known"),
+    ],
+)
+def test_a_bad_host_is_one_sentence(sshd, capsys, alias, kind, sentence):
+    with pytest.raises(RemoteError) as info:
+        sshd.host(alias).check()
+    assert info.value.kind == kind
+    status, out, err = cli(
+        capsys, "remote", "--ssh-config", str(sshd.config), alias, "status", "run-1"
+    )
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and sentence in err and "Traceback" not in err
+
+
+def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
+    status, _, err = cli(
+        capsys, "remote", "--ssh-config", str(sshd.config), sshd.alias, "check",
+        "--python", "/no/such/python",
+    )  # fmt: skip
+    assert status == 2 and "there is no Python /no/such/python on rnvp-test" in err
+    # A Python without the package: a bare virtual environment.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
+    bare = str(tmp_path / "v" / "bin" / "python")
+    with pytest.raises(RemoteError) as info:
+        sshd.host(python=bare).status("run-1")
+    assert info.value.kind == "no-package"
+    assert f"{bare} -m pip install realnvp-explorer" in str(info.value)
+
+
+def test_a_missing_run_folder_is_one_sentence(sshd, capsys):
+    for action in ("status", "follow", "stop", "kill", "fetch"):
+        status, _, err = remote_cli(sshd, capsys, action, "no-such-run")
+        assert status == 2, (action, err)
+        assert f"there is no run folder {sshd.root / 'runs' / 'no-such-run'}" in err, action
+        assert err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(sshd, tmp_path_factory):
+    """A run started with ``realnvp remote HOST train`` into a folder whose name holds
+    spaces, quotes, ``$(...)`` and backticks, followed to its end through a connection cut
+    twice: ``(run folder, updates seen, events in the file)``."""
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"MNIST files not found in {MNIST_DIR}")
+    home_x = Path.home() / "x"
+    assert not home_x.exists()
+    runs = sshd.root / "runs"
+    argv = [
+        "remote", "--ssh-config", str(sshd.config), sshd.alias, "train",
+        "--python", sshd.python, "--runs-dir", str(runs), "--out", NASTY,
+        *TRAIN, "--max-steps", "40", "--eval-every", "10",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "core", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()[-1]
+    assert out == str(runs / NASTY) and Path(out, "events.jsonl").is_file()
+
+    host = sshd.host()
+    follower = host.follow(out, retry_delays=(0.5,))
+    updates = []
+    cuts = []
+
+    def cut_when_stepping(update) -> None:
+        # Cut twice, at the 3rd and 8th step event: first the follower's own ssh, then the
+        # shared master connection under it.
+        steps = sum(u.kind == "event" and u.event["event"] == "step" for u in updates)
+        if update.kind == "event" and steps in (3, 8) and len(cuts) < (1 if steps == 3 else 2):
+            if not cuts:
+                cuts.append(follower.process.pid)
+                follower.process.kill()
+            else:
+                pid = host.transport.master_pid()
+                assert pid is not None
+                cuts.append(pid)
+                os.kill(pid, signal.SIGKILL)
+
+    for update in follower:
+        updates.append(update)
+        cut_when_stepping(update)
+    assert len(cuts) == 2
+    assert not home_x.exists(), "the host's shell ran part of the folder name"
+    yield out, updates, file_events(out), follower
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_run_survives_two_cut_connections_and_no_event_is_lost_or_repeated(finished_run):
+    out, updates, events, follower = finished_run
+    kinds = [u.kind for u in updates]
+    assert kinds.count("lost") == 2 and kinds.count("connected") == 3
+    assert follower.reconnects == 2
+    assert kinds[-1] == "ended" and updates[-1].state == "done"
+    seen = [u.event for u in updates if u.kind == "event"]
+    assert seen == events  # every event once, in order, though the connection broke twice
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 40
+    assert updates[-1].offset == (Path(out) / "events.jsonl").stat().st_size
+    assert any("connection" in u.text and "retrying in" in u.text for u in updates)
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_status_of_a_finished_run(finished_run, sshd, capsys):
+    out = finished_run[0]
+    status, text, err = remote_cli(sshd, capsys, "status", out, "--json")
+    assert status == 0, err
+    record = json.loads(text)
+    assert (record["state"], record["step"], record["max_steps"]) == ("done", 40, 40)
+    assert record["test_bpd"] == pytest.approx(finished_run[2][-1]["test_bpd"])
+    assert record["alive"] is False
+    # A run name without a folder is looked up in the runs folder.
+    status, text, _ = remote_cli(sshd, capsys, "status", NASTY)
+    assert status == 0 and text.startswith("done (step 40/40, test ")
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_fetch_brings_the_checkpoint_back_bit_for_bit(finished_run, sshd, capsys, tmp_path):
+    from core.files.checkpoint import load_checkpoint
+
+    out = Path(finished_run[0])
+    status, text, err = remote_cli(sshd, capsys, "fetch", str(out), "--to", str(tmp_path / "f"))
+    assert status == 0, err
+    assert text.splitlines()[-1] == str(tmp_path / "f")
+    for name in ("latest.pt", "best.pt", "events.jsonl", "trainer.log", "launch.json"):
+        assert sha256_file(tmp_path / "f" / name) == sha256_file(out / name), name
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    assert sorted(p.name for p in (tmp_path / "f" / "samples").iterdir()) == samples
+    assert not list((tmp_path / "f").rglob("*.part"))
+    model, meta = load_checkpoint(tmp_path / "f" / "latest.pt")
+    assert meta["step"] == 40 and model.config.image_size == 28
+    # Fetched again: everything is there and verified, nothing is copied.
+    result = sshd.host().fetch(str(out), tmp_path / "f")
+    assert result.fetched == 0 and result.bytes == 0
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_cut_fetch_resumes_from_its_part_file(finished_run, sshd, tmp_path):
+    out = Path(finished_run[0])
+    host = sshd.host()
+    size = (out / "latest.pt").stat().st_size
+    cancel = threading.Event()
+
+    def progress(name: str, done: int, total: int) -> None:
+        if done >= total // 3:
+            cancel.set()
+
+    with pytest.raises(RemoteError) as info:
+        host.fetch(str(out), tmp_path, names=["latest.pt"], progress=progress, cancel=cancel)
+    assert info.value.kind == "cancelled"
+    assert not (tmp_path / "latest.pt").exists()
+    (part,) = tmp_path.glob(".latest.pt.*.part")
+    kept = part.stat().st_size
+    assert 0 < kept < size
+    result = host.fetch(str(out), tmp_path, names=["latest.pt"])
+    assert result.bytes == size - kept  # only the rest travelled
+    assert (
+        sha256_file(tmp_path / "latest.pt")
+        == hashlib.sha256((out / "latest.pt").read_bytes()).hexdigest()
+    )
+    assert not part.exists()
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_taken_run_folder_is_refused(finished_run, sshd, capsys):
+    out = finished_run[0]
+    before = (Path(out) / "events.jsonl").read_bytes()
+    status, text, err = remote_cli(sshd, capsys, "train", "--out", out, *TRAIN, "--max-steps", "2")
+    assert status == 2 and text == ""
+    assert "already holds a run: choose another --out" in err and err.count("\n") == 1
+    assert (Path(out) / "events.jsonl").read_bytes() == before
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_stop_saves_and_kill_ends(sshd, capsys):
+    host = sshd.host()
+    long_run = [*TRAIN, "--max-steps", "5000", "--eval-every", "5000"]
+    stopped = host.start(long_run)
+    killed = host.start(long_run)
+    for run in (stopped, killed):
+        wait_for(lambda run=run: host.status(run).step >= 2, what="the first steps")
+    status, _, err = remote_cli(sshd, capsys, "stop", stopped.out)
+    assert status == 0, err
+    status, _, err = remote_cli(sshd, capsys, "follow", stopped.out)
+    assert status == 0, err
+    final = host.status(stopped)
+    assert final.state == "stopped" and (Path(stopped.out) / "latest.pt").is_file()
+    assert file_events(stopped.out)[-1]["reason"] == "stopped"
+
+    launch = read_launch(Path(killed.out))
+    status, _, err = remote_cli(sshd, capsys, "kill", killed.out)
+    assert status == 0, err
+    wait_for(lambda: trainer_alive(Path(killed.out), launch) is False, 30, "the kill")
+    final = host.status(killed)
+    assert (final.state, final.message, final.alive) == ("failed", "killed", False)
+    # Neither can be stopped or killed again: one sentence, status 1 (the run's state).
+    status, _, err = remote_cli(sshd, capsys, "kill", killed.out)
+    assert status == 1 and "is not running (failed)" in err
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_full_remote_disk_is_one_sentence(sshd, capsys, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        host = sshd.host(runs_dir=str(disk))
+        # Room for one checkpoint (12 MB), not for the second: the run fails at its first
+        # evaluation, and says why.
+        run = host.start([*TRAIN, "--max-steps", "40", "--eval-every", "4"])
+        status, _, err = cli(
+            capsys, "remote", "--ssh-config", str(sshd.config), sshd.alias, "follow",
+            "--python", sshd.python, "--runs-dir", str(disk), run.out,
+        )  # fmt: skip
+        assert status == 1
+        assert "the run failed: the disk of" in err and "is full" in err
+        assert host.status(run).state == "failed"
+        # The checkpoint left there takes 12 of the 20 MB: a new run is refused at once.
+        with pytest.raises(RemoteError) as info:
+            host.start([*TRAIN, "--max-steps", "2"])
+        assert info.value.kind == "disk-full"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
