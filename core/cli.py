@@ -1,4 +1,4 @@
-"""``realnvp`` / ``python -m core``: train, sample, encode, eval, info, export, directions, bench.
+"""``realnvp``, ``python -m core``: train sample encode eval info export directions bench remote.
 
 Every command that takes a checkpoint also takes the word ``bundled`` for the bundled model.
 A user error is one line on stderr and exit status 2, never a traceback; output cut short

@@ -27,7 +27,7 @@ from core.training.remote import (
     safe_target,
     sha256_file,
 )
-from core.training.remote_agent import read_launch, trainer_alive
+from core.training.remote_agent import host_path, read_launch, trainer_alive
 from core.training.transport import RemoteError, SshTransport, split_target
 
 # A tiny MNIST run: a few dozen steps of the small preset, evaluated on 64 test images.
@@ -115,6 +115,19 @@ def test_every_word_of_a_remote_command_is_quoted():
     )
     assert shell.stdout.splitlines() == words
     assert "BatchMode=yes" in argv and argv[argv.index("--") + 1] == "gpubox"
+
+
+def test_home_relative_paths_mean_the_hosts_home():
+    transport = SshTransport("gpubox", share=False)
+    # A quoted ~ is not expanded by the host's shell; a command over ssh starts at home.
+    assert transport.program("~/venv/bin/python") == "./venv/bin/python"
+    assert transport.program("/opt/py/bin/python") == "/opt/py/bin/python"
+    with pytest.raises(RemoteError):
+        transport.program("~other/bin/python")
+    home = os.path.expanduser("~")
+    assert host_path("~/data") == f"{home}/data"
+    assert host_path("--data-dir=~/data") == f"--data-dir={home}/data"
+    assert host_path("a~/b") == "a~/b" and host_path("--lr") == "--lr"
 
 
 def test_a_remembered_run_round_trips_and_has_a_cache_folder(tmp_path, monkeypatch):

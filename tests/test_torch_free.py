@@ -24,6 +24,7 @@ CORE_TORCH_FREE = [
     "core",
     "core.files",
     "core.files.atomic",
+    "core.files.format_version",
     "core.files.images",
     "core.files.resources",
     "core.flow",
@@ -35,6 +36,10 @@ CORE_TORCH_FREE = [
     "core.training.datasets",
     "core.training.events",
     "core.training.run_folder",
+    # The remote-run API the GUI calls, and the agent (its check alone loads torch).
+    "core.training.remote",
+    "core.training.remote_agent",
+    "core.training.transport",
 ]
 
 

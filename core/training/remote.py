@@ -238,7 +238,7 @@ class RunHost:
         return self.transport.label
 
     def agent_argv(self, op: str, *args: str) -> list[str]:
-        return [self.python, "-m", AGENT_MODULE, op, *args]
+        return [self.transport.program(self.python), "-m", AGENT_MODULE, op, *args]
 
     def _popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         self.transport.connect()

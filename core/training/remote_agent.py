@@ -53,6 +53,7 @@ from typing import Any, NoReturn
 
 from core.files.atomic import atomic_write
 from core.files.format_version import CHECKPOINT_FORMAT
+from core.training.stopping import STOP_FILE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.training.transport.AGENT_ERROR_MARK
@@ -60,7 +61,6 @@ DEFAULT_RUNS_DIR = "~/realnvp-runs"
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
 LAUNCH_FILE = "launch.json"
-STOP_FILE = "STOP"  # core.training.trainer.STOP_FILE
 FOLLOW_POLL_S = 0.25
 HEARTBEAT_S = 5.0
 MAX_READ = 256 * 1024
@@ -321,9 +321,19 @@ def claim(out: Path) -> None:
         raise _os_error(exc, f"the run folder {out}") from None
 
 
+def host_path(word: str) -> str:
+    """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
+    host's home: the client quotes ``~`` so its own shell leaves it alone."""
+    option, sep, value = word.partition("=")
+    if sep and option.startswith("--") and value.startswith("~/"):
+        return f"{option}={os.path.expanduser(value)}"
+    return os.path.expanduser(word) if word.startswith("~/") else word
+
+
 def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
     """The trainer's command: the one a local run uses, ``--progress json --out OUT`` last
-    (argparse keeps the last value of an option given twice)."""
+    (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
+    train_args = [host_path(word) for word in train_args]
     if gpus > 1:
         launcher = [python, "-m", "torch.distributed.run", "--standalone"]
         launcher += ["--nproc_per_node", str(gpus)]
@@ -353,7 +363,7 @@ def op_start(args: argparse.Namespace) -> None:
             f"the disk of {_host()} is full: {free / 2**20:.1f} MiB free for the run {out}",
             "disk-full",
         )
-    argv = trainer_argv(args.python, args.gpus, args.train_args, out)
+    argv = trainer_argv(os.path.expanduser(args.python), args.gpus, args.train_args, out)
     try:
         events = (out / EVENTS_FILE).open("ab")
         log = (out / LOG_FILE).open("ab")

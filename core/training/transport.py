@@ -78,6 +78,10 @@ class Transport(Protocol):
         """The local argv that runs ``argv`` there."""
         ...
 
+    def program(self, path: str) -> str:
+        """A program's path as the machine must be given it (``~/`` is its home)."""
+        ...
+
     def connect(self) -> None:
         """Make sure a command can run now (opens the shared connection); raise
         :class:`RemoteError` saying why not."""
@@ -100,6 +104,9 @@ class LocalTransport:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         return list(argv)
+
+    def program(self, path: str) -> str:
+        return os.path.expanduser(path)
 
     def connect(self) -> None:
         return None
@@ -224,6 +231,15 @@ class SshTransport:
         if self.env:
             words = ["env", *(f"{k}={v}" for k, v in self.env.items()), *words]
         return shlex.join(words)
+
+    def program(self, path: str) -> str:
+        """``~/venv/bin/python`` as ``./venv/bin/python``: a quoted ``~`` is not expanded
+        by the host's shell, and a command over ssh starts in the home folder."""
+        if path == "~" or path.startswith("~/"):
+            return "." + path[1:]
+        if path.startswith("~"):
+            raise RemoteError(f"{path}: give the Python as an absolute path or ~/...", "bad-input")
+        return path
 
     def command(self, argv: Sequence[str]) -> list[str]:
         # -T: no terminal, so bytes pass unchanged and Ctrl+C is not forwarded.
