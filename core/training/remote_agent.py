@@ -53,6 +53,13 @@ from typing import Any, NoReturn
 
 from core.files.atomic import atomic_write
 from core.files.format_version import CHECKPOINT_FORMAT
+from core.training.run_folder import (
+    RunFolderError,
+    check_run_folder,
+    claim_run_folder,
+    read_lock,
+    run_state,
+)
 from core.training.stopping import STOP_FILE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
@@ -67,7 +74,6 @@ MAX_READ = 256 * 1024
 CHUNK = 256 * 1024
 MIN_FREE_BYTES = 16 * 2**20  # a run needs room for its first checkpoints and samples
 DISK_FULL = "No space left on device"  # strerror(ENOSPC), in the trainer's error event
-STATES = ("running", "done", "failed", "stopped")
 
 
 class AgentError(Exception):
@@ -173,7 +179,9 @@ def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | Non
     launch = read_launch(out) if launch is None else launch
     pid = launch.get("pid")
     if not isinstance(pid, int):
-        return None
+        # Started some other way (by hand, by the desktop app there): the run lock says.
+        holder = read_lock(out)
+        return holder.alive() if holder is not None else None
     if launch.get("boot_id") and launch.get("boot_id") != _boot_id():
         return False  # the machine restarted since
     if launch.get("start_ticks") is not None and _start_ticks(pid) != launch["start_ticks"]:
@@ -194,47 +202,34 @@ def _events(out: Path) -> Iterator[dict[str, Any]]:
 
 
 def run_status(out: Path) -> dict[str, Any]:
-    """``state``, ``step``, ``max_steps``, ``test_bpd`` and ``message`` of the run in ``out``
-    from its events, and whether its trainer is alive."""
-    state, step, max_steps, test_bpd, message, started = "running", 0, None, None, "", False
-    for e in _events(out):
-        kind = e["event"]
-        if kind == "start":
-            started, state, message = True, "running", ""
-            max_steps = e.get("total_steps", max_steps)
-            step = e.get("step", step)
-        elif kind in ("step", "eval") and isinstance(e.get("step"), int):
-            step = e["step"]
-            max_steps = e.get("total_steps", max_steps)
-            if kind == "eval":
-                test_bpd = e.get("test_bpd", test_bpd)
-        elif kind == "done":
-            step = e.get("step", step)
-            test_bpd = e.get("test_bpd", test_bpd)
-            state = "stopped" if e.get("reason") == "stopped" else "done"
-        elif kind == "error":
-            state, message = "failed", str(e.get("message", ""))
-            if DISK_FULL in message:
-                message = f"the disk of {_host()} is full: {message}"
+    """``state`` (``running``, ``done``, ``failed``, ``stopped``), ``step``, ``max_steps``,
+    ``test_bpd`` and ``message`` of the run in ``out``: the run folder's own state
+    (:func:`core.training.run_folder.run_state`), with what only the launcher knows: a
+    trainer still starting (no lock yet) runs, one that ended before its first step
+    failed, and a killed one was killed."""
+    state = run_state(out)
     launch = read_launch(out)
     alive = trainer_alive(out, launch)
-    if state == "running" and alive is False:
-        state = "failed"
-        if launch.get("killed"):
-            message = "killed"
-        else:
-            message = "the trainer ended without a done event" + (
-                "" if started else " (see trainer.log)"
-            )
+    name, message = state.state, state.message or ""
+    if name == "none":
+        # Nothing trained yet: still starting, or ended before its first step.
+        name = "running" if alive else "failed"
+        if name == "failed" and not message:
+            message = "the trainer ended before its first step"
             tail = _log_tail(out)
-            if tail:
-                message += f": {tail}"
+            message += f": {tail}" if tail else ""
+    if name == "running" and alive is False:  # the lock's holder is gone, not yet read
+        name = "failed"
+    if name == "failed" and launch.get("killed"):
+        message = "killed"
+    elif name == "failed" and DISK_FULL in message:
+        message = f"the disk of {_host()} is full: {message}"
     return {
         "run": str(out),
-        "state": state,
-        "step": step,
-        "max_steps": max_steps,
-        "test_bpd": test_bpd,
+        "state": name,
+        "step": state.step or 0,
+        "max_steps": state.max_steps,
+        "test_bpd": state.test_bpd,
         "message": message,
         "alive": alive,
         "pid": launch.get("pid"),
@@ -304,21 +299,31 @@ def _new_run_name(runs: Path) -> Path:
     raise AgentError(f"no free run folder name in {runs}", "taken")
 
 
-def claim(out: Path) -> None:
-    """A new run's folder: absent, empty, or holding no run (no events, no checkpoint)."""
-    if out.exists() and not out.is_dir():
-        raise AgentError(f"{out} on {_host()} is a file, not a folder", "bad-input")
-    if out.is_dir():
-        held = [p.name for p in out.iterdir() if p.name in (EVENTS_FILE, "latest.pt", LAUNCH_FILE)]
-        if held:
-            raise AgentError(
-                f"the run folder {out} on {_host()} already holds a run: choose another --out",
-                "taken",
-            )
+def _fresh_or_resumed(train_args: Sequence[str]) -> tuple[str | None, bool]:
+    """``--resume CHECKPOINT`` and ``--overwrite`` among the train options."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--resume")
+    parser.add_argument("--overwrite", action="store_true")
+    known, _ = parser.parse_known_args(list(train_args))
+    return known.resume, known.overwrite
+
+
+def claim(out: Path, resume: str | None, overwrite: bool) -> None:
+    """The run folder rule of a local run (:mod:`core.training.run_folder`), said now and
+    not in the trainer's log: a folder in use or holding an earlier run is refused unless
+    the run resumes it (a checkpoint in it) or ``overwrite`` moves the earlier run aside
+    (done here, so a follower never sees the earlier run's events)."""
+    resume_here = resume is not None and (
+        Path(os.path.expanduser(resume)).absolute().parent == out.absolute()
+    )
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _os_error(exc, f"the run folder {out}") from None
+        check_run_folder(out, resume=resume_here, overwrite=overwrite)
+    except RunFolderError as exc:
+        raise AgentError(f"on {_host()}: {exc}", "taken") from None
+    try:
+        claim_run_folder(out, resume=resume_here, overwrite=overwrite).release()
+    except RunFolderError as exc:
+        raise AgentError(f"on {_host()}: {exc}", "bad-input") from None
 
 
 def host_path(word: str) -> str:
@@ -355,8 +360,14 @@ def op_start(args: argparse.Namespace) -> None:
             "version",
         )
     runs = runs_dir(args.runs_dir)
-    out = run_path(args.out, args.runs_dir) if args.out else _new_run_name(runs)
-    claim(out)
+    resume, overwrite = _fresh_or_resumed(args.train_args)
+    if args.out:
+        out = run_path(args.out, args.runs_dir)
+    elif resume:  # as a local run: the checkpoint's own folder
+        out = Path(os.path.expanduser(resume)).absolute().parent
+    else:
+        out = _new_run_name(runs)
+    claim(out, resume, overwrite)
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
         raise AgentError(
