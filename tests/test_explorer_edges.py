@@ -236,3 +236,71 @@ def test_the_map_data_folder_is_the_models_own_and_absolute(
     qtbot.keyClicks(panel.data_dir, mine)
     assert window.open_checkpoint(with_folder)
     assert panel.data_dir.text() == mine  # the user's own folder is kept
+
+
+# -- the training page -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def training_panel(qtbot, tmp_path):
+    from explorer.training.workspace import TrainingPanel
+
+    panel = TrainingPanel(runs_dir=tmp_path / "runs", probe_devices=False)
+    qtbot.addWidget(panel)
+    panel.resize(1000, 560)
+    panel.show()
+    return panel
+
+
+def test_the_training_page_before_any_run_reads_well(training_panel, qtbot):
+    panel = training_panel
+    assert panel.progress.text() == ""  # not "0 / 1 steps"
+    assert panel.info.text() == "No run yet"
+    assert panel.empty_plot.isVisible()
+    # The preview box says what will come instead of a large black box.
+    shot = panel.samples.grab().toImage()
+    black = sum(
+        shot.pixelColor(x, y).getRgb()[:3] == (0, 0, 0)
+        for x in range(0, shot.width(), 4)
+        for y in range(0, shot.height(), 4)
+    )
+    assert black == 0
+    assert "first evaluation" in panel.samples.placeholder
+    # The top tick's label has room above the axis: the plot's top margin holds half of it.
+    _left, top, _right, _bottom = panel.plot.getPlotItem().layout.getContentsMargins()
+    assert top >= panel.plot.fontMetrics().height() / 2
+
+
+def write_events(folder: Path, events: list[dict]) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return folder
+
+
+def test_a_reopened_run_shows_its_threads_and_a_stop_names_the_evaluations_step(
+    training_panel, tmp_path
+):
+    panel = training_panel
+    train = {"dataset": "mnist", "data_dir": str(tmp_path), "max_steps": 300, "device": "cpu"}
+    run = write_events(
+        tmp_path / "runs" / "r",
+        [
+            {"event": "start", "step": 0, "total_steps": 300, "parameters": 10,
+             "device": "cpu", "threads": 1, "train_config": train},
+            {"event": "step", "step": 100, "loss": 2.0, "total_steps": 300},
+            {"event": "eval", "step": 100, "test_bpd": 1.9},
+            {"event": "step", "step": 130, "loss": 1.8, "total_steps": 300},
+            {"event": "done", "step": 130, "reason": "stopped", "test_bpd": 1.9,
+             "best_test_bpd": 1.9},
+        ],
+    )  # fmt: skip
+    assert panel.open_run(run)
+    panel.catch_up()
+    assert panel.form.threads.value() == 1
+    assert panel.form.threads.text() == "1"  # not "default"
+    message = panel.message.text()
+    assert message.startswith("Stopped at step 130: last test 1.900 bits/dim at step 100")
+    assert panel.progress.text() == "130 / 300 steps"
+    assert not panel.empty_plot.isVisible()

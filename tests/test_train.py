@@ -67,6 +67,7 @@ def test_run_emits_events_and_writes_files(tmp_path):
     result = Trainer(TINY, config(tmp_path / "run", eval_every=4), sink).run()
     kinds = sink.kinds()
     assert kinds[0] == "start" and kinds[-1] == "done"
+    assert sink.events[0]["threads"] == torch.get_num_threads()  # a reopened run shows it
     assert kinds.count("step") == 3 and kinds.count("eval") == 2
     steps = [e for e in sink.events if e["event"] == "step"]
     assert [e["step"] for e in steps] == [2, 4, 6]

@@ -480,6 +480,7 @@ class Trainer:
             precision=self.precision.precision,
             precision_reason=self.precision.reason,
             world_size=self.dist.world,
+            threads=torch.get_num_threads(),  # CPU threads (--threads), for a reopened run
             out=str(self.out),
             model_config=model.config.to_dict(),
             train_config=c.to_dict(),

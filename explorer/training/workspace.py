@@ -31,7 +31,17 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import QRect, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QFont, QGuiApplication, QImage, QPainter, QPaintEvent
+from PySide6.QtGui import (
+    QCloseEvent,
+    QColor,
+    QFont,
+    QGuiApplication,
+    QImage,
+    QPainter,
+    QPaintEvent,
+    QPalette,
+    QPen,
+)
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -64,6 +74,7 @@ from explorer.training.process import (
 TRAIN_COLOUR = "#4ea1ff"
 TEST_COLOUR = "#ffb74d"
 PLOT_BACKGROUND = "#17191c"
+NO_STEPS_TEXT = ""  # an empty bar: "No run yet" is said just below it
 ERROR_STYLE = (
     "QLabel { background: #4a1f1f; color: #ffd0cc; padding: 6px 8px; border-radius: 4px; }"
 )
@@ -123,6 +134,8 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
         picked.update(channels=model["in_channels"], image_size=model["image_size"])
     if isinstance(picked.get("data_dir"), str):
         picked["data_dir"] = home_path(picked["data_dir"])
+    if isinstance(event.get("threads"), int) and event["threads"] > 0:
+        picked["threads"] = event["threads"]  # the run's own count, not "default"
     gpus = max(1, int(event.get("world_size") or 1))
     return replace(base, **picked, out=home_path(folder), resume="", gpus=gpus)
 
@@ -178,9 +191,10 @@ def ask_close_choice(parent: QWidget | None, out: str) -> str:
 class SampleView(QWidget):
     """One image scaled to fit, pixels kept crisp when enlarged."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, placeholder: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.image = QImage()
+        self.placeholder = placeholder  # said in the empty box, in place of a black one
         self.setMinimumSize(120, 80)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -193,8 +207,20 @@ class SampleView(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
-        painter.fillRect(self.rect(), Qt.GlobalColor.black)
-        if not self.image.isNull():
+        if self.image.isNull():
+            # Nothing yet: the plot's background, a dashed outline and what will come.
+            painter.fillRect(self.rect(), QColor(PLOT_BACKGROUND))
+            pen = QPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+            pen.setStyle(Qt.PenStyle.DashLine)
+            painter.setPen(pen)
+            painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+            painter.drawText(
+                self.rect().adjusted(12, 12, -12, -12),
+                Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                self.placeholder,
+            )
+        else:
+            painter.fillRect(self.rect(), Qt.GlobalColor.black)
             size = self.image.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
             rect = QRect(0, 0, size.width(), size.height())
             rect.moveCenter(self.rect().center())
@@ -284,9 +310,9 @@ class TrainingPanel(QWidget):
         self.copy_button = QPushButton("Copy")
 
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m steps")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setFormat(NO_STEPS_TEXT)  # not "0 / 1 steps": no run has a length yet
         self.info = QLabel("No run yet")
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rate = QLabel()
@@ -318,9 +344,21 @@ class TrainingPanel(QWidget):
             name="test",
         )
         self.plot.setMinimumSize(240, 160)
+        # Room above the axis for half of the top tick's label, which is centred on it.
+        self.plot.getPlotItem().layout.setContentsMargins(
+            0, self.fontMetrics().height() // 2 + 2, 8, 0
+        )
+        self.empty_plot = pg.TextItem(
+            "The curves appear\nwhen a run starts",
+            color="#8a8f98",
+            anchor=(0.5, 0.5),
+        )
+        self.empty_plot.setPos(0.5, 0.5)
+        self.plot.addItem(self.empty_plot, ignoreBounds=True)
 
-        self.samples = SampleView()
-        self.samples_caption = QLabel("Samples appear after the first evaluation")
+        self.samples = SampleView("Samples appear after the first evaluation")
+        self.samples_caption = QLabel()
+        self.samples_caption.hide()  # until there are samples: the box says what will come
         self.samples_caption.setWordWrap(True)
 
         self.log = QPlainTextEdit()
@@ -702,14 +740,18 @@ class TrainingPanel(QWidget):
         checkpoint = event.get("checkpoint")
         if checkpoint and Path(checkpoint).is_file():
             self.checkpoint = checkpoint
-        test, best = event.get("test_bpd"), event.get("best_test_bpd")
+        test, best, step = event.get("test_bpd"), event.get("best_test_bpd"), event.get("step")
         scores = ""
         if test is not None and best is not None:
-            scores = f": test {test:.3f} bits/dim (best {best:.3f})"
+            # A run stopped between evaluations: the figure is the last evaluation's, and
+            # it says from which step.
+            evaluated = self.test_points[0][-1] if self.test_points[0] else None
+            at = f" at step {evaluated}" if evaluated is not None and evaluated != step else ""
+            last = "last test" if at else "test"
+            scores = f": {last} {test:.3f} bits/dim{at} (best {best:.3f})"
         checkpoint = home_path(self.checkpoint) if self.checkpoint else "none"
         self._show_message(
-            f"{str(reason).capitalize()} at step {event.get('step')}{scores}. "
-            f"Checkpoint: {checkpoint}"
+            f"{str(reason).capitalize()} at step {step}{scores}. Checkpoint: {checkpoint}"
         )
         self._rate.clear()
         self._schedule_redraw()
@@ -727,6 +769,7 @@ class TrainingPanel(QWidget):
         self.samples_caption.setText(
             f"Samples at step {step}: temperature 0.7 (left) and 1.0 (right)"
         )
+        self.samples_caption.show()
 
     def _schedule_redraw(self) -> None:
         # Events come in bursts (one per file read) and a fast GPU run sends many: the
@@ -743,6 +786,8 @@ class TrainingPanel(QWidget):
         self.test_curve.setData(*self.test_points)
         self.progress.setRange(0, max(self.total_steps, 1))
         self.progress.setValue(min(self.last_step, max(self.total_steps, 1)))
+        self.progress.setFormat("%v / %m steps" if self.total_steps else NO_STEPS_TEXT)
+        self.empty_plot.setVisible(not (self.train_points[0] or self.test_points[0]))
         parts = []
         if self.images_per_s:
             parts.append(f"{self.images_per_s:,.0f} images/s")
@@ -766,7 +811,7 @@ class TrainingPanel(QWidget):
         self._rate.clear()
         self.checkpoint = None
         self.samples.set_image(QImage())
-        self.samples_caption.setText("Samples appear after the first evaluation")
+        self.samples_caption.hide()
         self.log.clear()
         self.message.hide()
         self.rate.setText("")
