@@ -17,9 +17,11 @@ shared virtual environment's editable install would otherwise import another che
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +86,41 @@ class SshServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+    def vanish(self) -> None:
+        """The host disappears: the server and every connection it serves end at once.
+        Only sshd's own processes are killed (each connection's is a descendant of the
+        listener, in a session of its own); the commands run in the sessions are not
+        signalled, as when a network cable is pulled."""
+        for pid in [*_sshd_descendants(self.process.pid), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+    def restart(self) -> None:
+        """The host is back, on the same port with the same keys."""
+        self.process = _run_sshd(self.root, self.port)
+
+
+def _sshd_descendants(root_pid: int) -> list[int]:
+    """The sshd processes below ``root_pid`` (Linux ``/proc``)."""
+    parent, name = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            parent[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+            name[int(entry.name)] = comm
+    found, frontier = [], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and name[child].startswith("sshd"):
+                found.append(child)
+                frontier.append(child)
+    return found
+
 
 def start_sshd(root: Path) -> SshServer:
     root.mkdir(parents=True, exist_ok=True)
@@ -141,10 +178,20 @@ def start_sshd(root: Path) -> SshServer:
     python.chmod(0o755)
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation folder
-    log = (root / "sshd.log").open("ab")
-    process = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-    )
+    return SshServer(root, port, client, str(python), _run_sshd(root, port))
+
+
+def _run_sshd(root: Path, port: int) -> subprocess.Popen:
+    """``sshd -D`` with the config in ``root``, in a process group of its own; returns once
+    it accepts connections on ``port``."""
+    with (root / "sshd.log").open("ab") as log:
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(root / "sshd_config")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -154,7 +201,7 @@ def start_sshd(root: Path) -> SshServer:
             break
         except OSError:
             time.sleep(0.05)
-    return SshServer(root, port, client, str(python), process)
+    return process
 
 
 def running_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:

@@ -24,6 +24,7 @@ from core.training.remote import (
     RemoteRun,
     default_cache_dir,
     local_host,
+    run_file,
     safe_target,
     sha256_file,
 )
@@ -91,6 +92,17 @@ def test_a_fetch_writes_only_inside_its_folder(tmp_path: Path):
         with pytest.raises(RemoteError) as info:
             safe_target(tmp_path, name)
         assert info.value.kind == "bad-input"
+
+
+def test_an_events_host_path_names_a_file_of_the_run():
+    run = RemoteRun("/home/me/runs/run 1", "gpubox")
+    assert run_file(run, "/home/me/runs/run 1/samples/samples_0000500.png") == (
+        "samples/samples_0000500.png"
+    )
+    assert run_file(run.out, "latest.pt") == "latest.pt"
+    for bad in ("/home/me/runs/other/latest.pt", "/etc/passwd", "../x"):
+        with pytest.raises(RemoteError):
+            run_file(run, bad)
 
 
 def test_host_names_are_checked_before_ssh_sees_them():
@@ -322,6 +334,10 @@ def test_fetch_brings_the_checkpoint_back_bit_for_bit(finished_run, sshd, capsys
     assert not list((tmp_path / "f").rglob("*.part"))
     model, meta = load_checkpoint(tmp_path / "f" / "latest.pt")
     assert meta["step"] == 40 and model.config.image_size == 28
+    # A preview as the GUI gets it: the samples event names it by its path on the host.
+    sample = next(e["path"] for e in finished_run[2] if e["event"] == "samples")
+    result = sshd.host().fetch(str(out), tmp_path / "p", names=[run_file(str(out), sample)])
+    assert result.files == [tmp_path / "p" / "samples" / Path(sample).name]
     # Fetched again: everything is there and verified, nothing is copied.
     result = sshd.host().fetch(str(out), tmp_path / "f")
     assert result.fetched == 0 and result.bytes == 0
@@ -422,3 +438,48 @@ def test_a_full_remote_disk_is_one_sentence(sshd, capsys, tmp_path):
         assert info.value.kind == "disk-full"
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_host_that_vanishes_mid_run_is_one_sentence_and_the_run_goes_on(tmp_path_factory, capsys):
+    own = running_sshd(tmp_path_factory)  # a server of its own, to pull the plug on
+    server = next(own)
+    try:
+        host = server.host()
+        run = host.start([*TRAIN, "--max-steps", "60", "--eval-every", "30"])
+        follower = host.follow(run, retry_delays=(0.5,), give_up_after=3)
+        updates = []
+        with pytest.raises(RemoteError) as info:
+            for update in follower:
+                updates.append(update)
+                stepping = update.kind == "event" and update.event["event"] == "step"
+                if stepping and server.process.poll() is None:
+                    server.vanish()
+        assert info.value.kind == "connection-lost"
+        assert str(info.value) == (
+            "lost the connection to rnvp-test for over 3 s; the run goes on there"
+        )
+        lost = [u.text for u in updates if u.kind == "lost"]
+        assert lost and lost[0].startswith("lost the connection to rnvp-test, retrying in 0 s")
+        assert any("refused the connection" in text for text in lost)
+        # The command line says the same in one line, status 2.
+        status, _, err = cli(
+            capsys, "remote", "--ssh-config", str(server.config), server.alias, "follow",
+            "--python", server.python, "--runs-dir", str(server.root / "runs"),
+            "--give-up-after", "1", run.out,
+        )  # fmt: skip
+        assert status == 2
+        assert err.splitlines()[-1] == (
+            "realnvp remote: error: lost the connection to rnvp-test for over 1 s; "
+            "the run goes on there"
+        )
+        # The host comes back: the run went on without it, and following it again from
+        # where the first follower stopped loses and repeats nothing.
+        server.restart()
+        rest = list(host.follow(run, offset=follower.offset, log_offset=follower.log_offset))
+        assert rest[-1].kind == "ended" and rest[-1].state == "done"
+        seen = [u.event for u in [*updates, *rest] if u.kind == "event"]
+        assert seen == file_events(run.out) and seen[-1]["step"] == 60
+    finally:
+        own.close()

@@ -54,6 +54,9 @@ from core.training.transport import (
 DEFAULT_PYTHON = "python3"
 DEFAULT_RUNS_DIR = "~/realnvp-runs"
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0)  # then 30 s between tries
+# Failures of the way to the host (not of the run) that a follower retries once it has
+# followed: the network or the host may come back.
+AWAY_KINDS = frozenset({"unknown-host", "refused", "timeout", "unreachable", "ssh"})
 CHUNK = 256 * 1024
 STATES = ("running", "done", "failed", "stopped")
 
@@ -514,6 +517,20 @@ def safe_target(folder: Path, name: str) -> Path:
     return target
 
 
+def run_file(run: RemoteRun | str, path: str) -> str:
+    """The name inside the run folder of a file an event names by its path on the host (a
+    ``samples`` event's PNG, a ``checkpoint`` event's file), for :meth:`RunHost.fetch`'s
+    ``names``; a path outside the run folder is refused."""
+    out = PurePosixPath(run.out if isinstance(run, RemoteRun) else run)
+    try:
+        name = PurePosixPath(path).relative_to(out).as_posix()
+    except ValueError:
+        name = path if not PurePosixPath(path).is_absolute() else ""
+    if not name or ".." in PurePosixPath(name).parts:
+        raise RemoteError(f"{path} is not a file of the run {out}", "bad-input")
+    return name
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -578,6 +595,7 @@ class Follower:
         self.retry_delays = tuple(retry_delays) or (1.0,)
         self.give_up_after = give_up_after
         self.connected = False
+        self.ever_connected = False
         self.ended_state: str | None = None
         self.reconnects = 0
         self._closed = threading.Event()
@@ -615,15 +633,18 @@ class Follower:
                     if update.kind == "ended":
                         return
             except RemoteError as exc:
-                if not exc.connection or self.closed:
-                    if self.closed:
-                        return
+                if self.closed:
+                    return
+                # Once a run has been followed, a host that cannot be found or reached is
+                # a network gone (a laptop off its Wi-Fi), not a typo: retried too.
+                if not (exc.connection or (self.ever_connected and exc.kind in AWAY_KINDS)):
                     raise
-                lost_text = str(exc)
+                lost = f"lost the connection to {self.host.label}"
+                reason = "" if str(exc) == lost else f" ({exc})"
             else:
                 if self.closed:
                     return
-                lost_text = f"lost the connection to {self.host.label}"
+                reason = ""
             self.connected = False
             down_since = down_since or time.monotonic()
             if (
@@ -637,9 +658,8 @@ class Follower:
                 )
             delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
             failures += 1
-            yield self._update(
-                "lost", text=f"{lost_text}, retrying in {delay:.0f} s", retry_in=delay
-            )
+            text = f"lost the connection to {self.host.label}, retrying in {delay:.0f} s{reason}"
+            yield self._update("lost", text=text, retry_in=delay)
             if self._closed.wait(delay):
                 return
             self.reconnects += 1
@@ -666,7 +686,7 @@ class Follower:
                 except ValueError:
                     continue
                 if not self.connected:
-                    self.connected = True
+                    self.connected = self.ever_connected = True
                     yield self._update("connected", text=f"following on {host.label}")
                 if "o" in record:
                     line = str(record.get("line", ""))

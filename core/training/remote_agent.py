@@ -211,6 +211,13 @@ def run_status(out: Path) -> dict[str, Any]:
     launch = read_launch(out)
     alive = trainer_alive(out, launch)
     name, message = state.state, state.message or ""
+    last = None
+    for e in _events(out):
+        if e["event"] in ("start", "done", "error"):
+            last = e
+    if name == "running" and last is not None and last["event"] != "start":
+        # It has said its last word and is exiting (the lock goes last).
+        name, message = ended_state(last)
     if name == "none":
         # Nothing trained yet: still starting, or ended before its first step.
         name = "running" if alive else "failed"
@@ -235,6 +242,13 @@ def run_status(out: Path) -> dict[str, Any]:
         "pid": launch.get("pid"),
         "host": _host(),
     }
+
+
+def ended_state(event: dict[str, Any]) -> tuple[str, str]:
+    """The state and message a ``done`` or ``error`` event ends a run with."""
+    if event["event"] == "error":
+        return "failed", str(event.get("message", ""))
+    return ("done" if event.get("reason", "finished") == "finished" else "stopped"), ""
 
 
 def _log_tail(out: Path) -> str:
