@@ -208,9 +208,9 @@ def _cmd_train(args) -> int:
         raise
     try:
         trainer.run()
-    except TrainingError as exc:
+    except TrainingError as exc:  # diverged (3), a save that failed (4)
         print(f"realnvp train: error: {exc}", file=sys.stderr)
-        return 3
+        return exc.exit_status
     return 0
 
 

@@ -34,6 +34,7 @@ CORE_TORCH_FREE = [
     "core.stats.typicality",
     "core.training",
     "core.training.datasets",
+    "core.training.disk",
     "core.training.events",
     "core.training.run_folder",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).

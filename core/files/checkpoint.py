@@ -13,6 +13,7 @@ Layout (a plain dict saved with ``torch.save``; loaded with ``weights_only=True`
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import shutil
@@ -66,6 +67,47 @@ def save_checkpoint(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
             raise
     return path
+
+
+class _ByteCounter(io.RawIOBase):
+    """A write-only stream that keeps only the number of bytes written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        n = len(memoryview(data))
+        self.count += n
+        return n
+
+
+def serialized_bytes(obj: Any) -> int:
+    """The size ``torch.save`` gives ``obj``, measured without writing it anywhere."""
+    counter = _ByteCounter()
+    torch.save(obj, counter)
+    return counter.count
+
+
+# RNG states, scheduler, history and the rest of the training section, with room to spare.
+TRAINING_STATE_SLACK = 64 * 1024
+
+
+def estimate_checkpoint_bytes(model: RealNVP, training: bool = True, extra_bytes: int = 0) -> int:
+    """How large a checkpoint of ``model`` will be: its state serialized as
+    :func:`save_checkpoint` does (tensor headers and alignment included, which dominate a
+    small model), plus, with ``training``, Adam's two moments per parameter and the rest of
+    the training state, plus ``extra_bytes`` (statistics kept in ``meta``). Measured against
+    written files it is within a few percent."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    total = serialized_bytes(state) + extra_bytes
+    if training:
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        total += 2 * serialized_bytes(params) + TRAINING_STATE_SLACK
+    return total
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

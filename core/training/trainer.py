@@ -8,10 +8,12 @@ the CPU). Rank 0 alone writes files and events.
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.files.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from core.files.checkpoint import (
+    estimate_checkpoint_bytes,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from core.files.images import make_grid, save_png, to_uint8
 from core.flow.model import (
     FlowConfig,
@@ -36,6 +43,7 @@ from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
 from core.training.data import ImageDataset, load_dataset
 from core.training.datasets import DatasetError, dataset_geometry
 from core.training.device import describe
+from core.training.disk import low_space_warning, save_failure_sentence
 from core.training.distributed import init_distributed
 from core.training.events import EventSink
 from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
@@ -58,7 +66,17 @@ from core.training.stopping import STOP_FILE, StopSignals
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on; the message is meant for the user."""
+    """A run that cannot go on; the message is meant for the user. ``exit_status`` is the
+    command line's (3: diverged)."""
+
+    exit_status = 3
+
+
+class SaveFailedError(TrainingError):
+    """A checkpoint or sample grid that could not be written (a full disk, a read-only or
+    removed folder); the previous checkpoint is intact and the message says where."""
+
+    exit_status = 4
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class Trainer:
         self.overwrite = overwrite
         self.resume_path = Path(resume) if resume is not None else None
         self.lock: RunLock | None = None
+        self.last_good: tuple[Path, int] | None = None  # the newest checkpoint saved, its step
         self.sink = sink or EventSink("none")
         if not self.dist.is_main:
             self.sink = EventSink("none")
@@ -171,6 +190,7 @@ class Trainer:
             )
             self.model, _ = load_checkpoint(resume)
             self.resume_state = data["training"]
+            self.last_good = (Path(resume), int(self.resume_state.get("step", 0)))
         else:
             if model_config is None:
                 raise ValueError("a model config is needed unless resuming")
@@ -312,10 +332,21 @@ class Trainer:
             grids.append(make_grid(to_uint8(x.float().cpu().numpy())))
         model.train()
         gap = np.full((grids[0].shape[0], 8, grids[0].shape[2]), 255, dtype=np.uint8)
-        return save_png(
-            np.concatenate([grids[0], gap, grids[1]], axis=1),
-            self.out / "samples" / f"samples_{step:07d}.png",
-        )
+        grid = np.concatenate([grids[0], gap, grids[1]], axis=1)
+        path = self.out / "samples" / f"samples_{step:07d}.png"
+        return self._saving(f"samples/{path.name}", lambda: save_png(grid, path))
+
+    def _saving(self, what: str, write: Callable[[], Path]) -> Path:
+        """``write()``, with a failure (a full disk, a read-only folder, the folder removed
+        under the run) turned into one sentence: :class:`SaveFailedError`. A removed folder
+        is not silently made again: the run's other files went with it."""
+        try:
+            if not self.out.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "the output folder is gone", str(self.out))
+            return write()
+        except OSError as exc:
+            sentence = save_failure_sentence(what, self.out, exc, self.last_good)
+            raise SaveFailedError(sentence) from None
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -350,7 +381,11 @@ class Trainer:
             "last_test_bpd": state["last_test_bpd"],
             "wall_time_s": state["wall_time_s"],
         }
-        path = save_checkpoint(self.out / name, self.model, meta, training)
+        path = self._saving(
+            name, lambda: save_checkpoint(self.out / name, self.model, meta, training)
+        )
+        if name == "latest.pt" or self.last_good is None:
+            self.last_good = (path, step)
         self.sink.emit("checkpoint", path=str(path), step=step, kind=name.removesuffix(".pt"))
         return path
 
@@ -493,6 +528,7 @@ class Trainer:
             self.sink.emit("warning", message=warning)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._warn_if_disk_is_short(train, test)
 
         # The host looks at the device's counters only to log, before a checkpoint, and every
         # ``check_every`` steps for divergence; in a run of bad steps, every step.
@@ -597,6 +633,18 @@ class Trainer:
             "test_bpd": state["last_test_bpd"],
             "best_test_bpd": state["best_test_bpd"],
         }
+
+    def _warn_if_disk_is_short(self, train: ImageDataset, test: ImageDataset | None) -> None:
+        """A ``warning`` event when the output folder's disk has room for fewer than three
+        checkpoints (see :mod:`core.training.disk`), before the first step."""
+        dims = self.model.config.num_dims
+        extra = 16 * len(self._eval_images(test)) if test is not None else 0  # typicality
+        if train.labels is not None:  # class statistics: a mean and a deviation per dim
+            extra += 16 * dims * max(len(train.class_names), 1)
+        need = estimate_checkpoint_bytes(self.model, training=True, extra_bytes=extra)
+        warning = low_space_warning(self.out, need)
+        if warning is not None:
+            self.sink.emit("warning", message=warning)
 
     def _typicality(self, test: ImageDataset, per_image: torch.Tensor) -> dict[str, Any] | None:
         """The typicality reference of the last evaluation (see :mod:`core.stats.typicality`);

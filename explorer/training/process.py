@@ -493,6 +493,8 @@ class TrainingProcess(QObject):
     def _failure_message(self, code: int, crashed: bool) -> str:
         if code == 3:
             head = "Training diverged"
+        elif code == 4:  # core.training.trainer.SaveFailedError
+            head = "Saving failed"
         elif crashed:
             head = "The trainer crashed"
         else:
