@@ -56,6 +56,8 @@ def test_dropped_image_shows_map_levels_histogram_and_verdict(
     assert view.reference_bits is not None and len(view.reference_bits) == 40
     assert view.verdict in ("in distribution", "unusual", "out of distribution")
     assert view.verdict in panel.verdict_label.text()
+    # The reference's size stands beside the verdict: 40 images is evidence of a kind.
+    assert f"against 40 {view.reference_dataset} test images" in panel.verdict_label.text()
     # bars: three levels and the preprocessing, summing to the total
     heights = panel.bars.opts["height"]
     assert len(heights) == 4 and sum(heights) == pytest.approx(view.bits_per_dim, rel=1e-5)

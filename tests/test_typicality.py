@@ -14,6 +14,7 @@ from core.stats.typicality import (
     compressed_bits_per_dim,
     judge,
     judge_pixels,
+    percent_text,
     place,
 )
 
@@ -56,6 +57,49 @@ def test_verdicts_and_reasons_in_words():
     # a value in the outer 2% but not beyond the 0.2% is unusual
     edge = float(np.quantile(ref.bits_per_dim, 0.996))
     assert judge(ref, edge, -2.0).label == UNUSUAL
+
+
+def test_a_small_reference_never_calls_an_image_beyond_it_in_distribution():
+    """64 reference images allow no p-value below 2/65 = 0.031: above both thresholds. An
+    image beyond all of them, at either end, is unusual, and the verdict says how far 64
+    images go."""
+    ref = _reference(64)
+    for bits, cx, beyond in (
+        (3.0, -2.0, "more bits/dim than all 64 test images"),
+        (0.2, -2.0, "fewer bits/dim than all 64 test images"),
+        (1.0, 1.0, "complexity-corrected score higher than any test image"),
+        (1.0, -9.0, "complexity-corrected score lower than any test image"),
+    ):
+        v = judge(ref, bits, cx)
+        assert v.label == UNUSUAL, (bits, cx, v)
+        assert v.reason.startswith(beyond), v.reason
+        assert v.reason.endswith(
+            "beyond all 64 reference images it is unusual, but they are too few to call it "
+            "out of distribution (that takes 1,000)"
+        )
+        assert v.reference_images == 64 and v.to_dict()["reference_images"] == 64
+    inside = judge(ref, float(np.median(ref.bits_per_dim)), float(np.median(ref.complexity)))
+    assert inside.label == IN_DISTRIBUTION and "of the 64 toy test images" in inside.reason
+    # With 1,000 the evidence reaches out of distribution, and no caveat is added.
+    big = judge(_reference(1000), 3.0, -2.0)
+    assert big.label == OUT_OF_DISTRIBUTION and "too few" not in big.reason
+
+
+def test_percentages_never_round_to_0_or_100_unless_they_are():
+    assert [percent_text(p) for p in (99.96, 0.04, 99.9996, 50.0, 100.0, 0.0, 12.34)] == [
+        "99.96",
+        "0.04",
+        "99.9996",
+        "50.0",
+        "100.0",
+        "0.0",
+        "12.3",
+    ]
+    ref = TypicalityReference("toy", np.arange(2500.0), np.zeros(2500))
+    # Above 2,499 of 2,500 reference values: percentile 99.96, the issue's case.
+    v = judge(ref, 2498.5, 0.0)
+    assert "more bits/dim than 99.96% of the test set" in v.reason, v.reason
+    assert "100.0%" not in v.reason
 
 
 def test_test_set_itself_is_mostly_in_distribution():

@@ -44,6 +44,11 @@ COMPRESSOR = "png"
 UNUSUAL_P = 0.02
 OUT_OF_DISTRIBUTION_P = 0.002
 MIN_REFERENCE_IMAGES = 20
+# A two-sided empirical p-value is at least 2 / (n + 1) (see :func:`place`): below these many
+# reference images a p-value cannot reach UNUSUAL_P / OUT_OF_DISTRIBUTION_P at all, so the
+# verdict rests on "beyond every reference image" and says how far that evidence goes.
+IMAGES_FOR_UNUSUAL = math.ceil(2 / UNUSUAL_P)  # 100
+IMAGES_FOR_OUT_OF_DISTRIBUTION = math.ceil(2 / OUT_OF_DISTRIBUTION_P)  # 1,000
 ADD_REFERENCE_HINT = (
     "add it with `realnvp export CHECKPOINT OUT.pt --data-dir DATA_DIR` (or `realnvp eval "
     "CHECKPOINT --data-dir DATA_DIR --save`)"
@@ -194,6 +199,7 @@ class Verdict:
     p_value: float | None = None
     complexity_percentile: float | None = None
     complexity_p_value: float | None = None
+    reference_images: int | None = None  # the size of the test sample it was judged against
 
     @property
     def p_min(self) -> float | None:
@@ -211,11 +217,25 @@ class Verdict:
             "complexity_p_value": self.complexity_p_value,
             "verdict": self.label,
             "reason": self.reason,
+            "reference_images": self.reference_images,
         }
 
 
+def percent_text(pct: float) -> str:
+    """``pct`` (0-100) with one decimal, or as many more as it takes not to read 0 or 100
+    when it is neither: 99.96 is ``99.96``, never ``100.0``."""
+    for decimals in range(1, 6):
+        text = f"{pct:.{decimals}f}"
+        if (0.0 < pct < 100.0) == (0.0 < float(text) < 100.0):
+            return text
+    return text
+
+
 def _ordinal(pct: float) -> str:
+    # Strictly inside the sample reads 1st-99th: "100th percentile" means beyond all of it.
     n = round(pct)
+    if 0.0 < pct < 100.0:
+        n = min(max(n, 1), 99)
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
@@ -227,11 +247,11 @@ def _bits_reason(place_: Placement, n: int) -> str:
         return f"more bits/dim than all {n} test images: far less likely than the test set"
     if place_.percentile < 50:
         return (
-            f"fewer bits/dim than {100 - place_.percentile:.1f}% of the test set: "
+            f"fewer bits/dim than {percent_text(100 - place_.percentile)}% of the test set: "
             "simpler than almost all of it"
         )
     return (
-        f"more bits/dim than {place_.percentile:.1f}% of the test set: "
+        f"more bits/dim than {percent_text(place_.percentile)}% of the test set: "
         "less likely than almost all of it"
     )
 
@@ -239,14 +259,18 @@ def _bits_reason(place_: Placement, n: int) -> str:
 def _complexity_reason(place_: Placement, n: int) -> str:
     if place_.percentile >= 50:
         extreme = (
-            "any test image" if place_.above_all else f"{place_.percentile:.1f}% of the test set"
+            "any test image"
+            if place_.above_all
+            else f"{percent_text(place_.percentile)}% of the test set"
         )
         return (
             f"complexity-corrected score higher than {extreme}: the model codes it worse "
             "than its PNG size explains"
         )
     extreme = (
-        "any test image" if place_.below_all else f"{100 - place_.percentile:.1f}% of the test set"
+        "any test image"
+        if place_.below_all
+        else f"{percent_text(100 - place_.percentile)}% of the test set"
     )
     return (
         f"complexity-corrected score lower than {extreme}: the model codes it better "
@@ -278,18 +302,27 @@ def judge(
     bits = place(bits_per_dim, reference.bits_per_dim)
     cx = place(complexity_score, reference.complexity)
     p_min = min(bits.p_value, cx.p_value)
-    if p_min < UNUSUAL_P:
+    bits_beyond = bits.below_all or bits.above_all
+    cx_beyond = cx.below_all or cx.above_all
+    beyond = bits_beyond or cx_beyond
+    if p_min < UNUSUAL_P or beyond:
+        # Beyond every reference image is never "in distribution", however few they are.
         label = OUT_OF_DISTRIBUTION if p_min < OUT_OF_DISTRIBUTION_P else UNUSUAL
         reasons = []
-        if bits.p_value < UNUSUAL_P:
+        if bits.p_value < UNUSUAL_P or bits_beyond:
             reasons.append(_bits_reason(bits, n))
-        if cx.p_value < UNUSUAL_P:
+        if cx.p_value < UNUSUAL_P or cx_beyond:
             reasons.append(_complexity_reason(cx, n))
+        if label == UNUSUAL and beyond and n < IMAGES_FOR_OUT_OF_DISTRIBUTION:
+            reasons.append(
+                f"beyond all {n:,} reference images it is unusual, but they are too few to "
+                f"call it out of distribution (that takes {IMAGES_FOR_OUT_OF_DISTRIBUTION:,})"
+            )
         reason = "; ".join(reasons)
     else:
         label = IN_DISTRIBUTION
         reason = (
-            f"bits/dim at the {_ordinal(bits.percentile)} percentile of the {n} "
+            f"bits/dim at the {_ordinal(bits.percentile)} percentile of the {n:,} "
             f"{reference.dataset} test images, complexity score at the "
             f"{_ordinal(cx.percentile)}"
         )
@@ -302,6 +335,7 @@ def judge(
         p_value=bits.p_value,
         complexity_percentile=cx.percentile,
         complexity_p_value=cx.p_value,
+        reference_images=n,
     )
 
 

@@ -40,6 +40,11 @@ class LikelihoodView:
     reference_dataset: str = ""
 
     @property
+    def reference_images(self) -> int | None:
+        """How many test images the verdict was judged against (None: no reference)."""
+        return None if self.reference_bits is None else len(self.reference_bits)
+
+    @property
     def num_levels(self) -> int:
         return len(self.prior_bits_per_dim)
 

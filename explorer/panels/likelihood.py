@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.stats.typicality import percent_text
 from explorer.engine.render import Frame, RenderEngine
 from explorer.models.likelihood import TOTAL, LikelihoodView, overlay
 from explorer.widgets.images import CaptionedImage, ImageGridView
@@ -128,9 +129,13 @@ class LikelihoodPanel(QWidget):
         figures = f"{view.bits_per_dim:.3f} bits/dim"
         if view.p_value is not None:
             figures += (
-                f" · percentile {view.percentile:.1f} · p {view.p_value:.2g}"
+                f" · percentile {percent_text(view.percentile)} · p {view.p_value:.2g}"
                 f" · complexity p {view.complexity_p_value:.2g}"
             )
+        if view.reference_images:
+            # The verdict is only as strong as its reference: its size stands beside it.
+            dataset = f" {view.reference_dataset}" if view.reference_dataset else ""
+            figures += f" · against {view.reference_images:,}{dataset} test images"
         self.verdict_label.setText(
             f"<b style='color:{colour}'>{view.verdict}</b> — {view.reason}<br>"
             f"<span style='color:palette(placeholder-text)'>{figures}</span>"
