@@ -298,13 +298,22 @@ def _cmd_encode(args) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     reference = TypicalityReference.from_meta(meta)
     cfg = model.config
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    heat_dir = Path(args.heatmap) if args.heatmap else None
-    if heat_dir is not None:
-        heat_dir.mkdir(parents=True, exist_ok=True)
-    for name in args.images:
-        pixels = load_image(name, cfg.in_channels, cfg.image_size)  # (C, H, W) uint8
+    out = _output_folder(args.out, "--out")
+    heat_dir = _output_folder(args.heatmap, "--heatmap") if args.heatmap else None
+    names, failures = _encode_inputs(args.images)
+    total = len(names) + len(failures)  # images, and folders without any
+    stems: dict[str, int] = {}
+    for name in names:
+        try:
+            pixels = load_image(name, cfg.in_channels, cfg.image_size)  # (C, H, W) uint8
+        except ImageLoadError as exc:
+            failures.append(str(exc))
+            print(f"realnvp encode: error: {exc}", file=sys.stderr)
+            continue
+        # The folders appear with the first image encoded, never for a failed encode.
+        out.mkdir(parents=True, exist_ok=True)
+        if heat_dir is not None:
+            heat_dir.mkdir(parents=True, exist_ok=True)
         x8 = torch.from_numpy(pixels)[None]
         with torch.inference_mode():
             described = describe_image(model, pixels, reference)
@@ -313,6 +322,9 @@ def _cmd_encode(args) -> int:
             recon = model.decode(zs)
         err = (recon - x).abs().max().item()
         stem = Path(name).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # a.png in two folders: a_recon.png and a-2_recon.png
+            stem = f"{stem}-{stems[stem]}"
         recon8 = to_uint8(recon[0].numpy())  # (C, H, W)
         save_png(recon8.transpose(1, 2, 0), out / f"{stem}_recon.png")
         np.savez(
@@ -339,7 +351,41 @@ def _cmd_encode(args) -> int:
                 + f", preprocessing {result['preprocess_bits_per_dim']:.3f}); "
                 f"{result['verdict']}: {result['reason']}; reconstruction error {err:.2e}"
             )
+    if failures:
+        if total > 1:
+            print(
+                f"realnvp encode: {len(failures)} of {total} inputs could not be encoded",
+                file=sys.stderr,
+            )
+        return 2
     return 0
+
+
+def _output_folder(path: str, option: str) -> Path:
+    """``path`` as an output folder; a file there is one sentence (ValueError)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder} is a file; {option} names a folder to write into")
+    return folder
+
+
+def _encode_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """The image files to encode, a folder standing for the images in it (recursively),
+    and a sentence for each folder without any (printed here, one line each)."""
+    from core.training.datasets import list_images
+
+    names: list[str] = []
+    failures: list[str] = []
+    for item in inputs:
+        if Path(item).is_dir():
+            found = [str(p) for p in list_images(item)]
+            if not found:
+                failures.append(f"{item}: a folder without image files")
+                print(f"realnvp encode: error: {failures[-1]}", file=sys.stderr)
+            names += found
+        else:
+            names.append(item)
+    return names, failures
 
 
 def _add_directions(sub) -> None:
@@ -514,6 +560,8 @@ def _add_info(sub) -> None:
 
 def _cmd_info(args) -> int:
     from core.files.checkpoint import load_checkpoint
+    from core.stats.class_stats import META_KEY as CLASS_KEY
+    from core.stats.class_stats import summarize_class_meta
     from core.stats.typicality import META_KEY, summarize_meta
 
     model, meta = load_checkpoint(args.checkpoint)
@@ -524,8 +572,11 @@ def _cmd_info(args) -> int:
         "latent_shapes": [list(s) for s in model.latent_shapes],
         **{k: v for k, v in meta.items() if k != "config"},
     }
-    if META_KEY in info:  # thousands of numbers: a summary line instead
+    # Thousands of numbers (and raw bytes): a summary line each instead.
+    if META_KEY in info:
         info[META_KEY] = summarize_meta(info[META_KEY])
+    if CLASS_KEY in info:
+        info[CLASS_KEY] = summarize_class_meta(info[CLASS_KEY])
     if args.json:
         print(json.dumps(info, default=str))
     else:

@@ -82,14 +82,15 @@ def test_truncated_checkpoint(tmp_path, model):
             load_checkpoint(broken)
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "folder", "text", "zip", "huge"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "folder", "text", "binary", "zip", "huge"])
 def test_bad_files(tmp_path, kind, monkeypatch):
     path = tmp_path / "bad.pt"
     message = {
         "missing": "no such file",
         "empty": "empty",
         "folder": "is a folder",
-        "text": "truncated or corrupt",
+        "text": "not a checkpoint: it is a text file$",  # not "truncated or corrupt"
+        "binary": "not a checkpoint: it is not a file saved by torch$",
         "zip": "truncated or corrupt",
         "huge": "too large",
     }[kind]
@@ -99,6 +100,8 @@ def test_bad_files(tmp_path, kind, monkeypatch):
         path.mkdir()
     elif kind == "text":
         path.write_text("hello, I am not a checkpoint\n" * 10)
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
     elif kind == "zip":
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("readme.txt", "a zip, but not torch's")

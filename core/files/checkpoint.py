@@ -110,6 +110,26 @@ def estimate_checkpoint_bytes(model: RealNVP, training: bool = True, extra_bytes
     return total
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle of protocol 2 or later
+
+
+def _file_kind(path: Path) -> str | None:
+    """What a file that cannot be a checkpoint is, in words (``None``: it may be one). A
+    file is only called truncated or corrupt once it starts as a checkpoint does."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else None
+    if text is not None and all(c.isprintable() or c in "\t\r\n\f" for c in text):
+        return "it is a text file"
+    return "it is not a file saved by torch"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, validated; raises :class:`CheckpointError` with a clear
     message for a missing, empty, huge, truncated, hostile or foreign file. The word
@@ -129,6 +149,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: {size:,} bytes is too large for a checkpoint (limit {MAX_CHECKPOINT_BYTES:,})"
         )
+    kind = _file_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: not a checkpoint: {kind}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols

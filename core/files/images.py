@@ -90,7 +90,10 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageLoadError(f"{path}: the image is damaged or truncated ({exc})") from None
+        # Our words, not the decoder's ("image file is truncated (13 bytes not processed)").
+        cut_short = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
+        what = "the file ends before the image does" if cut_short else "its data is invalid"
+        raise ImageLoadError(f"{path}: the image is damaged or truncated: {what}") from None
     img = img.crop(center_crop_box(*img.size))
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)

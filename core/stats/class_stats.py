@@ -260,3 +260,18 @@ def sample_indices(labels: np.ndarray, num_classes: int, per_class: int | None) 
         idx = np.flatnonzero(labels == k)
         keep[idx if per_class is None else idx[:per_class]] = True
     return np.flatnonzero(keep)
+
+
+def summarize_class_meta(data: Any) -> str:
+    """One line for ``realnvp info`` instead of the raw bytes: ``10 classes, 1,000 images
+    each (first 1,000 training images per class)``."""
+    try:
+        stats = ClassStats.from_meta(data)
+    except ClassStatsError as exc:
+        return f"unreadable ({exc})"
+    lo, hi = min(stats.counts), max(stats.counts)
+    each = f"{lo:,} images each" if lo == hi else f"{lo:,} to {hi:,} images each"
+    line = f"{stats.num_classes} classes, {each}"
+    if stats.skipped:
+        line += f"; without images: {', '.join(stats.skipped)}"
+    return f"{line} ({stats.source})" if stats.source else line

@@ -242,9 +242,9 @@ def _ordinal(pct: float) -> str:
 
 def _bits_reason(place_: Placement, n: int) -> str:
     if place_.below_all:
-        return f"fewer bits/dim than all {n} test images: simpler than anything in the test set"
+        return f"fewer bits/dim than all {n:,} test images: simpler than anything in the test set"
     if place_.above_all:
-        return f"more bits/dim than all {n} test images: far less likely than the test set"
+        return f"more bits/dim than all {n:,} test images: far less likely than the test set"
     if place_.percentile < 50:
         return (
             f"fewer bits/dim than {percent_text(100 - place_.percentile)}% of the test set: "

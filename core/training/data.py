@@ -98,7 +98,10 @@ class _ChecksumMismatch(Exception):
 
 
 def _download(urls: list[str], dest: Path, check: Callable[[Path], bool]) -> Path:
-    """Fetch the first URL that works into ``dest`` atomically, verified by ``check``."""
+    """Fetch the first URL that works into ``dest`` atomically, verified by ``check``. When
+    none works, the folders made for it are removed again: a failed download leaves no empty
+    data folder behind."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
@@ -113,6 +116,11 @@ def _download(urls: list[str], dest: Path, check: Callable[[Path], bool]) -> Pat
             errors.append(f"{url}: checksum mismatch")
         except OSError as exc:
             errors.append(f"{url}: {exc}")
+    for folder in made:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # something else was put there meanwhile: keep it
+            break
     raise DatasetError(f"could not download {dest.name}: " + "; ".join(errors))
 
 
