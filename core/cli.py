@@ -1,4 +1,4 @@
-"""``realnvp``, ``python -m core``: train sample encode eval info export directions bench remote.
+"""realnvp, python -m core: train sample encode complete eval info export directions bench remote.
 
 Every command that takes a checkpoint also takes the word ``bundled`` for the bundled model.
 A user error is one line on stderr and exit status 2, never a traceback; output cut short
@@ -386,6 +386,59 @@ def _encode_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
         else:
             names.append(item)
     return names, failures
+
+
+def _add_complete(sub) -> None:
+    from core.flow.completion import DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+
+    p = sub.add_parser(
+        "complete",
+        help="fill the masked part of an image with samples from the model",
+        description=(
+            "Complete the pixels a mask marks (white, non-zero) with samples of the model's "
+            "conditional distribution given the rest (black pixels are kept exactly): "
+            "annealed Langevin dynamics in latent space, see docs/draw.md. Writes "
+            "OUT/<image stem>_<k>.png at the model's resolution."
+        ),
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("image", help="cropped to a centre square and resized, as drops are")
+    p.add_argument("--mask", required=True, help="PNG at the model's size; white = complete")
+    p.add_argument("--samples", type=_positive, default=DEFAULT_SAMPLES)
+    p.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="of the latent prior"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help="Langevin steps")
+    p.add_argument("--out", required=True, help="folder for the completed images")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per completion: path, bits_per_dim"
+    )
+
+
+def _cmd_complete(args) -> int:
+    from core.files.checkpoint import load_checkpoint
+    from core.files.images import load_image, load_mask, save_png
+    from core.flow.completion import complete_image
+
+    model, _meta = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    cfg = model.config
+    pixels = load_image(args.image, cfg.in_channels, cfg.image_size)
+    mask = load_mask(args.mask, cfg.image_size)
+    progress = None if args.json else _progress_bar("completing")
+    done = complete_image(
+        model, pixels, mask, args.samples, args.temperature, args.seed, args.steps, progress
+    )
+    out = _output_folder(args.out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    for k, (image, bits) in enumerate(zip(done.images, done.bits_per_dim)):
+        path = save_png(image.transpose(1, 2, 0), out / f"{stem}_{k}.png")
+        if args.json:
+            print(json.dumps({"path": str(path), "bits_per_dim": float(bits)}), flush=True)
+        else:
+            print(f"{path}: {bits:.4f} bits/dim")
+    return 0
 
 
 def _add_directions(sub) -> None:
@@ -887,6 +940,7 @@ COMMANDS = {
     "export": _cmd_export,
     "directions": _cmd_directions,
     "remote": _cmd_remote,
+    "complete": _cmd_complete,
 }
 
 
@@ -898,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_sample,
         _add_encode,
+        _add_complete,
         _add_eval,
         _add_info,
         _add_bench,

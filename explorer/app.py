@@ -29,7 +29,7 @@ from explorer.theme import apply_dark_theme, quiet_offscreen_messages
 SCREENSHOT_SIZE = (1366, 768)
 FIRST_FRAME_TIMEOUT_MS = 120_000
 PAGES = ("explorer", "training")  # as explorer.main_window.PAGES (not imported: no Qt yet)
-TABS = ("levels", "images", "directions", "likelihood", "classes")
+TABS = ("levels", "images", "directions", "likelihood", "classes", "draw")
 
 
 def window_size(text: str) -> tuple[int, int]:

@@ -20,8 +20,10 @@ from either page. Splitters, page and tab come back from the settings on the nex
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import (
     QAction,
@@ -52,6 +54,7 @@ from explorer.models.directions import is_direction_file
 from explorer.models.jobs import Progress, Task
 from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.panels.classes import ClassesPanel
+from explorer.panels.draw import DrawPanel
 from explorer.panels.image_controller import ImageController
 from explorer.panels.importer import classify_drop
 from explorer.panels.latent_map import LatentMapPanel
@@ -74,7 +77,7 @@ DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
 EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
 PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
-TABS = ("levels", "images", "directions", "likelihood", "classes")
+TABS = ("levels", "images", "directions", "likelihood", "classes", "draw")
 DEFAULT_SIZE = (1366, 768)
 
 
@@ -101,6 +104,8 @@ class MainWindow(QMainWindow):
         self.last_request_id = 0
         self.grid_size = DEFAULT_GRID  # the samples grid the user chose (not an image view)
         self.shortcuts_dialog: ShortcutsDialog | None = None
+        self._drawings_dir: Path | None = None  # drawings added to the gallery, as PNG
+        self._drawing_count = 0
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
@@ -150,6 +155,12 @@ class MainWindow(QMainWindow):
         self.map_panel.map_shown.connect(self._fit_classes_tab)
         self._fit_classes_tab(False)
         self.tabs.addTab(self.classes_tab, "Classes")
+        self.draw_panel = DrawPanel(self.engine, self.tasks, self.selected_sample, self)
+        self.draw_panel.add_to_gallery_requested.connect(self.add_drawing_to_gallery)
+        self.draw_panel.status_message.connect(self.statusBar().showMessage)
+        self.draw_panel.canvas_edited.connect(self._update_undo_actions)
+        self.tabs.currentChanged.connect(lambda _i: self._update_undo_actions())
+        self.tabs.addTab(self.draw_panel, "Draw")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.left_splitter)
         self.splitter.addWidget(self.samples_panel)
@@ -272,9 +283,9 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.quit_action)
 
         edit_menu = bar.addMenu("&Edit")
-        self.undo_action = self._action("&Undo", self.state.undo, [QKeySequence.StandardKey.Undo])
+        self.undo_action = self._action("&Undo", self.undo, [QKeySequence.StandardKey.Undo])
         self.redo_action = self._action(
-            "&Redo", self.state.redo, [QKeySequence.StandardKey.Redo, "Ctrl+Shift+Z", "Ctrl+Y"]
+            "&Redo", self.redo, [QKeySequence.StandardKey.Redo, "Ctrl+Shift+Z", "Ctrl+Y"]
         )
         edit_menu.addActions([self.undo_action, self.redo_action])
 
@@ -362,6 +373,7 @@ class MainWindow(QMainWindow):
             *self._image_tabs(),
             self.sample_likelihood.panel,
             self.classes_tab,
+            self.draw_panel,
         )
         for name, widget in zip(TABS, tabs):
             action = self._action(
@@ -617,6 +629,7 @@ class MainWindow(QMainWindow):
         self.images.model_changed(info)
         self.classes_panel.model_changed(info)
         self.map_panel.model_changed(info)
+        self.draw_panel.model_changed(info)
         self.model_opened.emit(info)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -683,9 +696,51 @@ class MainWindow(QMainWindow):
     def _grid_size_chosen(self, n: int) -> None:
         self.grid_size = n
 
+    def _drawing(self) -> bool:
+        """Whether Undo and Redo act on the drawing (the Draw tab is shown) rather than on
+        the latent state."""
+        return self.current_page == EXPLORER_PAGE and self.current_tab == "draw"
+
+    def undo(self) -> None:
+        if self._drawing():
+            self.draw_panel.undo()
+        else:
+            self.state.undo()
+
+    def redo(self) -> None:
+        if self._drawing():
+            self.draw_panel.redo()
+        else:
+            self.state.redo()
+
     def _update_undo_actions(self) -> None:
-        self.undo_action.setEnabled(self.state.can_undo)
-        self.redo_action.setEnabled(self.state.can_redo)
+        if self._drawing():
+            self.undo_action.setEnabled(self.draw_panel.canvas.can_undo)
+            self.redo_action.setEnabled(self.draw_panel.canvas.can_redo)
+        else:
+            self.undo_action.setEnabled(self.state.can_undo)
+            self.redo_action.setEnabled(self.state.can_redo)
+
+    def selected_sample(self) -> np.ndarray | None:
+        """The selected image of the samples view, ``uint8 (C, H, W)`` (None before the
+        first frame)."""
+        frame = self.last_frame
+        if frame is None or len(frame.images) == 0:
+            return None
+        index = min(self.samples_panel.view.selected, len(frame.images) - 1)
+        return np.array(frame.images[index])
+
+    def add_drawing_to_gallery(self, pixels: np.ndarray) -> Path | None:
+        """The drawing becomes a gallery image as a dropped file does: saved as a PNG in
+        this session's drawings folder and imported (so a model change re-encodes it)."""
+        if self._drawings_dir is None:
+            self._drawings_dir = Path(tempfile.mkdtemp(prefix="realnvp-drawings-"))
+        self._drawing_count += 1
+        path = self._drawings_dir / f"drawing-{self._drawing_count}.png"
+        saved = self._save_png(np.asarray(pixels).transpose(1, 2, 0), path)
+        if saved is not None:
+            self.images.import_paths([str(saved)])
+        return saved
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -834,6 +889,7 @@ class MainWindow(QMainWindow):
         self.training_panel.form.shutdown()
         self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.sample_likelihood.shutdown()
+        self.draw_panel.shutdown()
         self.engine.shutdown()
         self.save_layout()
         self.settings.sync()

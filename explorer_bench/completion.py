@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> dict:
         masks,
         temperature=args.temperature,
         seed=args.seed,
-        latent_steps=args.latent_steps,
-        pixel_steps=args.pixel_steps,
+        steps=args.steps,
+        step_size=args.step_size,
+        sigma_end=args.sigma_end,
     )
     seconds = time.perf_counter() - start
     judge_images = train.images[:JUDGE_SIZE].numpy()
@@ -85,8 +86,9 @@ def run(args: argparse.Namespace) -> dict:
         "count": int(args.count),
         "temperature": float(args.temperature),
         "seed": int(args.seed),
-        "latent_steps": int(args.latent_steps),
-        "pixel_steps": int(args.pixel_steps),
+        "steps": int(args.steps),
+        "step_size": float(args.step_size),
+        "sigma_end": float(args.sigma_end),
         "threads": int(torch.get_num_threads()),
         "judged_original": float((judged == labels).mean()),
         "judged_original_originals": float((judged_originals == labels).mean()),
@@ -97,7 +99,6 @@ def run(args: argparse.Namespace) -> dict:
             result.images[bottom].astype(np.float64).mean()
             / max(originals[bottom].astype(np.float64).mean(), 1e-9)
         ),
-        "pixel_stage_acceptance": float(result.acceptance.mean()),
         "seconds_per_completion": seconds / max(args.count, 1),
     }
     if args.save:
@@ -115,18 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latent-steps", type=int, default=None)
-    parser.add_argument("--pixel-steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="Langevin steps")
+    parser.add_argument("--step-size", type=float, default=None, help="the first step")
+    parser.add_argument("--sigma-end", type=float, default=None, help="the final tie")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="a PNG of 16 originals, erased and completed digits")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from core.flow import completion
 
-    if args.latent_steps is None:
-        args.latent_steps = completion.DEFAULT_LATENT_STEPS
-    if args.pixel_steps is None:
-        args.pixel_steps = completion.DEFAULT_PIXEL_STEPS
+    if args.steps is None:
+        args.steps = completion.DEFAULT_STEPS
+    if args.sigma_end is None:
+        args.sigma_end = completion.SIGMA_END
+    if args.step_size is None:
+        args.step_size = completion.DEFAULT_STEP_SIZE
     figures = run(args)
     if args.json:
         print(json.dumps(figures))

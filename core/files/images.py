@@ -64,7 +64,32 @@ def center_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
     """``uint8 (C, H, W)`` in the model's channels and size; raises :class:`ImageLoadError`."""
-    path = Path(path)
+    img = _read(Path(path), channels)
+    img = img.crop(center_crop_box(*img.size))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    if channels == 1:
+        return arr[None].copy()  # (1, H, W)
+    return arr.transpose(2, 0, 1).copy()  # (3, H, W)
+
+
+def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A completion mask, ``bool (H, W)``: non-zero (white) pixels are to be completed.
+    Never cropped or resized (a mask marks exact pixels): a mask that is not ``size`` x
+    ``size`` raises :class:`ImageLoadError`, as an unreadable file does."""
+    img = _read(Path(path), 1)
+    if img.size != (size, size):
+        w, h = img.size
+        raise ImageLoadError(
+            f"{path}: the mask is {w}x{h} pixels but the model's images are {size}x{size}"
+        )
+    return np.asarray(img, dtype=np.uint8) > 0
+
+
+def _read(path: Path, channels: int) -> Image.Image:
+    """The checked, decoded image in ``L`` or ``RGB`` mode (EXIF orientation applied,
+    alpha on white), at the file's own size."""
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -94,13 +119,7 @@ def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
         cut_short = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
         what = "the file ends before the image does" if cut_short else "its data is invalid"
         raise ImageLoadError(f"{path}: the image is damaged or truncated: {what}") from None
-    img = img.crop(center_crop_box(*img.size))
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    arr = np.asarray(img, dtype=np.uint8)
-    if channels == 1:
-        return arr[None].copy()  # (1, H, W)
-    return arr.transpose(2, 0, 1).copy()  # (3, H, W)
+    return img
 
 
 def make_grid(

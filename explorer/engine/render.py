@@ -37,6 +37,7 @@ or hooked for preemption).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import threading
@@ -817,6 +818,17 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                     f"expected uint8 pixels of shape {expected}, got {pixels.dtype} {pixels.shape}"
                 )
             return describe_pixels(original, pixels, self._reference)
+
+    def likelihood_model_copy(self, model_id: int | None = None) -> RealNVP:
+        """A copy of the open model's original (unfolded, eval mode) for work that needs
+        gradients and runs for seconds (completions): it runs on the copy without holding
+        the model lock, so frames and encodes go on meanwhile. ``model_id``: refuse
+        (``ValueError``) when the open model has changed."""
+        with self._model_lock:
+            original = self._likelihood_model
+            if original is None or (model_id is not None and model_id != self.model_id):
+                raise ValueError("the model has changed" if original else "no model is open")
+            return copy.deepcopy(original).eval()
 
     def decode(self, latents: Sequence[np.ndarray], model_id: int | None = None) -> np.ndarray:
         """``uint8 (N, C, H, W)`` images for ``latents`` (finest first, each ``(N, C, H, W)``),
