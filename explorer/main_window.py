@@ -79,6 +79,7 @@ EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
 PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
 TABS = ("levels", "images", "directions", "likelihood", "classes", "draw")
 DEFAULT_SIZE = (1366, 768)
+TABS_MIN_WIDTH = 436
 
 
 class MainWindow(QMainWindow):
@@ -171,7 +172,11 @@ class MainWindow(QMainWindow):
         self.splitter.setChildrenCollapsible(False)
         self.left_splitter.setMinimumWidth(210)
         self.samples_panel.setMinimumWidth(300)
-        self.tabs.setMinimumWidth(400)
+        # Six tabs: the bar needs about 430 px; past that the labels elide rather than
+        # hide tabs behind scroll arrows (a larger system font).
+        self.tabs.setMinimumWidth(TABS_MIN_WIDTH)
+        self.tabs.tabBar().setUsesScrollButtons(False)
+        self.tabs.setElideMode(Qt.TextElideMode.ElideRight)
         self.explorer_page = QWidget()
         layout = QVBoxLayout(self.explorer_page)
         layout.setContentsMargins(8, 6, 8, 4)
@@ -457,7 +462,7 @@ class MainWindow(QMainWindow):
         columns grow a little and the samples the most."""
         width = max(self.width(), 1024)
         left = min(max(round(0.22 * width), 220), 300)
-        tabs = min(max(round(0.36 * width), 400), 560)
+        tabs = min(max(round(0.36 * width), TABS_MIN_WIDTH), 560)
         self.splitter.setSizes([left, max(300, width - left - tabs - 40), tabs])
         model = self.model_panel.sizeHint().height()
         self.left_splitter.setSizes([model, max(200, self.height() - model)])

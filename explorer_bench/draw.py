@@ -1,0 +1,112 @@
+"""Stroke to answer: from letting go of a stroke on the Draw tab to the model's answer shown.
+
+``python -m explorer_bench.draw [CHECKPOINT] [--strokes N] [--json]`` (default: the bundled
+model) drives the real window offscreen with the threaded engine the app uses: it draws
+strokes on the canvas with real mouse events (press, moves, release) and times each from
+the release to the tab showing the answer for that stroke (encode, bits/dim, likelihood
+map and verdict, nearest classes, reconstruction, trace). Answers asked for during the
+stroke are part of the load, as in the app. ``realnvp bench`` runs it in a child process
+and reports ``draw.stroke_to_answer``. Figures only; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from explorer_bench.gui import bench_window, wait_until
+from explorer_bench.images import percentiles
+
+WINDOW_SIZE = (1366, 768)
+
+
+def stroke_points(i: int, size: int) -> list[tuple[float, float]]:
+    """A short curved stroke across the canvas, a different one for each ``i``."""
+    angle = 0.7 * i
+    cx, cy, r = size / 2, size / 2, size * 0.3
+    return [
+        (cx + r * math.cos(angle + t), cy + r * math.sin(angle + 1.3 * t))
+        for t in np.linspace(0.0, 2.0, 12)
+    ]
+
+
+def measure_stroke_to_answer(
+    checkpoint: str | os.PathLike | None, strokes: int = 20, timeout_s: float = 60.0
+) -> dict[str, float]:
+    """``p50_ms``, ``p95_ms`` and ``n`` from stroke release to its answer shown, and the
+    worker's own encode time (``answer_p50_ms``) for comparison."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtTest import QTest
+
+    with bench_window(checkpoint, probe_devices=False) as window:
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        panel = window.draw_panel
+        window.show_explorer_tab(panel)
+        wait_until(lambda: not window.engine.measuring, timeout_s)
+        view = panel.view
+        left = Qt.MouseButton.LeftButton
+
+        def point(x: float, y: float) -> QPoint:
+            rect = view.image_rect()
+            scale = rect.width() / panel.canvas.size
+            return QPoint(round(rect.left() + x * scale), round(rect.top() + y * scale))
+
+        times, answer_ms = [], []
+        for i in range(strokes + 2):  # two warm-up strokes
+            points = stroke_points(i, panel.canvas.size)
+            QTest.mousePress(view, left, pos=point(*points[0]))
+            for p in points[1:]:
+                QTest.mouseMove(view, point(*p))
+            start = time.perf_counter()
+            QTest.mouseRelease(view, left, pos=point(*points[-1]))
+            edit = panel.canvas.edits
+            wait_until(
+                lambda e=edit: panel.last_answer is not None and panel.last_answer.edit == e,
+                timeout_s,
+            )
+            if panel.last_answer is None or panel.last_answer.edit != edit:
+                raise TimeoutError(f"no answer for stroke {i} within {timeout_s:.0f} s")
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1000.0)
+                answer_ms.append(panel.last_answer.elapsed_ms)
+            if i % 6 == 5:
+                panel.clear()
+        figures = percentiles(times)
+        figures["answer_p50_ms"] = float(np.percentile(answer_ms, 50))
+        figures["dropped_during_strokes"] = panel.worker.dropped
+        return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m explorer_bench.draw")
+    parser.add_argument("checkpoint", nargs="?", default=None)
+    parser.add_argument("--strokes", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        figures = measure_stroke_to_answer(args.checkpoint, args.strokes)
+    except (ValueError, TimeoutError) as exc:
+        print(f"explorer_bench.draw: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"stroke_to_answer": figures}))
+    else:
+        print(
+            f"stroke to answer: p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms "
+            f"over {figures['n']} strokes (the worker's encode p50 "
+            f"{figures['answer_p50_ms']:.1f} ms; {figures['dropped_during_strokes']} answers "
+            "asked during strokes were replaced by newer ones)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The Draw tab with real mouse events: live answers, undo, completions, the gallery."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, Qt
+
+from explorer.models.drawing import ERASER, RECTANGLE
+
+
+def _point(panel, x: float, y: float) -> QPoint:
+    """The widget point of canvas position ``(x, y)`` (model pixels)."""
+    rect = panel.view.image_rect()
+    scale = rect.width() / panel.canvas.size
+    return QPoint(round(rect.left() + x * scale), round(rect.top() + y * scale))
+
+
+def draw(qtbot, panel, points: list[tuple[float, float]]) -> None:
+    """Press, move and release the left button on the canvas, as a hand does."""
+    view = panel.view
+    left = Qt.MouseButton.LeftButton
+    qtbot.mousePress(view, left, pos=_point(panel, *points[0]))
+    for p in points[1:]:
+        qtbot.mouseMove(view, _point(panel, *p))
+    qtbot.mouseRelease(view, left, pos=_point(panel, *points[-1]))
+
+
+@pytest.fixture
+def draw_window(make_window, tiny_checkpoint):
+    def make(threaded: bool = False):
+        window = make_window(tiny_checkpoint, threaded=threaded)
+        window.show_explorer_tab(window.draw_panel)
+        return window, window.draw_panel
+
+    return make
+
+
+def test_drawing_with_the_mouse_paints_and_each_stroke_is_answered(draw_window, qtbot):
+    window, panel = draw_window()
+    answers: list[float] = []
+    for points in ([(1.0, 1.0), (6.0, 6.0)], [(6.5, 1.5), (1.5, 6.5)], [(4.0, 0.5), (4.0, 7.5)]):
+        draw(qtbot, panel, points)
+        answer = panel.last_answer
+        assert answer is not None and answer.edit == panel.canvas.edits
+        assert np.array_equal(answer.pixels, panel.canvas.uint8())
+        expected = window.engine.encode(panel.canvas.uint8()).bits_per_dim
+        assert answer.encoded.bits_per_dim == pytest.approx(expected)
+        answers.append(answer.encoded.bits_per_dim)
+    assert panel.canvas.uint8().any()
+    assert len(set(answers)) == 3  # the figure follows the strokes
+    assert list(panel.trace.arrays()[1][-3:]) == answers
+    assert "bits/dim" in panel.verdict_label.text()
+
+
+def test_undo_restores_the_exact_canvas_and_its_answer(draw_window, qtbot):
+    window, panel = draw_window()
+    draw(qtbot, panel, [(1.0, 2.0), (7.0, 2.0)])
+    before, bits_before = panel.canvas.pixels.copy(), panel.last_answer.encoded.bits_per_dim
+    panel.size_spin.setValue(4.0)
+    draw(qtbot, panel, [(2.0, 7.0), (7.0, 4.0)])
+    after = panel.canvas.pixels.copy()
+    assert not np.array_equal(before, after)
+    qtbot.mouseClick(panel.undo_button, Qt.MouseButton.LeftButton)
+    assert np.array_equal(panel.canvas.pixels, before)
+    assert panel.last_answer.encoded.bits_per_dim == pytest.approx(bits_before)
+    window.undo_action.trigger()  # Ctrl+Z acts on the drawing while the tab is shown
+    assert not panel.canvas.pixels.any()
+    window.redo_action.trigger()
+    qtbot.mouseClick(panel.redo_button, Qt.MouseButton.LeftButton)
+    assert np.array_equal(panel.canvas.pixels, after)
+
+
+def test_answers_and_completions_run_off_the_gui_thread(draw_window, qtbot, monkeypatch):
+    from explorer.engine import drawing
+
+    threads: list[int] = []
+    real = drawing.completion_steps
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.get_ident())
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(drawing, "completion_steps", recorded)
+    _window, panel = draw_window(threaded=True)
+    gui = threading.get_ident()
+    with qtbot.waitSignal(panel.answer_shown, timeout=30_000):
+        draw(qtbot, panel, [(1.0, 4.0), (7.0, 4.0)])
+    qtbot.waitUntil(lambda: panel.last_answer.edit == panel.canvas.edits, timeout=30_000)
+    assert panel.last_answer.thread_id != gui
+    panel.set_tool(RECTANGLE)
+    draw(qtbot, panel, [(0.0, 4.0), (8.0, 8.0)])
+    with qtbot.waitSignal(panel.completions_shown, timeout=60_000):
+        qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    assert threads and all(t != gui for t in threads)
+
+
+def test_completing_the_erased_part_keeps_the_rest_and_a_pick_goes_on_the_canvas(
+    draw_window, qtbot
+):
+    _window, panel = draw_window()
+    panel.canvas.set_image(np.random.default_rng(0).integers(0, 256, (1, 8, 8), dtype=np.uint8))
+    panel.set_tool(ERASER)
+    panel.size_spin.setValue(3.0)
+    draw(qtbot, panel, [(0.5, 6.0), (7.5, 6.0)])
+    mask = panel.canvas.mask.copy()
+    assert mask[6].all() and not mask[:4].any()
+    kept = panel.canvas.uint8()
+    panel.samples_spin.setValue(4)
+    with qtbot.waitSignal(panel.completions_shown, timeout=60_000) as shown:
+        qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    completion = shown.args[0]
+    assert completion.images.shape == (4, 1, 8, 8)
+    assert (completion.images[:, 0][:, ~mask] == kept[0][~mask]).all()
+    assert "bits/dim" in panel.completion_label.text()
+    # Pick the third with a click, take it; undo brings the erased canvas back.
+    view = panel.completions_view
+    qtbot.mouseClick(view, Qt.MouseButton.LeftButton, pos=view.cell_rects()[2].center())
+    assert view.selected == 2
+    qtbot.mouseClick(panel.take_button, Qt.MouseButton.LeftButton)
+    assert np.array_equal(panel.canvas.uint8(), completion.images[2])
+    assert not panel.canvas.mask.any()
+    panel.undo()
+    assert np.array_equal(panel.canvas.uint8(), kept) and np.array_equal(panel.canvas.mask, mask)
+
+
+def test_complete_without_a_mark_or_with_everything_erased_says_why(draw_window, qtbot):
+    _window, panel = draw_window()
+    qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    assert "Nothing is marked" in panel.completion_label.text()
+    panel.set_tool(RECTANGLE)
+    draw(qtbot, panel, [(0.0, 0.0), (8.0, 8.0)])
+    qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    assert "Everything is erased" in panel.completion_label.text()
+    assert panel.completion is None
+
+
+def test_add_to_gallery_makes_the_drawing_an_image_like_a_dropped_one(draw_window, qtbot):
+    window, panel = draw_window()
+    draw(qtbot, panel, [(2.0, 2.0), (6.0, 6.0)])
+    with qtbot.waitSignal(window.images.import_finished, timeout=30_000):
+        qtbot.mouseClick(panel.gallery_button, Qt.MouseButton.LeftButton)
+    items = window.images.gallery.items
+    assert len(items) == 1 and items[0].name == "drawing-1.png"
+    assert np.array_equal(items[0].pixels, panel.canvas.uint8())
+    assert window.images.gallery.current_id == items[0].item_id  # it became the view
+
+
+def test_start_from_the_selected_sample(draw_window, qtbot):
+    window, panel = draw_window()
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    sample = window.selected_sample()
+    assert sample is not None and np.array_equal(panel.canvas.uint8(), sample)
+    assert panel.canvas.can_undo
