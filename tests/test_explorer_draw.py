@@ -131,7 +131,7 @@ def test_complete_without_a_mark_or_with_everything_erased_says_why(draw_window,
     qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
     assert "Nothing is marked" in panel.completion_label.text()
     panel.set_tool(RECTANGLE)
-    draw(qtbot, panel, [(0.0, 0.0), (8.0, 8.0)])
+    draw(qtbot, panel, [(0.2, 0.2), (7.8, 7.8)])  # QPoint(0, 0) means "the centre" to QTest
     qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
     assert "Everything is erased" in panel.completion_label.text()
     assert panel.completion is None

@@ -369,6 +369,14 @@ class DrawPanel(QWidget):
         box.addWidget(self.completions_view, 1)
         box.addWidget(self.completion_label)
 
+        # Answers arrive while a stroke is drawn: text of fixed height keeps the canvas
+        # from moving under the pointer.
+        lines = self.fontMetrics().lineSpacing()
+        self.verdict_label.setFixedHeight(4 * lines + 4)
+        self.classes_label.setFixedHeight(ANSWER_SIDE + lines + 4)
+        self.completion_label.setFixedHeight(2 * lines + 4)
+        self.completion_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(0, 4, 4, 0)
