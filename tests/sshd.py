@@ -34,6 +34,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ALIASES = ("rnvp-test", "rnvp-wrongkey", "rnvp-unknownkey", "rnvp-refused")
 
 
 def sshd_missing() -> str | None:
@@ -80,17 +81,20 @@ class SshServer:
         return ssh_host(alias or self.alias, config_file=str(self.config), **kwargs)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        """End the client's shared connections to it, then the server and its sessions."""
+        from core.training.transport import SshTransport
+
+        for alias in ALIASES:
+            SshTransport(alias, config_file=str(self.config)).close()
+        self.vanish()
 
     def vanish(self) -> None:
         """The host disappears: the server and every connection it serves end at once.
         Only sshd's own processes are killed (each connection's is a descendant of the
         listener, in a session of its own); the commands run in the sessions are not
         signalled, as when a network cable is pulled."""
+        if self.process.poll() is not None:
+            return
         for pid in [*_sshd_descendants(self.process.pid), self.process.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -157,12 +161,10 @@ def start_sshd(root: Path) -> SshServer:
     refused = free_port()
     client = root / "ssh_config"
     blocks = []
-    for alias, key, known, p in (
-        ("rnvp-test", "id_ed25519", "known_hosts", port),
-        ("rnvp-wrongkey", "other_ed25519", "known_hosts", port),
-        ("rnvp-unknownkey", "id_ed25519", "empty_known_hosts", port),
-        ("rnvp-refused", "id_ed25519", "known_hosts", refused),
-    ):
+    keys = ("id_ed25519", "other_ed25519", "id_ed25519", "id_ed25519")
+    known_hosts = ("known_hosts", "known_hosts", "empty_known_hosts", "known_hosts")
+    ports = (port, port, port, refused)
+    for alias, key, known, p in zip(ALIASES, keys, known_hosts, ports):
         blocks.append(
             f"Host {alias}\n  HostName 127.0.0.1\n  Port {p}\n  User {user}\n"
             f"  IdentityFile {root / key}\n  IdentitiesOnly yes\n  IdentityAgent none\n"

@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -124,14 +125,33 @@ _CONTROL_DIR: str | None = None
 _CONTROL_LOCK = threading.Lock()
 
 
+def _private_dir(path: str) -> bool:
+    """Whether ``path`` is a real folder of this user that no one else may enter."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def _control_dir() -> str:
-    """A private folder with a short path for the master sockets (a Unix socket path may
-    hold about 100 bytes, and macOS's ``$TMPDIR`` alone takes half of that)."""
+    """The folder of the master sockets: ``/tmp/rnvp-ssh-UID``, this user's alone (0700),
+    shared by every process of the user, so a command line run after another, or the app
+    after the command line, finds the connection already open. A short path: a socket
+    path holds about 100 bytes, and macOS's ``$TMPDIR`` alone takes half. If that name is
+    taken by anything else, a fresh private folder of this process instead."""
     global _CONTROL_DIR
     with _CONTROL_LOCK:
-        if _CONTROL_DIR is None or not os.path.isdir(_CONTROL_DIR):
-            base = "/tmp" if os.path.isdir("/tmp") else None
-            _CONTROL_DIR = tempfile.mkdtemp(prefix="rnvp-", dir=base)  # mode 0700
+        if _CONTROL_DIR is not None and _private_dir(_CONTROL_DIR):
+            return _CONTROL_DIR
+        base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+        shared = os.path.join(base, f"rnvp-ssh-{os.getuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(shared, 0o700)
+        if _private_dir(shared):
+            _CONTROL_DIR = shared
+        else:
+            _CONTROL_DIR = tempfile.mkdtemp(prefix="rnvp-ssh-", dir=base)  # mode 0700
             atexit.register(shutil.rmtree, _CONTROL_DIR, True)
         return _CONTROL_DIR
 
