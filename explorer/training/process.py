@@ -26,13 +26,16 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
+
+if TYPE_CHECKING:
+    from core.training.remote import RunHost
 
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "trainer.log"
@@ -116,12 +119,25 @@ class RunSettings:
             launcher = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(self.gpus)]
         else:
             launcher = [python]
-        args = ["-m", "core", "train", "--progress", "json"]
+        before, after = self._options(_absolute)
+        out = ["--out", _absolute(self.out)]
+        return [*launcher, "-m", "core", "train", "--progress", "json", *before, *out, *after]
+
+    def trainer_args(self, path: Callable[[str], str] | None = None) -> list[str]:
+        """The trainer's options without ``--progress`` and ``--out``: what a launcher on
+        another machine (``realnvp remote HOST train``) adds its own to. ``path`` maps each
+        path (on a host: :func:`host_path`)."""
+        before, after = self._options(path or _absolute)
+        return [*before, *after]
+
+    def _options(self, path: Callable[[str], str]) -> tuple[list[str], list[str]]:
+        """The trainer's options before and after ``--out``."""
+        args: list[str] = []
         if self.resume:
             # Data, model, batch size and learning rate come from the checkpoint.
-            args += ["--resume", _absolute(self.resume)]
+            args += ["--resume", path(self.resume)]
         else:
-            args += ["--dataset", self.dataset, "--data-dir", _absolute(self.data_dir)]
+            args += ["--dataset", self.dataset, "--data-dir", path(self.data_dir)]
             if self.dataset == "folder":
                 args += ["--channels", str(self.channels), "--image-size", str(self.image_size)]
             elif self.download:
@@ -135,19 +151,16 @@ class RunSettings:
                 args.append("--flip")
             if self.overwrite:
                 args.append("--overwrite")
-        args += ["--out", _absolute(self.out)]
-        if self.max_steps:
-            args += ["--max-steps", str(self.max_steps)]
-        else:
-            args += ["--epochs", str(self.epochs)]
+        after = ["--max-steps", str(self.max_steps)] if self.max_steps else []
+        after = after or ["--epochs", str(self.epochs)]
         # Under torchrun each process takes the GPU of its local rank.
-        args += ["--device", "cuda" if self.gpus > 1 else self.device]
-        args += ["--eval-every", str(self.eval_every), "--log-every", str(self.log_every)]
+        after += ["--device", "cuda" if self.gpus > 1 else self.device]
+        after += ["--eval-every", str(self.eval_every), "--log-every", str(self.log_every)]
         if self.threads:
-            args += ["--threads", str(self.threads)]
+            after += ["--threads", str(self.threads)]
         if self.compile:
-            args.append("--compile")
-        return launcher + args
+            after.append("--compile")
+        return args, after
 
     def shell_command(self, python: str | None = None) -> str:
         """The command to paste in a terminal, with the two files the panel reads."""
@@ -160,6 +173,15 @@ class RunSettings:
 
 def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def host_path(path: str) -> str:
+    """A path typed for an ssh host as the trainer there can read it: ``~/x`` becomes
+    ``x``, relative to the home folder that ssh starts every command in (the words reach
+    the host quoted, so its shell never expands a ``~``, and the trainer does not)."""
+    if path == "~":
+        return "."
+    return path[2:] or "." if path.startswith("~/") else path
 
 
 def _quote(text: str) -> str:
@@ -335,8 +357,10 @@ class _Process(QProcess):
         self.setProcessState(QProcess.ProcessState.NotRunning)
 
 
-class TrainingProcess(QObject):
-    """One trainer process: start, stop (save and finish), kill, or leave it running.
+class RunProcess(QObject):
+    """What the panel follows of one run, wherever it runs: its events in order, its
+    messages, and how it ended. :class:`TrainingProcess` is a trainer on this computer;
+    :class:`~explorer.training.remote_run.RemoteTrainingProcess` one on an ssh host.
 
     ``event_received`` carries each JSON event in order; ``log_received`` the trainer's
     stderr; ``failed`` a message for the user when the run ended without its ``done``
@@ -349,12 +373,11 @@ class TrainingProcess(QObject):
     failed = Signal(str)
     finished = Signal(int)
 
+    host: str | None = None  # None: this computer
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.process: _Process | None = None
-        self.follower: RunFollower | None = None
         self.settings: RunSettings | None = None
-        self.argv: list[str] = []
         self.stop_requested = False
         self.kill_requested = False
         self.done_event: dict[str, Any] | None = None
@@ -362,11 +385,87 @@ class TrainingProcess(QObject):
         self.last_step = 0
         self.last_checkpoint: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
+        self._started = False
         self._ended = False
+
+    def _reset(self) -> None:
+        self.stop_requested = self.kill_requested = self._ended = False
+        self.done_event = self.error_message = self.last_checkpoint = None
+        self.last_step = 0
+        self.stderr_tail.clear()
+        self._started = True
 
     @property
     def running(self) -> bool:
-        return self.process is not None and not self._ended
+        return self._started and not self._ended
+
+    def stop(self) -> None:
+        """Ask the trainer to save ``latest.pt`` and finish."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """End the trainer at once; checkpoints already written stay."""
+        raise NotImplementedError
+
+    def detach(self) -> int | None:
+        """Stop following the run and let it go on by itself."""
+        raise NotImplementedError
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start" and self.stop_requested:
+            self._stop_again()
+        if kind in ("step", "eval", "done") and isinstance(event.get("step"), int):
+            self.last_step = event["step"]
+        if kind == "checkpoint" and event.get("kind") == "latest":
+            self.last_checkpoint = event.get("path")
+        elif kind == "done":
+            self.done_event = event
+            self.last_checkpoint = event.get("checkpoint") or self.last_checkpoint
+        elif kind == "error":
+            self.error_message = str(event.get("message", "unknown error"))
+        self.event_received.emit(event)
+
+    def _stop_again(self) -> None:
+        """A stop asked for while the trainer was starting is asked for again once it has
+        started: the trainer removes a stale stop file before it says start."""
+
+    def _on_log(self, text: str) -> None:
+        self.stderr_tail.extend(line for line in text.splitlines() if line.strip())
+        self.log_received.emit(text)
+
+    def _failure_message(self, code: int, crashed: bool) -> str:
+        if code == 3:
+            head = "Training diverged"
+        elif code == 4:  # core.training.trainer.SaveFailedError
+            head = "Saving failed"
+        elif crashed:
+            head = "The trainer crashed"
+        else:
+            head = f"The trainer stopped with exit status {code}"
+        reason = self.error_message or (self.stderr_tail[-1] if self.stderr_tail else "")
+        return f"{head}: {reason}" if reason else f"{head} before finishing."
+
+    def _end(self, message: str | None, code: int = -1) -> None:
+        self._ended = True
+        self._stop_following()
+        if message is not None:
+            self.failed.emit(message)
+        self.finished.emit(code)
+
+    def _stop_following(self) -> None:
+        """Whatever reads the run's events stops."""
+
+
+class TrainingProcess(RunProcess):
+    """One trainer process on this computer: start, stop (save and finish), kill, or
+    leave it running (the signals are :class:`RunProcess`'s)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.process: _Process | None = None
+        self.follower: RunFollower | None = None
+        self.argv: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -384,10 +483,7 @@ class TrainingProcess(QObject):
                 pass
         self.settings = replace(settings, out=str(out))
         self.argv = self.settings.command(python)
-        self.stop_requested = self.kill_requested = self._ended = False
-        self.done_event = self.error_message = self.last_checkpoint = None
-        self.last_step = 0
-        self.stderr_tail.clear()
+        self._reset()
 
         self.follower = RunFollower(out, from_start=False, parent=self)
         self.follower.event_received.connect(self._on_event)
@@ -451,26 +547,8 @@ class TrainingProcess(QObject):
         self._ended = True
         return pid
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "start" and self.stop_requested:
-            # The trainer removes a stale stop file before it says start: a stop asked
-            # for while it was starting is asked for again.
-            self._write_stop_file()
-        if kind in ("step", "eval", "done") and isinstance(event.get("step"), int):
-            self.last_step = event["step"]
-        if kind == "checkpoint" and event.get("kind") == "latest":
-            self.last_checkpoint = event.get("path")
-        elif kind == "done":
-            self.done_event = event
-            self.last_checkpoint = event.get("checkpoint") or self.last_checkpoint
-        elif kind == "error":
-            self.error_message = str(event.get("message", "unknown error"))
-        self.event_received.emit(event)
-
-    def _on_log(self, text: str) -> None:
-        self.stderr_tail.extend(line for line in text.splitlines() if line.strip())
-        self.log_received.emit(text)
+    def _stop_again(self) -> None:
+        self._write_stop_file()
 
     def _on_error(self, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart and not self._ended:
@@ -490,25 +568,9 @@ class TrainingProcess(QObject):
         else:
             self._end(self._failure_message(code, crashed), code)
 
-    def _failure_message(self, code: int, crashed: bool) -> str:
-        if code == 3:
-            head = "Training diverged"
-        elif code == 4:  # core.training.trainer.SaveFailedError
-            head = "Saving failed"
-        elif crashed:
-            head = "The trainer crashed"
-        else:
-            head = f"The trainer stopped with exit status {code}"
-        reason = self.error_message or (self.stderr_tail[-1] if self.stderr_tail else "")
-        return f"{head}: {reason}" if reason else f"{head} before finishing."
-
-    def _end(self, message: str | None, code: int = -1) -> None:
-        self._ended = True
+    def _stop_following(self) -> None:
         if self.follower is not None:
             self.follower.stop()
-        if message is not None:
-            self.failed.emit(message)
-        self.finished.emit(code)
 
 
 # -- child jobs: checking a data set, listing devices ------------------------------------------
@@ -537,13 +599,18 @@ class JsonLinesJob(QObject):
     line_received = Signal(dict)
     ended = Signal(str)  # "" on success, else a message
 
-    def __init__(self, args: list[str], parent: QObject | None = None) -> None:
+    def __init__(
+        self, args: list[str], parent: QObject | None = None, argv: list[str] | None = None
+    ) -> None:
+        """``args`` for this module's child side; ``argv``, when given, is the whole
+        command instead (this module's child side on an ssh host)."""
         super().__init__(parent)
         self._buffer = LineBuffer()
         self._done = False
+        argv = argv or [sys.executable, "-m", "explorer.training.process", *args]
         self.process = QProcess(self)
-        self.process.setProgram(sys.executable)
-        self.process.setArguments(["-m", "explorer.training.process", *args])
+        self.process.setProgram(argv[0])
+        self.process.setArguments(argv[1:])
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
@@ -581,7 +648,8 @@ class JsonLinesJob(QObject):
     def _on_error(self, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart and not self._done:
             self._done = True
-            self.ended.emit(f"could not start {sys.executable}: {self.process.errorString()}")
+            program = self.process.program()
+            self.ended.emit(f"could not start {program}: {self.process.errorString()}")
 
 
 class DataScan(QObject):
@@ -591,13 +659,26 @@ class DataScan(QObject):
     updated = Signal(object)  # ScanReport
 
     def __init__(
-        self, dataset: str, data_dir: str, download: bool = False, parent: QObject | None = None
+        self,
+        dataset: str,
+        data_dir: str,
+        download: bool = False,
+        parent: QObject | None = None,
+        host: RunHost | None = None,
     ) -> None:
+        """``host``: check the folder on that ssh host, with the same child job run there by
+        its Python (``python -m explorer.training.process scan`` over the shared
+        connection), so the answer is what the trainer there will find."""
         super().__init__(parent)
         self.report = ScanReport(dataset, data_dir)
+        self.host = host
         # The folder as typed (``~/data``) is the report's; the child gets it expanded.
-        args = ["scan", dataset, _absolute(data_dir)] + (["--download"] if download else [])
-        self.job = JsonLinesJob(args, self)
+        folder = host_path(data_dir) if host is not None else _absolute(data_dir)
+        args = ["scan", dataset, folder] + (["--download"] if download else [])
+        argv = None
+        if host is not None:
+            argv = host.transport.command([host.python, "-m", "explorer.training.process", *args])
+        self.job = JsonLinesJob(args, self, argv)
         self.job.line_received.connect(self._on_line)
         self.job.ended.connect(self._on_ended)
 
@@ -626,7 +707,12 @@ class DataScan(QObject):
     def _on_ended(self, message: str) -> None:
         if not self.report.finished:
             self.report.finished = True
-            self.report.error = self.report.error or f"could not check the data: {message}"
+            where = f" on {self.host.label}" if self.host is not None else ""
+            if self.host is not None:
+                explained = self.host.transport.explain(255, message)
+                message = str(explained) if explained is not None else message
+            reason = f"could not check the data{where}: {message}"
+            self.report.error = self.report.error or reason
             self.updated.emit(self.report)
 
 
