@@ -19,6 +19,7 @@ from either page. Splitters, page and tab come back from the settings on the nex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -49,6 +50,7 @@ from PySide6.QtWidgets import (
 
 from core.files.checkpoint import CheckpointError
 from core.files.images import make_grid, save_png
+from core.training.remote import RemoteRun, RunStatus, host_for
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
 from explorer.models.jobs import Progress, Task
@@ -63,6 +65,7 @@ from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.training.remote_run import BlockingCall, run_entry_text
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
@@ -124,7 +127,7 @@ class MainWindow(QMainWindow):
         self.classes_panel = ClassesPanel(self.state)
         self.map_panel = LatentMapPanel(self.state, self.engine, self.tasks, self.images.gallery)
         # probe_devices=False skips the child process that lists CUDA devices (tests).
-        self.training_panel = TrainingPanel(probe_devices=probe_devices)
+        self.training_panel = TrainingPanel(probe_devices=probe_devices, settings=self.settings)
         self.training_panel.open_checkpoint_requested.connect(self._open_trained_checkpoint)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
@@ -209,6 +212,8 @@ class MainWindow(QMainWindow):
         self.training_panel.training_started.connect(self.training_status.started)
         self.training_panel.progress_changed.connect(self.training_status.progressed)
         self.training_panel.training_stopped.connect(self.training_status.stopped)
+        self.training_panel.host_changed.connect(self.training_status.set_host)
+        self.training_panel.connection_changed.connect(self.training_status.set_connection)
         self.samples_panel.count.valueChanged.connect(self._grid_size_chosen)
         self.task_progress.cancel_requested.connect(self.tasks.cancel_current)
         self.tasks.started.connect(self._on_task_started)
@@ -259,6 +264,10 @@ class MainWindow(QMainWindow):
         self.recent_menu = QMenu("Open &Recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addMenu(self.recent_menu)
+        self.recent_runs_menu = QMenu("Recent R&uns", self)
+        self.recent_runs_menu.setToolTipsVisible(True)
+        self.recent_runs_menu.aboutToShow.connect(self._fill_recent_runs_menu)
+        file_menu.addMenu(self.recent_runs_menu)
         self.open_bundled_action = self._action(
             "Open &Bundled Model",
             self.open_bundled,
@@ -555,6 +564,55 @@ class MainWindow(QMainWindow):
         bundled.setStatusTip(str(DEFAULT_CHECKPOINT))
         bundled.triggered.connect(lambda _checked=False: self.open_bundled())
 
+    def _fill_recent_runs_menu(self) -> None:
+        """Runs started or followed from the training page, here and on ssh hosts, with
+        their state; a run on a host still running when last seen is asked again (on a
+        worker thread) and its entry updated when the host answers."""
+        self.recent_runs_menu.clear()
+        self.run_actions = {}
+        runs = self.settings.recent_runs()
+        for record in runs:
+            action = self.recent_runs_menu.addAction(run_entry_text(record))
+            where = f"{record['host']}:{record['out']}" if record.get("host") else record["out"]
+            action.setToolTip(where)
+            action.setStatusTip(where)
+            action.triggered.connect(lambda _checked=False, r=record: self.open_run(r))
+            self.run_actions[(record.get("host"), record["out"])] = action
+            if record.get("host") and record.get("state", "running") == "running":
+                self._refresh_run_state(record)
+        if not runs:
+            self.recent_runs_menu.addAction("No runs yet").setEnabled(False)
+        else:
+            self.recent_runs_menu.addSeparator()
+            self.recent_runs_menu.addAction("Clear List", self.settings.forget_runs)
+
+    def _refresh_run_state(self, record: dict) -> None:
+        run = RemoteRun.from_dict(record)
+        call = BlockingCall(lambda: host_for(run).status(run), self)
+        call.succeeded.connect(lambda status, r=record: self._run_state_known(r, status))
+        call.start()
+
+    def _run_state_known(self, record: dict, status: RunStatus) -> None:
+        fields = {"state": status.state, "step": status.step, "max_steps": status.max_steps}
+        self.settings.update_run(record.get("host"), record["out"], **fields)
+        action = self.run_actions.get((record.get("host"), record["out"]))
+        with contextlib.suppress(RuntimeError):  # the menu was rebuilt meanwhile
+            if action is not None:
+                action.setText(run_entry_text({**record, **fields}))
+
+    def open_run(self, record: dict) -> bool:
+        """Show a remembered run on the training page; one that goes on is followed."""
+        if self.training_panel.running:
+            self.report_error(
+                "A run is in progress",
+                "Stop the run in progress, or leave it running, before opening another.",
+            )
+            return False
+        self.show_page(TRAINING_PAGE)
+        if record.get("host"):
+            return self.training_panel.attach_remote(RemoteRun.from_dict(record))
+        return self.training_panel.open_run(record["out"])
+
     def open_bundled(self) -> bool:
         """The bundled model, from the menus (a missing file gets the usual message)."""
         if not self.open_checkpoint(DEFAULT_CHECKPOINT):
@@ -619,9 +677,12 @@ class MainWindow(QMainWindow):
 
     def _model_changed(self, info: ModelInfo) -> None:
         self.notice.setVisible(info.untrained)
-        self.model_panel.show_info(info)
+        origin = self.settings.checkpoint_origin(info.source) if info.source else None
+        self.model_panel.show_info(info, origin)
         self.device_label.setText(info.device)
         name = Path(info.source).name if info.source else "random model"
+        if origin:
+            name = f"{name} from {origin.split(':', 1)[0]}"
         self.setWindowTitle(f"{name} — Real NVP Explorer")
         keep_view = self.state.shapes == info.latent_shapes and self.last_frame is not None
         # Back to the samples grid the user chose: an image shown before (a 1-image view)

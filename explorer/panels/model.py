@@ -59,8 +59,12 @@ class ModelPanel(QGroupBox):
         layout.addLayout(form)
         layout.addStretch(1)
 
-    def show_info(self, info: ModelInfo) -> None:
+    def show_info(self, info: ModelInfo, origin: str | None = None) -> None:
+        """``origin``: where a fetched checkpoint came from (``HOST:/path/on/the/host``),
+        shown instead of the local cache file, which the tooltip names."""
         source = Path(info.source).name if info.source else "random, untrained"
+        if origin:
+            source = origin
         texts = {
             "source": source,
             "dataset": info.dataset or DASH,
@@ -74,7 +78,10 @@ class ModelPanel(QGroupBox):
         }
         for key, text in texts.items():
             self.values[key].setText(text)
-        self.values["source"].setToolTip(info.source or "")
+        tip = info.source or ""
+        if origin:
+            tip = f"{origin}\nfetched to {info.source}"
+        self.values["source"].setToolTip(tip)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,13 @@
-"""The training form: data source, model size, training length, device and output folder.
+"""The training form: where it runs, data source, model size, training length, device and
+output folder.
+
+*Run on* is this computer or an ssh host (an alias of the user's ssh config or
+``user@host[:port]``, the host's Python, its runs folder, an optional ssh config file).
+With a host, **Check host** (and any settled edit of the host's fields) runs the remote
+API's check on a worker thread and shows its GPUs, CPU cores, free disk and version; the
+data folder, *Download*, the output folder and a resumed checkpoint are then the host's,
+and the data check runs there: the same child job, started by the host's Python over ssh,
+so its counts and thumbnails are what the trainer there will read.
 
 The form turns its widgets into a :class:`~explorer.training.process.RunSettings` and says
 what is wrong with it (:meth:`TrainingForm.problems`), so the panel can keep Start disabled
@@ -32,6 +41,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.training.remote import DEFAULT_PYTHON, HostFacts
+from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
+from core.training.transport import RemoteError
+from explorer.settings import ExplorerSettings
 from explorer.training.process import (
     DATASET_GEOMETRY,
     DATASET_LABELS,
@@ -42,11 +55,14 @@ from explorer.training.process import (
     ScanReport,
     geometry_problem,
 )
+from explorer.training.remote_run import BlockingCall, HostChoice
 from explorer.widgets.images import to_qimage
 
 CUSTOM = "custom"
 SCAN_DELAY_MS = 400  # typing a path starts one check, not one per key
 DEFAULT_RUNS_DIR = Path.home() / "realnvp-runs"
+HOST_CHECK_DELAY_MS = 900  # a host name being typed is checked once it settles
+LOCAL, SSH = "local", "ssh"
 
 
 def new_run_folder(runs_dir: Path) -> Path:
@@ -117,19 +133,54 @@ class TrainingForm(QWidget):
 
     changed = Signal()
 
+    host_checked = Signal(object)  # HostFacts, or a str: why the check failed
+
     def __init__(
         self,
         runs_dir: str | os.PathLike | None = None,
         probe_devices: bool = True,
         parent: QWidget | None = None,
+        settings: ExplorerSettings | None = None,
     ) -> None:
         super().__init__(parent)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else DEFAULT_RUNS_DIR
+        self.app_settings = settings
+        self.host_facts: HostFacts | None = None
+        self.host_error: str | None = None
+        self.host_check: BlockingCall | None = None
+        self._checked_choice: HostChoice | None = None
+        self._local_devices: tuple[list[tuple[str, str]], int] | None = None
         self.scan: DataScan | None = None
         self.scan_report: ScanReport | None = None
         self.cuda_devices = 0
         self.devices_probed = False
         self._out_typed = False  # a folder the user chose is never replaced by a suggestion
+
+        # -- where
+        self.run_on = QComboBox()
+        self.run_on.addItem("This computer", LOCAL)
+        self.run_on.addItem("SSH host", SSH)
+        self.run_on.setToolTip("Train here, or on a machine with a GPU reached with ssh")
+        self.host = QLineEdit()
+        self.host.setPlaceholderText("ssh config alias or user@host[:port]")
+        self.host.setToolTip(
+            "As in your terminal: your ssh config, keys, agent and known hosts are used; "
+            "a password is never asked for"
+        )
+        self.check_host_button = QPushButton("Check host")
+        self.check_host_button.setToolTip("Connect and show the host's GPUs, disk and version")
+        self.remote_python = QLineEdit(DEFAULT_PYTHON)
+        self.remote_python.setToolTip(
+            "The host's Python with realnvp-explorer installed, e.g. ~/venv/bin/python"
+        )
+        self.remote_runs = QLineEdit(HOST_RUNS_DIR)
+        self.remote_runs.setToolTip("The host's folder for new runs")
+        self.ssh_config = QLineEdit()
+        self.ssh_config.setPlaceholderText("optional: an ssh config file (ssh -F)")
+        self.ssh_config_browse = QPushButton("Browse…")
+        self.host_status = QLabel()
+        self.host_status.setWordWrap(True)
+        self.host_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         # -- data
         self.dataset = QComboBox()
@@ -196,12 +247,20 @@ class TrainingForm(QWidget):
         self.resume_browse = QPushButton("Browse…")
 
         self._build_layout()
+        self._load_host_settings()
+        self._sync_where()
         self._suggest_out()
         self._connect()
         self._scan_timer = QTimer(self)
         self._scan_timer.setSingleShot(True)
         self._scan_timer.setInterval(SCAN_DELAY_MS)
         self._scan_timer.timeout.connect(self.start_scan)
+        self._host_timer = QTimer(self)
+        self._host_timer.setSingleShot(True)
+        self._host_timer.setInterval(HOST_CHECK_DELAY_MS)
+        self._host_timer.timeout.connect(self.check_host)
+        if self.remote and self.host.text().strip():
+            self._host_timer.start()
         self._sync_enabled()
         self._apply_preset()
         self.probe: DeviceProbe | None = None
@@ -219,6 +278,15 @@ class TrainingForm(QWidget):
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             form.setVerticalSpacing(5)
             return box, form
+
+        where, f = group("Run on")
+        self._where_rows = f
+        f.addRow("Machine", self.run_on)
+        f.addRow("Host", _path_row(self.host, self.check_host_button))
+        f.addRow("Python", self.remote_python)
+        f.addRow("Runs folder", self.remote_runs)
+        f.addRow("SSH config", _path_row(self.ssh_config, self.ssh_config_browse))
+        f.addRow(self.host_status)
 
         data, f = group("Data")
         self._data_rows = f
@@ -280,12 +348,17 @@ class TrainingForm(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for box in (data, model, training, hardware, output):
+        for box in (where, data, model, training, hardware, output):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
     def _connect(self) -> None:
+        self.run_on.currentIndexChanged.connect(self._on_where_changed)
+        for edit in (self.host, self.remote_python, self.remote_runs, self.ssh_config):
+            edit.textChanged.connect(self._on_host_edited)
+        self.check_host_button.clicked.connect(self.check_host)
+        self.ssh_config_browse.clicked.connect(self._browse_ssh_config)
         self.dataset.currentIndexChanged.connect(self._on_source_changed)
         self.data_dir.textChanged.connect(self._on_source_changed)
         self.download.toggled.connect(self._on_source_changed)
@@ -387,8 +460,11 @@ class TrainingForm(QWidget):
         """Why these settings cannot start a run; empty when they can."""
         s = self.settings()
         found: list[str] = []
+        remote = self.remote
+        if remote:
+            found += self._host_problems()
         if s.resume:
-            if not Path(s.resume).expanduser().is_file():
+            if not remote and not Path(s.resume).expanduser().is_file():
                 found.append(f"no checkpoint file at {s.resume}")
         else:
             found += self._data_problems(s)
@@ -397,7 +473,7 @@ class TrainingForm(QWidget):
                 found.append(problem)
             if not (math.isfinite(s.lr) and s.lr > 0):
                 found.append(f"the learning rate must be a positive number, not {self.lr.text()!r}")
-        found += self._out_problems(s)
+        found += [] if remote else self._out_problems(s)
         if s.gpus > 1:
             if s.device not in ("auto",) and not s.device.startswith("cuda"):
                 found.append(f"{s.gpus} GPUs need device auto or CUDA, not {s.device}")
@@ -410,6 +486,8 @@ class TrainingForm(QWidget):
             return ["choose the data folder"]
         r = self.scan_report
         if r is None or (r.dataset, r.data_dir) != (s.dataset, s.data_dir):
+            if self.remote and self.host_facts is None:
+                return []  # the host's own problem says why; its data is checked after it
             return ["checking the data…"]
         if r.error:
             return [r.error]
@@ -471,8 +549,20 @@ class TrainingForm(QWidget):
             self.data_status.setText("")
             self.changed.emit()
             return
-        self.data_status.setText("Checking…")
-        self.scan = DataScan(s.dataset, s.data_dir, s.download, self)
+        host = None
+        if self.remote:
+            if self.host_facts is None:
+                self.data_status.setText("Checked on the host once the host answers")
+                self.changed.emit()
+                return
+            try:
+                host = self.host_choice().run_host()
+            except RemoteError as exc:
+                self.data_status.setText(f"<span style='color:#ff8a80'>{exc}</span>")
+                self.changed.emit()
+                return
+        self.data_status.setText(f"Checking on {host.label}…" if host else "Checking…")
+        self.scan = DataScan(s.dataset, s.data_dir, s.download, self, host)
         self.scan.updated.connect(self._on_scan_updated)
         self.scan.start()
         self.changed.emit()
@@ -522,7 +612,13 @@ class TrainingForm(QWidget):
     # -- the rest of the controls ----------------------------------------------------------------
 
     def set_devices(self, devices: list[tuple[str, str]], cuda: int) -> None:
-        """Fill the device list from a probe: ``[(name, label), ...]``."""
+        """Fill the device list from a probe: ``[(name, label), ...]`` (this computer's;
+        while an ssh host is chosen they wait until it is this computer again)."""
+        self._local_devices = (devices, cuda)
+        if not self.remote:
+            self._show_devices(devices, cuda)
+
+    def _show_devices(self, devices: list[tuple[str, str]], cuda: int) -> None:
         current = self.device.currentData()
         blocked = self.device.blockSignals(True)
         self.device.clear()
@@ -588,7 +684,11 @@ class TrainingForm(QWidget):
 
     def _suggest_out(self) -> None:
         self._out_typed = False
-        self.out.setText(str(new_run_folder(self.runs_dir)))
+        if self.remote:
+            # A name inside the host's runs folder: the host refuses one that holds a run.
+            self.out.setText(new_run_folder(Path("")).name)
+        else:
+            self.out.setText(str(new_run_folder(self.runs_dir)))
 
     def refresh_out_suggestion(self) -> None:
         """After a run, a suggested folder (which now holds that run) makes way for a new one."""
@@ -606,6 +706,167 @@ class TrainingForm(QWidget):
         # Resuming in place keeps one run's checkpoints and curves in one folder.
         if text and self.resume.isChecked() and not self._out_typed:
             self.out.setText(str(Path(text).expanduser().parent))
+
+    # -- the ssh host ---------------------------------------------------------------------------
+
+    @property
+    def remote(self) -> bool:
+        """Whether the run goes to an ssh host."""
+        return self.run_on.currentData() == SSH
+
+    def host_choice(self) -> HostChoice:
+        return HostChoice(
+            self.host.text().strip(),
+            self.remote_python.text().strip() or DEFAULT_PYTHON,
+            self.remote_runs.text().strip() or HOST_RUNS_DIR,
+            self.ssh_config.text().strip(),
+        )
+
+    def set_remote(self, remote: bool) -> None:
+        self.run_on.setCurrentIndex(self.run_on.findData(SSH if remote else LOCAL))
+
+    def _host_problems(self) -> list[str]:
+        choice = self.host_choice()
+        if not choice.host:
+            return ["choose the ssh host"]
+        if self.host_error and self._checked_choice == choice:
+            return [self.host_error]
+        if self.host_facts is None or self._checked_choice != choice:
+            return [f"checking {choice.host}…" if self.checking_host else "press Check host"]
+        if self.host_facts.problem:
+            return [self.host_facts.problem]
+        s = self.settings()
+        if s.gpus > max(1, len(self.host_facts.gpus)):
+            return [f"{s.gpus} GPUs asked for, {choice.host} has {len(self.host_facts.gpus)}"]
+        return []
+
+    @property
+    def checking_host(self) -> bool:
+        return self._host_timer.isActive() or (
+            self.host_check is not None and not self.host_check.done
+        )
+
+    def check_host(self) -> None:
+        """Connect to the host on a worker thread and show what it has (never blocks)."""
+        self._host_timer.stop()
+        if not self.remote:
+            return
+        choice = self.host_choice()
+        self.host_facts, self.host_error, self._checked_choice = None, None, choice
+        if not choice.host:
+            self.host_status.setText("")
+            self.changed.emit()
+            return
+        try:
+            host = choice.run_host()
+        except RemoteError as exc:
+            self._host_failed(choice, str(exc))
+            return
+        self.host_status.setText(f"Connecting to {choice.host}…")
+        call = BlockingCall(host.check, self)
+        call.succeeded.connect(lambda facts, c=choice: self._host_answered(c, facts))
+        call.failed.connect(lambda text, c=choice: self._host_failed(c, text))
+        self.host_check = call.start()
+        self.changed.emit()
+
+    def _host_answered(self, choice: HostChoice, facts: HostFacts) -> None:
+        if choice != self.host_choice() or not self.remote:
+            return  # the fields changed meanwhile: a newer check is due
+        self.host_facts, self.host_error = facts, None
+        lines = facts.summary()[1:]
+        text = "<br>".join(_html(line) for line in lines)
+        if facts.problem:
+            text += f"<br><span style='color:#ff8a80'>{_html(facts.problem)}</span>"
+        self.host_status.setText(text)
+        devices = [("auto", "auto"), ("cpu", "cpu")]
+        devices += [(f"cuda:{g.index}", f"cuda:{g.index} {g.name}") for g in facts.gpus]
+        self._show_devices(devices, len(facts.gpus))
+        self.host_checked.emit(facts)
+        self.start_scan()
+
+    def _host_failed(self, choice: HostChoice, text: str) -> None:
+        if choice != self.host_choice() or not self.remote:
+            return
+        self.host_facts, self.host_error = None, text
+        self.host_status.setText(f"<span style='color:#ff8a80'>{_html(text)}</span>")
+        self.host_checked.emit(text)
+        self.changed.emit()
+
+    def _on_where_changed(self) -> None:
+        remote = self.remote
+        self._sync_where()
+        if not remote and self._local_devices is not None:
+            self._show_devices(*self._local_devices)
+        elif not remote:
+            self._show_devices([("auto", "auto"), ("cpu", "cpu")], 0)
+        if not self._out_typed:
+            self._suggest_out()
+        self._save_host_settings()
+        self.host_facts = None
+        self.host_status.setText("")
+        if remote:
+            self._host_timer.start()
+        self._on_source_changed()
+
+    def _on_host_edited(self) -> None:
+        self._save_host_settings()
+        if not self.remote:
+            return
+        self.host_facts, self.host_error = None, None
+        self.scan_report = None
+        self.cancel_scan()
+        self.host_status.setText("")
+        self._host_timer.start()
+        self.changed.emit()
+
+    def _load_host_settings(self) -> None:
+        if self.app_settings is None:
+            return
+        values = self.app_settings.remote_host
+        for key, edit in self._host_edits().items():
+            if key in values:
+                edit.setText(values[key])
+        self.set_remote(values.get("run_on") == SSH)
+
+    def _sync_where(self) -> None:
+        """The host's rows show for an ssh host; the Browse buttons (this computer's
+        folders) only for this computer."""
+        remote = self.remote
+        for widget in (
+            self.host.parentWidget(),
+            self.remote_python,
+            self.remote_runs,
+            self.ssh_config.parentWidget(),
+            self.host_status,
+        ):
+            self._where_rows.setRowVisible(widget, remote)
+        for button in (self.data_browse, self.out_browse, self.resume_browse):
+            button.setVisible(not remote)
+        self.out_new.setToolTip(
+            "A fresh folder in the host's runs folder"
+            if remote
+            else "A fresh folder under " + str(self.runs_dir)
+        )
+
+    def _host_edits(self) -> dict[str, QLineEdit]:
+        return {
+            "host": self.host,
+            "python": self.remote_python,
+            "runs_dir": self.remote_runs,
+            "config_file": self.ssh_config,
+        }
+
+    def _save_host_settings(self) -> None:
+        if self.app_settings is None:
+            return
+        values = {key: edit.text().strip() for key, edit in self._host_edits().items()}
+        self.app_settings.remote_host = {**values, "run_on": SSH if self.remote else LOCAL}
+
+    def _browse_ssh_config(self) -> None:
+        start = os.path.expanduser(self.ssh_config.text() or "~/.ssh")
+        path, _ = QFileDialog.getOpenFileName(self, "SSH config file", start)
+        if path:
+            self.ssh_config.setText(path)
 
     def _browse_data(self) -> None:
         start = os.path.expanduser(self.data_dir.text())
@@ -632,3 +893,7 @@ class TrainingForm(QWidget):
             box.setEnabled(not running)
         if not running:
             self._sync_enabled()
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

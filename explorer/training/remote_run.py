@@ -316,21 +316,9 @@ class RemoteTrainingProcess(RunProcess):
 
     # -- fetching -----------------------------------------------------------------------------
 
-    def fetch(
-        self,
-        path: str,
-        progress: Callable[[str, int, int], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> BlockingCall:
-        """Copy the host's file ``path`` (in the run folder) into the run's cache folder,
-        atomically and verified by SHA-256, resuming a copy cut short; the call's
-        ``succeeded`` carries the local path."""
-        return fetch_call(self.run_host, self.run, path, progress, cancel, self)
-
 
 def fetch_call(
-    host: RunHost | None,
-    run: RemoteRun | None,
+    run: RemoteRun,
     path: str,
     progress: Callable[[str, int, int], None] | None = None,
     cancel: threading.Event | None = None,
@@ -340,8 +328,7 @@ def fetch_call(
     folder (:func:`~core.training.remote.default_cache_dir`) and answers the local path."""
 
     def work() -> str:
-        if host is None or run is None:
-            raise RemoteError("no remote run to fetch from", "bad-input")
+        host = host_for(run)
         name = remote_name(path, run)
         if name is None:
             raise RemoteError(f"{path} is not inside the run folder {run.out}", "bad-input")
@@ -353,3 +340,37 @@ def fetch_call(
         return str(result.files[0])
 
     return BlockingCall(work, parent).start()
+
+
+def run_entry_text(record: dict[str, Any]) -> str:
+    """A remembered run as File > Recent Runs lists it: ``run-… on HOST — running (step
+    1,200 / 5,000)``. A run here is read from its folder, so its state is current."""
+    out = str(record["out"])
+    host = record.get("host")
+    state, step, total = record.get("state", "running"), record.get("step"), None
+    if not host:
+        state, step, total = local_run_state(Path(out), state)
+    total = total or record.get("max_steps")
+    progress = ""
+    if isinstance(step, int) and step:
+        progress = (
+            f" (step {step:,} / {total:,})" if isinstance(total, int) else f" (step {step:,})"
+        )
+    where = f"on {host}" if host else "on this computer"
+    return f"{PurePosixPath(out).name} {where} — {state}{progress}"
+
+
+def local_run_state(out: Path, remembered: str = "running") -> tuple[str, int | None, int | None]:
+    """``(state, step, max_steps)`` of a run folder here, from its events (the run agent's
+    reading, the one the CLI's ``status`` uses); ``missing`` for a folder that is gone. A
+    run whose events never ended keeps what the page remembered (a killed trainer writes
+    no ``done``)."""
+    from core.training.remote_agent import run_status
+
+    if not (out / "events.jsonl").is_file():
+        return "missing", None, None
+    status = run_status(out)
+    state = status["state"]
+    if state == "running" and remembered in ("done", "failed", "stopped"):
+        state = remembered
+    return state, status.get("step"), status.get("max_steps")

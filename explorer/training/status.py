@@ -1,7 +1,9 @@
 """The running run in the main window's status bar, seen from any page.
 
 A compact button ("Training 1,200 / 5,000 · ETA 3 min") and a thin progress bar; a click
-brings the training page forward. It follows the :class:`TrainingPanel`'s signals only.
+brings the training page forward. It follows the :class:`TrainingPanel`'s signals only. A
+run on an ssh host is named ("Training on gpubox 1,200 / 5,000"), and a lost connection
+says so until it is back.
 """
 
 from __future__ import annotations
@@ -30,10 +32,37 @@ class TrainingStatus(QWidget):
         layout.addWidget(self.button)
         layout.addWidget(self.bar)
         self.button.clicked.connect(self.open_requested)
+        self.host = ""
+        self.lost = ""
+        self._label = ""
         self.hide()
 
+    def set_host(self, host: str) -> None:
+        """The host the run lives on; ``""`` for this computer."""
+        self.host = host
+        self.lost = ""
+
+    def set_connection(self, text: str) -> None:
+        """ "connection lost, retrying in N s" while the host is away, ``""`` when back."""
+        self.lost = text
+        self._show()
+
+    def _show(self) -> None:
+        text = f"{self._label} · {self.lost}" if self.lost else self._label
+        self.button.setText(text)
+        self.button.setToolTip(
+            f"The training run on {self.host}; click for the training page"
+            if self.host
+            else "The training run; click for the training page"
+        )
+
+    @property
+    def _training(self) -> str:
+        return f"Training on {self.host}" if self.host else "Training"
+
     def started(self, _out: str = "") -> None:
-        self.button.setText("Training: starting…")
+        self._label = f"{self._training}: starting…"
+        self._show()
         self.bar.setRange(0, 0)
         self.bar.show()
         self.show()
@@ -44,12 +73,15 @@ class TrainingStatus(QWidget):
         if total > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(min(step, total))
-            label = f"Training {step:,} / {total:,}"
+            label = f"{self._training} {step:,} / {total:,}"
         else:
-            label = f"Training step {step:,}"
-        self.button.setText(f"{label} · {text}" if text else label)
+            label = f"{self._training} step {step:,}"
+        self._label = f"{label} · {text}" if text else label
+        self._show()
         self.bar.show()
 
     def stopped(self, outcome: str) -> None:
-        self.button.setText(f"Training {outcome}")
+        self.lost = ""
+        self._label = f"{self._training} {outcome}"
+        self._show()
         self.bar.hide()

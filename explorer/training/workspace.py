@@ -5,6 +5,12 @@ as a separate process and reads nothing but its JSON events (see
 :mod:`explorer.training.process`): live curves of training and test bits/dim, images/s,
 a progress bar with ETA, the newest sample grids and the trainer's messages.
 
+With *Run on: SSH host* the same page starts the run on that host and follows it through
+:mod:`explorer.training.remote_run`: the curves, sample previews, ETA and messages are
+those of a local run, the page and the status bar name the host, "connection lost,
+retrying in N s" shows while the host is away (the run goes on), and "Open in Explorer"
+fetches the checkpoint into a local cache folder first.
+
 Every run keeps its event stream in ``OUT/events.jsonl`` and its messages in
 ``OUT/trainer.log``, so "Open run folder…" shows the curves of any earlier run, and follows
 one that is still going (for example one left running when the window closed).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -59,16 +66,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.training.remote import RemoteRun
+from core.training.transport import RemoteError
+from explorer.settings import ExplorerSettings
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
     EVENTS_FILE,
     LOG_FILE,
     PRESETS,
     RunFollower,
+    RunProcess,
     RunSettings,
     TrainingProcess,
     format_duration,
+    host_path,
     join_command,
+)
+from explorer.training.remote_run import (
+    BlockingCall,
+    HostChoice,
+    RemoteTrainingProcess,
+    fetch_call,
+    origin_text,
 )
 
 TRAIN_COLOUR = "#4ea1ff"
@@ -77,6 +96,9 @@ PLOT_BACKGROUND = "#17191c"
 NO_STEPS_TEXT = ""  # an empty bar: "No run yet" is said just below it
 ERROR_STYLE = (
     "QLabel { background: #4a1f1f; color: #ffd0cc; padding: 6px 8px; border-radius: 4px; }"
+)
+WARNING_STYLE = (
+    "QLabel { background: #5a4510; color: #ffe7a8; padding: 4px 8px; border-radius: 4px; }"
 )
 NOTE_STYLE = "QLabel { background: #1f3a2a; color: #c8f0d4; padding: 6px 8px; border-radius: 4px; }"
 LOG_LINES = 5000
@@ -154,6 +176,21 @@ def preview_command(settings: RunSettings, python: str | None = None) -> str:
     if not settings.out:
         return shown
     return f"cd {shell_word(home_path(run_dir))} && {shown} >> {EVENTS_FILE} 2>> {LOG_FILE}"
+
+
+def remote_command(settings: RunSettings, choice: HostChoice) -> str:
+    """The command line that starts the same run on the host from a terminal
+    (``realnvp remote HOST train ...``), what Copy gives for an ssh host."""
+    argv = ["realnvp", "remote"]
+    if choice.config_file:
+        argv += ["--ssh-config", choice.config_file]
+    argv += [choice.host or "HOST", "train", "--python", choice.python]
+    argv += ["--runs-dir", choice.runs_dir]
+    if settings.gpus > 1:
+        argv += ["--gpus", str(settings.gpus)]
+    if settings.out:
+        argv += ["--out", host_path(settings.out)]
+    return join_command(argv + settings.trainer_args(host_path))
 
 
 def shell_word(path: str) -> str:
@@ -246,6 +283,9 @@ class TrainingPanel(QWidget):
     training_started = Signal(str)
     training_stopped = Signal(str)
     progress_changed = Signal(int, int, str)  # step, total steps, "ETA 3 min" or ""
+    host_changed = Signal(str)  # the host the followed run lives on, "" for this computer
+    connection_changed = Signal(str)  # "connection lost, retrying in N s", "" when back
+    _fetch_progressed = Signal(str, int, int)  # from the fetch's worker thread
 
     def __init__(
         self,
@@ -253,10 +293,15 @@ class TrainingPanel(QWidget):
         probe_devices: bool = True,
         python: str | None = None,
         parent: QWidget | None = None,
+        settings: ExplorerSettings | None = None,
     ) -> None:
         super().__init__(parent)
         self.python = python
-        self.process: TrainingProcess | None = None
+        self.app_settings = settings
+        self.process: RunProcess | None = None
+        self.remote_run: RemoteRun | None = None  # the run on a host the page shows
+        self.fetching: BlockingCall | None = None
+        self._fetch_cancel: threading.Event | None = None
         self.follower: RunFollower | None = None  # a reopened run
         # Injectable for tests: (parent, out) -> "stop" | "leave" | "cancel".
         self.close_prompt: Callable[[QWidget | None, str], str] = ask_close_choice
@@ -274,7 +319,7 @@ class TrainingPanel(QWidget):
         self._redraw_pending = False
         self._form_locked = False
 
-        self.form = TrainingForm(runs_dir, probe_devices)
+        self.form = TrainingForm(runs_dir, probe_devices, settings=settings)
         self._build_monitor()
         self._build_layout()
 
@@ -285,6 +330,7 @@ class TrainingPanel(QWidget):
         self.copy_button.clicked.connect(self.copy_command)
         self.open_button.clicked.connect(self._open_clicked)
         self.reopen_button.clicked.connect(self._reopen_clicked)
+        self._fetch_progressed.connect(self._on_fetch_progress)
         self.update_controls()
 
     # -- building ----------------------------------------------------------------------------
@@ -313,6 +359,13 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat(NO_STEPS_TEXT)  # not "0 / 1 steps": no run has a length yet
+        self.where = QLabel()
+        self.where.setStyleSheet("QLabel { color: #9fd3ff; font-weight: bold; }")
+        self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.where.hide()
+        self.connection = QLabel()
+        self.connection.setStyleSheet(WARNING_STYLE)
+        self.connection.hide()
         self.info = QLabel("No run yet")
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rate = QLabel()
@@ -419,6 +472,8 @@ class TrainingPanel(QWidget):
         right = QVBoxLayout(monitor)
         right.setContentsMargins(4, 0, 0, 0)
         right.addLayout(buttons)
+        right.addWidget(self.where)
+        right.addWidget(self.connection)
         right.addLayout(command)
         right.addWidget(self.progress)
         right.addLayout(status)
@@ -463,8 +518,16 @@ class TrainingPanel(QWidget):
             return ["a run is in progress"]
         return self.form.problems()
 
+    def _checkpoint_there(self, path: str | None) -> bool:
+        """A checkpoint the page can open: a file here, or one on the run's host (fetched
+        by "Open in Explorer")."""
+        if not path:
+            return False
+        return self.remote_run is not None or Path(path).is_file()
+
     def update_controls(self) -> None:
         running = self.running
+        fetching = self.fetching is not None and not self.fetching.done
         problems = [] if running else self.form.problems()
         self.start_button.setEnabled(not running and not problems)
         self.reason.setText(problems[0] if problems else "")
@@ -473,7 +536,7 @@ class TrainingPanel(QWidget):
         self.stop_button.setEnabled(running and not stopping)
         self.kill_button.setEnabled(running)
         self.reopen_button.setEnabled(not running)
-        self.open_button.setEnabled(bool(self.checkpoint) and Path(self.checkpoint).is_file())
+        self.open_button.setEnabled(self._checkpoint_there(self.checkpoint) and not fetching)
         if running != self._form_locked:
             self._form_locked = running
             self.form.set_running(running)
@@ -481,8 +544,12 @@ class TrainingPanel(QWidget):
             self._show_command(self.form.settings())
 
     def _show_command(self, settings: RunSettings) -> None:
-        self.full_command = settings.shell_command(self.python)
-        self.command.setText(preview_command(settings, self.python))
+        if self.form.remote or isinstance(self.process, RemoteTrainingProcess):
+            self.full_command = remote_command(settings, self.form.host_choice())
+            self.command.setText(self.full_command)
+        else:
+            self.full_command = settings.shell_command(self.python)
+            self.command.setText(preview_command(settings, self.python))
         self.command.setCursorPosition(0)
 
     def copy_command(self) -> None:
@@ -500,11 +567,11 @@ class TrainingPanel(QWidget):
         self._stop_following()
         self.form.cancel_scan()  # the trainer reads the data itself; free the CPU for it
         self._reset_monitor()
+        if self.form.remote:
+            return self._start_remote(settings, self.form.host_choice())
+        self._set_remote(None)
         process = TrainingProcess(self)
-        process.event_received.connect(self._on_event)
-        process.log_received.connect(self._append_log)
-        process.failed.connect(self._on_failed)
-        process.finished.connect(self._on_finished)
+        self._connect_process(process)
         try:
             process.start(settings, self.python)
         except OSError as exc:
@@ -517,8 +584,90 @@ class TrainingPanel(QWidget):
         self.update_controls()
         self._show_command(process.settings)
         self._append_log(f"$ {self.command.text()}")
+        self._remember_run({"out": str(self.run_dir), "host": None, "state": "running"})
         self.training_started.emit(str(self.run_dir))
         return True
+
+    def _connect_process(self, process: RunProcess) -> None:
+        process.event_received.connect(self._on_event)
+        process.log_received.connect(self._append_log)
+        process.failed.connect(self._on_failed)
+        process.finished.connect(self._on_finished)
+
+    def _start_remote(self, settings: RunSettings, choice: HostChoice) -> bool:
+        process = RemoteTrainingProcess(self)
+        self._connect_remote(process)
+        try:
+            process.start(settings, choice)
+        except RemoteError as exc:
+            process.deleteLater()
+            self._show_message(str(exc), error=True)
+            return False
+        self.process = process
+        self.run_dir = None
+        self.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
+        self.where.show()
+        self.host_changed.emit(choice.host)
+        self.info.setText(f"Starting the trainer on {choice.host}…")
+        self.update_controls()
+        self._show_command(settings)
+        self._append_log(f"$ {self.full_command}")
+        self.training_started.emit(f"{choice.host}:{settings.out}")
+        return True
+
+    def _connect_remote(self, process: RemoteTrainingProcess) -> None:
+        self._connect_process(process)
+        process.run_started.connect(self._on_remote_started)
+        process.connection_changed.connect(self._on_connection_changed)
+        process.call_failed.connect(lambda text: self._show_message(text, error=True))
+
+    def attach_remote(self, run: RemoteRun) -> bool:
+        """Follow a run on an ssh host started earlier (File > Recent Runs): its curves from
+        the first event, then live until it ends; Stop and Kill work on it."""
+        if self.running:
+            return False
+        self._stop_following()
+        self._reset_monitor()
+        process = RemoteTrainingProcess(self)
+        self._connect_remote(process)
+        try:
+            process.attach(run)
+        except RemoteError as exc:
+            process.deleteLater()
+            self._show_message(str(exc), error=True)
+            return False
+        self.process = process
+        self.run_dir = None
+        self.host_changed.emit(run.host or "")
+        self.info.setText(f"Following {run.name} on {run.host}…")
+        self.update_controls()
+        self.training_started.emit(f"{run.host}:{run.out}")
+        return True
+
+    def _on_remote_started(self, run: RemoteRun) -> None:
+        self._set_remote(run)
+        self._append_log(f"run folder on {run.host}: {run.out}")
+        self._remember_run({**run.to_dict(), "state": "running"})
+
+    def _set_remote(self, run: RemoteRun | None) -> None:
+        self.remote_run = run
+        if run is None:
+            self.where.hide()
+            self.connection.hide()
+            self.host_changed.emit("")
+            return
+        self.where.setText(f"On {run.host}: {run.out}")
+        self.where.setToolTip(f"python: {run.python}\nruns folder: {run.runs_dir}")
+        self.where.show()
+
+    def _on_connection_changed(self, text: str) -> None:
+        self.connection.setText(text)
+        self.connection.setVisible(bool(text))
+        self.connection_changed.emit(text)
+
+    def _remember_run(self, record: dict[str, Any]) -> None:
+        if self.app_settings is not None:
+            self.app_settings.remember_run(record)
 
     def stop(self) -> None:
         """Ask the trainer to save and finish."""
@@ -537,7 +686,10 @@ class TrainingPanel(QWidget):
         if not self.running or self.process is None:
             return None
         pid = self.process.detach()
-        self._append_log(f"left running as process {pid}; it keeps writing to {self.run_dir}")
+        if isinstance(self.process, RemoteTrainingProcess) and self.remote_run is not None:
+            self._append_log(f"left running on {self.remote_run.host}: {self.remote_run.out}")
+        else:
+            self._append_log(f"left running as process {pid}; it keeps writing to {self.run_dir}")
         self.process = None
         self.update_controls()
         self.training_stopped.emit("left running")
@@ -553,6 +705,10 @@ class TrainingPanel(QWidget):
         """
         if not self.running or self.process is None:
             return True
+        if isinstance(self.process, RemoteTrainingProcess):
+            # It runs on the host whatever the window does; File > Recent Runs re-attaches.
+            self.leave_running()
+            return True
         parent = parent or self.window()
         choice = self.close_prompt(parent, str(self.run_dir))
         if choice == LEAVE:
@@ -566,6 +722,21 @@ class TrainingPanel(QWidget):
                 self.stop()
                 self.info.setText("Stopping: the window closes once latest.pt is saved…")
         return False
+
+    def _record_outcome(self, process: RunProcess, outcome: str) -> None:
+        """The run's end in File > Recent Runs: running, done, failed or stopped."""
+        state = {"finished": "done", "killed": "failed"}.get(outcome, outcome)
+        if isinstance(process, RemoteTrainingProcess):
+            state = process.state or state
+            if process.run is None or self.app_settings is None:
+                return
+            host, out = process.run.host, process.run.out
+        elif self.run_dir is not None and self.app_settings is not None:
+            host, out = None, str(self.run_dir)
+        else:
+            return
+        if state in ("done", "failed", "stopped"):
+            self.app_settings.update_run(host, out, state=state, step=process.last_step)
 
     def _on_failed(self, message: str) -> None:
         # The message, then the trainer's last words on stderr where they add something.
@@ -591,7 +762,7 @@ class TrainingPanel(QWidget):
         else:
             outcome = "failed"
         checkpoint = process.last_checkpoint
-        if checkpoint and not Path(checkpoint).is_file():
+        if not self._checkpoint_there(checkpoint):
             checkpoint = None
         self.checkpoint = checkpoint
         if outcome == "killed":
@@ -599,7 +770,10 @@ class TrainingPanel(QWidget):
             self._show_message(f"Killed at step {process.last_step}{kept}", error=True)
         elif outcome == "stopped" and done is None:
             self._show_message("Stopped before training began; nothing was saved.")
-        self.info.setText(f"Run {outcome} at step {process.last_step}")
+        where = f" on {process.host}" if process.host else ""
+        self.info.setText(f"Run {outcome}{where} at step {process.last_step}")
+        self._record_outcome(process, outcome)
+        self.connection.hide()
         self.process = None
         self.update_controls()
         if self.form.scan_report is not None and not self.form.scan_report.finished:
@@ -608,7 +782,7 @@ class TrainingPanel(QWidget):
         if checkpoint:
             self.checkpoint_ready.emit(checkpoint)
             if self.open_when_done.isChecked() and outcome in ("finished", "stopped"):
-                self.open_checkpoint_requested.emit(checkpoint)
+                self.open_checkpoint(checkpoint)
         self.training_stopped.emit(outcome)
         if self._close_after_stop is not None:
             window, self._close_after_stop = self._close_after_stop, None
@@ -631,6 +805,7 @@ class TrainingPanel(QWidget):
             return False
         self._stop_following()
         self._reset_monitor()
+        self._set_remote(None)
         self.run_dir = folder
         self.checkpoint = str(folder / "latest.pt") if (folder / "latest.pt").is_file() else None
         self.follower = RunFollower(folder, from_start=True, parent=self)
@@ -657,7 +832,49 @@ class TrainingPanel(QWidget):
 
     def _open_clicked(self) -> None:
         if self.checkpoint:
-            self.open_checkpoint_requested.emit(self.checkpoint)
+            self.open_checkpoint(self.checkpoint)
+
+    def open_checkpoint(self, path: str) -> None:
+        """Ask the explorer to open ``path``; a checkpoint on a host is first fetched into
+        the run's local cache folder (atomic, SHA-256 verified, resumed if cut short)."""
+        run = self.remote_run
+        if run is None:
+            self.open_checkpoint_requested.emit(path)
+            return
+        if self.fetching is not None and not self.fetching.done:
+            return
+        self._fetch_cancel = threading.Event()
+        self._show_message(f"Fetching {Path(path).name} from {run.host}…")
+        call = fetch_call(
+            run,
+            path,
+            progress=self._fetch_progressed.emit,
+            cancel=self._fetch_cancel,
+            parent=self,
+        )
+        call.succeeded.connect(lambda local, r=run, p=path: self._fetched(r, p, local))
+        call.failed.connect(lambda text: self._show_message(f"Fetch failed: {text}", error=True))
+        call.failed.connect(lambda _text: self.update_controls())
+        self.fetching = call
+        self.update_controls()
+
+    def _on_fetch_progress(self, name: str, done: int, total: int) -> None:
+        if self.fetching is not None and not self.fetching.done:
+            where = self.remote_run.host if self.remote_run else "the host"
+            self._show_message(
+                f"Fetching {name} from {where}: {done / 1e6:.1f} / {total / 1e6:.1f} MB"
+            )
+
+    def _fetched(self, run: RemoteRun, path: str, local: str) -> None:
+        if self.app_settings is not None:
+            self.app_settings.set_checkpoint_origin(local, origin_text(run, path))
+        self._show_message(f"Fetched {Path(path).name} from {run.host} to {home_path(local)}")
+        self.update_controls()
+        self.open_checkpoint_requested.emit(local)
+
+    def cancel_fetch(self) -> None:
+        if self._fetch_cancel is not None:
+            self._fetch_cancel.set()
 
     def _reopen_clicked(self) -> None:
         start = str(self.run_dir or self.form.runs_dir)
@@ -738,7 +955,7 @@ class TrainingPanel(QWidget):
     def _on_done(self, event: dict[str, Any]) -> None:
         reason = event.get("reason", "finished")
         checkpoint = event.get("checkpoint")
-        if checkpoint and Path(checkpoint).is_file():
+        if self._checkpoint_there(checkpoint):
             self.checkpoint = checkpoint
         test, best, step = event.get("test_bpd"), event.get("best_test_bpd"), event.get("step")
         scores = ""
@@ -750,6 +967,8 @@ class TrainingPanel(QWidget):
             last = "last test" if at else "test"
             scores = f": {last} {test:.3f} bits/dim{at} (best {best:.3f})"
         checkpoint = home_path(self.checkpoint) if self.checkpoint else "none"
+        if self.remote_run is not None and self.checkpoint:
+            checkpoint = origin_text(self.remote_run, self.checkpoint)
         self._show_message(
             f"{str(reason).capitalize()} at step {step}{scores}. Checkpoint: {checkpoint}"
         )
@@ -814,6 +1033,7 @@ class TrainingPanel(QWidget):
         self.samples_caption.hide()
         self.log.clear()
         self.message.hide()
+        self.connection.hide()
         self.rate.setText("")
         self._redraw()
 

@@ -1,0 +1,188 @@
+"""The training page's runs on an ssh host, against a real OpenSSH server on 127.0.0.1
+(``tests/sshd.py``), driven with real Qt events: Check host, Start, curves and previews
+filling, Stop, Open in Explorer, File > Recent Runs, and one sentence for a bad host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import MNIST_DIR, needs_mnist
+from PySide6.QtCore import Qt
+from sshd import running_sshd
+
+from core.training.remote import RemoteRun
+from explorer.training.process import RunSettings, host_path
+from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
+from explorer.training.workspace import TrainingPanel, remote_command
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Fetched files go to this test's folder, not the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def type_into(qtbot, edit, text: str) -> None:
+    edit.selectAll()
+    qtbot.keyClick(edit, Qt.Key.Key_Delete)
+    qtbot.keyClicks(edit, text)
+
+
+def choose_host(qtbot, form, sshd, alias: str | None = None) -> None:
+    """Run on: SSH host, with the server's alias, Python, runs folder and config file."""
+    form.run_on.setFocus()
+    form.set_remote(True)
+    type_into(qtbot, form.host, alias or sshd.alias)
+    type_into(qtbot, form.remote_python, sshd.python)
+    type_into(qtbot, form.remote_runs, str(sshd.root / "runs"))
+    type_into(qtbot, form.ssh_config, str(sshd.config))
+
+
+# -- no server needed -----------------------------------------------------------------------
+
+
+def test_host_paths_are_the_hosts_home():
+    assert host_path("~/data/mnist") == "data/mnist"
+    assert host_path("~") == "."
+    assert host_path("/srv/data") == "/srv/data"
+    assert host_path("runs/a b") == "runs/a b"
+
+
+def test_the_copied_command_starts_the_same_run_from_a_terminal():
+    from explorer.training.remote_run import HostChoice
+
+    settings = RunSettings(data_dir="~/data", out="run-1", max_steps=40, gpus=2)
+    text = remote_command(settings, HostChoice("gpubox", "~/venv/bin/python", "~/r", "~/cfg"))
+    assert text.startswith(
+        "realnvp remote --ssh-config '~/cfg' gpubox train --python '~/venv/bin/python' "
+        "--runs-dir '~/r' --gpus 2 --out run-1 --dataset mnist --data-dir data/mnist"[:80]
+    )
+    assert "--data-dir data " in text and "--max-steps 40" in text and "--progress" not in text
+
+
+def test_a_remote_path_is_named_inside_its_run_folder():
+    run = RemoteRun("/home/u/runs/run-1", "gpubox")
+    assert remote_name("/home/u/runs/run-1/samples/step_10.png", run) == "samples/step_10.png"
+    assert remote_name("/etc/passwd", run) is None
+
+
+def test_recent_runs_name_host_and_state(tmp_path):
+    (tmp_path / "events.jsonl").write_text(
+        '{"event": "start", "step": 0, "total_steps": 40}\n'
+        '{"event": "step", "step": 20, "total_steps": 40, "loss": 3.0}\n'
+        '{"event": "done", "step": 20, "reason": "stopped"}\n'
+    )
+    assert local_run_state(tmp_path) == ("stopped", 20, 40)
+    assert local_run_state(tmp_path / "gone") == ("missing", None, None)
+    remote = {"out": "/h/runs/run-7", "host": "gpubox", "state": "running", "step": 1200}
+    assert run_entry_text({**remote, "max_steps": 5000}) == (
+        "run-7 on gpubox — running (step 1,200 / 5,000)"
+    )
+    assert run_entry_text({"out": str(tmp_path), "host": None}).endswith(
+        "on this computer — stopped (step 20 / 40)"
+    )
+
+
+# -- against the server ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alias", "sentence"),
+    [
+        ("rnvp-wrongkey", "use a key or an agent for rnvp-wrongkey"),
+        ("rnvp-refused", "rnvp-refused refused the connection"),
+    ],
+)
+def test_a_bad_host_is_one_sentence_and_start_stays_off(
+    qtbot, sshd, explorer_settings, alias, sentence
+):
+    panel = TrainingPanel(probe_devices=False, settings=explorer_settings)
+    qtbot.addWidget(panel)
+    choose_host(qtbot, panel.form, sshd, alias)
+    click(qtbot, panel.form.check_host_button)
+    qtbot.waitUntil(lambda: sentence in panel.form.host_status.text(), timeout=30_000)
+    assert not panel.start_button.isEnabled()
+    assert sentence in panel.reason.text()
+    assert "Traceback" not in panel.form.host_status.text()
+    # Remembered for the next start of the app.
+    assert explorer_settings.remote_host["host"] == alias
+    assert explorer_settings.remote_host["run_on"] == "ssh"
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
+    qtbot, sshd, make_window, explorer_settings
+):
+    window = make_window()
+    window.resize(1366, 768)
+    window.show_page("training")
+    panel = window.training_panel
+    form = panel.form
+    choose_host(qtbot, form, sshd)
+    click(qtbot, form.check_host_button)
+    qtbot.waitUntil(lambda: form.host_facts is not None, timeout=60_000)
+    assert "CPU cores" in form.host_status.text()
+    # The data folder is the host's, and the data check ran there.
+    type_into(qtbot, form.data_dir, str(MNIST_DIR))
+    qtbot.waitUntil(
+        lambda: form.scan_report is not None and form.scan_report.finished, timeout=60_000
+    )
+    assert form.scan_report.error is None and form.scan_report.train == 60_000
+    for spin, value in (
+        (form.batch_size, 16),
+        (form.eval_every, 10),
+        (form.eval_limit, 64),
+        (form.log_every, 2),
+        (form.threads, 1),
+    ):
+        spin.setValue(value)
+    form.length_unit.setCurrentIndex(form.length_unit.findData("steps"))
+    form.length.setValue(400)
+    qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=10_000)
+    assert panel.command.text().startswith("realnvp remote --ssh-config")
+
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.remote_run is not None, timeout=60_000)
+    run = panel.remote_run
+    assert run.host == sshd.alias and Path(run.out).parent == sshd.root / "runs"
+    assert sshd.alias in panel.where.text() and run.out in panel.where.text()
+    # Curves and previews fill from the host's events; the grid is a fetched local copy.
+    qtbot.waitUntil(
+        lambda: len(panel.train_points[0]) >= 3 and panel.sample_step is not None,
+        timeout=120_000,
+    )
+    assert Path(panel._samples[0]).is_file()
+    assert not panel._samples[0].startswith(run.out)
+    assert f"Training on {sshd.alias}" in window.training_status.button.text()
+
+    click(qtbot, panel.stop_button)
+    qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
+    events = [line for line in Path(run.out, "events.jsonl").read_text().splitlines() if line]
+    assert '"reason": "stopped"' in events[-1] or '"done"' in events[-1]
+    assert panel.checkpoint == str(Path(run.out) / "latest.pt")
+    assert explorer_settings.recent_runs()[0]["state"] in ("stopped", "done")
+
+    with qtbot.waitSignal(window.model_opened, timeout=60_000):
+        click(qtbot, panel.open_button)
+    origin, fetched = window.model_panel.values["source"].toolTip().splitlines()
+    assert origin == f"{sshd.alias}:{run.out}/latest.pt"
+    assert window.model_panel.values["source"].text() == origin
+    local = Path(fetched.removeprefix("fetched to "))
+    assert local.read_bytes() == Path(run.out, "latest.pt").read_bytes()
+    assert sshd.alias in window.windowTitle()
+
+    window._fill_recent_runs_menu()
+    texts = [a.text() for a in window.recent_runs_menu.actions()]
+    assert any(t.startswith(f"{run.name} on {sshd.alias} — ") for t in texts), texts
