@@ -361,16 +361,13 @@ def run_entry_text(record: dict[str, Any]) -> str:
 
 
 def local_run_state(out: Path, remembered: str = "running") -> tuple[str, int | None, int | None]:
-    """``(state, step, max_steps)`` of a run folder here, from its events (the run agent's
-    reading, the one the CLI's ``status`` uses); ``missing`` for a folder that is gone. A
-    run whose events never ended keeps what the page remembered (a killed trainer writes
-    no ``done``)."""
-    from core.training.remote_agent import run_status
+    """``(state, step, max_steps)`` of a run folder here, by the rule the trainer and the
+    CLI share (:func:`core.training.run_folder.run_state`: its events and its lock);
+    ``missing`` for a folder that is gone, the remembered state for one with no run yet."""
+    from core.training.run_folder import run_state
 
-    if not (out / "events.jsonl").is_file():
+    if not out.is_dir():
         return "missing", None, None
-    status = run_status(out)
-    state = status["state"]
-    if state == "running" and remembered in ("done", "failed", "stopped"):
-        state = remembered
-    return state, status.get("step"), status.get("max_steps")
+    state = run_state(out)
+    name = remembered if state.state == "none" else state.state
+    return name, state.step, state.max_steps
