@@ -4,6 +4,7 @@ filling, Stop, Open in Explorer, File > Recent Runs, and one sentence for a bad 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -167,10 +168,27 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert not panel._samples[0].startswith(run.out)
     assert f"Training on {sshd.alias}" in window.training_status.button.text()
 
+    # Cut the follow stream's ssh: the page says so and retries; the run never notices.
+    follower = panel.process.follower
+    follower.process.kill()
+    qtbot.waitUntil(lambda: "retrying in" in panel.connection.text(), timeout=30_000)
+    assert "retrying in" in window.training_status.button.text()
+    seen = len(panel.train_points[0])
+    qtbot.waitUntil(
+        lambda: panel.connection.isHidden() and len(panel.train_points[0]) > seen + 2,
+        timeout=60_000,
+    )
+    assert follower.reconnects >= 1
+
     click(qtbot, panel.stop_button)
     qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
-    events = [line for line in Path(run.out, "events.jsonl").read_text().splitlines() if line]
-    assert '"reason": "stopped"' in events[-1] or '"done"' in events[-1]
+    events = [
+        json.loads(line) for line in Path(run.out, "events.jsonl").read_text().split("\n") if line
+    ]
+    assert events[-1]["event"] == "done" and events[-1]["reason"] in ("stopped", "finished")
+    # Through the cut connection no event was lost or shown twice.
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert panel.train_points[0] == steps
     assert panel.checkpoint == str(Path(run.out) / "latest.pt")
     assert explorer_settings.recent_runs()[0]["state"] in ("stopped", "done")
 
@@ -183,6 +201,13 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert local.read_bytes() == Path(run.out, "latest.pt").read_bytes()
     assert sshd.alias in window.windowTitle()
 
+    # File > Recent Runs lists it with its state; opening it re-attaches from the start.
     window._fill_recent_runs_menu()
-    texts = [a.text() for a in window.recent_runs_menu.actions()]
-    assert any(t.startswith(f"{run.name} on {sshd.alias} — ") for t in texts), texts
+    entry = next(
+        a for a in window.recent_runs_menu.actions() if a.text().startswith(f"{run.name} on ")
+    )
+    assert entry.text().startswith(f"{run.name} on {sshd.alias} — stopped")
+    entry.trigger()
+    assert window.current_page == "training"
+    qtbot.waitUntil(lambda: not panel.running and panel.train_points[0] == steps, timeout=60_000)
+    assert panel.remote_run == run and sshd.alias in panel.where.text()
