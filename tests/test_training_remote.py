@@ -15,7 +15,7 @@ from sshd import running_sshd
 from core.training.remote import RemoteRun
 from explorer.training.process import RunSettings, host_path
 from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
-from explorer.training.workspace import TrainingPanel, remote_command
+from explorer.training.workspace import TrainingPanel, follow_command, remote_command
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,14 @@ def test_the_copied_command_starts_the_same_run_from_a_terminal():
         "--runs-dir '~/r' --gpus 2 --out run-1 --dataset mnist --data-dir data/mnist"[:80]
     )
     assert "--data-dir data " in text and "--max-steps 40" in text and "--progress" not in text
+
+
+def test_a_followed_run_shows_the_command_that_follows_it_from_a_terminal():
+    run = RemoteRun("/h/runs/run 1", "gpubox", "~/venv/bin/python", None, "~/runs")
+    assert follow_command(run) == (
+        "realnvp remote gpubox follow --python '~/venv/bin/python' --runs-dir '~/runs' "
+        "'/h/runs/run 1'"
+    )
 
 
 def test_a_remote_path_is_named_inside_its_run_folder():
@@ -211,3 +219,6 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert window.current_page == "training"
     qtbot.waitUntil(lambda: not panel.running and panel.train_points[0] == steps, timeout=60_000)
     assert panel.remote_run == run and sshd.alias in panel.where.text()
+    assert form.remote and form.host.text() == sshd.alias
+    assert panel.command.text().startswith(f"realnvp remote --ssh-config {sshd.config} ")
+    assert form.batch_size.value() == 16 and form.out.text() == run.out

@@ -722,6 +722,12 @@ class TrainingForm(QWidget):
             self.ssh_config.text().strip(),
         )
 
+    def show_host(self, choice: HostChoice) -> None:
+        """Show an ssh host's fields (a run on it being followed), checked again."""
+        for key, edit in self._host_edits().items():
+            edit.setText(getattr(choice, key))
+        self.set_remote(True)
+
     def set_remote(self, remote: bool) -> None:
         self.run_on.setCurrentIndex(self.run_on.findData(SSH if remote else LOCAL))
 

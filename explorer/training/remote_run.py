@@ -145,6 +145,7 @@ class RemoteTrainingProcess(RunProcess):
         self.cache: Path | None = None
         self.state: str | None = None
         self.lost: str = ""
+        self.attached = False  # followed from File > Recent Runs, not started here
         self._calls: list[BlockingCall] = []
         self._updated.connect(self._on_update)
         self._worker_failed.connect(self._on_worker_failed)
@@ -181,6 +182,7 @@ class RemoteTrainingProcess(RunProcess):
             raise RuntimeError("a training run is already in progress")
         self.run_host = host_for(run)
         self._reset()
+        self.attached = True
         self._set_run(run)
         host = self.run_host
         self._spawn(lambda: self._follow(host, run))

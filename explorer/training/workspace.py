@@ -193,6 +193,15 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     return join_command(argv + settings.trainer_args(host_path))
 
 
+def follow_command(run: RemoteRun) -> str:
+    """The command line that follows the same run from a terminal."""
+    argv = ["realnvp", "remote"]
+    if run.config_file:
+        argv += ["--ssh-config", run.config_file]
+    argv += [run.host or "HOST", "follow", "--python", run.python, "--runs-dir", run.runs_dir]
+    return join_command([*argv, run.out])
+
+
 def shell_word(path: str) -> str:
     """A path quoted for the shell, a leading ``~/`` left outside the quotes so the shell
     still expands it."""
@@ -628,6 +637,14 @@ class TrainingPanel(QWidget):
             return False
         self._stop_following()
         self._reset_monitor()
+        # The form shows where the run lives (and, from its start event, how it was
+        # started); the command line is the terminal's way to follow it.
+        self.form.show_host(
+            HostChoice(run.host or "", run.python, run.runs_dir, run.config_file or "")
+        )
+        self.full_command = follow_command(run)
+        self.command.setText(self.full_command)
+        self.command.setCursorPosition(0)
         process = RemoteTrainingProcess(self)
         self._connect_remote(process)
         try:
@@ -950,6 +967,11 @@ class TrainingPanel(QWidget):
             with contextlib.suppress(TypeError, ValueError):
                 self.form.apply(settings_of_run(event, self.run_dir, self.form.settings()))
             self.update_controls()
+        elif isinstance(self.process, RemoteTrainingProcess) and self.process.attached:
+            run = self.process.run
+            with contextlib.suppress(TypeError, ValueError):
+                settings = settings_of_run(event, Path(run.out), self.form.settings())
+                self.form.apply(replace(settings, out=run.out))
         self._schedule_redraw()
 
     def _on_done(self, event: dict[str, Any]) -> None:
