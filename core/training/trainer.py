@@ -617,6 +617,10 @@ class Trainer:
             else:
                 self._save("latest.pt", step, epoch, optimizer, scheduler, noise, state)
                 self.stop_file.unlink(missing_ok=True)
+        if self.dist.enabled:
+            # No rank leaves (and tears its process group down) while rank 0 still writes the
+            # last checkpoint: the ranks end together, and torchrun's exit means it is saved.
+            dist.barrier()
         self.sink.emit(
             "done",
             step=step,
