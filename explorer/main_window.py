@@ -83,6 +83,24 @@ PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
 TABS = ("levels", "images", "directions", "likelihood", "classes", "draw")
 DEFAULT_SIZE = (1366, 768)
 TABS_MIN_WIDTH = 436
+COLUMN_STRETCH = (1, 3, 2)  # model and gallery, samples, tabs: how a growing window shares
+
+
+def column_widths(width: int, height: int) -> tuple[int, int, int]:
+    """The explorer page's three columns (model and gallery, samples, tabs) for a window
+    of ``width`` x ``height``: the side columns about a fifth and a third of the width
+    (within their minimums and a laptop's maximums), the samples what is left but no
+    wider than the grid is tall; what the samples leave goes to the side columns in
+    proportion."""
+    left = min(max(round(0.22 * width), 220), 300)
+    tabs = min(max(round(0.36 * width), TABS_MIN_WIDTH), 560)
+    samples = max(300, width - left - tabs - 40)
+    square = max(300, height - 150)  # the grid's height: menus, bars and controls off
+    if samples > square:
+        extra = samples - square
+        grow_left = round(extra * left / (left + tabs))
+        left, samples, tabs = left + grow_left, square, tabs + extra - grow_left
+    return left, samples, tabs
 
 
 class MainWindow(QMainWindow):
@@ -169,9 +187,10 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(self.left_splitter)
         self.splitter.addWidget(self.samples_panel)
         self.splitter.addWidget(self.tabs)
-        self.splitter.setStretchFactor(0, 0)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setStretchFactor(2, 0)
+        # A growing window grows every column (the samples most), so a maximized 4K
+        # window does not leave the side columns at their laptop widths.
+        for index, stretch in enumerate(COLUMN_STRETCH):
+            self.splitter.setStretchFactor(index, stretch)
         self.splitter.setChildrenCollapsible(False)
         self.left_splitter.setMinimumWidth(210)
         self.samples_panel.setMinimumWidth(300)
@@ -466,13 +485,13 @@ class MainWindow(QMainWindow):
         return TABS[self.tabs.currentIndex()] if self.tabs.currentIndex() < len(TABS) else ""
 
     def reset_layout(self) -> None:
-        """Splitter sizes of a first start, for the window's width: on a laptop the
-        samples get what the side columns' minimums leave, on a large screen the side
-        columns grow a little and the samples the most."""
-        width = max(self.width(), 1024)
-        left = min(max(round(0.22 * width), 220), 300)
-        tabs = min(max(round(0.36 * width), TABS_MIN_WIDTH), 560)
-        self.splitter.setSizes([left, max(300, width - left - tabs - 40), tabs])
+        """Splitter sizes of a first start, for the window's size: on a laptop the
+        samples get what the side columns' minimums leave; on a large screen the samples
+        are about as wide as they are tall (a square grid, a temperature slider as long as
+        the grid) and the side columns take the rest, so the level panels grow too."""
+        width, height = max(self.width(), 1024), max(self.height(), 640)
+        left, samples, tabs = column_widths(width, height)
+        self.splitter.setSizes([left, samples, tabs])
         model = self.model_panel.sizeHint().height()
         self.left_splitter.setSizes([model, max(200, self.height() - model)])
         self.training_panel.reset_layout(width)

@@ -6,6 +6,9 @@ temperature reset by showing an image, two gallery highlights)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +307,86 @@ def test_a_reopened_run_shows_its_threads_and_a_stop_names_the_evaluations_step(
     assert message.startswith("Stopped at step 130: last test 1.900 bits/dim at step 100")
     assert panel.progress.text() == "130 / 300 steps"
     assert not panel.empty_plot.isVisible()
+
+
+# -- the system libraries Qt's X11 plugin needs -------------------------------------------------
+
+LDD_OUTPUT = """\
+\tlinux-vdso.so.1 (0x00007ffd)
+\tlibQt6XcbQpa.so.6 => /venv/PySide6/Qt/lib/libQt6XcbQpa.so.6 (0x00007f)
+\tlibxcb-icccm.so.4 => not found
+\tlibxcb-keysyms.so.1 => not found
+\tlibxkbcommon-x11.so.0 => not found
+\tlibxcb-icccm.so.4 => not found
+"""
+
+
+def test_missing_x11_libraries_are_named_with_their_packages():
+    from explorer.system_libs import debian_package, missing_libraries
+
+    missing = missing_libraries(Path("libqxcb.so"), ldd=lambda _p: LDD_OUTPUT)
+    assert missing == ["libxcb-icccm.so.4", "libxcb-keysyms.so.1", "libxkbcommon-x11.so.0"]
+    packages = [debian_package(lib) for lib in missing]
+    assert packages == ["libxcb-icccm4", "libxcb-keysyms1", "libxkbcommon-x11-0"]
+
+
+def test_the_x11_check_runs_only_where_qt_uses_x11():
+    from explorer.system_libs import xcb_problem
+
+    def missing(_plugin):
+        return ["libxcb-icccm.so.4", "libxcb-keysyms.so.1"]
+
+    x11 = {"DISPLAY": ":0"}
+    problem = xcb_problem(x11, "linux", missing)
+    assert problem is not None
+    assert "libxcb-icccm.so.4, libxcb-keysyms.so.1" in problem
+    assert "sudo apt install libxcb-icccm4 libxcb-keysyms1" in problem
+    assert xcb_problem({**x11, "QT_QPA_PLATFORM": "offscreen"}, "linux", missing) is None
+    assert xcb_problem({**x11, "WAYLAND_DISPLAY": "wayland-0"}, "linux", missing) is None
+    assert xcb_problem(x11, "darwin", missing) is None
+    assert xcb_problem({"QT_QPA_PLATFORM": "xcb"}, "linux", missing) is not None
+    assert xcb_problem(x11, "linux", lambda _p: []) is None
+
+
+def test_the_app_says_which_libraries_are_missing_before_qt_aborts():
+    """In a fresh interpreter (no QApplication yet), as ``make run`` starts it."""
+    code = (
+        "import explorer.app as app, explorer.system_libs as libs;"
+        "libs.missing_libraries = lambda p, ldd=None: ['libxcb-keysyms.so.1'];"
+        "raise SystemExit(app.main(['--threads', '1']))"
+    )
+    env = {**os.environ, "DISPLAY": ":99", "QT_QPA_PLATFORM": "xcb"}
+    env.pop("WAYLAND_DISPLAY", None)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "PYTHONPATH": str(root)},
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        "realnvp-explorer: Qt's X11 plugin needs system libraries that are not installed: "
+        "libxcb-keysyms.so.1. On Debian or Ubuntu: sudo apt install libxcb-keysyms1 "
+        "(see docs/explorer.md)"
+    )
+
+
+# -- a 4K window ---------------------------------------------------------------------------------
+
+
+def test_at_4k_the_side_columns_and_the_level_views_grow(make_window, tiny_checkpoint, qtbot):
+    from explorer.main_window import column_widths
+
+    assert column_widths(1366, 768) == (300, 534, 492)  # a laptop's first start as before
+    window = make_window(tiny_checkpoint)
+    window.resize(3840, 2160)
+    qtbot.waitUntil(lambda: window.width() == 3840)
+    window.reset_layout()
+    window.show_tab(window.levels_panel)
+    qtbot.waitUntil(lambda: window.tabs.width() > 1000, timeout=5000)
+    left, samples, tabs = window.splitter.sizes()
+    assert left > 500 and tabs > 1000
+    assert samples <= window.samples_panel.height()  # about square: no 3,000 px slider
+    row = window.levels_panel.rows[-1]
+    assert row.latent_view.width() > 150 and row.histogram.height() == row.latent_view.width()
+    window.resize(1366, 768)  # and they shrink back with the column
+    qtbot.waitUntil(lambda: window.levels_panel.rows[-1].latent_view.width() < 150, timeout=5000)

@@ -364,3 +364,36 @@ def test_only_the_render_thread_computes_with_more_than_one_thread(
         assert torch.get_num_threads() == 1
     finally:
         engine.shutdown()
+
+
+def test_a_plan_measurement_decode_yields_to_a_waiting_frame(
+    qtbot, tiny_checkpoint, one_torch_thread
+):
+    """A grid change that arrives during the plan's measurement is rendered at once: the
+    measurement's decode is cut short (as the model's hooks cut it between layers), the
+    frame renders, and the decode runs again, so the measurement still ends."""
+    engine = RenderEngine(device="cpu", threaded=True)
+    try:
+        info = engine.open_checkpoint(tiny_checkpoint)
+        frames = collect(engine)
+        latents = tuple(random_latents(info.latent_shapes, 4, seed=5))
+        real = engine._decode
+        cut: list[bool] = []
+
+        def decode(model, z, *rest):
+            if engine._measure_preemptible and not cut:
+                cut.append(True)
+                engine.submit(RenderRequest(7, info.model_id, latents))  # the user's change
+                engine._check_preempted()  # what the hooks do between two layers
+            return real(model, z, *rest)
+
+        engine._decode = decode
+        qtbot.waitUntil(lambda: bool(cut), timeout=60_000)
+        qtbot.waitUntil(
+            lambda: any(f.request_id == 7 and f.complete for f in frames), timeout=60_000
+        )
+        assert engine.measure_yields == 1
+        qtbot.waitUntil(lambda: not engine.measuring, timeout=120_000)
+        assert engine.plan.measured  # the measurement went on after the frame
+    finally:
+        engine.shutdown()

@@ -2,11 +2,24 @@
 between frames: thread counts, then precision (the bf16 convolution probe, the picture
 test, interleaved decodes). :class:`PlanMeasuring` is mixed into
 :class:`~explorer.engine.render.RenderEngine` and uses its model, locks and decode; the
-plan itself and its decisions live in :mod:`explorer.engine.plan`."""
+plan itself and its decisions live in :mod:`explorer.engine.plan`.
+
+**A measurement never makes the user wait.** Steps already run only between frames, but
+one step is a whole decode (16 images, perhaps in bf16 or with a thread count that turns
+out slow), which on a loaded 2-core machine took up to 3 s; a grid change that arrived
+meanwhile waited for it, for the ~20 s the measurement lasts. So a measurement decode
+(after the model's first figure, which the first frame needs) yields to a waiting frame:
+the preemption hooks that cut a progressive grid short cut it short too, the frame
+renders, and the decode starts again. Its figure is thus never a decode that shared the
+machine with a frame, and the measurement pauses while the user interacts and goes on
+when they stop. (Measuring on less work would make every figure less like a frame, and
+smaller slices are what the hooks already give.)"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +32,8 @@ from core.training.precision import conv_probe_ms, same_picture
 from explorer.engine.compiled import add_preemption_hooks
 from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan
 from explorer.engine.requests import Preempted
+
+T = TypeVar("T")
 
 
 class PlanMeasuring:
@@ -46,6 +61,29 @@ class PlanMeasuring:
             self._measurement = measurement
             self._mailbox.notify()
 
+    def _yielding(self, model_id: int, work: Callable[[], T]) -> T:
+        """``work()`` (a measurement's decodes), cut short by a frame that waits once the
+        model has its first figure: the frame renders, then ``work`` runs again."""
+        while True:
+            preemptible = self.threaded and bool(self.plan.decode_ms)
+            self._measure_preemptible = preemptible
+            try:
+                return work()
+            except Preempted:
+                if not preemptible or model_id != self.model_id:
+                    raise  # the model changed: this measurement is over
+            finally:
+                self._measure_preemptible = False
+            self.measure_yields += 1
+            self._serve_frames()
+
+    def _serve_frames(self) -> None:
+        """Render the waiting requests now, on the render thread (a measurement step
+        yielded to them)."""
+        thread = self._thread
+        while thread is not None and (request := self._next_request(block=False)) is not None:
+            thread.render(request)
+
     def _timed_decode(
         self,
         model_id: int,
@@ -56,7 +94,19 @@ class PlanMeasuring:
     ) -> float:
         """Milliseconds of one full decode of ``batch`` random images with ``threads``
         (``model``: another copy than the rendering one, e.g. the CPU contender; else the
-        rendering one in ``precision``)."""
+        rendering one in ``precision``); a waiting frame goes first (:meth:`_yielding`)."""
+        return self._yielding(
+            model_id, lambda: self._timed_decode_once(model_id, batch, threads, model, precision)
+        )
+
+    def _timed_decode_once(
+        self,
+        model_id: int,
+        batch: int,
+        threads: int,
+        model: RealNVP | None,
+        precision: str,
+    ) -> float:
         with self._model_lock:
             if model is None:
                 model = self._model_in(model_id, precision)
@@ -109,7 +159,11 @@ class PlanMeasuring:
                 torch.set_num_threads(previous)
 
     def _same_picture(self, model_id: int, batch: int) -> tuple[bool, float]:
-        """Whether a bf16 frame of ``batch`` random images is the float32 frame's picture."""
+        """Whether a bf16 frame of ``batch`` random images is the float32 frame's picture
+        (two decodes: a waiting frame goes first)."""
+        return self._yielding(model_id, lambda: self._same_picture_once(model_id, batch))
+
+    def _same_picture_once(self, model_id: int, batch: int) -> tuple[bool, float]:
         with self._model_lock:
             model = self._model_in(model_id, "float32")
             fast = self._model_in(model_id, "bf16")

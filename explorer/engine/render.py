@@ -143,10 +143,15 @@ class _RenderThread(QThread):
                 if plan is not None:
                     self.planned.emit(plan)
                 continue
-            try:
-                self._engine._render(work, self.rendered.emit)
-            except Exception as exc:  # a bad frame must not kill the worker
-                self.failed.emit(f"{type(exc).__name__}: {exc}")
+            self.render(work)
+
+    def render(self, request: RenderRequest) -> None:
+        """Render ``request`` here and report it (also from inside a measurement step that
+        yielded to it)."""
+        try:
+            self._engine._render(request, self.rendered.emit)
+        except Exception as exc:  # a bad frame must not kill the worker
+            self.failed.emit(f"{type(exc).__name__}: {exc}")
 
 
 _MEASURE = object()  # the render thread's work item for one plan-measurement step
@@ -221,6 +226,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         )
         self._measurement: PlanMeasurement | None = None
         self.preempted = 0  # progressive grids cut short by a newer request
+        self.measure_yields = 0  # plan-measurement decodes cut short by a waiting frame
+        self._measure_preemptible = False  # set while such a decode may be cut short
         self._shown: dict[str, np.ndarray] = {}  # the last pixels sent per target
         self._abort_target: str | None = None  # set while a grid chunk may be preempted
         self.compile = compile and compile_supported()
@@ -376,6 +383,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         target = self._abort_target
         if target is not None and target in self._pending:
             raise Preempted
+        if self._measure_preemptible and self._pending and not self._held:
+            raise Preempted  # a measurement decode: the user's frame goes first
 
     @property
     def render_status(self) -> str:

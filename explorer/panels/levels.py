@@ -34,6 +34,8 @@ from explorer.widgets.images import BACKGROUND, ImageGridView
 
 HIST_RANGE = 4.0
 HIST_BINS = 48
+VIEW_SIDE = (84, 260)  # a level's latent view and histogram height: laptop to 4K, px
+VIEW_FRACTION = 0.16  # of the column's width
 _GAUSS_X = np.linspace(-HIST_RANGE, HIST_RANGE, 161)
 _GAUSS_Y = np.exp(-0.5 * _GAUSS_X**2) / math.sqrt(2.0 * math.pi)
 
@@ -80,10 +82,10 @@ class LevelRow(QGroupBox):
         self.direction_button.setToolTip("Draw a new random direction for the slider")
 
         self.latent_view = ImageGridView(selectable=False, gap=0)
-        self.latent_view.setFixedSize(84, 84)
+        self.latent_view.setFixedSize(VIEW_SIDE[0], VIEW_SIDE[0])
         self.latent_view.setToolTip("First channel of the selected image's latent")
         self.histogram = pg.PlotWidget(background=BACKGROUND)
-        self.histogram.setFixedHeight(84)
+        self.histogram.setFixedHeight(VIEW_SIDE[0])
         self.histogram.setMinimumWidth(140)
         self.histogram.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.histogram.setMouseEnabled(False, False)
@@ -158,6 +160,11 @@ class LevelRow(QGroupBox):
             self.refresh_views()
         super().showEvent(event)
 
+    def set_view_side(self, side: int) -> None:
+        if self.latent_view.width() != side:
+            self.latent_view.setFixedSize(side, side)
+            self.histogram.setFixedHeight(side)
+
     def refresh_views(self) -> None:
         self._stale = False
         z = self.state.latent(self.index)  # (N, C, H, W)
@@ -184,6 +191,18 @@ class LatentLevelsPanel(QScrollArea):
         self.state.changed.connect(self._on_state_changed)
         self.rebuild()
 
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_views()
+
+    def _fit_views(self) -> None:
+        """The latent views and histograms grow with the column (a 4K window's wide tab
+        column), so a level's picture is not a stamp beside a long histogram."""
+        low, high = VIEW_SIDE
+        side = min(max(low, round(VIEW_FRACTION * self.viewport().width())), high)
+        for row in self.rows:
+            row.set_view_side(side)
+
     def rebuild(self) -> None:
         """New rows for the state's levels (after a new model was opened)."""
         container = QWidget()
@@ -198,6 +217,7 @@ class LatentLevelsPanel(QScrollArea):
         layout.addStretch(1)
         self.setWidget(container)  # deletes the old container and its rows
         self._shapes = self.state.shapes
+        self._fit_views()
 
     def set_image_index(self, index: int) -> None:
         """Show the latents of grid image ``index`` in the small views."""
