@@ -35,7 +35,32 @@ USER_ERRORS = (
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--lr LR  Adam learning rate (default: 0.001)``: the default written in once, by
+    the formatter, so help text and behaviour cannot disagree. Every parser of ``realnvp``
+    and of the benchmark scripts uses it; an option whose help already names its default,
+    a flag, or an option without a default is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or default == []
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)  # defaults written in
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, like every other user error
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -73,7 +98,12 @@ def _add_train(sub) -> None:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``train``, also those of ``remote HOST train`` (checked here before
     they travel)."""
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="what to train on; folder: every image under --data-dir (subfolders are classes)",
+    )
     p.add_argument("--data-dir", default="data", help="folder with the data set files")
     p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder data sets: 1 or 3")
@@ -85,14 +115,43 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         "checkpoint's folder)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
-    p.add_argument("--num-scales", type=_positive)
-    p.add_argument("--mid-channels", type=_positive)
-    p.add_argument("--num-blocks", type=_positive)
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-norm-l2", type=float, default=5e-5)
-    p.add_argument("--grad-clip", type=float, default=100.0)
-    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument(
+        "--num-scales",
+        type=_positive,
+        help="scales of the multi-scale model; each but the last halves the image "
+        "(default: the preset's, mnist-small: 3)",
+    )
+    p.add_argument(
+        "--mid-channels",
+        type=_positive,
+        help="width of the s/t networks at the first scale, doubling at each scale "
+        "(default: the preset's, mnist-small: 16)",
+    )
+    p.add_argument(
+        "--num-blocks",
+        type=_positive,
+        help="residual blocks in each s/t network (default: the preset's, mnist-small: 2)",
+    )
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per step (per process)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--weight-norm-l2",
+        type=float,
+        default=5e-5,
+        help="L2 penalty on the weight-norm scales, added to the loss in bits/dim",
+    )
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=100.0,
+        help="largest gradient norm; larger is scaled down",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=200,
+        help="steps over which the learning rate rises linearly from 0 (0: none)",
+    )
     p.add_argument(
         "--epochs",
         type=_positive,
@@ -132,14 +191,32 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="start a new run in a folder that holds an earlier one; the earlier run's "
         "checkpoints, samples, events and log move into a previous-DATE folder inside it",
     )
-    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=_positive, default=500)
-    p.add_argument("--eval-limit", type=_positive, help="test images per evaluation")
-    p.add_argument("--log-every", type=_positive, default=10)
+    p.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="bar: a progress line on stderr; json: one event per line on stdout (the "
+        "training page's contract); none: quiet",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the model, batches and noise"
+    )
+    p.add_argument(
+        "--eval-every",
+        type=_positive,
+        default=500,
+        help="steps between test evaluations, each saving checkpoints and a sample grid",
+    )
+    p.add_argument("--eval-limit", type=_positive, help="test images per evaluation (default: all)")
+    p.add_argument("--log-every", type=_positive, default=10, help="steps between progress lines")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--max-nonfinite", type=_positive, default=20)
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    p.add_argument(
+        "--max-nonfinite",
+        type=_positive,
+        default=20,
+        help="non-finite losses in a row after which the run stops as diverged (status 3)",
+    )
+    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's)")
     p.add_argument(
         "--class-limit",
         type=_per_class,
@@ -216,12 +293,25 @@ def _cmd_train(args) -> int:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="write a grid of samples")
-    p.add_argument("checkpoint")
-    p.add_argument("--n", type=_positive, default=64)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
+    )
+    p.add_argument("--n", type=_positive, default=64, help="number of samples in the grid")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="scale of the latent noise: below 1 sharper and more typical, above 1 wilder",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed repeats the grid"
+    )
+    p.add_argument("--out", default="samples.png", help="the PNG file to write")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
     p.add_argument(
         "--class",
         dest="class_name",
@@ -273,9 +363,18 @@ def _add_encode(sub) -> None:
     p = sub.add_parser(
         "encode", help="encode images: reconstructions, latents, bits/dim and where they go"
     )
-    p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="encoded")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
+    )
+    p.add_argument(
+        "images", nargs="+", help="image files, or folders whose images (recursively) are encoded"
+    )
+    p.add_argument(
+        "--out",
+        default="encoded",
+        help="folder for each image's NAME_recon.png and NAME_latents.npz (made only once "
+        "an image is encoded)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")
     p.add_argument(
         "--heatmap",
@@ -445,16 +544,22 @@ def _add_directions(sub) -> None:
     p = sub.add_parser(
         "directions", help="per-class latent means and standard deviations of a labelled set"
     )
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
+    )
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", default="data", help="folder with the labelled training set")
     p.add_argument(
         "--limit",
         type=_per_class,
         default=DEFAULT_PER_CLASS,
         help=f"images per class, the first in data set order (default {DEFAULT_PER_CLASS}; 0: all)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
     p.add_argument("--out", required=True, help="the .npz file to write")
 
 
@@ -501,7 +606,9 @@ def _cmd_directions(args) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test bits/dim of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
+    )
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     p.add_argument(
         "--data-dir",
@@ -509,9 +616,15 @@ def _add_eval(sub) -> None:
         "when it exists here, else ./data)",
     )
     p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
-    p.add_argument("--limit", type=_positive)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--limit", type=_positive, help="test images to evaluate, the first ones (default: all)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
     p.add_argument(
         "--save",
         action="store_true",
@@ -607,8 +720,10 @@ def _cmd_eval(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
 
 def _cmd_info(args) -> int:
@@ -640,8 +755,8 @@ def _cmd_info(args) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="copy a checkpoint without its training state")
-    p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument("checkpoint", help="the checkpoint to copy (a file, or bundled)")
+    p.add_argument("out", help="the checkpoint file to write, without training state")
     p.add_argument(
         "--data-dir",
         help="evaluate these weights in float32 on the test set and record that as test_bpd, "
@@ -714,10 +829,14 @@ def _export_class_stats(
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure speed on this machine")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--checkpoint", help="model for the latency figures (default: bundled)")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
     p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
     p.add_argument(
@@ -762,7 +881,9 @@ def _add_remote(sub) -> None:
     )
     p.add_argument("--ssh-config", metavar="FILE", help="ssh config file (passed as ssh -F)")
     p.add_argument("host", help="an alias of your ssh config, or user@host[:port]")
-    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions = p.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, help="what to do on the host"
+    )
     where = _Parser(add_help=False)
     where.add_argument(
         "--python",
@@ -788,7 +909,7 @@ def _add_remote(sub) -> None:
     check = actions.add_parser(
         "check", parents=[where], help="the host's GPUs, CPU cores, free disk and version"
     )
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     for name, text in (
         ("status", "state (running, done, failed, stopped), step and test bits/dim"),
         ("follow", "a progress bar until the run ends; Ctrl+C leaves it running"),
@@ -799,7 +920,7 @@ def _add_remote(sub) -> None:
         q = actions.add_parser(name, parents=[where], help=text)
         q.add_argument("run", help="the run folder on the host (as train printed it)")
         if name == "status":
-            q.add_argument("--json", action="store_true")
+            q.add_argument("--json", action="store_true", help="print one JSON object (run_state)")
         elif name == "follow":
             q.add_argument(
                 "--give-up-after",
@@ -945,9 +1066,17 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="realnvp", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="realnvp",
+        description="Real NVP from the command line: train a model, then sample, encode, "
+        "eval, info, export and directions with it; bench measures this machine, remote "
+        "trains on another. A checkpoint argument also takes the word bundled, the bundled "
+        "model.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, help="what to do (each has --help)"
+    )
     for add in (
         _add_train,
         _add_sample,

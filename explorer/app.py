@@ -57,7 +57,8 @@ def size_note(asked: tuple[int, int], got: tuple[int, int]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="realnvp-explorer", description="Explore a Real NVP model's samples and latents."
+        prog="realnvp-explorer",
+        description="Explore a Real NVP model's samples and latents.",
     )
     parser.add_argument(
         "checkpoint",
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=window_size,
         default=SCREENSHOT_SIZE,
         metavar="WxH",
-        help="the window's size for --screenshot (default: %(default)s)",
+        help="the window's size for --screenshot, in pixels "
+        f"(default: {SCREENSHOT_SIZE[0]}x{SCREENSHOT_SIZE[1]})",
     )
     parser.add_argument(
         "--page", choices=PAGES, default=None, help="the page to show (default: explorer)"

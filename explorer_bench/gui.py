@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from core.cli import HelpFormatter
+
 SLIDER_POSITIONS = (40, -40)  # in hundredths of the level's typical latent norm
 WINDOW_SIZE = (1320, 820)
 
@@ -467,18 +469,26 @@ def run_suite(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m explorer_bench.gui", description=__doc__.splitlines()[0]
+        prog="python -m explorer_bench.gui",
+        description=__doc__.splitlines()[0].replace("``", ""),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
     parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CKPT", help="model")
     parser.add_argument(
         "--preset", help="a model of this architecture with random weights (e.g. cifar10)"
     )
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="timed frames per figure")
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 30")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to render: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
     parser.add_argument(
         "--images", type=int, nargs="+", default=[1, 16], help="grid sizes (default: 1 16)"
     )
@@ -505,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the latent map: computing it from the data set's test images in this "
         "folder, and dragging on it (pointer move to pixels)",
     )
-    parser.add_argument("--map-images", type=int, default=2000)
+    parser.add_argument(
+        "--map-images", type=int, default=2000, help="with --data-dir: test images in the map"
+    )
     return parser
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import HelpFormatter
+
 WINDOW_SIZE = (1320, 820)
 TARGETS_MS = {"encode_p95": 50.0, "interpolation_frame_p95": 33.0}
 
@@ -210,13 +212,21 @@ def run_images_bench(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m explorer_bench.images", description=__doc__.splitlines()[0]
+        prog="python -m explorer_bench.images",
+        description=__doc__.splitlines()[0].replace("``", ""),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per figure")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to render: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
+    )
     return parser
 
 
