@@ -40,6 +40,14 @@ def type_into(qtbot, edit, text: str) -> None:
     qtbot.keyClicks(edit, text)
 
 
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def choose_host(qtbot, form, sshd, alias: str | None = None) -> None:
     """Run on: SSH host, with the server's alias, Python, runs folder and config file."""
     form.run_on.setFocus()
@@ -180,7 +188,7 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     follower = panel.process.follower
     follower.process.kill()
     qtbot.waitUntil(lambda: "retrying in" in panel.connection.text(), timeout=30_000)
-    assert "retrying in" in window.training_status.button.text()
+    assert "retrying in" in window.training_status.button.toolTip()
     seen = len(panel.train_points[0])
     qtbot.waitUntil(
         lambda: panel.connection.isHidden() and len(panel.train_points[0]) > seen + 2,
@@ -222,3 +230,24 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert form.remote and form.host.text() == sshd.alias
     assert panel.command.text().startswith(f"realnvp remote --ssh-config {sshd.config} ")
     assert form.batch_size.value() == 16 and form.out.text() == run.out
+
+    # A run folder on the host that holds a run is refused there, in one sentence.
+    qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=60_000)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
+    assert "already holds" in panel.message.text() and "Traceback" not in panel.message.text()
+    assert panel.message.text().count("\n") == 0
+    assert panel.where.isHidden()
+
+    # Kill signals the run's process group on the host.
+    click(qtbot, form.out_new)
+    qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=60_000)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.last_step > 0, timeout=120_000)
+    killed = panel.remote_run
+    pid = json.loads(Path(killed.out, "launch.json").read_text())["pid"]
+    click(qtbot, panel.kill_button)
+    qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
+    assert panel.message.text().startswith("Killed at step")
+    qtbot.waitUntil(lambda: process_gone(pid), timeout=10_000)
+    assert explorer_settings.recent_runs()[0]["state"] == "failed"

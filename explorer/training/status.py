@@ -8,8 +8,10 @@ says so until it is back.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QProgressBar, QToolButton, QWidget
+
+MAX_TEXT_PX = 330
 
 
 class TrainingStatus(QWidget):
@@ -48,13 +50,17 @@ class TrainingStatus(QWidget):
         self._show()
 
     def _show(self) -> None:
-        text = f"{self._label} · {self.lost}" if self.lost else self._label
-        self.button.setText(text)
-        self.button.setToolTip(
-            f"The training run on {self.host}; click for the training page"
-            if self.host
-            else "The training run; click for the training page"
-        )
+        lost = self.lost
+        if lost:
+            # The page has the whole sentence; here its end: "retrying in 5 s".
+            lost = "connection lost, " + lost.rsplit(", ", 1)[-1]
+        text = f"{self._label} · {lost}" if lost else self._label
+        # A long host name must not widen the window past its smallest size (1024 px):
+        # the text is cut to MAX_TEXT_PX, whole in the tooltip.
+        metrics = self.button.fontMetrics()
+        self.button.setText(metrics.elidedText(text, Qt.TextElideMode.ElideRight, MAX_TEXT_PX))
+        where = f"The training run on {self.host}" if self.host else "The training run"
+        self.button.setToolTip(f"{text}\n{where}; click for the training page")
 
     @property
     def _training(self) -> str:

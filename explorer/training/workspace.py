@@ -614,6 +614,7 @@ class TrainingPanel(QWidget):
             return False
         self.process = process
         self.run_dir = None
+        self.remote_run = None  # until the host names the new run's folder
         self.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
         self.where.show()
         self.host_changed.emit(choice.host)
@@ -791,6 +792,8 @@ class TrainingPanel(QWidget):
         self.info.setText(f"Run {outcome}{where} at step {process.last_step}")
         self._record_outcome(process, outcome)
         self.connection.hide()
+        if self.remote_run is None:
+            self.where.hide()  # a start the host refused: there is no run to name
         self.process = None
         self.update_controls()
         if self.form.scan_report is not None and not self.form.scan_report.finished:
