@@ -65,6 +65,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+CHECKPOINT_HELP = "a checkpoint file (.pt), or the word bundled for the bundled model"
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -293,9 +296,7 @@ def _cmd_train(args) -> int:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="write a grid of samples")
-    p.add_argument(
-        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
-    )
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--n", type=_positive, default=64, help="number of samples in the grid")
     p.add_argument(
         "--temperature",
@@ -363,9 +364,7 @@ def _add_encode(sub) -> None:
     p = sub.add_parser(
         "encode", help="encode images: reconstructions, latents, bits/dim and where they go"
     )
-    p.add_argument(
-        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
-    )
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument(
         "images", nargs="+", help="image files, or folders whose images (recursively) are encoded"
     )
@@ -500,14 +499,14 @@ def _add_complete(sub) -> None:
             "OUT/<image stem>_<k>.png at the model's resolution."
         ),
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("image", help="cropped to a centre square and resized, as drops are")
     p.add_argument("--mask", required=True, help="PNG at the model's size; white = complete")
-    p.add_argument("--samples", type=_positive, default=DEFAULT_SAMPLES)
+    p.add_argument("--samples", type=_positive, default=DEFAULT_SAMPLES, help="completions to draw")
     p.add_argument(
         "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="of the latent prior"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats them")
     p.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help="Langevin steps")
     p.add_argument("--out", required=True, help="folder for the completed images")
     p.add_argument(
@@ -544,9 +543,7 @@ def _add_directions(sub) -> None:
     p = sub.add_parser(
         "directions", help="per-class latent means and standard deviations of a labelled set"
     )
-    p.add_argument(
-        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
-    )
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     p.add_argument("--data-dir", default="data", help="folder with the labelled training set")
     p.add_argument(
@@ -606,9 +603,7 @@ def _cmd_directions(args) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="test bits/dim of a checkpoint")
-    p.add_argument(
-        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
-    )
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     p.add_argument(
         "--data-dir",
@@ -720,9 +715,7 @@ def _cmd_eval(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument(
-        "checkpoint", help="a checkpoint file (.pt), or the word bundled for the bundled model"
-    )
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
 
 
