@@ -1020,6 +1020,7 @@ def _cmd_remote(args) -> int:
 
 def _follow_remote(host, args) -> int:
     from core.training.events import EventSink
+    from core.training.transport import RemoteError
 
     sink = EventSink("bar")
     follower = host.follow(args.run, give_up_after=args.give_up_after)
@@ -1028,19 +1029,22 @@ def _follow_remote(host, args) -> int:
             if update.kind == "event":
                 sink.show(update.event)
             elif update.kind == "lost":
-                print(f"\n{update.text}", file=sys.stderr)
+                sink.note(update.text)
             elif update.kind == "connected" and follower.reconnects:
-                print(f"reconnected to {args.host}", file=sys.stderr)
+                sink.note(f"reconnected to {args.host}")
             elif update.kind == "ended":
                 if update.state == "failed":
                     why = f": {update.text}" if update.text else ""
-                    print(f"realnvp remote: the run failed{why}", file=sys.stderr)
+                    sink.note(f"realnvp remote: the run failed{why}")
                     return 1
                 return 0
     except KeyboardInterrupt:
         follower.close()
-        print(f"\nleft running on {args.host}: {args.run}", file=sys.stderr)
+        sink.note(f"left running on {args.host}: {args.run}")
         return 130
+    except RemoteError as exc:
+        sink.note(f"realnvp remote: error: {exc}")
+        return exc.status
     return 0
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -430,7 +431,9 @@ def test_a_full_remote_disk_is_one_sentence(sshd, capsys, tmp_path):
             "--python", sshd.python, "--runs-dir", str(disk), run.out,
         )  # fmt: skip
         assert status == 1
-        assert "the run failed: the disk of" in err and "is full" in err
+        sentence = err.splitlines()[-1]
+        assert sentence.startswith(f"realnvp remote: the run failed: on {socket.gethostname()}: ")
+        assert "the disk is full" in sentence and "the last good checkpoint is" in sentence
         assert host.status(run).state == "failed"
         # The checkpoint left there takes 12 of the 20 MB: a new run is refused at once.
         with pytest.raises(RemoteError) as info:

@@ -76,6 +76,13 @@ class EventSink:
             self.mode, self.closed = "none", True
             silence(out)
 
+    def note(self, text: str) -> None:
+        """A line of the caller's own on the bar's stream (a lost connection, a failure),
+        starting below a drawn progress line."""
+        err = self.stream or sys.stderr
+        err.write(f"{self._end_line()}{text}\n")
+        err.flush()
+
     def _end_line(self) -> str:
         """A newline if a progress line is drawn, so the next message starts on its own."""
         lead = "\n" if self._mid_line else ""

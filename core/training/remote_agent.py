@@ -73,7 +73,6 @@ HEARTBEAT_S = 5.0
 MAX_READ = 256 * 1024
 CHUNK = 256 * 1024
 MIN_FREE_BYTES = 16 * 2**20  # a run needs room for its first checkpoints and samples
-DISK_FULL = "No space left on device"  # strerror(ENOSPC), in the trainer's error event
 
 
 class AgentError(Exception):
@@ -229,8 +228,8 @@ def run_status(out: Path) -> dict[str, Any]:
         name = "failed"
     if name == "failed" and launch.get("killed"):
         message = "killed"
-    elif name == "failed" and DISK_FULL in message:
-        message = f"the disk of {_host()} is full: {message}"
+    elif name == "failed" and message:
+        message = f"on {_host()}: {message}"  # the trainer's sentence, for a run elsewhere
     return {
         "run": str(out),
         "state": name,
