@@ -125,3 +125,18 @@ def test_a_failed_download_leaves_no_empty_data_folder(tmp_path):
     with pytest.raises(DatasetError, match="could not download"):
         load_mnist(dest, train=True, download=True, mirrors=("http://127.0.0.1:9/",))
     assert not (tmp_path / "new").exists()
+
+
+def test_training_on_a_folder_names_the_files_it_skips(tmp_path):
+    data = tmp_path / "photos"
+    for i in range(16):
+        _png(data / f"{i:02d}.png", i)
+    (data / "notes.png").write_text("not an image")
+    result = _cli(
+        "train", "--dataset", "folder", "--data-dir", str(data), "--channels", "1",
+        "--image-size", "8", "--num-scales", "2", "--mid-channels", "4", "--num-blocks", "1",
+        "--batch-size", "4", "--max-steps", "1", "--threads", "1", "--precision", "float32",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {data}: 1 unreadable file skipped: notes.png" in result.stderr

@@ -276,3 +276,26 @@ def test_grid_and_uint8():
     assert np.array_equal(grid[1:3, 1:3, 0], images[0, 0])
     assert np.array_equal(grid[4:6, 4:6, 0], images[3, 0])
     assert np.array_equal(to_uint8(np.array([0.0, 0.5, 1.0, (7 + 0.3) / 256])), [0, 128, 255, 7])
+
+
+def test_a_folder_names_the_files_it_skips(tmp_path):
+    from core.training.data import load_folder
+    from core.training.datasets import describe_skipped
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    for i in range(7):
+        (tmp_path / f"bad{i}.png").write_text("not an image")
+    both = [load_folder(tmp_path, train, 1, 8) for train in (True, False)]
+    names = sorted({n for ds in both for n in ds.skipped_names})
+    assert names == [f"bad{i}.png" for i in range(7)]
+    assert all(ds.skipped == len(ds.skipped_names) for ds in both)
+    assert describe_skipped(names) == (
+        "7 unreadable files skipped: bad0.png, bad1.png, bad2.png, bad3.png, bad4.png and 2 more"
+    )
+    assert describe_skipped(["a.jpg"]) == "1 unreadable file skipped: a.jpg"
+    for i in range(12):
+        (tmp_path / f"{i}.png").unlink()
+    with pytest.raises(DatasetError, match=r"none of the 7 image files could be read \(7 unread"):
+        load_folder(tmp_path, True, 1, 8)

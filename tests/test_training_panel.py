@@ -264,6 +264,31 @@ def test_the_form_keeps_the_trainers_run_folder_rule(qtbot, make_panel, image_fo
     assert not panel.start_button.isEnabled()
 
 
+def test_the_data_check_names_the_files_it_skips(qtbot, make_panel, image_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(image_folder, folder)
+    (folder / "notes.png").write_text("not an image")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    panel = make_panel()
+    panel.form.apply(tiny_run(folder, tmp_path / "run"))
+    panel.form.start_scan()
+    qtbot.waitUntil(lambda: "readable images" in panel.form.data_status.text(), timeout=WAIT_MS)
+    assert panel.form.data_status.text() == (
+        "40 readable images (2 unreadable files skipped: notes.png, sub/cut.jpg)"
+    )
+
+
+def test_opening_a_run_folder_that_does_not_exist_says_so(make_panel, tmp_path):
+    panel = make_panel()
+    missing = tmp_path / "no-such-run"
+    assert panel.open_run(missing) is False
+    assert panel.message.text() == f"{missing}: no such folder"
+    assert not missing.exists()
+
+
 def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

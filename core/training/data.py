@@ -30,6 +30,7 @@ from core.files.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from core.training.datasets import (
     DATASETS,
     DatasetError,
+    describe_skipped,
     folder_classes,
     is_held_out,
     list_images,
@@ -47,6 +48,7 @@ class ImageDataset:
     images: torch.Tensor
     name: str
     skipped: int = 0
+    skipped_names: tuple[str, ...] = ()  # the skipped files, relative to the folder
     labels: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
 
@@ -334,23 +336,27 @@ def load_folder(
         split = paths
     classes = folder_classes(folder, paths)
     index = {name: k for k, name in enumerate(classes)}
-    arrays, labels, skipped = [], [], 0
+    arrays, labels, skipped = [], [], []
     for i, p in enumerate(split):
         try:
             arrays.append(load_image(p, channels, image_size))
         except ImageLoadError:
-            skipped += 1
+            skipped.append(p.relative_to(folder).as_posix())
         else:
             parts = p.relative_to(folder).parts
             labels.append(index.get(parts[0], -1) if len(parts) > 1 else -1)
         if progress is not None and progress(i + 1, len(split)) is False:
             raise DatasetError("loading cancelled")
     if not arrays:
-        raise DatasetError(f"{folder}: none of the {len(split)} image files could be read")
+        raise DatasetError(
+            f"{folder}: none of the {len(split)} image files could be read "
+            f"({describe_skipped(skipped)})"
+        )
     return ImageDataset(
         torch.from_numpy(np.stack(arrays)),
         "folder",
-        skipped,
+        len(skipped),
+        tuple(skipped),
         labels=np.array(labels, dtype=np.int64) if classes else None,
         class_names=classes,
     )

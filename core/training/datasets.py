@@ -46,6 +46,19 @@ def folder_classes(folder: str | os.PathLike, paths: list[Path]) -> tuple[str, .
     return tuple(sorted(names)) if len(names) >= 2 else ()
 
 
+SKIPPED_NAMES_SHOWN = 5
+
+
+def describe_skipped(names: list[str]) -> str:
+    """``3 unreadable files skipped: a.jpg, b.png, notes.gif`` (the first few named, then
+    ``and 12 more``), for the command line's warning and the form's data check."""
+    shown = ", ".join(names[:SKIPPED_NAMES_SHOWN])
+    more = len(names) - SKIPPED_NAMES_SHOWN
+    rest = f" and {more:,} more" if more > 0 else ""
+    noun = "file" if len(names) == 1 else "files"
+    return f"{len(names):,} unreadable {noun} skipped: {shown}{rest}"
+
+
 def dataset_geometry(name: str, channels: int | None, image_size: int | None) -> tuple[int, int]:
     """``(channels, image_size)`` that a model for this data set must have."""
     if name == "mnist":

@@ -41,7 +41,7 @@ from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError
 from core.stats.measure import compute_class_stats
 from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
 from core.training.data import ImageDataset, load_dataset
-from core.training.datasets import DatasetError, dataset_geometry
+from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
 from core.training.device import describe
 from core.training.disk import low_space_warning, save_failure_sentence
 from core.training.distributed import init_distributed
@@ -526,6 +526,10 @@ class Trainer:
         )
         for warning in self.lock.warnings if self.lock is not None else ():
             self.sink.emit("warning", message=warning)
+        # Tiny folders use every file on both sides: each skipped file named once.
+        skipped = list(dict.fromkeys((*train.skipped_names, *(test.skipped_names if test else ()))))
+        if skipped:
+            self.sink.emit("warning", message=f"{c.data_dir}: {describe_skipped(skipped)}")
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._warn_if_disk_is_short(train, test)

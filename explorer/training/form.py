@@ -597,8 +597,9 @@ class TrainingForm(QWidget):
         elif report.train is not None:
             self.data_status.setText(f"{report.train:,} training and {report.test:,} test images")
         elif report.finished:
-            skipped = (report.files or 0) - report.readable
-            extra = f" ({skipped:,} unreadable files skipped)" if skipped else ""
+            from core.training.datasets import describe_skipped  # torch-free; see _out_problems
+
+            extra = f" ({describe_skipped(report.skipped_names)})" if report.skipped_names else ""
             self.data_status.setText(f"{report.readable:,} readable images{extra}")
         else:
             total = f" of {report.files:,}" if report.files is not None else ""

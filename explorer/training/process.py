@@ -590,6 +590,7 @@ class ScanReport:
     finished: bool = False
     missing: bool = False  # MNIST / CIFAR-10 absent, to be downloaded by the trainer
     error: str | None = None
+    skipped_names: list[str] = field(default_factory=list)  # unreadable files, folder-relative
     thumbnails: list[np.ndarray] = field(default_factory=list)  # uint8 (C, H, W)
 
 
@@ -698,6 +699,8 @@ class DataScan(QObject):
         elif kind == "error":
             r.error, r.finished = str(record.get("message")), True
         else:
+            if "skipped" in record:
+                r.skipped_names = [str(n) for n in record["skipped"]]
             for key in ("files", "checked", "readable", "train", "test", "missing"):
                 if key in record:
                     setattr(r, key, record[key])
@@ -776,6 +779,7 @@ def _scan(dataset: str, data_dir: str, download: bool) -> int:
             _say("error", message=f"{data_dir}: no image files in this folder")
             return 0
         readable, shown, last = 0, 0, time.monotonic()
+        skipped: list[str] = []
         for i, path in enumerate(paths):
             if time.monotonic() - last > 0.2:
                 _say("progress", checked=i, readable=readable)
@@ -783,15 +787,22 @@ def _scan(dataset: str, data_dir: str, download: bool) -> int:
             try:
                 pixels = load_image(path, 3, THUMBNAIL_SIZE)
             except ImageLoadError:
+                skipped.append(Path(path).relative_to(data_dir).as_posix())
                 continue
             readable += 1
             if shown < THUMBNAILS:
                 _thumbnail(pixels)
                 shown += 1
         if not readable:
-            _say("error", message=f"none of the {len(paths)} image files could be read")
+            from core.training.datasets import describe_skipped
+
+            _say(
+                "error",
+                message=f"none of the {len(paths)} image files could be read "
+                f"({describe_skipped(skipped)})",
+            )
             return 0
-        _say("done", files=len(paths), checked=len(paths), readable=readable)
+        _say("done", files=len(paths), checked=len(paths), readable=readable, skipped=skipped)
     except DatasetError as exc:
         _say("error", message=str(exc))
     return 0

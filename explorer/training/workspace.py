@@ -816,6 +816,10 @@ class TrainingPanel(QWidget):
         if self.running:
             return False
         folder = Path(folder)
+        if not folder.is_dir():
+            what = "is a file, not a run folder" if folder.exists() else "no such folder"
+            self._show_message(f"{folder}: {what}", error=True)
+            return False
         if not (folder / EVENTS_FILE).is_file():
             self._show_message(
                 f"{folder} has no {EVENTS_FILE}: only runs started from this panel (or with "
