@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFrame,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -59,6 +58,8 @@ from explorer.widgets.task_runner import TaskRunner
 
 MASK_TINT = QColor(255, 70, 70, 110)
 ANSWER_SIDE = 84
+CLASSES_WIDTH = 104
+COMPLETIONS_HEIGHT = 128  # two rows of four
 
 
 class CanvasView(QWidget):
@@ -294,7 +295,8 @@ class DrawPanel(QWidget):
             "drawing's: the coarse levels hold a digit's shape"
         )
         self.trace_plot = pg.PlotWidget()
-        self.trace_plot.setFixedHeight(90)
+        self.trace_plot.setFixedHeight(ANSWER_SIDE + self.fontMetrics().lineSpacing() + 4)
+        self.trace_plot.setMinimumWidth(100)
         self.trace_plot.setMenuEnabled(False)
         self.trace_plot.setMouseEnabled(x=False, y=False)
         self.trace_plot.hideButtons()
@@ -312,7 +314,8 @@ class DrawPanel(QWidget):
         answers.setSpacing(8)
         answers.addWidget(self.heat)
         answers.addWidget(self.reconstruction)
-        answers.addWidget(self.classes_label, 1)
+        answers.addWidget(self.classes_label)
+        answers.addWidget(self.trace_plot, 1)
 
         # -- completions
         self.samples_spin = QSpinBox()
@@ -328,7 +331,7 @@ class DrawPanel(QWidget):
             "higher more varied"
         )
         self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setRange(0, 99_999)
         self.seed_spin.setToolTip("The same seed gives the same completions")
         self.complete_button = QPushButton("Complete")
         self.complete_button.setToolTip(
@@ -339,15 +342,17 @@ class DrawPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_completion)
         self.completions_view = ImageGridView(selectable=True, gap=4, columns=4)
-        self.completions_view.setMinimumHeight(110)
+        self.completions_view.setFixedHeight(COMPLETIONS_HEIGHT)
+        self.completions_view.hide()  # until there are completions
         self.completions_view.image_selected.connect(self._on_completion_selected)
-        self.completion_label = QLabel("Erase part of the drawing, then Complete.")
+        self.completion_label = QLabel("Erase a part (Eraser, Box), then Complete.")
         self.completion_label.setWordWrap(True)
         self.take_button = QPushButton("Use this one")
         self.take_button.setEnabled(False)
         self.take_button.clicked.connect(self.take_selected)
         settings = QHBoxLayout()
         settings.setSpacing(4)
+        settings.addWidget(QLabel("<b>Complete</b>"))
         for label, widget in (
             ("n", self.samples_spin),
             ("T", self.temperature_spin),
@@ -356,24 +361,17 @@ class DrawPanel(QWidget):
             settings.addWidget(QLabel(label))
             settings.addWidget(widget)
         settings.addStretch(1)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.complete_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.take_button)
-        complete_box = QGroupBox("Complete the erased part")
-        box = QVBoxLayout(complete_box)
-        box.setSpacing(4)
-        box.addLayout(settings)
-        box.addLayout(buttons)
-        box.addWidget(self.completions_view, 1)
-        box.addWidget(self.completion_label)
+        settings.addWidget(self.complete_button)
+        picked = QHBoxLayout()
+        picked.addWidget(self.completion_label, 1)
+        picked.addWidget(self.cancel_button)
+        picked.addWidget(self.take_button)
 
         # Answers arrive while a stroke is drawn: text of fixed height keeps the canvas
         # from moving under the pointer.
         lines = self.fontMetrics().lineSpacing()
-        self.verdict_label.setFixedHeight(4 * lines + 4)
-        self.classes_label.setFixedHeight(ANSWER_SIDE + lines + 4)
+        self.verdict_label.setFixedHeight(4 * lines)  # a large figure, then two lines
+        self.classes_label.setFixedSize(CLASSES_WIDTH, ANSWER_SIDE + lines + 4)
         self.completion_label.setFixedHeight(2 * lines + 4)
         self.completion_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
@@ -384,8 +382,9 @@ class DrawPanel(QWidget):
         layout.addLayout(top, 1)
         layout.addWidget(self.verdict_label)
         layout.addLayout(answers)
-        layout.addWidget(self.trace_plot)
-        layout.addWidget(complete_box)
+        layout.addLayout(settings)
+        layout.addWidget(self.completions_view)
+        layout.addLayout(picked)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -535,18 +534,16 @@ class DrawPanel(QWidget):
             f"decode(encode(drawing)); largest error {encoded.max_abs_error:.2g}"
         )
         if result.nearest:
-            rows = " ".join(
-                f"<b>{n.level}</b>&nbsp;→&nbsp;<b style='font-size:13pt'>{n.name}</b>"
-                + ("&nbsp;(finest)" if n.level == 0 else "")
-                + ("&nbsp;(coarsest)" if n.level == len(result.nearest) - 1 else "")
-                + "<br>"
+            last = len(result.nearest) - 1
+            rows = "".join(
+                f"{n.level}"
+                + ("&nbsp;fine" if n.level == 0 else "&nbsp;coarse" if n.level == last else "")
+                + f"&nbsp;→&nbsp;<b style='font-size:13pt'>{n.name}</b><br>"
                 for n in result.nearest
             )
-            self.classes_label.setText(f"Nearest class per level:<br>{rows}")
+            self.classes_label.setText(f"Nearest class<br>{rows}")
         else:
-            self.classes_label.setText(
-                "<i>No class statistics in this checkpoint: no nearest classes.</i>"
-            )
+            self.classes_label.setText("<i>No class statistics in this checkpoint</i>")
         x, y = self.trace.arrays()
         self.trace_curve.setData(x, y)
 
@@ -610,9 +607,11 @@ class DrawPanel(QWidget):
         self.completion = completion
         if completion is None:
             self.completions_view.set_images(None)
+            self.completions_view.hide()
             self.take_button.setEnabled(False)
             return
         self.completions_view.set_images(completion.images)
+        self.completions_view.show()
         self.completions_view.select(0)
         self._on_completion_selected(0)
         self.take_button.setEnabled(True)
