@@ -37,6 +37,10 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   ``gui.<name>.parity``: that one-image decode (``decode_1.by_threads``) at the thread
   count of ``render.<name>`` beside ``render.<name>.decode_ms.batch_1``: ``gui_p50_ms``,
   ``engine_p50_ms``, ``ratio``.
+- ``draw`` (when the explorer is installed and the bundled model or ``--checkpoint`` is
+  there): ``draw.stroke_to_answer`` from ``python -m explorer_bench.draw --json``, the Draw
+  tab's time from letting go of a stroke to its answer shown (``p50_ms``, ``p95_ms``,
+  ``n``, ``answer_p50_ms``: the worker's encode alone).
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -393,12 +397,19 @@ def gui_latency(
         cmd.append("--quick")
     elif repeats is not None:
         cmd += ["--repeats", str(repeats)]
+    return _explorer_child(cmd, timeout_s=1200)
+
+
+def _explorer_child(cmd: list[str], timeout_s: float) -> dict[str, Any] | None:
+    """Run an explorer benchmark in a child process (offscreen Qt, so ``core`` never loads
+    Qt) and read the JSON of its last line: ``None`` if it could not run (no explorer
+    installed, timed out), ``{"error": ...}`` if it failed."""
     try:
         result = subprocess.run(
             cmd,
             capture_output=True,
             text=True,
-            timeout=1200,
+            timeout=timeout_s,
             env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -545,7 +556,18 @@ def run(
         for name, entry in report["gui"].items():
             if isinstance(entry, dict) and name in report["render"]:
                 entry["parity"] = gui_parity(report["render"][name], entry.get("decode_1"))
+        if bundled is not None:
+            report["draw"] = draw_latency(bundled, quick)
     return report
+
+
+def draw_latency(checkpoint: Path, quick: bool) -> dict[str, Any] | None:
+    """The Draw tab's stroke-to-answer time, from ``python -m explorer_bench.draw --json``
+    in a child process (``core`` never loads Qt); ``None`` if the explorer is not
+    installed, ``{"error": ...}`` if the run failed."""
+    cmd = [sys.executable, "-m", "explorer_bench.draw", str(checkpoint), "--json"]
+    cmd += ["--strokes", "5" if quick else "20"]
+    return _explorer_child(cmd, timeout_s=600)
 
 
 def gui_parity(render: dict[str, Any], gui_decode: dict[str, Any] | None) -> dict[str, Any]:
@@ -664,6 +686,15 @@ def _print(report: dict[str, Any]) -> None:
             f"{d16['p50']:.1f} ms p95 {d16['p95']:.1f} ms | finest-level change, 16 images, "
             f"from cache p50 {c16['p50']:.1f} ms"
         )
+    draw = (report.get("draw") or {}).get("stroke_to_answer")
+    if draw:
+        print(
+            f"\ndraw (bundled): stroke to answer p50 {draw['p50_ms']:.1f} ms, p95 "
+            f"{draw['p95_ms']:.1f} ms over {draw['n']} strokes (encode on the answer worker "
+            f"p50 {draw['answer_p50_ms']:.1f} ms)"
+        )
+    elif "draw" in report:
+        print(f"\ndraw: {(report['draw'] or {}).get('error', 'not available')}")
     for name, g in (report.get("gui") or {}).items():
         if not g or "error" in g:
             print(f"\ngui {name}: {(g or {}).get('error', 'not available')}")

@@ -4,9 +4,9 @@
 model) drives the real window offscreen with the threaded engine the app uses: it draws
 strokes on the canvas with real mouse events (press, moves, release) and times each from
 the release to the tab showing the answer for that stroke (encode, bits/dim, likelihood
-map and verdict, nearest classes, reconstruction, trace). Answers asked for during the
-stroke are part of the load, as in the app. ``realnvp bench`` runs it in a child process
-and reports ``draw.stroke_to_answer``. Figures only; nothing here asserts a time.
+map and verdict, nearest classes, reconstruction, trace). ``realnvp bench`` runs it in a
+child process and reports ``draw.stroke_to_answer``. Figures only; nothing here asserts a
+time.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def measure_stroke_to_answer(
                 panel.clear()
         figures = percentiles(times)
         figures["answer_p50_ms"] = float(np.percentile(answer_ms, 50))
-        figures["dropped_during_strokes"] = panel.worker.dropped
+        figures["dropped"] = panel.worker.dropped
         return figures
 
 
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"stroke to answer: p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms "
             f"over {figures['n']} strokes (the worker's encode p50 "
-            f"{figures['answer_p50_ms']:.1f} ms; {figures['dropped_during_strokes']} answers "
-            "asked during strokes were replaced by newer ones)"
+            f"{figures['answer_p50_ms']:.1f} ms; {figures['dropped']} requests replaced by "
+            "newer ones)"
         )
     return 0
 
