@@ -1066,7 +1066,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="realnvp",
         description="Real NVP from the command line: train a model, then sample, encode, "
-        "eval, info, export and directions with it; bench measures this machine, remote "
+        "complete, eval, info, export and directions with it; bench measures this machine, remote "
         "trains on another. A checkpoint argument also takes the word bundled, the bundled "
         "model.",
     )
