@@ -29,7 +29,7 @@ from core.training.remote import (
     safe_target,
     sha256_file,
 )
-from core.training.remote_agent import host_path, read_launch, trainer_alive
+from core.training.remote_agent import host_path, read_launch, trainer_alive, trainer_argv
 from core.training.transport import RemoteError, SshTransport, split_target
 
 # A tiny MNIST run: a few dozen steps of the small preset, evaluated on 64 test images.
@@ -141,6 +141,22 @@ def test_home_relative_paths_mean_the_hosts_home():
     assert host_path("~/data") == f"{home}/data"
     assert host_path("--data-dir=~/data") == f"--data-dir={home}/data"
     assert host_path("a~/b") == "a~/b" and host_path("--lr") == "--lr"
+
+
+def test_several_gpus_run_torchrun_with_the_same_trainer_command(tmp_path: Path):
+    one = trainer_argv("py", 1, ["--dataset", "mnist"], tmp_path)
+    assert one == ["py", "-m", "core", "train", "--dataset", "mnist", "--progress", "json",
+                   "--out", str(tmp_path)]  # fmt: skip
+    four = trainer_argv("py", 4, ["--dataset", "mnist"], tmp_path)
+    assert four[:6] == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+    ]
+    assert four[6:] == one[1:]
 
 
 def test_a_remembered_run_round_trips_and_has_a_cache_folder(tmp_path, monkeypatch):
