@@ -390,3 +390,27 @@ def test_at_4k_the_side_columns_and_the_level_views_grow(make_window, tiny_check
     assert row.latent_view.width() > 150 and row.histogram.height() == row.latent_view.width()
     window.resize(1366, 768)  # and they shrink back with the column
     qtbot.waitUntil(lambda: window.levels_panel.rows[-1].latent_view.width() < 150, timeout=5000)
+
+
+def test_only_the_measuring_thread_is_cut_short(tiny_checkpoint, one_torch_thread):
+    """The hooks run in every thread that decodes with the model (a likelihood worker, an
+    export): a waiting frame cuts short the render thread's measurement decode only."""
+    import threading
+
+    from explorer.engine.render import RenderEngine, RenderRequest
+    from explorer.engine.requests import Preempted
+
+    engine = RenderEngine(device="cpu", threaded=False)
+    info = engine.open_checkpoint(tiny_checkpoint)
+    latents = tuple(np.zeros((1, *shape), np.float32) for shape in info.latent_shapes)
+    engine._pending["samples"] = RenderRequest(1, info.model_id, latents)  # a frame waits
+    try:
+        engine._measure_preemptible = threading.get_ident() + 1  # another thread measures
+        engine._check_preempted()  # this thread's decode goes on
+        engine._measure_preemptible = threading.get_ident()
+        with pytest.raises(Preempted):
+            engine._check_preempted()
+    finally:
+        engine._measure_preemptible = None
+        engine._pending.clear()
+        engine.shutdown()

@@ -17,6 +17,7 @@ smaller slices are what the hooks already give.)"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -66,14 +67,14 @@ class PlanMeasuring:
         model has its first figure: the frame renders, then ``work`` runs again."""
         while True:
             preemptible = self.threaded and bool(self.plan.decode_ms)
-            self._measure_preemptible = preemptible
+            self._measure_preemptible = threading.get_ident() if preemptible else None
             try:
                 return work()
             except Preempted:
                 if not preemptible or model_id != self.model_id:
                     raise  # the model changed: this measurement is over
             finally:
-                self._measure_preemptible = False
+                self._measure_preemptible = None
             self.measure_yields += 1
             self._serve_frames()
 

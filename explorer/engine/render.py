@@ -227,7 +227,9 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self._measurement: PlanMeasurement | None = None
         self.preempted = 0  # progressive grids cut short by a newer request
         self.measure_yields = 0  # plan-measurement decodes cut short by a waiting frame
-        self._measure_preemptible = False  # set while such a decode may be cut short
+        # The thread whose measurement decode may be cut short now (the render thread),
+        # else None: another thread decoding with the same hooked model is never cut.
+        self._measure_preemptible: int | None = None
         self._shown: dict[str, np.ndarray] = {}  # the last pixels sent per target
         self._abort_target: str | None = None  # set while a grid chunk may be preempted
         self.compile = compile and compile_supported()
@@ -383,7 +385,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         target = self._abort_target
         if target is not None and target in self._pending:
             raise Preempted
-        if self._measure_preemptible and self._pending and not self._held:
+        if self._measure_preemptible == threading.get_ident() and self._pending and not self._held:
             raise Preempted  # a measurement decode: the user's frame goes first
 
     @property
