@@ -371,11 +371,15 @@ class TrainingPanel(QWidget):
         self.where = QLabel()
         self.where.setStyleSheet("QLabel { color: #9fd3ff; font-weight: bold; }")
         self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A long run path is cut at the right edge (whole in the tooltip) rather than
+        # widening the window past 1024 px.
+        self.where.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.where.hide()
         self.connection = QLabel()
         self.connection.setStyleSheet(WARNING_STYLE)
         self.connection.hide()
         self.info = QLabel("No run yet")
+        self.info.setWordWrap(True)  # the start event's facts: two lines in a narrow window
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.rate = QLabel()
         self.rate.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -675,7 +679,9 @@ class TrainingPanel(QWidget):
             self.host_changed.emit("")
             return
         self.where.setText(f"On {run.host}: {run.out}")
-        self.where.setToolTip(f"python: {run.python}\nruns folder: {run.runs_dir}")
+        self.where.setToolTip(
+            f"{run.host}:{run.out}\npython: {run.python}\nruns folder: {run.runs_dir}"
+        )
         self.where.show()
 
     def _on_connection_changed(self, text: str) -> None:
