@@ -154,3 +154,55 @@ def test_start_from_the_selected_sample(draw_window, qtbot):
     sample = window.selected_sample()
     assert sample is not None and np.array_equal(panel.canvas.uint8(), sample)
     assert panel.canvas.can_undo
+
+
+def test_a_completion_can_be_cancelled_between_steps(draw_window, qtbot):
+    window, panel = draw_window()
+    panel.set_tool(RECTANGLE)
+    draw(qtbot, panel, [(0.2, 4.0), (7.8, 7.8)])
+
+    def cancel_after_two(task, progress):
+        if progress.done >= 2:
+            task.cancel()
+
+    window.tasks.progressed.connect(cancel_after_two)
+    task = panel.complete()
+    assert task is not None and task.cancelled and task.finished
+    assert panel.completion_label.text() == "Completion cancelled."
+    assert panel.completion is None and panel.complete_button.isEnabled()
+
+
+def test_an_rgb_model_draws_in_the_chosen_colour(make_window, tmp_path, qtbot):
+    from conftest import perturbed_model
+
+    from core.files.checkpoint import save_checkpoint
+    from core.flow.model import FlowConfig
+
+    config = FlowConfig(in_channels=3, image_size=8, num_scales=2, mid_channels=4, num_blocks=1)
+    ckpt = save_checkpoint(tmp_path / "rgb.pt", perturbed_model(config), meta={"dataset": "t"})
+    window = make_window(ckpt)
+    panel = window.draw_panel
+    window.show_explorer_tab(panel)
+    assert panel.colour_button.isVisible() and panel.canvas.shape == (3, 8, 8)
+    panel.set_colour((1.0, 0.0, 0.0))
+    panel.softness_spin.setValue(0)
+    draw(qtbot, panel, [(4.0, 4.0), (4.2, 4.2)])
+    assert tuple(panel.canvas.uint8()[:, 3, 3]) == (255, 0, 0)
+    assert panel.last_answer is not None and panel.last_answer.pixels.shape == (3, 8, 8)
+
+
+def test_the_bundled_model_names_the_nearest_class_per_level(make_window, qtbot):
+    from explorer.settings import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("the bundled model is not installed")
+    window = make_window(DEFAULT_CHECKPOINT)
+    panel = window.draw_panel
+    window.show_explorer_tab(panel)
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    answer = panel.last_answer
+    assert answer is not None and len(answer.nearest) == 3
+    assert all(n.name in "0123456789" for n in answer.nearest)
+    assert "Nearest class" in panel.classes_label.text()
+    assert answer.encoded.likelihood is not None
+    assert answer.encoded.likelihood.verdict in panel.verdict_label.text()

@@ -300,6 +300,7 @@ class DrawPanel(QWidget):
         self.trace_plot.setMouseEnabled(x=False, y=False)
         self.trace_plot.hideButtons()
         self.trace_plot.setLabel("left", "bits/dim")
+        self.trace_plot.setLabel("bottom", "stroke")
         self.trace_plot.setToolTip("Bits/dim after each stroke")
         self.trace_curve = self.trace_plot.plot(
             [],
