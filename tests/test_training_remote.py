@@ -251,3 +251,31 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert panel.message.text().startswith("Killed at step")
     qtbot.waitUntil(lambda: process_gone(pid), timeout=10_000)
     assert explorer_settings.recent_runs()[0]["state"] == "failed"
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+def test_the_page_with_a_host_and_a_running_run_keeps_the_window_size(qtbot, make_window, size):
+    """The host's rows, a long run folder on the host, the start event's facts and the
+    status bar's host name never widen the window past the size asked for."""
+    window = make_window()
+    window.resize(*size)
+    window.show_page("training")
+    panel = window.training_panel
+    qtbot.mouseClick(panel.form.run_on, Qt.MouseButton.LeftButton)
+    panel.form.set_remote(True)
+    assert panel.form.host.isVisible() and not panel.form.data_browse.isVisible()
+    panel._set_remote(RemoteRun("/home/someone/realnvp-runs/run-20261205-084755-long-name", "gpu"))
+    panel.info.setText(
+        "928,123 parameters · cpu (1 thread) · bf16 · 60,000 training / 10,000 test images"
+    )
+    panel.rate.setText("130 images/s · ETA 8 min 21 s")
+    status = window.training_status
+    status.set_host("a-rather-long-host-name.example.org")
+    status.started()
+    status.progressed(224, 2000, "ETA 8 min 21 s")
+    status.set_connection("lost the connection to a-rather-long-host-name, retrying in 5 s")
+    qtbot.wait(300)  # the layouts take in the new texts
+    window.resize(*size)
+    qtbot.wait(300)
+    assert (window.width(), window.height()) == size
+    assert "retrying in 5 s" in status.button.toolTip()
