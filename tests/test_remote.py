@@ -167,6 +167,27 @@ def test_a_remembered_run_round_trips_and_has_a_cache_folder(tmp_path, monkeypat
         assert default_cache_dir(run) == tmp_path / "realnvp" / "runs" / "me@gpu_22" / "run-1"
 
 
+def test_a_follower_closed_from_another_thread_ends(tmp_path: Path):
+    """The GUI closes a follower from the GUI thread while a worker iterates it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "events.jsonl").write_text('{"event": "start", "step": 0, "total_steps": 5}\n')
+    (out / "launch.json").write_text(json.dumps({"pid": os.getpid()}))  # alive: never ends
+    follower = local_host(runs_dir=str(tmp_path)).follow(str(out))
+    seen = []
+
+    def worker() -> None:
+        seen.extend(follower)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    wait_for(lambda: any(u.kind == "event" for u in seen), 30, "the first event")
+    follower.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [u.kind for u in seen] == ["connected", "event"] and follower.offset > 0
+
+
 def test_local_host_says_when_a_run_folder_is_missing(tmp_path: Path):
     host = local_host(runs_dir=str(tmp_path))
     with pytest.raises(RemoteError) as info:

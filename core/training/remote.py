@@ -674,6 +674,8 @@ class Follower:
         process = host._popen(host.agent_argv("follow", *args))
         with self._lock:
             self._process = process
+            if self.closed:  # closed while connecting: close() found no process to end
+                process.kill()
         err_lines: list[bytes] = []
         drain = threading.Thread(target=_drain, args=(process.stderr, err_lines), daemon=True)
         drain.start()
