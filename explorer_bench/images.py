@@ -9,7 +9,12 @@ drives the real window offscreen with the threaded engine the app uses:
 - **file decode** (``core.files.images.load_image``) and **encode** (``RenderEngine.encode``:
   latents, reconstruction, error and bits/dim) measured apart, so the encode figure is the
   time after the file is decoded;
-- **interpolation frame**: from moving the real A → B slider to the new frame painted.
+- **interpolation frame**: from moving the real A → B slider to the new frame painted;
+- **folder import** (``--folder DIR``, or ``--mnist N``: the first N MNIST test digits
+  written as PNGs from ``--data-dir``): a real ``QDropEvent`` of the folder to the import's
+  end, as ``images_per_s``, and the GUI thread's ``longest_stall_ms`` meanwhile (the
+  longest gap between two ticks of a 1 ms timer: how long the event loop could not
+  answer the user).
 
 Figures are percentiles over repeats; nothing here asserts a time.
 """
@@ -24,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +83,73 @@ def make_files(folder: Path) -> dict[str, list[Path]]:
     return files
 
 
+def mnist_folder(folder: Path, count: int, data_dir: str | os.PathLike) -> Path:
+    """The first ``count`` MNIST test digits as 28x28 PNGs in ``folder``."""
+    from PIL import Image
+
+    from core.training.data import load_dataset
+
+    test = load_dataset("mnist", data_dir, False)
+    pixels = test.images[:count].numpy()  # (N, 1, 28, 28) uint8
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image[0]).save(folder / f"mnist_{i:05d}.png")
+    return folder
+
+
+def measure_folder_import(window: Any, folder: Path, timeout_s: float = 600.0) -> dict:
+    """Drop ``folder`` on ``window`` (a real ``QDropEvent``) and wait for the import to
+    end: ``images``, ``seconds``, ``images_per_s`` and ``longest_stall_ms``, the longest
+    time the GUI thread's event loop went without running a 1 ms timer."""
+    from PySide6.QtCore import QEventLoop, QMimeData, QPointF, Qt, QTimer, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    reports: list[Any] = []
+    window.images.import_finished.connect(reports.append)
+    ticks: list[float] = []
+    ticker = QTimer()
+    ticker.setInterval(1)
+    ticker.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    loop = QEventLoop()
+    window.images.import_finished.connect(lambda _report: loop.quit())
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    pos = QPointF(window.width() / 2, window.height() / 2)
+    args = (Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    ticker.start()
+    start = time.perf_counter()
+    ticks.append(start)
+    QApplication.sendEvent(
+        window, QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, *args)
+    )
+    QApplication.sendEvent(window, QDropEvent(pos, Qt.DropAction.CopyAction, mime, *args))
+    deadline.start(int(timeout_s * 1000))
+    if not reports:
+        loop.exec()
+    seconds = time.perf_counter() - start
+    ticker.stop()
+    if not reports:
+        raise TimeoutError(f"the import of {folder} did not end within {timeout_s} s")
+    report = reports[-1]
+    if report.error:
+        raise ValueError(report.error)
+    count = len(report.ids)
+    gaps = np.diff(ticks)
+    return {
+        "images": count,
+        "failures": len(report.failures),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(count / seconds, 1),
+        "longest_stall_ms": round(float(gaps.max()) * 1000.0, 1) if len(gaps) else None,
+        "longest_stall_at_s": round(ticks[int(gaps.argmax())] - start, 2) if len(gaps) else None,
+        "stalls_over_50_ms": int((gaps > 0.05).sum()),
+    }
+
+
 def run_images_bench(
     checkpoint: str | os.PathLike | None,
     repeats: int = 20,
@@ -85,6 +158,8 @@ def run_images_bench(
     num_threads: int | None = None,
     device: str = "auto",
     timeout_s: float = 60.0,
+    folder: str | os.PathLike | None = None,
+    folder_only: bool = False,
 ) -> dict:
     """Every figure, as a JSON-ready dict (see the module docstring)."""
     if repeats < 1:
@@ -146,6 +221,13 @@ def run_images_bench(
             return painted() and images.strip_shown_id == images.strip_request_id
 
         wait(painted, "the first frame")
+        if folder is not None:
+            report["folder_import"] = measure_folder_import(window, Path(folder))
+            report["folder"] = str(folder)
+            report["device"] = window.engine.device_label
+            report["threads"] = window.engine.plan.threads
+        if folder_only:
+            return report
 
         def drop(path: Path) -> None:
             mime = QMimeData()
@@ -227,15 +309,40 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to render: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
     )
+    parser.add_argument("--folder", help="also time importing this folder (drop to done)")
+    parser.add_argument(
+        "--mnist",
+        type=int,
+        metavar="N",
+        help="also time importing the first N MNIST test digits, written as PNGs from --data-dir",
+    )
+    parser.add_argument("--data-dir", default="data", help="where MNIST is (with --mnist)")
+    parser.add_argument(
+        "--folder-only", action="store_true", help="only the folder import (with --folder/--mnist)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folder and args.mnist:
+        parser.error("give --folder or --mnist, not both")
+    if args.folder_only and not (args.folder or args.mnist):
+        parser.error("--folder-only needs --folder or --mnist")
     try:
-        report = run_images_bench(
-            args.checkpoint, args.repeats, num_threads=args.threads, device=args.device
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = args.folder
+            if args.mnist:
+                folder = mnist_folder(Path(tmp) / "mnist", args.mnist, args.data_dir)
+            report = run_images_bench(
+                args.checkpoint,
+                args.repeats,
+                num_threads=args.threads,
+                device=args.device,
+                folder=folder,
+                folder_only=args.folder_only,
+            )
     except (ValueError, TimeoutError) as exc:
         print(f"explorer_bench.images: {exc}", file=sys.stderr)
         return 1
@@ -244,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"Your images in the explorer; model: {report['model']} ({report['image']})")
     print(f"device: {report['device']}, torch threads: {report['threads']}, {args.repeats} repeats")
+    if "folder_import" in report:
+        f = report["folder_import"]
+        print(
+            f"folder import: {f['images']} images in {f['seconds']:.1f} s = "
+            f"{f['images_per_s']:.0f} images/s; longest event-loop stall "
+            f"{f['longest_stall_ms']:.0f} ms ({f['stalls_over_50_ms']} over 50 ms)"
+        )
+    if args.folder_only:
+        return 0
     print(f"{'':34}{'p50 ms':>9}{'p95 ms':>9}")
     for key, title in (
         ("drop_to_reconstruction", "drop to reconstruction on screen"),

@@ -397,3 +397,31 @@ def test_a_plan_measurement_decode_yields_to_a_waiting_frame(
         assert engine.plan.measured  # the measurement went on after the frame
     finally:
         engine.shutdown()
+
+
+def test_encode_images_gives_each_image_what_encode_gives_it(engine, tiny_checkpoint):
+    """The batched encode of a folder import: the same latents, reconstruction and map as
+    one image at a time, whatever shares the batch; bits/dim is the map's total (what
+    ``realnvp encode`` prints), within float rounding of RealNVP.bits_per_dim."""
+    info = engine.open_checkpoint(tiny_checkpoint)
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    batch = engine.encode_images(pixels, info.model_id)
+    assert len(batch) == 5
+    for one, image in zip(batch, pixels):
+        alone = engine.encode(image)
+        for a, b in zip(one.latents, alone.latents):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_array_equal(one.reconstruction, alone.reconstruction)
+        assert one.model_id == alone.model_id
+        assert one.bits_per_dim == one.likelihood.bits_per_dim
+        assert abs(one.bits_per_dim - alone.bits_per_dim) < 1e-4
+        for key, heat in alone.likelihood.heat.items():
+            assert np.abs(one.likelihood.heat[key].astype(int) - heat).max() <= 1
+    # An image's figures do not depend on its neighbours.
+    again = engine.encode_images(pixels[2:3], info.model_id)[0]
+    assert abs(again.bits_per_dim - batch[2].bits_per_dim) < 1e-5
+    with pytest.raises(ValueError, match="shape"):
+        engine.encode_images(pixels[:, :, :4], info.model_id)
+    with pytest.raises(ValueError, match="changed"):
+        engine.encode_images(pixels, info.model_id + 1)

@@ -556,10 +556,13 @@ def test_folder_of_300_files_shows_progress_and_can_be_cancelled(
     drop(window, [folder])
     report = window.images.last_report
     assert report.cancelled
-    assert seen[-1] == (12, 300)
-    assert len(window.images.gallery) == len(report.ids) == 12
+    # Files are encoded in batches: the cancel takes effect before the next batch, and
+    # every image of the batches done is kept.
+    done = seen[-1][0]
+    assert seen[-1][1] == 300 and 12 <= done < 300
+    assert len(window.images.gallery) == len(report.ids) == done
     assert window.images.gallery.current is not None  # what was imported is kept
-    assert "Import cancelled: 12 images imported" in window.statusBar().currentMessage()
+    assert f"Import cancelled: {done} images imported" in window.statusBar().currentMessage()
     assert not window.task_progress.isVisible()
     assert window.last_error is None
 

@@ -185,15 +185,43 @@ def describe_image(
     """Likelihood map, per-level breakdown and verdict of a uint8 ``(C, H, W)`` image, with
     the dequantization noise of ``seed`` (the encode seed: the same bits/dim that
     ``realnvp encode`` and the explorer show). What the CLI and the explorer both call."""
-    x8 = torch.from_numpy(np.ascontiguousarray(pixels))[None]
-    m = likelihood_map_uint8(model, x8, torch.Generator().manual_seed(seed))
-    summary = m.summary(0)
-    verdict = judge_pixels(reference, summary["bits_per_dim"], pixels)
-    summary.update(verdict.to_dict())
-    return ImageLikelihood(
-        summary=summary,
-        pixel_bits=m.pixel_bits[0].double().cpu().numpy(),
-        level_bits=m.level_bits[0].double().cpu().numpy(),
-        preprocess_bits=m.preprocess_bits[0].double().cpu().numpy(),
-        verdict=verdict,
-    )
+    return describe_images(model, np.asarray(pixels)[None], reference, seed)[0]
+
+
+@torch.no_grad()
+def describe_images(
+    model: RealNVP,
+    pixels: np.ndarray,
+    reference: TypicalityReference | None,
+    seed: int = ENCODE_SEED,
+) -> list[ImageLikelihood]:
+    """:func:`describe_image` of each uint8 ``(N, C, H, W)`` image, in one pass of the flow.
+
+    Every image gets the noise that ``seed`` gives one image alone (the same draw, not
+    ``N`` draws in a row), so an image's figures do not depend on the images beside it:
+    they equal :func:`describe_image`'s to float rounding (convolutions may sum in another
+    order for another batch size)."""
+    x8 = torch.from_numpy(np.ascontiguousarray(pixels))  # (N, C, H, W)
+    param = model._param()
+    noise = torch.rand((1, *x8.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    # dequantize()'s arithmetic, with the one image's noise for every image.
+    x = (x8.to(param.dtype) + noise.to(param.dtype)) / 256.0
+    m = likelihood_map(model, x.to(param.device))
+    pixel_bits = m.pixel_bits.double().cpu().numpy()
+    level_bits = m.level_bits.double().cpu().numpy()
+    preprocess_bits = m.preprocess_bits.double().cpu().numpy()
+    described = []
+    for i in range(x8.shape[0]):
+        summary = m.summary(i)
+        verdict = judge_pixels(reference, summary["bits_per_dim"], pixels[i])
+        summary.update(verdict.to_dict())
+        described.append(
+            ImageLikelihood(
+                summary=summary,
+                pixel_bits=pixel_bits[i],
+                level_bits=level_bits[i],
+                preprocess_bits=preprocess_bits[i],
+                verdict=verdict,
+            )
+        )
+    return described

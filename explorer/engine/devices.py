@@ -28,6 +28,15 @@ def interactive_threads() -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
+def batch_threads() -> int:
+    """Threads for a big batch off the render thread (a folder import): every core. Its
+    frames are not live, and the GUI thread has little to do meanwhile."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def torch_threads() -> int:
     """The CPU threads torch uses on the calling thread, for reports and benchmarks."""
     return torch.get_num_threads()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.flow.likelihood import describe_image
+from core.flow.likelihood import ImageLikelihood, describe_images
 from core.flow.model import RealNVP
 from core.stats.heatmap import bits_range, colorize
 from core.stats.typicality import TypicalityReference
@@ -19,7 +19,17 @@ def describe_pixels(
     model: RealNVP, pixels: np.ndarray, reference: TypicalityReference | None
 ) -> LikelihoodView:
     """:class:`LikelihoodView` of a uint8 ``(C, H, W)`` image (the encode seed's noise)."""
-    described = describe_image(model, pixels, reference)
+    return describe_pixel_batch(model, np.asarray(pixels)[None], reference)[0]
+
+
+def describe_pixel_batch(
+    model: RealNVP, pixels: np.ndarray, reference: TypicalityReference | None
+) -> list[LikelihoodView]:
+    """:func:`describe_pixels` of each uint8 ``(N, C, H, W)`` image, in one pass."""
+    return [_view(d, reference) for d in describe_images(model, pixels, reference)]
+
+
+def _view(described: ImageLikelihood, reference: TypicalityReference | None) -> LikelihoodView:
     s = described.summary
     maps = {TOTAL: described.pixel_bits}
     for i, bits in enumerate(described.level_bits):

@@ -67,11 +67,12 @@ from explorer.engine.compiled import (
 )
 from explorer.engine.devices import (
     DeviceFallbacks,
+    batch_threads,
     interactive_threads,
     set_thread_team,
     torch_threads,
 )
-from explorer.engine.likelihood import describe_pixels
+from explorer.engine.likelihood import describe_pixel_batch, describe_pixels
 from explorer.engine.measure import PlanMeasuring
 from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
 from explorer.engine.requests import SAMPLES_TARGET, Frame, Preempted, RenderRequest
@@ -812,6 +813,64 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                 )
         return result
 
+    def _checked(self, pixels: np.ndarray, model_id: int | None) -> ModelInfo:
+        """The open model's info, once ``pixels`` are ``uint8 (N, C, H, W)`` images for it
+        (``ValueError`` otherwise, or when ``model_id`` is no longer open). Model lock held."""
+        info = self._info
+        if self._model is None or self._likelihood_model is None or info is None:
+            raise ValueError("no model is open")
+        if model_id is not None and model_id != info.model_id:
+            raise ValueError("the model has changed")
+        expected = (info.channels, info.image_size, info.image_size)
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(f"expected uint8 images of shape (N, {expected}), got {pixels.shape}")
+        return info
+
+    def encode_images(self, pixels: np.ndarray, model_id: int | None = None) -> list[EncodedImage]:
+        """:meth:`encode` for many images at once, ``uint8 (N, C, H, W)``: latents,
+        reconstructions and likelihood maps each in one batched pass (a folder import: at
+        batch 64 an image costs about a third of its one-image passes on the bundled model).
+
+        Same figures as :meth:`encode` to float rounding, whatever images share the batch:
+        the latents and reconstructions are those of each image's pixel centres, and
+        ``bits_per_dim`` is the likelihood map's total with the encode seed's noise, which
+        is what ``realnvp encode`` prints (within about 1e-5 of :meth:`encode`'s
+        ``RealNVP.bits_per_dim``; one pass fewer). No level cache.
+
+        The calling thread computes with every core (``--threads`` if given): the model lock
+        keeps it from computing while the render thread does, a batch's kernels are large
+        enough that the two thread teams' shorter spin-waits cost nothing, and an import's
+        thread (with its team) ends with the import. ``ValueError`` for the wrong shape,
+        no model, or a model changed since ``model_id``."""
+        pixels = np.asarray(pixels)
+        with self._model_lock:
+            model, original, info = (
+                self._model,
+                self._likelihood_model,
+                self._checked(pixels, model_id),
+            )
+            set_thread_team(self.plan.threads if self._forced_threads else batch_threads())
+            param = next(model.parameters())
+            with torch.inference_mode():
+                x8 = torch.from_numpy(np.ascontiguousarray(pixels)).to(param.device)
+                x = pixel_centres(x8).to(param.dtype)  # (N, C, H, W)
+                latents = [z.float().cpu().numpy() for z in model.encode(x)]
+                recon, _ = self._decode(model, latents, None)
+                errors = (recon - x).abs().float().cpu().numpy()
+                recon8 = to_uint8(recon.float().cpu().numpy())
+                views = describe_pixel_batch(original, pixels, self._reference)
+            return [
+                EncodedImage(
+                    model_id=info.model_id,
+                    latents=tuple(z[i].copy() for z in latents),
+                    reconstruction=recon8[i],
+                    error=errors[i],
+                    bits_per_dim=float(view.bits_per_dim),
+                    likelihood=view,
+                )
+                for i, view in enumerate(views)
+            ]
+
     def describe_likelihood(self, pixels: np.ndarray) -> LikelihoodView:
         """Likelihood map, per-level bits and typicality verdict of a uint8 ``(C, H, W)``
         image of the open model's shape (a sample, a dropped image). Call it off the GUI
@@ -865,16 +924,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self._threads_here()
         pixels = np.asarray(pixels)
         with self._model_lock:
-            model, info = self._model, self._info
-            if model is None or info is None:
-                raise ValueError("no model is open")
-            if model_id is not None and model_id != info.model_id:
-                raise ValueError("the model has changed")
-            expected = (info.channels, info.image_size, info.image_size)
-            if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
-                raise ValueError(
-                    f"expected uint8 images of shape (N, {expected}), got {pixels.shape}"
-                )
+            self._checked(pixels, model_id)
+            model = self._model
             param = next(model.parameters())
             with torch.inference_mode():
                 x8 = torch.from_numpy(np.ascontiguousarray(pixels)).to(param.device)

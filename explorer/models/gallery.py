@@ -8,8 +8,9 @@ through its ``changed`` event.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,10 @@ class Gallery:
 
     def __init__(self) -> None:
         self.changed = Event()
+        self._held = 0  # inside changes(): edits wait to be announced together
+        self._dirty = False
         self._items: dict[int, GalleryImage] = {}
+        self._by_path: dict[str, list[int]] = {}  # a folder import asks for each file
         self._next_id = 1
         self.a_id: int | None = None
         self.b_id: int | None = None
@@ -99,6 +103,25 @@ class Gallery:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        """Edits inside are announced by one ``changed`` at the end (a batch of imported
+        images: each listener then does its work once, not once per image)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held and self._dirty:
+                self._dirty = False
+                self.changed.emit()
+
+    def _announce(self) -> None:
+        if self._held:
+            self._dirty = True
+        else:
+            self.changed.emit()
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
@@ -136,24 +159,31 @@ class Gallery:
         item = GalleryImage(self._next_id, str(path), pixels, encoded, preview)
         self._next_id += 1
         self._items[item.item_id] = item
-        self.changed.emit()
+        self._by_path.setdefault(item.path, []).append(item.item_id)
+        self._announce()
         return item
+
+    def with_path(self, path: str) -> list[GalleryImage]:
+        """The images of the file ``path`` (the same file may be in several versions)."""
+        return [self._items[i] for i in self._by_path.get(str(path), ()) if i in self._items]
 
     def remove(self, item_ids: Iterable[int]) -> None:
         removed = False
         for item_id in list(item_ids):
-            if self._items.pop(item_id, None) is not None:
+            if (item := self._items.pop(item_id, None)) is not None:
                 removed = True
+                self._by_path[item.path].remove(item_id)
                 self.a_id = None if self.a_id == item_id else self.a_id
                 self.b_id = None if self.b_id == item_id else self.b_id
                 self.current_id = None if self.current_id == item_id else self.current_id
         if removed:
-            self.changed.emit()
+            self._announce()
 
     def clear(self) -> None:
         self._items.clear()
+        self._by_path.clear()
         self.a_id = self.b_id = self.current_id = None
-        self.changed.emit()
+        self._announce()
 
     def set_roles(
         self,
@@ -168,11 +198,11 @@ class Gallery:
             if value is not None and value not in self._items:
                 raise KeyError(f"no gallery image {value}")
             setattr(self, name, value)
-        self.changed.emit()
+        self._announce()
 
     def swap_ab(self) -> None:
         self.a_id, self.b_id = self.b_id, self.a_id
-        self.changed.emit()
+        self._announce()
 
     def sorted(self, key: str = "bpd_desc") -> list[GalleryImage]:
         """``bpd_desc``: most bits/dim first; ``bpd_asc``; ``p_value``: least typical first

@@ -7,6 +7,10 @@ orientation, alpha on white, palette / CMYK / 16-bit, centre crop, resize; a cle
 it, and yields one result per file. A bad file is a :class:`ImportFailure`, never an
 exception, so one broken file in a folder of thousands costs only itself.
 
+Several files are encoded in batches (``encode_many``, the engine's ``encode_images``):
+one batched pass costs a fraction of one pass per image. A single file takes the
+one-image path (``encode``), whose reconstruction also warms the view's level cache.
+
 The preview of the crop (the whole picture, small, with the centre square the model sees)
 is read with Qt's ``QImageReader``: a display-only thumbnail, decoded at reduced size, only
 after ``load_image`` has accepted the file. The model's pixels never come from it.
@@ -29,6 +33,11 @@ from explorer.models.gallery import EncodedImage, Preview
 from explorer.models.jobs import Progress
 
 PREVIEW_SIDE = 128
+# Images per batched encode: bigger batches cost less per image (bundled model, 2 threads:
+# about 9 ms an image at 64, 40 ms one at a time), smaller ones answer a cancel, and let
+# a waiting frame have the model, sooner. The first image comes alone, so it shows at once.
+BATCH = 32
+FIRST_BATCH = 1
 CHECKPOINT_SUFFIXES = {".pt", ".pth", ".ckpt"}
 STATE_SUFFIXES = {".npz"}
 
@@ -39,6 +48,14 @@ class ImportedImage:
     pixels: np.ndarray  # uint8 (C, H, W)
     encoded: EncodedImage
     preview: Preview | None
+
+
+@dataclass(frozen=True, eq=False)
+class ImportedBatch:
+    """The images of one batched encode, in file order: handed to the GUI together, so it
+    adds them to the gallery in one change."""
+
+    images: tuple[ImportedImage, ...]
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,10 @@ def import_images(
     channels: int,
     size: int,
     previews: bool = True,
-) -> Iterator[Progress | ImportedImage | ImportFailure]:
-    """Import files and folders (recursively) in order; see the module docstring."""
+    encode_many: Callable[[np.ndarray], list[EncodedImage]] | None = None,
+) -> Iterator[Progress | ImportedImage | ImportedBatch | ImportFailure]:
+    """Import files and folders (recursively) in order; see the module docstring.
+    ``encode_many``: encode ``uint8 (N, C, H, W)`` images at once (several files)."""
     yield Progress(0, 0, "Listing files…")
     files: list[Path] = []
     seen: set[Path] = set()
@@ -78,17 +97,52 @@ def import_images(
                 seen.add(key)
                 files.append(file)
     total = len(files)
-    for done, path in enumerate(files):
-        yield Progress(done, total, f"Importing {path.name}")
-        try:
-            pixels = load_image(path, channels, size)
-        except ImageLoadError as exc:
-            yield ImportFailure(str(path), _explain(path, str(exc)))
-            continue
-        encoded = encode(pixels)
-        preview = read_preview(path) if previews else None
-        yield ImportedImage(str(path), pixels, encoded, preview)
+    if encode_many is None or total == 1:
+        for done, path in enumerate(files):
+            yield Progress(done, total, f"Importing {path.name}")
+            try:
+                pixels = load_image(path, channels, size)
+            except ImageLoadError as exc:
+                yield ImportFailure(str(path), _explain(path, str(exc)))
+                continue
+            encoded = encode(pixels)
+            preview = read_preview(path) if previews else None
+            yield ImportedImage(str(path), pixels, encoded, preview)
+    else:
+        yield from _import_batches(files, encode_many, channels, size, previews)
     yield Progress(total, total, "Done")
+
+
+def _import_batches(
+    files: list[Path],
+    encode_many: Callable[[np.ndarray], list[EncodedImage]],
+    channels: int,
+    size: int,
+    previews: bool,
+) -> Iterator[Progress | ImportedImage | ImportedBatch | ImportFailure]:
+    """Read files until a batch is full, encode it in one call, yield its images in order."""
+    total, done, start = len(files), 0, 0
+    batch = FIRST_BATCH
+    while start < len(files):
+        chunk = files[start : start + batch]
+        start += len(chunk)
+        yield Progress(done, total, f"Importing {chunk[0].name}")
+        loaded: list[tuple[Path, np.ndarray]] = []
+        for path in chunk:
+            try:
+                loaded.append((path, load_image(path, channels, size)))
+            except ImageLoadError as exc:
+                yield ImportFailure(str(path), _explain(path, str(exc)))
+        if loaded:
+            encoded = encode_many(np.stack([pixels for _, pixels in loaded]))
+            yield ImportedBatch(
+                tuple(
+                    ImportedImage(str(path), pixels, one, read_preview(path) if previews else None)
+                    for (path, pixels), one in zip(loaded, encoded)
+                )
+            )
+        done += len(chunk)
+        batch = BATCH
 
 
 def _explain(path: Path, message: str) -> str:
