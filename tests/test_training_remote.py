@@ -251,6 +251,8 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert panel.message.text().startswith("Killed at step")
     qtbot.waitUntil(lambda: process_gone(pid), timeout=10_000)
     assert explorer_settings.recent_runs()[0]["state"] == "failed"
+    # The host check that re-attaching started has answered before the window goes.
+    qtbot.waitUntil(lambda: not form.checking_host, timeout=60_000)
 
 
 @pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
