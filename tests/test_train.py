@@ -454,7 +454,7 @@ def tiny_ckpt(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
+def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt, small_mnist):
     from PIL import Image
 
     grid = tmp_path / "grid.png"
@@ -487,19 +487,21 @@ def test_cli_sample_encode_info_eval(tmp_path, tiny_ckpt):
     assert (tmp_path / "enc" / "in_latents.npz").is_file()
     run("export", str(tiny_ckpt), str(tmp_path / "small.pt"))
     assert read_checkpoint(tmp_path / "small.pt")["training"] is None
-    run("export", str(tiny_ckpt), str(tmp_path / "measured.pt"), "--data-dir", str(MNIST_DIR))
+    # export --data-dir measures the whole test split (24 images in small_mnist, so the
+    # test does not spend a minute on MNIST's 10,000), as eval without --limit does
+    run("export", str(tiny_ckpt), str(tmp_path / "measured.pt"), "--data-dir", str(small_mnist))
     measured = read_checkpoint(tmp_path / "measured.pt")["meta"]
     full = json.loads(
-        run("eval", str(tmp_path / "small.pt"), "--data-dir", str(MNIST_DIR), "--json")
+        run("eval", str(tmp_path / "small.pt"), "--data-dir", str(small_mnist), "--json")
     )
-    assert measured["test_bpd"] == full["test_bpd"] and full["images"] == 10000
+    assert measured["test_bpd"] == full["test_bpd"] and full["images"] == 24
     # export keeps the meta it does not recompute and adds the typicality reference
     assert measured["dataset"] == "mnist"
     reference = TypicalityReference.from_meta(measured)
-    assert reference.images == 10000
+    assert reference.images == 24
     assert float(np.mean(reference.bits_per_dim)) == pytest.approx(full["test_bpd"], abs=1e-5)
     assert (
-        "10000 mnist test images"
+        "24 mnist test images"
         in json.loads(run("info", str(tmp_path / "measured.pt"), "--json"))["typicality"]
     )
     # eval --save stores it in place and keeps the training state
