@@ -61,6 +61,7 @@ def test_render_figures_time_the_cached_change_per_batch():
     assert figures["fine_level_change"]["batch_3"]["cached_ms"]["n"] == 2
 
 
+@pytest.mark.slow
 def test_training_figures_count_real_flops():
     model = RealNVP(TINY)
     flops = train_step_flops(model, 2, torch.device("cpu"))
@@ -76,6 +77,7 @@ def test_latency_shapes():
     assert out["encode_ms"]["n"] == 2
 
 
+@pytest.mark.slow
 def test_training_is_timed_in_both_precisions_against_the_higher_ceiling():
     figures = train_precisions(TINY, 4, 2, torch.device("cpu"), peak=100.0)
     for p in ("float32", "bf16"):

@@ -76,6 +76,7 @@ def test_sampling_a_class_gives_that_digit(bundled, pixel_class_means, one_torch
     assert passed >= 8, f"share assigned to the sampled digit, per digit: {hits}"
 
 
+@pytest.mark.slow
 def test_moving_the_coarse_levels_changes_the_class_and_keeps_the_finest(
     bundled, pixel_class_means, one_torch_thread
 ):

@@ -51,6 +51,7 @@ def test_real_digits_round_trip_and_score_like_the_card():
     assert figures and abs(float(figures[0]) - meta["test_bpd"]) < 1e-3
 
 
+@pytest.mark.slow
 def test_cli_info_reads_it(tmp_path):
     import subprocess
     import sys

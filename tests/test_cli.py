@@ -118,6 +118,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "core", *args]
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_quietly(tiny_checkpoint):
     proc = subprocess.Popen(
         _cli("info", str(tiny_checkpoint), "--json"),

@@ -49,6 +49,7 @@ def test_a_damaged_jpeg_is_our_sentence(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_encode_takes_folders_and_many_files_and_reports_the_bad_ones(tmp_path):
     good = [_png(tmp_path / "imgs" / f"g{i}.png", i) for i in range(2)]
     _png(tmp_path / "imgs" / "sub" / "g0.png", 5)  # the same name in a subfolder
@@ -79,6 +80,7 @@ def test_encode_takes_folders_and_many_files_and_reports_the_bad_ones(tmp_path):
     assert (folder_out / "g0-2_recon.png").is_file()  # no file overwrote another
 
 
+@pytest.mark.slow
 def test_encode_failures_make_no_folder_and_a_file_as_out_is_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -97,6 +99,7 @@ def test_encode_failures_make_no_folder_and_a_file_as_out_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_train_into_a_file_is_one_line(tmp_path):
     target = tmp_path / "a.png"
     target.write_bytes(b"png")
@@ -127,6 +130,7 @@ def test_a_failed_download_leaves_no_empty_data_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_names_the_files_it_skips(tmp_path):
     data = tmp_path / "photos"
     for i in range(16):

@@ -91,6 +91,7 @@ def test_a_full_disk_ends_the_run_with_one_sentence_and_keeps_the_last_checkpoin
     assert not list(out.glob(".*.tmp")) and not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_sentence_and_exits_4(tmp_path, small_mnist):
     out = tmp_path / "run"
     code = (
@@ -167,6 +168,7 @@ def test_a_read_only_folder_is_said(tmp_path, small_mnist):
     assert read_checkpoint(out / "latest.pt")["meta"]["step"] == 2
 
 
+@pytest.mark.slow
 def test_a_disk_without_room_for_three_checkpoints_is_warned_about(
     tmp_path, small_mnist, monkeypatch
 ):

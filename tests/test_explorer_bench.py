@@ -11,6 +11,7 @@ from explorer_bench.gui import measure_gui_latency
 
 
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.slow
 def test_measure_gui_latency_reports_percentiles(
     qapp, tiny_checkpoint, one_torch_thread, use_cache
 ):
@@ -27,6 +28,7 @@ def test_measure_gui_latency_reports_percentiles(
     assert figures["p50_ms"] <= figures["whole_grid_p50_ms"]
 
 
+@pytest.mark.slow
 def test_suite_with_a_progressive_plan_and_the_baseline(qapp, tiny_checkpoint, one_torch_thread):
     from explorer_bench.gui import run_suite
 
@@ -40,6 +42,7 @@ def test_suite_with_a_progressive_plan_and_the_baseline(qapp, tiny_checkpoint, o
     assert figures["p95_ms"] > 0 and figures["whole_grid_p95_ms"] > 0
 
 
+@pytest.mark.slow
 def test_preset_models_are_benchmarked_with_random_weights(qapp, one_torch_thread, capsys):
     from explorer_bench.gui import main
 
@@ -61,6 +64,7 @@ def test_measure_gui_latency_refuses_a_bad_checkpoint(qapp, tmp_path, one_torch_
         measure_gui_latency(bad, repeats=1)
 
 
+@pytest.mark.slow
 def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thread):
     from explorer_bench.images import run_images_bench
 
@@ -79,6 +83,7 @@ def test_images_bench_reports_every_figure(qapp, tiny_checkpoint, one_torch_thre
     }
 
 
+@pytest.mark.slow
 def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
     from core.files.checkpoint import save_checkpoint
     from explorer_bench.gui import measure_map

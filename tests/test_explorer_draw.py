@@ -73,6 +73,7 @@ def test_undo_restores_the_exact_canvas_and_its_answer(draw_window, qtbot):
     assert np.array_equal(panel.canvas.pixels, after)
 
 
+@pytest.mark.slow
 def test_answers_and_completions_run_off_the_gui_thread(draw_window, qtbot, monkeypatch):
     from explorer.engine import drawing
 
@@ -97,6 +98,7 @@ def test_answers_and_completions_run_off_the_gui_thread(draw_window, qtbot, monk
     assert threads and all(t != gui for t in threads)
 
 
+@pytest.mark.slow
 def test_completing_the_erased_part_keeps_the_rest_and_a_pick_goes_on_the_canvas(
     draw_window, qtbot
 ):

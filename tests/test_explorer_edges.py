@@ -56,6 +56,7 @@ def test_screenshot_of_the_likelihood_tab_waits_for_the_sample(
     assert "Measuring" not in panel.verdict_label.text()
 
 
+@pytest.mark.slow
 def test_a_size_below_the_smallest_window_is_said_in_one_line(
     qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread, capsys
 ):
@@ -70,6 +71,7 @@ def test_a_size_below_the_smallest_window_is_said_in_one_line(
     ]
 
 
+@pytest.mark.slow
 def test_a_screenshot_changes_no_settings(
     qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread
 ):
@@ -85,6 +87,7 @@ def test_a_screenshot_changes_no_settings(
     assert explorer_settings.layout_state("splitter_explorer") is None
 
 
+@pytest.mark.slow
 def test_tab_is_kept_when_images_are_imported(
     qapp, tiny_checkpoint, strokes, tmp_path, explorer_settings, one_torch_thread, monkeypatch
 ):
@@ -164,6 +167,7 @@ def test_showing_an_image_says_why_the_temperature_is_one_and_resample_brings_it
     assert window.state.temperature == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_the_gallery_has_one_highlight_and_show_acts_on_it(make_window, tiny_checkpoint, strokes):
     window = make_window(tiny_checkpoint)
     window.open_paths([str(p) for p in strokes])
@@ -194,6 +198,7 @@ def classes_checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+@pytest.mark.slow
 def test_class_controls_get_the_tab_until_a_map_is_computed(
     make_window, classes_checkpoint, tmp_path, qtbot, size
 ):

@@ -41,6 +41,7 @@ def reference_pixels(model, latents) -> np.ndarray:
 
 
 @pytest.mark.parametrize("config", [None, THREE_LEVELS], ids=["2-levels", "3-levels"])
+@pytest.mark.slow
 def test_cache_gives_the_same_pixels_as_a_full_decode(
     engine, tmp_path, tiny_checkpoint, make_perturbed_model, config
 ):

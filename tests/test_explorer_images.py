@@ -181,6 +181,7 @@ def test_temperature_and_level_resample_act_on_the_image_and_undo_restores(
     assert latents_bytes(window) == samples
 
 
+@pytest.mark.slow
 def test_several_files_and_a_folder(make_window, mnist_checkpoint, grey_pngs, tmp_path):
     window = make_window(mnist_checkpoint)
     gallery = window.images.gallery
@@ -433,6 +434,7 @@ def test_export_strip_png_and_gif(make_window, mnist_checkpoint, grey_pngs, tmp_
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
+@pytest.mark.slow
 def test_cancelled_export_writes_nothing(make_window, mnist_checkpoint, grey_pngs, tmp_path):
     window = make_window(mnist_checkpoint)
     drop(window, grey_pngs[:2])
@@ -492,6 +494,7 @@ def truncated_jpeg() -> bytes:
     ],
     ids=["text", "fake-png", "zero-bytes", "truncated-jpeg", "decompression-bomb", "unknown"],
 )
+@pytest.mark.slow
 def test_bad_files_get_a_clear_message_and_keep_the_view(
     make_window, mnist_checkpoint, tmp_path, name, content, message
 ):
@@ -535,6 +538,7 @@ def test_animated_gif_gives_its_first_frame(make_window, mnist_checkpoint, tmp_p
     np.testing.assert_array_equal(item.pixels[0], frames[0])
 
 
+@pytest.mark.slow
 def test_folder_of_300_files_shows_progress_and_can_be_cancelled(
     make_window, mnist_checkpoint, tmp_path
 ):
@@ -567,6 +571,7 @@ def test_folder_of_300_files_shows_progress_and_can_be_cancelled(
     assert window.last_error is None
 
 
+@pytest.mark.slow
 def test_threaded_import_and_cancel_from_the_status_bar(
     make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch
 ):
@@ -608,6 +613,7 @@ def test_threaded_import_and_cancel_from_the_status_bar(
     np.testing.assert_array_equal(shown(window)[0], first.encoded.reconstruction)
 
 
+@pytest.mark.slow
 def test_a_new_model_re_encodes_the_gallery(
     make_window, mnist_checkpoint, grey_pngs, tmp_path, make_perturbed_model
 ):
@@ -664,6 +670,7 @@ def test_direction_is_the_mean_difference_and_its_file_refuses_pickles(tmp_path)
             load_direction(tmp_path / "bad.npz")
 
 
+@pytest.mark.slow
 def test_screenshot_with_images_waits_for_the_import_and_the_strip(
     qapp, mnist_checkpoint, grey_pngs, tmp_path, explorer_settings, one_torch_thread
 ):
@@ -735,6 +742,7 @@ def test_after_a_two_image_drop_the_slider_and_image_box_match_the_view(
     assert panel.file_label.text().startswith(a.name)
 
 
+@pytest.mark.slow
 def test_dropping_images_already_there_says_how_many_were_new(
     make_window, mnist_checkpoint, grey_pngs
 ):

@@ -163,6 +163,7 @@ def check_page(window, page_root: QWidget) -> list[str]:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+@pytest.mark.slow
 def test_every_page_and_tab_fits_the_window(
     make_window, digits, size, screenshot_dir, qtbot, dark_theme
 ):
@@ -218,6 +219,7 @@ def test_pages_switch_from_the_mode_bar_the_view_menu_and_alt_keys(
     assert window.view_menu.actions()[0] is window.page_actions["explorer"]
 
 
+@pytest.mark.slow
 def test_splitters_page_and_tab_come_back_on_the_next_start(
     make_window, tiny_checkpoint, explorer_settings
 ):
@@ -306,6 +308,7 @@ def test_a_running_run_shows_in_the_status_bar_from_the_explorer_page(
     assert not status.bar.isVisible()
 
 
+@pytest.mark.slow
 def test_screenshot_of_any_page_at_any_size(
     qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread
 ):

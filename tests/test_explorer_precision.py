@@ -113,6 +113,7 @@ def force_bf16_faster(monkeypatch, engine: RenderEngine) -> None:
 
 
 @pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model")
+@pytest.mark.slow
 def test_bundled_model_renders_float32_as_bf16_changes_its_picture(engine, monkeypatch):
     info = engine.open_checkpoint(bundled_model_path())
     same, share = shares_of(engine, 16)
@@ -130,6 +131,7 @@ def test_bundled_model_renders_float32_as_bf16_changes_its_picture(engine, monke
     np.testing.assert_array_equal(frames[-1].images, engine.decode(latents))
 
 
+@pytest.mark.slow
 def test_cifar10_preset_bf16_frames_are_not_the_same_picture(engine, tmp_path):
     # Weights moved off the identity initialization as the explorer's untrained model is
     # (every coupling starts as the identity, where bf16 would agree trivially).

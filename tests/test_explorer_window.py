@@ -172,6 +172,7 @@ def drop_file(window, path) -> None:
     QApplication.sendEvent(window, drop)
 
 
+@pytest.mark.slow
 def test_dropping_a_checkpoint_opens_it(make_window, tiny_checkpoint, tmp_path):
     window = make_window()
     window.open_random("test")
@@ -232,6 +233,7 @@ def test_threaded_window_shows_frames(make_window, tiny_checkpoint, qtbot):
     assert not np.array_equal(shown_images(window), first)
 
 
+@pytest.mark.slow
 def test_screenshot_writes_a_non_blank_png(
     qapp, tiny_checkpoint, tmp_path, explorer_settings, one_torch_thread
 ):
@@ -269,6 +271,7 @@ def test_screenshot_of_a_bad_checkpoint_fails_cleanly(qapp, tmp_path, explorer_s
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_screenshot_without_bundled_model_shows_the_notice_and_fails(
     qapp, tmp_path, explorer_settings, one_torch_thread, monkeypatch, capsys
 ):

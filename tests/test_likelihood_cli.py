@@ -129,6 +129,7 @@ def test_bundled_model_ships_its_test_statistics(bundled):
     assert float(np.mean(reference.bits_per_dim)) == pytest.approx(meta["test_bpd"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_bundled_verdicts_digits_in_blank_and_photos_out(bundled):
     from core.stats.typicality import TypicalityReference
 

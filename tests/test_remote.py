@@ -203,6 +203,7 @@ def sshd(tmp_path_factory):
     yield from running_sshd(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_check_reports_the_host_and_runs_this_checkout(sshd, capsys):
     status, out, err = remote_cli(sshd, capsys, "check", "--json")
     assert status == 0, err
@@ -215,6 +216,7 @@ def test_check_reports_the_host_and_runs_this_checkout(sshd, capsys):
     assert status == 0 and "CPU cores:" in out and "GPUs:" in out
 
 
+@pytest.mark.slow
 def test_a_checkpoint_format_of_another_version_is_refused_before_starting(
     sshd, capsys, monkeypatch
 ):
@@ -264,6 +266,7 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
     assert f"{bare} -m pip install realnvp-explorer" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_missing_run_folder_is_one_sentence(sshd, capsys):
     for action in ("status", "follow", "stop", "kill", "fetch"):
         status, _, err = remote_cli(sshd, capsys, action, "no-such-run")

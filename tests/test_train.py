@@ -62,6 +62,7 @@ class ListSink(EventSink):
         return [e["event"] for e in self.events]
 
 
+@pytest.mark.slow
 def test_run_emits_events_and_writes_files(tmp_path):
     sink = ListSink()
     result = Trainer(TINY, config(tmp_path / "run", eval_every=4), sink).run()
@@ -89,6 +90,7 @@ PRECISIONS = pytest.mark.parametrize("precision", ["float32", "bf16"])
 
 
 @PRECISIONS
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, precision):
     Trainer(TINY, config(tmp_path / "full", max_steps=8, precision=precision)).run()
     Trainer(TINY, config(tmp_path / "half", max_steps=4, precision=precision)).run()
@@ -176,6 +178,7 @@ def test_resume_needs_training_state(tmp_path):
 
 
 @PRECISIONS
+@pytest.mark.slow
 def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch, precision):
     real_batch = Trainer._batch
     calls = {"n": 0}
@@ -212,6 +215,7 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch, precis
     [(True, "float32"), (False, "float32"), (True, "bf16")],
     ids=["fused-adam", "plain-adam", "fused-adam-bf16"],
 )
+@pytest.mark.slow
 def test_skipped_step_changes_nothing(tmp_path, monkeypatch, fused, precision):
     if not fused:  # an older torch without the fused kernel: the host looks at the flag
         monkeypatch.setattr(train_module, "make_adam", _plain_adam)
@@ -432,6 +436,7 @@ def test_json_progress_parses_and_stop_signal_saves(tmp_path):
         "no-data",
     ],
 )
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line(tmp_path, args, message, tiny_ckpt):
     (tmp_path / "junk.pt").write_text("junk")
     args = [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args]

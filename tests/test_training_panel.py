@@ -193,6 +193,7 @@ def test_line_buffer_keeps_partial_lines_and_split_characters():
 # -- the panel: settings ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, tmp_path):
     panel = make_panel()
     good = tiny_run(image_folder, tmp_path / "run")
@@ -224,6 +225,7 @@ def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, t
     assert panel.start_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_the_form_keeps_the_trainers_run_folder_rule(qtbot, make_panel, image_folder, tmp_path):
     """The form refuses what the trainer would (core.training.run_folder), in its own words:
     a finished run's folder until Start afresh is ticked, and a folder a live run holds."""
@@ -264,6 +266,7 @@ def test_the_form_keeps_the_trainers_run_folder_rule(qtbot, make_panel, image_fo
     assert not panel.start_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_the_data_check_names_the_files_it_skips(qtbot, make_panel, image_folder, tmp_path):
     import shutil
 
@@ -289,6 +292,7 @@ def test_opening_a_run_folder_that_does_not_exist_says_so(make_panel, tmp_path):
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -380,6 +384,7 @@ def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_
     assert done and done[-1]["reason"] == "stopped"
 
 
+@pytest.mark.slow
 def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path):
     bad = tmp_path / "old" / "latest.pt"
     bad.parent.mkdir()
@@ -505,6 +510,7 @@ def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
     assert (shown.preset, shown.batch_size, shown.max_steps) == ("mnist-small", 32, 240)
 
 
+@pytest.mark.slow
 def test_a_data_folder_typed_with_a_tilde_is_checked(qtbot, make_panel, image_folder, monkeypatch):
     monkeypatch.setenv("HOME", str(image_folder.parent))
     panel = make_panel()

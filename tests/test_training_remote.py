@@ -256,6 +256,7 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
 
 
 @pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+@pytest.mark.slow
 def test_the_page_with_a_host_and_a_running_run_keeps_the_window_size(qtbot, make_window, size):
     """The host's rows, a long run folder on the host, the start event's facts and the
     status bar's host name never widen the window past the size asked for."""
