@@ -2,6 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PYTEST := QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
 .PHONY: venv test test-serial test-fast run lint bench docs clean
 
@@ -18,15 +19,15 @@ venv: $(BIN)/.installed
 # The whole suite (what CI runs and the README names), across two processes (pytest-xdist):
 # on a 2-core AMD EPYC, 288 s against 368 s in one process. `make test-serial` runs it in one.
 test: venv
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -n 2
+	$(PYTEST) -n 2
 
 test-serial: venv
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The edit-test loop: every module, the tests marked slow left out, across two processes
 # (pytest-xdist): 629 tests of 49 modules in 49 s on a 2-core AMD EPYC.
 test-fast: venv
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow" -n 2
+	$(PYTEST) -m "not slow" -n 2
 
 run: venv
 	$(BIN)/realnvp-explorer

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import gc
 import math
 import os
 import sys
@@ -45,7 +44,7 @@ from core.training.data import ImageDataset, load_dataset
 from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
 from core.training.device import describe
 from core.training.disk import low_space_warning, save_failure_sentence
-from core.training.distributed import init_distributed
+from core.training.distributed import close_distributed, init_distributed
 from core.training.events import EventSink
 from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
 from core.training.run_folder import (
@@ -419,13 +418,8 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
             self.sink.record_to(None)
-            if self.dist.enabled and dist.is_initialized():
-                # The DDP wrapper sits in reference cycles: collect it (and its reducer's
-                # gloo work) now, while the group and the interpreter are alive. Left to the
-                # interpreter's exit, its C++ threads could abort the rank ("terminate called
-                # without an active exception", about 1 run in 30 under load).
-                gc.collect()
-                dist.destroy_process_group()
+            if self.dist.enabled:
+                close_distributed()
 
     def _claim_folder(self) -> None:
         """Take the output folder for this run (see :mod:`core.training.run_folder`): a run
