@@ -42,13 +42,28 @@ def step_autocast(device: torch.device, precision: str | None = None) -> Any:
 
 
 def use_channels_last(device: torch.device, precision: str) -> bool:
-    """Whether a step runs channels_last: on CUDA, and in bf16 on the CPU, where oneDNN's
-    bf16 convolutions want it (7x faster than NCHW where bf16 is emulated; a 3x3, 64
-    channels at 16x16). float32 on the CPU stays NCHW for now, though channels_last measured
-    faster there too (``mnist-small``, batch 64, one thread, interleaved: 5.0 against 6.5 s a
-    step on a shared 2-core AMD EPYC); switching it needs the distributed (gloo) path checked
-    with channels_last gradients first."""
-    return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
+    """Whether a step runs channels_last: on CUDA and on the CPU, in either precision. On the
+    CPU oneDNN's bf16 convolutions want it (7x faster than NCHW where bf16 is emulated; a
+    3x3, 64 channels at 16x16), and float32 steps gain too (docs/performance.md, section 3).
+    Under DDP with gloo the gradients keep the parameters' strides and the losses match one
+    process (``tests/test_train.py::test_torchrun_channels_last_steps_match_one_process``).
+    ``precision`` stays in the signature for devices where the answer may depend on it."""
+    del precision
+    return device.type in ("cuda", "cpu")
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model`` in place in channels_last, as a step runs it, except the parameters whose
+    height and width are 1 (the couplings' per-channel ``scale``, ``(1, C, 1, 1)``): for
+    them the two layouts differ only in strides that no kernel reads, and their gradients
+    come back contiguous, so under DDP a channels_last copy made every step warn that the
+    gradient's strides do not match its bucket's (and copy)."""
+    model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4 and p.shape[2:] == (1, 1):
+                p.data = p.data.clone(memory_format=torch.contiguous_format)
+    return model
 
 
 def make_train_step(
@@ -61,7 +76,7 @@ def make_train_step(
     """A :class:`TrainStep` of ``model`` as the trainer runs it in ``precision`` (memory
     format included), with a fresh Adam: for measurements (``realnvp bench``, ``auto``)."""
     if use_channels_last(device, precision):
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     optimizer, fused = make_adam(model.parameters(), lr)
     return TrainStep(
         model,

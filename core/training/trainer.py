@@ -60,6 +60,7 @@ from core.training.step import (
     make_adam,
     measure_step_ms,
     step_autocast,
+    to_channels_last,
     use_channels_last,
 )
 from core.training.stopping import STOP_FILE, StopSignals
@@ -443,7 +444,7 @@ class Trainer:
         self.precision = self._choose_precision()
         self.channels_last = use_channels_last(self.device, self.precision.precision)
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
         total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
 
