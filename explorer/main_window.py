@@ -63,7 +63,7 @@ from explorer.panels.latent_map import LatentMapPanel
 from explorer.panels.levels import LatentLevelsPanel
 from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
-from explorer.panels.samples import SamplesPanel, frame_text
+from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.training.remote_run import BlockingCall, run_entry_text
 from explorer.training.status import TrainingStatus
@@ -120,7 +120,8 @@ class MainWindow(QMainWindow):
         self.engine = engine if engine is not None else RenderEngine()
         self.settings = settings if settings is not None else ExplorerSettings()
         self.state = ExplorerState(n_images=DEFAULT_GRID)
-        self.last_frame: Frame | None = None
+        self.last_frame: Frame | None = None  # the last whole exact frame
+        self.shown_frame: Frame | None = None  # the last frame shown, a draft or a part
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self.last_request_id = 0
@@ -719,8 +720,9 @@ class MainWindow(QMainWindow):
 
     # -- rendering ---------------------------------------------------------------------------
 
-    def request_render(self) -> int:
-        """Send the state's latents to the engine; returns the request id."""
+    def request_render(self, draft: bool = False) -> int:
+        """Send the state's latents to the engine; returns the request id. ``draft``: part
+        of a drag, so the frame may be a draft that the exact one replaces."""
         self.last_request_id += 1
         self.engine.submit(
             RenderRequest(
@@ -728,6 +730,7 @@ class MainWindow(QMainWindow):
                 self.engine.model_id,
                 tuple(self.state.latents()),
                 focus=self.samples_panel.view.selected,
+                draft=draft,
             )
         )
         return self.last_request_id
@@ -735,21 +738,27 @@ class MainWindow(QMainWindow):
     def _on_state_changed(self, change: StateChange) -> None:
         self._update_undo_actions()
         if change.levels or change.reset:
-            self.request_render()
+            # A drag's second and later moves (a slider, the latent map, the temperature)
+            # may be drafts; its first move, a key, a typed value or a click are exact.
+            self.request_render(draft=change.continued and not change.reset)
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.model_id != self.engine.model_id or frame.target != SAMPLES_TARGET:
             return  # from the model before the one just opened, or for another view
         self.samples_panel.show_frame(frame.images, frame.request_id, frame.stale)
+        self.shown_frame = frame
         self.frame_label.setText(frame_text(frame, len(self.state.shapes)))
-        self.frame_label.setToolTip(self.engine.render_status)
-        if frame.complete:
+        self.frame_label.setToolTip(f"{shown_frame(frame)}\n{self.engine.render_status}")
+        # A draft is only ever looked at: exports, the likelihood figures and whatever
+        # waits for a shown frame take the exact one that follows it.
+        if frame.complete and not frame.draft:
             self.last_frame = frame
             self.sample_likelihood.show_frame(frame)
             self.frame_shown.emit(frame.request_id)
 
     def _on_plan_changed(self, _plan: object) -> None:
-        self.frame_label.setToolTip(self.engine.render_status)
+        shown = f"{shown_frame(self.shown_frame)}\n" if self.shown_frame is not None else ""
+        self.frame_label.setToolTip(shown + self.engine.render_status)
         self.device_label.setText(self.engine.device_label)  # --device auto may switch
         self.device_label.setToolTip(self.engine.device_choice)
 

@@ -1,6 +1,7 @@
 """The render plan's measurement, run by the engine a step at a time on the render thread
 between frames: thread counts, then precision (the bf16 convolution probe, the picture
-test, interleaved decodes). :class:`PlanMeasuring` is mixed into
+test, interleaved decodes; where bf16 frames fail that test, the draft test and interleaved
+draft decodes). :class:`PlanMeasuring` is mixed into
 :class:`~explorer.engine.render.RenderEngine` and uses its model, locks and decode; the
 plan itself and its decisions live in :mod:`explorer.engine.plan`.
 
@@ -26,12 +27,12 @@ import numpy as np
 import torch
 
 from core.files.images import to_uint8
-from core.flow.inference import bf16_copy, fold_for_inference
+from core.flow.inference import bf16_copy, draft_copy, fold_for_inference
 from core.flow.model import RealNVP
 from core.training.device import describe
 from core.training.precision import conv_probe_ms, same_picture
 from explorer.engine.compiled import add_preemption_hooks
-from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan
+from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan, draft_error
 from explorer.engine.requests import Preempted
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class PlanMeasuring:
                 decode=lambda batch, threads, p: self._timed_decode(
                     model_id, batch, threads, precision=p
                 ),
+                draft=lambda batch: self._draft_error(model_id, batch),
             )
         measurement = PlanMeasurement(
             self.plan,
@@ -126,13 +128,21 @@ class PlanMeasuring:
                 torch.set_num_threads(previous)
 
     def _model_in(self, model_id: int, precision: str) -> RealNVP:
-        """The open model's inference copy in ``precision`` (the bf16 copy is made on first
-        use); :class:`Preempted` when ``model_id`` is no longer open. Under the model lock."""
+        """The open model's inference copy in ``precision``: ``float32``, ``bf16`` or
+        ``draft`` (:func:`~core.flow.inference.draft_copy`), each made on first use;
+        :class:`Preempted` when ``model_id`` is no longer open. Under the model lock."""
         model = self._model
         if model is None or model_id != self.model_id:
             raise Preempted  # the model changed: this measurement is over
         if precision == "float32":
             return model
+        if precision == "draft":
+            if self._draft_model is None:
+                draft = draft_copy(fold_for_inference(self._likelihood_model))
+                if not self.compile:
+                    add_preemption_hooks(draft, self._check_preempted)
+                self._draft_model = draft
+            return self._draft_model
         if self._bf16_model is None:
             # From the hook-free original: the preemption hooks are not copied.
             fast = bf16_copy(fold_for_inference(self._likelihood_model))
@@ -165,16 +175,26 @@ class PlanMeasuring:
         return self._yielding(model_id, lambda: self._same_picture_once(model_id, batch))
 
     def _same_picture_once(self, model_id: int, batch: int) -> tuple[bool, float]:
+        return same_picture(*self._frames_in(model_id, batch, "bf16"))
+
+    def _draft_error(self, model_id: int, batch: int) -> dict[str, float]:
+        """The draft test's figures (:func:`~explorer.engine.plan.draft_error`) of a draft
+        frame of ``batch`` random images against the exact one (two decodes: a waiting frame
+        goes first)."""
+        return self._yielding(
+            model_id, lambda: draft_error(*self._frames_in(model_id, batch, "draft"))
+        )
+
+    def _frames_in(self, model_id: int, batch: int, precision: str) -> list[np.ndarray]:
+        """The ``uint8`` frames of ``batch`` random images in float32 and in ``precision``."""
         with self._model_lock:
-            model = self._model_in(model_id, "float32")
-            fast = self._model_in(model_id, "bf16")
-            latents = self._plan_latents(model, batch)
+            models = [self._model_in(model_id, p) for p in ("float32", precision)]
+            latents = self._plan_latents(models[0], batch)
             with torch.inference_mode():
-                frames = [
+                return [
                     to_uint8(self._decode(m, latents, None)[0].float().cpu().numpy())
-                    for m in (model, fast)
+                    for m in models
                 ]
-            return same_picture(*frames)
 
     def _measure_step(self) -> RenderPlan | None:
         """One step of the idle-time work: the CUDA graph build, then the device race, then

@@ -20,6 +20,8 @@ import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from core.training.precision import MARGIN
 
 # A frame that would take longer than this renders progressively: 50 ms is 20 frames a
@@ -35,6 +37,46 @@ PLAN_BATCHES = (1, 16)
 # More threads are taken only when measured this much faster: the GUI thread shares the
 # cores while frames render, which the idle measurement does not see.
 THREAD_MARGIN = 0.9
+# The draft test, looser than the picture test (core.training.precision.same_picture): a
+# draft frame (shown only while something is dragged, replaced by the exact frame when it
+# stops) may differ from the float32 frame by up to 16 grey levels (of 255, a 6% step no one
+# sees on an image in motion) on all but half a percent of its pixels, and by no more than
+# 64 anywhere (a quarter of the range: an edge may move by a fraction of a pixel, nothing
+# turns from black to white). It looks at a 16-image frame of standard-normal latents.
+DRAFT_GREY_LEVELS = 16
+DRAFT_SHARE = 0.995
+DRAFT_MAX_GREY_LEVELS = 64
+# The shares of a draft's pixels reported within this many grey levels of the exact frame.
+DRAFT_ERROR_LEVELS = (1, 4, 16)
+
+
+def draft_error(reference: np.ndarray, draft: np.ndarray) -> dict[str, float]:
+    """How far a ``uint8`` draft frame is from the exact one: ``within_K`` (the share of
+    pixels at most K grey levels apart, for K in :data:`DRAFT_ERROR_LEVELS`) and ``max``."""
+    if reference.shape != draft.shape:
+        raise ValueError(f"frames of shapes {reference.shape} and {draft.shape}")
+    diff = np.abs(reference.astype(np.int16) - draft.astype(np.int16))
+    if not diff.size:
+        return {**{f"within_{k}": 1.0 for k in DRAFT_ERROR_LEVELS}, "max": 0.0}
+    shares = {f"within_{k}": round(float((diff <= k).mean()), 5) for k in DRAFT_ERROR_LEVELS}
+    return {**shares, "max": float(diff.max())}
+
+
+def draft_passes(error: Mapping[str, float]) -> bool:
+    """The draft test: at least :data:`DRAFT_SHARE` of the pixels within
+    :data:`DRAFT_GREY_LEVELS` and none beyond :data:`DRAFT_MAX_GREY_LEVELS`."""
+    return (
+        error[f"within_{DRAFT_GREY_LEVELS}"] >= DRAFT_SHARE
+        and error["max"] <= DRAFT_MAX_GREY_LEVELS
+    )
+
+
+def describe_draft_error(error: Mapping[str, float]) -> str:
+    """``99.95% within 16 grey levels (97.1% within 1), at most 31 off``."""
+    return (
+        f"{100 * error[f'within_{DRAFT_GREY_LEVELS}']:.2f}% within {DRAFT_GREY_LEVELS} grey "
+        f"levels ({100 * error['within_1']:.1f}% within 1), at most {error['max']:.0f} off"
+    )
 
 
 def thread_candidates(cores: int | None = None) -> tuple[int, ...]:
@@ -53,6 +95,11 @@ class RenderPlan:
     that many images decode in (see :meth:`precision_for`; float32 until measured), with
     ``precision_note`` saying why and ``precision_ms[batch]`` the figures behind it.
     ``measured``: every planned figure is in; ``forced_threads``: ``--threads`` chose.
+
+    Draft frames (drawn while something is dragged, replaced by the exact float32 frame once
+    it stops): ``drafts[batch]`` whether frames of that many images may be drafts (see
+    :meth:`draft_for`), ``draft_note`` why, ``draft_error`` the draft test's figures
+    (:func:`draft_error`) and ``draft_ms[batch]`` the interleaved decode times behind it.
     """
 
     threads: int
@@ -64,6 +111,10 @@ class RenderPlan:
     measured: bool = False
     forced_threads: bool = False
     device: str = "cpu"
+    drafts: Mapping[int, bool] = field(default_factory=dict)
+    draft_note: str = "not measured yet"
+    draft_error: Mapping[str, float] = field(default_factory=dict)
+    draft_ms: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
     def predict_ms(self, n: int, fraction: float = 1.0) -> float | None:
         """Predicted milliseconds to decode ``n`` images with the chosen threads, linear
@@ -98,6 +149,15 @@ class RenderPlan:
         batches = sorted(self.precisions)
         below = [b for b in batches if b <= n]
         return self.precisions[below[-1] if below else batches[0]]
+
+    def draft_for(self, n: int) -> bool:
+        """Whether a frame of ``n`` images drawn during a drag may be a draft: as measured
+        for the largest batch size up to ``n`` (the smallest for fewer); never before."""
+        if not self.drafts:
+            return False
+        batches = sorted(self.drafts)
+        below = [b for b in batches if b <= n]
+        return self.drafts[below[-1] if below else batches[0]]
 
     def progressive(self, n: int, fraction: float = 1.0) -> bool:
         """Whether ``n`` images render the selected one first, then the rest in chunks."""
@@ -142,10 +202,23 @@ class RenderPlan:
             lines.append(f"Precision: {shown} ({self.precision_note})")
         else:
             lines.append(f"Precision: float32 ({self.precision_note})")
-        for b, ms in sorted(self.precision_ms.items()):
-            shown = ", ".join(f"{p} {v:.1f} ms" for p, v in ms.items())
-            lines.append(f"  {b} image{'s' * (b > 1)}: {shown}")
+        lines += _figure_lines(self.precision_ms)
+        drawn = [b for b, on in sorted(self.drafts.items()) if on]
+        if drawn:
+            shown = ", ".join(f"{b} image{'s' * (b > 1)}" for b in drawn)
+            lines.append(f"Drafts while dragging: bf16 for {shown} ({self.draft_note})")
+        else:
+            lines.append(f"Drafts while dragging: none ({self.draft_note})")
+        lines += _figure_lines(self.draft_ms)
         return "\n".join(lines)
+
+
+def _figure_lines(figures: Mapping[int, Mapping[str, float]]) -> list[str]:
+    """``  16 images: float32 35.6 ms, bf16 17.0 ms``, one line per batch size."""
+    return [
+        f"  {b} image{'s' * (b > 1)}: " + ", ".join(f"{p} {v:.1f} ms" for p, v in ms.items())
+        for b, ms in sorted(figures.items())
+    ]
 
 
 def default_plan(threads: int, forced: bool = False, device: str = "cpu") -> RenderPlan:
@@ -182,12 +255,15 @@ class PrecisionMeasurement:
     the model's width; ``picture(batch)``, whether a bf16 frame of ``batch`` images shows
     the same picture as the float32 one (:func:`core.training.precision.same_picture`) and the
     share of pixels within one grey level; ``decode(batch, threads, precision)``, ms of
-    one full decode."""
+    one full decode (``precision`` also ``"draft"``); ``draft(batch)``, the draft test's
+    figures (:func:`draft_error`) of a draft frame of ``batch`` images, or ``None`` for no
+    draft measurement."""
 
     probe: Callable[[], Mapping[str, float]]
     picture: Callable[[int], tuple[bool, float]]
     decode: Callable[[int, int, str], float]
     repeats: int = 2
+    draft: Callable[[int], Mapping[str, float]] | None = None
 
 
 class PlanMeasurement:
@@ -270,7 +346,7 @@ class PlanMeasurement:
         if not probe["bf16"] < probe["float32"]:
             ratio = probe["bf16"] / probe["float32"]
             note = f"bf16 convolutions {ratio:.1f}x slower here"
-            self.plan = replace(self.plan, precisions=float32, precision_note=note)
+            self.plan = replace(self.plan, precisions=float32, precision_note=note, draft_note=note)
             return
         grid = max(self._batches)
         same, share = m.picture(grid)
@@ -281,6 +357,8 @@ class PlanMeasurement:
                 "within one grey level"
             )
             self.plan = replace(self.plan, precisions=float32, precision_note=note)
+            if m.draft is not None:
+                yield from self._measure_drafts(m)
             return
         threads = self.plan.threads
         chosen: dict[int, str] = {}
@@ -305,4 +383,44 @@ class PlanMeasurement:
             precision_note=note,
             precision_ms=figures,
             decode_ms=decode_ms,
+            draft_note="frames are bf16 already where it is faster",
+        )
+
+    def _measure_drafts(self, m: PrecisionMeasurement) -> Iterator[RenderPlan]:
+        """The draft test on a grid, then (only if it passes) interleaved decodes of the
+        exact and the draft model at each batch size: drafts where they are faster."""
+        assert m.draft is not None
+        error = dict(m.draft(max(self._batches)))
+        yield self.plan
+        if not draft_passes(error):
+            note = (
+                f"refused: {describe_draft_error(error)}; the test asks for "
+                f"{100 * DRAFT_SHARE:g}% within {DRAFT_GREY_LEVELS} and at most "
+                f"{DRAFT_MAX_GREY_LEVELS} off"
+            )
+            self.plan = replace(
+                self.plan,
+                drafts=dict.fromkeys(self._batches, False),
+                draft_note=note,
+                draft_error=error,
+            )
+            return
+        drafts: dict[int, bool] = {}
+        figures: dict[int, dict[str, float]] = {}
+        for batch in self._batches:
+            times: dict[str, list[float]] = {"float32": [], "draft": []}
+            for i in range(1 + m.repeats):  # one warm-up round, then alternating
+                for p in ("float32", "draft"):
+                    ms = m.decode(batch, self.plan.threads, p)
+                    if i:
+                        times[p].append(ms)
+                    yield self.plan
+            figures[batch] = {p: round(statistics.median(t), 2) for p, t in times.items()}
+            drafts[batch] = figures[batch]["draft"] < MARGIN * figures[batch]["float32"]
+        self.plan = replace(
+            self.plan,
+            drafts=drafts,
+            draft_note=f"the draft test passed: {describe_draft_error(error)}",
+            draft_error=error,
+            draft_ms=figures,
         )

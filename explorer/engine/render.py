@@ -12,6 +12,12 @@ array per level) into numpy ``uint8`` images, handed back by the ``frame_rendere
   tensors from the last frame; when only fine levels changed it restarts from the cached
   tensor of the coarsest unchanged level. The arithmetic is the same as a full decode, so
   the pixels are the same.
+- **Draft frames.** A request made during a drag (``RenderRequest.draft``) is drawn by a
+  copy with bf16 s/t networks (:func:`core.flow.inference.draft_copy`) where the render plan
+  measured that copy faster and its frames within the draft test
+  (:func:`explorer.engine.plan.draft_passes`). When no newer request for the view follows
+  within :data:`EXACT_AFTER_MS`, the exact float32 frame of the same latents replaces it
+  (cut short by a newer request); a draft reads the float32 level cache but never writes it.
 - **Targets.** Each request names its target view (``"samples"``, ``"strip"``, ...); newest
   wins per target, so the interpolation strip never drops a frame of the samples view, and
   each target keeps its own level cache. The samples view is served first.
@@ -97,6 +103,11 @@ RANDOM_MODEL_CONFIG = preset("mnist-small")
 # Batch sizes that get CUDA graphs: a single image, the default grid, and a few more that
 # frames use (other grid sizes, progressive chunks); beyond that, eager.
 MAX_GRAPH_BATCHES = 6
+# After a draft frame, the exact frame starts once no newer request has come for this long:
+# a drag's moves come every 10-20 ms, so an exact frame rarely starts (and is cut short)
+# between two of them, and the draft's time, this and the exact frame (about 35 ms for the
+# bundled model's 16 images on 2 cores) stay within the 150 ms after the last move.
+EXACT_AFTER_MS = 30.0
 
 
 def _class_stats_of(meta: dict[str, Any], model: RealNVP) -> tuple[ClassStats | None, str]:
@@ -144,18 +155,28 @@ class _RenderThread(QThread):
                 if plan is not None:
                     self.planned.emit(plan)
                 continue
+            if isinstance(work, _ExactFrame):
+                self.render(work.request, exact_after_draft=True)
+                continue
             self.render(work)
 
-    def render(self, request: RenderRequest) -> None:
+    def render(self, request: RenderRequest, exact_after_draft: bool = False) -> None:
         """Render ``request`` here and report it (also from inside a measurement step that
         yielded to it)."""
         try:
-            self._engine._render(request, self.rendered.emit)
+            self._engine._render(request, self.rendered.emit, exact_after_draft)
         except Exception as exc:  # a bad frame must not kill the worker
             self.failed.emit(f"{type(exc).__name__}: {exc}")
 
 
 _MEASURE = object()  # the render thread's work item for one plan-measurement step
+
+
+@dataclass(frozen=True)
+class _ExactFrame:
+    """The render thread's work item for the exact frame that replaces a draft."""
+
+    request: RenderRequest
 
 
 class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
@@ -243,6 +264,13 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         # Its copy with bf16 s/t networks, made by the precision measurement where bf16
         # convolutions are faster; frames use it where the plan says bf16.
         self._bf16_model: RealNVP | None = None
+        # Its draft copy (the final scale float32), made by the draft measurement; a drag's
+        # frames use it where the plan allows drafts.
+        self._draft_model: RealNVP | None = None
+        self.drafts_enabled = True  # off: drag frames are exact too (benchmarks compare)
+        self.drafts_drawn = 0
+        # Per target: the exact request to render once no newer one comes, and from when.
+        self._exact_after: dict[str, tuple[RenderRequest, float]] = {}
         self._likelihood_model: RealNVP | None = None  # the original: bits/dim
         self._reference: TypicalityReference | None = None  # the checkpoint's test statistics
         self._info: ModelInfo | None = None
@@ -327,6 +355,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             add_preemption_hooks(folded, self._check_preempted)
         with self._mailbox:
             self._pending.clear()  # their latents fit the old model
+            self._exact_after.clear()
             self._measurement = None
             self._graph_job = None
             self._device_job = None
@@ -336,6 +365,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                 self._graphs = None
             self._model = folded
             self._bf16_model = None
+            self._draft_model = None
             self._likelihood_model = model.eval()
             self._reference = reference
             self._caches.clear()
@@ -407,6 +437,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             if request.target in self._pending:
                 self.dropped += 1
             self._pending[request.target] = request
+            self._exact_after.pop(request.target, None)  # the newer request replaces it
             self._mailbox.notify()
         if not self.threaded and not self._held:
             self.process_pending()
@@ -416,16 +447,36 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         thread (the samples first); returns the last frame rendered."""
         self._threads_here()
         frame = None
-        while (request := self._next_request(block=False)) is not None:
+        while (work := self._next_request(block=False) or self._exact_frame()) is not None:
+            exact = isinstance(work, _ExactFrame)
+            request = work.request if exact else work
             parts: list[Frame] = []
             try:
-                self._render(request, parts.append)
+                self._render(request, parts.append, exact)
             except Exception as exc:
                 self.render_failed.emit(f"{type(exc).__name__}: {exc}")
             for part in parts:  # delivered outside the model lock: listeners may decode
                 frame = part
                 self._deliver(part)
         return frame
+
+    def _exact_frame(self, now: float | None = None) -> _ExactFrame | None:
+        """The exact frame that replaces a draft, taken from the waiting ones: the one due
+        soonest (any, with ``now=None``), if it is due by ``now``."""
+        with self._mailbox:
+            if not self._exact_after or self._held or self._stopping:
+                return None
+            target = min(self._exact_after, key=lambda t: self._exact_after[t][1])
+            request, due = self._exact_after[target]
+            if now is not None and due > now:
+                return None
+            del self._exact_after[target]
+            return _ExactFrame(request)
+
+    @property
+    def exact_frames_due(self) -> int:
+        """How many drafts wait for their exact frame."""
+        return len(self._exact_after)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -447,6 +498,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         with self._mailbox:
             self._stopping = True
             self._pending.clear()
+            self._exact_after.clear()
             self._measurement = None
             self._graph_job = None  # a capture in progress ends with its current step
             self._device_job = None
@@ -461,16 +513,26 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self.frame_rendered.emit(frame)
 
     def _next_work(self, block: bool) -> RenderRequest | object | None:
-        """The newest request (samples first), else a plan-measurement step, else wait."""
+        """The newest request (samples first), else the exact frame of a draft once it is
+        due, else a plan-measurement step, else wait."""
         with self._mailbox:
-            while (
-                block
-                and not self._stopping
-                and (self._held or (not self._pending and not self.measuring))
-            ):
+            while block and not self._stopping:
+                if not self._held and self._pending:
+                    break
+                if not self._held and self._exact_after:
+                    due = min(d for _, d in self._exact_after.values())
+                    wait = due - time.perf_counter()
+                    if wait <= 0:
+                        break
+                    self._mailbox.wait(wait)  # a drag's next move, or the exact frame
+                    continue
+                if not self._held and self.measuring:
+                    break
                 self._mailbox.wait()
             if self._stopping or self._held:
                 return None
+            if not self._pending and self._exact_after:
+                return self._exact_frame(time.perf_counter())
             if not self._pending or self._first_figure_due():
                 return _MEASURE if self.measuring else None
             return self._pop_newest()
@@ -499,13 +561,15 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _render(self, request: RenderRequest, emit: Any) -> None:
-        """Render ``request``, handing each finished frame (or part of one) to ``emit``.
-        Out of GPU memory, it falls back step by step (no CUDA graphs, then smaller
-        batches, then the CPU), says so by ``render_notice``, and tries again."""
+    def _render(self, request: RenderRequest, emit: Any, exact_after_draft: bool = False) -> None:
+        """Render ``request``, handing each finished frame (or part of one) to ``emit``;
+        ``exact_after_draft``: the exact frame that replaces a draft of ``request``, cut
+        short by a newer request for its target. Out of GPU memory, it falls back step by
+        step (no CUDA graphs, then smaller batches, then the CPU), says so by
+        ``render_notice``, and tries again."""
         while True:
             try:
-                self._render_once(request, emit)
+                self._render_once(request, emit, exact_after_draft)
                 return
             except torch.OutOfMemoryError:
                 with self._model_lock:
@@ -514,29 +578,56 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                     raise
                 self.render_notice.emit(message)
 
-    def _render_once(self, request: RenderRequest, emit: Any) -> None:
+    def _frame_model(self, request: RenderRequest, n: int) -> tuple[RealNVP, str]:
+        """The model a frame of ``n`` images for ``request`` renders with, and its
+        precision: a draft during a drag where the plan allows, else the plan's precision.
+        Under the model lock."""
+        if request.draft and self.drafts_enabled and self.plan.draft_for(n):
+            return self._model_in(self.model_id, "draft"), "draft"  # made on first use
+        if self.plan.precision_for(n) == "bf16" and self._bf16_model is not None:
+            return self._bf16_model, "bf16"
+        return self._model, "float32"  # type: ignore[return-value]
+
+    def _render_once(
+        self, request: RenderRequest, emit: Any, exact_after_draft: bool = False
+    ) -> None:
+        if exact_after_draft:
+            request = RenderRequest(
+                request.request_id,
+                request.model_id,
+                request.latents,
+                request.target,
+                request.focus,
+            )
         with self._model_lock:
-            model = self._model
-            if model is None or request.model_id != self.model_id:
+            if self._model is None or request.model_id != self.model_id:
                 return  # made for a model that has since been replaced
             if torch.get_num_threads() != self.plan.threads:
                 torch.set_num_threads(self.plan.threads)  # this thread's own setting
             start = time.perf_counter()
             latents = request.latents
-            self._check_latents(model, latents)
+            self._check_latents(self._model, latents)
             n = latents[0].shape[0]
-            precision = self.plan.precision_for(n)
-            if precision == "bf16" and self._bf16_model is not None:
-                model = self._bf16_model
-            else:
-                precision = "float32"
+            model, precision = self._frame_model(request, n)
             first, cached = self._cache_start(latents, request.target, precision)
             fraction = (first + 1) / model.num_levels
             with torch.inference_mode():
                 if self.plan.progressive(n, fraction) and request.target == SAMPLES_TARGET:
-                    self._render_progressive(model, request, first, cached, start, emit, precision)
+                    done = self._render_progressive(
+                        model, request, first, cached, start, emit, precision
+                    )
+                    if done and precision == "draft":
+                        self._exact_later(request)
                     return
-                running, images = self._decode_rows(model, latents, None, first, cached)
+                if exact_after_draft:  # a newer request makes it pointless
+                    self._abort_target = request.target
+                try:
+                    running, images = self._decode_rows(model, latents, None, first, cached)
+                except Preempted:
+                    self.preempted += 1
+                    return
+                finally:
+                    self._abort_target = None
                 pixels = to_uint8(images.float().cpu().numpy())
             self._store_cache(request.target, latents, first, cached, running, precision)
             self._shown[request.target] = pixels
@@ -550,8 +641,21 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                 first + 1,
                 self.dropped,
                 request.target,
+                precision=precision,
             )
         )
+        if precision == "draft":
+            self._exact_later(request)
+
+    def _exact_later(self, request: RenderRequest) -> None:
+        """After a draft of ``request``: its exact frame, unless a newer request for its
+        target waits already or comes within :data:`EXACT_AFTER_MS`."""
+        self.drafts_drawn += 1
+        with self._mailbox:
+            if request.target not in self._pending:
+                due = time.perf_counter() + EXACT_AFTER_MS / 1000.0
+                self._exact_after[request.target] = (request, due)
+                self._mailbox.notify()
 
     def _render_progressive(
         self,
@@ -562,11 +666,11 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         start: float,
         emit: Any,
         precision: str = "float32",
-    ) -> None:
+    ) -> bool:
         """The selected image first, then the rest of the grid in chunks, each shown as it
         completes. A newer request for the target preempts the chunks (between s/t network
         blocks); the level cache is updated only once the whole grid is done, so it always
-        holds one consistent frame."""
+        holds one consistent frame. Returns whether the whole grid was drawn."""
         latents, target = request.latents, request.target
         n = latents[0].shape[0]
         focus = min(max(request.focus, 0), n - 1)
@@ -592,7 +696,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             except Preempted:
                 self.preempted += 1
                 self._shown[target] = pixels
-                return
+                return False
             finally:
                 self._abort_target = None
             parts.append((rows, running))
@@ -612,6 +716,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                     complete=not pending,
                     stale=tuple(sorted(pending)),
                     first_ms=first_ms,
+                    precision=precision,
                 )
             )
         # The whole grid's running tensors, in image order, for the level cache.
@@ -623,6 +728,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             for level in range(model.num_levels)
         ]
         self._store_cache(target, latents, first, cached, running, precision)
+        return True
 
     @staticmethod
     def _check_latents(model: RealNVP, latents: Sequence[np.ndarray]) -> None:
@@ -639,7 +745,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         """The coarsest level that differs from ``target``'s cached frame (all finer ones
         are redone) and that frame's running tensors; the top level and ``None`` when there
         is no usable cache. float32 work (an encoded image's reconstruction) never starts
-        from tensors a bf16 frame made; bf16 frames may start from float32 ones."""
+        from tensors a bf16 frame made; bf16 frames and drafts may start from float32 ones
+        (a draft never stores its own, see :meth:`_store_cache`)."""
         num_levels = len(latents)
         cache = self._caches.get(target) if self.cache_enabled and target is not None else None
         if cache is None or cache.model_id != self.model_id:
@@ -660,8 +767,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         running: list[torch.Tensor | None],
         precision: str = "float32",
     ) -> None:
-        if not self.cache_enabled or target is None:
-            return
+        if not self.cache_enabled or target is None or precision == "draft":
+            return  # a draft's tensors never stand in for the exact frame's
         merged = [
             running[level] if level <= first else cached[level]  # type: ignore[index]
             for level in range(len(latents))

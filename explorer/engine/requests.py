@@ -21,6 +21,9 @@ class RenderRequest:
     latents: tuple[np.ndarray, ...]  # finest first, each (N, C, H, W) float32
     target: str = SAMPLES_TARGET  # which view the frame is for; newest wins per target
     focus: int = 0  # the selected image: rendered first when the frame renders progressively
+    # Part of a drag: may be drawn as a draft (bf16) where the render plan allows, and is
+    # then replaced by the exact frame once no newer request follows it.
+    draft: bool = False
 
     def __post_init__(self) -> None:
         frozen = []
@@ -47,6 +50,13 @@ class Frame:
     complete: bool = True
     stale: tuple[int, ...] = ()
     first_ms: float | None = None  # progressive: milliseconds to the selected image
+    # What the pixels were computed in: "float32" (exact), "bf16" (the plan's frame
+    # precision, the same picture) or "draft" (during a drag; the exact frame follows).
+    precision: str = "float32"
+
+    @property
+    def draft(self) -> bool:
+        return self.precision == "draft"
 
 
 class Preempted(Exception):

@@ -174,10 +174,13 @@ class ViewState:
 @dataclass(frozen=True)
 class StateChange:
     """What an edit touched. ``levels``: levels whose rendered latent changed;
-    ``reset``: the shapes or the number of images changed (views rebuild)."""
+    ``reset``: the shapes or the number of images changed (views rebuild); ``continued``:
+    the edit went on an open continuous one (a drag's second and later moves, wheel notches
+    in a row), so its frame may be a draft."""
 
     levels: frozenset[int] = frozenset()
     reset: bool = False
+    continued: bool = False
 
 
 class Event:
@@ -745,13 +748,14 @@ class ExplorerState:
 
     def _commit(self, view: ViewState, change: StateChange, merge_key: object = None) -> None:
         history = self._history
-        if merge_key is None or merge_key != history.open_key or not history.undo:
+        continued = merge_key is not None and merge_key == history.open_key and history.undo
+        if not continued:
             history.undo.append(self._view)
             del history.undo[: -history.limit]
         history.open_key = merge_key
         history.redo.clear()
         self._view = view
-        self.changed.emit(change)
+        self.changed.emit(replace(change, continued=bool(continued)) if continued else change)
 
 
 def _difference(before: ViewState, after: ViewState) -> StateChange:

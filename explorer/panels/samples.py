@@ -32,18 +32,35 @@ from explorer.widgets.images import ImageGridView
 
 def frame_text(frame: Any, num_levels: int) -> str:
     """The status bar's frame time for an engine ``Frame`` (or a part of a progressive
-    one): ``frame 41.2 ms``, ``first image 12.0 ms, grid 4/16``, ``..., 1/2 levels``."""
+    one): ``frame 41.2 ms``, ``first image 12.0 ms, grid 4/16``, ``..., 1/2 levels``,
+    ``draft 17.0 ms`` (during a drag; the exact frame follows)."""
     cached = (
         ""
         if frame.levels_decoded == num_levels
         else (f", {frame.levels_decoded}/{num_levels} levels")
     )
+    if frame.precision == "draft" and frame.first_ms is None:
+        return f"draft {frame.elapsed_ms:.1f} ms{cached}"
+    if frame.precision == "draft":
+        cached += ", draft"
     if frame.first_ms is None:
         return f"frame {frame.elapsed_ms:.1f} ms{cached}"
     if not frame.complete:
         done = len(frame.images) - len(frame.stale)
         return f"first image {frame.first_ms:.1f} ms, grid {done}/{len(frame.images)}{cached}"
     return f"frame {frame.elapsed_ms:.1f} ms, first image {frame.first_ms:.1f} ms{cached}"
+
+
+def shown_frame(frame: Any) -> str:
+    """The frame-time tooltip's first line: which frame is shown."""
+    if frame.precision == "draft":
+        return (
+            "Shown: a draft (bf16 s/t networks, drawn while dragging); the exact float32 "
+            "frame replaces it once the drag rests"
+        )
+    if frame.precision == "bf16":
+        return "Shown: the exact frame in bf16 (the same picture as float32)"
+    return "Shown: the exact frame (float32)"
 
 
 class SamplesPanel(QWidget):
