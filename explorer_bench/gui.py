@@ -174,14 +174,15 @@ def measure_gui_latency(
     }
 
 
-def wait_until(condition: Any, timeout_s: float) -> None:
-    """Run Qt's event loop until ``condition()`` holds (or the time is up)."""
+def wait_until(condition: Any, timeout_s: float, poll_s: float = 0.01) -> None:
+    """Run Qt's event loop until ``condition()`` holds (or the time is up), sleeping
+    ``poll_s`` between turns."""
     from PySide6.QtWidgets import QApplication
 
     deadline = time.perf_counter() + timeout_s
     while not condition() and time.perf_counter() < deadline:
         QApplication.processEvents()
-        time.sleep(0.01)
+        time.sleep(poll_s)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ from PySide6.QtWidgets import QApplication
 
 from core.files.checkpoint import load_checkpoint, save_checkpoint
 from core.files.images import center_crop_box, load_image, save_png
-from core.flow.model import FlowConfig
+from core.flow.likelihood import describe_image
+from core.flow.model import ENCODE_SEED, FlowConfig
 from core.training.data import load_mnist
 from explorer.models.blend import LevelSource
 from explorer.models.directions import load_direction, save_direction
@@ -116,10 +117,16 @@ def shown(window) -> np.ndarray:
 
 
 def core_bits_per_dim(checkpoint: Path, pixels: np.ndarray) -> float:
+    """What ``realnvp encode`` prints for ``pixels``: the likelihood map's total with the
+    encode seed's noise. It is ``RealNVP.bits_per_dim`` with that seed up to float32
+    rounding (the two sum the same terms in another order)."""
     model, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
+        figure = describe_image(model, pixels, None).summary["bits_per_dim"]
         x8 = torch.from_numpy(pixels)[None]
-        return model.bits_per_dim(x8, torch.Generator().manual_seed(0)).item()
+        direct = model.bits_per_dim(x8, torch.Generator().manual_seed(ENCODE_SEED)).item()
+    assert figure == pytest.approx(direct, rel=2e-5)
+    return figure
 
 
 # -- dropping and encoding --------------------------------------------------------------------
