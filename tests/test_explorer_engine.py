@@ -367,6 +367,121 @@ def test_only_the_render_thread_computes_with_more_than_one_thread(
         engine.shutdown()
 
 
+def assert_each_as_alone(engine: RenderEngine, batch: list, pixels: np.ndarray) -> None:
+    """Each image of a batched encode has what a one-image encode gives it: latents and
+    map to float rounding, the same reconstruction, bits/dim the map's total."""
+    assert len(batch) == len(pixels)
+    for one, image in zip(batch, pixels):
+        alone = engine.encode(image)
+        for a, b in zip(one.latents, alone.latents):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_array_equal(one.reconstruction, alone.reconstruction)
+        assert one.model_id == alone.model_id
+        assert one.bits_per_dim == one.likelihood.bits_per_dim
+        assert abs(one.bits_per_dim - alone.bits_per_dim) < 1e-4
+        for key, heat in alone.likelihood.heat.items():
+            assert np.abs(one.likelihood.heat[key].astype(int) - heat).max() <= 1
+
+
+def test_a_batched_encode_from_another_thread_computes_on_the_render_threads_team(
+    qtbot, tiny_checkpoint, one_torch_thread
+):
+    """A folder import's batches compute with every core, but on the render thread, so
+    the process keeps one OpenMP team: a second team on the importer's thread made each
+    image cost about 1.7x. The importer's thread computes nothing; its images get the
+    figures a one-image encode gives, and frames afterwards use the plan's threads."""
+    import threading
+
+    from explorer.engine.plan import default_plan
+
+    engine = RenderEngine(device="cpu", threaded=True, plan=default_plan(2, forced=True))
+    try:
+        info = engine.open_checkpoint(tiny_checkpoint)
+        seen: list[tuple[int, int]] = []  # (thread, torch threads) at every convolution
+
+        def record(_module, _args) -> None:
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+
+        for model in (engine._model, engine._likelihood_model):
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.register_forward_pre_hook(record)
+        rng = np.random.default_rng(4)
+        pixels = rng.integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)
+        results: dict[str, object] = {}
+
+        def importer() -> None:
+            results["thread"] = threading.get_ident()
+            results["batch"] = engine.encode_images(pixels, info.model_id)
+
+        worker = threading.Thread(target=importer, name="importer")
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive()
+        assert seen, "the batch computed nothing"
+        assert {t for t, _ in seen} == {engine._render_ident} != {results["thread"]}
+        assert {n for _, n in seen} == {2}
+        assert_each_as_alone(engine, results["batch"], pixels)
+        seen.clear()
+        frames = collect(engine)
+        latents = random_latents(info.latent_shapes, 2, seed=3)
+        engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
+        qtbot.waitUntil(lambda: bool(frames) and frames[-1].complete, timeout=30_000)
+        assert {n for t, n in seen if t == engine._render_ident} == {2}
+    finally:
+        engine.shutdown()
+
+
+def test_render_thread_jobs_wait_for_frames_and_end_with_the_engine(
+    qtbot, tiny_checkpoint, one_torch_thread
+):
+    """A job handed to the render thread runs after the frames waiting; a job still
+    waiting when the engine shuts down raises in its caller instead of waiting for ever."""
+    import threading
+
+    engine = RenderEngine(device="cpu", threaded=True)
+    try:
+        info = engine.open_checkpoint(tiny_checkpoint)
+        qtbot.waitUntil(lambda: not engine.measuring, timeout=60_000)
+        order: list[str] = []
+        real_render = engine._render
+
+        def render(request, emit) -> None:
+            order.append("frame")
+            real_render(request, emit)
+
+        engine._render = render
+        latents = tuple(random_latents(info.latent_shapes, 2, seed=1))
+        with engine.held():
+            engine.submit(RenderRequest(1, info.model_id, latents))
+            job = threading.Thread(
+                target=lambda: order.append(engine._on_render_thread(lambda: "job"))
+            )
+            job.start()
+            qtbot.waitUntil(lambda: bool(engine._jobs), timeout=10_000)
+        job.join(30)
+        assert order == ["frame", "job"]
+
+        errors: list[Exception] = []
+
+        def waiting() -> None:
+            try:
+                engine._on_render_thread(lambda: None)
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        with engine.held():
+            late = threading.Thread(target=waiting)
+            late.start()
+            qtbot.waitUntil(lambda: bool(engine._jobs), timeout=10_000)
+            engine.shutdown()
+        late.join(30)
+        assert not late.is_alive()
+        assert [str(e) for e in errors] == ["the render engine has stopped"]
+    finally:
+        engine.shutdown()
+
+
 def test_a_plan_measurement_decode_yields_to_a_waiting_frame(
     qtbot, tiny_checkpoint, one_torch_thread
 ):
@@ -408,17 +523,7 @@ def test_encode_images_gives_each_image_what_encode_gives_it(engine, tiny_checkp
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
     batch = engine.encode_images(pixels, info.model_id)
-    assert len(batch) == 5
-    for one, image in zip(batch, pixels):
-        alone = engine.encode(image)
-        for a, b in zip(one.latents, alone.latents):
-            np.testing.assert_allclose(a, b, atol=1e-5)
-        np.testing.assert_array_equal(one.reconstruction, alone.reconstruction)
-        assert one.model_id == alone.model_id
-        assert one.bits_per_dim == one.likelihood.bits_per_dim
-        assert abs(one.bits_per_dim - alone.bits_per_dim) < 1e-4
-        for key, heat in alone.likelihood.heat.items():
-            assert np.abs(one.likelihood.heat[key].astype(int) - heat).max() <= 1
+    assert_each_as_alone(engine, batch, pixels)
     # An image's figures do not depend on its neighbours.
     again = engine.encode_images(pixels[2:3], info.model_id)[0]
     assert abs(again.bits_per_dim - batch[2].bits_per_dim) < 1e-5
