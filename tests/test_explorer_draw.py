@@ -208,3 +208,31 @@ def test_the_bundled_model_names_the_nearest_class_per_level(make_window, qtbot)
     assert "Nearest class" in panel.classes_label.text()
     assert answer.encoded.likelihood is not None
     assert answer.encoded.likelihood.verdict in panel.verdict_label.text()
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+def test_the_tab_fits_the_window_with_eight_completions_shown(draw_window, qtbot, size):
+    """Nothing of the tab hides under a scroll bar, completions shown or not: the canvas
+    takes the height the rest leaves (at least six screen pixels a model pixel)."""
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.panels.draw import CANVAS_MIN_SIDE
+
+    window, panel = draw_window()
+    window.resize(*size)
+    window.show()
+    qtbot.waitExposed(window)
+    draw(qtbot, panel, [(1.0, 1.0), (6.0, 6.0)])
+    panel.set_tool(RECTANGLE)
+    draw(qtbot, panel, [(0.2, 4.2), (7.8, 7.8)])
+    panel.samples_spin.setValue(8)
+    with qtbot.waitSignal(panel.completions_shown, timeout=60_000):
+        qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    QApplication.processEvents()
+    assert panel.scroll.verticalScrollBar().maximum() == 0
+    assert min(panel.view.width(), panel.view.height()) >= CANVAS_MIN_SIDE
+    viewport = panel.scroll.viewport().rect()
+    for widget in (panel.completions_view, panel.take_button, panel.view):
+        corner = widget.mapTo(panel.scroll.viewport(), widget.rect().bottomRight())
+        assert viewport.contains(corner), (widget, corner, viewport)
+    assert len(panel.completions_view.cell_rects()) == 8

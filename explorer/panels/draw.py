@@ -59,7 +59,11 @@ from explorer.widgets.task_runner import TaskRunner
 MASK_TINT = QColor(255, 70, 70, 110)
 ANSWER_SIDE = 84
 CLASSES_WIDTH = 104
-COMPLETIONS_HEIGHT = 128  # two rows of four
+# The completions in one row of up to eight: the tab fits 1024x640 with them shown, and the
+# canvas keeps what height is left (two rows of four pushed it under a scroll bar).
+COMPLETIONS_HEIGHT = 68
+COMPLETIONS_COLUMNS = 8
+CANVAS_MIN_SIDE = 168  # six screen pixels per model pixel of a 28x28 model
 
 
 class CanvasView(QWidget):
@@ -73,18 +77,17 @@ class CanvasView(QWidget):
         self.canvas = canvas
         self.setMouseTracking(True)
         self.setCursor(Qt.CursorShape.CrossCursor)
-        self.setMinimumSize(196, 196)
+        # Takes the height the tab leaves it and draws the largest square that fits: a
+        # height-for-width canvas made the tab taller than short windows and scrolled.
+        self.setMinimumSize(CANVAS_MIN_SIDE, CANVAS_MIN_SIDE)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self._hover: QPointF | None = None
 
     def sizeHint(self) -> QSize:
-        return QSize(300, 300)
-
-    def hasHeightForWidth(self) -> bool:
-        return True
-
-    def heightForWidth(self, width: int) -> int:
-        return width
+        # The tab's word-wrapped labels give its layout a height for width, which the
+        # scroll area sizes the tab to from the size hints: a larger hint here scrolled
+        # short windows. The canvas still grows into the height that is free.
+        return QSize(CANVAS_MIN_SIDE, CANVAS_MIN_SIDE)
 
     def image_rect(self) -> QRectF:
         """Where the canvas is drawn: a centred square, a whole number of screen pixels per
@@ -341,7 +344,7 @@ class DrawPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_completion)
-        self.completions_view = ImageGridView(selectable=True, gap=4, columns=4)
+        self.completions_view = ImageGridView(selectable=True, gap=4, columns=COMPLETIONS_COLUMNS)
         self.completions_view.setFixedHeight(COMPLETIONS_HEIGHT)
         self.completions_view.hide()  # until there are completions
         self.completions_view.image_selected.connect(self._on_completion_selected)
