@@ -27,6 +27,9 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   and ``full_ms``; on CUDA the same under ``cuda_graphs`` (replayed from CUDA graphs, as the
   explorer renders on a GPU) with ``cuda_graphs_status`` and ``cuda_graphs_agreement``
   (``batches.<B>``: ``max_abs_diff`` against eager, ``eager_ms``, ``graph_ms``).
+  On the CPU ``render.<name>.draft``: the draft frames drawn during a drag (see
+  :func:`render_drafts`): ``batch_1`` and ``batch_16`` (``float32_ms``, ``draft_ms``,
+  ``ratio``), ``error`` (``within_1``, ``within_4``, ``within_16``, ``max``) and ``passes``.
 - ``gui`` (when the explorer is installed): ``gui.<name>`` for the same models, from
   ``python -m explorer_bench.gui --json`` run as a separate process so ``core`` never loads
   Qt: slider-to-first-pixels (``p50_ms``, ``p95_ms``), slider-to-whole-grid
@@ -219,6 +222,68 @@ def render_precisions(
             "within_one_grey_level": round(share, 5),
         }
     return out
+
+
+def render_drafts(
+    model: RealNVP,
+    batches: tuple[int, ...],
+    repeats: int,
+    device: torch.device,
+    budget_s: float = 30.0,
+) -> dict[str, Any]:
+    """The explorer's draft frames (drawn while something is dragged): a full decode of
+    ``model`` (an inference copy) in float32 and by its draft copy
+    (:func:`core.flow.inference.draft_copy`), interleaved, per batch size (``batch_<B>``:
+    ``float32_ms``, ``draft_ms``, ``ratio``, draft over float32 at p50), and the draft test
+    (:func:`core.training.precision.draft_passes`) on the largest batch of standard-normal
+    latents, as the explorer's render plan runs it: ``error`` (``within_1``, ``within_4``,
+    ``within_16``: shares of pixels; ``max``: grey levels) and ``passes``."""
+    import numpy as np
+
+    from core.files.images import to_uint8
+    from core.flow.inference import draft_copy
+    from core.training.precision import draft_error, draft_passes
+
+    draft = draft_copy(model)
+    out: dict[str, Any] = {}
+    for batch in batches:
+        zs = model.sample_latents(batch, 0.8, torch.Generator().manual_seed(batch))
+        zs = [z.to(device) for z in zs]
+        with torch.inference_mode():
+            runs = {"float32": model, "draft": draft}
+            calls = {p: (lambda m=m, zs=zs: m.decode(zs)) for p, m in runs.items()}
+            times, _ = _interleaved_ms(calls, repeats, budget_s, device)
+        f32, fast = (statistics.median(times[p]) for p in ("float32", "draft"))
+        out[f"batch_{batch}"] = {
+            "float32_ms": _percentiles(times["float32"]),
+            "draft_ms": _percentiles(times["draft"]),
+            "ratio": round(fast / f32, 3),
+        }
+    grid = max(batches)
+    rng = np.random.default_rng(grid)  # the render plan's latents for its draft test
+    shapes = model.latent_shapes
+    zs = [torch.from_numpy(rng.standard_normal((grid, *s), dtype=np.float32)) for s in shapes]
+    with torch.inference_mode():
+        zs = [z.to(device) for z in zs]
+        frames = [to_uint8(m.decode(zs).float().cpu().numpy()) for m in (model, draft)]
+    out["error"] = draft_error(*frames)
+    out["passes"] = draft_passes(out["error"])
+    return out
+
+
+def describe_drafts(draft: dict[str, Any]) -> str:
+    """One line of :func:`render_drafts`' figures."""
+    from core.training.precision import describe_draft_error
+
+    times = " | ".join(
+        f"{key.removeprefix('batch_')} image{'s' * (key != 'batch_1')} draft "
+        f"{f['draft_ms']['p50']:.1f} ms against float32 {f['float32_ms']['p50']:.1f} ms "
+        f"({f['ratio']:.2f}x)"
+        for key, f in draft.items()
+        if key.startswith("batch_")
+    )
+    verdict = "drawn" if draft["passes"] else "refused"
+    return f"drafts: {times}; {describe_draft_error(draft['error'])}: {verdict}"
 
 
 def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -594,6 +659,8 @@ def _render_entry(
         "threads": torch.get_num_threads(),
         **render_figures(model, repeats, device),
     }
+    if device.type == "cpu":  # draft frames are a CPU matter (bf16 units)
+        entry["draft"] = render_drafts(model, (1, 16), repeats, device)
     if device.type == "cuda":
         entry.update(_graphed_render_figures(model, repeats, device))
     return entry
@@ -686,6 +753,8 @@ def _print(report: dict[str, Any]) -> None:
             f"{d16['p50']:.1f} ms p95 {d16['p95']:.1f} ms | finest-level change, 16 images, "
             f"from cache p50 {c16['p50']:.1f} ms"
         )
+        if "draft" in e:
+            print("  " + describe_drafts(e["draft"]))
     draw = (report.get("draw") or {}).get("stroke_to_answer")
     if draw:
         print(

@@ -407,7 +407,8 @@ def run_suite(
     {"model": ..., "images_1": {"cache": {"p50_ms", "p95_ms", "whole_grid_p50_ms", ...},
      "no_cache": {...}}, "images_16": {...}, "decode_1": {"p50_ms", "p95_ms"},
      "plan": {...}, "threads": ..., "repeats": ...,
-     "map": {"map_images", "map_s", "p50_ms", "p95_ms"}}   (with ``map_data_dir``)
+     "map": {"map_images", "map_s", "p50_ms", "p95_ms"},   (with ``map_data_dir``)
+     "draft_drag": {...}}   (16 images on the CPU: explorer_bench.drafts.measure_draft_drag)
 
     The engine's render plan is measured once, in the first window, and reused by the
     others. ``baseline``: also ``whole_frames`` beside ``cache`` (interleaved move series):
@@ -460,6 +461,13 @@ def run_suite(
     report["threads"] = plan.threads
     report["compile"] = compile
     report["graphs"] = graphs
+    if 16 in image_counts and plan.device == "cpu":
+        from explorer_bench.drafts import measure_draft_drag
+
+        # A short driven drag each way (python -m explorer_bench.drafts runs a longer one).
+        report["draft_drag"] = measure_draft_drag(
+            checkpoint, drags=2, moves=4 if repeats < 10 else 8, plan=plan
+        )
     if 16 in image_counts:
         first = report["images_16"]["cache"]["p95_ms"]
         report["first_pixels_16_p95_over_decode_1_p50"] = round(

@@ -9,6 +9,7 @@ from core import FlowConfig, RealNVP
 from core.bench import (
     latency,
     random_model,
+    render_drafts,
     render_figures,
     render_precisions,
     run,
@@ -52,6 +53,9 @@ def test_report_keys(tmp_path):
         assert 0 < render["decode_ms"][batch]["p50"] <= render["decode_ms"][batch]["p95"]
         assert set(render["fine_level_change"][batch]) == {"cached_ms", "full_ms"}
     assert "cuda_graphs" not in render  # CPU: no graphs
+    draft = render["draft"]
+    assert set(draft) == {"batch_1", "batch_16", "error", "passes"}
+    assert set(draft["error"]) == {"within_1", "within_4", "within_16", "max"}
 
 
 def test_render_figures_time_the_cached_change_per_batch():
@@ -98,3 +102,19 @@ def test_render_picture_test_sees_bf16_differences():
     out = render_precisions(model, (2,), 2, torch.device("cpu"))["batch_2"]
     assert out["float32_ms"]["n"] >= 1 and out["bf16_speedup"] > 0
     assert out["same_picture"] == (out["within_one_grey_level"] >= 0.999)
+
+
+def test_render_drafts_time_both_and_apply_the_draft_test():
+    from conftest import perturbed_model
+
+    from core.training.precision import draft_passes
+
+    model = fold_for_inference(perturbed_model(TINY, scale=0.05))
+    out = render_drafts(model, (1, 2), 2, torch.device("cpu"))
+    for batch in ("batch_1", "batch_2"):
+        f = out[batch]
+        assert f["float32_ms"]["n"] >= 1 and f["draft_ms"]["n"] >= 1
+        assert f["ratio"] == pytest.approx(f["draft_ms"]["p50"] / f["float32_ms"]["p50"], rel=0.01)
+    error = out["error"]
+    assert 0 <= error["within_1"] <= error["within_4"] <= error["within_16"] <= 1
+    assert out["passes"] == draft_passes(error)

@@ -95,3 +95,22 @@ def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
     figures = measure_map(ckpt, folder, n_map=50, repeats=3, warmup=1)
     assert figures["map_images"] >= 2 and figures["map_s"] > 0
     assert 0 < figures["p50_ms"] <= figures["p95_ms"]
+
+
+def test_draft_bench_drags_with_and_without_drafts(qapp, tiny_checkpoint, one_torch_thread):
+    from explorer.engine.plan import RenderPlan
+    from explorer_bench.drafts import measure_draft_drag
+
+    forced = RenderPlan(threads=1, drafts={1: True}, draft_note="forced")
+    report: dict = {}
+    figures = measure_draft_drag(
+        tiny_checkpoint, drags=2, moves=3, n_images=4, plan=forced, report=report
+    )
+    assert report["plan"] is forced and set(figures) == {"offset", "temperature"}
+    for f in figures.values():
+        assert f["moves"] == 6 and f["drafts"] == 6  # every timed move with drafts on
+        assert f["ratio"] == pytest.approx(f["draft_p50_ms"] / f["float32_p50_ms"], rel=0.01)
+        assert f["draft_frame_p50_ms"] > 0 and f["exact_after_last_move_p50_ms"] > 0
+        assert f["exact_after_last_move_p50_ms"] <= f["exact_after_last_move_max_ms"]
+    none = measure_draft_drag(tiny_checkpoint, drags=1, moves=1, plan=RenderPlan(threads=1))
+    assert none == {"skipped": "no drafts for 16 images: not measured yet"}

@@ -1,7 +1,7 @@
 """Draft frames: while something is dragged, frames may be drawn by the draft copy (bf16 s/t
-networks, the final scale float32) where the render plan measured it faster and within the
-draft test; the exact float32 frame replaces each draft once no newer move follows, and a
-resting frame, exports and the level cache are always float32.
+networks but for the first couplings a decode runs) where the render plan measured it faster
+and within the draft test; the exact float32 frame replaces each draft once no newer move
+follows, and a resting frame, exports and the level cache are always float32.
 
 This machine's speed is forced here as in test_explorer_precision.py; the draft test itself
 is real, on the bundled model and a cifar10 preset.
@@ -20,14 +20,13 @@ from core.files.resources import bundled_model_path
 from core.flow.coupling import AffineCoupling
 from core.flow.inference import Bf16Network, draft_copy, fold_for_inference
 from core.flow.model import PRESETS
+from core.training.precision import draft_error, draft_passes
 from explorer.engine.plan import (
     PLAN_BATCHES,
     PlanMeasurement,
     PrecisionMeasurement,
     RenderPlan,
     default_plan,
-    draft_error,
-    draft_passes,
 )
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
 from explorer.models.state import ExplorerState
@@ -114,14 +113,20 @@ def test_without_fast_bf16_nothing_changes():
     assert "Drafts while dragging: none (bf16 convolutions 9.0x slower here)" in plan.describe()
 
 
-def test_the_draft_copy_keeps_the_final_scale_float32():
+def test_the_draft_copy_keeps_the_first_couplings_of_a_decode_float32():
     folded = fold_for_inference(perturbed_model())
     draft = draft_copy(folded)
     fine = [m for m in draft.scales[0].modules() if isinstance(m, AffineCoupling)]
     assert fine and all(isinstance(c.net, Bf16Network) for c in fine)
     final = [m for m in draft.final.modules() if isinstance(m, AffineCoupling)]
-    assert final and not any(isinstance(m.net, Bf16Network) for m in final)
+    # the final scale's last couplings run first in a decode: float32
+    assert [isinstance(c.net, Bf16Network) for c in final] == [True] + [False] * 3
     assert not any(isinstance(m, Bf16Network) for m in folded.modules())  # a copy
+    # the same function as the folded model, to bf16 rounding
+    zs = folded.sample_latents(2, 0.8, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact, fast = folded.decode(zs), draft.decode(zs)
+    assert fast.dtype == torch.float32 and (fast - exact).abs().max() < 0.05
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -165,9 +170,15 @@ def test_a_draft_is_replaced_by_the_exact_frame_and_never_cached(engine, tmp_pat
     assert engine._caches["samples"].precision == "float32"
     assert engine.exact_frames_due == 0 and engine.drafts_drawn == 1
 
-    # the draft's pixels are the draft copy's, from the exact coarse levels
-    want = decoded(engine._draft_model, moved)
-    assert draft_error(want, draft.images)["max"] <= 2
+    # the draft's pixels are the draft copy's finest level on the exact coarser ones
+    exact_model, draft_model = engine._model, engine._draft_model
+    zs = [torch.from_numpy(z) for z in moved]
+    with torch.inference_mode():
+        h = exact_model.inverse_top(zs[-1])
+        for level in range(len(zs) - 2, 0, -1):
+            h = exact_model.inverse_level(level, zs[level], h)
+        want = draft_model.to_image(draft_model.inverse_level(0, zs[0], h))
+    np.testing.assert_array_equal(draft.images, to_uint8(want.numpy()))
 
 
 def test_a_resting_frame_is_float32_where_drafts_are_allowed(engine, tiny_checkpoint):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +38,17 @@ MARGIN = 0.95
 # on at least this share of the pixels.
 SAME_PICTURE_GREY_LEVELS = 1
 SAME_PICTURE_SHARE = 0.999
+# The draft test, looser than the picture test (same_picture below): a
+# draft frame (shown only while something is dragged, replaced by the exact frame when it
+# stops) may differ from the float32 frame by up to 16 grey levels (of 255, a 6% step no one
+# sees on an image in motion) on all but half a percent of its pixels, and by no more than
+# 64 anywhere (a quarter of the range: an edge may move by a fraction of a pixel, nothing
+# turns from black to white). It looks at a 16-image frame of standard-normal latents.
+DRAFT_GREY_LEVELS = 16
+DRAFT_SHARE = 0.995
+DRAFT_MAX_GREY_LEVELS = 64
+# The shares of a draft's pixels reported within this many grey levels of the exact frame.
+DRAFT_ERROR_LEVELS = (1, 4, 16)
 
 
 def bf16_units(cpuinfo: str | None = None) -> list[str]:
@@ -190,3 +201,32 @@ def same_picture(reference: np.ndarray, other: np.ndarray) -> tuple[bool, float]
     diff = np.abs(reference.astype(np.int16) - other.astype(np.int16))
     share = float((diff <= SAME_PICTURE_GREY_LEVELS).mean()) if diff.size else 1.0
     return share >= SAME_PICTURE_SHARE, share
+
+
+def draft_error(reference: np.ndarray, draft: np.ndarray) -> dict[str, float]:
+    """How far a ``uint8`` draft frame is from the exact one: ``within_K`` (the share of
+    pixels at most K grey levels apart, for K in :data:`DRAFT_ERROR_LEVELS`) and ``max``."""
+    if reference.shape != draft.shape:
+        raise ValueError(f"frames of shapes {reference.shape} and {draft.shape}")
+    diff = np.abs(reference.astype(np.int16) - draft.astype(np.int16))
+    if not diff.size:
+        return {**{f"within_{k}": 1.0 for k in DRAFT_ERROR_LEVELS}, "max": 0.0}
+    shares = {f"within_{k}": round(float((diff <= k).mean()), 5) for k in DRAFT_ERROR_LEVELS}
+    return {**shares, "max": float(diff.max())}
+
+
+def draft_passes(error: Mapping[str, float]) -> bool:
+    """The draft test: at least :data:`DRAFT_SHARE` of the pixels within
+    :data:`DRAFT_GREY_LEVELS` and none beyond :data:`DRAFT_MAX_GREY_LEVELS`."""
+    return (
+        error[f"within_{DRAFT_GREY_LEVELS}"] >= DRAFT_SHARE
+        and error["max"] <= DRAFT_MAX_GREY_LEVELS
+    )
+
+
+def describe_draft_error(error: Mapping[str, float]) -> str:
+    """``99.95% within 16 grey levels (97.1% within 1), at most 31 off``."""
+    return (
+        f"{100 * error[f'within_{DRAFT_GREY_LEVELS}']:.2f}% within {DRAFT_GREY_LEVELS} grey "
+        f"levels ({100 * error['within_1']:.1f}% within 1), at most {error['max']:.0f} off"
+    )

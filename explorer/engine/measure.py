@@ -30,9 +30,9 @@ from core.files.images import to_uint8
 from core.flow.inference import bf16_copy, draft_copy, fold_for_inference
 from core.flow.model import RealNVP
 from core.training.device import describe
-from core.training.precision import conv_probe_ms, same_picture
+from core.training.precision import conv_probe_ms, draft_error, same_picture
 from explorer.engine.compiled import add_preemption_hooks
-from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan, draft_error
+from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan
 from explorer.engine.requests import Preempted
 
 T = TypeVar("T")
@@ -178,7 +178,7 @@ class PlanMeasuring:
         return same_picture(*self._frames_in(model_id, batch, "bf16"))
 
     def _draft_error(self, model_id: int, batch: int) -> dict[str, float]:
-        """The draft test's figures (:func:`~explorer.engine.plan.draft_error`) of a draft
+        """The draft test's figures (:func:`~core.training.precision.draft_error`) of a draft
         frame of ``batch`` random images against the exact one (two decodes: a waiting frame
         goes first)."""
         return self._yielding(

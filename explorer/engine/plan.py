@@ -20,9 +20,14 @@ import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
-from core.training.precision import MARGIN
+from core.training.precision import (
+    DRAFT_GREY_LEVELS,
+    DRAFT_MAX_GREY_LEVELS,
+    DRAFT_SHARE,
+    MARGIN,
+    describe_draft_error,
+    draft_passes,
+)
 
 # A frame that would take longer than this renders progressively: 50 ms is 20 frames a
 # second, about where a dragged slider stops feeling attached to the image. The bundled
@@ -37,46 +42,6 @@ PLAN_BATCHES = (1, 16)
 # More threads are taken only when measured this much faster: the GUI thread shares the
 # cores while frames render, which the idle measurement does not see.
 THREAD_MARGIN = 0.9
-# The draft test, looser than the picture test (core.training.precision.same_picture): a
-# draft frame (shown only while something is dragged, replaced by the exact frame when it
-# stops) may differ from the float32 frame by up to 16 grey levels (of 255, a 6% step no one
-# sees on an image in motion) on all but half a percent of its pixels, and by no more than
-# 64 anywhere (a quarter of the range: an edge may move by a fraction of a pixel, nothing
-# turns from black to white). It looks at a 16-image frame of standard-normal latents.
-DRAFT_GREY_LEVELS = 16
-DRAFT_SHARE = 0.995
-DRAFT_MAX_GREY_LEVELS = 64
-# The shares of a draft's pixels reported within this many grey levels of the exact frame.
-DRAFT_ERROR_LEVELS = (1, 4, 16)
-
-
-def draft_error(reference: np.ndarray, draft: np.ndarray) -> dict[str, float]:
-    """How far a ``uint8`` draft frame is from the exact one: ``within_K`` (the share of
-    pixels at most K grey levels apart, for K in :data:`DRAFT_ERROR_LEVELS`) and ``max``."""
-    if reference.shape != draft.shape:
-        raise ValueError(f"frames of shapes {reference.shape} and {draft.shape}")
-    diff = np.abs(reference.astype(np.int16) - draft.astype(np.int16))
-    if not diff.size:
-        return {**{f"within_{k}": 1.0 for k in DRAFT_ERROR_LEVELS}, "max": 0.0}
-    shares = {f"within_{k}": round(float((diff <= k).mean()), 5) for k in DRAFT_ERROR_LEVELS}
-    return {**shares, "max": float(diff.max())}
-
-
-def draft_passes(error: Mapping[str, float]) -> bool:
-    """The draft test: at least :data:`DRAFT_SHARE` of the pixels within
-    :data:`DRAFT_GREY_LEVELS` and none beyond :data:`DRAFT_MAX_GREY_LEVELS`."""
-    return (
-        error[f"within_{DRAFT_GREY_LEVELS}"] >= DRAFT_SHARE
-        and error["max"] <= DRAFT_MAX_GREY_LEVELS
-    )
-
-
-def describe_draft_error(error: Mapping[str, float]) -> str:
-    """``99.95% within 16 grey levels (97.1% within 1), at most 31 off``."""
-    return (
-        f"{100 * error[f'within_{DRAFT_GREY_LEVELS}']:.2f}% within {DRAFT_GREY_LEVELS} grey "
-        f"levels ({100 * error['within_1']:.1f}% within 1), at most {error['max']:.0f} off"
-    )
 
 
 def thread_candidates(cores: int | None = None) -> tuple[int, ...]:
@@ -99,7 +64,8 @@ class RenderPlan:
     Draft frames (drawn while something is dragged, replaced by the exact float32 frame once
     it stops): ``drafts[batch]`` whether frames of that many images may be drafts (see
     :meth:`draft_for`), ``draft_note`` why, ``draft_error`` the draft test's figures
-    (:func:`draft_error`) and ``draft_ms[batch]`` the interleaved decode times behind it.
+    (:func:`~core.training.precision.draft_error`) and ``draft_ms[batch]`` the interleaved
+    decode times behind it.
     """
 
     threads: int
@@ -256,8 +222,8 @@ class PrecisionMeasurement:
     the same picture as the float32 one (:func:`core.training.precision.same_picture`) and the
     share of pixels within one grey level; ``decode(batch, threads, precision)``, ms of
     one full decode (``precision`` also ``"draft"``); ``draft(batch)``, the draft test's
-    figures (:func:`draft_error`) of a draft frame of ``batch`` images, or ``None`` for no
-    draft measurement."""
+    figures (:func:`~core.training.precision.draft_error`) of a draft frame of ``batch``
+    images, or ``None`` for no draft measurement."""
 
     probe: Callable[[], Mapping[str, float]]
     picture: Callable[[int], tuple[bool, float]]

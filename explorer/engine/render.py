@@ -15,7 +15,7 @@ array per level) into numpy ``uint8`` images, handed back by the ``frame_rendere
 - **Draft frames.** A request made during a drag (``RenderRequest.draft``) is drawn by a
   copy with bf16 s/t networks (:func:`core.flow.inference.draft_copy`) where the render plan
   measured that copy faster and its frames within the draft test
-  (:func:`explorer.engine.plan.draft_passes`). When no newer request for the view follows
+  (:func:`core.training.precision.draft_passes`). When no newer request for the view follows
   within :data:`EXACT_AFTER_MS`, the exact float32 frame of the same latents replaces it
   (cut short by a newer request); a draft reads the float32 level cache but never writes it.
 - **Targets.** Each request names its target view (``"samples"``, ``"strip"``, ...); newest
@@ -299,7 +299,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         # Its copy with bf16 s/t networks, made by the precision measurement where bf16
         # convolutions are faster; frames use it where the plan says bf16.
         self._bf16_model: RealNVP | None = None
-        # Its draft copy (the final scale float32), made by the draft measurement; a drag's
+        # Its draft copy (a decode's first couplings float32), made on first use; a drag's
         # frames use it where the plan allows drafts.
         self._draft_model: RealNVP | None = None
         self.drafts_enabled = True  # off: drag frames are exact too (benchmarks compare)
