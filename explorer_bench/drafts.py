@@ -61,11 +61,12 @@ def _wait(signal: Any, done: Any, timeout_s: float) -> None:
 
 
 def _drag(
-    window: Any, slider: Any, positions: list[int], timeout_s: float
+    window: Any, slider: Any, positions: list[int], timeout_s: float, screenshot: str | None
 ) -> tuple[list[float], list[float], float]:
     """One drag through ``positions``: the ms of each move after the first to its pixels
     painted, the frame times of those moves' frames (``Frame.elapsed_ms``, the status
-    bar's figure), and the ms from the last move to the exact frame in the window."""
+    bar's figure), and the ms from the last move to the exact frame in the window.
+    ``screenshot``: a PNG of the window as the last move's draft shows."""
     view = window.samples_panel.view
     window.state.end_edit()  # a new drag: its first move is exact
     times: list[float] = []
@@ -82,6 +83,9 @@ def _drag(
             times.append((time.perf_counter() - start) * 1000.0)
     if len(positions) > 1:
         window.engine.frame_rendered.disconnect(frames.append)
+    shown = window.shown_frame
+    if screenshot and shown is not None and shown.draft:
+        window.grab().save(screenshot)
     drawn = [f.elapsed_ms for f in frames if f.target == "samples"]
 
     def exact() -> bool:
@@ -101,6 +105,7 @@ def measure_draft_drag(
     timeout_s: float = 120.0,
     report: dict | None = None,
     plan: Any = None,
+    screenshot: str | None = None,
 ) -> dict[str, Any]:
     """Per slider: ``draft_frame_p50_ms``, ``float32_frame_p50_ms`` and ``frame_ratio`` (the
     frame time, ``Frame.elapsed_ms`` as the status bar shows it, of the timed moves' frames),
@@ -109,7 +114,8 @@ def measure_draft_drag(
     ``exact_after_last_move_max_ms`` (with drafts), ``drafts`` (draft frames drawn) and
     ``moves`` (timed moves each way); ``skipped`` (why) where the plan draws no drafts of
     ``n_images``. ``plan``: the engine's render plan (default: measured after loading, and
-    waited for); ``report`` receives the plan used (``"plan"``)."""
+    waited for); ``report`` receives the plan used (``"plan"``). ``screenshot``: a PNG of
+    the window showing a draft, taken in the last drag with drafts."""
     with bench_window(checkpoint, probe_devices=False, device="cpu", plan=plan) as window:
         engine = window.engine
         wait_until(lambda: not engine.measuring, timeout_s * 10)
@@ -137,7 +143,11 @@ def measure_draft_drag(
                 # Alternating, and in turn first, so both see the same machine.
                 for mode in ("draft", "float32") if r % 2 == 0 else ("float32", "draft"):
                     engine.drafts_enabled = mode == "draft"
-                    moved, drawn_ms, after = _drag(window, controls[name], positions, timeout_s)
+                    last = r == drags - 1 and name == sliders[-1]
+                    shot = screenshot if mode == "draft" and last else None
+                    moved, drawn_ms, after = _drag(
+                        window, controls[name], positions, timeout_s, shot
+                    )
                     times[mode] += moved
                     frame_ms[mode] += drawn_ms
                     if mode == "draft":
@@ -210,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which sliders to drag",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--screenshot", metavar="PNG", help="save the window as it shows a draft during a drag"
+    )
     return parser
 
 
@@ -226,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             else contextlib.nullcontext(args.checkpoint)
         ) as path:
             drag = measure_draft_drag(
-                path, args.drags, args.moves, sliders=tuple(args.sliders), report=used
+                path,
+                args.drags,
+                args.moves,
+                sliders=tuple(args.sliders),
+                report=used,
+                screenshot=args.screenshot,
             )
             plan = used["plan"]
             render = render_figures(path, plan.threads, args.repeats)

@@ -97,15 +97,24 @@ def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
     assert 0 < figures["p50_ms"] <= figures["p95_ms"]
 
 
-def test_draft_bench_drags_with_and_without_drafts(qapp, tiny_checkpoint, one_torch_thread):
+def test_draft_bench_drags_with_and_without_drafts(
+    qapp, tiny_checkpoint, one_torch_thread, tmp_path
+):
     from explorer.engine.plan import RenderPlan
     from explorer_bench.drafts import measure_draft_drag
 
     forced = RenderPlan(threads=1, drafts={1: True}, draft_note="forced")
     report: dict = {}
     figures = measure_draft_drag(
-        tiny_checkpoint, drags=2, moves=3, n_images=4, plan=forced, report=report
+        tiny_checkpoint,
+        drags=2,
+        moves=3,
+        n_images=4,
+        plan=forced,
+        report=report,
+        screenshot=str(tmp_path / "draft.png"),
     )
+    assert (tmp_path / "draft.png").stat().st_size > 0  # the window showing a draft
     assert report["plan"] is forced and set(figures) == {"offset", "temperature"}
     for f in figures.values():
         assert f["moves"] == 6 and f["drafts"] == 6  # every timed move with drafts on

@@ -132,7 +132,7 @@ def draft_copy(folded: RealNVP, float32_couplings: int = DRAFT_FLOAT32_COUPLINGS
     A decode's first couplings are where a bf16 error is amplified most: every coupling
     after them carries it on. They run at the smallest size, where bf16 gains least.
     Measured on the bundled model (16 images, 12 latent draws, 2 threads): every network in
-    bf16 puts single pixels up to 54-93 grey levels off (0.42x the float32 decode); the
+    bf16 puts single pixels up to 51-93 grey levels off (0.42x the float32 decode); the
     first two float32, 25-44 (0.47x); the first three, 17-39 (0.50x), the same as the
     whole final scale (0.54x). See docs/performance.md, section 3."""
     copied = copy.deepcopy(folded).eval()
