@@ -286,6 +286,18 @@ def describe_drafts(draft: dict[str, Any]) -> str:
     return f"drafts: {times}; {describe_draft_error(draft['error'])}: {verdict}"
 
 
+def describe_draft_drag(slider: str, f: dict[str, Any]) -> str:
+    """One line of a driven drag's figures (``gui.<name>.draft_drag.<slider>``)."""
+    return (
+        f"{slider} drag, draft against float32 (p50): frame time {f['draft_frame_p50_ms']:.1f} "
+        f"/ {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x), move to pixels "
+        f"{f['draft_p50_ms']:.1f} / {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
+        f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms; {f['moves']} moves, "
+        f"{f['drafts']} drafts); the exact frame {f['exact_after_last_move_p50_ms']:.1f} ms "
+        f"after the last move (at most {f['exact_after_last_move_max_ms']:.1f} ms)"
+    )
+
+
 def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
     cfg = model.config
     x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
@@ -788,6 +800,12 @@ def _print(report: dict[str, Any]) -> None:
                         f"p50 {f['p50_ms']:.1f} ms p95 {f['p95_ms']:.1f} ms | whole grid p50 "
                         f"{f['whole_grid_p50_ms']:.1f} ms p95 {f['whole_grid_p95_ms']:.1f} ms"
                     )
+        drag = g.get("draft_drag") or {}
+        if "skipped" in drag:
+            print(f"  draft drag: {drag['skipped']}")
+        for slider, f in drag.items():
+            if slider != "skipped":
+                print(f"  {describe_draft_drag(slider, f)}")
 
 
 def main(args: argparse.Namespace | None = None) -> int:

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    from core.bench import describe_drafts
+    from core.bench import describe_draft_drag, describe_drafts
 
     print(f"Draft frames, model: {model}; render threads {plan.threads}")
     print(f"plan: {plan.draft_note}")
@@ -269,19 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if "skipped" in drag:
         print(f"drag: {drag['skipped']}")
     for name, f in drag.items():
-        if name == "skipped":
-            continue
-        print(
-            f"drag {name}: frame time (status bar) draft p50 {f['draft_frame_p50_ms']:.1f} ms "
-            f"against float32 {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x)"
-        )
-        print(
-            f"drag {name}, {f['moves']} moves each way: draft p50 {f['draft_p50_ms']:.1f} ms "
-            f"against float32 {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
-            f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms, {f['drafts']} drafts); "
-            f"exact frame {f['exact_after_last_move_p50_ms']:.1f} ms after the last move "
-            f"(at most {f['exact_after_last_move_max_ms']:.1f} ms)"
-        )
+        if name != "skipped":
+            print(describe_draft_drag(name, f))
     return 0
 
 

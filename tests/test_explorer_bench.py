@@ -97,6 +97,7 @@ def test_map_bench_times_the_map_and_a_drag(qapp, tmp_path, one_torch_thread):
     assert 0 < figures["p50_ms"] <= figures["p95_ms"]
 
 
+@pytest.mark.slow
 def test_draft_bench_drags_with_and_without_drafts(
     qapp, tiny_checkpoint, one_torch_thread, tmp_path
 ):
@@ -123,3 +124,16 @@ def test_draft_bench_drags_with_and_without_drafts(
         assert f["exact_after_last_move_p50_ms"] <= f["exact_after_last_move_max_ms"]
     none = measure_draft_drag(tiny_checkpoint, drags=1, moves=1, plan=RenderPlan(threads=1))
     assert none == {"skipped": "no drafts for 16 images: not measured yet"}
+
+
+def test_draft_bench_prints_the_plan_the_decode_and_the_drag(
+    qapp, tiny_checkpoint, one_torch_thread, capsys
+):
+    from explorer_bench.drafts import main
+
+    args = [str(tiny_checkpoint), "--drags", "1", "--moves", "2", "--repeats", "1"]
+    assert main([*args, "--sliders", "temperature"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: " in out and "render (decode alone, interleaved): drafts: 1 image" in out
+    # this machine's measurement decides whether the tiny model gets drafts
+    assert "temperature drag, draft against float32" in out or "drag: no drafts" in out
