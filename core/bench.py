@@ -3,6 +3,11 @@
 Prints (or with ``--json`` writes one JSON object with these stable keys):
 
 - ``machine``: torch version, device, threads.
+- ``peer``: ours against chrischute/real-nvp (``--peer DIR``, its checkout, imported for this
+  run only) on its default configuration (our ``cifar10``), float32, same threads, interleaved
+  call by call: ``train`` (one training step at ``--peer-batch``, both with Adam) and
+  ``sample_1`` / ``sample_16``, each ``ours_ms``, ``peer_ms`` and ``ratio`` (ours / peer);
+  without ``--peer`` only ``measured: false`` and ``reason``. See :func:`peer_figures`.
 - ``matmul_peak_gflops``: float32 2048x2048 matmul throughput, the machine's ceiling.
 - ``train_peak_gflops``: the ceiling the training figures are compared with: the same on the
   CPU; on CUDA, where training runs in bf16 autocast, an 8192x8192 bf16 matmul.
@@ -51,6 +56,7 @@ Tests never assert these times; they only check that the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -59,7 +65,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +188,169 @@ def train_precisions(
         out["bf16"]["train_images_per_s"] / out["float32"]["train_images_per_s"], 3
     )
     return out
+
+
+PEER_CONFIG = FlowConfig(in_channels=3, image_size=32, num_scales=2, mid_channels=64, num_blocks=8)
+PEER_NOT_MEASURED = (
+    "not measured: no peer checkout given (realnvp bench --peer DIR, DIR a checkout of "
+    "chrischute/real-nvp, whose models/ and util/ packages are imported from it for this run)"
+)
+
+
+@contextlib.contextmanager
+def _peer_path(checkout: Path) -> Iterator[None]:
+    """``checkout`` first on ``sys.path`` while the peer's modules import, and its top-level
+    packages (``models``, ``util``) out of ``sys.modules`` again afterwards, with whatever
+    modules of those names were there before put back."""
+    names = ("models", "util")
+
+    def ours(name: str) -> bool:
+        return any(name == n or name.startswith(n + ".") for n in names)
+
+    saved = {name: mod for name, mod in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(checkout))
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+class Peer:
+    """The peer implementation (chrischute/real-nvp), imported from a checkout for this run
+    only: its model modules, never its training script (which imports torchvision)."""
+
+    def __init__(self, checkout: str | Path) -> None:
+        import importlib
+
+        root = Path(checkout).expanduser()
+        if not (root / "models" / "real_nvp").is_dir() or not (root / "util").is_dir():
+            raise ValueError(
+                f"--peer {checkout}: not a checkout of chrischute/real-nvp (it needs "
+                "models/real_nvp/ and util/)"
+            )
+        try:
+            with _peer_path(root.resolve()):
+                real_nvp = importlib.import_module("models.real_nvp")
+                self.util = importlib.import_module("util")
+        except Exception as exc:
+            raise ValueError(f"--peer {checkout}: its model does not import here ({exc})") from exc
+        self.model_class, self.loss_class = real_nvp.RealNVP, real_nvp.RealNVPLoss
+        self.checkout = root
+
+    def model(self) -> torch.nn.Module:
+        """Its default model, ``RealNVP(num_scales=2, in_channels=3, mid_channels=64,
+        num_blocks=8)`` (our ``cifar10`` preset), in training mode.
+
+        Its weight normalization is ``torch.nn.utils.weight_norm``, whose deprecation warning
+        is silenced here and nothing else. One adaptation for this torch: its s/t network's
+        output is made contiguous, as the torch it was written for returned it. After the
+        squeeze its input is channels_last in strides, the convolutions keep that layout,
+        and its coupling's ``view`` of ``s`` fails (``view size is not compatible``)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.nn\.utils\.weight_norm.*", category=FutureWarning
+            )
+            net = self.model_class(num_scales=2, in_channels=3, mid_channels=64, num_blocks=8)
+        for module in net.modules():
+            if type(module).__name__ == "ResNet":
+                module.register_forward_hook(lambda _m, _args, out: out.contiguous())
+        return net.train()
+
+    def train_step(self, net: torch.nn.Module) -> Callable[[torch.Tensor], None]:
+        """One step as its ``train.py`` runs it: Adam (lr 1e-3) with its L2 on the
+        weight-norm scales as weight decay (5e-5 on ``weight_g``), its ``RealNVPLoss``, its
+        per-group gradient clipping at 100. Its loss ``view``s the latent, which its model
+        returns in a permuted layout on this torch: it gets a contiguous copy."""
+        util = self.util
+        groups = util.get_param_groups(net, 5e-5, norm_suffix="weight_g")
+        optimizer = torch.optim.Adam(groups, lr=1e-3)
+        loss_fn = self.loss_class()
+
+        def step(x: torch.Tensor) -> None:
+            optimizer.zero_grad()
+            z, sldj = net(x, reverse=False)
+            loss = loss_fn(z.contiguous(), sldj)
+            loss.backward()
+            util.clip_grad_norm(optimizer, 100.0)
+            optimizer.step()
+
+        return step
+
+
+def peer_figures(
+    peer: Peer | None, device: torch.device, batch: int, quick: bool, budget_s: float = 60.0
+) -> dict[str, Any]:
+    """Ours against the peer on the same configuration (``cifar10``), in float32, at this
+    process's thread count, interleaved call by call: the training step at ``batch`` (ours
+    as the trainer runs it, theirs as theirs does, both Adam) and sampling 1 and 16 images
+    (ours as ``realnvp sample`` does; theirs ``net(z, reverse=True)`` then a sigmoid, in eval
+    mode, as its ``train.py`` samples). ``ratio`` is ours over theirs (below 1: ours is
+    faster). Without ``peer``: ``measured`` false and why."""
+    if peer is None:
+        return {"measured": False, "reason": PEER_NOT_MEASURED}
+    from core.flow.inference import sampling_model
+    from core.training.step import make_train_step
+    from core.training.trainer import TrainConfig
+
+    out: dict[str, Any] = {
+        "measured": True,
+        "checkout": str(peer.checkout),
+        "config": "cifar10",
+        "precision": "float32",
+        "threads": torch.get_num_threads(),
+    }
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, device=device)  # images in [0, 1], as both train on
+    ours_step = make_train_step(
+        RealNVP(PEER_CONFIG).to(device).train(), device, "float32", TrainConfig()
+    )
+    theirs_net = peer.model().to(device)
+    theirs_step = peer.train_step(theirs_net)
+    ours_x = x.contiguous(memory_format=torch.channels_last)
+    times, first = _interleaved_ms(
+        {"ours": lambda: ours_step(ours_x), "peer": lambda: theirs_step(x)},
+        1 if quick else 3,
+        budget_s,
+        device,
+    )
+    out["train"] = _ratio_entry(
+        times, batch=batch, first_step_s={k: round(v / 1000.0, 2) for k, v in first.items()}
+    )
+    ours_model = sampling_model(core_random_model(PEER_CONFIG).to(device))
+    theirs_net.eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    for n in (1, 16):
+
+        def theirs(n: int = n) -> torch.Tensor:
+            z = torch.randn((n, 3, 32, 32), device=device)
+            return torch.sigmoid(theirs_net(z, reverse=True)[0])
+
+        with torch.no_grad():
+            runs = {
+                "ours": lambda n=n: ours_model.sample(n, 1.0, generator),
+                "peer": theirs,
+            }
+            for fn in runs.values():
+                fn()  # warm-up
+            repeats = (3 if quick else 10) if n == 1 else (2 if quick else 4)
+            times, _ = _interleaved_ms(runs, repeats, budget_s / 2, device)
+        out[f"sample_{n}"] = _ratio_entry(times, images=n)
+    return out
+
+
+def _ratio_entry(times: dict[str, list[float]], **facts: Any) -> dict[str, Any]:
+    ours, theirs = (statistics.median(times[k]) for k in ("ours", "peer"))
+    return {
+        **facts,
+        "ours_ms": _percentiles(times["ours"]),
+        "peer_ms": _percentiles(times["peer"]),
+        "ratio": round(ours / theirs, 3),
+    }
 
 
 def render_precisions(
@@ -402,7 +572,7 @@ def training_speed(
 ) -> dict[str, Any]:
     """The trainer's own step (:class:`core.training.step.TrainStep`): on CUDA with bf16
     autocast and channels_last as the trainer runs it, optionally ``torch.compile``-d."""
-    from core.training.step import TrainStep, make_adam, step_autocast
+    from core.training.step import TrainStep, make_adam, step_autocast, to_channels_last
     from core.training.trainer import TrainConfig
 
     torch.manual_seed(0)
@@ -411,7 +581,7 @@ def training_speed(
     x = torch.rand(batch, config.in_channels, config.image_size, config.image_size, device=device)
     cuda = device.type == "cuda"
     if cuda:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
         x = x.contiguous(memory_format=torch.channels_last)
     net: torch.nn.Module = torch.compile(model) if compile else model
     optimizer, fused = make_adam(model.parameters(), 1e-4)
@@ -510,11 +680,14 @@ def run(
     train_batches: list[int] | None = None,
     render_presets: list[str] | None = None,
     precision_only: bool = False,
+    peer: str | Path | None = None,
+    peer_batch: int = 16,
 ) -> dict[str, Any]:
     from core.files.checkpoint import load_checkpoint
     from core.training.precision import bf16_units
 
     device = pick_device(device_name)
+    peer_code = Peer(peer) if peer is not None else None  # a bad checkout fails before the runs
     repeats = 5 if quick else 30
     train_steps = 2 if quick else 5
     peak = matmul_peak_gflops(device, repeats=3 if quick else 10)
@@ -537,6 +710,8 @@ def run(
         "models": {},
         "render": {},
     }
+    # First too, in a fresh process's state; its own models are freed before the rest.
+    report["peer"] = peer_figures(peer_code, device, peer_batch, quick)
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
     if checkpoint:
@@ -724,9 +899,28 @@ def _print_precisions(report: dict[str, Any]) -> None:
     print("(training: images/s and the share of the higher ceiling; render: p50)")
 
 
+def _print_peer(peer: dict[str, Any]) -> None:
+    if not peer.get("measured"):
+        print(f"peer (chrischute/real-nvp): {peer.get('reason', 'not measured')}")
+        return
+    print(
+        f"peer (chrischute/real-nvp, {peer['config']}, {peer['precision']}, {peer['threads']} "
+        "threads, interleaved; ratio = ours / peer's time):"
+    )
+    rows = [(f"training step, batch {peer['train']['batch']}", peer["train"])]
+    rows += [(f"sampling {n} image{'s' * (n > 1)}", peer[f"sample_{n}"]) for n in (1, 16)]
+    for label, e in rows:
+        print(
+            f"  {label:26} ours p50 {e['ours_ms']['p50']:.1f} ms | peer p50 "
+            f"{e['peer_ms']['p50']:.1f} ms | {e['ratio']:.2f}x (n={e['ours_ms']['n']})"
+        )
+
+
 def _print(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"torch {m['torch']} on {m['device']}")
+    if "peer" in report:
+        _print_peer(report["peer"])
     _print_precisions(report)
     for name, e in report["models"].items():
         if "batch_1" not in e:
@@ -828,6 +1022,8 @@ def main(args: argparse.Namespace | None = None) -> int:
         train_batches=getattr(args, "train_batch", None),
         render_presets=getattr(args, "render_presets", None),
         precision_only=getattr(args, "precision_only", False),
+        peer=getattr(args, "peer", None),
+        peer_batch=getattr(args, "peer_batch", 16),
     )
     if args.json:
         print(json.dumps(report))

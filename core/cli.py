@@ -332,11 +332,13 @@ def _cmd_sample(args) -> int:
 
     from core.files.checkpoint import load_checkpoint
     from core.files.images import make_grid, save_png, to_uint8
+    from core.flow.inference import sampling_model
     from core.stats.class_stats import level_mask, stats_from_meta
     from core.training.device import pick_device
 
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
+    model = sampling_model(model)  # folded: the same images, sooner
     g = torch.Generator().manual_seed(args.seed)
     with torch.inference_mode():
         if args.class_name is None:
@@ -855,6 +857,19 @@ def _add_bench(sub) -> None:
         nargs="+",
         default=[64],
         help="batch sizes for the training figures (default: 64; the first is the main one)",
+    )
+    p.add_argument(
+        "--peer",
+        metavar="DIR",
+        help="a checkout of chrischute/real-nvp: time its float32 training step and sampling "
+        "against ours, interleaved (the peer section); imported from DIR for this run only",
+    )
+    p.add_argument(
+        "--peer-batch",
+        type=_positive,
+        default=16,
+        help="batch of both training steps in the peer comparison (default: 16; the peer's "
+        "own 64 takes tens of seconds a step on 2 cores)",
     )
 
 

@@ -32,6 +32,7 @@ def test_report_keys(tmp_path):
         report["matmul_peak_gflops"], report["bf16_matmul_peak_gflops"]
     )
     assert isinstance(report["machine"]["bf16_units"], list)
+    assert report["peer"]["measured"] is False  # no --peer: the section says why
     bundled = report["models"]["bundled"]
     for batch in ("batch_1", "batch_16"):
         render = bundled["render_precision"][batch]
@@ -118,3 +119,100 @@ def test_render_drafts_time_both_and_apply_the_draft_test():
     error = out["error"]
     assert 0 <= error["within_1"] <= error["within_4"] <= error["within_16"] <= 1
     assert out["passes"] == draft_passes(error)
+
+
+def test_peer_section_says_why_it_was_not_measured():
+    from core.bench import peer_figures
+
+    section = peer_figures(None, torch.device("cpu"), 4, quick=True)
+    assert section["measured"] is False and "--peer DIR" in section["reason"]
+
+
+def test_a_folder_that_is_not_the_peer_is_refused_with_a_message(tmp_path):
+    from core.bench import Peer
+
+    with pytest.raises(ValueError, match="not a checkout of chrischute/real-nvp"):
+        Peer(tmp_path)
+    (tmp_path / "models" / "real_nvp").mkdir(parents=True)
+    (tmp_path / "util").mkdir()
+    (tmp_path / "models" / "real_nvp" / "__init__.py").write_text("import no_such_module\n")
+    with pytest.raises(ValueError, match="does not import here"):
+        Peer(tmp_path)
+
+
+# A stand-in with the peer's interface (not its code): what the comparison calls of it.
+STAND_IN_MODEL = """
+import torch
+from torch import nn
+
+
+class ResNet(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class RealNVP(nn.Module):
+    def __init__(self, num_scales, in_channels, mid_channels, num_blocks):
+        super().__init__()
+        self.st = ResNet(in_channels)
+
+    def forward(self, x, reverse=False):
+        s, t = self.st(x).chunk(2, dim=1)
+        s = torch.tanh(s)
+        if reverse:
+            return (x - t) * torch.exp(-s), None
+        return x * torch.exp(s) + t, s.flatten(1).sum(1)
+
+
+class RealNVPLoss(nn.Module):
+    def forward(self, z, sldj):
+        return (0.5 * z.view(z.shape[0], -1) ** 2).sum(1).sub(sldj).mean()
+"""
+STAND_IN_UTIL = """
+import torch
+
+
+def get_param_groups(net, weight_decay, norm_suffix):
+    return [{"params": list(net.parameters()), "weight_decay": weight_decay}]
+
+
+def clip_grad_norm(optimizer, max_norm):
+    for group in optimizer.param_groups:
+        torch.nn.utils.clip_grad_norm_(group["params"], max_norm)
+"""
+
+
+@pytest.mark.slow
+def test_peer_figures_come_from_the_checkout_and_leave_no_modules_behind(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from core.bench import Peer, peer_figures
+
+    (tmp_path / "models" / "real_nvp").mkdir(parents=True)
+    (tmp_path / "util").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "models" / "real_nvp" / "__init__.py").write_text(STAND_IN_MODEL)
+    (tmp_path / "util" / "__init__.py").write_text(STAND_IN_UTIL)
+    before = types.ModuleType("util")  # a module of the same name that was there first
+    monkeypatch.setitem(sys.modules, "util", before)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        section = peer_figures(Peer(tmp_path), torch.device("cpu"), 2, quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert sys.modules["util"] is before and "models" not in sys.modules
+    assert str(tmp_path) not in sys.path
+    assert section["measured"] and section["config"] == "cifar10"
+    assert section["precision"] == "float32" and section["threads"] == 1
+    # (p50s are rounded to the microsecond, the ratio comes from the unrounded medians)
+    assert section["train"]["batch"] == 2
+    assert [section[f"sample_{n}"]["images"] for n in (1, 16)] == [1, 16]
+    for entry in (section["train"], section["sample_1"], section["sample_16"]):
+        ours, peer = entry["ours_ms"]["p50"], entry["peer_ms"]["p50"]
+        assert ours > 0 and peer > 0 and entry["ratio"] == pytest.approx(ours / peer, rel=1e-2)

@@ -255,7 +255,7 @@ def test_bf16_autocast_keeps_flow_arithmetic_in_float32():
 
 
 def test_folded_inference_model_agrees():
-    from core.flow.inference import fold_for_inference
+    from core.flow.inference import fold_for_inference, sampling_model
 
     config = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num_blocks=2)
     model = tiny_model(config)
@@ -274,6 +274,14 @@ def test_folded_inference_model_agrees():
         assert torch.allclose(a, b, atol=1e-10)
     assert torch.allclose(model.log_prob(x), folded.log_prob(x), atol=1e-9)
     assert torch.allclose(folded.decode(zs), x, atol=1e-10)
+    # realnvp sample's copy: folded, channels_last on the CPU, the same function
+    sampler = sampling_model(model)
+    convs = [m.weight for m in sampler.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)
+    assert torch.allclose(sampler.decode(zs), x, atol=1e-10)
+    seeded = [torch.Generator().manual_seed(7) for _ in range(2)]
+    assert torch.allclose(model.sample(4, 0.8, seeded[0]), sampler.sample(4, 0.8, seeded[1]))
     # the original keeps its weight-normalized layers and still trains
     assert any(type(m).__name__ == "WeightNormConv2d" for m in model.modules())
 

@@ -81,6 +81,17 @@ def fold_for_inference(model: RealNVP) -> RealNVP:
     return folded
 
 
+@torch.no_grad()
+def sampling_model(model: RealNVP) -> RealNVP:
+    """The copy that ``realnvp sample`` decodes with: :func:`fold_for_inference`, and on the
+    CPU in channels_last, where oneDNN's float32 convolutions of these s/t networks are
+    faster in it (docs/performance.md, section 4). Same function to float tolerance."""
+    folded = fold_for_inference(model)
+    if folded._param().device.type == "cpu":
+        folded.to(memory_format=torch.channels_last)
+    return folded
+
+
 class Bf16Network(nn.Module):
     """An s/t network with bf16 weights in channels_last (oneDNN's layout for bf16
     convolutions): its input is cast to bf16 on the way in, and its outputs stay bf16,
