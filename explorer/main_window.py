@@ -761,6 +761,8 @@ class MainWindow(QMainWindow):
         self.frame_label.setToolTip(shown + self.engine.render_status)
         self.device_label.setText(self.engine.device_label)  # --device auto may switch
         self.device_label.setToolTip(self.engine.device_choice)
+        if self.engine.model_info is not None:  # the model panel says the same
+            self.model_panel.show_device(self.engine.device_label)
 
     def _on_render_notice(self, message: str) -> None:
         self.statusBar().showMessage(message, 10_000)

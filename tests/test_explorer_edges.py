@@ -419,3 +419,17 @@ def test_only_the_measuring_thread_is_cut_short(tiny_checkpoint, one_torch_threa
         engine._measure_preemptible = None
         engine._pending.clear()
         engine.shutdown()
+
+
+def test_the_model_panel_shows_the_threads_the_plan_chose(make_window, tiny_checkpoint):
+    """The model panel's device row and the status bar say the same thing after the
+    render plan's measurement changes the thread count (the panel kept the count the
+    model was opened with: "cpu (1 thread)" beside "cpu (2 threads)")."""
+    window = make_window(tiny_checkpoint)
+    engine = window.engine
+    device = window.model_panel.values["device"]
+    assert device.text() == window.device_label.text() == engine.device_label
+    other = "cpu (2 threads)" if "1 thread" in engine.device_label else "cpu (1 thread)"
+    engine.device_label = other  # what a measurement that changes the plan sets
+    engine.plan_changed.emit(engine.plan)
+    assert device.text() == window.device_label.text() == other

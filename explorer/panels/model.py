@@ -59,6 +59,11 @@ class ModelPanel(QGroupBox):
         layout.addLayout(form)
         layout.addStretch(1)
 
+    def show_device(self, device: str) -> None:
+        """The device row alone: the render plan's measurement may change the threads
+        frames render with after the model is shown."""
+        self.values["device"].setText(device)
+
     def show_info(self, info: ModelInfo, origin: str | None = None) -> None:
         """``origin``: where a fetched checkpoint came from (``HOST:/path/on/the/host``),
         shown instead of the local cache file, which the tooltip names."""
