@@ -869,7 +869,7 @@ def _add_bench(sub) -> None:
         type=_positive,
         default=16,
         help="batch of both training steps in the peer comparison (default: 16; the peer's "
-        "own 64 takes tens of seconds a step on 2 cores)",
+        "own 64 is four times the work, about 10 s a step on 2 cores)",
     )
 
 

@@ -24,7 +24,9 @@ class WeightNormConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def weight(self) -> Tensor:
-        norm = self.v.flatten(1).norm(dim=1).clamp_min(1e-12)  # (out,)
+        # Reduced in place: ``flatten`` of a channels_last ``v`` (a training step's layout)
+        # would copy it first, forward and backward.
+        norm = torch.linalg.vector_norm(self.v, dim=(1, 2, 3)).clamp_min(1e-12)  # (out,)
         return self.v * (self.g / norm).view(-1, 1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
