@@ -286,6 +286,23 @@ def test_folded_inference_model_agrees():
     assert any(type(m).__name__ == "WeightNormConv2d" for m in model.modules())
 
 
+def test_sampling_model_takes_onednn_for_every_float32_convolution():
+    """One image: where torch would send the small convolutions to its own kernel."""
+    from core.flow.inference import fold_for_inference, sampling_model
+    from core.flow.model import random_model
+
+    config = FlowConfig(in_channels=3, image_size=8, num_scales=2, mid_channels=8, num_blocks=2)
+    model = random_model(config)
+    sampler = sampling_model(model)
+    convs = {type(m).__name__ for m in sampler.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert convs == {"OneDnnConv2d"}
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        zs = sampler.encode(x)
+        assert torch.allclose(sampler.decode(zs), x, atol=1e-5)
+        assert torch.allclose(sampler.decode(zs), fold_for_inference(model).decode(zs), atol=1e-5)
+
+
 def test_bits_per_dim_runs_in_the_models_own_dtype():
     """A float64 model gets float64 inputs; the same seed draws the same dequantization
     noise, so float32 and float64 agree to float32 precision."""
