@@ -49,7 +49,9 @@ class ResidualBlock(nn.Module):
         # allocation it saves costs more than the ReLU itself on the CPU.
         h = self.conv1(F.relu(self.bn1(x), inplace=True))
         h = self.conv2(F.relu(self.bn2(h), inplace=True))
-        return x + h
+        # The sum in place too (a convolution keeps its input, not its output), unless the
+        # dtypes differ, where ``x + h`` would promote.
+        return h.add_(x) if h.dtype == x.dtype else x + h
 
 
 class STNetwork(nn.Module):
