@@ -329,3 +329,57 @@ def test_the_design_names_are_importable_from_core():
     from core.files.checkpoint import load_checkpoint
 
     assert core.load_checkpoint is load_checkpoint
+
+
+def test_model_copies_pause_the_collector_and_restore_it():
+    """Model copies made beside the GUI thread run with Python's cyclic collector paused
+    (a collection on the GUI thread during a render thread's copy crashed the suite once),
+    nested and concurrent copies restore it once, as it was."""
+    import gc
+    import threading
+
+    from core.flow.inference import collector_paused, copy_model
+
+    model = RealNVP(FlowConfig(image_size=8, num_scales=2, mid_channels=4, num_blocks=1))
+    seen: list[bool] = []
+    module = torch.nn.Linear(2, 2)
+    module.register_forward_pre_hook(lambda *_: None)
+
+    class Probe(torch.nn.Module):
+        def __deepcopy__(self, memo):
+            seen.append(gc.isenabled())
+            return Probe()
+
+    assert gc.isenabled()
+    copied = copy_model(torch.nn.Sequential(Probe(), module))
+    assert seen == [False] and gc.isenabled()
+    assert isinstance(copied[0], Probe) and copied[1] is not module
+    twin = copy_model(model)
+    assert twin is not model
+    for a, b in zip(twin.parameters(), model.parameters()):
+        assert a is not b and torch.equal(a, b)
+    # Nested, and on two threads at once: enabled again only after the last one.
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other() -> None:
+        with collector_paused():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(10)
+    with collector_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread's copy is still running
+    release.set()
+    thread.join(10)
+    assert gc.isenabled()
+    # A collector the program had disabled stays disabled.
+    gc.disable()
+    try:
+        copy_model(module)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

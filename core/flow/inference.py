@@ -19,7 +19,12 @@ same function to float tolerance (tested in float64).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
+import threading
+from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +32,45 @@ from torch import nn
 from core.flow.coupling import AffineCoupling
 from core.flow.model import RealNVP
 from core.flow.resnet import ResidualBlock, STNetwork, WeightNormConv2d
+
+_Module = TypeVar("_Module", bound=nn.Module)
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # copies in progress that paused the cyclic collector
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (process-wide) while the block runs;
+    nested and concurrent uses restore it once the last one ends, as it was before.
+
+    Why: the explorer copies models on worker threads (the render thread's precision
+    and draft copies, batch copies, completions' copies) while the GUI thread allocates.
+    The full suite crashed once with a segmentation fault in the GUI thread's automatic
+    collection while the render thread was inside ``copy.deepcopy`` of a model: the
+    collector traversing tensors that a copy was still making, by the stacks printed.
+    Without automatic collections during a copy that cannot happen; the collections
+    resume after it."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def copy_model(model: _Module) -> _Module:
+    """``copy.deepcopy(model)`` with the cyclic collector paused (:func:`collector_paused`):
+    how every model copy that may run beside the GUI thread is made."""
+    with collector_paused():
+        return copy.deepcopy(model)
 
 
 def _plain_conv(wn: WeightNormConv2d) -> nn.Conv2d:
@@ -65,7 +109,7 @@ class ScaleShift(nn.Module):
 @torch.no_grad()
 def fold_for_inference(model: RealNVP) -> RealNVP:
     """A folded, eval-mode copy of ``model``; the original is left untouched."""
-    folded = copy.deepcopy(model).eval()
+    folded = copy_model(model).eval()
     for module in folded.modules():
         if isinstance(module, ResidualBlock):
             module.conv1 = _plain_conv(module.conv1)
@@ -129,7 +173,7 @@ class Bf16Network(nn.Module):
 def bf16_copy(folded: RealNVP) -> RealNVP:
     """A copy of an inference model whose s/t networks run in bf16; everything else (the
     logit, ``exp``, the flow's batch norms, the latents and the images) stays float32."""
-    copied = copy.deepcopy(folded).eval()
+    copied = copy_model(folded).eval()
     for module in copied.modules():
         if isinstance(module, AffineCoupling) and not isinstance(module.net, Bf16Network):
             module.net = Bf16Network(module.net)
@@ -165,7 +209,7 @@ def draft_copy(folded: RealNVP, float32_couplings: int = DRAFT_FLOAT32_COUPLINGS
     bf16 puts single pixels up to 51-93 grey levels off (0.42x the float32 decode); the
     first two float32, 25-44 (0.47x); the first three, 17-39 (0.50x), the same as the
     whole final scale (0.54x). See docs/performance.md, section 3."""
-    copied = copy.deepcopy(folded).eval()
+    copied = copy_model(folded).eval()
     couplings = [m for m in copied.modules() if isinstance(m, AffineCoupling)]
     decode_order = couplings[::-1]  # the final scale's last coupling runs first
     for module in decode_order[float32_couplings:]:

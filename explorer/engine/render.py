@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import math
 import os
 import threading
@@ -62,7 +61,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from core.files.checkpoint import load_checkpoint
 from core.files.images import to_uint8
 from core.flow.graphs import GraphedDecoder
-from core.flow.inference import fold_for_inference
+from core.flow.inference import copy_model, fold_for_inference
 from core.flow.model import FlowConfig, RealNVP, pixel_centres, preset, random_model
 from core.stats.class_stats import META_KEY, ClassStats, ClassStatsError
 from core.stats.typicality import TypicalityReference
@@ -1060,8 +1059,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         if copies is None or copies[0] != model_id:
             copies = (
                 model_id,
-                copy.deepcopy(model).to(memory_format=torch.channels_last),
-                copy.deepcopy(original).to(memory_format=torch.channels_last),
+                copy_model(model).to(memory_format=torch.channels_last),
+                copy_model(original).to(memory_format=torch.channels_last),
             )
             self._batch_copies = copies
         return copies[1], copies[2]
@@ -1093,7 +1092,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             original = self._likelihood_model
             if original is None or (model_id is not None and model_id != self.model_id):
                 raise ValueError("the model has changed" if original else "no model is open")
-            return copy.deepcopy(original).eval()
+            return copy_model(original).eval()
 
     def decode(self, latents: Sequence[np.ndarray], model_id: int | None = None) -> np.ndarray:
         """``uint8 (N, C, H, W)`` images for ``latents`` (finest first, each ``(N, C, H, W)``),
