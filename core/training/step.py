@@ -44,7 +44,7 @@ def step_autocast(device: torch.device, precision: str | None = None) -> Any:
 def use_channels_last(device: torch.device, precision: str) -> bool:
     """Whether a step runs channels_last: on CUDA and on the CPU, in either precision. On the
     CPU oneDNN's bf16 convolutions want it (7x faster than NCHW where bf16 is emulated; a
-    3x3, 64 channels at 16x16), and float32 steps gain too (docs/performance.md, section 3).
+    3x3, 64 channels at 16x16), and float32 steps gain too (docs/performance.md, section 4).
     Under DDP with gloo the gradients keep the parameters' strides and the losses match one
     process (``tests/test_train.py::test_torchrun_channels_last_steps_match_one_process``).
     ``precision`` stays in the signature for devices where the answer may depend on it."""
