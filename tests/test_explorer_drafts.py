@@ -330,3 +330,46 @@ def test_cifar10_preset_drafts_are_refused(qapp, one_torch_thread, tmp_path):
         assert error["max"] > 200
     finally:
         engine.shutdown()
+
+
+def test_a_drag_redraws_the_level_views_at_most_every_interval(make_window, tiny_checkpoint, qtbot):
+    """During a drag the levels' latent views and histograms are redrawn at most every
+    DRAG_REDRAW_MS (their redraws held the interpreter lock against the render thread),
+    and the views always end showing the latents at rest; a single edit redraws at once."""
+    from explorer.panels.levels import DRAG_REDRAW_MS
+
+    window = make_window(tiny_checkpoint)
+    window.show_explorer_tab(window.levels_panel)
+    rows = window.levels_panel.rows
+    redraws: list[int] = []
+    for row in rows:
+        real = row.refresh_views
+        row.refresh_views = lambda real=real, i=row.index: (redraws.append(i), real())[1]
+
+    def histogram(row) -> np.ndarray:
+        return row.bars.getData()[1]
+
+    def expected(row) -> np.ndarray:
+        z = window.state.latent(row.index)
+        counts, _ = np.histogram(z, bins=48, range=(-4.0, 4.0))
+        return counts / (z.size * 8.0 / 48)
+
+    slider = window.samples_panel.temperature.slider
+    slider.setSliderDown(True)
+    slider.setValue(slider.value() - 5)  # the first move redraws every level at once
+    assert sorted(redraws) == sorted(r.index for r in rows)
+    redraws.clear()
+    for _ in range(10):  # the drag goes on: no redraw at each move
+        slider.setValue(slider.value() - 3)
+    assert redraws == []
+    qtbot.wait(DRAG_REDRAW_MS + 100)  # the rest shows within the interval
+    assert sorted(redraws) == sorted(r.index for r in rows)
+    for row in rows:
+        np.testing.assert_allclose(histogram(row), expected(row))
+    slider.setSliderDown(False)
+    window.state.end_edit()
+    redraws.clear()
+    slider.setValue(slider.value() + 4)  # a single edit, not a drag: at once
+    assert sorted(redraws) == sorted(r.index for r in rows)
+    for row in rows:
+        np.testing.assert_allclose(histogram(row), expected(row))
