@@ -236,3 +236,20 @@ def test_the_tab_fits_the_window_with_eight_completions_shown(draw_window, qtbot
         corner = widget.mapTo(panel.scroll.viewport(), widget.rect().bottomRight())
         assert viewport.contains(corner), (widget, corner, viewport)
     assert len(panel.completions_view.cell_rects()) == 8
+
+
+def test_the_trace_of_one_answer_is_a_readable_small_box(draw_window, qtbot):
+    """With one point, pyqtgraph's autorange spans thousands (axis "-2000 … 200" and an
+    "(x0.001)" prefix at 1024x640); the trace shows a small box around the point, and
+    autoranges again once there are more points."""
+    _window, panel = draw_window()
+    if panel.last_answer is None:  # the blank canvas is answered when the model opens
+        draw(qtbot, panel, [(1.0, 1.0), (6.0, 6.0)])
+    x, y = panel.trace.arrays()
+    assert len(x) == 1
+    (x0, x1), (y0, y1) = panel.trace_plot.viewRange()
+    assert x0 < x[0] < x1 and x1 - x0 < 3
+    assert y0 < y[0] < y1 and y1 - y0 < 1.5
+    draw(qtbot, panel, [(6.5, 1.5), (1.5, 6.5)])
+    assert len(panel.trace.arrays()[0]) == 2
+    assert all(panel.trace_plot.getPlotItem().vb.autoRangeEnabled())

@@ -305,6 +305,8 @@ class DrawPanel(QWidget):
         self.trace_plot.setLabel("left", "bits/dim")
         self.trace_plot.setLabel("bottom", "stroke")
         self.trace_plot.setToolTip("Bits/dim after each stroke")
+        for axis in ("left", "bottom"):  # no "(x0.001)" on a one-point trace
+            self.trace_plot.getAxis(axis).enableAutoSIPrefix(False)
         self.trace_curve = self.trace_plot.plot(
             [],
             [],
@@ -546,6 +548,11 @@ class DrawPanel(QWidget):
             self.classes_label.setText("<i>No class statistics in this checkpoint</i>")
         x, y = self.trace.arrays()
         self.trace_curve.setData(x, y)
+        if len(x) == 1:  # autorange around one point spans thousands: show it in a small box
+            self.trace_plot.setXRange(x[0] - 1, x[0] + 1)
+            self.trace_plot.setYRange(y[0] - 0.5, y[0] + 0.5)
+        else:
+            self.trace_plot.enableAutoRange()
 
     # -- completions ------------------------------------------------------------------------
 
