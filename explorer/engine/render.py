@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,34 +185,19 @@ class _ExactFrame:
     request: RenderRequest
 
 
+@dataclass(eq=False)
 class _Job:
-    """A call another thread hands to the render thread (:meth:`RenderEngine._on_render_thread`),
-    with its result or exception for the caller waiting on ``done``."""
+    """A call another thread hands to the render thread (:meth:`RenderEngine._on_render_thread`);
+    its result or exception reaches the caller waiting on ``future``."""
 
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
+    call: Any
+    future: Future = field(default_factory=Future)
 
     def run(self) -> None:
         try:
-            self.result = self.call()
+            self.future.set_result(self.call())
         except BaseException as exc:  # handed to the caller, never raised on the render thread
-            self.error = exc
-        finally:
-            self.call = None
-            self.done.set()
-
-    def cancel(self, message: str) -> None:
-        self.error = RuntimeError(message)
-        self.done.set()
-
-    def wait(self) -> Any:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
+            self.future.set_exception(exc)
 
 
 class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
@@ -543,7 +530,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             jobs, self._jobs = list(self._jobs), collections.deque()
             self._mailbox.notify_all()
         for job in jobs:
-            job.cancel("the render engine has stopped")
+            job.future.set_exception(RuntimeError("the render engine has stopped"))
         if self._thread is not None:
             self._thread.wait()
             self._thread = None
@@ -602,7 +589,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                 raise RuntimeError("the render engine has stopped")
             self._jobs.append(job)
             self._mailbox.notify()
-        return job.wait()
+        return job.future.result()
 
     def _first_figure_due(self) -> bool:
         """Whether the plan measurement's first decode should run before a waiting frame:
@@ -659,13 +646,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self, request: RenderRequest, emit: Any, exact_after_draft: bool = False
     ) -> None:
         if exact_after_draft:
-            request = RenderRequest(
-                request.request_id,
-                request.model_id,
-                request.latents,
-                request.target,
-                request.focus,
-            )
+            request = dataclasses.replace(request, draft=False)
         with self._model_lock:
             if self._model is None or request.model_id != self.model_id:
                 return  # made for a model that has since been replaced
