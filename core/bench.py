@@ -353,6 +353,25 @@ def _ratio_entry(times: dict[str, list[float]], **facts: Any) -> dict[str, Any]:
     }
 
 
+def _interleaved_decodes(
+    models: dict[str, RealNVP],
+    batch: int,
+    repeats: int,
+    budget_s: float,
+    device: torch.device,
+) -> tuple[list[torch.Tensor], dict[str, list[float]]]:
+    """Full decodes of ``batch`` latents at temperature 0.8 (seeded by the batch size) by
+    each model, interleaved call by call: the latents and each model's times in ms. The
+    first model's ``sample_latents`` draws them."""
+    first = next(iter(models.values()))
+    zs = first.sample_latents(batch, 0.8, torch.Generator().manual_seed(batch))
+    zs = [z.to(device) for z in zs]
+    with torch.inference_mode():
+        calls = {name: (lambda m=m: m.decode(zs)) for name, m in models.items()}
+        times, _ = _interleaved_ms(calls, repeats, budget_s, device)
+    return zs, times
+
+
 def render_precisions(
     model: RealNVP,
     batches: tuple[int, ...],
@@ -371,14 +390,10 @@ def render_precisions(
     fast = bf16_copy(model)
     out: dict[str, Any] = {}
     for batch in batches:
-        zs = model.sample_latents(batch, 0.8, torch.Generator().manual_seed(batch))
-        zs = [z.to(device) for z in zs]
+        zs, times = _interleaved_decodes(
+            {"float32": model, "bf16": fast}, batch, repeats, budget_s, device
+        )
         with torch.inference_mode():
-            runs = {
-                "float32": lambda zs=zs: model.decode(zs),
-                "bf16": lambda zs=zs: fast.decode(zs),
-            }
-            times, _ = _interleaved_ms(runs, repeats, budget_s, device)
             same, share = same_picture(
                 to_uint8(model.decode(zs).float().cpu().numpy()),
                 to_uint8(fast.decode(zs).float().cpu().numpy()),
@@ -417,12 +432,9 @@ def render_drafts(
     draft = draft_copy(model)
     out: dict[str, Any] = {}
     for batch in batches:
-        zs = model.sample_latents(batch, 0.8, torch.Generator().manual_seed(batch))
-        zs = [z.to(device) for z in zs]
-        with torch.inference_mode():
-            runs = {"float32": model, "draft": draft}
-            calls = {p: (lambda m=m, zs=zs: m.decode(zs)) for p, m in runs.items()}
-            times, _ = _interleaved_ms(calls, repeats, budget_s, device)
+        _, times = _interleaved_decodes(
+            {"float32": model, "draft": draft}, batch, repeats, budget_s, device
+        )
         f32, fast = (statistics.median(times[p]) for p in ("float32", "draft"))
         out[f"batch_{batch}"] = {
             "float32_ms": _percentiles(times["float32"]),
