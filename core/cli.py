@@ -21,6 +21,7 @@ from core.training.datasets import DATASETS, DatasetError
 from core.training.events import silence
 from core.training.precision import PRECISIONS
 from core.training.run_folder import RunFolderError
+from core.training.schedule import SCHEDULES, parse_duration
 
 USER_ERRORS = (
     CheckpointError,
@@ -73,6 +74,23 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), such as 0.999, got {text}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _per_class(text: str) -> int | None:
@@ -154,6 +172,37 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=200,
         help="steps over which the learning rate rises linearly from 0 (0: none)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="after warm-up: cosine decays the rate to 1%% of --lr at the run's planned last "
+        "step (with --time-limit, planned from the measured rate); constant keeps it "
+        "(default: cosine)",
+    )
+    p.add_argument(
+        "--ema",
+        type=_decay,
+        default=0.999,
+        metavar="DECAY",
+        help="average the weights with this decay per step (Polyak averaging); evaluations, "
+        "samples, best.pt and the saved model use the averaged weights, with batch-norm "
+        "statistics measured for them; 0: no average (default: 0.999)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new run from this checkpoint's weights (its averaged ones where it has "
+        "them; `bundled` for the bundled model) with a fresh optimizer and schedule; the "
+        "model's size is the checkpoint's",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_duration,
+        metavar="DURATION",
+        help="end the run cleanly before this much time has passed (90m, 2h, 1h30m, 45s or "
+        "HH:MM:SS): it saves, evaluates and ends with status 0 (done: time_limit)",
     )
     p.add_argument(
         "--epochs",
@@ -247,6 +296,10 @@ def _cmd_train(args) -> int:
         weight_norm_l2=args.weight_norm_l2,
         grad_clip=args.grad_clip,
         warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        ema=args.ema,
+        init_from=args.init_from,
+        time_limit=args.time_limit,
         epochs=args.epochs or 1,
         max_steps=args.max_steps,
         device=args.device,
@@ -262,7 +315,15 @@ def _cmd_train(args) -> int:
         class_stats_per_class=args.class_limit or 0,
     )
     model_config = None
-    if not args.resume:
+    if args.resume and args.init_from:
+        raise ValueError(
+            "--resume continues a run and --init-from starts a new one from a checkpoint's "
+            "weights; give one of them"
+        )
+    sizes = (args.preset, args.num_scales, args.mid_channels, args.num_blocks)
+    if args.init_from and all(v is None for v in sizes):
+        pass  # the checkpoint's model, geometry included
+    elif not args.resume:
         model_config = build_model_config(
             args.dataset,
             args.preset,

@@ -54,3 +54,18 @@ def describe(device: torch.device, threads: int | None = None) -> str:
         n = torch.get_num_threads() if threads is None else threads
         return f"cpu ({n} thread{'s' if n != 1 else ''})"
     return str(device)
+
+
+def cpu_model() -> str:
+    """The processor's name as the system gives it (``AMD EPYC``, ``Intel Xeon ...``), for
+    the records of where a run's figures came from; ``unknown`` where it cannot be read."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -40,9 +40,10 @@ from core.flow.model import (
 from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError
 from core.stats.measure import compute_class_stats
 from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
+from core.training.averaging import WeightAverage, averaged_copy
 from core.training.data import ImageDataset, load_dataset
 from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
-from core.training.device import describe
+from core.training.device import cpu_model, describe
 from core.training.disk import low_space_warning, save_failure_sentence
 from core.training.distributed import close_distributed, init_distributed
 from core.training.events import EventSink
@@ -54,6 +55,7 @@ from core.training.run_folder import (
     claim_run_folder,
     same_file,
 )
+from core.training.schedule import StepPlan, lr_factor
 from core.training.step import (
     TrainStep,
     fix_loaded_adam,
@@ -64,6 +66,11 @@ from core.training.step import (
     use_channels_last,
 )
 from core.training.stopping import STOP_FILE, StopSignals
+
+# Images per batch when the averaged weights' batch norm is measured (larger than a
+# training batch: fewer passes, and the batch statistics of 256 images differ from those of
+# 64 by less than their spread between batches).
+AVERAGE_BN_BATCH = 256
 
 
 class TrainingError(RuntimeError):
@@ -93,6 +100,19 @@ class TrainConfig:
     weight_norm_l2: float = 5e-5
     grad_clip: float = 100.0
     warmup_steps: int = 200
+    # constant | cosine (core.training.schedule): after warm-up, flat or a half cosine down
+    # to 1% of lr at the planned last step.
+    lr_schedule: str = "cosine"
+    # Decay of the averaged weights (core.training.averaging); 0: no average, the raw
+    # weights are evaluated and saved.
+    ema: float = 0.999
+    # Training images on which the averaged weights' batch-norm statistics are measured
+    # before each evaluation and save (core.training.averaging.recompute_batch_norm).
+    ema_bn_images: int = 2048
+    # A checkpoint whose weights (averaged where it has them) a new run starts from.
+    init_from: str | None = None
+    # Seconds the run may take from its start; it saves and ends (done: time_limit) before.
+    time_limit: float | None = None
     epochs: int = 1
     max_steps: int | None = None
     device: str = "auto"
@@ -116,7 +136,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        # Runs saved before these options existed had a flat rate and no average.
+        values.setdefault("lr_schedule", "constant")
+        values.setdefault("ema", 0.0)
+        return cls(**values)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -188,15 +212,22 @@ class Trainer:
                 cuda_graph=config.cuda_graph,
                 eval_every=config.eval_every,
                 log_every=config.log_every,
+                time_limit=config.time_limit,
             )
             self.model, _ = load_checkpoint(resume)
             self.resume_state = data["training"]
+            if self.resume_state.get("raw_model") is not None:
+                # The file's model holds the averaged weights; training goes on from the raw.
+                self.model.load_state_dict(self.resume_state["raw_model"])
             self.last_good = (Path(resume), int(self.resume_state.get("step", 0)))
         else:
-            if model_config is None:
+            if model_config is None and config.init_from is None:
                 raise ValueError("a model config is needed unless resuming")
             torch.manual_seed(config.seed)
-            self.model = RealNVP(model_config)
+            if config.init_from is not None:
+                self.model, self.init_meta = self._initial_weights(config.init_from, model_config)
+            else:
+                self.model = RealNVP(model_config)
         self.config = config
         self.out = Path(config.out)
         self.model.to(self.device)
@@ -205,6 +236,36 @@ class Trainer:
         self.channels_last = False
         self.model.train()
         self.class_stats: dict[str, Any] | None = None  # meta["class_stats"] once computed
+        self.average: WeightAverage | None = None  # the averaged weights, where --ema
+        self._evaluated: tuple[int, nn.Module] | None = None  # (step, averaged copy)
+        self._train_images: torch.Tensor | None = None  # for the average's batch norm
+        self.plan: StepPlan | None = None
+
+    init_meta: dict[str, Any] | None = None
+
+    @staticmethod
+    def _initial_weights(
+        path: str, model_config: FlowConfig | None
+    ) -> tuple[RealNVP, dict[str, Any]]:
+        """``--init-from``: the checkpoint's model (its averaged weights, where it holds
+        them) and what the run records of it. The architecture is the checkpoint's; an
+        explicit other one is refused rather than silently ignored."""
+        model, meta = load_checkpoint(path)
+        if model_config is not None and model_config != model.config:
+            raise TrainingError(
+                f"--init-from {path}: its model is {model.config.to_dict()}, not the "
+                f"{model_config.to_dict()} asked for; leave out --preset and the size "
+                "options to take the checkpoint's"
+            )
+        record = {
+            "path": str(path),
+            "step": meta.get("step"),
+            "images_seen": meta.get("images_seen"),
+            "test_bpd": meta.get("best_test_bpd", meta.get("test_bpd")),
+            "weights": meta.get("weights", "raw"),
+            "lineage": list(meta.get("lineage", [])),
+        }
+        return model.train(), record
 
     # -- data -------------------------------------------------------------------------------
 
@@ -291,6 +352,31 @@ class Trainer:
         per_image = self.evaluate_per_image(test)
         return per_image.sum().item() / max(len(per_image), 1)
 
+    def evaluated_model(self, step: int | None = None) -> nn.Module:
+        """The weights that are evaluated, sampled and saved as the checkpoint's model: a
+        copy holding the averaged weights with batch-norm statistics measured for them on
+        training batches (cached for ``step``), or, without an average, the model itself."""
+        if self.average is None or self._train_images is None:
+            return self.model
+        if self._evaluated is not None and step is not None and self._evaluated[0] == step:
+            return self._evaluated[1]
+        model = averaged_copy(self.model, self.average, self._bn_batches(step or 0))
+        self._evaluated = (step, model) if step is not None else None
+        return model
+
+    def _bn_batches(self, step: int):
+        """Dequantized training batches for the averaged weights' batch norm, drawn with a
+        generator of their own (the run's noise and RNG stay as they were, so a resumed run
+        replays the same steps)."""
+        images = self._train_images
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        n = min(self.config.ema_bn_images, len(images))
+        idx = torch.randperm(len(images), generator=g)[:n]
+        b = min(AVERAGE_BN_BATCH, n)
+        for start in range(0, n - b + 1, b):
+            x = images[idx[start : start + b].to(images.device)].to(self.device)
+            yield dequantize(x, g)
+
     @torch.no_grad()
     def evaluate_per_image(self, test: ImageDataset) -> torch.Tensor:
         """Bits/dim of each evaluated test image (float64, CPU), as :meth:`evaluate`.
@@ -298,6 +384,9 @@ class Trainer:
         In the default memory format also where steps run channels_last (on the CPU the
         float32 sums differ in the 8th digit between the two), so that ``realnvp eval`` of
         the saved checkpoint reproduces the recorded figure exactly."""
+        if self.average is not None and self._train_images is not None:
+            model = self.evaluated_model(self._step_now)
+            return per_image_bits_per_dim(model.eval(), self._eval_images(test), self.device)
         if self.channels_last and not self.cuda:
             model = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)
             return per_image_bits_per_dim(model.eval(), self._eval_images(test), self.device)
@@ -315,7 +404,10 @@ class Trainer:
         kept for the checkpoints saved from now on; unlabelled data is left without."""
         try:
             stats = compute_class_stats(
-                self.model, train, self.config.class_stats_per_class or None, device=self.device
+                self.evaluated_model(self._step_now),
+                train,
+                self.config.class_stats_per_class or None,
+                device=self.device,
             )
         except ClassStatsError:
             return
@@ -324,14 +416,15 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
         """A PNG with two grids side by side: temperature 0.7 (left) and 1.0 (right)."""
-        model = self.model
+        model = self.evaluated_model(step)
         model.eval()
         grids = []
         for t in (0.7, 1.0):
             g = torch.Generator().manual_seed(4321)
             x = model.sample(self.config.num_samples, temperature=t, generator=g)
             grids.append(make_grid(to_uint8(x.float().cpu().numpy())))
-        model.train()
+        if model is self.model:
+            model.train()
         gap = np.full((grids[0].shape[0], 8, grids[0].shape[2]), 255, dtype=np.uint8)
         grid = np.concatenate([grids[0], gap, grids[1]], axis=1)
         path = self.out / "samples" / f"samples_{step:07d}.png"
@@ -364,7 +457,11 @@ class Trainer:
             "wall_time_s": state["wall_time_s"],
             "device": describe(self.device),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "weights": self._weights_description(),
+            "lineage": self._lineage(state),
         }
+        if self.init_meta is not None:
+            meta["init_from"] = {k: v for k, v in self.init_meta.items() if k != "lineage"}
         if state.get("typicality") is not None:
             meta["typicality"] = state["typicality"]
         if self.class_stats is not None:
@@ -381,9 +478,18 @@ class Trainer:
             "best_test_bpd": state["best_test_bpd"],
             "last_test_bpd": state["last_test_bpd"],
             "wall_time_s": state["wall_time_s"],
+            "total_steps": self.plan.total if self.plan else None,
+            "planned_steps": self.plan.planned if self.plan else None,
         }
+        saved_model = self.model
+        if self.average is not None:
+            training["ema"] = self.average.state_dict()
+            training["raw_model"] = {
+                k: v.detach().cpu() for k, v in self.model.state_dict().items()
+            }
+            saved_model = self.evaluated_model(step)
         path = self._saving(
-            name, lambda: save_checkpoint(self.out / name, self.model, meta, training)
+            name, lambda: save_checkpoint(self.out / name, saved_model, meta, training)
         )
         if name == "latest.pt" or self.last_good is None:
             self.last_good = (path, step)
@@ -400,6 +506,7 @@ class Trainer:
         return self.out / STOP_FILE
 
     def run(self) -> dict[str, Any]:
+        self._started = time.perf_counter()  # --time-limit counts from here
         try:
             if self.dist.is_main:
                 self._claim_folder()
@@ -441,17 +548,23 @@ class Trainer:
         model = self.model
         train, test = self._load_data()
         images = self._resident(train.images)
+        self._train_images = images
         self.precision = self._choose_precision()
         self.channels_last = use_channels_last(self.device, self.precision.precision)
         if self.channels_last:
             to_channels_last(model)
         steps_per_epoch = len(train) // (c.batch_size * self.dist.world)
         total_steps = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
+        if c.ema > 0 and self.dist.is_main:
+            self.average = WeightAverage(model, c.ema)
 
         optimizer, fused = make_adam(model.parameters(), c.lr)
         warmup = max(c.warmup_steps, 0)
+        self.plan = StepPlan(total=total_steps, planned=total_steps, warmup=warmup)
+        if self.resume_state is not None:
+            self.plan.planned = self._resumed_plan(total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+            optimizer, lambda s: lr_factor(s, c.lr_schedule, warmup, self.plan.planned)
         )
         noise = torch.Generator(device=self.device if self.cuda else "cpu")
         noise.manual_seed(c.seed * 7919 + self.dist.rank)
@@ -472,6 +585,8 @@ class Trainer:
                 noise.set_state(rs["noise_rng"].to(noise.get_state().device))
             torch.set_rng_state(rs["torch_rng"])
             step = int(rs["step"])
+            if self.average is not None and rs.get("ema") is not None:
+                self.average.load_state_dict(rs["ema"])
             for key in (
                 "history",
                 "best_test_bpd",
@@ -524,6 +639,11 @@ class Trainer:
             test_images=len(test) if test is not None else None,
             skipped_files=train.skipped,
             resumed=self.resume_state is not None,
+            lr_schedule=c.lr_schedule,
+            ema=c.ema,
+            init_from=self.init_meta,
+            time_limit_s=c.time_limit,
+            planned_steps=self.plan.planned,
         )
         for warning in self.lock.warnings if self.lock is not None else ():
             self.sink.emit("warning", message=warning)
@@ -546,8 +666,9 @@ class Trainer:
         wall_before = state["wall_time_s"]
         epoch = step // max(steps_per_epoch, 1)
         reason = "finished"
+        loop_start, loop_step = time.perf_counter(), step
 
-        while step < total_steps:
+        while step < self.plan.planned:
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
                 # Where the data lives, so picking a batch copies nothing from the host.
@@ -555,12 +676,17 @@ class Trainer:
                 perm_epoch = epoch
             x = self._batch(images, perm, pos, noise)
             train_step(x)
+            if self.average is not None:
+                self.average.update(model)
             scheduler.step()
             step += 1
+            self._step_now = step
             window_images += x.shape[0] * self.dist.world
 
-            log = step % c.log_every == 0 or step == total_steps
-            due = step % c.eval_every == 0 and step < total_steps
+            if c.time_limit is not None and step % check_every == 0:
+                self._fit_plan(step, loop_step, loop_start, len(train), len(test or ()))
+            log = step % c.log_every == 0 or step == self.plan.planned
+            due = step % c.eval_every == 0 and step < self.plan.planned
             if log or due or bad_run or step % check_every == 0:
                 counts = train_step.read(reset_window=log)
                 state["nonfinite_total"] = nonfinite_before + counts["nonfinite"]
@@ -585,13 +711,13 @@ class Trainer:
                     "step",
                     **record,
                     lr=scheduler.get_last_lr()[0],
-                    total_steps=total_steps,
+                    total_steps=self.plan.planned,
                     nonfinite=state["nonfinite_total"],
                 )
                 window_start, window_images = now, 0
 
             if self._should_stop(stop, step % check_every == 0):
-                reason = "stopped"
+                reason = "time_limit" if self._time_up else "stopped"
                 break
             # No checkpoint in the middle of a run of non-finite losses: the last good one
             # stays the newest on disk.
@@ -599,6 +725,8 @@ class Trainer:
                 state["wall_time_s"] = wall_before + time.perf_counter() - run_start
                 self._evaluate_and_save(test, step, epoch, optimizer, scheduler, noise, state)
 
+        if reason == "finished" and self.plan.planned < total_steps:
+            reason = "time_limit"  # the plan was cut to fit the limit, and it was reached
         state["nonfinite_total"] = nonfinite_before + train_step.read(False)["nonfinite"]
         state["wall_time_s"] = wall_before + time.perf_counter() - run_start
         if self.dist.enabled:
@@ -607,7 +735,7 @@ class Trainer:
             for b in model.buffers():
                 dist.broadcast(b, 0)
         if self.dist.is_main:
-            if reason == "finished":
+            if reason in ("finished", "time_limit"):
                 self._evaluate_and_save(
                     test,
                     step,
@@ -666,14 +794,103 @@ class Trainer:
             self.config.dataset, per_image.numpy(), images.cpu().numpy(), note=note
         ).to_meta()
 
+    def _weights_description(self) -> str:
+        if self.average is None:
+            return "raw: the optimized weights, batch-norm statistics from training"
+        return (
+            f"averaged: exponential moving average of the weights (decay {self.average.decay:g},"
+            f" {self.average.updates} updates), batch-norm statistics measured for them on "
+            f"{self.config.ema_bn_images} training images"
+        )
+
+    def _lineage(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every run that led to these weights, oldest first: where it ran, what it started
+        from, and its test bits/dim against the images it had seen (the model card's
+        learning curve). Runs started with ``--init-from`` add theirs to the checkpoint's."""
+        earlier = list(self.init_meta.get("lineage", [])) if self.init_meta else []
+        offset = 0
+        if self.init_meta is not None:
+            offset = int(self.init_meta.get("images_seen") or 0)
+            if earlier:
+                offset = int(earlier[-1].get("images_end", offset))
+        per_step = self.config.batch_size * self.dist.world
+        this = {
+            "out": str(self.out),
+            "init_from": self.init_meta.get("path") if self.init_meta else None,
+            "device": describe(self.device),
+            "cpu": cpu_model(),
+            "precision": self.precision.precision if self.precision else None,
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "wall_time_s": state["wall_time_s"],
+            "images_start": offset,
+            "images_end": offset + (self._step_now or 0) * per_step,
+            "evals": [
+                [offset + e["step"] * per_step, e["test_bpd"]] for e in state["history"]["evals"]
+            ],
+        }
+        return [*earlier, this]
+
+    # -- the time limit ---------------------------------------------------------------------
+
+    _time_up = False
+    _step_now: int | None = None
+    _last_eval_s: float | None = None
+    _reserve_s = 0.0
+
+    def _past_deadline(self) -> bool:
+        c = self.config
+        if c.time_limit is None:
+            return False
+        return time.perf_counter() - self._started >= c.time_limit - self._reserve_s
+
+    def _fit_plan(self, step: int, loop_step: int, loop_start: float, n_train: int, n_test: int):
+        """``--time-limit``: re-plan the schedule's length from the rate measured since the
+        loop began (evaluations included), keeping back the time the last evaluation, the
+        class statistics and the last save will take (see :mod:`core.training.schedule`).
+        In a distributed run the ranks agree on the shortest plan."""
+        c = self.config
+        now = time.perf_counter()
+        done = step - loop_step
+        if done < 5:
+            return
+        steps_per_s = done / max(now - loop_start, 1e-9)
+        images_per_s = steps_per_s * c.batch_size * self.dist.world
+        # A forward pass is about a third of a training step; the last evaluation, the
+        # averaged weights' batch norm and the class statistics are forward passes.
+        tail_images = n_test if self._last_eval_s is None else 0
+        tail_images += c.ema_bn_images + (
+            min(n_train, 10 * c.class_stats_per_class) if c.class_stats_per_class else n_train
+        )
+        tail_s = tail_images / max(3 * images_per_s, 1e-9) + 1.3 * (self._last_eval_s or 0.0)
+        self._reserve_s = tail_s + 0.02 * c.time_limit
+        seconds_left = c.time_limit - (now - self._started) - self._reserve_s
+        self.plan.replan(step, steps_per_s, seconds_left)
+        if self.dist.enabled:
+            planned = torch.tensor([self.plan.planned], device=self.device)
+            dist.all_reduce(planned, op=dist.ReduceOp.MIN)
+            self.plan.planned = int(planned.item())
+        elif self._past_deadline():
+            self._time_up = True
+
+    def _resumed_plan(self, total_steps: int) -> int:
+        """The planned length of a resumed run: the saved plan where a time limit had
+        shortened it below the run's length, otherwise the length asked for now."""
+        rs = self.resume_state or {}
+        saved_plan, saved_total = rs.get("planned_steps"), rs.get("total_steps")
+        if saved_plan is None or saved_total is None or saved_plan >= saved_total:
+            return total_steps
+        return min(int(saved_plan), total_steps)
+
     def _should_stop(self, stop: StopSignals, check_now: bool) -> bool:
         """A signal, the stop file, or a closed event stream (the reader of ``--progress
         json`` went away) ends the run with a checkpoint."""
         if not self.dist.enabled:
-            return stop.requested or self.sink.closed or self.stop_file.exists()
+            return stop.requested or self.sink.closed or self.stop_file.exists() or self._time_up
         if not check_now:  # agreeing across ranks is a synchronisation; not every step
             return False
-        requested = stop.requested or self.sink.closed or self.stop_file.exists()
+        self._time_up = self._time_up or self._past_deadline()
+        requested = stop.requested or self.sink.closed or self.stop_file.exists() or self._time_up
         flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
@@ -693,8 +910,10 @@ class Trainer:
         """``last``: the run's last evaluation (typicality statistics); ``final_train``: the
         training set then, whose class statistics (labelled data) go into the checkpoints
         saved now."""
+        started = time.perf_counter()
         per_image = self.evaluate_per_image(test)
         test_bpd = per_image.sum().item() / max(len(per_image), 1)
+        self._last_eval_s = time.perf_counter() - started
         if last:
             state["typicality"] = self._typicality(test, per_image)
         state["last_test_bpd"] = test_bpd
