@@ -395,6 +395,7 @@ def _cmd_sample(args) -> int:
     from core.files.images import make_grid, save_png, to_uint8
     from core.flow.inference import sampling_model
     from core.stats.class_stats import level_mask, stats_from_meta
+    from core.stats.measure import class_samples
     from core.training.device import pick_device
 
     device = pick_device(args.device)
@@ -415,9 +416,7 @@ def _cmd_sample(args) -> int:
                 raise ClassStatsError(f"{args.checkpoint}: class statistics of another model")
             k = stats.index(args.class_name)
             levels = level_mask(args.class_levels, model.num_levels)
-            noise = [z.float().cpu().numpy() for z in model.sample_latents(args.n, 1.0, g)]
-            zs = stats.sample_latents(k, noise, args.temperature, levels)
-            x = model.decode([torch.from_numpy(z).to(device) for z in zs])
+            x = class_samples(model, stats, k, args.n, args.temperature, levels, g)
     path = save_png(make_grid(to_uint8(x.cpu().numpy())), args.out)
     print(path)
     return 0
@@ -796,6 +795,15 @@ def _cmd_info(args) -> int:
         "latent_shapes": [list(s) for s in model.latent_shapes],
         **{k: v for k, v in meta.items() if k != "config"},
     }
+    # Which weights the file holds: averaged (with their own batch-norm statistics) or raw.
+    info.setdefault("weights", "raw: the optimized weights (saved before averaging existed)")
+    if isinstance(info.get("lineage"), list):
+        info["lineage"] = [
+            f"{run.get('out')}: {run.get('images_start', 0):,} to {run.get('images_end', 0):,} "
+            f"images, {len(run.get('evals', []))} evaluations, {run.get('wall_time_s', 0):.0f} s "
+            f"on {run.get('device')} ({run.get('cpu')})"
+            for run in info["lineage"]
+        ]
     # Thousands of numbers (and raw bytes): a summary line each instead.
     if META_KEY in info:
         info[META_KEY] = summarize_meta(info[META_KEY])

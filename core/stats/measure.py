@@ -81,3 +81,23 @@ def compute_class_stats(
         source=f"{dataset.name} training set, {limit} ({len(chosen)} images)",
         skipped=tuple(name for i, name in enumerate(names) if i not in present),
     )
+
+
+@torch.inference_mode()
+def class_samples(
+    model: RealNVP,
+    stats: ClassStats,
+    k: int,
+    n: int,
+    temperature: float,
+    levels: tuple[int, ...],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``n`` images of class ``k`` as ``realnvp sample --class`` draws them: the prior's noise
+    at temperature 1, each level in ``levels`` moved to the class's Gaussian at
+    ``temperature`` (:meth:`ClassStats.sample_latents`), decoded; ``(n, C, H, W)`` in
+    ``[0, 1]`` on the model's device."""
+    device = next(model.parameters()).device
+    noise = [z.float().cpu().numpy() for z in model.sample_latents(n, 1.0, generator)]
+    zs = stats.sample_latents(k, noise, temperature, levels)
+    return model.decode([torch.from_numpy(z).to(device) for z in zs])
