@@ -53,7 +53,7 @@ from core.files.images import make_grid, save_png
 from core.training.remote import RemoteRun, RunStatus, host_for
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
-from explorer.models.jobs import Progress, Task
+from explorer.models.jobs import ErrorLog, Progress, Task
 from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.panels.classes import ClassesPanel
 from explorer.panels.draw import DrawPanel
@@ -132,7 +132,9 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
-        self.tasks = TaskRunner(threaded=self.engine.threaded, parent=self)
+        self.tasks = TaskRunner(
+            threaded=self.engine.threaded, parent=self, error_log=ErrorLog(self.settings.error_log)
+        )
         self.samples_panel = SamplesPanel(self.state)
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()

@@ -237,3 +237,38 @@ def test_another_level_is_fitted_off_the_gui_thread_and_the_old_map_stays(
     # both planes are kept: going back is immediate, no second job
     panel.level_combo.setCurrentIndex(panel.level_combo.findData(1))
     assert panel.map is first and len(threads) == 1
+
+
+def test_a_user_error_is_a_message_and_a_defect_goes_once_to_the_named_log(
+    make_window, qtbot, tmp_path, capfd, monkeypatch
+):
+    """Compute map with a folder without MNIST says why in the panel and prints nothing; an
+    unexpected failure writes its traceback once to the log, whose path the panel names."""
+    import explorer.panels.latent_map as panel_module
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", perturbed_model(), {"dataset": "mnist"})
+    window = make_window(ckpt)
+    panel = window.map_panel
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    panel.set_data_dir(empty)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    text = panel.status.text()
+    assert panel.map is None and text.startswith("No map: ") and str(empty) in text
+    assert "Error" not in text  # the message, not the exception's class
+    log = window.tasks.error_log.path
+    assert tmp_path in log.parents and not log.exists()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+    def broken(*args):
+        raise KeyError("a defect")
+
+    monkeypatch.setattr(panel_module, "load_map_images", broken)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    text = panel.status.text()
+    assert "KeyError" in text and str(log) in text
+    written = log.read_text()
+    assert written.count("Traceback") == 1 and "a defect" in written and "broken" in written
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err

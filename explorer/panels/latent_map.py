@@ -394,7 +394,7 @@ class LatentMapPanel(QWidget):
 
     def _on_done(self, task: Task) -> None:
         if task.error:
-            self.status.setText(f"No map: {task.error.split(': ', 1)[-1]}")
+            self.status.setText(f"No map: {task.error}")
         elif task.cancelled and self.map is None:
             self.status.setText("Cancelled.")
 

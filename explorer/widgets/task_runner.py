@@ -10,35 +10,45 @@ superqt's generator workers do.
 
 Jobs run one at a time, in the order started. ``threaded=False`` runs a job on the calling
 thread (tests): results arrive synchronously, and a ``progressed`` handler may cancel.
+
+A job that raises ends with ``task.error``, one sentence for the user
+(:func:`~explorer.models.jobs.failure_message`): an expected error's message, or for a
+defect the path of the log its traceback went to. Nothing is printed.
 """
 
 from __future__ import annotations
 
 import itertools
-import traceback
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from explorer.models.jobs import Progress, Task
+from explorer.models.jobs import ErrorLog, Progress, Task, failure_message
+
+# Where a runner made without a log (tools, tests) keeps tracebacks; the window passes one
+# beside its settings.
+DEFAULT_ERROR_LOG = Path(tempfile.gettempdir()) / "realnvp-explorer-errors.log"
 
 
 class _Worker(QThread):
     yielded = Signal(object, object)  # task, item
     ended = Signal(object)  # task
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, log: ErrorLog) -> None:
         super().__init__()
         self.task = task
+        self.log = log
 
     def run(self) -> None:
-        for item in _iterate(self.task):
+        for item in _iterate(self.task, self.log):
             self.yielded.emit(self.task, item)
         self.ended.emit(self.task)
 
 
-def _iterate(task: Task) -> Iterator[object]:
+def _iterate(task: Task, log: ErrorLog) -> Iterator[object]:
     """The job's items until it ends, fails (``task.error``) or is cancelled."""
     generator = None
     try:
@@ -50,8 +60,7 @@ def _iterate(task: Task) -> Iterator[object]:
             if task.cancelled:
                 break
     except Exception as exc:  # a failing job must not take the app down
-        task.error = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        task.error = failure_message(exc, f"the job {task.name!r}", log)
     finally:
         if generator is not None:
             generator.close()
@@ -64,9 +73,15 @@ class TaskRunner(QObject):
     progressed = Signal(object, object)  # Task, Progress
     finished = Signal(object)  # Task
 
-    def __init__(self, threaded: bool = True, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        threaded: bool = True,
+        parent: QObject | None = None,
+        error_log: ErrorLog | None = None,
+    ) -> None:
         super().__init__(parent)
         self.threaded = threaded
+        self.error_log = error_log or ErrorLog(DEFAULT_ERROR_LOG)
         self.current: Task | None = None
         self._queue: deque[Task] = deque()
         self._worker: _Worker | None = None
@@ -121,13 +136,13 @@ class TaskRunner(QObject):
             task = self.current = self._queue.popleft()
             self.started.emit(task)
             if self.threaded:
-                worker = _Worker(task)
+                worker = _Worker(task, self.error_log)
                 worker.yielded.connect(self._on_item)
                 worker.ended.connect(self._on_ended)
                 self._worker = worker
                 worker.start()
                 return
-            for item in _iterate(task):
+            for item in _iterate(task, self.error_log):
                 self._on_item(task, item)
             self._on_ended(task)
 
