@@ -253,3 +253,40 @@ def test_the_trace_of_one_answer_is_a_readable_small_box(draw_window, qtbot):
     draw(qtbot, panel, [(6.5, 1.5), (1.5, 6.5)])
     assert len(panel.trace.arrays()[0]) == 2
     assert all(panel.trace_plot.getPlotItem().vb.autoRangeEnabled())
+
+
+def test_a_stroke_during_the_plan_measurement_is_answered_as_a_frame_would_be(draw_window, qtbot):
+    """Right after launch the render plan is being measured: a stroke's answer cuts the
+    measurement's decode short (as a waiting frame does) and runs on the render thread,
+    instead of waiting for the model lock until the measurement step ends."""
+    window, panel = draw_window(threaded=True)
+    engine = window.engine
+    real_decode, real_encode = engine._decode, engine._encode_here
+    in_measurement, cut, encoded_on = threading.Event(), [], []
+
+    def decode(model, z, *rest):
+        if engine._measure_preemptible and not cut:
+            cut.append(True)
+            in_measurement.set()
+            for _ in range(500):  # until the answer waits (10 s at most, then go on)
+                if engine._answers:
+                    break
+                threading.Event().wait(0.02)
+            engine._check_preempted()  # what the hooks do between two layers
+        return real_decode(model, z, *rest)
+
+    def encode_here(pixels):
+        encoded_on.append(threading.get_ident())
+        return real_encode(pixels)
+
+    engine._decode, engine._encode_here = decode, encode_here
+    measuring_when_answered: list[bool] = []
+    panel.answer_shown.connect(lambda _edit: measuring_when_answered.append(engine.measuring))
+    qtbot.waitUntil(in_measurement.is_set, timeout=60_000)
+    draw(qtbot, panel, [(1.0, 1.0), (6.0, 6.0)])
+    qtbot.waitUntil(lambda: panel.last_answer is not None, timeout=60_000)
+    assert engine.measure_yields == 1  # the measurement decode yielded to the answer
+    assert measuring_when_answered == [True]
+    assert encoded_on == [engine._render_ident]
+    qtbot.waitUntil(lambda: not engine.measuring, timeout=120_000)
+    assert engine.plan.measured  # and went on afterwards
