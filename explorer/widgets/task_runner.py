@@ -8,8 +8,11 @@ calls ``on_done`` at the end. Cancelling is checked between two yields, where th
 stopped with ``generator.close()`` (its ``finally`` blocks run on the worker thread), as
 superqt's generator workers do.
 
-Jobs run one at a time, in the order started. ``threaded=False`` runs a job on the calling
-thread (tests): results arrive synchronously, and a ``progressed`` handler may cancel.
+Jobs run one at a time, in the order started; ``queue_changed`` says how many wait. A job's
+function is called on the GUI thread when its turn comes (so its arguments can read the
+models as the jobs before it left them); the generator it returns runs on the worker.
+``threaded=False`` runs a job on the calling thread (tests): results arrive synchronously,
+and a ``progressed`` handler may cancel.
 
 A job that raises ends with ``task.error``, one sentence for the user
 (:func:`~explorer.models.jobs.failure_message`): an expected error's message, or for a
@@ -37,24 +40,34 @@ class _Worker(QThread):
     yielded = Signal(object, object)  # task, item
     ended = Signal(object)  # task
 
-    def __init__(self, task: Task, log: ErrorLog) -> None:
+    def __init__(self, task: Task, generator: Iterator[object] | None, log: ErrorLog) -> None:
         super().__init__()
         self.task = task
+        self.generator = generator
         self.log = log
 
     def run(self) -> None:
-        for item in _iterate(self.task, self.log):
+        for item in _iterate(self.task, self.generator, self.log):
             self.yielded.emit(self.task, item)
         self.ended.emit(self.task)
 
 
-def _iterate(task: Task, log: ErrorLog) -> Iterator[object]:
-    """The job's items until it ends, fails (``task.error``) or is cancelled."""
-    generator = None
+def _begin(task: Task, log: ErrorLog) -> Iterator[object] | None:
+    """The job's generator (``None``: cancelled, or its function failed: ``task.error``)."""
+    if task.cancelled:
+        return None
     try:
-        if task.cancelled:
+        return task.job()
+    except Exception as exc:
+        task.error = failure_message(exc, f"the job {task.name!r}", log)
+        return None
+
+
+def _iterate(task: Task, generator: Iterator[object] | None, log: ErrorLog) -> Iterator[object]:
+    """The job's items until it ends, fails (``task.error``) or is cancelled."""
+    try:
+        if generator is None or task.cancelled:
             return
-        generator = task.job()
         for item in generator:
             yield item
             if task.cancelled:
@@ -70,6 +83,7 @@ class TaskRunner(QObject):
     """Runs :class:`Task` jobs one after another, on a worker thread or synchronously."""
 
     started = Signal(object)  # Task
+    queue_changed = Signal(int)  # how many jobs wait behind the running one
     progressed = Signal(object, object)  # Task, Progress
     finished = Signal(object)  # Task
 
@@ -92,6 +106,11 @@ class TaskRunner(QObject):
     def busy(self) -> bool:
         return self.current is not None or bool(self._queue)
 
+    @property
+    def waiting(self) -> int:
+        """Jobs queued behind the running one (cancelled ones no longer count)."""
+        return sum(not task.cancelled for task in self._queue)
+
     def start(
         self,
         name: str,
@@ -109,6 +128,8 @@ class TaskRunner(QObject):
         self._queue.append(task)
         if self.current is None:
             self._start_next()
+        else:
+            self.queue_changed.emit(self.waiting)
         return task
 
     def cancel_all(self) -> None:
@@ -116,6 +137,7 @@ class TaskRunner(QObject):
         for task in (self.current, *self._queue):
             if task is not None:
                 task.cancel()
+        self.queue_changed.emit(self.waiting)
 
     def cancel_current(self) -> None:
         if self.current is not None:
@@ -134,15 +156,17 @@ class TaskRunner(QObject):
     def _start_next(self) -> None:
         while self.current is None and self._queue:
             task = self.current = self._queue.popleft()
+            self.queue_changed.emit(self.waiting)
             self.started.emit(task)
+            generator = _begin(task, self.error_log)
             if self.threaded:
-                worker = _Worker(task, self.error_log)
+                worker = _Worker(task, generator, self.error_log)
                 worker.yielded.connect(self._on_item)
                 worker.ended.connect(self._on_ended)
                 self._worker = worker
                 worker.start()
                 return
-            for item in _iterate(task, self.error_log):
+            for item in _iterate(task, generator, self.error_log):
                 self._on_item(task, item)
             self._on_ended(task)
 
