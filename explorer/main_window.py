@@ -53,7 +53,7 @@ from core.files.images import make_grid, save_png
 from core.training.remote import RemoteRun, RunStatus, host_for
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
-from explorer.models.jobs import Progress, Task
+from explorer.models.jobs import ErrorLog, Progress, Task
 from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.panels.classes import ClassesPanel
 from explorer.panels.draw import DrawPanel
@@ -132,7 +132,9 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
-        self.tasks = TaskRunner(threaded=self.engine.threaded, parent=self)
+        self.tasks = TaskRunner(
+            threaded=self.engine.threaded, parent=self, error_log=ErrorLog(self.settings.error_log)
+        )
         self.samples_panel = SamplesPanel(self.state)
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
@@ -235,7 +237,8 @@ class MainWindow(QMainWindow):
         self.training_panel.host_changed.connect(self.training_status.set_host)
         self.training_panel.connection_changed.connect(self.training_status.set_connection)
         self.samples_panel.count.valueChanged.connect(self._grid_size_chosen)
-        self.task_progress.cancel_requested.connect(self.tasks.cancel_current)
+        self.task_progress.cancel_requested.connect(self.tasks.cancel_all)
+        self.tasks.queue_changed.connect(self.task_progress.set_waiting)
         self.tasks.started.connect(self._on_task_started)
         self.tasks.progressed.connect(self._on_task_progress)
         self.tasks.finished.connect(self._on_task_finished)

@@ -77,6 +77,12 @@ class ExplorerSettings:
     def geometry(self, value: QByteArray) -> None:
         self.qsettings.setValue("geometry", value)
 
+    @property
+    def error_log(self) -> Path:
+        """The file that keeps tracebacks of unexpected failures: beside the settings (a
+        test's or a screenshot's settings keep their own)."""
+        return Path(self.qsettings.fileName()).parent / "explorer-errors.log"
+
     def layout_state(self, name: str) -> QByteArray | None:
         """A splitter's saved state (``QSplitter.saveState``), or ``None``."""
         value = self.qsettings.value(f"layout/{name}")

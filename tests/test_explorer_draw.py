@@ -253,3 +253,50 @@ def test_the_trace_of_one_answer_is_a_readable_small_box(draw_window, qtbot):
     draw(qtbot, panel, [(6.5, 1.5), (1.5, 6.5)])
     assert len(panel.trace.arrays()[0]) == 2
     assert all(panel.trace_plot.getPlotItem().vb.autoRangeEnabled())
+
+
+def test_a_stroke_during_the_plan_measurement_is_answered_as_a_frame_would_be(draw_window, qtbot):
+    """Right after launch the render plan is being measured: a stroke's answer cuts the
+    measurement's decode short (as a waiting frame does) and runs on the render thread
+    before that decode runs again, instead of waiting for the model lock until the
+    measurement step ends."""
+    window, panel = draw_window(threaded=True)
+    engine = window.engine
+    real_decode, real_encode = engine._decode, engine._encode_here
+    in_measurement, drawn = threading.Event(), threading.Event()
+    stroke_encodes: list[int] = []  # threads that encoded the stroke (not the blank canvas)
+    seen_at_retry: list[list[int]] = []
+
+    def decode(model, z, *rest):
+        if engine._measure_preemptible and not in_measurement.is_set():
+            in_measurement.set()
+            for _ in range(500):  # until the stroke's answer waits (10 s at most)
+                if drawn.is_set() and engine._answers:
+                    break
+                threading.Event().wait(0.02)
+            engine._check_preempted()  # what the hooks do between two layers
+        elif engine._measure_preemptible and not seen_at_retry:
+            seen_at_retry.append(list(stroke_encodes))
+        return real_decode(model, z, *rest)
+
+    def encode_here(pixels):
+        if pixels.any():
+            stroke_encodes.append(threading.get_ident())
+        return real_encode(pixels)
+
+    engine._decode, engine._encode_here = decode, encode_here
+    measuring: list[bool] = []
+    panel.answer_shown.connect(lambda edit: edit and measuring.append(engine.measuring))
+    qtbot.waitUntil(in_measurement.is_set, timeout=60_000)
+    draw(qtbot, panel, [(1.0, 1.0), (6.0, 6.0)])
+    drawn.set()
+    qtbot.waitUntil(
+        lambda: panel.last_answer is not None and panel.last_answer.edit == panel.canvas.edits,
+        timeout=60_000,
+    )
+    assert stroke_encodes == [engine._render_ident]
+    qtbot.waitUntil(lambda: bool(seen_at_retry), timeout=60_000)
+    assert seen_at_retry == [[engine._render_ident]]  # answered before the decode resumed
+    assert measuring == [True]
+    qtbot.waitUntil(lambda: not engine.measuring, timeout=120_000)
+    assert engine.plan.measured  # and went on afterwards

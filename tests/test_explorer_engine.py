@@ -354,15 +354,23 @@ def test_only_the_render_thread_computes_with_more_than_one_thread(
         render_thread = next(iter(seen))
         assert seen[render_thread] == 2
 
-        def importer() -> None:
+        def exporter() -> None:
             torch.set_num_threads(2)  # whatever the thread had, the engine gives it one
-            engine.encode(np.zeros((1, 8, 8), np.uint8))
+            engine.decode([z[:1] for z in latents], info.model_id)
 
-        worker = threading.Thread(target=importer, name="importer")
+        worker = threading.Thread(target=exporter, name="exporter")
         worker.start()
         worker.join()
-        assert seen["importer"] == 1
+        assert seen["exporter"] == 1
         assert torch.get_num_threads() == 1
+        # A one-image encode (a Draw answer) is computed by the render thread's team.
+        seen.clear()
+        answer = threading.Thread(
+            target=lambda: engine.encode(np.zeros((1, 8, 8), np.uint8)), name="answers"
+        )
+        answer.start()
+        answer.join()
+        assert seen == {render_thread: 2}
     finally:
         engine.shutdown()
 

@@ -578,25 +578,19 @@ def test_folder_of_300_files_shows_progress_and_can_be_cancelled(
     assert window.last_error is None
 
 
-@pytest.mark.slow
-def test_threaded_import_and_cancel_from_the_status_bar(
-    make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch
-):
+def _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch, after: int = 1):
+    """A threaded window whose import waits at its file number ``after`` (from 0) until
+    ``gate`` is set (however fast the machine, it still runs when the test acts), and the
+    number of images each batched encode was asked for."""
     import itertools
     import threading
 
     from explorer.panels import importer
 
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(300):
-        (folder / f"{i:03d}.png").write_bytes(grey_pngs[i % 4].read_bytes())
-    # The worker waits at its third file until the test has pressed Cancel: however fast
-    # the machine, the import is still running when the button is clicked.
     gate, calls, read_preview = threading.Event(), itertools.count(), importer.read_preview
 
     def gated_preview(path):
-        if next(calls) >= 2:
+        if next(calls) >= after:
             gate.wait(30)
         return read_preview(path)
 
@@ -604,6 +598,28 @@ def test_threaded_import_and_cancel_from_the_status_bar(
     window = make_window(threaded=True)
     with qtbot.waitSignal(window.frame_shown, timeout=30_000):
         window.open_checkpoint(mnist_checkpoint)
+    encoded: list[int] = []
+    encode_images = window.engine.encode_images
+
+    def counting(pixels, model_id=None):
+        encoded.append(len(pixels))
+        return encode_images(pixels, model_id)
+
+    monkeypatch.setattr(window.engine, "encode_images", counting)
+    return window, gate, encoded
+
+
+@pytest.mark.slow
+def test_threaded_import_and_cancel_from_the_status_bar(
+    make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"{i:03d}.png").write_bytes(grey_pngs[i % 4].read_bytes())
+    window, gate, _ = _gated_import_window(
+        make_window, mnist_checkpoint, qtbot, monkeypatch, after=2
+    )
     with qtbot.waitSignal(window.images.image_shown, timeout=30_000):
         drop(window, [folder])
     assert window.task_progress.isVisible()
@@ -618,6 +634,53 @@ def test_threaded_import_and_cancel_from_the_status_bar(
     first = window.images.gallery[report.ids[0]]
     qtbot.waitUntil(lambda: window.last_frame.request_id == window.last_request_id, timeout=30_000)
     np.testing.assert_array_equal(shown(window)[0], first.encoded.reconstruction)
+
+
+def test_drops_of_files_in_the_gallery_wait_visibly_and_encode_nothing(
+    make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch
+):
+    """The same folder dropped three times: the second and third drops wait behind the
+    first (the status bar says how many), then find every file in the gallery by its
+    content hash and encode none of them."""
+    folder = tmp_path / "six"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.png").write_bytes(grey_pngs[i % 4].read_bytes())
+    window, gate, encoded = _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch)
+    reports = []
+    window.images.import_finished.connect(reports.append)
+    for _ in range(3):
+        drop(window, [folder])
+    assert window.tasks.waiting == 2
+    assert "2 more waiting" in window.task_progress.label.text()
+    gate.set()
+    qtbot.waitUntil(lambda: len(reports) == 3, timeout=60_000)
+    assert sum(encoded) == 6  # the first drop's six images, nothing after
+    assert len(window.images.gallery) == 6
+    assert [(len(r.ids), r.existing) for r in reports] == [(6, 0), (6, 6), (6, 6)]
+    assert window.statusBar().currentMessage() == "No new images: 6 already in the gallery"
+    assert "waiting" not in window.task_progress.label.text()
+
+
+def test_cancel_in_the_status_bar_clears_the_waiting_imports(
+    make_window, mnist_checkpoint, grey_pngs, qtbot, monkeypatch
+):
+    window, gate, encoded = _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch)
+    reports = []
+    window.images.import_finished.connect(reports.append)
+    for pair in (grey_pngs[:2], grey_pngs[2:], grey_pngs[1:3]):
+        drop(window, pair)
+    assert window.tasks.waiting == 2
+    window.task_progress.cancel_button.click()
+    gate.set()
+    qtbot.waitUntil(lambda: len(reports) == 3, timeout=60_000)
+    assert all(r.cancelled for r in reports)
+    # Only the running import did any work (as far as it got); the waiting two none.
+    assert [r.ids for r in reports[1:]] == [[], []] and sum(encoded) <= 2
+    names = {item.name for item in window.images.gallery.items}
+    assert names <= {grey_pngs[0].name, grey_pngs[1].name}
+    assert not window.tasks.busy
+    qtbot.waitUntil(lambda: not window.task_progress.isVisible(), timeout=10_000)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import numpy as np
 
 from core.files.images import save_png
 from explorer.models.gallery import EncodedImage, Gallery
+from explorer.models.jobs import Progress
 from explorer.panels import importer
 from explorer.panels.importer import ImportedBatch, ImportedImage, ImportFailure, import_images
 
@@ -118,3 +119,30 @@ def test_gallery_list_inserts_new_rows_in_order_and_rebuilds_otherwise(qtbot):
     gallery.remove([ids[0]])
     panel.refresh()
     assert rows() == [5.0, 2.0, 1.0, 0.5]
+
+
+def test_files_known_by_path_and_content_hash_are_not_encoded(tmp_path):
+    from explorer.models.gallery import pixel_digest
+    from explorer.panels.importer import AlreadyImported
+
+    for i in range(3):
+        save_png(np.full((8, 8), i, np.uint8), tmp_path / f"{i}.png")
+    one = str(tmp_path / "1.png")
+    known = {(one, pixel_digest(np.full((1, 8, 8), 1, np.uint8))): 41}
+    calls: list[int] = []
+
+    def encode_many(pixels: np.ndarray) -> list[EncodedImage]:
+        calls.append(len(pixels))
+        return [fake_encoded(p, 1.0) for p in pixels]
+
+    items = list(
+        import_images([tmp_path], None, 1, 8, previews=False, encode_many=encode_many, known=known)
+    )
+    assert [i for i in items if isinstance(i, AlreadyImported)] == [AlreadyImported(one, 41)]
+    assert sum(calls) == 2
+    # the same path with other pixels (the file changed) is encoded
+    known = {(one, pixel_digest(np.full((1, 8, 8), 9, np.uint8))): 41}
+    items = list(
+        import_images([one], lambda p: fake_encoded(p, 1.0), 1, 8, previews=False, known=known)
+    )
+    assert [type(i).__name__ for i in items if not isinstance(i, Progress)] == ["ImportedImage"]

@@ -184,3 +184,91 @@ def test_computing_a_map_can_be_cancelled(make_window, folder_checkpoint):
     assert task.cancelled and panel.map is None
     assert "encoding" in seen and "principal components" not in seen
     assert panel.status.text() == "Cancelled."
+
+
+def test_the_projection_agrees_with_a_full_svd_up_to_sign():
+    """Only the top two components are computed (eigenvectors of the covariance, or an SVD
+    when there are fewer rows than dimensions); they are the SVD's, up to sign."""
+    rng = np.random.default_rng(3)
+    for n, d in ((400, 30), (12, 30)):
+        scales = np.linspace(3.0, 0.5, d)  # distinct variances: the axes are well defined
+        rows = rng.standard_normal((n, d)) * scales + rng.standard_normal(d)
+        projection = fit_projection(rows)
+        _, s, vt = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
+        for axis, reference in zip(projection.axes, vt[:2]):
+            assert np.allclose(axis * np.sign(axis @ reference), reference, atol=1e-8)
+        assert np.allclose(projection.explained, s[:2] ** 2 / (s**2).sum())
+
+
+def test_another_level_is_fitted_off_the_gui_thread_and_the_old_map_stays(
+    make_window, qtbot, folder_checkpoint, monkeypatch
+):
+    """Choosing a level refits the plane over the whole data set: a job on the task runner,
+    with the map shown until the new one arrives."""
+    import threading
+
+    import explorer.models.latent_map as latent_map_module
+
+    ckpt, folder = folder_checkpoint
+    window = make_window(ckpt, threaded=True)
+    panel = window.map_panel
+    panel.set_data_dir(folder)
+    panel.compute()
+    qtbot.waitUntil(lambda: panel.map is not None, timeout=60_000)
+    first = panel.map
+    assert first.level == 1
+    real_fit = latent_map_module.fit_projection
+    fitting, release, threads = threading.Event(), threading.Event(), []
+
+    def slow_fit(rows):
+        threads.append(threading.get_ident())
+        fitting.set()
+        release.wait(timeout=5)  # a fit on the GUI thread (the defect) must not hang here
+        return real_fit(rows)
+
+    monkeypatch.setattr(latent_map_module, "fit_projection", slow_fit)
+    panel.level_combo.setCurrentIndex(panel.level_combo.findData(0))
+    assert fitting.wait(timeout=30)
+    assert threads == [threads[0]] and threads[0] != threading.get_ident()
+    assert panel.map is first and not panel.view.isHidden()  # the old map, while it fits
+    release.set()
+    qtbot.waitUntil(lambda: panel.map is not first, timeout=30_000)
+    assert panel.map.level == 0 and panel.map.latents is first.latents
+    # both planes are kept: going back is immediate, no second job
+    panel.level_combo.setCurrentIndex(panel.level_combo.findData(1))
+    assert panel.map is first and len(threads) == 1
+
+
+def test_a_user_error_is_a_message_and_a_defect_goes_once_to_the_named_log(
+    make_window, qtbot, tmp_path, capfd, monkeypatch
+):
+    """Compute map with a folder without MNIST says why in the panel and prints nothing; an
+    unexpected failure writes its traceback once to the log, whose path the panel names."""
+    import explorer.panels.latent_map as panel_module
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", perturbed_model(), {"dataset": "mnist"})
+    window = make_window(ckpt)
+    panel = window.map_panel
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    panel.set_data_dir(empty)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    text = panel.status.text()
+    assert panel.map is None and text.startswith("No map: ") and str(empty) in text
+    assert "Error" not in text  # the message, not the exception's class
+    log = window.tasks.error_log.path
+    assert tmp_path in log.parents and not log.exists()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+    def broken(*args):
+        raise KeyError("a defect")
+
+    monkeypatch.setattr(panel_module, "load_map_images", broken)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    text = panel.status.text()
+    assert "KeyError" in text and str(log) in text
+    written = log.read_text()
+    assert written.count("Traceback") == 1 and "a defect" in written and "broken" in written
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err

@@ -81,11 +81,15 @@ class PlanMeasuring:
             self._serve_frames()
 
     def _serve_frames(self) -> None:
-        """Render the waiting requests now, on the render thread (a measurement step
-        yielded to them)."""
+        """Render the waiting requests, then run the waiting answers (one-image encodes
+        someone waits for), now, on the render thread (a measurement step yielded to them)."""
         thread = self._thread
         while thread is not None and (request := self._next_request(block=False)) is not None:
             thread.render(request)
+        while thread is not None and (answer := self._next_answer()) is not None:
+            answer.run()
+            while (request := self._next_request(block=False)) is not None:
+                thread.render(request)
 
     def _timed_decode(
         self,

@@ -30,7 +30,11 @@ array per level) into numpy ``uint8`` images, handed back by the ``frame_rendere
   ``realnvp encode`` prints (the map's total, ``RealNVP.bits_per_dim`` to float32 rounding).
 - **Encoding** (:meth:`RenderEngine.encode`) and batch decoding (:meth:`RenderEngine.decode`)
   are synchronous and thread-safe: the image importer and the exporters call them from
-  their own worker threads, and the model lock keeps them from racing a render.
+  their own worker threads, and the model lock keeps them from racing a render. A
+  one-image encode (a Draw answer, a dropped file) and a likelihood description are a
+  person waiting, as a frame is: they run on the render thread as *answers*, which go
+  before batch jobs and cut a plan-measurement decode short as a waiting frame does (in the
+  first 15 s after launch, a Draw answer had waited 0.4-3.0 s for the measurement).
 
 The engine never touches a widget; widgets never touch torch.
 
@@ -192,6 +196,7 @@ class _Job:
 
     call: Any
     future: Future = field(default_factory=Future)
+    answer: bool = False  # someone waits for it now: goes first, preempts a measurement
 
     def run(self) -> None:
         try:
@@ -303,6 +308,7 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self._mailbox = threading.Condition()
         self._pending: dict[str, RenderRequest] = {}
         self._jobs: collections.deque[_Job] = collections.deque()  # after frames, in order
+        self._answers: collections.deque[_Job] = collections.deque()  # before _jobs
         self._held = 0
         self._stopping = False
         self._thread: _RenderThread | None = None
@@ -441,8 +447,10 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         target = self._abort_target
         if target is not None and target in self._pending:
             raise Preempted
-        if self._measure_preemptible == threading.get_ident() and self._pending and not self._held:
-            raise Preempted  # a measurement decode: the user's frame goes first
+        if self._measure_preemptible == threading.get_ident() and (
+            (self._pending and not self._held) or self._answers
+        ):
+            raise Preempted  # a measurement decode: the user's frame or answer goes first
 
     @property
     def render_status(self) -> str:
@@ -527,7 +535,8 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             self._measurement = None
             self._graph_job = None  # a capture in progress ends with its current step
             self._device_job = None
-            jobs, self._jobs = list(self._jobs), collections.deque()
+            jobs = [*self._answers, *self._jobs]
+            self._jobs, self._answers = collections.deque(), collections.deque()
             self._mailbox.notify_all()
         for job in jobs:
             job.future.set_exception(RuntimeError("the render engine has stopped"))
@@ -541,12 +550,15 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         self.frame_rendered.emit(frame)
 
     def _next_work(self, block: bool) -> RenderRequest | object | None:
-        """The newest request (samples first), else the exact frame of a draft once it is
-        due, else a job handed over by another thread (none while an exact frame is due
-        soon: a batch would hold it back), else a plan-measurement step, else wait."""
+        """The newest request (samples first), else an answer someone waits for, else the
+        exact frame of a draft once it is due, else a job handed over by another thread
+        (none while an exact frame is due soon: a batch would hold it back), else a
+        plan-measurement step, else wait. Until the model's first figure is measured,
+        frames and answers wait for that one decode. Holding the engine holds frames, not
+        answers: whoever holds it may be waiting for one."""
         with self._mailbox:
             while block and not self._stopping:
-                if not self._held and self._pending:
+                if self._answers or (not self._held and self._pending):
                     break
                 if not self._held and self._exact_after:
                     due = min(d for _, d in self._exact_after.values())
@@ -558,21 +570,26 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
                 if not self._held and (self._jobs or self.measuring):
                     break
                 self._mailbox.wait()
-            if self._stopping or self._held:
+            if self._stopping:
                 return None
-            if not self._pending and self._exact_after:
+            frames = bool(self._pending) and not self._held
+            if (frames or self._answers) and self._first_figure_due():
+                return _MEASURE
+            if frames:
+                return self._pop_newest()
+            if self._answers:
+                return self._answers.popleft()
+            if self._held:
+                return None
+            if self._exact_after:
                 return self._exact_frame(time.perf_counter())
-            if self._pending:
-                if not self._first_figure_due():
-                    return self._pop_newest()
-                if self.measuring:
-                    return _MEASURE
             if self._jobs:
                 return self._jobs.popleft()
             return _MEASURE if self.measuring else None
 
-    def _on_render_thread(self, call: Any) -> Any:
+    def _on_render_thread(self, call: Any, answer: bool = False) -> Any:
         """``call()`` on the thread that renders, and its result (or exception) here.
+        ``answer``: someone waits for it now (see the module's *Encoding*).
 
         For batched work that computes with more than one thread: torch's OpenMP team
         belongs to the OS thread that computes, and a second team on another thread
@@ -583,11 +600,11 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         at once."""
         if self._thread is None or self._render_ident == threading.get_ident():
             return call()
-        job = _Job(call)
+        job = _Job(call, answer=answer)
         with self._mailbox:
             if self._stopping:
                 raise RuntimeError("the render engine has stopped")
-            self._jobs.append(job)
+            (self._answers if answer else self._jobs).append(job)
             self._mailbox.notify()
         return job.future.result()
 
@@ -608,6 +625,12 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
             if self._stopping or self._held or not self._pending:
                 return None
             return self._pop_newest()
+
+    def _next_answer(self) -> _Job | None:
+        with self._mailbox:
+            if self._stopping or not self._answers:
+                return None
+            return self._answers.popleft()
 
     def _pop_newest(self) -> RenderRequest:
         target = SAMPLES_TARGET if SAMPLES_TARGET in self._pending else next(iter(self._pending))
@@ -933,9 +956,15 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
         ``bits_per_dim`` pass cost a quarter of the encode (10 of 40 ms for the bundled model
         on one thread) and a Draw answer its frame budget. Raises ``ValueError`` for the
         wrong shape or no model.
+
+        It runs on the render thread as an answer (a waiting frame's peer: it cuts a
+        plan-measurement decode short, and goes before batch jobs).
         """
-        self._threads_here()
         pixels = np.asarray(pixels)
+        return self._on_render_thread(lambda: self._encode_here(pixels), answer=True)
+
+    def _encode_here(self, pixels: np.ndarray) -> EncodedImage:
+        self._threads_here()
         with self._model_lock:
             model, original, info = self._model, self._likelihood_model, self._info
             if model is None or original is None or info is None:
@@ -1049,10 +1078,13 @@ class RenderEngine(PlanMeasuring, DeviceFallbacks, QObject):
     def describe_likelihood(self, pixels: np.ndarray) -> LikelihoodView:
         """Likelihood map, per-level bits and typicality verdict of a uint8 ``(C, H, W)``
         image of the open model's shape (a sample, a dropped image). Call it off the GUI
-        thread: it costs about one encode. ``ValueError`` without a model or for a wrong
-        shape."""
-        self._threads_here()
+        thread: it costs about one encode, on the render thread as an answer (as
+        :meth:`encode`). ``ValueError`` without a model or for a wrong shape."""
         pixels = np.asarray(pixels)
+        return self._on_render_thread(lambda: self._describe_here(pixels), answer=True)
+
+    def _describe_here(self, pixels: np.ndarray) -> LikelihoodView:
+        self._threads_here()
         with self._model_lock:
             original, info = self._likelihood_model, self._info
             if original is None or info is None:

@@ -9,6 +9,8 @@ through its ``changed`` event.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +53,15 @@ class Preview:
     file_size: tuple[int, int]  # (width, height) of the file's image, orientation applied
 
 
+def pixel_digest(pixels: np.ndarray) -> str:
+    """A content hash of ``uint8 (C, H, W)`` pixels (their shape included): the same
+    image read again from the same file has the same digest."""
+    pixels = np.ascontiguousarray(pixels)
+    h = hashlib.blake2b(repr((pixels.shape, pixels.dtype.str)).encode(), digest_size=16)
+    h.update(pixels.data)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True, eq=False)
 class GalleryImage:
     """A dropped image: the file, the pixels the model saw, and its encoding."""
@@ -64,6 +75,11 @@ class GalleryImage:
     @property
     def name(self) -> str:
         return Path(self.path).name
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """:func:`pixel_digest` of the pixels (computed once)."""
+        return pixel_digest(self.pixels)
 
     @property
     def latents(self) -> tuple[np.ndarray, ...]:
@@ -166,6 +182,15 @@ class Gallery:
     def with_path(self, path: str) -> list[GalleryImage]:
         """The images of the file ``path`` (the same file may be in several versions)."""
         return [self._items[i] for i in self._by_path.get(str(path), ()) if i in self._items]
+
+    def known(self, model_id: int) -> dict[tuple[str, str], int]:
+        """``(path, pixel digest) -> id`` of the images encoded by ``model_id``: what an
+        import skips encoding (a snapshot, for a worker thread)."""
+        return {
+            (item.path, item.digest): item.item_id
+            for item in self._items.values()
+            if item.model_id == model_id
+        }
 
     def remove(self, item_ids: Iterable[int]) -> None:
         removed = False

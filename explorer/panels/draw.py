@@ -603,8 +603,7 @@ class DrawPanel(QWidget):
         if task.cancelled:
             self.completion_label.setText("Completion cancelled.")
         elif task.error:
-            message = task.error.split(": ", 1)[-1]
-            self.completion_label.setText(f"Could not complete: {message}")
+            self.completion_label.setText(f"Could not complete: {task.error}")
         elif results and model_id == self.engine.model_id:
             self._show_completions(results[-1])
             self.completions_shown.emit(results[-1])

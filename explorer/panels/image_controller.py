@@ -43,13 +43,19 @@ from explorer.models.directions import (
     save_direction,
 )
 from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
-from explorer.models.gallery import Gallery, GalleryImage, group_latents
+from explorer.models.gallery import Gallery, group_latents
 from explorer.models.jobs import Task
 from explorer.models.state import ExplorerState, ModelInfo
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
 from explorer.panels.images import ImagesPanel
-from explorer.panels.importer import ImportedBatch, ImportedImage, ImportFailure, import_images
+from explorer.panels.importer import (
+    AlreadyImported,
+    ImportedBatch,
+    ImportedImage,
+    ImportFailure,
+    import_images,
+)
 from explorer.widgets.dialogs import FileDialogs
 from explorer.widgets.images import ImageGridView
 from explorer.widgets.task_runner import TaskRunner
@@ -93,6 +99,7 @@ class ImportReport:
     reveal: bool = True
     ids: list[int] = field(default_factory=list)
     existing: int = 0  # files whose image was in the gallery already (shown, not added)
+    again: list[str] = field(default_factory=list)  # known at the start, removed since
     failures: list[ImportFailure] = field(default_factory=list)
     previous_id: int | None = None
     cancelled: bool = False
@@ -197,12 +204,21 @@ class ImageController(QObject):
         report = ImportReport([str(p) for p in paths], show, group, roles or {}, reveal)
         report.previous_id = self.gallery.current_id
         channels, size, encode = info.channels, info.image_size, self.engine.encode
-        encode_many = self.engine.encode_images
+        encode_many, gallery = self.engine.encode_images, self.gallery
         count = len(report.paths)
         name = f"Importing {Path(report.paths[0]).name}" if count == 1 else "Importing images"
+        # Called when the job's turn comes, on the GUI thread: the images known then include
+        # those of the imports queued before it.
         return self.tasks.start(
             name,
-            lambda: import_images(report.paths, encode, channels, size, encode_many=encode_many),
+            lambda: import_images(
+                report.paths,
+                encode,
+                channels,
+                size,
+                encode_many=encode_many,
+                known=gallery.known(info.model_id),
+            ),
             on_result=lambda result: self._on_imported(report, result),
             on_done=lambda task: self._on_import_done(report, task),
         )
@@ -223,13 +239,16 @@ class ImageController(QObject):
         if isinstance(result, ImportFailure):
             report.failures.append(result)
             return
-        if not isinstance(result, ImportedImage) or result.encoded.model_id != self.engine.model_id:
-            return  # encoded by a model that has since been replaced
-        item = self._same_image(result)
-        if item is not None:
+        if isinstance(result, AlreadyImported):
+            item = self.gallery.get(result.item_id)
+            if item is None:  # removed while the import ran: encoded again after it
+                report.again.append(result.path)
+                return
             report.existing += 1
-        else:
+        elif isinstance(result, ImportedImage) and result.encoded.model_id == self.engine.model_id:
             item = self.gallery.add(result.path, result.pixels, result.encoded, result.preview)
+        else:
+            return  # encoded by a model that has since been replaced
         report.ids.append(item.item_id)
         for role in report.roles.get(item.path, ()):
             self.gallery.set_roles(**{f"{role}_id": item.item_id})
@@ -249,20 +268,12 @@ class ImageController(QObject):
             if self.gallery.current_id is not None:
                 self._sync_slider_to(self.gallery.current_id)
 
-    def _same_image(self, result: ImportedImage) -> GalleryImage | None:
-        """The gallery image of the same file with the same pixels and model, if any: a
-        file dropped twice is shown again, not added twice."""
-        for item in self.gallery.with_path(result.path):
-            if item.model_id == result.encoded.model_id and np.array_equal(
-                item.pixels, result.pixels
-            ):
-                return item
-        return None
-
     def _on_import_done(self, report: ImportReport, task: Task) -> None:
         report.cancelled = task.cancelled
         report.error = None if task.cancelled else task.error
         self.last_report = report
+        if report.again and not task.cancelled:
+            self.import_paths(report.again, show=False)
         if report.group is not None:
             self.directions_panel.set_group(report.group, report.ids)
         added = len(report.ids)

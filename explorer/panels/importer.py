@@ -7,6 +7,10 @@ orientation, alpha on white, palette / CMYK / 16-bit, centre crop, resize; a cle
 it, and yields one result per file. A bad file is a :class:`ImportFailure`, never an
 exception, so one broken file in a folder of thousands costs only itself.
 
+A file whose pixels are in the gallery already (same path, same content hash, same model:
+``known``) is not encoded again: it is an :class:`AlreadyImported` (a second drop of a
+300-file folder had taken longer than the first, only to add nothing).
+
 Several files are encoded in batches (``encode_many``, the engine's ``encode_images``):
 one batched pass costs a fraction of one pass per image. A single file takes the
 one-image path (``encode``), whose reconstruction also warms the view's level cache.
@@ -19,7 +23,7 @@ after ``load_image`` has accepted the file. The model's pixels never come from i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
 from core.training.datasets import DatasetError, list_images
-from explorer.models.gallery import EncodedImage, Preview
+from explorer.models.gallery import EncodedImage, Preview, pixel_digest
 from explorer.models.jobs import Progress
 
 PREVIEW_SIDE = 128
@@ -60,6 +64,14 @@ class ImportedBatch:
 
 
 @dataclass(frozen=True)
+class AlreadyImported:
+    """A file whose image is the gallery's ``item_id`` already (not encoded again)."""
+
+    path: str
+    item_id: int
+
+
+@dataclass(frozen=True)
 class ImportFailure:
     path: str
     message: str
@@ -72,9 +84,12 @@ def import_images(
     size: int,
     previews: bool = True,
     encode_many: Callable[[np.ndarray], list[EncodedImage]] | None = None,
-) -> Iterator[Progress | ImportedImage | ImportedBatch | ImportFailure]:
+    known: Mapping[tuple[str, str], int] | None = None,
+) -> Iterator[Progress | ImportedImage | ImportedBatch | AlreadyImported | ImportFailure]:
     """Import files and folders (recursively) in order; see the module docstring.
-    ``encode_many``: encode ``uint8 (N, C, H, W)`` images at once (several files)."""
+    ``encode_many``: encode ``uint8 (N, C, H, W)`` images at once (several files);
+    ``known``: ``(path, pixel digest) -> gallery id`` of the images not to encode again."""
+    known = known or {}
     yield Progress(0, 0, "Listing files…")
     files: list[Path] = []
     seen: set[Path] = set()
@@ -101,16 +116,15 @@ def import_images(
     if encode_many is None or total == 1:
         for done, path in enumerate(files):
             yield Progress(done, total, f"Importing {path.name}")
-            try:
-                pixels = load_image(path, channels, size)
-            except ImageLoadError as exc:
-                yield ImportFailure(str(path), _explain(path, str(exc)))
+            pixels = _read(path, channels, size, known)
+            if not isinstance(pixels, np.ndarray):
+                yield pixels
                 continue
             encoded = encode(pixels)
             preview = read_preview(path) if previews else None
             yield ImportedImage(str(path), pixels, encoded, preview)
     else:
-        yield from _import_batches(files, encode_many, channels, size, previews)
+        yield from _import_batches(files, encode_many, channels, size, previews, known)
     yield Progress(total, total, "Done")
 
 
@@ -120,8 +134,10 @@ def _import_batches(
     channels: int,
     size: int,
     previews: bool,
-) -> Iterator[Progress | ImportedImage | ImportedBatch | ImportFailure]:
-    """Read files until a batch is full, encode it in one call, yield its images in order."""
+    known: Mapping[tuple[str, str], int],
+) -> Iterator[Progress | ImportedImage | ImportedBatch | AlreadyImported | ImportFailure]:
+    """Read files until a batch is full, encode it in one call, yield its images in order
+    (the known ones first, without encoding)."""
     total, done, start = len(files), 0, 0
     batch = FIRST_BATCH
     while start < len(files):
@@ -130,10 +146,11 @@ def _import_batches(
         yield Progress(done, total, f"Importing {chunk[0].name}")
         loaded: list[tuple[Path, np.ndarray]] = []
         for path in chunk:
-            try:
-                loaded.append((path, load_image(path, channels, size)))
-            except ImageLoadError as exc:
-                yield ImportFailure(str(path), _explain(path, str(exc)))
+            pixels = _read(path, channels, size, known)
+            if isinstance(pixels, np.ndarray):
+                loaded.append((path, pixels))
+            else:
+                yield pixels
         if loaded:
             encoded = encode_many(np.stack([pixels for _, pixels in loaded]))
             yield ImportedBatch(
@@ -144,6 +161,19 @@ def _import_batches(
             )
         done += len(chunk)
         batch = BATCH
+
+
+def _read(
+    path: Path, channels: int, size: int, known: Mapping[tuple[str, str], int]
+) -> np.ndarray | AlreadyImported | ImportFailure:
+    """The file's pixels to encode, or what to yield instead: it is in the gallery already,
+    or cannot be used."""
+    try:
+        pixels = load_image(path, channels, size)
+    except ImageLoadError as exc:
+        return ImportFailure(str(path), _explain(path, str(exc)))
+    item_id = known.get((str(path), pixel_digest(pixels)))
+    return pixels if item_id is None else AlreadyImported(str(path), item_id)
 
 
 def _explain(path: Path, message: str) -> str:

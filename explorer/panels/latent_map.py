@@ -32,13 +32,14 @@ from PySide6.QtWidgets import (
 
 from explorer.engine.datasets import load_map_images
 from explorer.engine.render import RenderEngine
-from explorer.models.gallery import Gallery
+from explorer.models.gallery import Gallery, group_latents
 from explorer.models.jobs import Task
 from explorer.models.latent_map import (
     ALL_LEVELS,
     DEFAULT_MAP_IMAGES,
     LatentMap,
     latent_map_job,
+    level_job,
     nearest_point,
 )
 from explorer.models.state import ExplorerState, ModelInfo, StateChange
@@ -217,7 +218,10 @@ class LatentMapPanel(QWidget):
         self.map: LatentMap | None = None
         self.image_index = 0
         self.task: Task | None = None
-        self._cache: dict[tuple, LatentMap] = {}
+        self._refit: tuple[tuple, int, Task] | None = None  # source, level, its job
+        # Per model and image source, the maps made so far, by level (refits share latents).
+        self._cache: dict[tuple, dict[int, LatentMap]] = {}
+        self._extra_points: dict[int, np.ndarray] = {}  # gallery id -> place on self.map
         self._drags = itertools.count(1)
         self._drag_key: object = None
         self._extra_ids: list[int] = []
@@ -284,8 +288,9 @@ class LatentMapPanel(QWidget):
 
     def model_changed(self, info: ModelInfo) -> None:
         self.info = info
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.level_task):
+            if task is not None:
+                task.cancel()
         blocked = self.level_combo.blockSignals(True)
         self.level_combo.clear()
         for i, shape in enumerate(info.latent_shapes):
@@ -321,10 +326,10 @@ class LatentMapPanel(QWidget):
             return None
         level = self.level
         source = (info.dataset or "folder", self.data_dir.text().strip(), self.count.value())
-        cached = self._cache.get((info.model_id, *source))
-        if cached is not None:
-            self._set_map(cached if cached.level == level else cached.with_level(level))
-            return None
+        key = (info.model_id, *source)
+        if key in self._cache:
+            self._show_level(key)
+            return self.level_task if level not in self._cache[key] else None
         if self.task is not None and not self.task.finished:
             self.task.cancel()
         dataset, data_dir, limit = source
@@ -349,18 +354,53 @@ class LatentMapPanel(QWidget):
         if self.info is None or latent_map.model_id != self.info.model_id:
             return  # made for a model that has since been replaced
         self._cache = {k: v for k, v in self._cache.items() if k[0] == latent_map.model_id}
-        self._cache[key] = latent_map
-        if latent_map.level != self.level:
-            latent_map = latent_map.with_level(self.level)
-        self._set_map(latent_map)
+        self._cache.setdefault(key, {})[latent_map.level] = latent_map
+        self._show_level(key)
+
+    def _show_level(self, key: tuple) -> None:
+        """Show the map of source ``key`` on the chosen level: at once when it was made
+        before, else refitted by a job on the task runner (the whole data set's principal
+        components: seconds on a busy machine) while the map shown now stays."""
+        maps, level = self._cache[key], self.level
+        refit = self._refit
+        if refit is not None and not refit[2].finished:
+            if refit[:2] == (key, level):
+                return  # on its way
+            refit[2].cancel()
+        if level in maps:
+            self._set_map(maps[level])
+            return
+        base = next(iter(maps.values()))
+        task = self.tasks.start(
+            "Latent map",
+            lambda: level_job(base, level),
+            on_result=lambda m: self._on_level_map(key, m),
+            on_done=self._on_done,
+        )
+        self._refit = (key, level, task)
+
+    @property
+    def level_task(self) -> Task | None:
+        """The job refitting the map on the chosen level, if one was started."""
+        return self._refit[2] if self._refit is not None else None
+
+    def _on_level_map(self, key: tuple, latent_map: object) -> None:
+        assert isinstance(latent_map, LatentMap)
+        if self.info is None or latent_map.model_id != self.info.model_id:
+            return  # made for a model that has since been replaced
+        self._cache[key][latent_map.level] = latent_map
+        if latent_map.level == self.level:
+            self._set_map(latent_map)
 
     def _on_done(self, task: Task) -> None:
         if task.error:
-            self.status.setText(f"No map: {task.error.split(': ', 1)[-1]}")
+            self.status.setText(f"No map: {task.error}")
         elif task.cancelled and self.map is None:
             self.status.setText("Cancelled.")
 
     def _set_map(self, latent_map: LatentMap | None) -> None:
+        if latent_map is not self.map:
+            self._extra_points.clear()
         self.map = latent_map
         if self.view.isHidden() == (latent_map is not None):
             self.view.setVisible(latent_map is not None)
@@ -390,8 +430,11 @@ class LatentMapPanel(QWidget):
         self._update_marker()
 
     def _level_chosen(self) -> None:
-        if self.map is not None and self.map.level != self.level:
-            self._set_map(self.map.with_level(self.level))
+        if self.map is None:
+            return
+        key = next((k for k, maps in self._cache.items() if self.map in maps.values()), None)
+        if key is not None:
+            self._show_level(key)
 
     # -- the current image, the gallery --------------------------------------------------------
 
@@ -417,11 +460,14 @@ class LatentMapPanel(QWidget):
         if self.map is not None and self.info is not None:
             items = [g for g in self.gallery.items if g.model_id == self.info.model_id]
         self._extra_ids = [g.item_id for g in items]
-        if not items:
-            self.view.set_extras(np.zeros((0, 2)))
-            return
-        latents = [np.stack([g.latents[i] for g in items]) for i in range(len(items[0].latents))]
-        self.view.set_extras(self.map.coordinates(latents))  # type: ignore[union-attr]
+        # Each gallery image is placed once per map: an import adds a batch at a time, and
+        # placing every image again at each one grew with the gallery (thousands of images).
+        new = [g for g in items if g.item_id not in self._extra_points]
+        if new and self.map is not None:
+            for g, point in zip(new, self.map.coordinates(group_latents(new))):
+                self._extra_points[g.item_id] = point
+        points = [self._extra_points[i] for i in self._extra_ids]
+        self.view.set_extras(np.array(points) if points else np.zeros((0, 2)))
 
     def _on_state_changed(self, change: StateChange) -> None:
         self._update_marker()

@@ -184,7 +184,8 @@ class ElidedLabel(QLabel):
 
 
 class TaskProgress(QWidget):
-    """Label, progress bar and Cancel button for the long job now running (status bar)."""
+    """Label, progress bar and Cancel button for the long job now running and the jobs
+    waiting behind it (status bar); Cancel stops them all."""
 
     cancel_requested = Signal()
 
@@ -197,6 +198,8 @@ class TaskProgress(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop this job (Esc)")
         self.cancel_button.clicked.connect(self.cancel_requested)
+        self.waiting = 0
+        self._line = ""
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.label)
@@ -205,10 +208,23 @@ class TaskProgress(QWidget):
         self.hide()
 
     def show_progress(self, name: str, done: int, total: int, text: str = "") -> None:
-        self.label.setText(f"{name}: {text}" if text else name)
+        self._line = f"{name}: {text}" if text else name
+        self._update_label()
         if total > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(min(done, total))
         else:
             self.bar.setRange(0, 0)  # busy, length unknown yet
         self.show()
+
+    def set_waiting(self, count: int) -> None:
+        """How many jobs wait behind the one shown (Cancel stops those too)."""
+        self.waiting = count
+        self._update_label()
+        self.cancel_button.setToolTip(
+            f"Stop this job and the {count} waiting (Esc)" if count else "Stop this job (Esc)"
+        )
+
+    def _update_label(self) -> None:
+        more = f" · {self.waiting} more waiting" if self.waiting else ""
+        self.label.setText(self._line + more)

@@ -8,50 +8,72 @@ calls ``on_done`` at the end. Cancelling is checked between two yields, where th
 stopped with ``generator.close()`` (its ``finally`` blocks run on the worker thread), as
 superqt's generator workers do.
 
-Jobs run one at a time, in the order started. ``threaded=False`` runs a job on the calling
-thread (tests): results arrive synchronously, and a ``progressed`` handler may cancel.
+Jobs run one at a time, in the order started; ``queue_changed`` says how many wait. A job's
+function is called on the GUI thread when its turn comes (so its arguments can read the
+models as the jobs before it left them); the generator it returns runs on the worker.
+``threaded=False`` runs a job on the calling thread (tests): results arrive synchronously,
+and a ``progressed`` handler may cancel.
+
+A job that raises ends with ``task.error``, one sentence for the user
+(:func:`~explorer.models.jobs.failure_message`): an expected error's message, or for a
+defect the path of the log its traceback went to. Nothing is printed.
 """
 
 from __future__ import annotations
 
 import itertools
-import traceback
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from explorer.models.jobs import Progress, Task
+from explorer.models.jobs import ErrorLog, Progress, Task, failure_message
+
+# Where a runner made without a log (tools, tests) keeps tracebacks; the window passes one
+# beside its settings.
+DEFAULT_ERROR_LOG = Path(tempfile.gettempdir()) / "realnvp-explorer-errors.log"
 
 
 class _Worker(QThread):
     yielded = Signal(object, object)  # task, item
     ended = Signal(object)  # task
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, generator: Iterator[object] | None, log: ErrorLog) -> None:
         super().__init__()
         self.task = task
+        self.generator = generator
+        self.log = log
 
     def run(self) -> None:
-        for item in _iterate(self.task):
+        for item in _iterate(self.task, self.generator, self.log):
             self.yielded.emit(self.task, item)
         self.ended.emit(self.task)
 
 
-def _iterate(task: Task) -> Iterator[object]:
-    """The job's items until it ends, fails (``task.error``) or is cancelled."""
-    generator = None
+def _begin(task: Task, log: ErrorLog) -> Iterator[object] | None:
+    """The job's generator (``None``: cancelled, or its function failed: ``task.error``)."""
+    if task.cancelled:
+        return None
     try:
-        if task.cancelled:
+        return task.job()
+    except Exception as exc:
+        task.error = failure_message(exc, f"the job {task.name!r}", log)
+        return None
+
+
+def _iterate(task: Task, generator: Iterator[object] | None, log: ErrorLog) -> Iterator[object]:
+    """The job's items until it ends, fails (``task.error``) or is cancelled."""
+    try:
+        if generator is None or task.cancelled:
             return
-        generator = task.job()
         for item in generator:
             yield item
             if task.cancelled:
                 break
     except Exception as exc:  # a failing job must not take the app down
-        task.error = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        task.error = failure_message(exc, f"the job {task.name!r}", log)
     finally:
         if generator is not None:
             generator.close()
@@ -61,12 +83,19 @@ class TaskRunner(QObject):
     """Runs :class:`Task` jobs one after another, on a worker thread or synchronously."""
 
     started = Signal(object)  # Task
+    queue_changed = Signal(int)  # how many jobs wait behind the running one
     progressed = Signal(object, object)  # Task, Progress
     finished = Signal(object)  # Task
 
-    def __init__(self, threaded: bool = True, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        threaded: bool = True,
+        parent: QObject | None = None,
+        error_log: ErrorLog | None = None,
+    ) -> None:
         super().__init__(parent)
         self.threaded = threaded
+        self.error_log = error_log or ErrorLog(DEFAULT_ERROR_LOG)
         self.current: Task | None = None
         self._queue: deque[Task] = deque()
         self._worker: _Worker | None = None
@@ -76,6 +105,11 @@ class TaskRunner(QObject):
     @property
     def busy(self) -> bool:
         return self.current is not None or bool(self._queue)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued behind the running one (cancelled ones no longer count)."""
+        return sum(not task.cancelled for task in self._queue)
 
     def start(
         self,
@@ -94,6 +128,8 @@ class TaskRunner(QObject):
         self._queue.append(task)
         if self.current is None:
             self._start_next()
+        else:
+            self.queue_changed.emit(self.waiting)
         return task
 
     def cancel_all(self) -> None:
@@ -101,6 +137,7 @@ class TaskRunner(QObject):
         for task in (self.current, *self._queue):
             if task is not None:
                 task.cancel()
+        self.queue_changed.emit(self.waiting)
 
     def cancel_current(self) -> None:
         if self.current is not None:
@@ -119,15 +156,17 @@ class TaskRunner(QObject):
     def _start_next(self) -> None:
         while self.current is None and self._queue:
             task = self.current = self._queue.popleft()
+            self.queue_changed.emit(self.waiting)
             self.started.emit(task)
+            generator = _begin(task, self.error_log)
             if self.threaded:
-                worker = _Worker(task)
+                worker = _Worker(task, generator, self.error_log)
                 worker.yielded.connect(self._on_item)
                 worker.ended.connect(self._on_ended)
                 self._worker = worker
                 worker.start()
                 return
-            for item in _iterate(task):
+            for item in _iterate(task, generator, self.error_log):
                 self._on_item(task, item)
             self._on_ended(task)
 
