@@ -65,6 +65,7 @@ from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.training.remote_run import BlockingCall, run_entry_text
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
@@ -447,8 +448,7 @@ class MainWindow(QMainWindow):
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         bar.setStyleSheet(
             "QToolBar { spacing: 2px; padding: 2px 6px; border: none; }"
-            "QToolButton { padding: 3px 14px; border-radius: 3px; }"
-            "QToolButton:checked { background: #3d7fd6; color: white; }"
+            "QToolButton { padding: 3px 14px; border-radius: 3px; }" + CHECKED_TOOL_STYLE
         )
         for action in self.page_actions.values():
             action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")

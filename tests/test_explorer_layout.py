@@ -50,18 +50,6 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def dark_theme(qapp):
-    """The app's own look for the screenshots; the test style and palette come back after."""
-    from explorer.theme import apply_dark_theme
-
-    style, palette = qapp.style().name(), qapp.palette()
-    apply_dark_theme(qapp)
-    yield
-    qapp.setStyle(style)
-    qapp.setPalette(palette)
-
-
-@pytest.fixture
 def digits(tmp_path) -> list[Path]:
     """Two 28x28 strokes on black, MNIST-like enough for the bundled model."""
     paths = []

@@ -53,6 +53,7 @@ from explorer.models.jobs import Task
 from explorer.models.likelihood import TOTAL, overlay
 from explorer.models.state import ModelInfo
 from explorer.panels.likelihood import HEAT_OPACITY, VERDICT_COLOURS
+from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.widgets.images import BACKGROUND, CaptionedImage, ImageGridView, to_qimage
 from explorer.widgets.task_runner import TaskRunner
 
@@ -217,6 +218,7 @@ class DrawPanel(QWidget):
             button.setToolTip(tip)
             button.setCheckable(True)
             button.setAutoRaise(False)
+            button.setStyleSheet(CHECKED_TOOL_STYLE)  # the active tool stands out
             self.tool_group.addButton(button)
             self.tool_buttons[tool] = button
             button.toggled.connect(lambda on, t=tool: on and self.set_tool(t))
