@@ -350,24 +350,26 @@ def _show(window) -> None:
     QApplication.processEvents()
 
 
-def latent_map_error(window, data) -> QWidget:
-    """Compute map with a folder that holds no MNIST: the error wraps over lines."""
+def _compute_map(window, folder: Path):
+    """Compute map on the Classes tab from ``folder``; the map panel."""
     panel = window.map_panel
     window.show_explorer_tab(window.classes_tab)
-    panel.set_data_dir(data["empty"])
+    panel.set_data_dir(folder)
     panel.compute()
     _show(window)
+    return panel
+
+
+def latent_map_error(window, data) -> QWidget:
+    """Compute map with a folder that holds no MNIST: the error wraps over lines."""
+    panel = _compute_map(window, data["empty"])
     assert panel.status.text().startswith("No map"), panel.status.text()
     return window.classes_tab, []
 
 
 def classes_after_a_map(window, data) -> QWidget:
     """A computed map takes most of the tab; the nearest classes above stay whole."""
-    panel = window.map_panel
-    window.show_explorer_tab(window.classes_tab)
-    panel.set_data_dir(data["mnist"])
-    panel.compute()
-    _show(window)
+    panel = _compute_map(window, data["mnist"])
     assert panel.map is not None, panel.status.text()
     classes = window.classes_panel
     if wholly_shown(classes.nearest_box, classes):
