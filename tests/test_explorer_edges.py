@@ -467,3 +467,20 @@ def test_the_model_panel_shows_the_threads_the_plan_chose(make_window, tiny_chec
     engine.device_label = other  # what a measurement that changes the plan sets
     engine.plan_changed.emit(engine.plan)
     assert device.text() == window.device_label.text() == other
+
+
+def test_command_line_advice_from_core_is_said_as_what_to_click(tmp_path):
+    """Core writes for the command line ("pass --download", "add it with `realnvp export
+    …`"); the app's messages name what to click instead."""
+    from core.stats.typicality import judge
+    from core.training.datasets import DatasetError
+    from explorer.engine.datasets import load_map_images
+    from explorer.models.advice import in_app_words
+
+    no_reference = in_app_words(judge(None, 1.2, 0.1).reason)
+    assert "realnvp" not in no_reference and "Train page" in no_reference
+    for dataset, channels, size in (("mnist", 1, 28), ("cifar10", 3, 32)):
+        with pytest.raises(DatasetError) as raised:
+            load_map_images(dataset, str(tmp_path), channels, size, 10)
+        words = in_app_words(str(raised.value))
+        assert "--download" not in words and "Download if missing" in words, words

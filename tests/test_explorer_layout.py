@@ -363,7 +363,9 @@ def _compute_map(window, folder: Path):
 def latent_map_error(window, data) -> QWidget:
     """Compute map with a folder that holds no MNIST: the error wraps over lines."""
     panel = _compute_map(window, data["empty"])
-    assert panel.status.text().startswith("No map"), panel.status.text()
+    text = panel.status.text()
+    assert text.startswith("No map") and "Download if missing" in text, text
+    assert "--download" not in text  # what to click, not what to type
     return window.classes_tab, []
 
 

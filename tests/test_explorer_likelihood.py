@@ -101,14 +101,15 @@ def test_gallery_sorts_least_typical_first_from_its_combo_box(
     assert f"p {p_values[listed[0]]:.2g}" in gp.list.item(0).text()
 
 
-def test_checkpoint_without_statistics_says_how_to_add_them(
+def test_checkpoint_without_statistics_says_how_to_add_them_in_the_app(
     qtbot, make_window, tiny_checkpoint, tmp_path
 ):
     window = make_window(tiny_checkpoint)  # 8x8: the importer resizes the stroke
     drop(window, [_stroke_png(tmp_path)])
     panel = window.images.images_panel.likelihood_panel
     assert panel.view.verdict == NO_REFERENCE
-    assert "realnvp export" in panel.verdict_label.text()
+    text = panel.verdict_label.text()
+    assert "trained on the Train page" in text and "realnvp" not in text  # a click, not a command
     assert panel.view.reference_bits is None
 
 

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from explorer.engine.datasets import load_map_images
 from explorer.engine.render import RenderEngine
+from explorer.models.advice import in_app_words
 from explorer.models.gallery import Gallery
 from explorer.models.jobs import Task
 from explorer.models.latent_map import (
@@ -357,7 +358,7 @@ class LatentMapPanel(QWidget):
 
     def _on_done(self, task: Task) -> None:
         if task.error:
-            self.status.setText(f"No map: {task.error.split(': ', 1)[-1]}")
+            self.status.setText(f"No map: {in_app_words(task.error.split(': ', 1)[-1])}")
         elif task.cancelled and self.map is None:
             self.status.setText("Cancelled.")
 
