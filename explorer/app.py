@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from explorer.system_libs import xcb_problem
+from explorer.system_libs import display_problem, xcb_problem
 from explorer.theme import apply_dark_theme, quiet_offscreen_messages
 
 SCREENSHOT_SIZE = (1366, 768)
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    # Before Qt loads its platform plugin: a missing X11 library would abort the process
-    # with a message that names none.
-    problem = xcb_problem() if QApplication.instance() is None else None
+    # Before Qt loads its platform plugin: no display, or a missing X11 library, would
+    # abort the process with a message that names neither.
+    problem = (display_problem() or xcb_problem()) if QApplication.instance() is None else None
     if problem:
         print(f"realnvp-explorer: {problem}", file=sys.stderr)
         return 1

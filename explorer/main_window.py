@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -65,6 +65,7 @@ from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.training.remote_run import BlockingCall, run_entry_text
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
@@ -178,6 +179,7 @@ class MainWindow(QMainWindow):
         self.classes_tab.addWidget(self.map_panel)
         self.classes_tab.setChildrenCollapsible(False)
         self.map_panel.map_shown.connect(self._fit_classes_tab)
+        self.map_panel.installEventFilter(self)
         self._fit_classes_tab(False)
         self.tabs.addTab(self.classes_tab, "Classes")
         self.draw_panel = DrawPanel(self.engine, self.tasks, self.selected_sample, self)
@@ -195,7 +197,8 @@ class MainWindow(QMainWindow):
         for index, stretch in enumerate(COLUMN_STRETCH):
             self.splitter.setStretchFactor(index, stretch)
         self.splitter.setChildrenCollapsible(False)
-        self.left_splitter.setMinimumWidth(210)
+        # The gallery's sort box and buttons whole (at least 210 px).
+        self.left_splitter.setMinimumWidth(max(210, self.left_splitter.minimumSizeHint().width()))
         self.samples_panel.setMinimumWidth(300)
         # Six tabs: the bar needs about 430 px; past that the labels elide rather than
         # hide tabs behind scroll arrows (a larger system font).
@@ -450,8 +453,7 @@ class MainWindow(QMainWindow):
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         bar.setStyleSheet(
             "QToolBar { spacing: 2px; padding: 2px 6px; border: none; }"
-            "QToolButton { padding: 3px 14px; border-radius: 3px; }"
-            "QToolButton:checked { background: #3d7fd6; color: white; }"
+            "QToolButton { padding: 3px 14px; border-radius: 3px; }" + CHECKED_TOOL_STYLE
         )
         for action in self.page_actions.values():
             action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")
@@ -502,9 +504,10 @@ class MainWindow(QMainWindow):
         self._layout_set = True
 
     def _fit_classes_tab(self, map_shown: bool) -> None:
-        """Until a map exists its panel is two rows of controls and a line of status, and
-        the class controls get the rest of the tab; a computed map gets most of it (the
-        class controls scroll)."""
+        """Until a map exists its panel is two rows of controls and its status (a line,
+        or the lines of an error), and the class controls get the rest of the tab; a
+        computed map gets most of it: the class controls scroll, their first box (the
+        nearest classes) shown whole."""
         panel = self.map_panel
         if not map_shown:
             panel.setMaximumHeight(panel.sizeHint().height())
@@ -513,7 +516,19 @@ class MainWindow(QMainWindow):
         total = sum(self.classes_tab.sizes())
         if total > 0:
             classes = min(self.classes_panel.sizeHint().height(), round(0.4 * total))
+            classes = max(classes, self.classes_panel.first_box_height())
             self.classes_tab.setSizes([classes, total - classes])
+
+    def eventFilter(self, watched, event) -> bool:
+        # The map panel's status changed its height (an error over several lines, a
+        # narrower column): without a map the panel's height follows it.
+        if (
+            watched is self.map_panel
+            and event.type() == QEvent.Type.LayoutRequest
+            and self.map_panel.map is None
+        ):
+            self._fit_classes_tab(False)
+        return super().eventFilter(watched, event)
 
     def showEvent(self, event) -> None:
         # The first show knows the window's size: the splitters are set for it, unless

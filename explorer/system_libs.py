@@ -6,7 +6,10 @@ with "Could not load the Qt platform plugin "xcb"" and no name of the missing li
 (``QT_DEBUG_PLUGINS=1`` shows it, deep in a long log). Before the ``QApplication`` is made
 the app asks the dynamic linker (``ldd``, or a trial ``dlopen`` where there is no ``ldd``)
 which of the plugin's libraries it cannot find and says so in one sentence, with the
-Debian/Ubuntu packages that hold them. Nothing here imports Qt: the check runs before it.
+Debian/Ubuntu packages that hold them. Without any display to connect to (an SSH session,
+a container) Qt aborts too, with a message about ``xcb-cursor0`` that misleads:
+:func:`display_problem` says instead that there is no display and how to work without one.
+Nothing here imports Qt: the checks run before it.
 """
 
 from __future__ import annotations
@@ -76,13 +79,43 @@ def debian_package(soname: str) -> str:
 def uses_xcb(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> bool:
     """Whether Qt will pick its X11 plugin: asked for by ``QT_QPA_PLATFORM``, or, with
     that unset, on Linux with an X display and no Wayland one."""
-    chosen = environ.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
+    chosen = _platforms(environ)
     if chosen:
-        return chosen == "xcb"
+        return chosen[0] == "xcb"
     return (
         platform.startswith("linux")
         and bool(environ.get("DISPLAY"))
         and not environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def _platforms(environ: Mapping[str, str]) -> list[str]:
+    """The platform plugins ``QT_QPA_PLATFORM`` names, in the order Qt tries them
+    (``"wayland;xcb"`` is a fallback list, ``"xcb:option"`` carries options)."""
+    chosen = environ.get("QT_QPA_PLATFORM", "")
+    return [name.split(":")[0].strip() for name in chosen.split(";") if name.strip()]
+
+
+def display_problem(
+    environ: Mapping[str, str] = os.environ, platform: str = sys.platform
+) -> str | None:
+    """One sentence saying there is no display and how to run without one, or ``None``
+    when Qt has a display (or a platform that needs none, such as ``offscreen``).
+    On Linux Qt's X11 plugin needs ``DISPLAY`` and its Wayland plugin ``WAYLAND_DISPLAY``;
+    macOS and Windows always have their own."""
+    if not platform.startswith("linux"):
+        return None
+    needs = {"xcb": "DISPLAY", "wayland": "WAYLAND_DISPLAY"}
+    chosen = _platforms(environ) or ["wayland", "xcb"]  # unset: whichever display is there
+    for name in chosen:
+        variable = needs.get("wayland" if name.startswith("wayland") else name)
+        if variable is None or environ.get(variable):
+            return None
+    return (
+        "there is no display to show the window on (neither DISPLAY nor WAYLAND_DISPLAY is "
+        "set): run it in a desktop session, write a picture of the window with "
+        "`realnvp-explorer --screenshot window.png`, or run it without a window with "
+        "QT_QPA_PLATFORM=offscreen"
     )
 
 

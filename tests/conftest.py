@@ -143,3 +143,15 @@ def make_window(qtbot, explorer_settings, one_torch_thread):
         return window
 
     return make
+
+
+@pytest.fixture
+def dark_theme(qapp):
+    """The app's own look (Fusion, dark palette); the test style and palette come back after."""
+    from explorer.theme import apply_dark_theme
+
+    style, palette = qapp.style().name(), qapp.palette()
+    apply_dark_theme(qapp)
+    yield
+    qapp.setStyle(style)
+    qapp.setPalette(palette)

@@ -136,7 +136,9 @@ def test_a_model_without_statistics_hides_the_controls_and_says_why(make_window,
     window = make_window(tiny_checkpoint)
     panel = window.classes_panel
     window.show_tab(panel)
-    assert panel.unavailable.isVisible() and "no class statistics" in panel.unavailable.text()
+    text = panel.unavailable.text()
+    assert panel.unavailable.isVisible() and "no class statistics" in text
+    assert "Train page" in text and "realnvp" not in text  # what to click, not to type
     assert not panel.move_box.isVisible() and not panel.sample_box.isVisible()
     assert window.state.classes is None
 

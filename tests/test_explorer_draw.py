@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-from explorer.models.drawing import ERASER, RECTANGLE
+from explorer.models.drawing import BRUSH, ERASER, RECTANGLE
 
 
 def _point(panel, x: float, y: float) -> QPoint:
@@ -300,3 +300,32 @@ def test_a_stroke_during_the_plan_measurement_is_answered_as_a_frame_would_be(dr
     assert measuring == [True]
     qtbot.waitUntil(lambda: not engine.measuring, timeout=120_000)
     assert engine.plan.measured  # and went on afterwards
+
+
+def _accent_share(button) -> float:
+    """The share of the button's pixels in the accent colour (within a little blending)."""
+    from PySide6.QtGui import QColor
+
+    from explorer.theme import ACCENT
+
+    image = button.grab().toImage()
+    pixels = np.array(
+        [image.pixelColor(x, y).getRgb()[:3] for y in range(image.height())
+         for x in range(image.width())]
+    )  # fmt: skip
+    accent = np.array(QColor(ACCENT).getRgb()[:3])
+    return float((np.abs(pixels - accent).sum(axis=1) <= 12).mean())
+
+
+@pytest.mark.parametrize("theme", ["dark", "plain"])
+def test_the_active_tool_stands_out_in_either_theme(draw_window, qtbot, request, theme):
+    """Fusion's checked button was a shade darker than the others, (55,59,64) against
+    (69,73,79) in the dark theme: the active tool is filled with the accent colour."""
+    if theme == "dark":
+        request.getfixturevalue("dark_theme")
+    _window, panel = draw_window()
+    brush, eraser = panel.tool_buttons[BRUSH], panel.tool_buttons[ERASER]
+    assert _accent_share(brush) > 0.6 and _accent_share(eraser) < 0.05
+    qtbot.mouseClick(eraser, Qt.MouseButton.LeftButton)
+    assert panel.canvas.tool == ERASER
+    assert _accent_share(eraser) > 0.6 and _accent_share(brush) < 0.05

@@ -375,6 +375,40 @@ def test_the_app_says_which_libraries_are_missing_before_qt_aborts():
     )
 
 
+def test_no_display_is_told_before_qt_chooses_a_platform():
+    from explorer.system_libs import display_problem
+
+    assert "no display" in display_problem({}, "linux")
+    assert "no display" in display_problem({"QT_QPA_PLATFORM": "xcb"}, "linux")
+    assert (
+        display_problem({"QT_QPA_PLATFORM": "wayland", "WAYLAND_DISPLAY": "w-0"}, "linux") is None
+    )
+    assert "no display" in display_problem({"QT_QPA_PLATFORM": "wayland", "DISPLAY": ":0"}, "linux")
+    assert display_problem({"QT_QPA_PLATFORM": "wayland;xcb", "DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_problem({}, "darwin") is None and display_problem({}, "win32") is None
+
+
+def test_the_app_says_there_is_no_display_instead_of_qts_abort():
+    """``make run`` over SSH or in a container: one sentence, status 1, no Qt abort about
+    xcb-cursor0; the screenshot it suggests works there."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.pop("QT_QPA_PLATFORM", None)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "explorer", "--threads", "1"],
+        env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+        cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("realnvp-explorer: there is no display")
+    assert "--screenshot" in lines[0] and "QT_QPA_PLATFORM=offscreen" in lines[0]
+    assert "xcb" not in result.stderr
+
+
 # -- a 4K window ---------------------------------------------------------------------------------
 
 
@@ -433,3 +467,20 @@ def test_the_model_panel_shows_the_threads_the_plan_chose(make_window, tiny_chec
     engine.device_label = other  # what a measurement that changes the plan sets
     engine.plan_changed.emit(engine.plan)
     assert device.text() == window.device_label.text() == other
+
+
+def test_command_line_advice_from_core_is_said_as_what_to_click(tmp_path):
+    """Core writes for the command line ("pass --download", "add it with `realnvp export
+    …`"); the app's messages name what to click instead."""
+    from core.stats.typicality import judge
+    from core.training.datasets import DatasetError
+    from explorer.engine.datasets import load_map_images
+    from explorer.models.advice import in_app_words
+
+    no_reference = in_app_words(judge(None, 1.2, 0.1).reason)
+    assert "realnvp" not in no_reference and "Train page" in no_reference
+    for dataset, channels, size in (("mnist", 1, 28), ("cifar10", 3, 32)):
+        with pytest.raises(DatasetError) as raised:
+            load_map_images(dataset, str(tmp_path), channels, size, 10)
+        words = in_app_words(str(raised.value))
+        assert "--download" not in words and "Download if missing" in words, words

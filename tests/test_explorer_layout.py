@@ -50,18 +50,6 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def dark_theme(qapp):
-    """The app's own look for the screenshots; the test style and palette come back after."""
-    from explorer.theme import apply_dark_theme
-
-    style, palette = qapp.style().name(), qapp.palette()
-    apply_dark_theme(qapp)
-    yield
-    qapp.setStyle(style)
-    qapp.setPalette(palette)
-
-
-@pytest.fixture
 def digits(tmp_path) -> list[Path]:
     """Two 28x28 strokes on black, MNIST-like enough for the bundled model."""
     paths = []
@@ -112,7 +100,7 @@ def problems_of(widget: QWidget, window: QWidget) -> list[str]:
 def needed_size(widget: QWidget) -> QSize:
     """The size below which a control's text or handle is cut. A push button needs its
     text, not the 80 px the style would like; a wrapped label needs its longest word and
-    the height of its wrapped lines."""
+    the height of its wrapped lines (a path wraps after each "/")."""
     metrics = widget.fontMetrics()
     if isinstance(widget, QScrollBar):
         return QSize(0, 0)
@@ -125,7 +113,7 @@ def needed_size(widget: QWidget) -> QSize:
         text = widget.text()
         if "<" in text:
             text = html.unescape(re.sub(r"<[^>]+>", " ", text)).replace("\xa0", " ")
-        words = text.split() or [""]
+        words = re.split(r"\s+|(?<=/)", text.strip()) or [""]  # Qt breaks a path after "/"
         width = max(metrics.horizontalAdvance(word) for word in words)
         height = widget.heightForWidth(widget.width()) if widget.hasHeightForWidth() else 0
         return QSize(min(width, widget.maximumWidth()), height)
@@ -330,3 +318,133 @@ def test_screenshot_of_any_page_at_any_size(
         assert (train > 500 and explore == 0) if page == "training" else (explore > 500)
     with pytest.raises(SystemExit):
         main(["--screenshot", str(tmp_path / "x.png"), "--size", "big"])
+
+
+# -- states that once cut text mid-line ------------------------------------------------------
+
+
+@pytest.fixture
+def bundled_without_test_statistics(tmp_path) -> Path:
+    """The bundled model as a checkpoint that carries no test-set statistics."""
+    from core.files.checkpoint import load_checkpoint, save_checkpoint
+    from core.stats.typicality import META_KEY
+
+    model, meta = load_checkpoint(DEFAULT_CHECKPOINT)
+    for key in (META_KEY, "config", "has_training_state"):
+        meta.pop(key, None)
+    return save_checkpoint(tmp_path / "no-test-statistics.pt", model, meta)
+
+
+def wholly_shown(widget: QWidget, area: QScrollArea) -> bool:
+    """Whether all of ``widget`` lies inside ``area``'s viewport as it is scrolled now."""
+    viewport = area.viewport()
+    corners = (
+        widget.mapTo(viewport, QPoint(0, 0)),
+        widget.mapTo(viewport, widget.rect().bottomRight()),
+    )
+    return all(viewport.rect().contains(corner) for corner in corners)
+
+
+def _show(window) -> None:
+    QApplication.processEvents()
+    QApplication.processEvents()
+
+
+def _compute_map(window, folder: Path):
+    """Compute map on the Classes tab from ``folder``; the map panel."""
+    panel = window.map_panel
+    window.show_explorer_tab(window.classes_tab)
+    panel.set_data_dir(folder)
+    panel.compute()
+    _show(window)
+    return panel
+
+
+def latent_map_error(window, data) -> QWidget:
+    """Compute map with a folder that holds no MNIST: the error wraps over lines."""
+    panel = _compute_map(window, data["empty"])
+    text = panel.status.text()
+    assert text.startswith("No map") and "Download if missing" in text, text
+    assert "--download" not in text  # what to click, not what to type
+    return window.classes_tab, []
+
+
+def classes_after_a_map(window, data) -> QWidget:
+    """A computed map takes most of the tab; the nearest classes above stay whole."""
+    panel = _compute_map(window, data["mnist"])
+    assert panel.map is not None, panel.status.text()
+    classes = window.classes_panel
+    if wholly_shown(classes.nearest_box, classes):
+        return window.classes_tab, []
+    return window.classes_tab, [
+        f"the nearest-class box is cut: {classes.viewport().height()} px shown"
+    ]
+
+
+def gallery_sorted_by_most_bits(window, data) -> QWidget:
+    """The sort box beside Import… in a left column dragged to its narrowest."""
+    sizes = window.splitter.sizes()
+    window.splitter.setSizes([0, sizes[1] + sizes[0], sizes[2]])
+    sort = window.images.gallery_panel.sort
+    sort.setCurrentIndex(sort.findData("bpd_desc"))
+    _show(window)
+    return window.images.gallery_panel, []
+
+
+def remote_connection_lost(window, data) -> QWidget:
+    status = window.training_status
+    status.set_host("gpubox")
+    status.progressed(1200, 5000, "ETA 3 min")
+    status.set_connection("connection lost, retrying in 5 s")
+    _show(window)
+    text = status.button.text()
+    whole = text.endswith("connection lost, retrying in 5 s")
+    return window.statusBar(), [] if whole else [f"the status bar says {text!r}"]
+
+
+def draw_verdict_without_test_statistics(window, data) -> QWidget:
+    assert window.open_checkpoint(data["no_statistics"]), window.last_error
+    window.show_explorer_tab(window.draw_panel)
+    panel = window.draw_panel
+    panel.request_answer()
+    _show(window)
+    assert "no test-set statistics" in panel.verdict_label.text()
+    return panel, []
+
+
+CLIPPED_STATES = (
+    latent_map_error,
+    classes_after_a_map,
+    gallery_sorted_by_most_bits,
+    remote_connection_lost,
+    draw_verdict_without_test_statistics,  # last: it opens another model
+)
+CLIPPED_SIZES = SIZES[:2]
+
+
+@pytest.mark.parametrize("size", CLIPPED_SIZES, ids=[f"{w}x{h}" for w, h in CLIPPED_SIZES])
+@pytest.mark.slow
+def test_states_that_once_cut_text_show_it_whole(
+    make_window, size, screenshot_dir, qtbot, dark_theme, small_mnist, tmp_path,
+    bundled_without_test_statistics,
+):  # fmt: skip
+    """The latent map's error (its panel was capped at its one-line height), the nearest
+    classes above a computed map (about 60 px, the second row cut), the gallery's sort box
+    ("Most bits/din"), a lost remote connection in the status bar ("… · conn…") and the Draw
+    verdict of a checkpoint without test statistics (fixed at 4 lines)."""
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    data = {"empty": empty, "mnist": small_mnist, "no_statistics": bundled_without_test_statistics}
+    window = make_window(DEFAULT_CHECKPOINT)
+    window.resize(*size)
+    qtbot.waitUntil(lambda: window.size() == QSize(*size), timeout=5000)
+    found: list[str] = []
+    for state in CLIPPED_STATES:
+        root, problems = state(window, data)
+        if window.size() != QSize(*size):
+            problems.append(f"the window grew to {window.size().toTuple()}")
+        name = f"clip_{state.__name__}_{size[0]}x{size[1]}"
+        assert window.grab().save(str(screenshot_dir / f"{name}.png"))
+        problems += check_page(window, root)
+        found += [f"{name}: {problem}" for problem in problems]
+    assert not found, "\n".join(found)

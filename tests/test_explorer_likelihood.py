@@ -101,14 +101,15 @@ def test_gallery_sorts_least_typical_first_from_its_combo_box(
     assert f"p {p_values[listed[0]]:.2g}" in gp.list.item(0).text()
 
 
-def test_checkpoint_without_statistics_says_how_to_add_them(
+def test_checkpoint_without_statistics_says_how_to_add_them_in_the_app(
     qtbot, make_window, tiny_checkpoint, tmp_path
 ):
     window = make_window(tiny_checkpoint)  # 8x8: the importer resizes the stroke
     drop(window, [_stroke_png(tmp_path)])
     panel = window.images.images_panel.likelihood_panel
     assert panel.view.verdict == NO_REFERENCE
-    assert "realnvp export" in panel.verdict_label.text()
+    text = panel.verdict_label.text()
+    assert "trained on the Train page" in text and "realnvp" not in text  # a click, not a command
     assert panel.view.reference_bits is None
 
 
@@ -167,3 +168,20 @@ def test_gallery_sorts_by_p_value_without_qt():
     for name, p in (("a", 0.5), ("b", None), ("c", 0.001), ("d", 0.2)):
         gallery.add(f"/{name}.png", np.zeros((1, 2, 2), np.uint8), encoded(p))
     assert [it.name for it in gallery.sorted("p_value")] == ["c.png", "d.png", "a.png", "b.png"]
+
+
+def test_a_negative_level_bar_says_why_it_is_right(qtbot, make_window, tmp_path):
+    """The bundled model gives a clean stroke's finest level negative bits/dim (a density
+    above 1): the bars' tooltip says why, and only when a bar is negative."""
+    from explorer.panels.likelihood import NEGATIVE_BITS_NOTE
+    from explorer.settings import DEFAULT_CHECKPOINT
+
+    window = make_window(DEFAULT_CHECKPOINT)
+    drop(window, [_stroke_png(tmp_path)])
+    panel = window.images.images_panel.likelihood_panel
+    assert panel.view.level_bits_per_dim[0] < 0
+    assert NEGATIVE_BITS_NOTE in panel.levels_plot.toolTip()
+    positive = LikelihoodView(**{**vars(panel.view), "logdet_bits_per_dim": (5.0, 5.0, 5.0)})
+    panel.show_view(positive, panel.pixels)
+    assert "Bits/dim per level" in panel.levels_plot.toolTip()
+    assert NEGATIVE_BITS_NOTE not in panel.levels_plot.toolTip()

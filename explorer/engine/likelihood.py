@@ -12,6 +12,7 @@ from core.flow.likelihood import ImageLikelihood, describe_images
 from core.flow.model import RealNVP
 from core.stats.heatmap import bits_range, colorize
 from core.stats.typicality import TypicalityReference
+from explorer.models.advice import in_app_words
 from explorer.models.likelihood import PREPROCESSING, TOTAL, LikelihoodView, level_key
 
 
@@ -48,7 +49,7 @@ def _view(described: ImageLikelihood, reference: TypicalityReference | None) -> 
         heat=heat,
         heat_range=ranges,
         verdict=s["verdict"],
-        reason=s["reason"],
+        reason=in_app_words(s["reason"]),
         percentile=s["percentile"],
         p_value=s["p_value"],
         complexity_score=s["complexity_score"],

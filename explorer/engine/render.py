@@ -123,7 +123,7 @@ def _class_stats_of(meta: dict[str, Any], model: RealNVP) -> tuple[ClassStats | 
         return None, (
             "This checkpoint has no class statistics: it was not trained on labelled data "
             "(MNIST, CIFAR-10, or a folder with a subfolder per class), or was saved before "
-            "they existed. Add them with: realnvp export CKPT OUT --data-dir DIR"
+            "they existed. A model trained on labelled data on the Train page has them."
         )
     try:
         stats = ClassStats.from_meta(meta[META_KEY])

@@ -133,6 +133,16 @@ class ClassesPanel(QScrollArea):
 
     # -- the model ------------------------------------------------------------------------
 
+    def first_box_height(self) -> int:
+        """The height that shows the first box whole (the nearest classes, or why there
+        are none): below it a splitter would cut that box's second row."""
+        first = self.nearest_box if self.stats is not None else self.unavailable
+        height = first.sizeHint().height()
+        if first.hasHeightForWidth() and first.width() > 0:
+            height = max(height, first.heightForWidth(first.width()))
+        top = self.widget().layout().contentsMargins().top()
+        return top + height + 2 * self.frameWidth()
+
     def model_changed(self, info: ModelInfo | None) -> None:
         """Show the controls for ``info``'s class statistics, or say why there are none.
         Installs the class sliders in the state."""

@@ -53,6 +53,8 @@ from explorer.models.jobs import Task
 from explorer.models.likelihood import TOTAL, overlay
 from explorer.models.state import ModelInfo
 from explorer.panels.likelihood import HEAT_OPACITY, VERDICT_COLOURS
+from explorer.theme import CHECKED_TOOL_STYLE
+from explorer.widgets.controls import FittedLabel
 from explorer.widgets.images import BACKGROUND, CaptionedImage, ImageGridView, to_qimage
 from explorer.widgets.task_runner import TaskRunner
 
@@ -217,6 +219,7 @@ class DrawPanel(QWidget):
             button.setToolTip(tip)
             button.setCheckable(True)
             button.setAutoRaise(False)
+            button.setStyleSheet(CHECKED_TOOL_STYLE)  # the active tool stands out
             self.tool_group.addButton(button)
             self.tool_buttons[tool] = button
             button.toggled.connect(lambda on, t=tool: on and self.set_tool(t))
@@ -283,9 +286,10 @@ class DrawPanel(QWidget):
         top.addWidget(side_widget)
 
         # -- answers
-        self.verdict_label = QLabel()
+        # Answers arrive while a stroke is drawn: the verdict (a large figure, then two
+        # lines, or more for a long reason) grows but never shrinks under the pointer.
+        self.verdict_label = FittedLabel(min_lines=4, steady=True)
         self.verdict_label.setTextFormat(Qt.TextFormat.RichText)
-        self.verdict_label.setWordWrap(True)
         self.heat = CaptionedImage("bits per pixel", ANSWER_SIDE)
         self.reconstruction = CaptionedImage("reconstruction", ANSWER_SIDE)
         self.classes_label = QLabel()
@@ -372,14 +376,11 @@ class DrawPanel(QWidget):
         picked.addWidget(self.cancel_button)
         picked.addWidget(self.take_button)
 
-        # Answers arrive while a stroke is drawn: text of fixed height keeps the canvas
-        # from moving under the pointer.
+        # Text of fixed height keeps the canvas from moving under the pointer.
         lines = self.fontMetrics().lineSpacing()
-        self.verdict_label.setFixedHeight(4 * lines)  # a large figure, then two lines
         self.classes_label.setFixedSize(CLASSES_WIDTH, ANSWER_SIDE + lines + 4)
         self.completion_label.setFixedHeight(2 * lines + 4)
         self.completion_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.verdict_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(0, 4, 4, 0)

@@ -122,6 +122,10 @@ class GalleryPanel(QGroupBox):
         self.remove_button.setToolTip("Remove the selected images from the gallery")
         for button in (self.a_button, self.b_button):
             button.setFixedWidth(32)
+        # Fusion asks 80 px of every push button; in the narrow left column that width goes
+        # to the sort box, whose longest order must show whole ("Most bits/din" did not).
+        for button in (self.import_button, self.show_button, self.remove_button):
+            button.setMinimumWidth(button.fontMetrics().horizontalAdvance(button.text()) + 16)
         buttons = QHBoxLayout()
         buttons.setSpacing(4)
         buttons.addWidget(self.show_button)

@@ -39,6 +39,7 @@ from explorer.models.gallery import GalleryImage
 from explorer.models.state import MAX_IMAGES
 from explorer.panels.levels import level_title
 from explorer.panels.likelihood import LikelihoodPanel
+from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.widgets.controls import FloatSlider
 from explorer.widgets.images import CaptionedImage, CropPreview, ImageGridView
 
@@ -114,9 +115,7 @@ class LevelSourceRow(QWidget):
             button.setCheckable(True)
             button.setToolTip(tips[source])
             button.setFixedWidth(30)
-            button.setStyleSheet(
-                "QToolButton:checked { background: #3d7fd6; color: white; border-radius: 3px; }"
-            )
+            button.setStyleSheet(CHECKED_TOOL_STYLE)
             self.group.addButton(button)
             self.buttons[source] = button
             layout.addWidget(button)

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from explorer.engine.datasets import load_map_images
 from explorer.engine.render import RenderEngine
+from explorer.models.advice import in_app_words
 from explorer.models.gallery import Gallery, group_latents
 from explorer.models.jobs import Task
 from explorer.models.latent_map import (
@@ -43,6 +44,7 @@ from explorer.models.latent_map import (
     nearest_point,
 )
 from explorer.models.state import ExplorerState, ModelInfo, StateChange
+from explorer.widgets.controls import FittedLabel
 from explorer.widgets.task_runner import TaskRunner
 
 PICK_RADIUS_PX = 6.0
@@ -241,8 +243,8 @@ class LatentMapPanel(QWidget):
         self.count.setValue(DEFAULT_MAP_IMAGES)
         self.count.setToolTip("How many test images to encode")
         self.compute_button = QPushButton("Compute map")
-        self.status = QLabel("Compute a map of the test images to begin.")
-        self.status.setWordWrap(True)
+        # As tall as its text: an error wraps over several lines.
+        self.status = FittedLabel("Compute a map of the test images to begin.")
         self.status.setStyleSheet("color: palette(placeholder-text);")
         self.view = MapView()
         self.legend = QLabel()
@@ -394,7 +396,7 @@ class LatentMapPanel(QWidget):
 
     def _on_done(self, task: Task) -> None:
         if task.error:
-            self.status.setText(f"No map: {task.error}")
+            self.status.setText(f"No map: {in_app_words(task.error)}")
         elif task.cancelled and self.map is None:
             self.status.setText("Cancelled.")
 
@@ -405,6 +407,7 @@ class LatentMapPanel(QWidget):
         if self.view.isHidden() == (latent_map is not None):
             self.view.setVisible(latent_map is not None)
             self.map_shown.emit(latent_map is not None)
+        self.legend.setVisible(latent_map is not None)  # no empty line above the status
         if latent_map is None:
             self.view.set_points(np.zeros((0, 2)), [])
             self.legend.setText("")

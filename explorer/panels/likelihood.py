@@ -49,6 +49,15 @@ def _plot(height: int) -> pg.PlotWidget:
     return plot
 
 
+# A negative bar looks like an error; it is not, and the tooltip says why.
+NEGATIVE_BITS_NOTE = (
+    "\nA negative bar is right: bits/dim come from a density, not a probability, and a "
+    "density above 1 (the finest level of a clean digit, whose detail the model predicts "
+    "very well from the coarser levels) gives a negative number of bits. The total over "
+    "the levels and the preprocessing is the image's code length."
+)
+
+
 class LikelihoodPanel(QWidget):
     """Heat map, bits per level and the test-set histogram of one image."""
 
@@ -198,6 +207,7 @@ class LikelihoodPanel(QWidget):
                 for i, (p, d) in enumerate(zip(view.prior_bits_per_dim, view.logdet_bits_per_dim))
             )
             + f"\npreprocessing: {view.preprocess_bits_per_dim:.3f}"
+            + (NEGATIVE_BITS_NOTE if min(heights) < 0 else "")
         )
 
     def _draw_histogram(self) -> None:

@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 from core.training.remote import DEFAULT_PYTHON, HostFacts
 from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
 from core.training.transport import RemoteError
+from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
 from explorer.training.process import (
     DATASET_GEOMETRY,
@@ -590,7 +591,7 @@ class TrainingForm(QWidget):
     def _on_scan_updated(self, report: ScanReport) -> None:
         self.scan_report = report
         if report.error:
-            text = report.error.replace("pass --download", "tick Download if missing")
+            text = in_app_words(report.error)
             self.data_status.setText(f"<span style='color:#ff8a80'>{text}</span>")
         elif report.missing:
             self.data_status.setText("Not here yet: the trainer will download it")

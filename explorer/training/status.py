@@ -52,15 +52,23 @@ class TrainingStatus(QWidget):
     def _show(self) -> None:
         lost = self.lost
         if lost:
-            # The page has the whole sentence; here its end: "retrying in 5 s".
+            # The page has the whole sentence; here its end: "retrying in 5 s". It takes
+            # the place of the step and ETA (the bar still shows how far the run is), so
+            # that it is read whole rather than cut to "… · conn…".
             lost = "connection lost, " + lost.rsplit(", ", 1)[-1]
-        text = f"{self._label} · {lost}" if lost else self._label
+            head, tail = self._training, f": {lost}"
+            whole = f"{self._label} · {lost}"
+        else:
+            head, tail = self._label, ""
+            whole = self._label
         # A long host name must not widen the window past its smallest size (1024 px):
-        # the text is cut to MAX_TEXT_PX, whole in the tooltip.
+        # the text is cut to MAX_TEXT_PX, never in the connection's state; whole in the
+        # tooltip.
         metrics = self.button.fontMetrics()
-        self.button.setText(metrics.elidedText(text, Qt.TextElideMode.ElideRight, MAX_TEXT_PX))
+        room = max(MAX_TEXT_PX - metrics.horizontalAdvance(tail), metrics.horizontalAdvance("…"))
+        self.button.setText(metrics.elidedText(head, Qt.TextElideMode.ElideRight, room) + tail)
         where = f"The training run on {self.host}" if self.host else "The training run"
-        self.button.setToolTip(f"{text}\n{where}; click for the training page")
+        self.button.setToolTip(f"{whole}\n{where}; click for the training page")
 
     @property
     def _training(self) -> str:

@@ -1,5 +1,6 @@
 """Controls shared by the panels: a slider for float values with its value and an exact
-spin box, and the progress bar of long jobs."""
+spin box, labels that fit their text (elided to one line, or as tall as their wrapped lines),
+and the progress bar of long jobs."""
 
 from __future__ import annotations
 
@@ -181,6 +182,42 @@ class ElidedLabel(QLabel):
             self.full_text, Qt.TextElideMode.ElideMiddle, max(self.width() - 2, 0)
         )
         super().setText(shown)
+
+
+class FittedLabel(QLabel):
+    """A wrapped label exactly as tall as its text needs at its width, at least
+    ``min_lines`` lines. A layout asks a wrapped label's height at a guessed width, so a
+    splitter, or a height fixed to a number of lines, cut the second line of a long message.
+
+    ``steady``: it grows at once but shrinks only when its width changes, so answers of
+    varying length (one per stroke) do not move what lies below it under the pointer."""
+
+    def __init__(
+        self, text: str = "", min_lines: int = 1, steady: bool = False, parent=None
+    ) -> None:
+        super().__init__(parent)
+        self.min_lines = min_lines
+        self.steady = steady
+        self.setWordWrap(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._fit(shrink=not self.steady)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self._fit(shrink=True)
+
+    def _fit(self, shrink: bool) -> None:
+        floor = self.min_lines * self.fontMetrics().lineSpacing()
+        needed = max(floor, self.heightForWidth(self.width()))
+        if not shrink:
+            needed = max(needed, self.minimumHeight())
+        if needed != self.minimumHeight() or needed != self.maximumHeight():
+            self.setFixedHeight(needed)
 
 
 class TaskProgress(QWidget):
