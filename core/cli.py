@@ -29,10 +29,18 @@ USER_ERRORS = (
     ImageLoadError,
     RunFolderError,
     ValueError,
-    FileNotFoundError,
-    PermissionError,
-    IsADirectoryError,
+    OSError,  # a file that cannot be read or written: said as a sentence (error_sentence)
 )
+
+
+def error_sentence(exc: BaseException) -> str:
+    """A user error in words: an OSError as ``FILE: what went wrong`` (the file a rename
+    was writing, not its source), not Python's ``[Errno 13] Permission denied: '…'``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename2 if exc.filename2 is not None else exc.filename
+        what = exc.strerror[:1].lower() + exc.strerror[1:]
+        return f"{name}: {what}" if name is not None else what
+    return str(exc)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -284,7 +292,7 @@ def _cmd_train(args) -> int:
             keep_length=args.epochs is None and args.max_steps is None,
         )
     except USER_ERRORS as exc:
-        sink.emit("error", message=str(exc))
+        sink.emit("error", message=error_sentence(exc))
         raise
     try:
         trainer.run()
@@ -1198,7 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        print(f"realnvp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"realnvp {args.command}: error: {error_sentence(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"realnvp {args.command}: interrupted", file=sys.stderr)

@@ -297,3 +297,14 @@ def test_train_shows_the_class_statistics_and_a_finished_run_is_not_redone(
     err = capsys.readouterr().err
     assert err.startswith("resuming at step 2 of 3: "), err
     assert err.splitlines()[0].endswith(f"-> {out}")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_an_unwritable_output_names_the_file_not_a_temporary_one(tiny_checkpoint, capsys):
+    """/sys takes no new files, even from root (where a read-only folder would not do)."""
+    from core.cli import main
+
+    assert main(["export", str(tiny_checkpoint), "/sys/m.pt"]) == 2
+    assert _error_line(capsys) == "realnvp export: error: /sys/m.pt: permission denied"
+    assert main(["sample", str(tiny_checkpoint), "--n", "1", "--out", "/sys/x.png"]) == 2
+    assert _error_line(capsys) == "realnvp sample: error: /sys/x.png: permission denied"
