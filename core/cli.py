@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from core.files.checkpoint import CheckpointError
-from core.files.images import ImageLoadError
+from core.files.images import IMAGE_WRITE_FORMATS, ImageLoadError
 from core.files.resources import resolve_checkpoint
 from core.flow.model import PRESETS
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
@@ -30,10 +30,18 @@ USER_ERRORS = (
     ImageLoadError,
     RunFolderError,
     ValueError,
-    FileNotFoundError,
-    PermissionError,
-    IsADirectoryError,
+    OSError,  # a file that cannot be read or written: said as a sentence (error_sentence)
 )
+
+
+def error_sentence(exc: BaseException) -> str:
+    """A user error in words: an OSError as ``FILE: what went wrong`` (the file a rename
+    was writing, not its source), not Python's ``[Errno 13] Permission denied: '…'``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename2 if exc.filename2 is not None else exc.filename
+        what = exc.strerror[:1].lower() + exc.strerror[1:]
+        return f"{name}: {what}" if name is not None else what
+    return str(exc)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -345,7 +353,7 @@ def _cmd_train(args) -> int:
             keep_length=args.epochs is None and args.max_steps is None,
         )
     except USER_ERRORS as exc:
-        sink.emit("error", message=str(exc))
+        sink.emit("error", message=error_sentence(exc))
         raise
     try:
         trainer.run()
@@ -368,7 +376,12 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="random seed; the same seed repeats the grid"
     )
-    p.add_argument("--out", default="samples.png", help="the PNG file to write")
+    p.add_argument(
+        "--out",
+        default="samples.png",
+        help="the image file to write; its suffix gives the format: "
+        + ", ".join(sorted(IMAGE_WRITE_FORMATS)),
+    )
     p.add_argument(
         "--device",
         default="cpu",
@@ -392,12 +405,14 @@ def _cmd_sample(args) -> int:
     import torch
 
     from core.files.checkpoint import load_checkpoint
-    from core.files.images import make_grid, save_png, to_uint8
+    from core.files.images import image_format, make_grid, save_image, to_uint8
     from core.flow.inference import sampling_model
     from core.stats.class_stats import level_mask, stats_from_meta
     from core.stats.measure import class_samples
     from core.training.device import pick_device
 
+    out = _output_file(args.out, "--out")
+    image_format(out)  # a suffix that names no format we write: one sentence, before the work
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     model = sampling_model(model)  # folded: the same images, sooner
@@ -417,7 +432,7 @@ def _cmd_sample(args) -> int:
             k = stats.index(args.class_name)
             levels = level_mask(args.class_levels, model.num_levels)
             x = class_samples(model, stats, k, args.n, args.temperature, levels, g)
-    path = save_png(make_grid(to_uint8(x.cpu().numpy())), args.out)
+    path = save_image(make_grid(to_uint8(x.cpu().numpy())), out)
     print(path)
     return 0
 
@@ -521,12 +536,33 @@ def _cmd_encode(args) -> int:
     return 0
 
 
-def _output_folder(path: str, option: str) -> Path:
-    """``path`` as an output folder; a file there is one sentence (ValueError)."""
+def _output_folder(path: str | Path, option: str) -> Path:
+    """``path`` as an output folder; a file there, or in its way, is one sentence
+    (ValueError)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{option} {folder} is a file; {option} names a folder to write into")
+    _no_file_above(folder, option)
     return folder
+
+
+def _output_file(path: str, option: str) -> Path:
+    """``path`` as a file to write; a folder there, or a file where one of its folders
+    should be, is one sentence (ValueError), not an errno naming a temporary file."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {target} is a folder; {option} names the file to write")
+    _no_file_above(target, option)
+    return target
+
+
+def _no_file_above(path: Path, option: str) -> None:
+    """The nearest existing folder of ``path`` above it must be a folder, not a file."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            return
 
 
 def _encode_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -838,6 +874,12 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--download", action="store_true", help="with --data-dir: fetch the test set if missing"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it exists, even a checkpoint with a run's training state (which "
+        "is then lost: that run can no longer be resumed from it)",
+    )
 
 
 def _cmd_export(args) -> int:
@@ -849,6 +891,7 @@ def _cmd_export(args) -> int:
     data = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(data, args.checkpoint)
     meta = dict(data["meta"])
+    lost = _export_destination(args.out, args.force)  # before minutes of evaluation
     if args.data_dir:
         device = pick_device("auto")
         dataset, images, per_image = _test_bits_per_dim(
@@ -871,7 +914,42 @@ def _cmd_export(args) -> int:
         model.cpu()
     path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+    if lost:
+        print(f"replaced with --force: {path}'s training state ({lost}) is gone", file=sys.stderr)
     return 0
+
+
+def _export_destination(out: str, force: bool) -> str | None:
+    """Check the file ``export`` writes before anything is computed: never a folder, and an
+    existing file only with ``--force`` (ValueError otherwise). Returns, for a checkpoint
+    with a run's training state there, what replacing it loses, in words."""
+    from core.files.checkpoint import read_checkpoint
+
+    target = _output_file(out, "OUT")
+    if not target.exists():
+        return None
+    try:
+        training = read_checkpoint(target).get("training")
+    except CheckpointError:  # an image, a text file: a plain file to keep
+        training = None
+    lost = _training_state_words(training) if training else None
+    if force:
+        return lost
+    if lost:
+        raise ValueError(
+            f"{target} holds a run's training state ({lost}); an export there would lose it "
+            "and the run could no longer be resumed from it: write the export to another "
+            "file, or pass --force to replace it anyway"
+        )
+    raise ValueError(f"{target} already exists; choose another file, or pass --force to replace it")
+
+
+def _training_state_words(training: dict) -> str:
+    """What a checkpoint's training state holds, as a replaced one loses it."""
+    step = training.get("step")
+    evals = len((training.get("history") or {}).get("evals") or ())
+    at = f" at step {step}" if isinstance(step, int) else ""
+    return f"the optimizer and random states{at} and a history of {evals} evaluations"
 
 
 def _export_class_stats(
@@ -1048,10 +1126,12 @@ def _fetch_progress(name: str, done: int, total: int) -> None:
 def _cmd_remote(args) -> int:
     from core.training.remote import default_cache_dir, ssh_host
 
+    action = args.action
+    if action == "fetch" and args.to:
+        _output_folder(Path(args.to).expanduser(), "--to")  # before connecting
     host = ssh_host(
         args.host, python=args.python, runs_dir=args.runs_dir, config_file=args.ssh_config
     )
-    action = args.action
     if action == "check":
         facts = host.check()
         if args.json:
@@ -1195,7 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        print(f"realnvp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"realnvp {args.command}: error: {error_sentence(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"realnvp {args.command}: interrupted", file=sys.stderr)

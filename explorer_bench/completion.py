@@ -27,6 +27,8 @@ import time
 import numpy as np
 import torch
 
+from explorer_bench import bench_parser
+
 JUDGE_SIZE = 10_000
 
 
@@ -109,20 +111,32 @@ def run(args: argparse.Namespace) -> dict:
     return figures
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer_bench.completion")
-    parser.add_argument("checkpoint", nargs="?", default="bundled")
-    parser.add_argument("--data-dir", required=True, help="folder with the MNIST files")
-    parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="Langevin steps")
-    parser.add_argument("--step-size", type=float, default=None, help="the first step")
-    parser.add_argument("--sigma-end", type=float, default=None, help="the final tie")
-    parser.add_argument("--threads", type=int, default=1)
+def build_parser() -> argparse.ArgumentParser:
+    parser = bench_parser("completion", __doc__.splitlines()[0])
+    parser.set_defaults(checkpoint="bundled")
+    parser.add_argument(
+        "--data-dir", required=True, help="folder with the MNIST files (test and training sets)"
+    )
+    parser.add_argument("--count", type=int, default=100, help="test digits to complete")
+    parser.add_argument("--temperature", type=float, default=0.7, help="of the latent prior")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the chains")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Langevin steps (default: the app's)"
+    )
+    parser.add_argument(
+        "--step-size", type=float, default=None, help="the first step (default: the app's)"
+    )
+    parser.add_argument(
+        "--sigma-end", type=float, default=None, help="the final tie (default: the app's)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--save", help="a PNG of 16 originals, erased and completed digits")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from core.flow import completion
 
     if args.steps is None:

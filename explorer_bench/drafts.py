@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import HelpFormatter
+from explorer_bench import bench_parser
 from explorer_bench.gui import WINDOW_SIZE, bench_window, random_checkpoint, wait_until
 
 # Positions a drag moves through, in the slider's steps: never the same twice in a row.
@@ -200,12 +200,7 @@ def render_figures(checkpoint: str | None, threads: int, repeats: int) -> dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m explorer_bench.drafts",
-        description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("checkpoint", nargs="?", help="model (default: the bundled model)")
+    parser = bench_parser("drafts", __doc__.splitlines()[0])
     parser.add_argument(
         "--preset", help="a model of this architecture with random weights (e.g. cifar10)"
     )

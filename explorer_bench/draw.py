@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from explorer_bench import bench_parser
 from explorer_bench.gui import bench_window, wait_until
 from explorer_bench.images import percentiles
 
@@ -92,12 +93,15 @@ def measure_stroke_to_answer(
         return figures
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = bench_parser("draw", __doc__.splitlines()[0])
+    parser.add_argument("--strokes", type=int, default=20, help="strokes drawn and timed")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer_bench.draw")
-    parser.add_argument("checkpoint", nargs="?", default=None)
-    parser.add_argument("--strokes", type=int, default=20)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         figures = measure_stroke_to_answer(args.checkpoint, args.strokes)
     except (ValueError, TimeoutError) as exc:

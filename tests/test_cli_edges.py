@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.files.checkpoint import read_checkpoint
 from core.files.images import ImageLoadError, load_image
 from core.training.data import load_mnist
 from core.training.datasets import DatasetError
@@ -144,3 +145,166 @@ def test_training_on_a_folder_names_the_files_it_skips(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"warning: {data}: 1 unreadable file skipped: notes.png" in result.stderr
+
+
+# -- issue 35: nothing lost, nothing leaked --------------------------------------------------
+
+
+def _run_checkpoint(path: Path, step: int = 120) -> Path:
+    """A checkpoint as a run leaves it: weights and a training state."""
+    from conftest import perturbed_model
+
+    from core.files.checkpoint import save_checkpoint
+
+    training = {"step": step, "optimizer": {}, "history": {"steps": [], "evals": [{"step": 100}]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, perturbed_model(), {"dataset": "mnist", "step": step}, training)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+def test_export_never_replaces_a_file_without_force(tmp_path, tiny_checkpoint, capsys):
+    from core.cli import main
+
+    grid = tmp_path / "grid.png"
+    _png(grid)
+    before = grid.read_bytes()
+    assert main(["export", "bundled", str(grid)]) == 2
+    assert _error_line(capsys) == (
+        f"realnvp export: error: {grid} already exists; choose another file, or pass --force "
+        "to replace it"
+    )
+    assert grid.read_bytes() == before
+    assert main(["export", str(tiny_checkpoint), str(grid), "--force"]) == 0
+    assert read_checkpoint(grid)["training"] is None
+
+
+def test_export_refuses_a_runs_checkpoint_and_names_what_force_loses(tmp_path, capsys):
+    from core.cli import main
+
+    latest = _run_checkpoint(tmp_path / "runs" / "x" / "latest.pt")
+    before = latest.read_bytes()
+    for args in (["bundled", str(latest)], [str(latest), str(latest)]):  # also a.pt a.pt
+        assert main(["export", *args]) == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"realnvp export: error: {latest} holds a run's training state")
+        assert "at step 120" in line and "pass --force to replace it anyway" in line, line
+        assert latest.read_bytes() == before
+    assert main(["export", str(latest), str(latest), "--force"]) == 0
+    err = capsys.readouterr().err
+    assert f"{latest}'s training state (the optimizer and random states at step 120" in err
+    assert read_checkpoint(latest)["training"] is None
+
+
+def test_outputs_that_are_folders_or_below_files_are_one_sentence(
+    tmp_path, tiny_checkpoint, capsys
+):
+    from core.cli import main
+
+    digit = _png(tmp_path / "digit.png")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        (["sample", str(tiny_checkpoint), "--out", f"{digit}/x.png"], f"{digit} is a file"),
+        (["sample", str(tiny_checkpoint), "--out", str(folder)], f"--out {folder} is a folder"),
+        (["export", str(tiny_checkpoint), str(folder)], f"OUT {folder} is a folder"),
+        (["export", str(tiny_checkpoint), f"{digit}/m.pt"], f"{digit} is a file, not a folder"),
+        (
+            ["remote", "nohost.invalid", "fetch", "run", "--to", str(digit)],
+            f"--to {digit} is a file",
+        ),
+    ]
+    for args, words in cases:
+        assert main(args) == 2, args
+        line = _error_line(capsys)
+        assert line.startswith(f"realnvp {args[0]}: error: ") and words in line, line
+        assert "Errno" not in line and ".tmp" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "folder", "tiny.pt"]
+    assert list(folder.iterdir()) == []
+
+
+def test_sample_writes_the_format_its_suffix_names(tmp_path, tiny_checkpoint, capsys):
+    from core.cli import main
+
+    for name, magic in (("g.jpg", b"\xff\xd8\xff"), ("g.png", b"\x89PNG"), ("g.webp", b"RIFF")):
+        assert (
+            main(["sample", str(tiny_checkpoint), "--n", "4", "--out", str(tmp_path / name)]) == 0
+        )
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    assert Image.open(tmp_path / "g.jpg").format == "JPEG"
+    capsys.readouterr()
+    assert main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "g.xyz")]) == 2
+    assert "cannot write an image as a .xyz file; name a .bmp, .jpeg" in _error_line(capsys)
+    assert not (tmp_path / "g.xyz").exists()
+
+
+def test_resuming_a_checkpoint_without_training_state_is_one_sentence(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for resume in ("bundled", str(tiny_checkpoint)):
+        assert main(["train", "--resume", resume]) == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"realnvp train: error: {resume}: has no training state"), line
+        assert "resume a run's latest.pt, or start a new run" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+
+
+def _train(*args: str) -> list[str]:
+    """``realnvp train`` words for a tiny model on ``small_mnist``: seconds, not minutes."""
+    model = ["--num-scales", "2", "--mid-channels", "4", "--num-blocks", "1"]
+    return ["train", *model, "--batch-size", "8", "--precision", "float32", *args]
+
+
+def test_train_shows_the_class_statistics_and_a_finished_run_is_not_redone(
+    tmp_path, small_mnist, capsys, one_torch_thread
+):
+    from core.cli import main
+
+    out = tmp_path / "run"
+    assert main(_train("--data-dir", str(small_mnist), "--out", str(out), "--max-steps", "2")) == 0
+    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert err[0].startswith("training ") and err[0].endswith(f" for 2 steps -> {out}")
+    # After the last step line, the class statistics' own line, then the result.
+    last_step = max(i for i, line in enumerate(err) if line.startswith("[") and " 2/2 " in line)
+    assert err[last_step + 1] == f"class statistics [{'#' * 30}] 64/64", err
+    assert err[last_step + 2].startswith("done: finished at step 2"), err
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["task"] == "class statistics"
+    assert progress[-1]["done"] == progress[-1]["total"] == 64
+
+    # Resumed as it is: finished, and how to go on; nothing saved, measured or appended.
+    latest = out / "latest.pt"
+    record, saved = (out / "events.jsonl").read_bytes(), latest.read_bytes()
+    assert main(_train("--resume", str(latest))) == 2
+    assert _error_line(capsys) == (
+        f"realnvp train: error: {latest}: the run is finished (step 2 of 2); to train it "
+        "further, resume it with a longer --max-steps (above 2) or more --epochs"
+    )
+    assert main(_train("--resume", str(latest), "--max-steps", "1")) == 2
+    assert "the run is at step 2, past the 1 steps asked for" in _error_line(capsys)
+    assert (out / "events.jsonl").read_bytes() == record and latest.read_bytes() == saved
+
+    # Given a new length, the header says where it resumes.
+    assert main(_train("--resume", str(latest), "--max-steps", "3")) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("resuming at step 2 of 3: "), err
+    assert err.splitlines()[0].endswith(f"-> {out}")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_an_unwritable_output_names_the_file_not_a_temporary_one(tiny_checkpoint, capsys):
+    """/sys takes no new files, even from root (where a read-only folder would not do)."""
+    from core.cli import main
+
+    assert main(["export", str(tiny_checkpoint), "/sys/m.pt"]) == 2
+    assert _error_line(capsys) == "realnvp export: error: /sys/m.pt: permission denied"
+    assert main(["sample", str(tiny_checkpoint), "--n", "1", "--out", "/sys/x.png"]) == 2
+    assert _error_line(capsys) == "realnvp sample: error: /sys/x.png: permission denied"

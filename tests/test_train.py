@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from conftest import MNIST_DIR, needs_mnist
 
 from core import FlowConfig
-from core.files.checkpoint import load_checkpoint, read_checkpoint
+from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from core.stats.typicality import TypicalityReference
 from core.training import trainer as train_module
 from core.training.events import EventSink
@@ -177,7 +177,7 @@ def test_resume_needs_training_state(tmp_path):
     from core.flow.model import RealNVP
 
     path = save_checkpoint(tmp_path / "bare.pt", RealNVP(TINY))
-    with pytest.raises(TrainingError, match="no training state"):
+    with pytest.raises(CheckpointError, match="no training state"):  # a user error: status 2
         Trainer(None, config(tmp_path / "x"), resume=path)
 
 

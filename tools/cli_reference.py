@@ -23,6 +23,9 @@ def parser_builders() -> list[tuple[str, Callable[[], argparse.ArgumentParser]]]
     """Every command the project installs or documents, with the function building its parser."""
     from core.cli import build_parser as realnvp
     from explorer.app import build_parser as explorer
+    from explorer_bench.completion import build_parser as bench_completion
+    from explorer_bench.drafts import build_parser as bench_drafts
+    from explorer_bench.draw import build_parser as bench_draw
     from explorer_bench.gui import build_parser as bench_gui
     from explorer_bench.images import build_parser as bench_images
     from explorer_bench.training import build_parser as bench_training
@@ -33,6 +36,9 @@ def parser_builders() -> list[tuple[str, Callable[[], argparse.ArgumentParser]]]
         ("python -m explorer_bench.gui", bench_gui),
         ("python -m explorer_bench.images", bench_images),
         ("python -m explorer_bench.training", bench_training),
+        ("python -m explorer_bench.drafts", bench_drafts),
+        ("python -m explorer_bench.draw", bench_draw),
+        ("python -m explorer_bench.completion", bench_completion),
     ]
 
 

@@ -30,6 +30,16 @@ IMAGE_SUFFIXES = {
     ".pgm",
     ".pbm",
 }
+# What a written image's suffix says it is, and the Pillow format that writes it so.
+IMAGE_WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
 MAX_PIXELS = 64_000_000  # a header claiming more than this is a decompression bomb
 
 
@@ -142,11 +152,34 @@ def make_grid(
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Save ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 as PNG, atomically."""
-    path = Path(path)
+    return _save(array, Path(path), "PNG")
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format a file named ``path`` is written in (:data:`IMAGE_WRITE_FORMATS`); a
+    suffix naming none of them raises ValueError with the names that work."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_WRITE_FORMATS:
+        known = ", ".join(sorted(IMAGE_WRITE_FORMATS))
+        what = f"a {suffix} file" if suffix else "a file without a suffix"
+        raise ValueError(f"{path}: cannot write an image as {what}; name a {known} file")
+    return IMAGE_WRITE_FORMATS[suffix]
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save as :func:`save_png` does, in the format the suffix names (``g.jpg`` is a JPEG,
+    not PNG bytes under a JPEG name); lossy formats at high quality, WebP lossless."""
+    return _save(array, Path(path), image_format(path))
+
+
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
+
+
+def _save(array: np.ndarray, path: Path, fmt: str) -> Path:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     with atomic_write(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
+        Image.fromarray(array).save(f, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
     return path
 
 

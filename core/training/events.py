@@ -2,7 +2,9 @@
 
 Event kinds (the GUI's contract): ``start``, ``step``, ``eval``, ``samples``,
 ``checkpoint``, ``warning`` (``message``: something the user should know, the run goes on),
-``done``, ``error``. Every event carries ``event`` and ``time``.
+``progress`` (``task``, ``done``, ``total``: work between steps that takes a while, such as
+the class statistics after the last step), ``done``, ``error``. Every event carries
+``event`` and ``time``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class EventSink:
         self._last_eval_step: int | None = None
         self._record: TextIO | None = None
         self._mid_line = False  # a progress line is drawn and not ended
+        self._task: str | None = None  # the task whose progress line is drawn
 
     def record_to(self, path: str | os.PathLike | None) -> None:
         """Also append every event, as a JSON line, to ``path`` (the run's ``events.jsonl``);
@@ -95,11 +98,16 @@ class EventSink:
             self._total_steps = int(r.get("total_steps", 0))
             self._precision = f"  {r['precision']}" if r.get("precision") else ""
             how = f" in {r['precision_reason']}" if r.get("precision_reason") else ""
-            err.write(
-                f"training {r.get('parameters', 0):,} parameters on {r.get('device')}{how} "
-                f"for {self._total_steps} steps -> {r.get('out')}\n"
-            )
+            what = f"{r.get('parameters', 0):,} parameters on {r.get('device')}{how}"
+            if r.get("resumed"):
+                head = f"resuming at step {r.get('step', 0)} of {self._total_steps}: {what}"
+            else:
+                head = f"training {what} for {self._total_steps} steps"
+            err.write(f"{head} -> {r.get('out')}\n")
         elif kind == "step":
+            if self._task is not None:  # the steps go on below a finished task's line
+                err.write(self._end_line())
+                self._task = None
             total = max(self._total_steps, 1)
             done = int(30 * min(r["step"] / total, 1.0))
             test = f"  test {self._last_eval:.3f}" if self._last_eval is not None else ""
@@ -109,6 +117,13 @@ class EventSink:
                 f"{r['images_per_s']:.0f} img/s{self._precision}   "
             )
             self._mid_line = True
+        elif kind == "progress":
+            task, done, total = str(r.get("task")), int(r["done"]), max(int(r["total"]), 1)
+            # A new task starts below the step line, which keeps the last loss in view.
+            lead = "\r" if task == self._task else self._end_line()
+            filled = int(30 * min(done / total, 1.0))
+            err.write(f"{lead}{task} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            self._task, self._mid_line = task, True
         elif kind == "eval":
             self._last_eval, self._last_eval_step = r["test_bpd"], r.get("step")
         elif kind == "done":

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.files.checkpoint import (
+    CheckpointError,
     estimate_checkpoint_bytes,
     load_checkpoint,
     read_checkpoint,
@@ -78,6 +79,12 @@ class TrainingError(RuntimeError):
     command line's (3: diverged)."""
 
     exit_status = 3
+
+
+_NOT_RESUMABLE = (
+    "{}: has no training state to resume from (an exported checkpoint, like the bundled "
+    "model, keeps only the weights); resume a run's latest.pt, or start a new run"
+)
 
 
 class SaveFailedError(TrainingError):
@@ -198,7 +205,7 @@ class Trainer:
         if resume is not None:
             data = read_checkpoint(resume)
             if not data.get("training"):
-                raise TrainingError(f"{resume}: has no training state to resume from")
+                raise CheckpointError(_NOT_RESUMABLE.format(resume))
             saved = TrainConfig.from_dict(data["training"]["train_config"])
             # Data, optimizer and seed come from the checkpoint; where and how long from now.
             config = replace(
@@ -408,10 +415,21 @@ class Trainer:
                 train,
                 self.config.class_stats_per_class or None,
                 device=self.device,
+                progress=self._progress("class statistics"),
             )
         except ClassStatsError:
             return
         self.class_stats = stats.to_meta()
+
+    def _progress(self, task: str) -> Callable[[int, int], None]:
+        """``progress(done, total)`` as ``progress`` events: work outside the steps that
+        takes a while (the class statistics after the last step, about 25 s on 2 cores)
+        is shown, not a silence."""
+
+        def progress(done: int, total: int) -> None:
+            self.sink.emit("progress", task=task, done=done, total=total)
+
+        return progress
 
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
@@ -547,6 +565,7 @@ class Trainer:
         c = self.config
         model = self.model
         train, test = self._load_data()
+        self._refuse_finished_run(len(train))
         images = self._resident(train.images)
         self._train_images = images
         self.precision = self._choose_precision()
@@ -770,6 +789,35 @@ class Trainer:
             "test_bpd": state["last_test_bpd"],
             "best_test_bpd": state["best_test_bpd"],
         }
+
+    def _refuse_finished_run(self, train_images: int) -> None:
+        """A resumed run with nothing left to do (a finished run resumed without a new
+        length, or with a length it has passed) says so and how to go on, instead of saving,
+        measuring and appending another start and done to its events. Nothing is written:
+        the run's events still end with its own ``done``."""
+        if self.resume_state is None:
+            return
+        c = self.config
+        step = int(self.resume_state.get("step", 0))
+        steps_per_epoch = train_images // (c.batch_size * self.dist.world)
+        total = c.max_steps if c.max_steps is not None else c.epochs * steps_per_epoch
+        evals = (self.resume_state.get("history") or {}).get("evals") or [{}]
+        planned = self._resumed_plan(total)  # a --time-limit may have ended it sooner
+        # A run stopped at its last step has its final evaluation still to make.
+        if step < planned or evals[-1].get("step") != step:
+            return
+        if planned < total:
+            where = f"the run ended at step {step}, where its --time-limit planned it to"
+        elif step == total:
+            where = f"the run is finished (step {step} of {total})"
+        else:
+            where = f"the run is at step {step}, past the {total} steps asked for"
+        self.sink.record_to(None)
+        raise RunFolderError(
+            f"{self.resume_path}: {where}; to train it further, start a new run from its "
+            f"weights with --init-from {self.resume_path}, or resume it with a longer "
+            f"--max-steps (above {step}) or more --epochs"
+        )
 
     def _warn_if_disk_is_short(self, train: ImageDataset, test: ImageDataset | None) -> None:
         """A ``warning`` event when the output folder's disk has room for fewer than three
