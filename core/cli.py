@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 
+from core.config import MODEL_OPTIONS, PARSERS, PRESETS, TRAIN_OPTIONS, Option, TrainConfig
 from core.files.checkpoint import CheckpointError
 from core.files.images import IMAGE_WRITE_FORMATS, ImageLoadError
 from core.files.resources import resolve_checkpoint
-from core.flow.model import PRESETS
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.training.datasets import DATASETS, DatasetError
 from core.training.events import silence
-from core.training.precision import PRECISIONS
 from core.training.run_folder import RunFolderError
-from core.training.schedule import SCHEDULES, parse_duration
 
 USER_ERRORS = (
     CheckpointError,
@@ -84,23 +83,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), such as 0.999, got {text}")
-    return value
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _per_class(text: str) -> int | None:
     value = int(text)
     if value < 0:
@@ -124,211 +106,112 @@ def _add_train(sub) -> None:
     _train_arguments(sub.add_parser("train", help="train a Real NVP model"))
 
 
+def _config_argument(p, opt: Option) -> None:
+    """One option of :mod:`core.config` on the command line, as its field describes it."""
+    kwargs: dict = {"help": opt.help}
+    if opt.parse == "flag":
+        kwargs["action"] = "store_true"
+    elif opt.parse == "no-flag":
+        kwargs.update(action="store_false", dest=opt.name)
+    else:
+        kwargs["type"] = _argtype(PARSERS[opt.parse])
+        if opt.choices is not None:
+            kwargs["choices"] = opt.choices
+        if opt.metavar:
+            kwargs["metavar"] = opt.metavar
+        default = opt.default if opt.cli_default is MISSING else opt.cli_default
+        if default is not None:
+            kwargs["default"] = default
+    if opt.parse != "no-flag":
+        kwargs["dest"] = opt.name
+    kwargs["help"] = opt.help.replace("%", "%%")
+    p.add_argument(opt.flag, **kwargs)
+
+
+def _argtype(parse):
+    """A :mod:`core.config` parser as an argparse type: its ValueError is argparse's error."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``train``, also those of ``remote HOST train`` (checked here before
-    they travel)."""
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="mnist",
-        help="what to train on; folder: every image under --data-dir (subfolders are classes)",
-    )
-    p.add_argument("--data-dir", default="data", help="folder with the data set files")
-    p.add_argument("--download", action="store_true", help="fetch MNIST / CIFAR-10 if missing")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="folder data sets: 1 or 3")
-    p.add_argument("--image-size", type=_positive, help="folder data sets: side in pixels")
-    p.add_argument(
-        "--out",
-        help="output folder for checkpoints, samples and events.jsonl; it must not hold "
-        "another run (see --resume, --overwrite) (default: runs/run; with --resume, the "
-        "checkpoint's folder)",
-    )
+    they travel): every field of :class:`core.config.TrainConfig` and the model's sizes of
+    :class:`core.config.FlowConfig`, generated from their fields, and the options that
+    say how to start rather than what to train."""
+    opts = TRAIN_OPTIONS
+    for name in ("dataset", "data_dir", "download"):
+        _config_argument(p, opts[name])
+    for name in ("in_channels", "image_size"):
+        _config_argument(p, MODEL_OPTIONS[name])
+    _config_argument(p, opts["out"])
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
-    p.add_argument(
-        "--num-scales",
-        type=_positive,
-        help="scales of the multi-scale model; each but the last halves the image "
-        "(default: the preset's, mnist-small: 3)",
-    )
-    p.add_argument(
-        "--mid-channels",
-        type=_positive,
-        help="width of the s/t networks at the first scale, doubling at each scale "
-        "(default: the preset's, mnist-small: 16)",
-    )
-    p.add_argument(
-        "--num-blocks",
-        type=_positive,
-        help="residual blocks in each s/t network (default: the preset's, mnist-small: 2)",
-    )
-    p.add_argument("--batch-size", type=_positive, default=64, help="images per step (per process)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument(
-        "--weight-norm-l2",
-        type=float,
-        default=5e-5,
-        help="L2 penalty on the weight-norm scales, added to the loss in bits/dim",
-    )
-    p.add_argument(
-        "--grad-clip",
-        type=float,
-        default=100.0,
-        help="largest gradient norm; larger is scaled down",
-    )
-    p.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=200,
-        help="steps over which the learning rate rises linearly from 0 (0: none)",
-    )
-    p.add_argument(
-        "--lr-schedule",
-        choices=SCHEDULES,
-        default="cosine",
-        help="after warm-up: cosine decays the rate to 1%% of --lr at the run's planned last "
-        "step (with --time-limit, planned from the measured rate); constant keeps it "
-        "(default: cosine)",
-    )
-    p.add_argument(
-        "--ema",
-        type=_decay,
-        default=0.999,
-        metavar="DECAY",
-        help="average the weights with this decay per step (Polyak averaging); evaluations, "
-        "samples, best.pt and the saved model use the averaged weights, with batch-norm "
-        "statistics measured for them; 0: no average (default: 0.999)",
-    )
-    p.add_argument(
-        "--init-from",
-        metavar="CHECKPOINT",
-        help="start a new run from this checkpoint's weights (its averaged ones where it has "
-        "them; `bundled` for the bundled model) with a fresh optimizer and schedule; the "
-        "model's size is the checkpoint's",
-    )
-    p.add_argument(
-        "--time-limit",
-        type=_duration,
-        metavar="DURATION",
-        help="end the run cleanly before this much time has passed (90m, 2h, 1h30m, 45s or "
-        "HH:MM:SS): it saves, evaluates and ends with status 0 (done: time_limit)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=_positive,
-        help="passes over the training set (default: 1; with --resume, the resumed run's)",
-    )
-    p.add_argument(
-        "--max-steps",
-        type=_positive,
-        help="optimizer steps in all, counted from the start of the run; overrides --epochs "
-        "(default: from --epochs; with --resume, the resumed run's)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="bf16 runs the s/t networks in bf16 autocast; auto: bf16 on CUDA, and on the "
-        "CPU where a short measurement at start-up finds it faster (default: auto)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument(
-        "--no-cuda-graph",
-        dest="cuda_graph",
-        action="store_false",
-        help="on CUDA, launch every kernel of a step instead of replaying a CUDA graph",
-    )
-    fresh = p.add_mutually_exclusive_group()
-    fresh.add_argument(
-        "--resume",
-        metavar="CHECKPOINT",
-        help="continue the run of this checkpoint (its latest.pt): in its folder, to its "
-        "own length, with its data, model and optimizer (default: a new run)",
-    )
-    fresh.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start a new run in a folder that holds an earlier one; the earlier run's "
-        "checkpoints, samples, events and log move into a previous-DATE folder inside it",
-    )
-    p.add_argument(
-        "--progress",
-        choices=("bar", "json", "none"),
-        default="bar",
-        help="bar: a progress line on stderr; json: one event per line on stdout (the "
-        "training page's contract); none: quiet",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="random seed of the model, batches and noise"
-    )
-    p.add_argument(
-        "--eval-every",
-        type=_positive,
-        default=500,
-        help="steps between test evaluations, each saving checkpoints and a sample grid",
-    )
-    p.add_argument("--eval-limit", type=_positive, help="test images per evaluation (default: all)")
-    p.add_argument("--log-every", type=_positive, default=10, help="steps between progress lines")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument(
-        "--max-nonfinite",
-        type=_positive,
-        default=20,
-        help="non-finite losses in a row after which the run stops as diverged (status 3)",
-    )
+    for name in ("num_scales", "mid_channels", "num_blocks"):
+        _config_argument(p, MODEL_OPTIONS[name])
+    alpha = MODEL_OPTIONS["alpha"]
+    p.add_argument("--alpha", type=_argtype(float), help=f"{alpha.help} (default: {alpha.default})")
+    for name, opt in opts.items():
+        if name in ("dataset", "data_dir", "download", "out", "seed"):
+            continue  # above, or below after --progress, where --help has always shown them
+        _config_argument(p, opt)
+        if name == "cuda_graph":
+            fresh = p.add_mutually_exclusive_group()
+            fresh.add_argument(
+                "--resume",
+                metavar="CHECKPOINT",
+                help="continue the run of this checkpoint (its latest.pt): in its folder, to its "
+                "own length, with its data, model and optimizer (default: a new run)",
+            )
+            fresh.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="start a new run in a folder that holds an earlier one; the earlier run's "
+                "checkpoints, samples, events and log move into a previous-DATE folder inside it",
+            )
+            p.add_argument(
+                "--progress",
+                choices=("bar", "json", "none"),
+                default="bar",
+                help="bar: a progress line on stderr; json: one event per line on stdout (the "
+                "training page's contract); none: quiet",
+            )
+            _config_argument(p, opts["seed"])
     p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's)")
-    p.add_argument(
-        "--class-limit",
-        type=_per_class,
-        default=DEFAULT_PER_CLASS,
-        help="labelled data: training images per class for the class statistics stored at "
-        f"the end of the run (default {DEFAULT_PER_CLASS}; 0: all)",
-    )
+
+
+def _train_config(args) -> TrainConfig:
+    """The run's :class:`TrainConfig` from ``train``'s parsed options: every field from its
+    option, the ones the command decides (``None`` on the command line) filled in."""
+    values = {name: getattr(args, name) for name in TRAIN_OPTIONS}
+    values["out"] = args.out or (str(Path(args.resume).parent) if args.resume else "runs/run")
+    values["epochs"] = args.epochs or 1
+    values["class_stats_per_class"] = args.class_stats_per_class or 0
+    return TrainConfig(**values)
 
 
 def _cmd_train(args) -> int:
     import torch
 
     from core.training.events import EventSink
-    from core.training.trainer import TrainConfig, Trainer, TrainingError, build_model_config
+    from core.training.trainer import Trainer, TrainingError, build_model_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        download=args.download,
-        out=args.out or (str(Path(args.resume).parent) if args.resume else "runs/run"),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_norm_l2=args.weight_norm_l2,
-        grad_clip=args.grad_clip,
-        warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule,
-        ema=args.ema,
-        init_from=args.init_from,
-        time_limit=args.time_limit,
-        epochs=args.epochs or 1,
-        max_steps=args.max_steps,
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        cuda_graph=args.cuda_graph,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        eval_limit=args.eval_limit,
-        log_every=args.log_every,
-        flip=args.flip,
-        max_nonfinite=args.max_nonfinite,
-        class_stats_per_class=args.class_limit or 0,
-    )
+    config = _train_config(args)
     model_config = None
     if args.resume and args.init_from:
         raise ValueError(
             "--resume continues a run and --init-from starts a new one from a checkpoint's "
             "weights; give one of them"
         )
-    sizes = (args.preset, args.num_scales, args.mid_channels, args.num_blocks)
+    sizes = (args.preset, args.num_scales, args.mid_channels, args.num_blocks, args.alpha)
     if args.init_from and all(v is None for v in sizes):
         pass  # the checkpoint's model, geometry included
     elif not args.resume:
@@ -338,8 +221,9 @@ def _cmd_train(args) -> int:
             args.num_scales,
             args.mid_channels,
             args.num_blocks,
-            args.channels,
+            args.in_channels,
             args.image_size,
+            alpha=args.alpha,
         )
     sink = EventSink(args.progress)
     try:

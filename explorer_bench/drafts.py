@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=sorted(DRAG_STEPS),
         default=["offset", "temperature"],
-        help="which sliders to drag",
+        help="which sliders to drag (default: offset temperature)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(

@@ -41,21 +41,35 @@ def test_cosine_warms_up_then_decays_to_its_floor_at_the_planned_step():
         lr_factor(0, "linear", 0, 10)
 
 
-def test_plan_fits_the_time_left_and_only_shrinks_after_warm_up():
+def test_plan_fits_the_time_left_and_the_rate_never_rises_again():
     plan = StepPlan(total=10_000, planned=10_000, warmup=100)
     assert plan.replan(50, steps_per_s=10.0, seconds_left=100.0, margin=1.0)
-    assert plan.planned == 1050
-    assert plan.replan(60, steps_per_s=20.0, seconds_left=100.0, margin=1.0)  # warm-up: grows
-    assert plan.planned == 2060
-    assert not plan.replan(200, steps_per_s=100.0, seconds_left=100.0, margin=1.0)
-    assert plan.planned == 2060  # past warm-up a faster machine ends early instead
+    assert plan.planned == 1050 and plan.progress(100) == 0.0  # warm-up: no progress yet
+    assert plan.progress(575) == pytest.approx(0.5)
+    rates = [lr_factor(s, "cosine", 100, plan) for s in range(100, 301)]
+    # Past warm-up a slower machine shortens the plan and a faster one lengthens it: the
+    # decay speeds up or slows down from where it stands, never back up.
     assert plan.replan(300, steps_per_s=1.0, seconds_left=100.0, margin=1.0)
-    assert plan.planned == 400
-    assert plan.replan(300, steps_per_s=1.0, seconds_left=-5.0, margin=1.0)
-    assert plan.planned == 301  # never behind the step it is at
+    assert plan.planned == 400 and plan.anchor_step == 300
+    assert plan.progress(300) == pytest.approx(200 / 950)
+    assert plan.progress(400) == 1.0
+    rates += [lr_factor(s, "cosine", 100, plan) for s in range(301, 351)]
+    assert plan.replan(350, steps_per_s=20.0, seconds_left=100.0, margin=1.0)
+    assert plan.planned == 2350
+    rates += [lr_factor(s, "cosine", 100, plan) for s in range(351, 2400)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    assert rates[-1] == pytest.approx(COSINE_FLOOR)
+    assert not plan.replan(400, steps_per_s=20.0, seconds_left=99.0, margin=1.0)  # noise
+    assert plan.replan(2000, steps_per_s=1.0, seconds_left=-5.0, margin=1.0)
+    assert plan.planned == 2001  # never behind the step it is at
     capped = StepPlan(total=500, planned=500)
     capped.replan(0, steps_per_s=1000.0, seconds_left=100.0)
     assert capped.planned == 500  # never beyond the length asked for
+    plain = StepPlan(total=110, planned=110, warmup=10)
+    assert all(
+        lr_factor(s, "cosine", 10, plain) == pytest.approx(lr_factor(s, "cosine", 10, 110))
+        for s in range(120)
+    )
 
 
 @pytest.mark.parametrize(
@@ -297,7 +311,8 @@ def test_time_limit_plans_the_decay_and_ends_cleanly_before_it(tmp_path):
     assert all(a >= b for a, b in itertools.pairwise(rates))
     data = read_checkpoint(out / "latest.pt")
     lr = data["training"]["optimizer"]["param_groups"][0]["lr"]
-    assert lr == pytest.approx(1e-3 * lr_factor(last["step"], "cosine", 5, planned))
+    plan = StepPlan(total=start["total_steps"], warmup=5, **data["training"]["plan"])
+    assert lr == pytest.approx(1e-3 * lr_factor(last["step"], "cosine", 5, plan))
     assert math.isfinite(data["meta"]["test_bpd"])
 
 

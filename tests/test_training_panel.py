@@ -128,7 +128,7 @@ def test_gui_process_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     torch_loaded, core_modules = out.stdout.splitlines()
     assert torch_loaded == "False"
-    allowed = {"core", "core.training", "core.files", "core.files.format_version"}
+    allowed = {"core", "core.config", "core.training", "core.files", "core.files.format_version"}
     allowed |= {"core.files.resources", "core.training.remote", "core.training.transport"}
     assert set(core_modules.split()) <= allowed
 

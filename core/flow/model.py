@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from core.config import PRESETS, FlowConfig, preset  # noqa: F401 (re-exported)
 from core.flow.bijection import BatchNormFlow, Bijection, LogitTransform, Sequential, Squeeze
 from core.flow.coupling import AffineCoupling, MaskType
 
@@ -18,74 +18,6 @@ if TYPE_CHECKING:
     from core.flow.likelihood import LikelihoodMap
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """Everything needed to rebuild a :class:`RealNVP`; stored in every checkpoint.
-
-    ``mid_channels`` is the s/t width at the first scale; it doubles at each scale.
-    ``alpha`` is the preprocessing constant of ``logit(alpha + (1 - 2 alpha) x)``.
-    """
-
-    in_channels: int = 1
-    image_size: int = 28
-    num_scales: int = 3
-    mid_channels: int = 16
-    num_blocks: int = 2
-    alpha: float = 0.05
-
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "image_size", "num_scales", "mid_channels", "num_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FlowConfig.{name} must be a positive integer, got {value!r}")
-        step = 2 ** (self.num_scales - 1)
-        if self.image_size % step or self.image_size // step < 2:
-            raise ValueError(
-                f"image_size {self.image_size} does not fit {self.num_scales} scales: it must "
-                f"be divisible by 2**(num_scales-1) = {step} and leave at least 2x2 pixels "
-                "at the last scale"
-            )
-        if not 0.0 < float(self.alpha) < 0.5:
-            raise ValueError(f"FlowConfig.alpha must lie in (0, 0.5), got {self.alpha!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FlowConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown FlowConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
-    @property
-    def num_dims(self) -> int:
-        return self.in_channels * self.image_size**2
-
-
-PRESETS: dict[str, FlowConfig] = {
-    # Trains on MNIST in reasonable time on a 2-core CPU.
-    "mnist-small": FlowConfig(
-        in_channels=1, image_size=28, num_scales=3, mid_channels=16, num_blocks=2
-    ),
-    # The bundled model's recipe (resources/MODEL_CARD.md): mnist-small one residual
-    # block deeper, chosen by an equal-time comparison on a 2-core CPU.
-    "mnist": FlowConfig(in_channels=1, image_size=28, num_scales=3, mid_channels=16, num_blocks=3),
-    # The paper's CIFAR-10 model: 8 residual blocks, 64 features.
-    "cifar10": FlowConfig(
-        in_channels=3, image_size=32, num_scales=2, mid_channels=64, num_blocks=8
-    ),
-}
-
-
-def preset(name: str) -> FlowConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 def _coupled(channels: int, mid: int, blocks: int, mask: MaskType, parity: int) -> list[Bijection]:

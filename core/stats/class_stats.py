@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from core.config import DEFAULT_PER_CLASS  # noqa: F401 (re-exported)
 from core.files.atomic import atomic_write
 
 STATS_FORMAT = "realnvp-class-stats"
 STATS_VERSION = 1
-DEFAULT_PER_CLASS = 1000
 META_KEY = "class_stats"
 MAX_CLASSES = 1000
 

@@ -9,9 +9,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from core.config import DATASETS, dataset_geometry  # noqa: F401 (re-exported)
 from core.files.images import IMAGE_SUFFIXES
-
-DATASETS = ("mnist", "cifar10", "folder")
 
 
 class DatasetError(ValueError):
@@ -57,12 +56,3 @@ def describe_skipped(names: list[str]) -> str:
     rest = f" and {more:,} more" if more > 0 else ""
     noun = "file" if len(names) == 1 else "files"
     return f"{len(names):,} unreadable {noun} skipped: {shown}{rest}"
-
-
-def dataset_geometry(name: str, channels: int | None, image_size: int | None) -> tuple[int, int]:
-    """``(channels, image_size)`` that a model for this data set must have."""
-    if name == "mnist":
-        return 1, 28
-    if name == "cifar10":
-        return 3, 32
-    return channels or 3, image_size or 32

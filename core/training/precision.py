@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PRECISIONS = ("auto", "float32", "bf16")
+from core.config import PRECISIONS
+
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 # bf16 is chosen only when it is at least this much faster: within noise float32 stays,
 # being the exact reference.

@@ -16,85 +16,78 @@ limit read from the scheduler.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-SCHEDULES = ("constant", "cosine")
+from core.config import SCHEDULES, parse_duration  # noqa: F401 (re-exported)
+
 # The cosine's end, as a share of the base rate.
 COSINE_FLOOR = 0.01
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)")
-_UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``90m``, ``2h``, ``1h30m``, ``45s``, ``3600`` (seconds), or
-    Slurm's ``HH:MM:SS``, ``MM:SS`` and ``D-HH:MM:SS``. Raises ``ValueError`` with a
-    sentence for anything else, or a duration that is not positive."""
-    s = str(text).strip().lower()
-    seconds: float | None = None
-    if ":" in s:
-        days = 0.0
-        if "-" in s:
-            d, s = s.split("-", 1)
-            days = float(d) if d.isdigit() else math.nan
-        parts = s.split(":")
-        if len(parts) in (2, 3) and all(p.isdigit() for p in parts) and not math.isnan(days):
-            values = [int(p) for p in parts]
-            if len(values) == 2:
-                values = [0, *values]
-            h, m, sec = values
-            seconds = days * 86400 + h * 3600 + m * 60 + sec
-    else:
-        pos, total = 0, 0.0
-        for match in _DURATION.finditer(s):
-            if match.start() != pos or (not match.group(2) and match.end() != len(s)):
-                break
-            total += float(match.group(1)) * _UNIT_S[match.group(2)]
-            pos = match.end()
-        if s and pos == len(s):
-            seconds = total
-    if seconds is None or not seconds > 0:
-        raise ValueError(
-            f"{text!r} is not a duration: use a number with a unit, such as 90m, 2h, 1h30m or "
-            "45s (or HH:MM:SS)"
-        )
-    return seconds
-
-
-def lr_factor(step: int, schedule: str, warmup: int, planned: int) -> float:
+def lr_factor(step: int, schedule: str, warmup: int, planned: int | StepPlan) -> float:
     """The learning rate of step ``step`` (0-based, the step about to run) as a share of
-    the base rate."""
+    the base rate; ``planned``: the planned last step, or a :class:`StepPlan` (whose
+    progress may have been re-planned)."""
     warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if schedule == "constant":
         return warm
     if schedule != "cosine":
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {SCHEDULES}")
-    span = max(planned - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
+    if isinstance(planned, StepPlan):
+        progress = planned.progress(step)
+    else:
+        progress = min(max(step - warmup, 0) / max(planned - warmup, 1), 1.0)
     return warm * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass
 class StepPlan:
-    """The step the run plans to end at. ``total`` is the length asked for (epochs or
-    ``--max-steps``); ``planned`` the length the schedule decays over, never beyond it."""
+    """The step the run plans to end at, and how far the schedule has come.
+
+    ``total`` is the length asked for (epochs or ``--max-steps``); ``planned`` the step the
+    schedule reaches its end at, never beyond ``total``. Progress runs from 0 at the end of
+    warm-up to 1 at ``planned``, linearly from the last re-plan (``anchor_step``,
+    ``anchor_progress``): a longer plan slows the decay from where it is and a shorter one
+    speeds it up, so the rate never rises again and always reaches its floor at the planned
+    step. Without re-plans progress is ``(step - warmup) / (planned - warmup)``.
+    """
 
     total: int
     planned: int
     warmup: int = 0
+    anchor_step: int | None = None  # None: the end of warm-up, at progress 0
+    anchor_progress: float = 0.0
+
+    def progress(self, step: int) -> float:
+        start = self.warmup if self.anchor_step is None else self.anchor_step
+        if step <= start:
+            return self.anchor_progress
+        span = max(self.planned - start, 1)
+        done = self.anchor_progress + (1.0 - self.anchor_progress) * (step - start) / span
+        return min(done, 1.0)
 
     def replan(
         self, step: int, steps_per_s: float, seconds_left: float, margin: float = 0.97
     ) -> bool:
-        """Fit the plan to ``seconds_left`` at ``steps_per_s``; whether it changed."""
+        """Fit the plan to ``seconds_left`` at ``steps_per_s``; whether it changed. Changes
+        under 2% of the steps left are not made, so the plan does not follow noise."""
         if steps_per_s <= 0 or not math.isfinite(steps_per_s):
             return False
         fits = step + int(max(seconds_left, 0.0) * steps_per_s * margin)
         target = max(step + 1, min(self.total, fits))
-        if step >= self.warmup:
-            target = min(target, self.planned)  # past warm-up the plan only shrinks
-        if target == self.planned:
+        if abs(target - self.planned) <= 0.02 * max(self.planned - step, 0) or (
+            target == self.planned
+        ):
             return False
+        if step > self.warmup:
+            self.anchor_progress = self.progress(step)
+            self.anchor_step = step
         self.planned = target
         return True
+
+    def state_dict(self) -> dict:
+        return {
+            "planned": self.planned,
+            "anchor_step": self.anchor_step,
+            "anchor_progress": self.anchor_progress,
+        }

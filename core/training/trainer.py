@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.config import TrainConfig
 from core.files.checkpoint import (
     CheckpointError,
     estimate_checkpoint_bytes,
@@ -38,7 +39,7 @@ from core.flow.model import (
     per_image_bits_per_dim,
     preset,
 )
-from core.stats.class_stats import DEFAULT_PER_CLASS, META_KEY, ClassStatsError
+from core.stats.class_stats import META_KEY, ClassStatsError
 from core.stats.measure import compute_class_stats
 from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
 from core.training.averaging import WeightAverage, averaged_copy
@@ -94,62 +95,6 @@ class SaveFailedError(TrainingError):
     exit_status = 4
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs besides the model architecture."""
-
-    dataset: str = "mnist"
-    data_dir: str = "data"
-    download: bool = False
-    out: str = "runs/run"
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_norm_l2: float = 5e-5
-    grad_clip: float = 100.0
-    warmup_steps: int = 200
-    # constant | cosine (core.training.schedule): after warm-up, flat or a half cosine down
-    # to 1% of lr at the planned last step.
-    lr_schedule: str = "cosine"
-    # Decay of the averaged weights (core.training.averaging); 0: no average, the raw
-    # weights are evaluated and saved.
-    ema: float = 0.999
-    # Training images on which the averaged weights' batch-norm statistics are measured
-    # before each evaluation and save (core.training.averaging.recompute_batch_norm).
-    ema_bn_images: int = 2048
-    # A checkpoint whose weights (averaged where it has them) a new run starts from.
-    init_from: str | None = None
-    # Seconds the run may take from its start; it saves and ends (done: time_limit) before.
-    time_limit: float | None = None
-    epochs: int = 1
-    max_steps: int | None = None
-    device: str = "auto"
-    precision: str = "auto"  # auto | float32 | bf16 (see core.training.precision)
-    compile: bool = False
-    cuda_graph: bool = True  # one process on CUDA, not compiled: replay steps from a graph
-    seed: int = 0
-    eval_every: int = 500
-    eval_limit: int | None = None
-    log_every: int = 10
-    flip: bool = False
-    max_nonfinite: int = 20
-    num_samples: int = 64
-    # Training images per class for the class statistics computed at the end of a run
-    # on labelled data (core.stats.class_stats); 0: all of them.
-    class_stats_per_class: int = DEFAULT_PER_CLASS
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        # Runs saved before these options existed had a flat rate and no average.
-        values.setdefault("lr_schedule", "constant")
-        values.setdefault("ema", 0.0)
-        return cls(**values)
-
-
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -161,6 +106,7 @@ def build_model_config(
     num_blocks: int | None,
     channels: int | None = None,
     image_size: int | None = None,
+    alpha: float | None = None,
 ) -> FlowConfig:
     """A FlowConfig for the data set's geometry, from a preset and/or explicit sizes."""
     ch, size = dataset_geometry(dataset, channels, image_size)
@@ -171,6 +117,7 @@ def build_model_config(
             ("num_scales", num_scales),
             ("mid_channels", mid_channels),
             ("num_blocks", num_blocks),
+            ("alpha", alpha),
         )
         if v is not None
     }
@@ -498,6 +445,7 @@ class Trainer:
             "wall_time_s": state["wall_time_s"],
             "total_steps": self.plan.total if self.plan else None,
             "planned_steps": self.plan.planned if self.plan else None,
+            "plan": self.plan.state_dict() if self.plan else None,
         }
         saved_model = self.model
         if self.average is not None:
@@ -582,8 +530,12 @@ class Trainer:
         self.plan = StepPlan(total=total_steps, planned=total_steps, warmup=warmup)
         if self.resume_state is not None:
             self.plan.planned = self._resumed_plan(total_steps)
+            saved = self.resume_state.get("plan") or {}
+            if saved.get("anchor_step") is not None and self.plan.planned == saved["planned"]:
+                self.plan.anchor_step = int(saved["anchor_step"])
+                self.plan.anchor_progress = float(saved["anchor_progress"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, c.lr_schedule, warmup, self.plan.planned)
+            optimizer, lambda s: lr_factor(s, c.lr_schedule, warmup, self.plan)
         )
         noise = torch.Generator(device=self.device if self.cuda else "cpu")
         noise.manual_seed(c.seed * 7919 + self.dist.rank)

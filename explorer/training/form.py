@@ -28,6 +28,7 @@ from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -41,20 +42,27 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.config import (
+    DATASET_GEOMETRY,
+    MODEL_OPTIONS,
+    SCHEDULES,
+    TRAIN_OPTIONS,
+    Option,
+    geometry_problem,
+    parse_duration,
+)
 from core.training.remote import DEFAULT_PYTHON, HostFacts
 from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
 from core.training.transport import RemoteError
 from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
 from explorer.training.process import (
-    DATASET_GEOMETRY,
     DATASET_LABELS,
     PRESETS,
     DataScan,
     DeviceProbe,
     RunSettings,
     ScanReport,
-    geometry_problem,
 )
 from explorer.training.remote_run import BlockingCall, HostChoice
 from explorer.widgets.images import to_qimage
@@ -74,6 +82,19 @@ def new_run_folder(runs_dir: Path) -> Path:
         n += 1
         path = runs_dir / f"run-{stamp}-{n}"
     return path
+
+
+def _tip(opt: Option) -> str:
+    return opt.help[:1].upper() + opt.help[1:]
+
+
+def _option_spin(opt: Option, high: int | None = None, special: str = "") -> QSpinBox:
+    """A spin box for a :mod:`core.config` option: its range, default and help as tooltip
+    (``special``: the text of the minimum, for options whose 0 means "none")."""
+    low = 0 if special else int(opt.minimum if opt.minimum is not None else 0)
+    top = int(high if high is not None else opt.maximum if opt.maximum is not None else 2**31 - 1)
+    default = opt.default if isinstance(opt.default, int) else low
+    return _spin(low, top, default, _tip(opt), special)
 
 
 def _spin(low: int, high: int, value: int, tip: str, special: str = "") -> QSpinBox:
@@ -196,7 +217,8 @@ class TrainingForm(QWidget):
         self.channels.addItem("Grayscale (1)", 1)
         self.channels.addItem("Colour (3)", 3)
         self.channels.setCurrentIndex(1)
-        self.image_size = _spin(2, 1024, 32, "Images are centre-cropped and resized to this")
+        self.image_size = _option_spin(MODEL_OPTIONS["image_size"])
+        self.image_size.setValue(32)  # a folder's default (MNIST and CIFAR-10 fix their own)
         self.data_status = QLabel()
         self.data_status.setWordWrap(True)
         self.thumbnails = ThumbnailStrip()
@@ -206,23 +228,44 @@ class TrainingForm(QWidget):
         for name in PRESETS:
             self.preset.addItem(name, name)
         self.preset.addItem("Custom", CUSTOM)
-        self.num_scales = _spin(1, 8, 3, "Scales: each one but the last halves the image")
-        self.mid_channels = _spin(1, 1024, 16, "Width of the s/t networks at the first scale")
-        self.num_blocks = _spin(1, 64, 2, "Residual blocks in each s/t network")
+        self.num_scales = _option_spin(MODEL_OPTIONS["num_scales"])
+        self.mid_channels = _option_spin(MODEL_OPTIONS["mid_channels"])
+        self.num_blocks = _option_spin(MODEL_OPTIONS["num_blocks"])
 
         # -- training
-        self.batch_size = _spin(1, 65536, 64, "Images per step (per GPU under torchrun)")
-        self.lr = QLineEdit("1e-3")
-        self.lr.setToolTip("Adam learning rate, e.g. 1e-3")
-        self.length = _spin(1, 100_000_000, 1, "How long to train")
+        self.batch_size = _option_spin(TRAIN_OPTIONS["batch_size"])
+        self.lr = QLineEdit(f"{TRAIN_OPTIONS['lr'].default:g}")
+        self.lr.setToolTip(_tip(TRAIN_OPTIONS["lr"]) + ", e.g. 1e-3")
+        self.lr_schedule = QComboBox()
+        for name in SCHEDULES:
+            self.lr_schedule.addItem(name, name)
+        self.lr_schedule.setCurrentIndex(
+            self.lr_schedule.findData(TRAIN_OPTIONS["lr_schedule"].default)
+        )
+        self.lr_schedule.setToolTip(_tip(TRAIN_OPTIONS["lr_schedule"]))
+        self.ema = QDoubleSpinBox()
+        self.ema.setDecimals(4)
+        self.ema.setRange(0.0, TRAIN_OPTIONS["ema"].maximum)
+        self.ema.setSingleStep(0.001)
+        self.ema.setValue(TRAIN_OPTIONS["ema"].default)
+        self.ema.setSpecialValueText("off")
+        self.ema.setToolTip(_tip(TRAIN_OPTIONS["ema"]))
+        self.time_limit = QLineEdit()
+        self.time_limit.setPlaceholderText("none (e.g. 90m, 2h)")
+        self.time_limit.setToolTip(_tip(TRAIN_OPTIONS["time_limit"]))
+        self.init_from = QLineEdit()
+        self.init_from.setPlaceholderText("new weights (or a checkpoint, or bundled)")
+        self.init_from.setToolTip(_tip(TRAIN_OPTIONS["init_from"]))
+        self.length = _spin(1, 100_000_000, 1, "How long to train: " + TRAIN_OPTIONS["epochs"].help)
         self.length_unit = QComboBox()
         self.length_unit.addItem("epochs", "epochs")
         self.length_unit.addItem("steps", "steps")
-        self.eval_every = _spin(1, 10_000_000, 500, "Steps between test evaluations")
-        self.eval_limit = _spin(0, 10_000_000, 0, "Test images per evaluation", "all")
-        self.log_every = _spin(1, 1_000_000, 10, "Steps between progress events")
-        self.seed = _spin(0, 2**31 - 1, 0, "The same seed repeats the run")
+        self.eval_every = _option_spin(TRAIN_OPTIONS["eval_every"])
+        self.eval_limit = _option_spin(TRAIN_OPTIONS["eval_limit"], special="all")
+        self.log_every = _option_spin(TRAIN_OPTIONS["log_every"])
+        self.seed = _option_spin(TRAIN_OPTIONS["seed"], high=2**31 - 1)
         self.flip = QCheckBox("Random horizontal flips")
+        self.flip.setToolTip(_tip(TRAIN_OPTIONS["flip"]))
 
         # -- hardware
         self.device = QComboBox()
@@ -323,6 +366,10 @@ class TrainingForm(QWidget):
         training, f = group("Training")
         f.addRow("Batch size", self.batch_size)
         f.addRow("Learning rate", self.lr)
+        f.addRow("Rate schedule", self.lr_schedule)
+        f.addRow("Weight average", self.ema)
+        f.addRow("Start from", self.init_from)
+        f.addRow("Time limit", self.time_limit)
         length = QWidget()
         row = QHBoxLayout(length)
         row.setContentsMargins(0, 0, 0, 0)
@@ -376,6 +423,8 @@ class TrainingForm(QWidget):
         self.device.currentIndexChanged.connect(self._sync_enabled)
         for widget in self.findChildren(QSpinBox):
             widget.valueChanged.connect(self.changed)
+        self.ema.valueChanged.connect(self.changed)
+        self.init_from.textChanged.connect(self._sync_enabled)
         for widget in self.findChildren(QComboBox):
             widget.currentIndexChanged.connect(self.changed)
         for widget in self.findChildren(QLineEdit):
@@ -404,6 +453,10 @@ class TrainingForm(QWidget):
             num_blocks=self.num_blocks.value(),
             batch_size=self.batch_size.value(),
             lr=lr,
+            lr_schedule=self.lr_schedule.currentData(),
+            ema=round(self.ema.value(), 6),
+            init_from=self.init_from.text().strip(),
+            time_limit=self.time_limit.text().strip(),
             epochs=1 if steps else self.length.value(),
             max_steps=self.length.value() if steps else None,
             device=self.device.currentData(),
@@ -436,6 +489,10 @@ class TrainingForm(QWidget):
             spin.setValue(value)
         self.batch_size.setValue(s.batch_size)
         self.lr.setText(f"{s.lr:g}")
+        self.lr_schedule.setCurrentIndex(max(self.lr_schedule.findData(s.lr_schedule), 0))
+        self.ema.setValue(s.ema)
+        self.init_from.setText(s.init_from)
+        self.time_limit.setText(s.time_limit)
         self.length_unit.setCurrentIndex(1 if s.max_steps else 0)
         self.length.setValue(s.max_steps or s.epochs)
         if self.device.findData(s.device) < 0:
@@ -469,11 +526,19 @@ class TrainingForm(QWidget):
                 found.append(f"no checkpoint file at {s.resume}")
         else:
             found += self._data_problems(s)
-            problem = geometry_problem(s.geometry[1], s.num_scales)
+            problem = None if s.init_from else geometry_problem(s.geometry[1], s.num_scales)
             if problem:
                 found.append(problem)
+            local_file = s.init_from not in ("", "bundled") and not remote
+            if local_file and not Path(s.init_from).expanduser().is_file():
+                found.append(f"no checkpoint file at {s.init_from} to start from")
             if not (math.isfinite(s.lr) and s.lr > 0):
                 found.append(f"the learning rate must be a positive number, not {self.lr.text()!r}")
+        if s.time_limit:
+            try:
+                parse_duration(s.time_limit)
+            except ValueError as exc:
+                found.append(f"time limit: {exc}")
         found += [] if remote else self._out_problems(s)
         if s.gpus > 1:
             if s.device not in ("auto",) and not s.device.startswith("cuda"):
@@ -667,11 +732,18 @@ class TrainingForm(QWidget):
             self.num_blocks,
             self.batch_size,
             self.lr,
+            self.lr_schedule,
+            self.ema,
+            self.init_from,
             self.eval_limit,
             self.seed,
             self.flip,
         ):
             widget.setEnabled(not resuming)
+        # A run started from a checkpoint's weights has the checkpoint's size.
+        starting_from = bool(self.init_from.text().strip()) and not resuming
+        for widget in (self.preset, self.num_scales, self.mid_channels, self.num_blocks):
+            widget.setEnabled(not resuming and not starting_from)
         # MNIST and CIFAR-10 can be downloaded; a folder's images need a size and channels.
         fixed = dataset in DATASET_GEOMETRY
         self._data_rows.setRowVisible(self.download, fixed)

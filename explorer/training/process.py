@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
+from core.config import DATASET_GEOMETRY, TRAIN_OPTIONS, geometry_problem  # noqa: F401
+from core.config import PRESETS as CORE_PRESETS
+
 if TYPE_CHECKING:
     from core.training.remote import RunHost
 
@@ -49,10 +52,8 @@ POLL_MS = 100  # how often a running trainer's files are read; events are never 
 MAX_READ = 256 * 1024  # bytes per poll (about 1,500 events), so no poll stalls the GUI
 STDERR_LINES = 40
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "folder": "Folder of images"}
-DATASET_GEOMETRY = {"mnist": (1, 28), "cifar10": (3, 32)}  # core.training.datasets.dataset_geometry
-# (num_scales, mid_channels, num_blocks) of core.flow.model.PRESETS, written out because the
-# GUI process must not import torch; tests/test_training_panel.py checks they agree.
-PRESETS = {"mnist-small": (3, 16, 2), "cifar10": (2, 64, 8)}
+# (num_scales, mid_channels, num_blocks) of each preset, read from core.config's (torch-free).
+PRESETS = {name: config.sizes for name, config in CORE_PRESETS.items()}
 THUMBNAILS = 8
 THUMBNAIL_SIZE = 48
 
@@ -73,19 +74,23 @@ class RunSettings:
     num_scales: int = 3
     mid_channels: int = 16
     num_blocks: int = 2
-    batch_size: int = 64
-    lr: float = 1e-3
-    epochs: int = 1
+    batch_size: int = TRAIN_OPTIONS["batch_size"].default
+    lr: float = TRAIN_OPTIONS["lr"].default
+    lr_schedule: str = TRAIN_OPTIONS["lr_schedule"].default
+    ema: float = TRAIN_OPTIONS["ema"].default
+    init_from: str = ""  # a checkpoint (or "bundled") whose weights a new run starts from
+    time_limit: str = ""  # as typed: 90m, 2h, HH:MM:SS; empty: none
+    epochs: int = TRAIN_OPTIONS["epochs"].default
     max_steps: int | None = None  # overrides epochs
-    device: str = "auto"
+    device: str = TRAIN_OPTIONS["device"].default
     gpus: int = 1  # more than one runs torchrun, one process per GPU
     out: str = ""
     resume: str = ""  # a checkpoint: data, model and optimizer then come from it
     overwrite: bool = False  # a new run in a folder holding an earlier one, moved aside
-    eval_every: int = 500
+    eval_every: int = TRAIN_OPTIONS["eval_every"].default
     eval_limit: int | None = None
-    log_every: int = 10
-    seed: int = 0
+    log_every: int = TRAIN_OPTIONS["log_every"].default
+    seed: int = TRAIN_OPTIONS["seed"].default
     threads: int | None = None
     compile: bool = False
     flip: bool = False
@@ -142,8 +147,16 @@ class RunSettings:
                 args += ["--channels", str(self.channels), "--image-size", str(self.image_size)]
             elif self.download:
                 args.append("--download")
-            args += self.model_flags()
+            if self.init_from:
+                # The model's size is the checkpoint's.
+                args += [
+                    "--init-from",
+                    self.init_from if self.init_from == "bundled" else path(self.init_from),
+                ]
+            else:
+                args += self.model_flags()
             args += ["--batch-size", str(self.batch_size), "--lr", f"{self.lr:g}"]
+            args += ["--lr-schedule", self.lr_schedule, "--ema", f"{self.ema:g}"]
             args += ["--seed", str(self.seed)]
             if self.eval_limit:
                 args += ["--eval-limit", str(self.eval_limit)]
@@ -156,6 +169,8 @@ class RunSettings:
         # Under torchrun each process takes the GPU of its local rank.
         after += ["--device", "cuda" if self.gpus > 1 else self.device]
         after += ["--eval-every", str(self.eval_every), "--log-every", str(self.log_every)]
+        if self.time_limit:
+            after += ["--time-limit", self.time_limit]
         if self.threads:
             after += ["--threads", str(self.threads)]
         if self.compile:
@@ -190,17 +205,6 @@ def _quote(text: str) -> str:
 
 def join_command(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
-
-
-def geometry_problem(image_size: int, num_scales: int) -> str | None:
-    """The rule of ``core.flow.model.FlowConfig``: each scale but the last halves the image."""
-    step = 2 ** (num_scales - 1)
-    if image_size % step or image_size // step < 2:
-        return (
-            f"{image_size}px images do not fit {num_scales} scales: the size must be "
-            f"divisible by {step} and leave at least 2×2 pixels at the last scale"
-        )
-    return None
 
 
 def format_duration(seconds: float) -> str:

@@ -138,6 +138,8 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
             "download",
             "batch_size",
             "lr",
+            "lr_schedule",
+            "ema",
             "epochs",
             "max_steps",
             "device",
@@ -154,6 +156,10 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
         picked.update(zip(("num_scales", "mid_channels", "num_blocks"), sizes), preset=preset)
     if isinstance(model.get("in_channels"), int) and isinstance(model.get("image_size"), int):
         picked.update(channels=model["in_channels"], image_size=model["image_size"])
+    if isinstance(train.get("init_from"), str):
+        picked["init_from"] = train["init_from"]
+    if isinstance(train.get("time_limit"), (int, float)):
+        picked["time_limit"] = f"{train['time_limit']:g}s"
     if isinstance(picked.get("data_dir"), str):
         picked["data_dir"] = home_path(picked["data_dir"])
     if isinstance(event.get("threads"), int) and event["threads"] > 0:
