@@ -78,6 +78,16 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    """Where tests save the screenshots of the states they check: $REALNVP_SCREENSHOT_DIR,
+    to look at them, or a temporary folder."""
+    folder = os.environ.get("REALNVP_SCREENSHOT_DIR")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # ---------------------------------------------------------------------------------------
 # Qt-only fixtures (the explorer). Qt modules are imported inside the fixtures, so the
 # core tests never load Qt.

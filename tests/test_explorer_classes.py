@@ -166,3 +166,24 @@ def test_the_engine_reads_statistics_and_says_why_when_there_are_none(
     with pytest.raises(ValueError, match="changed"):
         engine.encode_batch(pixels, model_id=old)
     engine.shutdown()
+
+
+def test_a_class_sample_says_it_is_one_not_an_image(
+    make_window, qtbot, classes_checkpoint, screenshot_dir
+):
+    window = make_window(classes_checkpoint)
+    window.state.set_temperature(0.7)
+    panel = window.classes_panel
+    window.show_tab(panel)
+    panel.class_combo.setCurrentIndex(2)
+    panel.temperature.setValue(0.85)
+    qtbot.mouseClick(panel.sample_button, Qt.MouseButton.LeftButton)
+    assert window.state.temperature == 1.0
+    note = window.samples_panel.temperature_note
+    assert note.isVisible(), "the note says why the temperature slider moved to 1.00"
+    text = note.text()
+    assert "image" not in text and "exactly" not in text  # no image is shown
+    assert "class c2" in text and "0.85" in text and "goes back to 0.70" in text
+    qtbot.wait(10)  # the layout makes room for the note's lines
+    assert note.height() >= note.heightForWidth(note.width()), "the note is cut off"
+    assert window.samples_panel.grab().save(str(screenshot_dir / "item9_class_sample.png"))

@@ -329,3 +329,31 @@ def test_the_active_tool_stands_out_in_either_theme(draw_window, qtbot, request,
     qtbot.mouseClick(eraser, Qt.MouseButton.LeftButton)
     assert panel.canvas.tool == ERASER
     assert _accent_share(eraser) > 0.6 and _accent_share(brush) < 0.05
+
+
+@pytest.mark.slow
+def test_a_completion_reads_the_same_bits_per_dim_in_the_picker_and_on_the_canvas(
+    draw_window, qtbot, screenshot_dir
+):
+    import re
+
+    _window, panel = draw_window()
+    panel.canvas.set_image(np.random.default_rng(1).integers(0, 256, (1, 8, 8), dtype=np.uint8))
+    panel.set_tool(ERASER)
+    panel.size_spin.setValue(3.0)
+    draw(qtbot, panel, [(0.5, 2.0), (7.5, 2.0)])
+    panel.samples_spin.setValue(3)
+    with qtbot.waitSignal(panel.completions_shown, timeout=60_000):
+        qtbot.mouseClick(panel.complete_button, Qt.MouseButton.LeftButton)
+    view = panel.completions_view
+    qtbot.mouseClick(view, Qt.MouseButton.LeftButton, pos=view.cell_rects()[1].center())
+    picked = re.search(r"([0-9.]+) bits/dim", panel.completion_label.text()).group(1)
+    with qtbot.waitSignal(panel.answer_shown, timeout=10_000):
+        qtbot.mouseClick(panel.take_button, Qt.MouseButton.LeftButton)
+    answered = re.search(r"<b>([0-9.]+)</b></span> bits/dim", panel.verdict_label.text()).group(1)
+    assert picked == answered  # one figure for the same pixels, not centres against noise
+    assert panel.completion.bits_per_dim[1] == pytest.approx(
+        panel.last_answer.encoded.bits_per_dim, abs=1e-5
+    )
+    qtbot.wait(10)
+    assert panel.grab().save(str(screenshot_dir / "item9_completion_taken.png"))

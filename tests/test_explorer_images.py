@@ -825,3 +825,34 @@ def test_dropping_images_already_there_says_how_many_were_new(
     drop(window, grey_pngs[:3])
     assert "no new images" in window.statusBar().currentMessage().lower()
     assert len(window.images.gallery) == 3
+
+
+def test_a_blend_shows_no_empty_test_set_axes_and_says_where_its_bits_are_measured(
+    make_window, mnist_checkpoint, grey_pngs, qtbot, screenshot_dir
+):
+    window = make_window(mnist_checkpoint)
+    window.state.set_temperature(0.7)
+    drop(window, grey_pngs[:2])
+    panel = window.images.images_panel
+    bits = panel.likelihood_panel
+    window.show_images_tab()
+    assert bits.histogram_plot.isVisible() and bits.levels_plot.isVisible()  # image A's
+    panel.t.slider.setFocus()
+    qtbot.keyClick(panel.t.slider, Qt.Key.Key_PageUp)
+    assert 0 < panel.t.value() < 1 and "blend" in panel.file_label.text().lower()
+    # No axes without a measurement; the words say where the blend's bits are measured.
+    assert not bits.histogram_plot.isVisible() and not bits.levels_plot.isVisible()
+    assert not bits.heat_box.isVisible()
+    assert "Likelihood tab" in bits.verdict_label.text()
+    note = window.samples_panel.temperature_note
+    assert "a blend of images A and B" in note.text() and "image's own" not in note.text()
+    qtbot.wait(10)
+    assert panel.grab().save(str(screenshot_dir / "item9_blend_bits.png"))
+    # What the note says works: the Likelihood tab measures the blend in the samples grid.
+    window.show_tab(window.sample_likelihood.panel)
+    qtbot.waitUntil(lambda: window.sample_likelihood.panel.view is not None, timeout=10_000)
+    assert window.sample_likelihood.panel.histogram_plot.isVisible()
+    # Back at A: the image's own figures and axes again.
+    window.show_images_tab()
+    qtbot.keyClick(panel.t.slider, Qt.Key.Key_Home)
+    assert bits.histogram_plot.isVisible() and bits.view is not None

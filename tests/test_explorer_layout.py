@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from pathlib import Path
 
@@ -39,14 +38,6 @@ from explorer.settings import DEFAULT_CHECKPOINT
 
 SIZES = [(1024, 640), (1366, 768), (1920, 1080)]
 SMALLEST = QSize(*SIZES[0])
-
-
-@pytest.fixture(scope="module")
-def screenshot_dir(tmp_path_factory) -> Path:
-    folder = os.environ.get("REALNVP_SCREENSHOT_DIR")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("layout-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture

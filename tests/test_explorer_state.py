@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from explorer.models.state import ExplorerState, StateChange, StateFileError, draw_noise
+from explorer.models.state import (
+    IMAGE_SHOWN,
+    ExplorerState,
+    StateChange,
+    StateFileError,
+    draw_noise,
+)
 
 SHAPES = ((2, 4, 4), (4, 2, 2), (4, 2, 2))
 
@@ -293,3 +299,17 @@ def test_npz_without_named_directions_still_loads(state, tmp_path):
     assert other.directions == ()
     for a, b in zip(state.latents(), other.latents()):
         assert a.tobytes() == b.tobytes()
+
+
+def test_the_state_says_in_words_what_the_latents_at_one_are(state):
+    state.set_temperature(0.7)
+    state.set_latents([z[None].repeat(2, 0) for z in image_latents()], "samples of class 3")
+    assert state.shown == "samples of class 3" and state.sampling_temperature == 0.7
+    state.vary_fine(1, 4)
+    assert "variations of one image" in state.shown
+    state.set_image(image_latents())
+    assert state.shown == IMAGE_SHOWN
+    state.set_level_latent(0, image_latents(6)[0], shown="latents moved on the latent map")
+    assert state.shown == "latents moved on the latent map"
+    state.undo()
+    assert state.shown == IMAGE_SHOWN  # the words travel with the view

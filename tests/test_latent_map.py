@@ -272,3 +272,32 @@ def test_a_user_error_is_a_message_and_a_defect_goes_once_to_the_named_log(
     assert written.count("Traceback") == 1 and "a defect" in written and "broken" in written
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
+
+
+def test_a_map_move_from_samples_says_it_moved_latents_not_an_image(
+    make_window, qtbot, folder_checkpoint, screenshot_dir
+):
+    ckpt, folder = folder_checkpoint
+    window = make_window(ckpt)
+    window.state.set_temperature(0.7)  # samples, no image shown
+    panel = window.map_panel
+    window.show_tab(panel)
+    panel.set_data_dir(folder)
+    qtbot.mouseClick(panel.compute_button, Qt.MouseButton.LeftButton)
+    assert panel.map is not None, panel.status.text()
+    xs, ys = panel.map.points[:, 0], panel.map.points[:, 1]
+    viewport = panel.view.viewport()
+    start = panel.view.viewport_point(xs.max() + 0.02 * np.ptp(xs), ys.min())
+    end = QPointF(start.x() - 20, start.y() - 20)
+    _mouse(viewport, QEvent.Type.MouseButtonPress, start, Qt.MouseButton.LeftButton)
+    _mouse(viewport, QEvent.Type.MouseMove, end, Qt.MouseButton.LeftButton)
+    _mouse(viewport, QEvent.Type.MouseButtonRelease, end, Qt.MouseButton.NoButton)
+    assert window.state.temperature == 1.0
+    note = window.samples_panel.temperature_note
+    assert note.isVisible()
+    text = note.text()
+    assert "image's own" not in text and "exactly" not in text
+    assert "moved on the latent map" in text and "goes back to 0.70" in text
+    qtbot.wait(10)  # the layout makes room for the note's lines
+    assert note.height() >= note.heightForWidth(note.width()), "the note is cut off"
+    assert window.samples_panel.grab().save(str(screenshot_dir / "item9_map_move.png"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from explorer.training.process import (
     DATASET_GEOMETRY,
@@ -519,3 +520,35 @@ def test_a_data_folder_typed_with_a_tilde_is_checked(qtbot, make_panel, image_fo
     panel.form.start_scan()
     qtbot.waitUntil(lambda: not panel.form.checking, timeout=WAIT_MS)
     assert panel.form.data_status.text() == "40 readable images"
+
+
+def test_after_stop_the_command_box_shows_the_stopped_run_until_a_setting_changes(
+    qtbot, make_panel, image_folder, screenshot_dir
+):
+    panel = make_panel()
+    panel.form.apply(tiny_run(image_folder, Path("unused")))
+    qtbot.mouseClick(panel.form.out_new, Qt.MouseButton.LeftButton)  # a suggested folder
+    run_dir = Path(panel.form.out.text())
+    panel.form.start_scan()
+    qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.last_step > 0, timeout=WAIT_MS)
+    with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS):
+        qtbot.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+    assert run_dir.name in panel.message.text()  # the message names the stopped run
+    assert Path(panel.form.out.text()) != run_dir  # the form suggests the next run's folder
+    # The box shows the command of the run the message is about, and says so.
+    assert f"/{run_dir.name} &&" in panel.command.text()
+    assert run_dir.name in panel.full_command
+    assert "just ended" in panel.command.toolTip()
+    qtbot.wait(10)
+    assert panel.grab().save(str(screenshot_dir / "item9_after_stop.png"))
+    # A setting changed by the person: the box shows the next run's command.
+    spin = panel.form.batch_size
+    spin.setFocus()
+    qtbot.keyClick(spin, Qt.Key.Key_Up)
+    next_dir = Path(panel.form.out.text())
+    assert (
+        f"/{next_dir.name} &&" in panel.command.text() and run_dir.name not in panel.command.text()
+    )
+    assert "just ended" not in panel.command.toolTip()

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from core.files.images import to_uint8
+from core.flow.likelihood import encode_bits_per_dim
 from core.flow.model import RealNVP, nats_to_bits_per_dim, pixel_centres
 
 DEFAULT_SAMPLES = 6
@@ -67,8 +68,10 @@ class CompletionError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Completion:
-    """The completions of one call: ``images`` uint8 ``(N, C, H, W)`` and their bits/dim
-    (the model at temperature 1, at the pixel centres), float64 ``(N,)``."""
+    """The completions of one call: ``images`` uint8 ``(N, C, H, W)`` and their bits/dim,
+    float64 ``(N,)``: the model at temperature 1, measured as ``realnvp encode`` and the
+    explorer measure any image (:func:`core.flow.likelihood.encode_bits_per_dim`), so a
+    completion put on the Draw canvas reads the same figure there."""
 
     images: np.ndarray
     bits_per_dim: np.ndarray
@@ -173,7 +176,7 @@ def completion_steps(
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
     images = np.where(masks, to_uint8(x.float().cpu().numpy()), pixels).astype(np.uint8)
-    yield Completion(images=images, bits_per_dim=bits_per_dim_at_centres(model, images))
+    yield Completion(images=images, bits_per_dim=encode_bits_per_dim(model, images))
 
 
 def complete(

@@ -176,6 +176,28 @@ class ImageLikelihood:
 
 
 @torch.no_grad()
+def encode_likelihood_map(
+    model: RealNVP, pixels: np.ndarray, seed: int = ENCODE_SEED
+) -> LikelihoodMap:
+    """:func:`likelihood_map` of uint8 ``(N, C, H, W)`` images, each dequantized with the
+    noise that ``seed`` gives one image alone (the same draw, not ``N`` draws in a row), so
+    an image's figures do not depend on the images beside it."""
+    x8 = torch.from_numpy(np.ascontiguousarray(pixels))  # (N, C, H, W)
+    param = model._param()
+    noise = torch.rand((1, *x8.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    # dequantize()'s arithmetic, with the one image's noise for every image.
+    x = (x8.to(param.dtype) + noise.to(param.dtype)) / 256.0
+    return likelihood_map(model, x.to(param.device))
+
+
+def encode_bits_per_dim(model: RealNVP, pixels: np.ndarray, seed: int = ENCODE_SEED) -> np.ndarray:
+    """Bits/dim of each uint8 ``(N, C, H, W)`` image, float64 ``(N,)``: the figure
+    ``realnvp encode`` prints and the explorer shows for an image (the map's total with the
+    encode seed's noise), to float rounding whatever images share the batch."""
+    return encode_likelihood_map(model, pixels, seed).bits_per_dim.double().cpu().numpy()
+
+
+@torch.no_grad()
 def describe_image(
     model: RealNVP,
     pixels: np.ndarray,
@@ -201,17 +223,12 @@ def describe_images(
     ``N`` draws in a row), so an image's figures do not depend on the images beside it:
     they equal :func:`describe_image`'s to float rounding (convolutions may sum in another
     order for another batch size)."""
-    x8 = torch.from_numpy(np.ascontiguousarray(pixels))  # (N, C, H, W)
-    param = model._param()
-    noise = torch.rand((1, *x8.shape[1:]), generator=torch.Generator().manual_seed(seed))
-    # dequantize()'s arithmetic, with the one image's noise for every image.
-    x = (x8.to(param.dtype) + noise.to(param.dtype)) / 256.0
-    m = likelihood_map(model, x.to(param.device))
+    m = encode_likelihood_map(model, pixels, seed)
     pixel_bits = m.pixel_bits.double().cpu().numpy()
     level_bits = m.level_bits.double().cpu().numpy()
     preprocess_bits = m.preprocess_bits.double().cpu().numpy()
     described = []
-    for i in range(x8.shape[0]):
+    for i in range(len(pixels)):
         summary = m.summary(i)
         verdict = judge_pixels(reference, summary["bits_per_dim"], pixels[i])
         summary.update(verdict.to_dict())

@@ -134,6 +134,9 @@ class AppliedDirection:
     amount: float = 0.0
 
 
+IMAGE_SHOWN = "the image's own latents, exactly"
+
+
 @dataclass(frozen=True, eq=False)
 class ViewState:
     """Everything needed to redraw the samples exactly: the unit of undo and of saving."""
@@ -147,6 +150,9 @@ class ViewState:
     # The global temperature the user sampled at before an image's latents took the view
     # to 1.00 (exact reconstruction); Resample comes back to it. None: nothing to restore.
     sampling_temperature: float | None = None
+    # What the latents shown at 1.00 are, in words ("the image's own latents, exactly",
+    # "class 3 samples drawn at 0.70", ...), for the note beside the temperature.
+    shown: str = IMAGE_SHOWN
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
@@ -426,11 +432,12 @@ class ExplorerState:
         eps = self._checked_eps(latents)
         if len(eps[0]) != 1:
             raise ValueError("set_image takes the latents of one image")
-        self.set_latents(eps)
+        self.set_latents(eps, IMAGE_SHOWN)
 
-    def set_latents(self, latents: Sequence[np.ndarray]) -> None:
+    def set_latents(self, latents: Sequence[np.ndarray], shown: str) -> None:
         """Like :meth:`set_image` for ``N`` images (one ``(N, C, H, W)`` array per level):
-        a class sample, or the baked view a map drag starts from. Undoable."""
+        a class sample, or the baked view a map drag starts from. ``shown`` says what they
+        are, in words (:attr:`shown`). Undoable."""
         eps = self._checked_eps(latents)
         view = self._view
         levels = tuple(
@@ -451,13 +458,23 @@ class ExplorerState:
                 directions=directions,
                 classes=classes,
                 sampling_temperature=sampled_at if sampled_at != 1.0 else None,
+                shown=shown,
             ),
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )
 
-    def set_level_latent(self, index: int, latent: np.ndarray, merge_key: object = None) -> None:
+    @property
+    def shown(self) -> str:
+        """What the view's latents are, in words, while an image, a class sample, a map move
+        or a blend took the temperature to 1.00 (see :attr:`sampling_temperature`)."""
+        return self._view.shown
+
+    def set_level_latent(
+        self, index: int, latent: np.ndarray, merge_key: object = None, shown: str | None = None
+    ) -> None:
         """Level ``index`` of a baked view (see :attr:`is_baked`) becomes ``latent`` exactly
-        (``(N, C, H, W)`` or ``(C, H, W)``): a drag on the latent map."""
+        (``(N, C, H, W)`` or ``(C, H, W)``): a drag on the latent map. ``shown``: what the
+        view then is, in words (default: unchanged)."""
         if not self.is_baked:
             raise ValueError("set_level_latent needs a baked view (see set_latents)")
         z = np.array(latent, dtype=np.float32, copy=True)
@@ -467,7 +484,13 @@ class ExplorerState:
         if z.shape != level.eps.shape or not np.isfinite(z).all():
             raise ValueError(f"latent of shape {z.shape}, expected {level.eps.shape}")
         z.setflags(write=False)
-        self._replace_level(index, {"eps": z, "eps_key": None}, merge_key)
+        levels = list(self._view.levels)
+        levels[index] = replace(levels[index], eps=z, eps_key=None)
+        self._commit(
+            replace(self._view, levels=tuple(levels), shown=shown or self._view.shown),
+            StateChange(frozenset({index})),
+            merge_key,
+        )
 
     @property
     def is_baked(self) -> bool:
@@ -524,15 +547,18 @@ class ExplorerState:
             raise ValueError("the open model has no class statistics")
         return self._view.classes
 
-    def set_noise(self, eps: Sequence[np.ndarray], merge_key: object = None) -> None:
+    def set_noise(
+        self, eps: Sequence[np.ndarray], merge_key: object = None, shown: str | None = None
+    ) -> None:
         """Replace every level's unit noise (one ``(N, C, H, W)`` or ``(C, H, W)`` array per
-        level), keeping temperatures, offsets and directions: the interpolation slider."""
+        level), keeping temperatures, offsets and directions: the interpolation slider.
+        ``shown``: what the view then is, in words (default: unchanged)."""
         arrays = self._checked_eps(eps)
         view = self._view
         n = len(arrays[0])
         levels = tuple(replace(level, eps=e, eps_key=None) for level, e in zip(view.levels, arrays))
         self._commit(
-            replace(view, levels=levels, n_images=n),
+            replace(view, levels=levels, n_images=n, shown=shown or view.shown),
             StateChange(frozenset(range(self.num_levels)), reset=n != view.n_images),
             merge_key,
         )
@@ -561,8 +587,14 @@ class ExplorerState:
                 eps, locked = np.concatenate([row, fresh]), False
             eps.setflags(write=False)
             levels.append(replace(level, eps=eps, locked=locked, eps_key=None))
+        kept = f"its {keep_levels} coarsest levels" if keep_levels != 1 else "its coarsest level"
         self._commit(
-            replace(view, levels=tuple(levels), n_images=n_images),
+            replace(
+                view,
+                levels=tuple(levels),
+                n_images=n_images,
+                shown=f"variations of one image, {kept} kept and the rest drawn anew",
+            ),
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )
 

@@ -207,10 +207,13 @@ class ClassesPanel(QScrollArea):
             return
         k = self.class_combo.currentIndex() if k is None else k
         seed = self.state.seed * 7919 + next(self._draws)
-        latents = class_sample(
-            self.stats, k, self.count.value(), self.temperature.value(), seed, "all"
+        temperature = self.temperature.value()
+        latents = class_sample(self.stats, k, self.count.value(), temperature, seed, "all")
+        self.state.set_latents(
+            latents,
+            f"samples of class {self.stats.names[k]}, drawn at the Classes tab's "
+            f"temperature {temperature:.2f}",
         )
-        self.state.set_latents(latents)
 
     def _mask_chosen(self) -> None:
         mask = self.mask_combo.currentData()

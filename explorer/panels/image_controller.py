@@ -45,7 +45,7 @@ from explorer.models.directions import (
 from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
 from explorer.models.gallery import Gallery, group_latents
 from explorer.models.jobs import Task
-from explorer.models.state import ExplorerState, ModelInfo
+from explorer.models.state import IMAGE_SHOWN, ExplorerState, ModelInfo
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
 from explorer.panels.images import ImagesPanel
@@ -369,9 +369,10 @@ class ImageController(QObject):
             return False
         weights = self.blend_weights()
         latents = blend.blend(a.latents, b.latents, weights, self.images_panel.mode_name)
-        self.state.set_noise(latents, merge_key=("blend",))
         # At either end the view is that image (the image box shows it), else a blend.
         end = a.item_id if not any(weights) else b.item_id if all(w == 1 for w in weights) else None
+        shown = IMAGE_SHOWN if end is not None else "a blend of images A and B"
+        self.state.set_noise(latents, merge_key=("blend",), shown=shown)
         self._view_is_blend = end is None
         if end != self.gallery.current_id:
             self.gallery.set_roles(current_id=end)  # the image box follows

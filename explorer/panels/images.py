@@ -49,6 +49,12 @@ DEFAULT_FPS = 24
 DEFAULT_VARIATIONS = 16
 TILE = 76  # four tiles in a row fit the tab column of a 1024 px window
 STRIP_HEIGHT = 64
+# A blend has no file and no encoding of its own: its pixels are the samples grid's frame,
+# which the Likelihood tab measures.
+BLEND_BITS_NOTE = (
+    "A blend is not a file of its own, so nothing was measured here. Its pixels are in the "
+    "samples grid: select it there and open the Likelihood tab to see where its bits go."
+)
 
 
 def error_image(error: np.ndarray) -> tuple[np.ndarray, float]:
@@ -405,6 +411,7 @@ class ImagesPanel(QScrollArea):
         self.variations.setEnabled(True)
         self.file_label.setText(f"Blend of A ({a.name}) and B ({b.name}) at t = {t:.2f}")
         self.file_label.setToolTip(f"A: {a.path}\nB: {b.path}")
+        self.likelihood_panel.show_view(None, None, BLEND_BITS_NOTE)
 
     def show_ab(self, a: GalleryImage | None, b: GalleryImage | None) -> None:
         for tile, item, name in ((self.a_tile, a, "A"), (self.b_tile, b, "B")):

@@ -500,13 +500,14 @@ class LatentMapPanel(QWidget):
             if not state.is_baked or state.n_images != 1:
                 # The rendered latents of the current image become the view's own, so that
                 # a move can set them exactly (one undo step of its own).
-                state.set_latents(self._current_latents())
+                state.set_latents(self._current_latents(), "latents taken for a move on the map")
                 self.image_index = 0
         moved = self.map.moved(self._current_latents(), (x, y))
+        shown = "latents moved on the latent map"
         if self.map.level == ALL_LEVELS:
-            state.set_noise(moved, merge_key=self._drag_key)
+            state.set_noise(moved, merge_key=self._drag_key, shown=shown)
         else:
-            state.set_level_latent(self.map.level, moved[0], merge_key=self._drag_key)
+            state.set_level_latent(self.map.level, moved[0], merge_key=self._drag_key, shown=shown)
 
     def _end_drag(self) -> None:
         self._drag_key = None

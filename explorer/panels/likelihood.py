@@ -103,13 +103,17 @@ class LikelihoodPanel(QWidget):
         controls.addWidget(self.map_choice)
         controls.addWidget(self.range_label)
         controls.addStretch(1)
-        top = QHBoxLayout()
+        # Shown only with pixels to draw on: with none (no image, a blend) empty axes would
+        # look like a measurement that came out blank.
+        self.heat_box = QWidget()
+        top = QHBoxLayout(self.heat_box)
+        top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.image)
         top.addLayout(controls, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 4, 0, 0)
         layout.addWidget(self.title)
-        layout.addLayout(top)
+        layout.addWidget(self.heat_box)
         layout.addWidget(self.verdict_label)
         layout.addWidget(self.levels_plot)
         layout.addWidget(self.histogram_plot)
@@ -122,17 +126,23 @@ class LikelihoodPanel(QWidget):
     def map_name(self) -> str:
         return str(self.map_choice.currentData() or TOTAL)
 
-    def show_view(self, view: LikelihoodView | None, pixels: np.ndarray | None) -> None:
-        """Draw ``view`` for the uint8 ``(C, H, W)`` ``pixels`` (``None``: nothing)."""
+    def show_view(
+        self, view: LikelihoodView | None, pixels: np.ndarray | None, note: str = ""
+    ) -> None:
+        """Draw ``view`` for the uint8 ``(C, H, W)`` ``pixels`` (``None``: nothing). Without
+        a view the plots are hidden and ``note`` (default: no image yet, or measuring) says
+        why."""
         self.view, self.pixels = view, pixels
+        self.heat_box.setVisible(pixels is not None)
+        self.levels_plot.setVisible(view is not None)
+        self.histogram_plot.setVisible(view is not None)
         self._fill_map_choice()
         self._draw_image()
         self._draw_levels()
         self._draw_histogram()
         if view is None:
-            self.verdict_label.setText(
-                "<i>No image yet.</i>" if pixels is None else "<i>Measuring…</i>"
-            )
+            note = note or ("No image yet." if pixels is None else "Measuring…")
+            self.verdict_label.setText(f"<i>{note}</i>")
             return
         colour = VERDICT_COLOURS.get(view.verdict, "palette(text)")
         figures = f"{view.bits_per_dim:.3f} bits/dim"

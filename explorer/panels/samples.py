@@ -87,8 +87,9 @@ class SamplesPanel(QWidget):
             *TEMPERATURE_RANGE, step=0.01, value=state.temperature, spin=True
         )
         self.temperature.setToolTip("Scales every level's noise; lower is smoother")
-        # Shown while an image's own latents are the view at 1.00: says why the slider
-        # moved and that Resample brings the user's temperature back.
+        # Shown while latents taken as they are (an image's, a class sample, a map move) are
+        # the view at 1.00: says what they are, why the slider moved and that Resample
+        # brings the user's temperature back.
         self.temperature_note = QLabel()
         self.temperature_note.setWordWrap(True)
         self.temperature_note.setStyleSheet("color: palette(placeholder-text);")
@@ -133,7 +134,7 @@ class SamplesPanel(QWidget):
         self.temperature_note.setVisible(sampled_at is not None)
         if sampled_at is not None:
             self.temperature_note.setText(
-                f"Temperature {self.state.temperature:.2f}: the image's own latents, exactly. "
+                f"Temperature {self.state.temperature:.2f}: {self.state.shown}. "
                 + (
                     f"Resample goes back to {sampled_at:.2f}."
                     if not self.state.any_locked

@@ -333,6 +333,9 @@ class TrainingPanel(QWidget):
         self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
         self._redraw_pending = False
         self._form_locked = False
+        # After a run ends: its settings, and the form's as they were then. The command box
+        # shows that run's command (the one the message names) until a setting changes.
+        self._ended: tuple[RunSettings, RunSettings] | None = None
 
         self.form = TrainingForm(runs_dir, probe_devices, settings=settings)
         self._build_monitor()
@@ -363,9 +366,6 @@ class TrainingPanel(QWidget):
 
         self.command = QLineEdit()
         self.command.setReadOnly(True)
-        self.command.setToolTip(
-            "The command the panel runs, from the run folder; Copy gives it with full paths"
-        )
         self.full_command = ""
         self.command.setFont(QFont("monospace"))
         self.copy_button = QPushButton("Copy")
@@ -559,8 +559,19 @@ class TrainingPanel(QWidget):
         if running != self._form_locked:
             self._form_locked = running
             self.form.set_running(running)
-        if not running:
-            self._show_command(self.form.settings())
+        if running:
+            self._ended = None
+        else:
+            form = self.form.settings()
+            if self._ended is not None and form != self._ended[1]:
+                self._ended = None  # a setting changed: the box shows the next run
+            self._show_command(form if self._ended is None else self._ended[0])
+        self.command.setToolTip(
+            "The command of the run that just ended, from its folder; change a setting to see "
+            "the next run's. Copy gives it with full paths"
+            if self._ended is not None
+            else "The command the panel runs, from the run folder; Copy gives it with full paths"
+        )
 
     def _show_command(self, settings: RunSettings) -> None:
         if self.form.remote or isinstance(self.process, RemoteTrainingProcess):
@@ -811,6 +822,9 @@ class TrainingPanel(QWidget):
         if self.form.scan_report is not None and not self.form.scan_report.finished:
             self.form.start_scan()
         self.form.refresh_out_suggestion()
+        if process.settings is not None:
+            self._ended = (process.settings, self.form.settings())
+            self.update_controls()
         if checkpoint:
             self.checkpoint_ready.emit(checkpoint)
             if self.open_when_done.isChecked() and outcome in ("finished", "stopped"):
