@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MNIST_DIR, needs_mnist
-from sshd import running_sshd
+from sshd import TRAIN, running_sshd
 
 from core.cli import main as cli_main
 from core.training.remote import (
@@ -32,25 +32,6 @@ from core.training.remote import (
 from core.training.remote_agent import host_path, read_launch, trainer_alive, trainer_argv
 from core.training.transport import RemoteError, SshTransport, split_target
 
-# A tiny MNIST run: a few dozen steps of the small preset, evaluated on 64 test images.
-TRAIN = [
-    "--dataset",
-    "mnist",
-    "--data-dir",
-    str(MNIST_DIR),
-    "--preset",
-    "mnist-small",
-    "--batch-size",
-    "16",
-    "--eval-limit",
-    "64",
-    "--class-limit",
-    "5",
-    "--threads",
-    "1",
-    "--log-every",
-    "2",
-]
 NASTY = "a b $(touch x); 'q' \"d\" `id`"  # a folder name the host's shell must not run
 
 

@@ -240,13 +240,21 @@ class RunHost:
     def label(self) -> str:
         return self.transport.label
 
-    def agent_argv(self, op: str, *args: str) -> list[str]:
-        return [self.transport.program(self.python), "-m", AGENT_MODULE, op, *args]
+    def command(self, module: str, *args: str) -> list[str]:
+        """The local argv that runs ``PY -m MODULE ARGS`` there: the one builder of every
+        command sent to the machine (the run agent's operations, the training page's data
+        check), so the Python is given as the transport must give it (``~/`` there)."""
+        return self.transport.command([self.transport.program(self.python), "-m", module, *args])
 
-    def _popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    def agent_command(self, op: str, *args: str) -> list[str]:
+        """The local argv of one run agent operation there."""
+        return self.command(AGENT_MODULE, op, *args)
+
+    def _popen(self, op: str, *args: str, **kwargs: Any) -> subprocess.Popen:
+        """One agent operation, started once the shared connection is open."""
         self.transport.connect()
         return subprocess.Popen(
-            self.transport.command(argv),
+            self.agent_command(op, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -256,7 +264,7 @@ class RunHost:
 
     def call(self, op: str, *args: str, timeout: float | None = 120.0) -> dict[str, Any]:
         """One agent operation; its JSON answer."""
-        process = self._popen(self.agent_argv(op, *args))
+        process = self._popen(op, *args)
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -438,7 +446,7 @@ class RunHost:
         cancel: threading.Event | None,
     ) -> int:
         args = [*self._run_args(run), f.name, "--offset", str(have)]
-        process = self._popen(self.agent_argv("read", *args), bufsize=0)
+        process = self._popen("read", *args, bufsize=0)
         done, copied = have, 0
         try:
             with part.open("ab") as sink:
@@ -671,7 +679,7 @@ class Follower:
         with self._lock:
             if self.closed:
                 return
-        process = host._popen(host.agent_argv("follow", *args))
+        process = host._popen("follow", *args)
         with self._lock:
             self._process = process
             if self.closed:  # closed while connecting: close() found no process to end
