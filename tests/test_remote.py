@@ -30,7 +30,12 @@ from core.training.remote import (
     sha256_file,
 )
 from core.training.remote_agent import host_path, read_launch, trainer_alive, trainer_argv
-from core.training.transport import RemoteError, SshTransport, split_target
+from core.training.transport import (
+    RemoteError,
+    SshTransport,
+    split_target,
+    stop_started_masters,
+)
 
 NASTY = "a b $(touch x); 'q' \"d\" `id`"  # a folder name the host's shell must not run
 
@@ -505,5 +510,36 @@ def test_a_host_that_vanishes_mid_run_is_one_sentence_and_the_run_goes_on(tmp_pa
         assert rest[-1].kind == "ended" and rest[-1].state == "done"
         seen = [u.event for u in [*updates, *rest] if u.kind == "event"]
         assert seen == file_events(run.out) and seen[-1]["step"] == 60
+    finally:
+        own.close()
+
+
+def test_a_killed_shared_connection_leaks_no_connection(tmp_path_factory):
+    """The master connection SIGKILLed mid-follow leaves its socket behind: the next
+    connect removes it and starts one master, not a plain connection per call that
+    outlives the program; the masters this process started end when asked."""
+    own = running_sshd(tmp_path_factory)  # a server of its own: its connections are ours
+    server = next(own)
+    try:
+        out = server.root / "runs" / "run-1"
+        out.mkdir(parents=True)
+        (out / "events.jsonl").write_text('{"event": "start", "step": 0, "total_steps": 5}\n')
+        (out / "launch.json").write_text(json.dumps({"pid": os.getpid()}))  # never ends
+        host = server.host()
+        follower = host.follow("run-1", retry_delays=(0.2,))
+        seen: list = []
+        thread = threading.Thread(target=lambda: seen.extend(follower))
+        thread.start()
+        wait_for(lambda: any(u.kind == "event" for u in seen), 30, "the first event")
+        os.kill(host.transport.master_pid(), signal.SIGKILL)
+        wait_for(lambda: [u.kind for u in seen].count("connected") == 2, 30, "a reconnect")
+        for _ in range(5):
+            assert host.status("run-1").state == "running"
+        # One master and the follower's own ssh; one connection on the host.
+        assert len(server.clients()) == 2 and len(server.sessions()) == 1
+        follower.close()
+        thread.join(10)
+        assert stop_started_masters() >= 1
+        wait_for(lambda: not server.clients() and not server.sessions(), 10, "the master's end")
     finally:
         own.close()

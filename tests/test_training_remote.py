@@ -258,6 +258,19 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     qtbot.waitUntil(lambda: not form.checking_host, timeout=60_000)
 
 
+def test_closing_the_window_ends_the_shared_connections_it_opened(qtbot, sshd, make_window):
+    window = make_window()
+    window.show_page("training")
+    form = window.training_panel.form
+    choose_host(qtbot, form, sshd)
+    click(qtbot, form.check_host_button)
+    qtbot.waitUntil(lambda: form.host_facts is not None, timeout=60_000)
+    assert len(sshd.clients()) == 1 and len(sshd.sessions()) == 1  # the shared connection
+    window.close()
+    # Not left to live on for ControlPersist's two minutes after the app has gone.
+    qtbot.waitUntil(lambda: not sshd.clients() and not sshd.sessions(), timeout=10_000)
+
+
 @pytest.fixture
 def home_python(sshd):
     """The host's Python as ``~/...``, the form ``docs/remote.md`` recommends: a link in a

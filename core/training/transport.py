@@ -34,7 +34,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -156,6 +156,40 @@ def _control_dir() -> str:
         return _CONTROL_DIR
 
 
+# The masters this process started, by socket: the ``ssh -O stop`` that ends each.
+_STARTED: dict[str, list[str]] = {}
+_STARTED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _socket_lock(path: str | None) -> Iterator[None]:
+    """Held while one process of this user checks or starts the master of ``path``."""
+    if path is None:
+        yield
+        return
+    import fcntl  # POSIX: connection sharing is off on Windows
+
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stop_started_masters() -> int:
+    """Ask the shared connections this process started to end (``ssh -O stop``: no new
+    commands; one still running through it, a command line's ``follow``, ends first).
+    For the desktop app when it quits; the command line leaves them to ``ControlPersist``,
+    so the next command finds its connection open. Returns how many were asked."""
+    with _STARTED_LOCK:
+        started = list(_STARTED.values())
+        _STARTED.clear()
+    for argv in started:
+        subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    return len(started)
+
+
 _PORT_SUFFIX = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>\d{1,5})$")
 
 
@@ -275,28 +309,39 @@ class SshTransport:
     def master_running(self) -> bool:
         if self.control_path is None:
             return False
-        check = [*self._options(), *self._shared("no"), "-O", "check", "--", self._destination]
-        result = subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            self._control("check"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
         return result.returncode == 0
 
     def master_pid(self) -> int | None:
         """The process id of the shared connection (``ssh -O check`` says it), or ``None``."""
         if self.control_path is None:
             return None
-        check = [*self._options(), *self._shared("no"), "-O", "check", "--", self._destination]
-        result = subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            self._control("check"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
         match = re.search(rb"pid=(\d+)", result.stderr)
         return int(match[1]) if result.returncode == 0 and match else None
 
     def connect(self) -> None:
         """Open the shared connection unless it is open. Without connection sharing, one
-        ``true`` on the host proves that commands will run."""
-        with self._lock:
-            if self.control_path is not None and self.master_running():
+        ``true`` on the host proves that commands will run.
+
+        A master that died (killed, a laptop that slept) leaves its socket behind, and a new
+        master would find the name taken, say "disabling multiplexing" and live on as a
+        plain connection, one more with every later call: the socket that ``-O check``
+        finds no master behind is removed first. Processes of this user take turns (a lock
+        file beside the socket), so two of them never start two masters at once."""
+        path = self.control_path
+        with self._lock, _socket_lock(path):
+            if path is not None and self.master_running():
                 return
-            if self.control_path is None:
+            if path is None:
                 argv = [*self.command(["true"])]
             else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 # -f: into the background once logged in; -N: no command. Its stderr goes to
                 # a file, not a pipe: the master lives on and would hold a pipe open.
                 argv = [
@@ -320,13 +365,22 @@ class SshTransport:
                 raise self.explain(SSH_FAILED, stderr) or RemoteError(
                     f"ssh to {self.target} failed with status {code}", "ssh"
                 )
+            if path is not None:
+                stop = self._control("stop")
+                with _STARTED_LOCK:
+                    _STARTED[path] = stop
+
+    def _control(self, command: str) -> list[str]:
+        """``ssh -O COMMAND``: a request to the shared connection's master."""
+        return [*self._options(), *self._shared("no"), "-O", command, "--", self._destination]
 
     def close(self) -> None:
         """End the shared connection (runs on the host are not affected)."""
         if self.control_path is None:
             return
-        exit_ = [*self._options(), *self._shared("no"), "-O", "exit", "--", self._destination]
-        subprocess.run(exit_, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            self._control("exit"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
 
     def explain(self, returncode: int, stderr: str) -> RemoteError | None:
         if returncode != SSH_FAILED:

@@ -67,7 +67,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.training.remote import RemoteRun
-from core.training.transport import RemoteError
+from core.training.transport import RemoteError, stop_started_masters
 from explorer.settings import ExplorerSettings
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
@@ -1087,6 +1087,7 @@ class TrainingPanel(QWidget):
             event.ignore()
             return
         self.form.cancel_scan()
+        stop_started_masters()
         super().closeEvent(event)
 
 
