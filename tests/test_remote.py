@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +181,68 @@ def test_local_host_says_when_a_run_folder_is_missing(tmp_path: Path):
     assert info.value.kind == "missing-run" and "nothing-here" in str(info.value)
 
 
+def test_options_are_spelled_out_here_and_on_a_host(capsys):
+    """One rule for local and remote train (the host's agent reads the train options
+    without abbreviations): an abbreviation is refused by both, in one line."""
+    for argv in (["train"], ["remote", "gpubox", "train"]):
+        with pytest.raises(SystemExit) as info:
+            cli_main([*argv, "--max-step", "3"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1, argv
+        assert "unrecognized arguments: --max-step 3" in err, argv
+
+
+def test_remote_train_help_is_the_launchers(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["remote", "gpubox", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--progress" not in text  # the launcher always sets it
+    assert "runs/run" not in text  # the local default, not the host's
+    assert "--out OUT the run folder on the host" in text
+
+
+def test_a_run_follows_with_the_options_that_find_it():
+    run = RemoteRun("/h/runs/it's $x", "me@gpu:2222", "~/venv/bin/python", "~/my cfg", "~/r")
+    assert shlex.split(run.follow_command()) == [
+        "realnvp", "remote", "--ssh-config", "~/my cfg", "me@gpu:2222", "follow",
+        "--python", "~/venv/bin/python", "--runs-dir", "~/r", "/h/runs/it's $x",
+    ]  # fmt: skip
+
+
+def test_a_resumed_run_is_starting_until_its_trainer_speaks(tmp_path: Path):
+    """The resume race: between ``remote train --resume`` and the resumed trainer's first
+    event the folder's last event is the previous segment's done."""
+    from core.training.remote_agent import run_status
+
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = (
+        '{"event": "start", "step": 0, "total_steps": 4}\n'
+        '{"event": "step", "step": 4, "total_steps": 4, "loss": 3.0}\n'
+        '{"event": "done", "step": 4, "reason": "finished"}\n'
+    )
+    (out / "events.jsonl").write_text(earlier)
+    launch = {"pid": os.getpid(), "events_offset": len(earlier)}  # alive: still starting
+    (out / "launch.json").write_text(json.dumps(launch))
+    assert run_status(out)["state"] == "running"
+    follower = local_host(runs_dir=str(tmp_path)).follow(str(out))
+    seen = []
+    thread = threading.Thread(target=lambda: seen.extend(follower))
+    thread.start()
+    wait_for(lambda: sum(u.kind == "event" for u in seen) == 3, 30, "the earlier events")
+    time.sleep(1.0)  # four polls of the agent: it must not take the earlier done as the end
+    assert not any(u.kind == "ended" for u in seen)
+    follower.close()
+    thread.join(10)
+    # A resumed trainer that dies before it speaks failed, with its log's last line.
+    (out / "trainer.log").write_text("Traceback ...\nValueError: bad checkpoint\n")
+    (out / "launch.json").write_text(json.dumps({**launch, "pid": 2**22 + 1}))
+    status = run_status(out)
+    assert status["state"] == "failed" and status["message"].endswith(
+        "the trainer ended before its first step: ValueError: bad checkpoint"
+    )
+
+
 # -- against the server ---------------------------------------------------------------------
 
 
@@ -230,11 +292,14 @@ def test_a_bad_host_is_one_sentence(sshd, capsys, alias, kind, sentence):
     with pytest.raises(RemoteError) as info:
         sshd.host(alias).check()
     assert info.value.kind == kind
+    # --ssh-config after the host, as before it.
     status, out, err = cli(
-        capsys, "remote", "--ssh-config", str(sshd.config), alias, "status", "run-1"
+        capsys, "remote", alias, "status", "--ssh-config", str(sshd.config), "run-1"
     )
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and sentence in err and "Traceback" not in err
+    if kind == "host-key":  # the command to type works where the alias lives: the file
+        assert f"connect once with ssh -F {sshd.config} {alias} in a terminal" in err
 
 
 def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
@@ -249,7 +314,8 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
     with pytest.raises(RemoteError) as info:
         sshd.host(python=bare).status("run-1")
     assert info.value.kind == "no-package"
-    assert f"{bare} -m pip install realnvp-explorer" in str(info.value)
+    assert f"then install it with {bare} -m pip install ./realnvp_explorer-*.whl" in str(info.value)
+    assert f"{bare} -m pip install ./realnvp-explorer" in str(info.value)
 
 
 @pytest.mark.slow
@@ -257,7 +323,9 @@ def test_a_missing_run_folder_is_one_sentence(sshd, capsys):
     for action in ("status", "follow", "stop", "kill", "fetch"):
         status, _, err = remote_cli(sshd, capsys, action, "no-such-run")
         assert status == 2, (action, err)
-        assert f"there is no run folder {sshd.root / 'runs' / 'no-such-run'}" in err, action
+        # The host as typed, not its own hostname.
+        where = f"there is no run folder {sshd.root / 'runs' / 'no-such-run'} on rnvp-test"
+        assert where in err, action
         assert err.count("\n") == 1, err
 
 
@@ -458,7 +526,7 @@ def test_a_full_remote_disk_is_one_sentence(sshd, capsys, tmp_path):
         )  # fmt: skip
         assert status == 1
         sentence = err.splitlines()[-1]
-        assert sentence.startswith(f"realnvp remote: the run failed: on {socket.gethostname()}: ")
+        assert sentence.startswith("realnvp remote: the run failed: on rnvp-test: ")
         assert "the disk is full" in sentence and "the last good checkpoint is" in sentence
         assert host.status(run).state == "failed"
         # The checkpoint left there takes 12 of the 20 MB: a new run is refused at once.
@@ -543,3 +611,44 @@ def test_a_killed_shared_connection_leaks_no_connection(tmp_path_factory):
         wait_for(lambda: not server.clients() and not server.sessions(), 10, "the master's end")
     finally:
         own.close()
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_train_checks_the_host_first_and_a_resume_is_followed_by_the_pasted_hint(sshd, capsys):
+    runs = sshd.root / "runs"
+    host = sshd.host()
+    first = host.start([*TRAIN, "--max-steps", "4", "--eval-every", "4"], out="to-resume")
+    assert list(host.follow(first))[-1].state == "done"
+    before = sorted(p.name for p in runs.iterdir())
+    # What the host can check is checked before "started", and nothing is left behind.
+    status, out, err = remote_cli(sshd, capsys, "train", "--resume", "no-such/latest.pt")
+    assert status == 2 and out == ""
+    assert f"cannot resume {runs / 'no-such' / 'latest.pt'} on rnvp-test: no such file" in err
+    status, out, err = remote_cli(
+        sshd, capsys, "train", *TRAIN, "--data-dir", "~/rnvp-no-such-data", "--max-steps", "2"
+    )
+    assert status == 2 and out == ""
+    assert f"there is no data folder {Path.home() / 'rnvp-no-such-data'} on rnvp-test" in err
+    assert sorted(p.name for p in runs.iterdir()) == before
+    # A relative checkpoint is the runs folder's, as a relative run name is.
+    status, out, err = remote_cli(
+        sshd, capsys, "train", "--resume", "to-resume/latest.pt", "--max-steps", "8"
+    )
+    assert status == 0, err
+    assert out.strip() == first.out
+    # At once: the resumed run is running, not the earlier segment done.
+    assert host.status(first).state == "running"
+    hint = shlex.split(err.split("follow it with: ", 1)[1])
+    assert hint[0] == "realnvp"
+    followed = subprocess.run(
+        [sys.executable, "-m", "core", *hint[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert followed.returncode == 0, followed.stderr
+    events = file_events(first.out)
+    assert [e["event"] for e in events].count("start") == 2
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 8

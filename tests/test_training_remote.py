@@ -18,7 +18,7 @@ from sshd import TRAIN, running_sshd
 from core.training.remote import RemoteRun
 from explorer.training.process import DataScan, RunSettings, host_path
 from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
-from explorer.training.workspace import TrainingPanel, follow_command, remote_command
+from explorer.training.workspace import TrainingPanel, remote_command
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_the_copied_command_starts_the_same_run_from_a_terminal():
 
 def test_a_followed_run_shows_the_command_that_follows_it_from_a_terminal():
     run = RemoteRun("/h/runs/run 1", "gpubox", "~/venv/bin/python", None, "~/runs")
-    assert follow_command(run) == (
+    assert run.follow_command() == (
         "realnvp remote gpubox follow --python '~/venv/bin/python' --runs-dir '~/runs' "
         "'/h/runs/run 1'"
     )

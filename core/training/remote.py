@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -51,6 +52,7 @@ from core.training.transport import (
     agent_failure,
 )
 
+HOST_LABEL_VAR = "REALNVP_HOST"  # the host as typed, for the agent's sentences
 DEFAULT_PYTHON = "python3"
 DEFAULT_RUNS_DIR = "~/realnvp-runs"
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0)  # then 30 s between tries
@@ -131,6 +133,16 @@ class RemoteRun:
     @property
     def name(self) -> str:
         return PurePosixPath(self.out).name
+
+    def follow_command(self) -> str:
+        """The command line that follows this run from a terminal, quoted for its shell,
+        with every option that finds it again (config file, Python, runs folder)."""
+        argv = ["realnvp", "remote"]
+        if self.config_file:
+            argv += ["--ssh-config", self.config_file]
+        argv += [self.host or "HOST", "follow", "--python", self.python]
+        argv += ["--runs-dir", self.runs_dir, self.out]
+        return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
 @dataclass(frozen=True)
@@ -484,9 +496,11 @@ def ssh_host(
     env: Mapping[str, str] | None = None,
     connect_timeout: int = 10,
 ) -> RunHost:
-    """A host reached with the system ssh client: an alias or ``user@host[:port]``."""
+    """A host reached with the system ssh client: an alias or ``user@host[:port]``. The
+    agent there names it as typed here, not by its own hostname."""
+    env = {HOST_LABEL_VAR: target, **(env or {})}
     transport = SshTransport(
-        target, config_file=config_file, env=dict(env or {}), connect_timeout=connect_timeout
+        target, config_file=config_file, env=env, connect_timeout=connect_timeout
     )
     return RunHost(
         transport, python=python, runs_dir=runs_dir, host=target, config_file=config_file

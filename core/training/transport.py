@@ -41,6 +41,15 @@ from typing import Protocol
 AGENT_MODULE = "core.training.remote_agent"
 # The last stderr line of a failed agent command: this marker, then {"kind", "message"}.
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "
+# The project is not on a package index: a wheel built from this checkout, or a copy of
+# the checkout, is installed there (docs/remote.md, "The package on the host").
+INSTALL_ADVICE = (
+    "build a wheel in this project's checkout with python -m pip wheel --no-deps -w dist . "
+    "and copy it there, then install it with {python} -m pip install "
+    "./realnvp_explorer-*.whl, or copy the checkout there and install it with "
+    "{python} -m pip install ./realnvp-explorer (or give --python a virtual "
+    "environment's bin/python that has it)"
+)
 SSH_FAILED = 255  # ssh's own exit status when the connection, not the command, failed
 NOT_FOUND = 127  # a POSIX shell's status for a command it cannot find
 WINDOWS = os.name == "nt"
@@ -382,6 +391,16 @@ class SshTransport:
             self._control("exit"), capture_output=True, stdin=subprocess.DEVNULL, check=False
         )
 
+    def login_command(self) -> str:
+        """The ``ssh`` command a person types to log in there as this transport does (the
+        same config file and port), quoted for the shell."""
+        argv = ["ssh"]
+        if self.config_file:
+            argv += ["-F", self.config_file]
+        if self._port is not None:
+            argv += ["-p", str(self._port)]
+        return shlex.join([*argv, self._destination])
+
     def explain(self, returncode: int, stderr: str) -> RemoteError | None:
         if returncode != SSH_FAILED:
             return None
@@ -414,8 +433,8 @@ class SshTransport:
             (
                 "host key verification failed",
                 "host-key",
-                f"{host}'s host key is not known "
-                f"here or has changed: connect once with ssh {host} in a terminal and check it",
+                f"{host}'s host key is not known here or has changed: connect once with "
+                f"{self.login_command()} in a terminal and check it",
             ),
             ("no route to host", "unreachable", f"{host} cannot be reached (no route to host)"),
             (
@@ -493,15 +512,13 @@ def agent_failure(transport: Transport, python: str, returncode: int, stderr: st
         return RemoteError(f"there is no Python {python} on {where}", "no-python")
     if re.search(r"No module named '?core", text):
         return RemoteError(
-            f"{python} on {where} has no realnvp-explorer: install it there with "
-            f"{python} -m pip install realnvp-explorer (or give --python a virtual "
-            "environment's bin/python that has it)",
+            f"{python} on {where} has no realnvp-explorer: {INSTALL_ADVICE.format(python=python)}",
             "no-package",
         )
     if re.search(r"No module named '?torch", text):
         return RemoteError(
-            f"{python} on {where} has realnvp-explorer without torch: reinstall it there with "
-            f"{python} -m pip install realnvp-explorer",
+            f"{python} on {where} has realnvp-explorer without torch: install it there with "
+            f"{python} -m pip install torch",
             "no-package",
         )
     last = lines[-1] if lines else f"exit status {returncode}"

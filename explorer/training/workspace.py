@@ -193,15 +193,6 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     return join_command(argv + settings.trainer_args(host_path))
 
 
-def follow_command(run: RemoteRun) -> str:
-    """The command line that follows the same run from a terminal."""
-    argv = ["realnvp", "remote"]
-    if run.config_file:
-        argv += ["--ssh-config", run.config_file]
-    argv += [run.host or "HOST", "follow", "--python", run.python, "--runs-dir", run.runs_dir]
-    return join_command([*argv, run.out])
-
-
 def shell_word(path: str) -> str:
     """A path quoted for the shell, a leading ``~/`` left outside the quotes so the shell
     still expands it."""
@@ -647,7 +638,7 @@ class TrainingPanel(QWidget):
         self.form.show_host(
             HostChoice(run.host or "", run.python, run.runs_dir, run.config_file or "")
         )
-        self.full_command = follow_command(run)
+        self.full_command = run.follow_command()
         self.command.setText(self.full_command)
         self.command.setCursorPosition(0)
         process = RemoteTrainingProcess(self)
