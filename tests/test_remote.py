@@ -209,6 +209,24 @@ def test_a_run_follows_with_the_options_that_find_it():
     ]  # fmt: skip
 
 
+def test_a_checkpoint_to_resume_is_the_runs_folders_and_checked_before_a_start(tmp_path):
+    from core.training.remote_agent import AgentError, _checked_inputs, _train_options
+
+    (tmp_path / "run-1").mkdir()
+    (tmp_path / "run-1" / "latest.pt").write_bytes(b"x")
+    options = _train_options(["--dataset", "mnist", "--resume", "run-1/latest.pt"])
+    assert _checked_inputs(options, str(tmp_path)) == tmp_path / "run-1" / "latest.pt"
+    home = Path.home()
+    for resume, where in (("~/rnvp-none.pt", home / "rnvp-none.pt"), ("run-1", tmp_path / "run-1")):
+        with pytest.raises(AgentError) as info:
+            _checked_inputs(_train_options([f"--resume={resume}"]), str(tmp_path))
+        assert str(info.value).startswith(f"cannot resume {where} on ")
+    data = ["--dataset", "mnist", "--data-dir", "~/rnvp-no-such-data"]
+    with pytest.raises(AgentError, match=r"no data folder .* \(add --download to fetch mnist\)"):
+        _checked_inputs(_train_options(data), str(tmp_path))
+    assert _checked_inputs(_train_options([*data, "--download"]), str(tmp_path)) is None
+
+
 def test_a_resumed_run_is_starting_until_its_trainer_speaks(tmp_path: Path):
     """The resume race: between ``remote train --resume`` and the resumed trainer's first
     event the folder's last event is the previous segment's done."""

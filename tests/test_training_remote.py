@@ -80,7 +80,13 @@ def test_the_copied_command_starts_the_same_run_from_a_terminal():
         "realnvp remote --ssh-config '~/cfg' gpubox train --python '~/venv/bin/python' "
         "--runs-dir '~/r' --gpus 2 --out run-1 --dataset mnist --data-dir data/mnist"[:80]
     )
-    assert "--data-dir data " in text and "--max-steps 40" in text and "--progress" not in text
+    # The host's paths as typed: its agent expands ~ there (a relative --resume or --out is
+    # inside the runs folder, so ~/ cannot be dropped to mean the home).
+    assert "--data-dir '~/data' " in text and "--max-steps 40" in text
+    assert "--progress" not in text
+    resumed = RunSettings(resume="~/realnvp-runs/run-1/latest.pt", out="~/elsewhere")
+    text = remote_command(resumed, HostChoice("gpubox"))
+    assert "--out '~/elsewhere' --resume '~/realnvp-runs/run-1/latest.pt' " in text
 
 
 def test_a_followed_run_shows_the_command_that_follows_it_from_a_terminal():

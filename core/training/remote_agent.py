@@ -401,9 +401,9 @@ def host_path(word: str) -> str:
     """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
     host's home: the client quotes ``~`` so its own shell leaves it alone."""
     option, sep, value = word.partition("=")
-    if sep and option.startswith("--") and value.startswith("~/"):
+    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
         return f"{option}={os.path.expanduser(value)}"
-    return os.path.expanduser(word) if word.startswith("~/") else word
+    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
 
 
 def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:

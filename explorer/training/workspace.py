@@ -79,7 +79,6 @@ from explorer.training.process import (
     RunSettings,
     TrainingProcess,
     format_duration,
-    host_path,
     join_command,
 )
 from explorer.training.remote_run import (
@@ -189,8 +188,8 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     if settings.gpus > 1:
         argv += ["--gpus", str(settings.gpus)]
     if settings.out:
-        argv += ["--out", host_path(settings.out)]
-    return join_command(argv + settings.trainer_args(host_path))
+        argv += ["--out", settings.out]
+    return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
 
 
 def shell_word(path: str) -> str:
