@@ -67,6 +67,9 @@ class HelpFormatter(argparse.HelpFormatter):
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)  # defaults written in
+        # One rule for every command, here and on a host (whose agent reads the train
+        # options without abbreviations): options are spelled out.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # one line, like every other user error
@@ -918,12 +921,15 @@ def _add_remote(sub) -> None:
         "agent, never a password prompt). The run is detached there and survives the "
         "connection; every command below re-attaches to it by its run folder.",
     )
-    p.add_argument("--ssh-config", metavar="FILE", help="ssh config file (passed as ssh -F)")
+    ssh_config = "ssh config file (passed as ssh -F), before or after the host"
+    p.add_argument("--ssh-config", metavar="FILE", help=ssh_config)
     p.add_argument("host", help="an alias of your ssh config, or user@host[:port]")
     actions = p.add_subparsers(
         dest="action", required=True, parser_class=_Parser, help="what to do on the host"
     )
     where = _Parser(add_help=False)
+    # Also after the host; unset there, it leaves the one given before the host.
+    where.add_argument("--ssh-config", metavar="FILE", default=argparse.SUPPRESS, help=ssh_config)
     where.add_argument(
         "--python",
         default="python3",
@@ -945,6 +951,19 @@ def _add_remote(sub) -> None:
     train.add_argument("--gpus", type=_positive, default=1, help="more than one: torchrun")
     _train_arguments(train)
     train.set_defaults(out=None)  # by default a new folder in --runs-dir
+    for action in train._actions:  # the launcher's own meaning of two train options
+        if action.dest == "out":
+            action.help = (
+                "the run folder on the host; relative: inside --runs-dir (default: a new "
+                "run-YYYYmmdd-HHMMSS there; with --resume, the checkpoint's folder)"
+            )
+        elif action.dest == "progress":
+            action.help = argparse.SUPPRESS  # the launcher always sets --progress json
+        elif action.dest == "resume":
+            action.help = (
+                "continue the run of this checkpoint on the host, in its folder, to its own "
+                "length; a relative path is taken inside --runs-dir (e.g. run-1/latest.pt)"
+            )
     check = actions.add_parser(
         "check", parents=[where], help="the host's GPUs, CPU cores, free disk and version"
     )
@@ -974,7 +993,7 @@ def _add_remote(sub) -> None:
 
 
 # Options of ``remote HOST train`` that are the launcher's, not the trainer's.
-_REMOTE_ONLY = {"--python", "--runs-dir", "--gpus", "--out", "--progress"}
+_REMOTE_ONLY = {"--python", "--runs-dir", "--gpus", "--out", "--progress", "--ssh-config"}
 
 
 def _forwarded_train_args(args) -> list[str]:
@@ -1028,10 +1047,7 @@ def _cmd_remote(args) -> int:
         return 0
     if action == "train":
         run = host.start(_forwarded_train_args(args), out=args.out, gpus=args.gpus)
-        print(
-            f"started on {args.host}; follow it with: realnvp remote {args.host} follow {run.out}",
-            file=sys.stderr,
-        )
+        print(f"started on {args.host}; follow it with: {run.follow_command()}", file=sys.stderr)
         print(run.out)
         return 0
     if action == "status":

@@ -51,6 +51,7 @@ from PySide6.QtWidgets import (
 from core.files.checkpoint import CheckpointError
 from core.files.images import make_grid, save_png
 from core.training.remote import RemoteRun, RunStatus, host_for
+from core.training.transport import stop_started_masters
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
 from explorer.models.jobs import ErrorLog, Progress, Task
@@ -1001,6 +1002,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.training_panel.form.shutdown()
+        stop_started_masters()  # the ssh connections the training page opened
         self.tasks.shutdown()  # first: a job may be waiting on the engine
         self.sample_likelihood.shutdown()
         self.draw_panel.shutdown()

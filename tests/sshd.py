@@ -31,9 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# A tiny MNIST run for the host: a few dozen steps of the small preset, evaluated on 64
+# test images (add --max-steps and --eval-every).
+TRAIN = [
+    "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--preset", "mnist-small",
+    "--batch-size", "16", "--eval-limit", "64", "--class-limit", "5", "--threads", "1",
+    "--log-every", "2",
+]  # fmt: skip
 ALIASES = ("rnvp-test", "rnvp-wrongkey", "rnvp-unknownkey", "rnvp-refused")
 
 
@@ -80,6 +88,22 @@ class SshServer:
         kwargs.setdefault("runs_dir", str(self.root / "runs"))
         return ssh_host(alias or self.alias, config_file=str(self.config), **kwargs)
 
+    def clients(self) -> list[int]:
+        """The ssh processes of this machine that talk to this server (their command line
+        names its client config): shared connections and commands alike."""
+        config = str(self.config).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if entry.name.isdigit() and Path(argv[0].decode()).name == "ssh" and config in argv:
+                    found.append(int(entry.name))
+        return found
+
+    def sessions(self) -> list[int]:
+        """The server's connections: one sshd process below the listener for each."""
+        return [pid for pid, ppid in _parents().items() if ppid == self.process.pid]
+
     def stop(self) -> None:
         """End the client's shared connections to it, then the server and its sessions."""
         from core.training.transport import SshTransport
@@ -105,8 +129,8 @@ class SshServer:
         self.process = _run_sshd(self.root, self.port)
 
 
-def _sshd_descendants(root_pid: int) -> list[int]:
-    """The sshd processes below ``root_pid`` (Linux ``/proc``)."""
+def _processes() -> tuple[dict[int, int], dict[int, str]]:
+    """Each process's parent and name (Linux ``/proc``)."""
     parent, name = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -116,6 +140,16 @@ def _sshd_descendants(root_pid: int) -> list[int]:
             comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             parent[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
             name[int(entry.name)] = comm
+    return parent, name
+
+
+def _parents() -> dict[int, int]:
+    return _processes()[0]
+
+
+def _sshd_descendants(root_pid: int) -> list[int]:
+    """The sshd processes below ``root_pid``."""
+    parent, name = _processes()
     found, frontier = [], [root_pid]
     while frontier:
         pid = frontier.pop()

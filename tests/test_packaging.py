@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sshd import sshd_missing, start_sshd
 
 from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from core.files.resources import BUNDLED, bundled_model_path, model_card_path, resolve_checkpoint
@@ -179,3 +180,16 @@ def test_wheel_from_the_sdist_installs_and_finds_its_model(tmp_path):
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert (np.abs(image - NOTICE_COLOR).sum(axis=2) == 0).sum() == 0  # no banner
     assert sorted(p.name for p in work.iterdir()) == ["shot.png"]
+
+    # The install docs/remote.md gives for a host, the wheel copied over: realnvp remote
+    # finds the package in that Python there (this machine behind a real sshd).
+    if sshd_missing() is None:
+        server = start_sshd(tmp_path / "sshd")
+        try:
+            check = [str(bin_dir / "realnvp"), "remote", server.alias, "check", "--json"]
+            check += ["--ssh-config", str(server.config), "--python", str(python)]
+            facts = json.loads(_run(check, work, env).splitlines()[-1])
+            assert Path(facts["core_path"]).is_relative_to(tmp_path / "venv"), facts
+            assert facts["package_version"] and facts["problem"] is None
+        finally:
+            server.stop()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MNIST_DIR, needs_mnist
-from sshd import running_sshd
+from sshd import TRAIN, running_sshd
 
 from core.cli import main as cli_main
 from core.training.remote import (
@@ -30,27 +30,13 @@ from core.training.remote import (
     sha256_file,
 )
 from core.training.remote_agent import host_path, read_launch, trainer_alive, trainer_argv
-from core.training.transport import RemoteError, SshTransport, split_target
+from core.training.transport import (
+    RemoteError,
+    SshTransport,
+    split_target,
+    stop_started_masters,
+)
 
-# A tiny MNIST run: a few dozen steps of the small preset, evaluated on 64 test images.
-TRAIN = [
-    "--dataset",
-    "mnist",
-    "--data-dir",
-    str(MNIST_DIR),
-    "--preset",
-    "mnist-small",
-    "--batch-size",
-    "16",
-    "--eval-limit",
-    "64",
-    "--class-limit",
-    "5",
-    "--threads",
-    "1",
-    "--log-every",
-    "2",
-]
 NASTY = "a b $(touch x); 'q' \"d\" `id`"  # a folder name the host's shell must not run
 
 
@@ -195,6 +181,86 @@ def test_local_host_says_when_a_run_folder_is_missing(tmp_path: Path):
     assert info.value.kind == "missing-run" and "nothing-here" in str(info.value)
 
 
+def test_options_are_spelled_out_here_and_on_a_host(capsys):
+    """One rule for local and remote train (the host's agent reads the train options
+    without abbreviations): an abbreviation is refused by both, in one line."""
+    for argv in (["train"], ["remote", "gpubox", "train"]):
+        with pytest.raises(SystemExit) as info:
+            cli_main([*argv, "--max-step", "3"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1, argv
+        assert "unrecognized arguments: --max-step 3" in err, argv
+
+
+def test_remote_train_help_is_the_launchers(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["remote", "gpubox", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--progress" not in text  # the launcher always sets it
+    assert "runs/run" not in text  # the local default, not the host's
+    assert "--out OUT the run folder on the host" in text
+
+
+def test_a_run_follows_with_the_options_that_find_it():
+    run = RemoteRun("/h/runs/it's $x", "me@gpu:2222", "~/venv/bin/python", "~/my cfg", "~/r")
+    assert shlex.split(run.follow_command()) == [
+        "realnvp", "remote", "--ssh-config", "~/my cfg", "me@gpu:2222", "follow",
+        "--python", "~/venv/bin/python", "--runs-dir", "~/r", "/h/runs/it's $x",
+    ]  # fmt: skip
+
+
+def test_a_checkpoint_to_resume_is_the_runs_folders_and_checked_before_a_start(tmp_path):
+    from core.training.remote_agent import AgentError, _checked_inputs, _train_options
+
+    (tmp_path / "run-1").mkdir()
+    (tmp_path / "run-1" / "latest.pt").write_bytes(b"x")
+    options = _train_options(["--dataset", "mnist", "--resume", "run-1/latest.pt"])
+    assert _checked_inputs(options, str(tmp_path)) == tmp_path / "run-1" / "latest.pt"
+    home = Path.home()
+    for resume, where in (("~/rnvp-none.pt", home / "rnvp-none.pt"), ("run-1", tmp_path / "run-1")):
+        with pytest.raises(AgentError) as info:
+            _checked_inputs(_train_options([f"--resume={resume}"]), str(tmp_path))
+        assert str(info.value).startswith(f"cannot resume {where} on ")
+    data = ["--dataset", "mnist", "--data-dir", "~/rnvp-no-such-data"]
+    with pytest.raises(AgentError, match=r"no data folder .* \(add --download to fetch mnist\)"):
+        _checked_inputs(_train_options(data), str(tmp_path))
+    assert _checked_inputs(_train_options([*data, "--download"]), str(tmp_path)) is None
+
+
+def test_a_resumed_run_is_starting_until_its_trainer_speaks(tmp_path: Path):
+    """The resume race: between ``remote train --resume`` and the resumed trainer's first
+    event the folder's last event is the previous segment's done."""
+    from core.training.remote_agent import run_status
+
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = (
+        '{"event": "start", "step": 0, "total_steps": 4}\n'
+        '{"event": "step", "step": 4, "total_steps": 4, "loss": 3.0}\n'
+        '{"event": "done", "step": 4, "reason": "finished"}\n'
+    )
+    (out / "events.jsonl").write_text(earlier)
+    launch = {"pid": os.getpid(), "events_offset": len(earlier)}  # alive: still starting
+    (out / "launch.json").write_text(json.dumps(launch))
+    assert run_status(out)["state"] == "running"
+    follower = local_host(runs_dir=str(tmp_path)).follow(str(out))
+    seen = []
+    thread = threading.Thread(target=lambda: seen.extend(follower))
+    thread.start()
+    wait_for(lambda: sum(u.kind == "event" for u in seen) == 3, 30, "the earlier events")
+    time.sleep(1.0)  # four polls of the agent: it must not take the earlier done as the end
+    assert not any(u.kind == "ended" for u in seen)
+    follower.close()
+    thread.join(10)
+    # A resumed trainer that dies before it speaks failed, with its log's last line.
+    (out / "trainer.log").write_text("Traceback ...\nValueError: bad checkpoint\n")
+    (out / "launch.json").write_text(json.dumps({**launch, "pid": 2**22 + 1}))
+    status = run_status(out)
+    assert status["state"] == "failed" and status["message"].endswith(
+        "the trainer ended before its first step: ValueError: bad checkpoint"
+    )
+
+
 # -- against the server ---------------------------------------------------------------------
 
 
@@ -244,11 +310,14 @@ def test_a_bad_host_is_one_sentence(sshd, capsys, alias, kind, sentence):
     with pytest.raises(RemoteError) as info:
         sshd.host(alias).check()
     assert info.value.kind == kind
+    # --ssh-config after the host, as before it.
     status, out, err = cli(
-        capsys, "remote", "--ssh-config", str(sshd.config), alias, "status", "run-1"
+        capsys, "remote", alias, "status", "--ssh-config", str(sshd.config), "run-1"
     )
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and sentence in err and "Traceback" not in err
+    if kind == "host-key":  # the command to type works where the alias lives: the file
+        assert f"connect once with ssh -F {sshd.config} {alias} in a terminal" in err
 
 
 def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
@@ -263,7 +332,8 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
     with pytest.raises(RemoteError) as info:
         sshd.host(python=bare).status("run-1")
     assert info.value.kind == "no-package"
-    assert f"{bare} -m pip install realnvp-explorer" in str(info.value)
+    assert f"then install it with {bare} -m pip install ./realnvp_explorer-*.whl" in str(info.value)
+    assert f"{bare} -m pip install ./realnvp-explorer" in str(info.value)
 
 
 @pytest.mark.slow
@@ -271,7 +341,9 @@ def test_a_missing_run_folder_is_one_sentence(sshd, capsys):
     for action in ("status", "follow", "stop", "kill", "fetch"):
         status, _, err = remote_cli(sshd, capsys, action, "no-such-run")
         assert status == 2, (action, err)
-        assert f"there is no run folder {sshd.root / 'runs' / 'no-such-run'}" in err, action
+        # The host as typed, not its own hostname.
+        where = f"there is no run folder {sshd.root / 'runs' / 'no-such-run'} on rnvp-test"
+        assert where in err, action
         assert err.count("\n") == 1, err
 
 
@@ -472,7 +544,7 @@ def test_a_full_remote_disk_is_one_sentence(sshd, capsys, tmp_path):
         )  # fmt: skip
         assert status == 1
         sentence = err.splitlines()[-1]
-        assert sentence.startswith(f"realnvp remote: the run failed: on {socket.gethostname()}: ")
+        assert sentence.startswith("realnvp remote: the run failed: on rnvp-test: ")
         assert "the disk is full" in sentence and "the last good checkpoint is" in sentence
         assert host.status(run).state == "failed"
         # The checkpoint left there takes 12 of the 20 MB: a new run is refused at once.
@@ -526,3 +598,75 @@ def test_a_host_that_vanishes_mid_run_is_one_sentence_and_the_run_goes_on(tmp_pa
         assert seen == file_events(run.out) and seen[-1]["step"] == 60
     finally:
         own.close()
+
+
+def test_a_killed_shared_connection_leaks_no_connection(tmp_path_factory):
+    """The master connection SIGKILLed mid-follow leaves its socket behind: the next
+    connect removes it and starts one master, not a plain connection per call that
+    outlives the program; the masters this process started end when asked."""
+    own = running_sshd(tmp_path_factory)  # a server of its own: its connections are ours
+    server = next(own)
+    try:
+        out = server.root / "runs" / "run-1"
+        out.mkdir(parents=True)
+        (out / "events.jsonl").write_text('{"event": "start", "step": 0, "total_steps": 5}\n')
+        (out / "launch.json").write_text(json.dumps({"pid": os.getpid()}))  # never ends
+        host = server.host()
+        follower = host.follow("run-1", retry_delays=(0.2,))
+        seen: list = []
+        thread = threading.Thread(target=lambda: seen.extend(follower))
+        thread.start()
+        wait_for(lambda: any(u.kind == "event" for u in seen), 30, "the first event")
+        os.kill(host.transport.master_pid(), signal.SIGKILL)
+        wait_for(lambda: [u.kind for u in seen].count("connected") == 2, 30, "a reconnect")
+        for _ in range(5):
+            assert host.status("run-1").state == "running"
+        # One master and the follower's own ssh; one connection on the host.
+        assert len(server.clients()) == 2 and len(server.sessions()) == 1
+        follower.close()
+        thread.join(10)
+        assert stop_started_masters() >= 1
+        wait_for(lambda: not server.clients() and not server.sessions(), 10, "the master's end")
+    finally:
+        own.close()
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_train_checks_the_host_first_and_a_resume_is_followed_by_the_pasted_hint(sshd, capsys):
+    runs = sshd.root / "runs"
+    host = sshd.host()
+    first = host.start([*TRAIN, "--max-steps", "4", "--eval-every", "4"], out="to-resume")
+    assert list(host.follow(first))[-1].state == "done"
+    before = sorted(p.name for p in runs.iterdir())
+    # What the host can check is checked before "started", and nothing is left behind.
+    status, out, err = remote_cli(sshd, capsys, "train", "--resume", "no-such/latest.pt")
+    assert status == 2 and out == ""
+    assert f"cannot resume {runs / 'no-such' / 'latest.pt'} on rnvp-test: no such file" in err
+    status, out, err = remote_cli(
+        sshd, capsys, "train", *TRAIN, "--data-dir", "~/rnvp-no-such-data", "--max-steps", "2"
+    )
+    assert status == 2 and out == ""
+    assert f"there is no data folder {Path.home() / 'rnvp-no-such-data'} on rnvp-test" in err
+    assert sorted(p.name for p in runs.iterdir()) == before
+    # A relative checkpoint is the runs folder's, as a relative run name is.
+    status, out, err = remote_cli(
+        sshd, capsys, "train", "--resume", "to-resume/latest.pt", "--max-steps", "8"
+    )
+    assert status == 0, err
+    assert out.strip() == first.out
+    # At once: the resumed run is running, not the earlier segment done.
+    assert host.status(first).state == "running"
+    hint = shlex.split(err.split("follow it with: ", 1)[1])
+    assert hint[0] == "realnvp"
+    followed = subprocess.run(
+        [sys.executable, "-m", "core", *hint[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert followed.returncode == 0, followed.stderr
+    events = file_events(first.out)
+    assert [e["event"] for e in events].count("start") == 2
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 8

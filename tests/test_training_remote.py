@@ -5,17 +5,20 @@ filling, Stop, Open in Explorer, File > Recent Runs, and one sentence for a bad 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from conftest import MNIST_DIR, needs_mnist
 from PySide6.QtCore import Qt
-from sshd import running_sshd
+from sshd import TRAIN, running_sshd
 
 from core.training.remote import RemoteRun
-from explorer.training.process import RunSettings, host_path
+from explorer.training.process import DataScan, RunSettings, host_path
 from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
-from explorer.training.workspace import TrainingPanel, follow_command, remote_command
+from explorer.training.workspace import TrainingPanel, remote_command
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +80,18 @@ def test_the_copied_command_starts_the_same_run_from_a_terminal():
         "realnvp remote --ssh-config '~/cfg' gpubox train --python '~/venv/bin/python' "
         "--runs-dir '~/r' --gpus 2 --out run-1 --dataset mnist --data-dir data/mnist"[:80]
     )
-    assert "--data-dir data " in text and "--max-steps 40" in text and "--progress" not in text
+    # The host's paths as typed: its agent expands ~ there (a relative --resume or --out is
+    # inside the runs folder, so ~/ cannot be dropped to mean the home).
+    assert "--data-dir '~/data' " in text and "--max-steps 40" in text
+    assert "--progress" not in text
+    resumed = RunSettings(resume="~/realnvp-runs/run-1/latest.pt", out="~/elsewhere")
+    text = remote_command(resumed, HostChoice("gpubox"))
+    assert "--out '~/elsewhere' --resume '~/realnvp-runs/run-1/latest.pt' " in text
 
 
 def test_a_followed_run_shows_the_command_that_follows_it_from_a_terminal():
     run = RemoteRun("/h/runs/run 1", "gpubox", "~/venv/bin/python", None, "~/runs")
-    assert follow_command(run) == (
+    assert run.follow_command() == (
         "realnvp remote gpubox follow --python '~/venv/bin/python' --runs-dir '~/runs' "
         "'/h/runs/run 1'"
     )
@@ -253,6 +262,66 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert explorer_settings.recent_runs()[0]["state"] == "failed"
     # The host check that re-attaching started has answered before the window goes.
     qtbot.waitUntil(lambda: not form.checking_host, timeout=60_000)
+
+
+def test_closing_the_window_ends_the_shared_connections_it_opened(qtbot, sshd, make_window):
+    window = make_window()
+    window.show_page("training")
+    form = window.training_panel.form
+    choose_host(qtbot, form, sshd)
+    click(qtbot, form.check_host_button)
+    qtbot.waitUntil(lambda: form.host_facts is not None, timeout=60_000)
+    assert len(sshd.clients()) == 1 and len(sshd.sessions()) == 1  # the shared connection
+    window.close()
+    # Not left to live on for ControlPersist's two minutes after the app has gone.
+    qtbot.waitUntil(lambda: not sshd.clients() and not sshd.sessions(), timeout=10_000)
+
+
+@pytest.fixture
+def home_python(sshd):
+    """The host's Python as ``~/...``, the form ``docs/remote.md`` recommends: a link in a
+    folder of the home (the host's home is this machine's)."""
+    folder = Path(tempfile.mkdtemp(prefix=".rnvp-test-", dir=Path.home()))
+    (folder / "python").symlink_to(sshd.python)
+    yield f"~/{folder.name}/python"
+    shutil.rmtree(folder)
+
+
+def wait_for(predicate, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_every_host_operation_runs_with_a_home_relative_python(qtbot, sshd, home_python, tmp_path):
+    """check, the form's data check, start, status, follow, stop, kill and fetch: each
+    command sent to the host goes through the one argv builder, so ``~/`` is the host's."""
+    host = sshd.host(python=home_python)
+    assert host.check().problem is None
+    scan = DataScan("mnist", str(MNIST_DIR), parent=None, host=host)
+    scan.start()
+    qtbot.waitUntil(lambda: scan.report.finished, timeout=60_000)
+    assert scan.report.error is None and scan.report.train == 60_000
+    long_run = [*TRAIN, "--max-steps", "5000", "--eval-every", "5000"]
+    run = host.start(long_run)
+    follower = host.follow(run)
+    for update in follower:
+        if update.kind == "event" and update.event["event"] == "step":
+            follower.close()
+    assert follower.offset > 0
+    assert host.status(run).state == "running"
+    host.stop(run)
+    assert list(host.follow(run))[-1].state == "stopped"
+    fetched = host.fetch(run, tmp_path, names=["latest.pt"])
+    assert fetched.files == [tmp_path / "latest.pt"]
+    killed = host.start(long_run)
+    wait_for(lambda: host.status(killed).step >= 2)
+    host.kill(killed)
+    wait_for(lambda: host.status(killed).alive is False, 30)
+    assert host.status(killed).message == "killed"
 
 
 @pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])

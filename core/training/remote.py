@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -51,6 +52,7 @@ from core.training.transport import (
     agent_failure,
 )
 
+HOST_LABEL_VAR = "REALNVP_HOST"  # the host as typed, for the agent's sentences
 DEFAULT_PYTHON = "python3"
 DEFAULT_RUNS_DIR = "~/realnvp-runs"
 RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0)  # then 30 s between tries
@@ -131,6 +133,16 @@ class RemoteRun:
     @property
     def name(self) -> str:
         return PurePosixPath(self.out).name
+
+    def follow_command(self) -> str:
+        """The command line that follows this run from a terminal, quoted for its shell,
+        with every option that finds it again (config file, Python, runs folder)."""
+        argv = ["realnvp", "remote"]
+        if self.config_file:
+            argv += ["--ssh-config", self.config_file]
+        argv += [self.host or "HOST", "follow", "--python", self.python]
+        argv += ["--runs-dir", self.runs_dir, self.out]
+        return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
 @dataclass(frozen=True)
@@ -240,13 +252,21 @@ class RunHost:
     def label(self) -> str:
         return self.transport.label
 
-    def agent_argv(self, op: str, *args: str) -> list[str]:
-        return [self.transport.program(self.python), "-m", AGENT_MODULE, op, *args]
+    def command(self, module: str, *args: str) -> list[str]:
+        """The local argv that runs ``PY -m MODULE ARGS`` there: the one builder of every
+        command sent to the machine (the run agent's operations, the training page's data
+        check), so the Python is given as the transport must give it (``~/`` there)."""
+        return self.transport.command([self.transport.program(self.python), "-m", module, *args])
 
-    def _popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    def agent_command(self, op: str, *args: str) -> list[str]:
+        """The local argv of one run agent operation there."""
+        return self.command(AGENT_MODULE, op, *args)
+
+    def _popen(self, op: str, *args: str, **kwargs: Any) -> subprocess.Popen:
+        """One agent operation, started once the shared connection is open."""
         self.transport.connect()
         return subprocess.Popen(
-            self.transport.command(argv),
+            self.agent_command(op, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -256,7 +276,7 @@ class RunHost:
 
     def call(self, op: str, *args: str, timeout: float | None = 120.0) -> dict[str, Any]:
         """One agent operation; its JSON answer."""
-        process = self._popen(self.agent_argv(op, *args))
+        process = self._popen(op, *args)
         try:
             out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -438,7 +458,7 @@ class RunHost:
         cancel: threading.Event | None,
     ) -> int:
         args = [*self._run_args(run), f.name, "--offset", str(have)]
-        process = self._popen(self.agent_argv("read", *args), bufsize=0)
+        process = self._popen("read", *args, bufsize=0)
         done, copied = have, 0
         try:
             with part.open("ab") as sink:
@@ -476,9 +496,11 @@ def ssh_host(
     env: Mapping[str, str] | None = None,
     connect_timeout: int = 10,
 ) -> RunHost:
-    """A host reached with the system ssh client: an alias or ``user@host[:port]``."""
+    """A host reached with the system ssh client: an alias or ``user@host[:port]``. The
+    agent there names it as typed here, not by its own hostname."""
+    env = {HOST_LABEL_VAR: target, **(env or {})}
     transport = SshTransport(
-        target, config_file=config_file, env=dict(env or {}), connect_timeout=connect_timeout
+        target, config_file=config_file, env=env, connect_timeout=connect_timeout
     )
     return RunHost(
         transport, python=python, runs_dir=runs_dir, host=target, config_file=config_file
@@ -671,7 +693,7 @@ class Follower:
         with self._lock:
             if self.closed:
                 return
-        process = host._popen(host.agent_argv("follow", *args))
+        process = host._popen("follow", *args)
         with self._lock:
             self._process = process
             if self.closed:  # closed while connecting: close() found no process to end

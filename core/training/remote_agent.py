@@ -73,6 +73,7 @@ HEARTBEAT_S = 5.0
 MAX_READ = 256 * 1024
 CHUNK = 256 * 1024
 MIN_FREE_BYTES = 16 * 2**20  # a run needs room for its first checkpoints and samples
+HOST_LABEL_VAR = "REALNVP_HOST"  # core.training.remote.HOST_LABEL_VAR
 
 
 class AgentError(Exception):
@@ -98,14 +99,20 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def _where() -> str:
+    """The machine as messages name it: the host as the user typed it (the client sets
+    :data:`HOST_LABEL_VAR`), else its own name."""
+    return os.environ.get(HOST_LABEL_VAR) or _host()
+
+
 def _os_error(exc: OSError, what: str) -> AgentError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return AgentError(
-            f"the disk of {_host()} is full: {what} could not be written", "disk-full"
+            f"the disk of {_where()} is full: {what} could not be written", "disk-full"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return AgentError(f"{what} on {_host()} cannot be written: {exc.strerror}", "bad-input")
-    return AgentError(f"{what} on {_host()}: {exc.strerror or exc}", "agent")
+        return AgentError(f"{what} on {_where()} cannot be written: {exc.strerror}", "bad-input")
+    return AgentError(f"{what} on {_where()}: {exc.strerror or exc}", "agent")
 
 
 # -- paths ----------------------------------------------------------------------------------
@@ -128,7 +135,7 @@ def existing_run(run: str, runs: str | None = None) -> Path:
     out = run_path(run, runs)
     if not (out / EVENTS_FILE).is_file():
         what = "no run folder" if not out.exists() else "no run in the folder"
-        raise AgentError(f"there is {what} {out} on {_host()}", "missing-run")
+        raise AgentError(f"there is {what} {out} on {_where()}", "missing-run")
     return out
 
 
@@ -191,8 +198,10 @@ def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | Non
 # -- the run's state ------------------------------------------------------------------------
 
 
-def _events(out: Path) -> Iterator[dict[str, Any]]:
+def _events(out: Path, after: int = 0) -> Iterator[dict[str, Any]]:
+    """The run's events, those after byte ``after`` of the file only."""
     with contextlib.suppress(OSError), (out / EVENTS_FILE).open("rb") as f:
+        f.seek(after)
         for raw in f:
             with contextlib.suppress(ValueError):
                 record = json.loads(raw)
@@ -217,8 +226,14 @@ def run_status(out: Path) -> dict[str, Any]:
     if name == "running" and last is not None and last["event"] != "start":
         # It has said its last word and is exiting (the lock goes last).
         name, message = ended_state(last)
-    if name == "none":
+    # A resumed run appends to the events of the segments before it: until its trainer
+    # has said something, the earlier segment's end is not this run's.
+    starting = (
+        _segment_start(launch) > 0 and next(_events(out, _segment_start(launch)), None) is None
+    )
+    if name == "none" or starting:
         # Nothing trained yet: still starting, or ended before its first step.
+        message = "" if starting else message
         name = "running" if alive else "failed"
         if name == "failed" and not message:
             message = "the trainer ended before its first step"
@@ -229,7 +244,7 @@ def run_status(out: Path) -> dict[str, Any]:
     if name == "failed" and launch.get("killed"):
         message = "killed"
     elif name == "failed" and message:
-        message = f"on {_host()}: {message}"  # the trainer's sentence, for a run elsewhere
+        message = f"on {_where()}: {message}"  # the trainer's sentence, for a run elsewhere
     return {
         "run": str(out),
         "state": name,
@@ -241,6 +256,13 @@ def run_status(out: Path) -> dict[str, Any]:
         "pid": launch.get("pid"),
         "host": _host(),
     }
+
+
+def _segment_start(launch: dict[str, Any]) -> int:
+    """Where the events of the last start begin: the size of ``events.jsonl`` when it was
+    launched (0 for a fresh run, or a launch that did not record it)."""
+    offset = launch.get("events_offset")
+    return offset if isinstance(offset, int) and offset > 0 else 0
 
 
 def ended_state(event: dict[str, Any]) -> tuple[str, str]:
@@ -312,40 +334,76 @@ def _new_run_name(runs: Path) -> Path:
     raise AgentError(f"no free run folder name in {runs}", "taken")
 
 
-def _fresh_or_resumed(train_args: Sequence[str]) -> tuple[str | None, bool]:
-    """``--resume CHECKPOINT`` and ``--overwrite`` among the train options."""
+def _train_options(train_args: Sequence[str]) -> argparse.Namespace:
+    """What the launcher checks among the train options: ``resume``, ``overwrite``,
+    ``dataset``, ``data_dir`` and ``download`` (the trainer's defaults)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--resume")
     parser.add_argument("--overwrite", action="store_true")
-    known, _ = parser.parse_known_args(list(train_args))
-    return known.resume, known.overwrite
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--download", action="store_true")
+    return parser.parse_known_args(list(train_args))[0]
 
 
-def claim(out: Path, resume: str | None, overwrite: bool) -> None:
+def _with_resume(train_args: Sequence[str], checkpoint: Path) -> list[str]:
+    """The train options with ``--resume``'s value the checkpoint's full path, so the
+    trainer (which starts in the home folder) reads what was checked here."""
+    words, after_resume = [], False
+    for word in train_args:
+        if after_resume:
+            word, after_resume = str(checkpoint), False
+        elif word == "--resume":
+            after_resume = True
+        elif word.startswith("--resume="):
+            word = f"--resume={checkpoint}"
+        words.append(word)
+    return words
+
+
+def _checked_inputs(options: argparse.Namespace, runs: str | None) -> Path | None:
+    """What can be checked on the host before a run is said to have started: the
+    checkpoint a run resumes (relative: inside the runs folder, as run names are), else
+    the data folder (relative: the home folder, where the trainer starts), which only a
+    download may still have to make. Returns the checkpoint's full path."""
+    if options.resume:
+        checkpoint = run_path(options.resume, runs)
+        if not checkpoint.is_file():
+            what = "a folder, not a checkpoint file" if checkpoint.is_dir() else "no such file"
+            raise AgentError(f"cannot resume {checkpoint} on {_where()}: {what}", "bad-input")
+        return checkpoint
+    data = Path(os.path.expanduser(host_path(options.data_dir))).absolute()
+    if not data.is_dir() and not (options.download and options.dataset != "folder"):
+        hint = (
+            f" (add --download to fetch {options.dataset})" if options.dataset != "folder" else ""
+        )
+        raise AgentError(f"there is no data folder {data} on {_where()}{hint}", "bad-input")
+    return None
+
+
+def claim(out: Path, resume: Path | None, overwrite: bool) -> None:
     """The run folder rule of a local run (:mod:`core.training.run_folder`), said now and
     not in the trainer's log: a folder in use or holding an earlier run is refused unless
     the run resumes it (a checkpoint in it) or ``overwrite`` moves the earlier run aside
     (done here, so a follower never sees the earlier run's events)."""
-    resume_here = resume is not None and (
-        Path(os.path.expanduser(resume)).absolute().parent == out.absolute()
-    )
+    resume_here = resume is not None and resume.parent == out.absolute()
     try:
         check_run_folder(out, resume=resume_here, overwrite=overwrite)
     except RunFolderError as exc:
-        raise AgentError(f"on {_host()}: {exc}", "taken") from None
+        raise AgentError(f"on {_where()}: {exc}", "taken") from None
     try:
         claim_run_folder(out, resume=resume_here, overwrite=overwrite).release()
     except RunFolderError as exc:
-        raise AgentError(f"on {_host()}: {exc}", "bad-input") from None
+        raise AgentError(f"on {_where()}: {exc}", "bad-input") from None
 
 
 def host_path(word: str) -> str:
     """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
     host's home: the client quotes ``~`` so its own shell leaves it alone."""
     option, sep, value = word.partition("=")
-    if sep and option.startswith("--") and value.startswith("~/"):
+    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
         return f"{option}={os.path.expanduser(value)}"
-    return os.path.expanduser(word) if word.startswith("~/") else word
+    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
 
 
 def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
@@ -367,27 +425,33 @@ def _ignore_hangup() -> None:  # in the child, before exec: nohup
 def op_start(args: argparse.Namespace) -> None:
     if args.checkpoint_format is not None and args.checkpoint_format != CHECKPOINT_FORMAT:
         raise AgentError(
-            f"realnvp-explorer on {_host()} writes checkpoint format {CHECKPOINT_FORMAT}, the "
+            f"realnvp-explorer on {_where()} writes checkpoint format {CHECKPOINT_FORMAT}, the "
             f"program starting the run reads format {args.checkpoint_format}: install the "
             "same version on both",
             "version",
         )
     runs = runs_dir(args.runs_dir)
-    resume, overwrite = _fresh_or_resumed(args.train_args)
+    options = _train_options(args.train_args)
+    resume = _checked_inputs(options, args.runs_dir)
+    train_args = args.train_args if resume is None else _with_resume(args.train_args, resume)
     if args.out:
         out = run_path(args.out, args.runs_dir)
     elif resume:  # as a local run: the checkpoint's own folder
-        out = Path(os.path.expanduser(resume)).absolute().parent
+        out = resume.parent
     else:
         out = _new_run_name(runs)
-    claim(out, resume, overwrite)
+    claim(out, resume, options.overwrite)
     free = shutil.disk_usage(out).free
     if free < MIN_FREE_BYTES:
         raise AgentError(
-            f"the disk of {_host()} is full: {free / 2**20:.1f} MiB free for the run {out}",
+            f"the disk of {_where()} is full: {free / 2**20:.1f} MiB free for the run {out}",
             "disk-full",
         )
-    argv = trainer_argv(os.path.expanduser(args.python), args.gpus, args.train_args, out)
+    argv = trainer_argv(os.path.expanduser(args.python), args.gpus, train_args, out)
+    # Where this start's events begin: a resumed run appends to the earlier segments'.
+    events_offset = 0
+    with contextlib.suppress(OSError):
+        events_offset = (out / EVENTS_FILE).stat().st_size
     try:
         events = (out / EVENTS_FILE).open("ab")
         log = (out / LOG_FILE).open("ab")
@@ -404,7 +468,7 @@ def op_start(args: argparse.Namespace) -> None:
             preexec_fn=_ignore_hangup,
         )
     except OSError as exc:
-        message = f"could not start {argv[0]} on {_host()}: {exc.strerror}"
+        message = f"could not start {argv[0]} on {_where()}: {exc.strerror}"
         raise AgentError(message, "no-python") from None
     finally:
         events.close()
@@ -418,6 +482,7 @@ def op_start(args: argparse.Namespace) -> None:
         "boot_id": _boot_id(),
         "start_ticks": _start_ticks(process.pid),
         "started": time.time(),
+        "events_offset": events_offset,
     }
     try:
         with atomic_write(out / LAUNCH_FILE) as f:
@@ -457,14 +522,17 @@ def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], i
 def op_follow(args: argparse.Namespace) -> None:
     out = existing_run(args.run, args.runs_dir)
     offset, log_offset = args.offset, args.log_offset
+    # A resumed run's own events start here; an earlier segment's done is not its end.
+    segment = _segment_start(read_launch(out))
     last_kind, last_write = None, time.monotonic()
     gone_since: float | None = None
     while True:
         lines, offset_after = _complete_lines(out / EVENTS_FILE, offset)
         for end, raw in lines:
             text = raw.decode("utf-8", "replace")
-            with contextlib.suppress(ValueError, AttributeError):
-                last_kind = json.loads(text).get("event", last_kind)
+            if end > segment:
+                with contextlib.suppress(ValueError, AttributeError):
+                    last_kind = json.loads(text).get("event", last_kind)
             _say({"o": end, "line": text})
         offset = offset_after if lines else offset
         log_lines, log_after = _complete_lines(out / LOG_FILE, log_offset)
@@ -495,7 +563,7 @@ def op_follow(args: argparse.Namespace) -> None:
 
 def _not_running(out: Path, status: dict[str, Any]) -> AgentError:
     return AgentError(
-        f"the run {out} on {_host()} is not running ({status['state']})", "not-running", 1
+        f"the run {out} on {_where()} is not running ({status['state']})", "not-running", 1
     )
 
 
@@ -511,7 +579,8 @@ def op_stop(args: argparse.Namespace) -> None:
     # The trainer removes a stale stop file when it starts: a stop asked for while it was
     # still starting is asked for again once it has started.
     deadline = time.monotonic() + args.wait
-    while not any(e["event"] == "start" for e in _events(out)):
+    segment = _segment_start(read_launch(out))
+    while not any(e["event"] == "start" for e in _events(out, segment)):
         if trainer_alive(out) is False or time.monotonic() > deadline:
             break
         time.sleep(FOLLOW_POLL_S)
@@ -526,7 +595,7 @@ def op_kill(args: argparse.Namespace) -> None:
     launch = read_launch(out)
     alive = trainer_alive(out, launch)
     if alive is None:
-        raise AgentError(f"{out} on {_host()} records no process to kill", "not-running", 1)
+        raise AgentError(f"{out} on {_where()} records no process to kill", "not-running", 1)
     if not alive:
         raise _not_running(out, run_status(out))
     launch["killed"] = time.time()
@@ -572,7 +641,7 @@ def op_manifest(args: argparse.Namespace) -> None:
     missing = wanted - {f["name"] for f in files}
     if missing:
         raise AgentError(
-            f"{out} on {_host()} has no {', '.join(sorted(missing))}", "missing-run", 2
+            f"{out} on {_where()} has no {', '.join(sorted(missing))}", "missing-run", 2
         )
     _say({"out": str(out), "files": files})
 
@@ -581,7 +650,7 @@ def op_read(args: argparse.Namespace) -> None:
     out = existing_run(args.run, args.runs_dir)
     path = (out / args.name).resolve()
     if out.resolve() not in path.parents or not path.is_file():
-        raise AgentError(f"{out} on {_host()} has no file {args.name}", "missing-run")
+        raise AgentError(f"{out} on {_where()} has no file {args.name}", "missing-run")
     stdout = sys.stdout.buffer
     with path.open("rb") as f:
         f.seek(args.offset)

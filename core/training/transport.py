@@ -34,13 +34,22 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 AGENT_MODULE = "core.training.remote_agent"
 # The last stderr line of a failed agent command: this marker, then {"kind", "message"}.
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "
+# The project is not on a package index: a wheel built from this checkout, or a copy of
+# the checkout, is installed there (docs/remote.md, "The package on the host").
+INSTALL_ADVICE = (
+    "build a wheel in this project's checkout with python -m pip wheel --no-deps -w dist . "
+    "and copy it there, then install it with {python} -m pip install "
+    "./realnvp_explorer-*.whl, or copy the checkout there and install it with "
+    "{python} -m pip install ./realnvp-explorer (or give --python a virtual "
+    "environment's bin/python that has it)"
+)
 SSH_FAILED = 255  # ssh's own exit status when the connection, not the command, failed
 NOT_FOUND = 127  # a POSIX shell's status for a command it cannot find
 WINDOWS = os.name == "nt"
@@ -154,6 +163,40 @@ def _control_dir() -> str:
             _CONTROL_DIR = tempfile.mkdtemp(prefix="rnvp-ssh-", dir=base)  # mode 0700
             atexit.register(shutil.rmtree, _CONTROL_DIR, True)
         return _CONTROL_DIR
+
+
+# The masters this process started, by socket: the ``ssh -O stop`` that ends each.
+_STARTED: dict[str, list[str]] = {}
+_STARTED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _socket_lock(path: str | None) -> Iterator[None]:
+    """Held while one process of this user checks or starts the master of ``path``."""
+    if path is None:
+        yield
+        return
+    import fcntl  # POSIX: connection sharing is off on Windows
+
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stop_started_masters() -> int:
+    """Ask the shared connections this process started to end (``ssh -O stop``: no new
+    commands; one still running through it, a command line's ``follow``, ends first).
+    For the desktop app when it quits; the command line leaves them to ``ControlPersist``,
+    so the next command finds its connection open. Returns how many were asked."""
+    with _STARTED_LOCK:
+        started = list(_STARTED.values())
+        _STARTED.clear()
+    for argv in started:
+        subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    return len(started)
 
 
 _PORT_SUFFIX = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>\d{1,5})$")
@@ -275,28 +318,39 @@ class SshTransport:
     def master_running(self) -> bool:
         if self.control_path is None:
             return False
-        check = [*self._options(), *self._shared("no"), "-O", "check", "--", self._destination]
-        result = subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            self._control("check"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
         return result.returncode == 0
 
     def master_pid(self) -> int | None:
         """The process id of the shared connection (``ssh -O check`` says it), or ``None``."""
         if self.control_path is None:
             return None
-        check = [*self._options(), *self._shared("no"), "-O", "check", "--", self._destination]
-        result = subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            self._control("check"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
         match = re.search(rb"pid=(\d+)", result.stderr)
         return int(match[1]) if result.returncode == 0 and match else None
 
     def connect(self) -> None:
         """Open the shared connection unless it is open. Without connection sharing, one
-        ``true`` on the host proves that commands will run."""
-        with self._lock:
-            if self.control_path is not None and self.master_running():
+        ``true`` on the host proves that commands will run.
+
+        A master that died (killed, a laptop that slept) leaves its socket behind, and a new
+        master would find the name taken, say "disabling multiplexing" and live on as a
+        plain connection, one more with every later call: the socket that ``-O check``
+        finds no master behind is removed first. Processes of this user take turns (a lock
+        file beside the socket), so two of them never start two masters at once."""
+        path = self.control_path
+        with self._lock, _socket_lock(path):
+            if path is not None and self.master_running():
                 return
-            if self.control_path is None:
+            if path is None:
                 argv = [*self.command(["true"])]
             else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 # -f: into the background once logged in; -N: no command. Its stderr goes to
                 # a file, not a pipe: the master lives on and would hold a pipe open.
                 argv = [
@@ -320,13 +374,32 @@ class SshTransport:
                 raise self.explain(SSH_FAILED, stderr) or RemoteError(
                     f"ssh to {self.target} failed with status {code}", "ssh"
                 )
+            if path is not None:
+                stop = self._control("stop")
+                with _STARTED_LOCK:
+                    _STARTED[path] = stop
+
+    def _control(self, command: str) -> list[str]:
+        """``ssh -O COMMAND``: a request to the shared connection's master."""
+        return [*self._options(), *self._shared("no"), "-O", command, "--", self._destination]
 
     def close(self) -> None:
         """End the shared connection (runs on the host are not affected)."""
         if self.control_path is None:
             return
-        exit_ = [*self._options(), *self._shared("no"), "-O", "exit", "--", self._destination]
-        subprocess.run(exit_, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            self._control("exit"), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
+
+    def login_command(self) -> str:
+        """The ``ssh`` command a person types to log in there as this transport does (the
+        same config file and port), quoted for the shell."""
+        argv = ["ssh"]
+        if self.config_file:
+            argv += ["-F", self.config_file]
+        if self._port is not None:
+            argv += ["-p", str(self._port)]
+        return shlex.join([*argv, self._destination])
 
     def explain(self, returncode: int, stderr: str) -> RemoteError | None:
         if returncode != SSH_FAILED:
@@ -360,8 +433,8 @@ class SshTransport:
             (
                 "host key verification failed",
                 "host-key",
-                f"{host}'s host key is not known "
-                f"here or has changed: connect once with ssh {host} in a terminal and check it",
+                f"{host}'s host key is not known here or has changed: connect once with "
+                f"{self.login_command()} in a terminal and check it",
             ),
             ("no route to host", "unreachable", f"{host} cannot be reached (no route to host)"),
             (
@@ -439,15 +512,13 @@ def agent_failure(transport: Transport, python: str, returncode: int, stderr: st
         return RemoteError(f"there is no Python {python} on {where}", "no-python")
     if re.search(r"No module named '?core", text):
         return RemoteError(
-            f"{python} on {where} has no realnvp-explorer: install it there with "
-            f"{python} -m pip install realnvp-explorer (or give --python a virtual "
-            "environment's bin/python that has it)",
+            f"{python} on {where} has no realnvp-explorer: {INSTALL_ADVICE.format(python=python)}",
             "no-package",
         )
     if re.search(r"No module named '?torch", text):
         return RemoteError(
-            f"{python} on {where} has realnvp-explorer without torch: reinstall it there with "
-            f"{python} -m pip install realnvp-explorer",
+            f"{python} on {where} has realnvp-explorer without torch: install it there with "
+            f"{python} -m pip install torch",
             "no-package",
         )
     last = lines[-1] if lines else f"exit status {returncode}"

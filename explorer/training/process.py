@@ -682,7 +682,7 @@ class DataScan(QObject):
         args = ["scan", dataset, folder] + (["--download"] if download else [])
         argv = None
         if host is not None:
-            argv = host.transport.command([host.python, "-m", "explorer.training.process", *args])
+            argv = host.command("explorer.training.process", *args)
         self.job = JsonLinesJob(args, self, argv)
         self.job.line_received.connect(self._on_line)
         self.job.ended.connect(self._on_ended)

@@ -39,7 +39,7 @@ from core.training.remote import (
     ssh_host,
 )
 from core.training.transport import RemoteError
-from explorer.training.process import RunProcess, RunSettings, host_path
+from explorer.training.process import RunProcess, RunSettings
 
 FINISHED_CODES = {"done": 0, "stopped": 0, "failed": 1}
 
@@ -165,8 +165,10 @@ class RemoteTrainingProcess(RunProcess):
         self.run_host = choice.run_host()
         self.settings = settings
         self._reset()
-        args = settings.trainer_args(host_path)
-        out = host_path(settings.out) if settings.out else None
+        # Paths as typed: the agent expands ~ there and takes a relative --out or --resume
+        # inside the runs folder, a relative data folder in the home folder.
+        args = settings.trainer_args(str)
+        out = settings.out or None
         host = self.run_host
 
         def work() -> None:

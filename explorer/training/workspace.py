@@ -67,7 +67,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.training.remote import RemoteRun
-from core.training.transport import RemoteError
+from core.training.transport import RemoteError, stop_started_masters
 from explorer.settings import ExplorerSettings
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
@@ -79,7 +79,6 @@ from explorer.training.process import (
     RunSettings,
     TrainingProcess,
     format_duration,
-    host_path,
     join_command,
 )
 from explorer.training.remote_run import (
@@ -195,17 +194,8 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     if settings.gpus > 1:
         argv += ["--gpus", str(settings.gpus)]
     if settings.out:
-        argv += ["--out", host_path(settings.out)]
-    return join_command(argv + settings.trainer_args(host_path))
-
-
-def follow_command(run: RemoteRun) -> str:
-    """The command line that follows the same run from a terminal."""
-    argv = ["realnvp", "remote"]
-    if run.config_file:
-        argv += ["--ssh-config", run.config_file]
-    argv += [run.host or "HOST", "follow", "--python", run.python, "--runs-dir", run.runs_dir]
-    return join_command([*argv, run.out])
+        argv += ["--out", settings.out]
+    return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
 
 
 def shell_word(path: str) -> str:
@@ -664,7 +654,7 @@ class TrainingPanel(QWidget):
         self.form.show_host(
             HostChoice(run.host or "", run.python, run.runs_dir, run.config_file or "")
         )
-        self.full_command = follow_command(run)
+        self.full_command = run.follow_command()
         self.command.setText(self.full_command)
         self.command.setCursorPosition(0)
         process = RemoteTrainingProcess(self)
@@ -1107,6 +1097,7 @@ class TrainingPanel(QWidget):
             event.ignore()
             return
         self.form.cancel_scan()
+        stop_started_masters()
         super().closeEvent(event)
 
 
