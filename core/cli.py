@@ -5,7 +5,12 @@ A user error is one line on stderr and exit status 2, never a traceback; output 
 by its reader (``| head``) ends quietly.
 """
 
+# ruff: noqa: E402 (the OpenMP wait is set before the imports below load torch)
 from __future__ import annotations
+
+from core.training.threads import prepare_openmp
+
+prepare_openmp()  # libgomp reads it once, when torch loads it (core/training/threads.py)
 
 import argparse
 import json
@@ -98,6 +103,18 @@ def _per_class(text: str) -> int | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (all) or a positive integer, got {text}")
     return value or None
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads``, the one option every compute command takes; :func:`main` applies it
+    (or the default of :mod:`core.training.threads`) before the command runs."""
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for torch (default: every core less those other processes keep "
+        "busy at the start, at least one)",
+    )
+    p.set_defaults(threads_here=True)
 
 
 def _progress_bar(label: str):
@@ -268,7 +285,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         default=20,
         help="non-finite losses in a row after which the run stops as diverged (status 3)",
     )
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's)")
+    _add_threads(p)
     p.add_argument(
         "--class-limit",
         type=_per_class,
@@ -279,13 +296,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args) -> int:
-    import torch
 
     from core.training.events import EventSink
     from core.training.trainer import TrainConfig, Trainer, TrainingError, build_model_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = TrainConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -386,6 +400,7 @@ def _add_sample(sub) -> None:
         help="with --class: the levels drawn from the class (all, coarse, fine, or indices "
         "such as 1,2); the others come from the prior",
     )
+    _add_threads(p)
 
 
 def _cmd_sample(args) -> int:
@@ -442,6 +457,7 @@ def _add_encode(sub) -> None:
         metavar="DIR",
         help="write DIR/<name>_heatmap.png: the image, its reconstruction and its bits per pixel",
     )
+    _add_threads(p)
 
 
 def _cmd_encode(args) -> int:
@@ -574,6 +590,7 @@ def _add_complete(sub) -> None:
     p.add_argument(
         "--json", action="store_true", help="one JSON object per completion: path, bits_per_dim"
     )
+    _add_threads(p)
 
 
 def _cmd_complete(args) -> int:
@@ -620,6 +637,7 @@ def _add_directions(sub) -> None:
         help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
     )
     p.add_argument("--out", required=True, help="the .npz file to write")
+    _add_threads(p)
 
 
 def _class_stats(
@@ -688,6 +706,7 @@ def _add_eval(sub) -> None:
         help="store the test set's per-image bits/dim and complexity scores in the "
         "checkpoint (typicality reference), keeping everything else in it",
     )
+    _add_threads(p)
 
 
 def _recorded_data_dir(data: dict) -> str | None:
@@ -838,6 +857,7 @@ def _add_export(sub) -> None:
     p.add_argument(
         "--download", action="store_true", help="with --data-dir: fetch the test set if missing"
     )
+    _add_threads(p)
 
 
 def _cmd_export(args) -> int:
@@ -909,7 +929,7 @@ def _add_bench(sub) -> None:
         choices=sorted(PRESETS),
         help="random-weight models for the render and GUI figures (default: cifar10)",
     )
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    _add_threads(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -982,7 +1002,8 @@ def _add_remote(sub) -> None:
     )
     train.add_argument("--gpus", type=_positive, default=1, help="more than one: torchrun")
     _train_arguments(train)
-    train.set_defaults(out=None)  # by default a new folder in --runs-dir
+    # By default a new folder in --runs-dir; --threads is the host's, forwarded.
+    train.set_defaults(out=None, threads_here=False)
     check = actions.add_parser(
         "check", parents=[where], help="the host's GPUs, CPU cores, free disk and version"
     )
@@ -1181,6 +1202,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # remote HOST train forwards the train options as typed
     try:
+        if getattr(args, "threads_here", False):
+            from core.training.device import use_threads
+
+            use_threads(args.threads)
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a pipe closed early shows here, not at exit
         return status

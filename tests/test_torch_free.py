@@ -39,6 +39,7 @@ CORE_TORCH_FREE = [
     "core.training.events",
     "core.training.run_folder",
     "core.training.schedule",
+    "core.training.threads",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).
     "core.training.remote",
     "core.training.remote_agent",
