@@ -33,7 +33,16 @@ def test_others_running_is_the_median_reading_less_the_reader(tmp_path, monkeypa
         return f"cpu  1 2 3\nprocs_running {next(readings)}\nprocs_blocked 0\n"
 
     monkeypatch.setattr(Path, "read_text", read_text)
-    assert threads.others_running(stat_path=str(stat), interval_s=0) == 2
+    assert threads.others_running(stat_path=str(stat), interval_s=0, own=lambda: 1) == 2
+
+
+def test_own_running_counts_this_process_running_threads(tmp_path):
+    for tid, state in ((1, "R"), (2, "S"), (3, "R")):
+        (tmp_path / str(tid)).mkdir()
+        (tmp_path / str(tid) / "stat").write_text(f"{tid} (py (x) thread) {state} 1 2 3\n")
+    assert threads.own_running(str(tmp_path)) == 2
+    assert threads.own_running(str(tmp_path / "none")) == 1  # the reader, at least
+    assert threads.own_running() >= 1  # this very process, read for real
 
 
 def test_others_running_is_unknown_without_the_figure(tmp_path):
@@ -134,3 +143,15 @@ def test_main_applies_threads_and_the_busy_default(tmp_path, monkeypatch, torch_
     monkeypatch.setattr(threads, "others_running", lambda: 0)  # quiet: every core
     assert cli.main(["sample", "bundled", "--n", "1", "--out", out]) == 0
     assert torch.get_num_threads() == 2
+
+
+def test_the_explorer_folder_import_team_follows_the_same_default(monkeypatch):
+    """The one team of the explorer not chosen by measuring (a folder import): every core
+    beside a busy process would collapse like the command line's did."""
+    from explorer.engine.devices import batch_threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "others_running", lambda: 1)
+    assert batch_threads() == 1
+    monkeypatch.setattr(threads, "others_running", lambda: 0)
+    assert batch_threads() == 2

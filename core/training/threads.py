@@ -37,7 +37,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
@@ -72,14 +72,29 @@ def procs_running(stat: str) -> int | None:
     return None
 
 
+def own_running(tasks: str = "/proc/self/task") -> int:
+    """This process's threads runnable now (state ``R``), the reader among them: at least 1."""
+    running = 0
+    for stat in Path(tasks).glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # a thread that ended meanwhile
+            continue
+        running += state == "R"
+    return max(1, running)
+
+
 def others_running(
-    samples: int = 5, interval_s: float = 0.01, stat_path: str = "/proc/stat"
+    samples: int = 5,
+    interval_s: float = 0.01,
+    stat_path: str = "/proc/stat",
+    own: Callable[[], int] = own_running,
 ) -> int | None:
     """Threads of other processes runnable now: the median of ``samples`` readings of
-    ``procs_running``, ``interval_s`` apart, less the one reading it. Call it while this
-    process computes on one thread only. ``None`` where the system does not say (not
-    Linux). Not the load average: it lags by a minute, so a command run right after another
-    would count the finished one's threads."""
+    ``procs_running``, ``interval_s`` apart, less this process's own running threads
+    (``own``: the reader, and a GUI's other threads when they run). ``None`` where the
+    system does not say (not Linux). Not the load average: it lags by a minute, so a
+    command run right after another would count the finished one's threads."""
     readings = []
     for i in range(samples):
         if i:
@@ -90,8 +105,8 @@ def others_running(
             return None
         if running is None:
             return None
-        readings.append(running)
-    return max(0, round(statistics.median(readings)) - 1)
+        readings.append(running - own())
+    return max(0, round(statistics.median(readings)))
 
 
 def default_threads(cores: int, others: int | None) -> int:
