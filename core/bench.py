@@ -76,7 +76,7 @@ from core.files.resources import bundled_model_path, resolve_checkpoint
 from core.flow.inference import fold_for_inference
 from core.flow.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
 from core.flow.model import random_model as core_random_model
-from core.training.device import describe, pick_device
+from core.training.device import describe, pick_device, use_threads
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -1021,8 +1021,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         parser.add_argument("--quick", action="store_true")
         parser.add_argument("--checkpoint")
         args = parser.parse_args()
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+        use_threads(None)  # realnvp bench: main applied --threads or the default
     report = run(
         quick=args.quick,
         checkpoint=args.checkpoint,

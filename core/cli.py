@@ -5,7 +5,12 @@ A user error is one line on stderr and exit status 2, never a traceback; output 
 by its reader (``| head``) ends quietly.
 """
 
+# ruff: noqa: E402 (the OpenMP wait is set before the imports below load torch)
 from __future__ import annotations
+
+from core.training.threads import prepare_openmp
+
+prepare_openmp()  # libgomp reads it once, when torch loads it (core/training/threads.py)
 
 import argparse
 import json
@@ -91,6 +96,18 @@ def _per_class(text: str) -> int | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (all) or a positive integer, got {text}")
     return value or None
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads``, the one option every compute command takes; :func:`main` applies it
+    (or the default of :mod:`core.training.threads`) before the command runs."""
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for torch (default: every core less those other processes keep "
+        "busy at the start, at least one)",
+    )
+    p.set_defaults(threads_here=True)
 
 
 def _progress_bar(label: str):
@@ -186,7 +203,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                 "training page's contract); none: quiet",
             )
             _config_argument(p, opts["seed"])
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's)")
+    _add_threads(p)
 
 
 def _train_config(args) -> TrainConfig:
@@ -200,13 +217,9 @@ def _train_config(args) -> TrainConfig:
 
 
 def _cmd_train(args) -> int:
-    import torch
-
     from core.training.events import EventSink
     from core.training.trainer import Trainer, TrainingError, build_model_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = _train_config(args)
     model_config = None
     if args.resume and args.init_from:
@@ -286,6 +299,7 @@ def _add_sample(sub) -> None:
         help="with --class: the levels drawn from the class (all, coarse, fine, or indices "
         "such as 1,2); the others come from the prior",
     )
+    _add_threads(p)
 
 
 def _cmd_sample(args) -> int:
@@ -344,6 +358,7 @@ def _add_encode(sub) -> None:
         metavar="DIR",
         help="write DIR/<name>_heatmap.png: the image, its reconstruction and its bits per pixel",
     )
+    _add_threads(p)
 
 
 def _cmd_encode(args) -> int:
@@ -497,6 +512,7 @@ def _add_complete(sub) -> None:
     p.add_argument(
         "--json", action="store_true", help="one JSON object per completion: path, bits_per_dim"
     )
+    _add_threads(p)
 
 
 def _cmd_complete(args) -> int:
@@ -543,6 +559,7 @@ def _add_directions(sub) -> None:
         help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
     )
     p.add_argument("--out", required=True, help="the .npz file to write")
+    _add_threads(p)
 
 
 def _class_stats(
@@ -611,6 +628,7 @@ def _add_eval(sub) -> None:
         help="store the test set's per-image bits/dim and complexity scores in the "
         "checkpoint (typicality reference), keeping everything else in it",
     )
+    _add_threads(p)
 
 
 def _recorded_data_dir(data: dict) -> str | None:
@@ -767,6 +785,7 @@ def _add_export(sub) -> None:
         help="replace OUT if it exists, even a checkpoint with a run's training state (which "
         "is then lost: that run can no longer be resumed from it)",
     )
+    _add_threads(p)
 
 
 def _cmd_export(args) -> int:
@@ -874,7 +893,7 @@ def _add_bench(sub) -> None:
         choices=sorted(PRESETS),
         help="random-weight models for the render and GUI figures (default: cifar10)",
     )
-    p.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    _add_threads(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -950,7 +969,8 @@ def _add_remote(sub) -> None:
     )
     train.add_argument("--gpus", type=_positive, default=1, help="more than one: torchrun")
     _train_arguments(train)
-    train.set_defaults(out=None)  # by default a new folder in --runs-dir
+    # By default a new folder in --runs-dir; --threads is the host's, forwarded.
+    train.set_defaults(out=None, threads_here=False)
     for action in train._actions:  # the launcher's own meaning of two train options
         if action.dest == "out":
             action.help = (
@@ -1161,6 +1181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # remote HOST train forwards the train options as typed
     try:
+        if getattr(args, "threads_here", False):
+            from core.training.device import use_threads
+
+            use_threads(args.threads)
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a pipe closed early shows here, not at exit
         return status

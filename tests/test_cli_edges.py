@@ -286,7 +286,8 @@ def test_train_shows_the_class_statistics_and_a_finished_run_is_not_redone(
     assert main(_train("--resume", str(latest))) == 2
     assert _error_line(capsys) == (
         f"realnvp train: error: {latest}: the run is finished (step 2 of 2); to train it "
-        "further, resume it with a longer --max-steps (above 2) or more --epochs"
+        f"further, start a new run from its weights with --init-from {latest}, or resume it "
+        "with a longer --max-steps (above 2) or more --epochs"
     )
     assert main(_train("--resume", str(latest), "--max-steps", "1")) == 2
     assert "the run is at step 2, past the 1 steps asked for" in _error_line(capsys)

@@ -40,6 +40,7 @@ CORE_TORCH_FREE = [
     "core.training.run_folder",
     "core.training.schedule",
     "core.config",
+    "core.training.threads",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).
     "core.training.remote",
     "core.training.remote_agent",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from core.training.threads import pick_threads
+
 
 def available_devices() -> list[str]:
     """Names a user may pass as ``--device``: ``auto``, ``cpu``, each CUDA device, ``mps``."""
@@ -42,6 +44,15 @@ def pick_device(name: str = "auto") -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {name!r}; choose from {available_devices()}")
     return device
+
+
+def use_threads(requested: int | None = None) -> int:
+    """Give torch ``requested`` CPU threads (``--threads``), or the default that another
+    busy process does not collapse (:mod:`core.training.threads`); returns the count."""
+    threads = pick_threads(requested)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def describe(device: torch.device, threads: int | None = None) -> str:
