@@ -103,7 +103,6 @@ def draw_curve(lineage: list[dict], path: Path, size=(900, 520)) -> None:
         py = top + (y1 - min(y, y1)) / max(y1 - y0, 1e-9) * (h - top - bottom)
         return float(px), float(py)
 
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
     for e in range(int(x0), int(x1) + 1):
         px, _ = at(10.0**e, y0)
         d.line([px, h - bottom, px, h - bottom + 5], fill="black")
@@ -114,6 +113,7 @@ def draw_curve(lineage: list[dict], path: Path, size=(900, 520)) -> None:
         d.line([left - 5, py, left, py], fill="black")
         d.line([left, py, w - right, py], fill=(225, 225, 225))
         d.text((left - 48, py - 6), f"{y:.3f}", fill="black")
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
     d.text((w // 2 - 80, h - 24), "training images seen (log scale)", fill="black")
     d.text((8, 12), "test bits/dim (MNIST, float32, 10,000 images)", fill="black")
     for i, run in enumerate(lineage):
