@@ -24,8 +24,8 @@ from core.files.images import IMAGE_WRITE_FORMATS, ImageLoadError
 from core.files.resources import resolve_checkpoint
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.training.datasets import DATASETS, DatasetError
-from core.training.events import silence
-from core.training.run_folder import RunFolderError
+from core.runs.events import silence
+from core.runs.folder import RunFolderError
 
 USER_ERRORS = (
     CheckpointError,
@@ -217,7 +217,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _cmd_train(args) -> int:
-    from core.training.events import EventSink
+    from core.runs.events import EventSink
     from core.training.trainer import Trainer, TrainingError, build_model_config
 
     config = _train_config(args)
@@ -1047,7 +1047,7 @@ def _fetch_progress(name: str, done: int, total: int) -> None:
 
 
 def _cmd_remote(args) -> int:
-    from core.training.remote import default_cache_dir, ssh_host
+    from core.runs.host import default_cache_dir, ssh_host
 
     action = args.action
     if action == "fetch" and args.to:
@@ -1103,8 +1103,8 @@ def _cmd_remote(args) -> int:
 
 
 def _follow_remote(host, args) -> int:
-    from core.training.events import EventSink
-    from core.training.transport import RemoteError
+    from core.runs.events import EventSink
+    from core.runs.transport import RemoteError
 
     sink = EventSink("bar")
     follower = host.follow(args.run, give_up_after=args.give_up_after)
@@ -1175,7 +1175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.training.transport import RemoteError
+    from core.runs.transport import RemoteError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

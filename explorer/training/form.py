@@ -51,9 +51,9 @@ from core.config import (
     geometry_problem,
     parse_duration,
 )
-from core.training.remote import DEFAULT_PYTHON, HostFacts
-from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
-from core.training.transport import RemoteError
+from core.runs.host import DEFAULT_PYTHON, HostFacts
+from core.runs.host import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
+from core.runs.transport import RemoteError
 from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
 from explorer.training.process import (
@@ -576,9 +576,9 @@ class TrainingForm(QWidget):
         resuming_here = bool(s.resume) and (
             Path(s.resume).expanduser().resolve().parent == out.resolve()
         )
-        # The trainer's own rule, worded for this form. core.training.run_folder is torch-free;
+        # The trainer's own rule, worded for this form. core.runs.folder is torch-free;
         # imported here so that importing the page loads no core module at all.
-        from core.training.run_folder import RunFolderError, check_run_folder
+        from core.runs.folder import RunFolderError, check_run_folder
 
         try:
             check_run_folder(

@@ -66,8 +66,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.training.remote import RemoteRun
-from core.training.transport import RemoteError, stop_started_masters
+from core.runs.host import RemoteRun
+from core.runs.transport import RemoteError, stop_started_masters
 from explorer.settings import ExplorerSettings
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
