@@ -364,6 +364,39 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_hosts_python_is_typed_once(sshd, capsys, tmp_path):
+    """``train --python PY`` remembers PY (and the runs folder, the ssh config) for the host
+    in the config folder; ``status`` then needs neither, ``check`` shows them, and a
+    ``--python`` typed again wins and is remembered."""
+    from core.runs.hosts import hosts_file, remembered
+
+    runs = str(sshd.root / "runs")
+    status, out, err = cli(
+        capsys, "remote", "--ssh-config", str(sshd.config), sshd.alias, "train",
+        "--python", sshd.python, "--runs-dir", runs, *TRAIN, "--max-steps", "2",
+    )  # fmt: skip
+    assert status == 0, err
+    run = out.strip().splitlines()[-1]
+    assert hosts_file().parent == Path(os.environ["REALNVP_CONFIG_DIR"])
+    assert remembered(sshd.alias) == {
+        "python": sshd.python, "runs_dir": runs, "ssh_config": str(sshd.config)
+    }  # fmt: skip
+    status, out, err = cli(capsys, "remote", sshd.alias, "status", Path(run).name)
+    assert status == 0 and out.startswith(("running", "done")), err
+    status, out, err = cli(capsys, "remote", sshd.alias, "check")
+    assert status == 0, err
+    assert f"remembered for {sshd.alias} in {hosts_file()}: python {sshd.python}" in out
+    status, _, err = cli(capsys, "remote", sshd.alias, "check", "--python", "/no/such/python")
+    assert status == 2 and "there is no Python /no/such/python" in err
+    assert remembered(sshd.alias)["python"] == sshd.python  # a Python that failed is not kept
+    other = tmp_path / "python"
+    other.symlink_to(sshd.python)
+    status, _, err = cli(capsys, "remote", sshd.alias, "status", run, "--python", str(other))
+    assert status == 0, err
+    assert remembered(sshd.alias)["python"] == str(other)
+
+
+@pytest.mark.slow
 def test_a_missing_run_folder_is_one_sentence(sshd, capsys):
     for action in ("status", "follow", "stop", "kill", "fetch"):
         status, _, err = remote_cli(sshd, capsys, action, "no-such-run")
