@@ -22,10 +22,10 @@ from core.config import MODEL_OPTIONS, PARSERS, PRESETS, TRAIN_OPTIONS, Option, 
 from core.files.checkpoint import CheckpointError
 from core.files.images import IMAGE_WRITE_FORMATS, ImageLoadError
 from core.files.resources import resolve_checkpoint
+from core.runs.events import silence
+from core.runs.folder import RunFolderError
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.training.datasets import DATASETS, DatasetError
-from core.training.events import silence
-from core.training.run_folder import RunFolderError
 
 USER_ERRORS = (
     CheckpointError,
@@ -217,7 +217,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _cmd_train(args) -> int:
-    from core.training.events import EventSink
+    from core.runs.events import EventSink
     from core.training.trainer import Trainer, TrainingError, build_model_config
 
     config = _train_config(args)
@@ -951,15 +951,14 @@ def _add_remote(sub) -> None:
     where.add_argument("--ssh-config", metavar="FILE", default=argparse.SUPPRESS, help=ssh_config)
     where.add_argument(
         "--python",
-        default="python3",
         help="the host's Python that has realnvp-explorer installed, e.g. a virtual "
-        "environment's bin/python (default: python3)",
+        "environment's bin/python; remembered for the host (default: the one remembered, "
+        "else python3)",
     )
     where.add_argument(
         "--runs-dir",
-        default="~/realnvp-runs",
-        help="the host's folder for new runs, and for run names given without a folder "
-        "(default: ~/realnvp-runs)",
+        help="the host's folder for new runs, and for run names given without a folder; "
+        "remembered for the host (default: the one remembered, else ~/realnvp-runs)",
     )
     train = actions.add_parser(
         "train",
@@ -1047,13 +1046,32 @@ def _fetch_progress(name: str, done: int, total: int) -> None:
 
 
 def _cmd_remote(args) -> int:
-    from core.training.remote import default_cache_dir, ssh_host
+    from core.runs import hosts
+
+    # What is typed wins and is remembered once the host has answered; what is not typed
+    # is the host's remembered value (core.runs.hosts), else the default.
+    typed = {"python": args.python, "runs_dir": args.runs_dir, "ssh_config": args.ssh_config}
+    status = _remote_action(args, {**hosts.remembered(args.host), **_given(typed)})
+    hosts.remember(args.host, **typed)
+    return status
+
+
+def _given(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v}
+
+
+def _remote_action(args, where: dict) -> int:
+    from core.runs import hosts
+    from core.runs.host import DEFAULT_PYTHON, DEFAULT_RUNS_DIR, default_cache_dir, ssh_host
 
     action = args.action
     if action == "fetch" and args.to:
         _output_folder(Path(args.to).expanduser(), "--to")  # before connecting
     host = ssh_host(
-        args.host, python=args.python, runs_dir=args.runs_dir, config_file=args.ssh_config
+        args.host,
+        python=where.get("python", DEFAULT_PYTHON),
+        runs_dir=where.get("runs_dir", DEFAULT_RUNS_DIR),
+        config_file=where.get("ssh_config"),
     )
     if action == "check":
         facts = host.check()
@@ -1061,6 +1079,11 @@ def _cmd_remote(args) -> int:
             print(json.dumps({**facts.__dict__, "gpus": [g.__dict__ for g in facts.gpus]}))
         else:
             print("\n".join(facts.summary()))
+            config = f", ssh config {host.config_file}" if host.config_file else ""
+            print(
+                f"remembered for {args.host} in {hosts.hosts_file()}: python {host.python}, "
+                f"runs folder {host.runs_dir}{config}"
+            )
         if facts.problem:
             print(f"realnvp remote: error: {facts.problem}", file=sys.stderr)
             return 2
@@ -1103,8 +1126,8 @@ def _cmd_remote(args) -> int:
 
 
 def _follow_remote(host, args) -> int:
-    from core.training.events import EventSink
-    from core.training.transport import RemoteError
+    from core.runs.events import EventSink
+    from core.runs.transport import RemoteError
 
     sink = EventSink("bar")
     follower = host.follow(args.run, give_up_after=args.give_up_after)
@@ -1175,7 +1198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.training.transport import RemoteError
+    from core.runs.transport import RemoteError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

@@ -50,8 +50,8 @@ from PySide6.QtWidgets import (
 
 from core.files.checkpoint import CheckpointError
 from core.files.images import make_grid, save_png
-from core.training.remote import RemoteRun, RunStatus, host_for
-from core.training.transport import stop_started_masters
+from core.runs.host import RemoteRun, RunStatus, host_for
+from core.runs.transport import stop_started_masters
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
 from explorer.models.directions import is_direction_file
 from explorer.models.jobs import ErrorLog, Progress, Task

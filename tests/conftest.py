@@ -7,6 +7,7 @@ import struct
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,15 @@ def screenshot_dir(tmp_path_factory) -> Path:
 # Qt-only fixtures (the explorer). Qt modules are imported inside the fixtures, so the
 # core tests never load Qt.
 # ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _config_outside_home(monkeypatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test's own config folder (core.runs.hosts: the remembered hosts), never the
+    user's real one, and nothing remembered from another test."""
+    folder = tmp_path_factory.getbasetemp() / "config" / uuid.uuid4().hex
+    monkeypatch.setenv("REALNVP_CONFIG_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -82,7 +82,7 @@ class SshServer:
     alias: str = "rnvp-test"
 
     def host(self, alias: str | None = None, **kwargs):
-        from core.training.remote import ssh_host
+        from core.runs.host import ssh_host
 
         kwargs.setdefault("python", self.python)
         kwargs.setdefault("runs_dir", str(self.root / "runs"))
@@ -106,7 +106,7 @@ class SshServer:
 
     def stop(self) -> None:
         """End the client's shared connections to it, then the server and its sessions."""
-        from core.training.transport import SshTransport
+        from core.runs.transport import SshTransport
 
         for alias in ALIASES:
             SshTransport(alias, config_file=str(self.config)).close()

@@ -23,7 +23,7 @@ import core.training.data
 from core.cli import COMMANDS, build_parser, main
 from core.files.checkpoint import read_checkpoint, save_checkpoint
 from core.flow.model import FlowConfig
-from core.training.events import EventSink
+from core.runs.events import EventSink
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_SIZED = FlowConfig(in_channels=1, image_size=28, num_scales=2, mid_channels=4, num_blocks=1)

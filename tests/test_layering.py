@@ -137,7 +137,14 @@ def test_no_import_circles():
 CORE = sources("core")
 CORE_ENTRY_POINTS = {"core", "core.__main__", "core.cli", "core.bench"}
 # core.config: the configs of a model and a run, plain data that every concept reads.
-CORE_CONCEPTS = ("core.config", "core.flow", "core.training", "core.stats", "core.files")
+CORE_CONCEPTS = (
+    "core.config",
+    "core.flow",
+    "core.training",
+    "core.runs",
+    "core.stats",
+    "core.files",
+)
 
 
 def test_core_is_folders_by_concept():

@@ -21,7 +21,8 @@ from conftest import MNIST_DIR, needs_mnist
 from sshd import TRAIN, running_sshd
 
 from core.cli import main as cli_main
-from core.training.remote import (
+from core.runs.agent import expand_home, read_launch, trainer_alive, trainer_argv
+from core.runs.host import (
     RemoteRun,
     default_cache_dir,
     local_host,
@@ -29,8 +30,7 @@ from core.training.remote import (
     safe_target,
     sha256_file,
 )
-from core.training.remote_agent import host_path, read_launch, trainer_alive, trainer_argv
-from core.training.transport import (
+from core.runs.transport import (
     RemoteError,
     SshTransport,
     split_target,
@@ -81,6 +81,33 @@ def test_a_fetch_writes_only_inside_its_folder(tmp_path: Path):
         assert info.value.kind == "bad-input"
 
 
+def test_the_agent_checks_a_data_folder_typed_from_the_machines_home(tmp_path: Path):
+    """The training page's data check is the run agent's ``scan`` (no Qt on the host): a
+    folder typed ``~/...`` is the home of the machine it runs on, unreadable files named."""
+    from PIL import Image
+
+    folder = tmp_path / "home" / "pics"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), i * 40).save(folder / f"{i}.png")
+    (folder / "sub" / "cut.png").write_bytes(b"not an image")
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    argv = local_host().agent_command("scan", "folder", "~/pics")
+    answer = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    lines = [json.loads(line) for line in answer.stdout.splitlines()]
+    assert [r["kind"] for r in lines].count("thumbnail") == 3
+    assert lines[-1] == {
+        "kind": "done",
+        "files": 4,
+        "checked": 4,
+        "readable": 3,
+        "skipped": ["sub/cut.png"],
+    }
+    devices = subprocess.run(local_host().agent_command("devices"), capture_output=True, text=True)
+    record = json.loads(devices.stdout)
+    assert [d["name"] for d in record["devices"]][:2] == ["auto", "cpu"]
+
+
 def test_an_events_host_path_names_a_file_of_the_run():
     run = RemoteRun("/home/me/runs/run 1", "gpubox")
     assert run_file(run, "/home/me/runs/run 1/samples/samples_0000500.png") == (
@@ -124,9 +151,9 @@ def test_home_relative_paths_mean_the_hosts_home():
     with pytest.raises(RemoteError):
         transport.program("~other/bin/python")
     home = os.path.expanduser("~")
-    assert host_path("~/data") == f"{home}/data"
-    assert host_path("--data-dir=~/data") == f"--data-dir={home}/data"
-    assert host_path("a~/b") == "a~/b" and host_path("--lr") == "--lr"
+    assert expand_home("~/data") == f"{home}/data"
+    assert expand_home("--data-dir=~/data") == f"--data-dir={home}/data"
+    assert expand_home("a~/b") == "a~/b" and expand_home("--lr") == "--lr"
 
 
 def test_several_gpus_run_torchrun_with_the_same_trainer_command(tmp_path: Path):
@@ -210,7 +237,7 @@ def test_a_run_follows_with_the_options_that_find_it():
 
 
 def test_a_checkpoint_to_resume_is_the_runs_folders_and_checked_before_a_start(tmp_path):
-    from core.training.remote_agent import AgentError, _checked_inputs, _train_options
+    from core.runs.agent import AgentError, _checked_inputs, _train_options
 
     (tmp_path / "run-1").mkdir()
     (tmp_path / "run-1" / "latest.pt").write_bytes(b"x")
@@ -230,7 +257,7 @@ def test_a_checkpoint_to_resume_is_the_runs_folders_and_checked_before_a_start(t
 def test_a_resumed_run_is_starting_until_its_trainer_speaks(tmp_path: Path):
     """The resume race: between ``remote train --resume`` and the resumed trainer's first
     event the folder's last event is the previous segment's done."""
-    from core.training.remote_agent import run_status
+    from core.runs.agent import run_status
 
     out = tmp_path / "run"
     out.mkdir()
@@ -286,7 +313,7 @@ def test_check_reports_the_host_and_runs_this_checkout(sshd, capsys):
 def test_a_checkpoint_format_of_another_version_is_refused_before_starting(
     sshd, capsys, monkeypatch
 ):
-    import core.training.remote as remote
+    import core.runs.host as remote
 
     monkeypatch.setattr(remote, "CHECKPOINT_FORMAT", 99)
     status, _, err = remote_cli(sshd, capsys, "check")
@@ -334,6 +361,39 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
     assert info.value.kind == "no-package"
     assert f"then install it with {bare} -m pip install ./realnvp_explorer-*.whl" in str(info.value)
     assert f"{bare} -m pip install ./realnvp-explorer" in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_hosts_python_is_typed_once(sshd, capsys, tmp_path):
+    """``train --python PY`` remembers PY (and the runs folder, the ssh config) for the host
+    in the config folder; ``status`` then needs neither, ``check`` shows them, and a
+    ``--python`` typed again wins and is remembered."""
+    from core.runs.hosts import hosts_file, remembered
+
+    runs = str(sshd.root / "runs")
+    status, out, err = cli(
+        capsys, "remote", "--ssh-config", str(sshd.config), sshd.alias, "train",
+        "--python", sshd.python, "--runs-dir", runs, *TRAIN, "--max-steps", "2",
+    )  # fmt: skip
+    assert status == 0, err
+    run = out.strip().splitlines()[-1]
+    assert hosts_file().parent == Path(os.environ["REALNVP_CONFIG_DIR"])
+    assert remembered(sshd.alias) == {
+        "python": sshd.python, "runs_dir": runs, "ssh_config": str(sshd.config)
+    }  # fmt: skip
+    status, out, err = cli(capsys, "remote", sshd.alias, "status", Path(run).name)
+    assert status == 0 and out.startswith(("running", "done")), err
+    status, out, err = cli(capsys, "remote", sshd.alias, "check")
+    assert status == 0, err
+    assert f"remembered for {sshd.alias} in {hosts_file()}: python {sshd.python}" in out
+    status, _, err = cli(capsys, "remote", sshd.alias, "check", "--python", "/no/such/python")
+    assert status == 2 and "there is no Python /no/such/python" in err
+    assert remembered(sshd.alias)["python"] == sshd.python  # a Python that failed is not kept
+    other = tmp_path / "python"
+    other.symlink_to(sshd.python)
+    status, _, err = cli(capsys, "remote", sshd.alias, "status", run, "--python", str(other))
+    assert status == 0, err
+    assert remembered(sshd.alias)["python"] == str(other)
 
 
 @pytest.mark.slow

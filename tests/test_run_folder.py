@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.training.run_folder import (
+from core.runs.folder import (
     EVENTS_FILE,
     LOCK_FILE,
     LockInfo,

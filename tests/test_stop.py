@@ -14,8 +14,8 @@ import pytest
 
 from core.files.checkpoint import read_checkpoint
 from core.flow.model import FlowConfig
-from core.training.events import EventSink
-from core.training.stopping import STOP_FILE
+from core.runs.events import EventSink
+from core.runs.stopping import STOP_FILE
 from core.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

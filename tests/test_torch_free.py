@@ -34,17 +34,18 @@ CORE_TORCH_FREE = [
     "core.stats.judge",
     "core.stats.typicality",
     "core.training",
+    "core.runs",
     "core.training.datasets",
-    "core.training.disk",
-    "core.training.events",
-    "core.training.run_folder",
+    "core.runs.disk",
+    "core.runs.events",
+    "core.runs.folder",
     "core.training.schedule",
     "core.config",
     "core.training.threads",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).
-    "core.training.remote",
-    "core.training.remote_agent",
-    "core.training.transport",
+    "core.runs.host",
+    "core.runs.agent",
+    "core.runs.transport",
 ]
 
 

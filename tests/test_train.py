@@ -22,7 +22,7 @@ from core import FlowConfig
 from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from core.stats.typicality import TypicalityReference
 from core.training import trainer as train_module
-from core.training.events import EventSink
+from core.runs.events import EventSink
 from core.training.trainer import TrainConfig, Trainer, TrainingError
 
 pytestmark = needs_mnist

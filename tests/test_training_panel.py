@@ -130,15 +130,16 @@ def test_gui_process_never_imports_torch():
     torch_loaded, core_modules = out.stdout.splitlines()
     assert torch_loaded == "False"
     allowed = {"core", "core.config", "core.training", "core.files", "core.files.format_version"}
-    allowed |= {"core.files.resources", "core.training.remote", "core.training.transport"}
+    allowed |= {"core.files.resources", "core.runs", "core.runs.folder", "core.runs.host"}
+    allowed |= {"core.runs.transport", "core.runs.hosts", "core.files.atomic"}
     assert set(core_modules.split()) <= allowed
 
 
 def test_constants_written_out_agree_with_core():
     from core.flow.model import PRESETS as CORE_PRESETS
     from core.flow.model import FlowConfig
+    from core.runs.stopping import STOP_FILE as CORE_STOP_FILE
     from core.training.datasets import DATASETS, dataset_geometry
-    from core.training.stopping import STOP_FILE as CORE_STOP_FILE
 
     assert STOP_FILE == CORE_STOP_FILE
     assert set(DATASET_LABELS) == set(DATASETS)
@@ -228,7 +229,7 @@ def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, t
 
 @pytest.mark.slow
 def test_the_form_keeps_the_trainers_run_folder_rule(qtbot, make_panel, image_folder, tmp_path):
-    """The form refuses what the trainer would (core.training.run_folder), in its own words:
+    """The form refuses what the trainer would (core.runs.folder), in its own words:
     a finished run's folder until Start afresh is ticked, and a folder a live run holds."""
     import json
     import socket

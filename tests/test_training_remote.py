@@ -15,8 +15,8 @@ from conftest import MNIST_DIR, needs_mnist
 from PySide6.QtCore import Qt
 from sshd import TRAIN, running_sshd
 
-from core.training.remote import RemoteRun
-from explorer.training.process import DataScan, RunSettings, host_path
+from core.runs.host import RemoteRun
+from explorer.training.process import DataScan, RunSettings
 from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
 from explorer.training.workspace import TrainingPanel, remote_command
 
@@ -62,13 +62,6 @@ def choose_host(qtbot, form, sshd, alias: str | None = None) -> None:
 
 
 # -- no server needed -----------------------------------------------------------------------
-
-
-def test_host_paths_are_the_hosts_home():
-    assert host_path("~/data/mnist") == "data/mnist"
-    assert host_path("~") == "."
-    assert host_path("/srv/data") == "/srv/data"
-    assert host_path("runs/a b") == "runs/a b"
 
 
 def test_the_copied_command_starts_the_same_run_from_a_terminal():

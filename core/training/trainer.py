@@ -46,11 +46,11 @@ from core.training.averaging import WeightAverage, averaged_copy
 from core.training.data import ImageDataset, load_dataset
 from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
 from core.training.device import cpu_model, describe
-from core.training.disk import low_space_warning, save_failure_sentence
+from core.runs.disk import low_space_warning, save_failure_sentence
 from core.training.distributed import close_distributed, init_distributed
-from core.training.events import EventSink
+from core.runs.events import EventSink
 from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
-from core.training.run_folder import (
+from core.runs.folder import (
     EVENTS_FILE,
     RunFolderError,
     RunLock,
@@ -67,7 +67,7 @@ from core.training.step import (
     to_channels_last,
     use_channels_last,
 )
-from core.training.stopping import STOP_FILE, StopSignals
+from core.runs.stopping import STOP_FILE, StopSignals
 
 # Images per batch when the averaged weights' batch norm is measured (larger than a
 # training batch: fewer passes, and the batch statistics of 256 images differ from those of
@@ -139,7 +139,7 @@ class Trainer:
         """``resume``: a checkpoint with training state to continue; ``keep_length``: then
         train to the resumed run's own end (its ``max_steps`` / ``epochs``), not to
         ``config``'s. ``overwrite``: a fresh run may start in a folder holding an earlier one,
-        which is moved aside (:func:`core.training.run_folder.claim_run_folder`)."""
+        which is moved aside (:func:`core.runs.folder.claim_run_folder`)."""
         self.dist, self.device = init_distributed(config.device)
         self.overwrite = overwrite
         self.resume_path = Path(resume) if resume is not None else None
@@ -496,7 +496,7 @@ class Trainer:
                 close_distributed()
 
     def _claim_folder(self) -> None:
-        """Take the output folder for this run (see :mod:`core.training.run_folder`): a run
+        """Take the output folder for this run (see :mod:`core.runs.folder`): a run
         resumed from a checkpoint in the folder continues it there; otherwise the folder must
         hold no earlier run, unless ``overwrite``. Events also go to ``OUT/events.jsonl``
         unless stdout already is that file (the training page, ``>> OUT/events.jsonl``), so
@@ -773,7 +773,7 @@ class Trainer:
 
     def _warn_if_disk_is_short(self, train: ImageDataset, test: ImageDataset | None) -> None:
         """A ``warning`` event when the output folder's disk has room for fewer than three
-        checkpoints (see :mod:`core.training.disk`), before the first step."""
+        checkpoints (see :mod:`core.runs.disk`), before the first step."""
         dims = self.model.config.num_dims
         extra = 16 * len(self._eval_images(test)) if test is not None else 0  # typicality
         if train.labels is not None:  # class statistics: a mean and a deviation per dim

@@ -51,9 +51,10 @@ from core.config import (
     geometry_problem,
     parse_duration,
 )
-from core.training.remote import DEFAULT_PYTHON, HostFacts
-from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
-from core.training.transport import RemoteError
+from core.runs import hosts
+from core.runs.host import DEFAULT_PYTHON, HostFacts
+from core.runs.host import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
+from core.runs.transport import RemoteError
 from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
 from explorer.training.process import (
@@ -405,6 +406,7 @@ class TrainingForm(QWidget):
         self.run_on.currentIndexChanged.connect(self._on_where_changed)
         for edit in (self.host, self.remote_python, self.remote_runs, self.ssh_config):
             edit.textChanged.connect(self._on_host_edited)
+        self.host.editingFinished.connect(self._fill_remembered_host)
         self.check_host_button.clicked.connect(self.check_host)
         self.ssh_config_browse.clicked.connect(self._browse_ssh_config)
         self.dataset.currentIndexChanged.connect(self._on_source_changed)
@@ -576,9 +578,9 @@ class TrainingForm(QWidget):
         resuming_here = bool(s.resume) and (
             Path(s.resume).expanduser().resolve().parent == out.resolve()
         )
-        # The trainer's own rule, worded for this form. core.training.run_folder is torch-free;
+        # The trainer's own rule, worded for this form. core.runs.folder is torch-free;
         # imported here so that importing the page loads no core module at all.
-        from core.training.run_folder import RunFolderError, check_run_folder
+        from core.runs.folder import RunFolderError, check_run_folder
 
         try:
             check_run_folder(
@@ -887,6 +889,16 @@ class TrainingForm(QWidget):
         if remote:
             self._host_timer.start()
         self._on_source_changed()
+
+    def _fill_remembered_host(self) -> None:
+        """The Python, runs folder and ssh config remembered for the host typed (by the
+        command line or an earlier run here: core.runs.hosts), typed once."""
+        kept = hosts.remembered(self.host.text())
+        for key, field in (("python", "python"), ("runs_dir", "runs_dir")):
+            if key in kept:
+                self._host_edits()[field].setText(kept[key])
+        if "ssh_config" in kept:
+            self.ssh_config.setText(kept["ssh_config"])
 
     def _on_host_edited(self) -> None:
         self._save_host_settings()

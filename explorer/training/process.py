@@ -24,27 +24,21 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 
 from core.config import DATASET_GEOMETRY, TRAIN_OPTIONS, geometry_problem  # noqa: F401
 from core.config import PRESETS as CORE_PRESETS
+from core.runs.folder import EVENTS_FILE, LOG_FILE, STOP_FILE, parse_event
+from core.runs.folder import read_events as read_event_log  # noqa: F401
+from core.runs.host import RunHost, local_host
 
-if TYPE_CHECKING:
-    from core.training.remote import RunHost
-
-EVENTS_FILE = "events.jsonl"
-LOG_FILE = "trainer.log"
-STOP_FILE = (
-    "STOP"  # core.training.stopping.STOP_FILE: the trainer saves and finishes when it appears
-)
 # QProcess.terminate is SIGTERM only on POSIX (on Windows it posts WM_CLOSE, which a console
 # program never sees); the stop file works everywhere.
 SIGTERM_STOPS = os.name == "posix"
@@ -131,7 +125,7 @@ class RunSettings:
     def trainer_args(self, path: Callable[[str], str] | None = None) -> list[str]:
         """The trainer's options without ``--progress`` and ``--out``: what a launcher on
         another machine (``realnvp remote HOST train``) adds its own to. ``path`` maps each
-        path (on a host: :func:`host_path`)."""
+        path (``str``: as typed, for the agent on a host to expand)."""
         before, after = self._options(path or _absolute)
         return [*before, *after]
 
@@ -190,15 +184,6 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
-def host_path(path: str) -> str:
-    """A path typed for an ssh host as the trainer there can read it: ``~/x`` becomes
-    ``x``, relative to the home folder that ssh starts every command in (the words reach
-    the host quoted, so its shell never expands a ``~``, and the trainer does not)."""
-    if path == "~":
-        return "."
-    return path[2:] or "." if path.startswith("~/") else path
-
-
 def _quote(text: str) -> str:
     return subprocess.list2cmdline([text]) if os.name == "nt" else shlex.quote(text)
 
@@ -236,26 +221,6 @@ class LineBuffer:
     def flush(self) -> list[str]:
         rest, self._partial = self._partial, b""
         return [rest.decode("utf-8", "replace").rstrip("\r")] if rest.strip() else []
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    """One trainer event, or None for a line that is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
-
-
-def read_event_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every event in ``OUT/events.jsonl`` (or the folder holding it), in order."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / EVENTS_FILE
-    with path.open("rb") as f:
-        lines = f.read().split(b"\n")
-    events = (parse_event(line.decode("utf-8", "replace")) for line in lines if line.strip())
-    return [e for e in events if e is not None]
 
 
 class FileTail:
@@ -599,20 +564,14 @@ class ScanReport:
 
 
 class JsonLinesJob(QObject):
-    """A short child process of this module that answers in JSON lines on stdout."""
+    """A short run agent job (``scan``, ``devices``) that answers in JSON lines on stdout."""
 
     line_received = Signal(dict)
     ended = Signal(str)  # "" on success, else a message
 
-    def __init__(
-        self, args: list[str], parent: QObject | None = None, argv: list[str] | None = None
-    ) -> None:
-        """``args`` for this module's child side; ``argv``, when given, is the whole
-        command instead (this module's child side on an ssh host)."""
+    def __init__(self, argv: list[str], parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._buffer = LineBuffer()
         self._done = False
-        argv = argv or [sys.executable, "-m", "explorer.training.process", *args]
         self.process = QProcess(self)
         self.process.setProgram(argv[0])
         self.process.setArguments(argv[1:])
@@ -630,9 +589,9 @@ class JsonLinesJob(QObject):
             self.process.waitForFinished(1000)  # a killed child goes at once
 
     def _read(self) -> None:
-        if self._done:
-            return
-        for line in self._buffer.feed(bytes(self.process.readAllStandardOutput().data())):
+        # Whole lines only: a partial last line waits for the rest.
+        while not self._done and self.process.canReadLine():
+            line = bytes(self.process.readLine().data()).decode("utf-8", "replace")
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if isinstance(record, dict):
@@ -671,19 +630,14 @@ class DataScan(QObject):
         parent: QObject | None = None,
         host: RunHost | None = None,
     ) -> None:
-        """``host``: check the folder on that ssh host, with the same child job run there by
-        its Python (``python -m explorer.training.process scan`` over the shared
-        connection), so the answer is what the trainer there will find."""
+        """``host``: check the folder on that ssh host (by default this computer), with the
+        run agent's ``scan`` there, so the answer is what the trainer there will find; the
+        agent takes the folder as typed (``~`` is that machine's home)."""
         super().__init__(parent)
         self.report = ScanReport(dataset, data_dir)
         self.host = host
-        # The folder as typed (``~/data``) is the report's; the child gets it expanded.
-        folder = host_path(data_dir) if host is not None else _absolute(data_dir)
-        args = ["scan", dataset, folder] + (["--download"] if download else [])
-        argv = None
-        if host is not None:
-            argv = host.command("explorer.training.process", *args)
-        self.job = JsonLinesJob(args, self, argv)
+        args = [dataset, data_dir] + (["--download"] if download else [])
+        self.job = JsonLinesJob((host or local_host()).agent_command("scan", *args), self)
         self.job.line_received.connect(self._on_line)
         self.job.ended.connect(self._on_ended)
 
@@ -731,7 +685,7 @@ class DeviceProbe(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.job = JsonLinesJob(["devices"], self)
+        self.job = JsonLinesJob(local_host().agent_command("devices"), self)
         self.job.line_received.connect(self._on_line)
 
     def start(self) -> None:
@@ -743,103 +697,3 @@ class DeviceProbe(QObject):
     def _on_line(self, record: dict[str, Any]) -> None:
         devices = [(str(d["name"]), str(d["label"])) for d in record.get("devices", [])]
         self.found.emit(devices, int(record.get("cuda", 0)))
-
-
-# -- the child side ------------------------------------------------------------------------
-
-
-def _say(kind: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
-    sys.stdout.flush()
-
-
-def _thumbnail(pixels: np.ndarray) -> None:
-    _say("thumbnail", shape=list(pixels.shape), data=base64.b64encode(pixels.tobytes()).decode())
-
-
-def _scan(dataset: str, data_dir: str, download: bool) -> int:
-    from core.files.images import ImageLoadError, load_image
-    from core.training.data import load_dataset
-    from core.training.datasets import DatasetError, list_images
-
-    try:
-        if dataset != "folder":
-            try:
-                train = load_dataset(dataset, data_dir, True)
-                test = load_dataset(dataset, data_dir, False)
-            except DatasetError as exc:
-                if not download:
-                    raise
-                _say("done", missing=True, message=str(exc))
-                return 0
-            for pixels in train.images[:THUMBNAILS].numpy():
-                _thumbnail(pixels)
-            n = len(train) + len(test)
-            _say("done", files=n, checked=n, readable=n, train=len(train), test=len(test))
-            return 0
-        paths = list_images(data_dir)
-        _say("listed", files=len(paths))
-        if not paths:
-            _say("error", message=f"{data_dir}: no image files in this folder")
-            return 0
-        readable, shown, last = 0, 0, time.monotonic()
-        skipped: list[str] = []
-        for i, path in enumerate(paths):
-            if time.monotonic() - last > 0.2:
-                _say("progress", checked=i, readable=readable)
-                last = time.monotonic()
-            try:
-                pixels = load_image(path, 3, THUMBNAIL_SIZE)
-            except ImageLoadError:
-                skipped.append(Path(path).relative_to(data_dir).as_posix())
-                continue
-            readable += 1
-            if shown < THUMBNAILS:
-                _thumbnail(pixels)
-                shown += 1
-        if not readable:
-            from core.training.datasets import describe_skipped
-
-            _say(
-                "error",
-                message=f"none of the {len(paths)} image files could be read "
-                f"({describe_skipped(skipped)})",
-            )
-            return 0
-        _say("done", files=len(paths), checked=len(paths), readable=readable, skipped=skipped)
-    except DatasetError as exc:
-        _say("error", message=str(exc))
-    return 0
-
-
-def _devices() -> int:
-    # The project's one device picker, so the list matches what --device accepts.
-    from core.training.device import available_devices, describe, pick_device
-
-    names = available_devices()
-    devices = [
-        {"name": n, "label": describe(pick_device(n)) if n.startswith("cuda") else n} for n in names
-    ]
-    _say("devices", devices=devices, cuda=sum(n.startswith("cuda") for n in names))
-    return 0
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    """Child jobs: ``scan DATASET DIR [--download]`` and ``devices``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m explorer.training.process")
-    sub = parser.add_subparsers(dest="job", required=True)
-    scan = sub.add_parser("scan", help="count readable images and print a few thumbnails")
-    scan.add_argument("dataset", choices=sorted(DATASET_LABELS))
-    scan.add_argument("data_dir")
-    scan.add_argument("--download", action="store_true")
-    sub.add_parser("devices", help="the devices torch can train on")
-    args = parser.parse_args(None if argv is None else list(argv))
-    if args.job == "scan":
-        return _scan(args.dataset, args.data_dir, args.download)
-    return _devices()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Runs on an ssh host, seen by the training page exactly as local ones: the Qt side of
-:mod:`core.training.remote`.
+:mod:`core.runs.host`.
 
 The remote API blocks (every call is an ssh command), so nothing here calls it on the GUI
 thread: :class:`BlockingCall` runs one call on a thread of its own and answers on the GUI
@@ -26,7 +26,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from core.training.remote import (
+from core.runs.host import (
     DEFAULT_PYTHON,
     DEFAULT_RUNS_DIR,
     FetchResult,
@@ -38,7 +38,7 @@ from core.training.remote import (
     host_for,
     ssh_host,
 )
-from core.training.transport import RemoteError
+from core.runs.transport import RemoteError
 from explorer.training.process import RunProcess, RunSettings
 
 FINISHED_CODES = {"done": 0, "stopped": 0, "failed": 1}
@@ -329,7 +329,7 @@ def fetch_call(
     parent: QObject | None = None,
 ) -> BlockingCall:
     """A started :class:`BlockingCall` that fetches ``path`` of ``run`` into its cache
-    folder (:func:`~core.training.remote.default_cache_dir`) and answers the local path."""
+    folder (:func:`~core.runs.host.default_cache_dir`) and answers the local path."""
 
     def work() -> str:
         host = host_for(run)
@@ -366,9 +366,9 @@ def run_entry_text(record: dict[str, Any]) -> str:
 
 def local_run_state(out: Path, remembered: str = "running") -> tuple[str, int | None, int | None]:
     """``(state, step, max_steps)`` of a run folder here, by the rule the trainer and the
-    CLI share (:func:`core.training.run_folder.run_state`: its events and its lock);
+    CLI share (:func:`core.runs.folder.run_state`: its events and its lock);
     ``missing`` for a folder that is gone, the remembered state for one with no run yet."""
-    from core.training.run_folder import run_state
+    from core.runs.folder import run_state
 
     if not out.is_dir():
         return "missing", None, None

@@ -66,8 +66,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.training.remote import RemoteRun
-from core.training.transport import RemoteError, stop_started_masters
+from core.runs import hosts
+from core.runs.host import RemoteRun
+from core.runs.transport import RemoteError, stop_started_masters
 from explorer.settings import ExplorerSettings
 from explorer.training.form import TrainingForm
 from explorer.training.process import (
@@ -674,6 +675,10 @@ class TrainingPanel(QWidget):
         return True
 
     def _on_remote_started(self, run: RemoteRun) -> None:
+        if run.host:  # the host's Python, typed once: the command line reads it too
+            hosts.remember(
+                run.host, python=run.python, runs_dir=run.runs_dir, ssh_config=run.config_file
+            )
         self._set_remote(run)
         self._append_log(f"run folder on {run.host}: {run.out}")
         self._remember_run({**run.to_dict(), "state": "running"})

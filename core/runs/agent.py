@@ -1,6 +1,6 @@
-"""The run agent: what a launcher runs on the run's machine, ``PY -m core.training.remote_agent``.
+"""The run agent: what a launcher runs on the run's machine, ``PY -m core.runs.agent``.
 
-The client (:mod:`core.training.remote`) never sends shell text: each operation is one
+The client (:mod:`core.runs.host`) never sends shell text: each operation is one
 agent command whose words arrive quoted, and paths are expanded (``~``) and checked here,
 by Python, on the machine that holds them. Operations:
 
@@ -28,17 +28,21 @@ by Python, on the machine that holds them. Operations:
 ``manifest RUN`` / ``read RUN NAME [--offset N]``
     The run folder's files (relative name, size, SHA-256), and the bytes of one of them
     from an offset (raw on stdout) for a resumable fetch.
+``scan DATASET DIR [--download]`` / ``devices``
+    The training page's questions, asked where the run would go: the readable images of a
+    data set (with a few thumbnails) and the devices torch can train on, as JSON lines.
 
 A failure is one JSON line on stderr after :data:`AGENT_ERROR_MARK`, exit status 2 (the
-input or the host) or 1 (the run). This module loads no torch except in ``check``.
+input or the host) or 1 (the run). This module loads no torch except in ``check``,
+``scan`` and ``devices``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -51,29 +55,35 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from core.config import DATASETS
 from core.files.atomic import atomic_write
 from core.files.format_version import CHECKPOINT_FORMAT
-from core.training.run_folder import (
+from core.runs.folder import (
+    EVENTS_FILE,
+    LAUNCH_FILE,
+    LOG_FILE,
+    STOP_FILE,
     RunFolderError,
     check_run_folder,
     claim_run_folder,
+    parse_event,
+    read_events,
     read_lock,
     run_state,
+    sha256_file,
 )
-from core.training.stopping import STOP_FILE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
-AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.training.transport.AGENT_ERROR_MARK
+AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.runs.transport.AGENT_ERROR_MARK
 DEFAULT_RUNS_DIR = "~/realnvp-runs"
-EVENTS_FILE = "events.jsonl"
-LOG_FILE = "trainer.log"
-LAUNCH_FILE = "launch.json"
 FOLLOW_POLL_S = 0.25
 HEARTBEAT_S = 5.0
 MAX_READ = 256 * 1024
 CHUNK = 256 * 1024
+THUMBNAILS = 8  # a data check shows this many images
+THUMBNAIL_SIZE = 48
 MIN_FREE_BYTES = 16 * 2**20  # a run needs room for its first checkpoints and samples
-HOST_LABEL_VAR = "REALNVP_HOST"  # core.training.remote.HOST_LABEL_VAR
+HOST_LABEL_VAR = "REALNVP_HOST"  # core.runs.host.HOST_LABEL_VAR
 
 
 class AgentError(Exception):
@@ -200,19 +210,13 @@ def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | Non
 
 def _events(out: Path, after: int = 0) -> Iterator[dict[str, Any]]:
     """The run's events, those after byte ``after`` of the file only."""
-    with contextlib.suppress(OSError), (out / EVENTS_FILE).open("rb") as f:
-        f.seek(after)
-        for raw in f:
-            with contextlib.suppress(ValueError):
-                record = json.loads(raw)
-                if isinstance(record, dict) and isinstance(record.get("event"), str):
-                    yield record
+    yield from read_events(out, after)
 
 
 def run_status(out: Path) -> dict[str, Any]:
     """``state`` (``running``, ``done``, ``failed``, ``stopped``), ``step``, ``max_steps``,
     ``test_bpd`` and ``message`` of the run in ``out``: the run folder's own state
-    (:func:`core.training.run_folder.run_state`), with what only the launcher knows: a
+    (:func:`core.runs.folder.run_state`), with what only the launcher knows: a
     trainer still starting (no lock yet) runs, one that ended before its first step
     failed, and a killed one was killed."""
     state = run_state(out)
@@ -372,7 +376,7 @@ def _checked_inputs(options: argparse.Namespace, runs: str | None) -> Path | Non
             what = "a folder, not a checkpoint file" if checkpoint.is_dir() else "no such file"
             raise AgentError(f"cannot resume {checkpoint} on {_where()}: {what}", "bad-input")
         return checkpoint
-    data = Path(os.path.expanduser(host_path(options.data_dir))).absolute()
+    data = Path(os.path.expanduser(expand_home(options.data_dir))).absolute()
     if not data.is_dir() and not (options.download and options.dataset != "folder"):
         hint = (
             f" (add --download to fetch {options.dataset})" if options.dataset != "folder" else ""
@@ -382,7 +386,7 @@ def _checked_inputs(options: argparse.Namespace, runs: str | None) -> Path | Non
 
 
 def claim(out: Path, resume: Path | None, overwrite: bool) -> None:
-    """The run folder rule of a local run (:mod:`core.training.run_folder`), said now and
+    """The run folder rule of a local run (:mod:`core.runs.folder`), said now and
     not in the trainer's log: a folder in use or holding an earlier run is refused unless
     the run resumes it (a checkpoint in it) or ``overwrite`` moves the earlier run aside
     (done here, so a follower never sees the earlier run's events)."""
@@ -397,7 +401,7 @@ def claim(out: Path, resume: Path | None, overwrite: bool) -> None:
         raise AgentError(f"on {_where()}: {exc}", "bad-input") from None
 
 
-def host_path(word: str) -> str:
+def expand_home(word: str) -> str:
     """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
     host's home: the client quotes ``~`` so its own shell leaves it alone."""
     option, sep, value = word.partition("=")
@@ -409,7 +413,7 @@ def host_path(word: str) -> str:
 def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
     """The trainer's command: the one a local run uses, ``--progress json --out OUT`` last
     (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
-    train_args = [host_path(word) for word in train_args]
+    train_args = [expand_home(word) for word in train_args]
     if gpus > 1:
         launcher = [python, "-m", "torch.distributed.run", "--standalone"]
         launcher += ["--nproc_per_node", str(gpus)]
@@ -530,9 +534,8 @@ def op_follow(args: argparse.Namespace) -> None:
         lines, offset_after = _complete_lines(out / EVENTS_FILE, offset)
         for end, raw in lines:
             text = raw.decode("utf-8", "replace")
-            if end > segment:
-                with contextlib.suppress(ValueError, AttributeError):
-                    last_kind = json.loads(text).get("event", last_kind)
+            event = parse_event(text) if end > segment else None
+            last_kind = event["event"] if event is not None else last_kind
             _say({"o": end, "line": text})
         offset = offset_after if lines else offset
         log_lines, log_after = _complete_lines(out / LOG_FILE, log_offset)
@@ -618,15 +621,6 @@ def _run_files(out: Path) -> Iterator[Path]:
         yield path
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def op_manifest(args: argparse.Namespace) -> None:
     out = existing_run(args.run, args.runs_dir)
     wanted = set(args.names or [])
@@ -636,7 +630,7 @@ def op_manifest(args: argparse.Namespace) -> None:
         if wanted and rel not in wanted:
             continue
         with contextlib.suppress(OSError):  # replaced or removed while listing
-            size, sha = _sha256(path)
+            size, sha = path.stat().st_size, sha256_file(path)
             files.append({"name": rel, "size": size, "sha256": sha})
     missing = wanted - {f["name"] for f in files}
     if missing:
@@ -659,8 +653,90 @@ def op_read(args: argparse.Namespace) -> None:
     stdout.flush()
 
 
+# -- checking a data set, listing devices (the training page's questions) ----------------------
+
+
+def _tell(kind: str, **fields: Any) -> None:
+    _say({"kind": kind, **fields})
+
+
+def _thumbnail(pixels: Any) -> None:
+    data = base64.b64encode(pixels.tobytes()).decode()
+    _tell("thumbnail", shape=list(pixels.shape), data=data)
+
+
+def op_scan(args: argparse.Namespace) -> None:
+    """Counts the readable images of a data set with the trainer's own loaders, a few
+    thumbnails on the way, as JSON lines (``listed``, ``progress``, ``thumbnail``, then
+    ``done`` or ``error``). The folder is taken as the trainer takes it: ``~`` is this
+    machine's home, a relative one starts in the folder the agent runs in."""
+    from core.files.images import ImageLoadError, load_image
+    from core.training.data import load_dataset
+    from core.training.datasets import DatasetError, describe_skipped, list_images
+
+    data_dir = str(Path(expand_home(args.data_dir)).absolute())
+    dataset = args.dataset
+    try:
+        if dataset != "folder":
+            try:
+                train = load_dataset(dataset, data_dir, True)
+                test = load_dataset(dataset, data_dir, False)
+            except DatasetError as exc:
+                if not args.download:
+                    raise
+                _tell("done", missing=True, message=str(exc))
+                return
+            for pixels in train.images[:THUMBNAILS].numpy():
+                _thumbnail(pixels)
+            n = len(train) + len(test)
+            _tell("done", files=n, checked=n, readable=n, train=len(train), test=len(test))
+            return
+        paths = list_images(data_dir)
+        _tell("listed", files=len(paths))
+        if not paths:
+            _tell("error", message=f"{args.data_dir}: no image files in this folder")
+            return
+        readable, shown, last = 0, 0, time.monotonic()
+        skipped: list[str] = []
+        for i, path in enumerate(paths):
+            if time.monotonic() - last > 0.2:
+                _tell("progress", checked=i, readable=readable)
+                last = time.monotonic()
+            try:
+                pixels = load_image(path, 3, THUMBNAIL_SIZE)
+            except ImageLoadError:
+                skipped.append(Path(path).relative_to(data_dir).as_posix())
+                continue
+            readable += 1
+            if shown < THUMBNAILS:
+                _thumbnail(pixels)
+                shown += 1
+        if not readable:
+            _tell(
+                "error",
+                message=f"none of the {len(paths)} image files could be read "
+                f"({describe_skipped(skipped)})",
+            )
+            return
+        _tell("done", files=len(paths), checked=len(paths), readable=readable, skipped=skipped)
+    except DatasetError as exc:
+        _tell("error", message=str(exc))
+
+
+def op_devices(args: argparse.Namespace) -> None:
+    """The devices torch can train on here, as ``--device`` accepts them (the project's one
+    device picker), with the number of CUDA devices."""
+    from core.training.device import available_devices, describe, pick_device
+
+    names = available_devices()
+    devices = [
+        {"name": n, "label": describe(pick_device(n)) if n.startswith("cuda") else n} for n in names
+    ]
+    _tell("devices", devices=devices, cuda=sum(n.startswith("cuda") for n in names))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.training.remote_agent")
+    parser = argparse.ArgumentParser(prog="python -m core.runs.agent")
     sub = parser.add_subparsers(dest="op", required=True)
     check = sub.add_parser("check")
     check.add_argument("--runs-dir")
@@ -671,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--gpus", type=int, default=1)
     start.add_argument("--checkpoint-format", type=int)
     start.add_argument("train_args", nargs=argparse.REMAINDER)
+    scan = sub.add_parser("scan")
+    scan.add_argument("dataset", choices=DATASETS)
+    scan.add_argument("data_dir")
+    scan.add_argument("--download", action="store_true")
+    sub.add_parser("devices")
     for name in ("status", "follow", "stop", "kill", "manifest", "read"):
         p = sub.add_parser(name)
         p.add_argument("--runs-dir")
@@ -697,6 +778,8 @@ OPERATIONS = {
     "kill": op_kill,
     "manifest": op_manifest,
     "read": op_read,
+    "scan": op_scan,
+    "devices": op_devices,
 }
 
 

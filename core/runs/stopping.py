@@ -8,7 +8,7 @@ import contextlib
 import signal
 from typing import Any
 
-STOP_FILE = "STOP"  # created in the output folder, it asks a run to save and finish
+from core.runs.folder import STOP_FILE  # noqa: F401  (the trainer reads it from here)
 
 
 class StopSignals:

@@ -24,6 +24,7 @@ The rule:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -37,9 +38,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The run folder's files, named here once for the trainer, the agent and the page.
 LOCK_FILE = "run.lock"
-EVENTS_FILE = "events.jsonl"
-LOG_FILE = "trainer.log"
+EVENTS_FILE = "events.jsonl"  # the trainer's stdout: one JSON event a line
+LOG_FILE = "trainer.log"  # the trainer's stderr
+STOP_FILE = "STOP"  # created in the run folder, it asks the run to save and finish
+LAUNCH_FILE = "launch.json"  # what the agent started there: process, host, argv
 SAMPLES_DIR = "samples"
 CHECKPOINT_SUFFIX = ".pt"
 PREVIOUS_PREFIX = "previous-"
@@ -264,22 +268,30 @@ class RunState:
         return f"{kind} ({', '.join(bits)})" if bits else kind
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
+def parse_event(line: str | bytes) -> dict[str, Any] | None:
+    """One trainer event (a JSON object with an ``event`` name), or ``None`` for a line that
+    is not one: the one reader of ``events.jsonl`` lines, here, in the agent and the page."""
     try:
-        data = path.read_bytes()
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
+
+
+def read_events(path: str | os.PathLike, after: int = 0) -> list[dict[str, Any]]:
+    """Every event of a run's ``events.jsonl`` (or of the run folder holding it) after byte
+    ``after``, in order; none for a file that cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVENTS_FILE
+    try:
+        with path.open("rb") as f:
+            f.seek(after)
+            data = f.read()
     except OSError:
         return []
-    found = []
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8", "replace"))
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("event"), str):
-            found.append(record)
-    return found
+    events = (parse_event(line.decode("utf-8", "replace")) for line in data.split(b"\n"))
+    return [e for e in events if e is not None]
 
 
 def _int(value: Any) -> int | None:
@@ -309,7 +321,7 @@ def run_state(out: str | os.PathLike) -> RunState:
     state = RunState(checkpoints=checkpoint_files(out))
     trained = False
     phase = "none"  # none | started | done | stopped | failed
-    for e in _events(out / EVENTS_FILE):
+    for e in read_events(out / EVENTS_FILE):
         kind = e["event"]
         step = _int(e.get("step"))
         if kind == "start":
@@ -533,3 +545,12 @@ def same_file(stream: Any, path: str | os.PathLike) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, hex: how a fetched copy is checked against the run's."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

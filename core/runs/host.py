@@ -4,9 +4,9 @@ This is the Qt-free API the command line (``realnvp remote``) and the desktop ap
 Every call blocks; the GUI calls it from a worker thread. Nothing here imports torch.
 
 A :class:`RunHost` is a machine runs live on, reached through a transport
-(:mod:`core.training.transport`): :func:`ssh_host` (the system OpenSSH client, one shared
+(:mod:`core.runs.transport`): :func:`ssh_host` (the system OpenSSH client, one shared
 connection per host) or :func:`local_host` (this computer). Everything it does there is a
-command of the run agent (:mod:`core.training.remote_agent`), so a run on a host behaves
+command of the run agent (:mod:`core.runs.agent`), so a run on a host behaves
 exactly as a local one: the trainer writes ``OUT/events.jsonl``, ``OUT/trainer.log`` and its
 checkpoints, following reads the events by byte offset, stopping writes ``OUT/STOP``::
 
@@ -18,7 +18,7 @@ checkpoints, following reads the events by byte offset, stopping writes ``OUT/ST
     host.stop(run)                        # saves latest.pt and finishes; host.kill(run) ends it
     result = host.fetch(run, "cache/run", names=["latest.pt"], progress=..., cancel=event)
 
-Failures raise :class:`~core.training.transport.RemoteError`: one sentence, a ``kind`` and
+Failures raise :class:`~core.runs.transport.RemoteError`: one sentence, a ``kind`` and
 the command-line exit status. Starting a run is the only thing a launcher decides
 (:class:`Launcher`); a scheduler (a Slurm ``sbatch`` template on a cluster's login node)
 would be another ``start`` over the same transport, with the same following and fetching.
@@ -27,7 +27,6 @@ would be another ``start`` over the same transport, with the same following and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -42,7 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from core.files.format_version import CHECKPOINT_FORMAT
-from core.training.transport import (
+from core.runs.folder import parse_event, sha256_file
+from core.runs.transport import (
     _NEW_SESSION,
     AGENT_MODULE,
     LocalTransport,
@@ -553,14 +553,6 @@ def run_file(run: RemoteRun | str, path: str) -> str:
     return name
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def default_cache_dir(run: RemoteRun) -> Path:
     """Where fetched runs go by default: ``$XDG_CACHE_HOME/realnvp/runs/HOST/RUN`` (or the
     platform's cache folder)."""
@@ -576,15 +568,6 @@ def default_cache_dir(run: RemoteRun) -> Path:
 
 
 # -- following ------------------------------------------------------------------------------
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    """One trainer event, or ``None`` for a line that is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
 
 
 class Follower:

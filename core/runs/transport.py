@@ -2,7 +2,7 @@
 
 A run's machine is either this computer or a host reached with the system OpenSSH client.
 Everything the launcher does there is a command of the run agent
-(``PY -m core.training.remote_agent OP ...``, see :mod:`core.training.remote_agent`), so the
+(``PY -m core.runs.agent OP ...``, see :mod:`core.runs.agent`), so the
 two transports differ only in how an argv is run:
 
 - :class:`LocalTransport` runs it as a child process;
@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-AGENT_MODULE = "core.training.remote_agent"
+AGENT_MODULE = "core.runs.agent"
 # The last stderr line of a failed agent command: this marker, then {"kind", "message"}.
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "
 # The project is not on a package index: a wheel built from this checkout, or a copy of
