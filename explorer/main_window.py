@@ -53,9 +53,6 @@ from core.files.images import make_grid, save_png
 from core.training.remote import RemoteRun, RunStatus, host_for
 from core.training.transport import stop_started_masters
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
-from explorer.models.directions import is_direction_file
-from explorer.models.jobs import ErrorLog, Progress, Task
-from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.panels.classes import ClassesPanel
 from explorer.panels.draw import DrawPanel
 from explorer.panels.image_controller import ImageController
@@ -66,6 +63,9 @@ from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
+from explorer.state.directions import is_direction_file
+from explorer.state.jobs import ErrorLog, Progress, Task
+from explorer.state.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.training.remote_run import BlockingCall, run_entry_text
 from explorer.training.status import TrainingStatus

@@ -12,8 +12,8 @@ from PySide6.QtCore import Qt
 from core.files.checkpoint import save_checkpoint
 from core.stats.class_stats import META_KEY, ClassStats
 from core.stats.measure import compute_class_stats
-from explorer.models.classes import ClassMove, class_sample, nearest_classes
-from explorer.models.state import ExplorerState
+from explorer.state.classes import ClassMove, class_sample, nearest_classes
+from explorer.state.state import ExplorerState
 from tests.conftest import perturbed_model
 from tests.test_class_stats import labelled_dataset
 

@@ -29,8 +29,8 @@ from explorer.engine.plan import (
     default_plan,
 )
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
-from explorer.models.state import ExplorerState
 from explorer.panels.samples import frame_text, shown_frame
+from explorer.state.state import ExplorerState
 
 FAST_BF16 = {"float32": 4.0, "bf16": 1.0}
 SLOW_BF16 = {"float32": 1.0, "bf16": 9.0}

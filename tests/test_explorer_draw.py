@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-from explorer.models.drawing import BRUSH, ERASER, RECTANGLE
+from explorer.state.drawing import BRUSH, ERASER, RECTANGLE
 
 
 def _point(panel, x: float, y: float) -> QPoint:

@@ -475,7 +475,7 @@ def test_command_line_advice_from_core_is_said_as_what_to_click(tmp_path):
     from core.stats.typicality import judge
     from core.training.datasets import DatasetError
     from explorer.engine.datasets import load_map_images
-    from explorer.models.advice import in_app_words
+    from explorer.state.advice import in_app_words
 
     no_reference = in_app_words(judge(None, 1.2, 0.1).reason)
     assert "realnvp" not in no_reference and "Train page" in no_reference

@@ -21,9 +21,9 @@ import numpy as np
 
 from core.flow.completion import DEFAULT_STEPS, Completion, completion_steps, image_chains
 from explorer.engine.render import RenderEngine
-from explorer.models.classes import nearest_classes
-from explorer.models.drawing import DrawingAnswer
-from explorer.models.jobs import Progress
+from explorer.state.classes import nearest_classes
+from explorer.state.drawing import DrawingAnswer
+from explorer.state.jobs import Progress
 
 
 def answer(engine: RenderEngine, edit: int, pixels: np.ndarray) -> DrawingAnswer:

@@ -89,9 +89,9 @@ from explorer.engine.likelihood import describe_pixel_batch, describe_pixels
 from explorer.engine.measure import PlanMeasuring
 from explorer.engine.plan import PlanMeasurement, RenderPlan, default_plan
 from explorer.engine.requests import SAMPLES_TARGET, Frame, Preempted, RenderRequest
-from explorer.models.gallery import EncodedImage
-from explorer.models.likelihood import LikelihoodView
-from explorer.models.state import ModelInfo
+from explorer.state.gallery import EncodedImage
+from explorer.state.likelihood import LikelihoodView
+from explorer.state.state import ModelInfo
 
 __all__ = [
     "RANDOM_MODEL_CONFIG",

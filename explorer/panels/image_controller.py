@@ -35,17 +35,6 @@ from PySide6.QtWidgets import QWidget
 
 from core.files.images import IMAGE_SUFFIXES, save_png
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
-from explorer.models import blend
-from explorer.models.directions import (
-    DirectionFileError,
-    direction_from_groups,
-    load_direction,
-    save_direction,
-)
-from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
-from explorer.models.gallery import Gallery, group_latents
-from explorer.models.jobs import Task
-from explorer.models.state import IMAGE_SHOWN, ExplorerState, ModelInfo
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
 from explorer.panels.images import ImagesPanel
@@ -56,6 +45,17 @@ from explorer.panels.importer import (
     ImportFailure,
     import_images,
 )
+from explorer.state import blend
+from explorer.state.directions import (
+    DirectionFileError,
+    direction_from_groups,
+    load_direction,
+    save_direction,
+)
+from explorer.state.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
+from explorer.state.gallery import Gallery, group_latents
+from explorer.state.jobs import Task
+from explorer.state.state import IMAGE_SHOWN, ExplorerState, ModelInfo
 from explorer.widgets.dialogs import FileDialogs
 from explorer.widgets.images import ImageGridView
 from explorer.widgets.task_runner import TaskRunner

@@ -34,11 +34,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.blend import LINEAR, SPHERICAL, LevelSource
-from explorer.models.gallery import GalleryImage
-from explorer.models.state import MAX_IMAGES
 from explorer.panels.levels import level_title
 from explorer.panels.likelihood import LikelihoodPanel
+from explorer.state.blend import LINEAR, SPHERICAL, LevelSource
+from explorer.state.gallery import GalleryImage
+from explorer.state.state import MAX_IMAGES
 from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.widgets.controls import FloatSlider
 from explorer.widgets.images import CaptionedImage, CropPreview, ImageGridView

@@ -33,8 +33,8 @@ from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
 from core.training.datasets import DatasetError, list_images
-from explorer.models.gallery import EncodedImage, Preview, pixel_digest
-from explorer.models.jobs import Progress
+from explorer.state.gallery import EncodedImage, Preview, pixel_digest
+from explorer.state.jobs import Progress
 
 PREVIEW_SIDE = 128
 # Images per batched encode: bigger batches cost less per image (bundled model on a 2-core

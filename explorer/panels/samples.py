@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.state import (
+from explorer.state.state import (
     MAX_IMAGES,
     MAX_SEED,
     TEMPERATURE_RANGE,

@@ -54,8 +54,8 @@ from core.config import (
 from core.training.remote import DEFAULT_PYTHON, HostFacts
 from core.training.remote import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
 from core.training.transport import RemoteError
-from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
+from explorer.state.advice import in_app_words
 from explorer.training.process import (
     DATASET_LABELS,
     PRESETS,
