@@ -268,14 +268,14 @@ def test_a_stroke_during_the_plan_measurement_is_answered_as_a_frame_would_be(dr
     seen_at_retry: list[list[int]] = []
 
     def decode(model, z, *rest):
-        if engine._measure_preemptible and not in_measurement.is_set():
+        if engine.scheduler.measure_preemptible and not in_measurement.is_set():
             in_measurement.set()
             for _ in range(500):  # until the stroke's answer waits (10 s at most)
-                if drawn.is_set() and engine._answers:
+                if drawn.is_set() and engine.scheduler.answers:
                     break
                 threading.Event().wait(0.02)
-            engine._check_preempted()  # what the hooks do between two layers
-        elif engine._measure_preemptible and not seen_at_retry:
+            engine.scheduler.check_preempted()  # what the hooks do between two layers
+        elif engine.scheduler.measure_preemptible and not seen_at_retry:
             seen_at_retry.append(list(stroke_encodes))
         return real_decode(model, z, *rest)
 

@@ -442,16 +442,16 @@ def test_only_the_measuring_thread_is_cut_short(tiny_checkpoint, one_torch_threa
     engine = RenderEngine(device="cpu", threaded=False)
     info = engine.open_checkpoint(tiny_checkpoint)
     latents = tuple(np.zeros((1, *shape), np.float32) for shape in info.latent_shapes)
-    engine._pending["samples"] = RenderRequest(1, info.model_id, latents)  # a frame waits
+    engine.scheduler.pending["samples"] = RenderRequest(1, info.model_id, latents)  # a frame waits
     try:
-        engine._measure_preemptible = threading.get_ident() + 1  # another thread measures
-        engine._check_preempted()  # this thread's decode goes on
-        engine._measure_preemptible = threading.get_ident()
+        engine.scheduler.measure_preemptible = threading.get_ident() + 1  # another thread measures
+        engine.scheduler.check_preempted()  # this thread's decode goes on
+        engine.scheduler.measure_preemptible = threading.get_ident()
         with pytest.raises(Preempted):
-            engine._check_preempted()
+            engine.scheduler.check_preempted()
     finally:
-        engine._measure_preemptible = None
-        engine._pending.clear()
+        engine.scheduler.measure_preemptible = None
+        engine.scheduler.pending.clear()
         engine.shutdown()
 
 
