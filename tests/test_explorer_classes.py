@@ -111,7 +111,7 @@ def test_classes_tab_sliders_render_live_and_undo(
     assert not np.array_equal(window.last_frame.images, before)
     text = panel.nearest_label.text()
     assert "level 1" in text and "<b>c1</b> 0.00" in text  # the coarse levels sit on c1's mean
-    window.undo_action.trigger()  # Edit > Undo
+    window.menus.undo_action.trigger()  # Edit > Undo
     assert window.state.classes.amounts[1] == 0.0 and panel.sliders[1].value() == 0.0
     assert np.array_equal(window.last_frame.images, before)
 

@@ -66,9 +66,9 @@ def test_undo_restores_the_exact_canvas_and_its_answer(draw_window, qtbot):
     qtbot.mouseClick(panel.undo_button, Qt.MouseButton.LeftButton)
     assert np.array_equal(panel.canvas.pixels, before)
     assert panel.last_answer.encoded.bits_per_dim == pytest.approx(bits_before)
-    window.undo_action.trigger()  # Ctrl+Z acts on the drawing while the tab is shown
+    window.menus.undo_action.trigger()  # Ctrl+Z acts on the drawing while the tab is shown
     assert not panel.canvas.pixels.any()
-    window.redo_action.trigger()
+    window.menus.redo_action.trigger()
     qtbot.mouseClick(panel.redo_button, Qt.MouseButton.LeftButton)
     assert np.array_equal(panel.canvas.pixels, after)
 

@@ -181,10 +181,10 @@ def test_temperature_and_level_resample_act_on_the_image_and_undo_restores(
     np.testing.assert_array_equal(after[0][0], item.latents[0] * np.float32(0.5))
     window.levels_panel.rows[0].resample_button.click()
     assert latents_bytes(window)[1:] == [z.tobytes() for z in after[1:]]
-    window.undo_action.trigger()
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert latents_bytes(window) == image
-    window.undo_action.trigger()  # before the drop: the samples, exactly
+    window.menus.undo_action.trigger()  # before the drop: the samples, exactly
     assert latents_bytes(window) == samples
 
 
@@ -337,7 +337,7 @@ def test_keep_coarse_resample_fine_makes_a_grid_of_variations(
     np.testing.assert_array_equal(shown(window)[0], item.encoded.reconstruction)
     # R now redraws only the fine level; K again from the keyboard.
     kept = latents_bytes(window)[1:]
-    window.resample_action.trigger()
+    window.menus.resample_action.trigger()
     assert latents_bytes(window)[1:] == kept
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)

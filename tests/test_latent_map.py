@@ -147,7 +147,7 @@ def test_map_tab_click_a_point_and_drag_the_current_image(make_window, qtbot, fo
     assert np.allclose(where, view.view_point(end), atol=1e-4)
     assert window.last_frame.request_id == window.last_request_id
     # the whole drag is one undo step
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert all(np.array_equal(a, b) for a, b in zip(window.state.latents(), shown))
 
 
