@@ -131,8 +131,10 @@ def completion_job(
     def job() -> Iterator[object]:
         yield Progress(0, 0, "Copying the model…")
         model = engine.likelihood_model_copy(model_id)
-        chains = image_chains(model, pixels, mask, samples)
-        sampler = completion_steps(model, *chains, temperature, seed, steps)
+        chain_pixels, masks = image_chains(model, pixels, mask, samples)
+        sampler = completion_steps(
+            model, chain_pixels, masks, temperature=temperature, seed=seed, steps=steps
+        )
         try:
             for item in sampler:
                 if isinstance(item, Completion):

@@ -1,6 +1,6 @@
 """What the window does with the user's own images.
 
-The controller owns the :class:`~explorer.gallery.Gallery` and the three panels that show
+The controller owns the :class:`~explorer.state.gallery.Gallery` and the three panels that show
 it (gallery, images, directions) and wires them to the state and the engine:
 
 - **Import.** Files and folders become a generator job on the task runner (file decode and
@@ -8,7 +8,7 @@ it (gallery, images, directions) and wires them to the state and the engine:
   first image of a drop becomes the view (``ExplorerState.set_image``); the image shown
   before it (or the drop's second image) becomes A, the new one B.
 - **Interpolation and mixing.** The slider, mode and level sources blend A and B per level
-  (:mod:`explorer.blend`) into the view's unit noise (``set_noise``), so the samples view
+  (:mod:`explorer.state.blend`) into the view's unit noise (``set_noise``), so the samples view
   renders them live through the engine's level cache. The strip is a separate engine
   target, rendered only when A, B or the blend settings change.
 - **Directions** from two groups of gallery images become named sliders in the state.

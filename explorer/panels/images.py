@@ -10,7 +10,7 @@ renders live in the samples view, level mixing (each level from A, from B, or fo
 the slider), a strip of frames, and exports.
 
 The panel holds only view settings (t, mode, level sources, frame counts); what they do is
-done by :class:`~explorer.image_controller.ImageController`, through the signals.
+done by :class:`~explorer.panels.image_controller.ImageController`, through the signals.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ image with fresh noise: the explorer acts on an image as on a sample.
 
 **Class sliders** (see :mod:`explorer.state.classes`) then move the levels in their mask
 towards class means, ``z_l += sum_k a_k (mean_k,l - z_l)``, and **named directions**
-(directions from examples, see :mod:`explorer.directions`) are added on top:
+(directions from examples, see :mod:`explorer.state.directions`) are added on top:
 ``z_l += amount * d_l`` for each direction with a non-zero amount.
 
 Every state is an immutable :class:`ViewState`; an edit builds a new one. That makes undo
