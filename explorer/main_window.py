@@ -1,4 +1,5 @@
-"""The main window: menus, panels, status bar, and the wiring between state and engine.
+"""The main window: panels, status bar, and the wiring between state and engine (the
+menus are :mod:`explorer.menus`).
 
 Data flow: a widget edits the :class:`ExplorerState`; the state's ``changed`` event makes
 the window build an immutable :class:`RenderRequest` and hand it to the
@@ -19,7 +20,6 @@ from either page. Splitters, page and tab come back from the settings on the nex
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -27,35 +27,28 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtGui import (
-    QAction,
-    QActionGroup,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
-    QKeySequence,
 )
 from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
-    QMenu,
     QMessageBox,
     QSplitter,
     QStackedWidget,
     QTabWidget,
-    QToolBar,
     QVBoxLayout,
     QWidget,
 )
 
 from core.files.checkpoint import CheckpointError
 from core.files.images import make_grid, save_png
-from core.runs.host import RemoteRun, RunStatus, host_for
+from core.runs.host import RemoteRun
 from core.runs.transport import stop_started_masters
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
-from explorer.models.directions import is_direction_file
-from explorer.models.jobs import ErrorLog, Progress, Task
-from explorer.models.state import ExplorerState, ModelInfo, StateChange, StateFileError
+from explorer.menus import EXPLORER_PAGE, PAGES, TABS, TRAINING_PAGE, WindowMenus
 from explorer.panels.classes import ClassesPanel
 from explorer.panels.draw import DrawPanel
 from explorer.panels.image_controller import ImageController
@@ -66,12 +59,13 @@ from explorer.panels.likelihood import SampleLikelihood
 from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
-from explorer.theme import CHECKED_TOOL_STYLE
-from explorer.training.remote_run import BlockingCall, run_entry_text
+from explorer.state.directions import is_direction_file
+from explorer.state.jobs import ErrorLog, Progress, Task
+from explorer.state.state import ExplorerState, ModelInfo, StateChange, StateFileError
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
-from explorer.widgets.dialogs import FileDialogs, ShortcutsDialog, show_about
+from explorer.widgets.dialogs import FileDialogs, ShortcutsDialog
 from explorer.widgets.images import grid_columns
 from explorer.widgets.task_runner import TaskRunner
 
@@ -80,9 +74,6 @@ STATE_FILTER = "Latent state (*.npz)"
 PNG_FILTER = "PNG image (*.png)"
 DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
-EXPLORER_PAGE, TRAINING_PAGE = "explorer", "training"
-PAGES = (EXPLORER_PAGE, TRAINING_PAGE)
-TABS = ("levels", "images", "directions", "likelihood", "classes", "draw")
 DEFAULT_SIZE = (1366, 768)
 TABS_MIN_WIDTH = 436
 COLUMN_STRETCH = (1, 3, 2)  # model and gallery, samples, tabs: how a growing window shares
@@ -232,8 +223,8 @@ class MainWindow(QMainWindow):
             label.setContentsMargins(8, 0, 8, 0)
             status.addPermanentWidget(label)
         status.messageChanged.connect(lambda text: text or status.setToolTip(""))
-        self._build_menus()
-        self._build_mode_bar()
+        self.menus = WindowMenus(self)
+        self._update_undo_actions()
         self.training_status.open_requested.connect(lambda: self.show_page(TRAINING_PAGE))
         self.training_panel.training_started.connect(self.training_status.started)
         self.training_panel.progress_changed.connect(self.training_status.progressed)
@@ -257,214 +248,6 @@ class MainWindow(QMainWindow):
         self.samples_panel.view.image_selected.connect(self.map_panel.set_image_index)
         self.samples_panel.view.setFocus()  # not the first spin box: keys act on the window
 
-    # -- menus ------------------------------------------------------------------------------
-
-    def _action(self, text: str, slot, shortcuts=(), tip: str = "") -> QAction:
-        """A window action; ``shortcuts`` are strings or standard keys (all the platform's
-        bindings of a standard key, e.g. Ctrl+Shift+Z and Ctrl+Y for Redo)."""
-        action = QAction(text, self)
-        keys: list[QKeySequence] = []
-        for shortcut in shortcuts:
-            if isinstance(shortcut, QKeySequence.StandardKey):
-                # Not the media keys some platforms add (a keyboard's own "Open" key).
-                bound = [
-                    k
-                    for k in QKeySequence.keyBindings(shortcut)
-                    if k.count() and k[0].key().value < Qt.Key.Key_Help.value
-                ]
-            else:
-                bound = [QKeySequence(shortcut)]
-            keys += [k for k in bound if not k.isEmpty() and k not in keys]
-        action.setShortcuts(keys)
-        action.setStatusTip(tip)
-        action.triggered.connect(lambda _checked=False: slot())
-        self.addAction(action)  # shortcuts work even while the menu bar is hidden
-        return action
-
-    def _build_menus(self) -> None:
-        bar = self.menuBar()
-        file_menu = bar.addMenu("&File")
-        self.open_action = self._action(
-            "&Open Checkpoint…", self.open_checkpoint_dialog, [QKeySequence.StandardKey.Open]
-        )
-        file_menu.addAction(self.open_action)
-        self.recent_menu = QMenu("Open &Recent", self)
-        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        file_menu.addMenu(self.recent_menu)
-        self.recent_runs_menu = QMenu("Recent R&uns", self)
-        self.recent_runs_menu.setToolTipsVisible(True)
-        self.recent_runs_menu.aboutToShow.connect(self._fill_recent_runs_menu)
-        file_menu.addMenu(self.recent_runs_menu)
-        self.open_bundled_action = self._action(
-            "Open &Bundled Model",
-            self.open_bundled,
-            tip="The MNIST model that comes with the app",
-        )
-        file_menu.addAction(self.open_bundled_action)
-        file_menu.addSeparator()
-        self.save_grid_action = self._action(
-            "&Save Grid as PNG…", self.save_grid_dialog, [QKeySequence.StandardKey.Save]
-        )
-        self.save_image_action = self._action(
-            "Save Selected &Image as PNG…", self.save_image_dialog, ["Ctrl+Shift+S"]
-        )
-        file_menu.addActions([self.save_grid_action, self.save_image_action])
-        file_menu.addSeparator()
-        self.save_state_action = self._action(
-            "Save Latent S&tate…", self.save_state_dialog, ["Ctrl+Alt+S"]
-        )
-        self.load_state_action = self._action(
-            "&Load Latent State…", self.load_state_dialog, ["Ctrl+Alt+O"]
-        )
-        file_menu.addActions([self.save_state_action, self.load_state_action])
-        file_menu.addSeparator()
-        self.quit_action = self._action(
-            "&Quit", self.close, [QKeySequence.StandardKey.Quit, "Ctrl+Q"]
-        )
-        file_menu.addAction(self.quit_action)
-
-        edit_menu = bar.addMenu("&Edit")
-        self.undo_action = self._action("&Undo", self.undo, [QKeySequence.StandardKey.Undo])
-        self.redo_action = self._action(
-            "&Redo", self.redo, [QKeySequence.StandardKey.Redo, "Ctrl+Shift+Z", "Ctrl+Y"]
-        )
-        edit_menu.addActions([self.undo_action, self.redo_action])
-
-        sample_menu = bar.addMenu("&Sample")
-        self.resample_action = self._action(
-            "&Resample", self.resample, ["R"], "New noise for every unlocked level"
-        )
-        sample_menu.addAction(self.resample_action)
-
-        images = self.images
-        images_menu = bar.addMenu("&Images")
-        self.import_action = self._action(
-            "&Import Images…", images.import_dialog, ["Ctrl+I"], "Encode image files"
-        )
-        self.import_folder_action = self._action(
-            "Import &Folder…", images.import_folder_dialog, ["Ctrl+Shift+I"]
-        )
-        images_menu.addActions([self.import_action, self.import_folder_action])
-        images_menu.addSeparator()
-        self.set_a_action = self._action(
-            "Use Selected Image as &A",
-            lambda: images.gallery_panel.a_button.click(),
-            ["Ctrl+1"],
-        )
-        self.set_b_action = self._action(
-            "Use Selected Image as &B",
-            lambda: images.gallery_panel.b_button.click(),
-            ["Ctrl+2"],
-        )
-        self.swap_action = self._action("S&wap A and B", images.gallery.swap_ab)
-        self.vary_action = self._action(
-            "&Keep Coarse, Resample Fine",
-            images.keep_coarse_resample_fine,
-            ["K"],
-            "Variations of the selected image: its coarse levels, new fine levels",
-        )
-        images_menu.addActions([self.set_a_action, self.set_b_action, self.swap_action])
-        images_menu.addAction(self.vary_action)
-        images_menu.addSeparator()
-        self.export_strip_action = self._action(
-            "Export Interpolation &Strip as PNG…", lambda: images.export_dialog("png"), ["Ctrl+E"]
-        )
-        self.export_gif_action = self._action(
-            "Export Interpolation as &GIF…", lambda: images.export_dialog("gif"), ["Ctrl+Shift+E"]
-        )
-        self.export_mp4_action = self._action(
-            "Export Interpolation as &MP4…", lambda: images.export_dialog("mp4"), ["Ctrl+Alt+E"]
-        )
-        images_menu.addActions(
-            [self.export_strip_action, self.export_gif_action, self.export_mp4_action]
-        )
-        images_menu.addSeparator()
-        self.load_direction_action = self._action(
-            "Load &Direction…", images.load_direction_dialog, ["Ctrl+Alt+D"]
-        )
-        self.cancel_action = self._action(
-            "&Cancel Import or Export", self.tasks.cancel_all, ["Esc"]
-        )
-        images_menu.addActions([self.load_direction_action, self.cancel_action])
-        self._build_view_menu()
-        self._build_help_menu()
-        self._update_undo_actions()
-
-    def _build_view_menu(self) -> None:
-        view_menu = self.menuBar().addMenu("&View")
-        self.view_menu = view_menu
-        self.page_actions: dict[str, QAction] = {}
-        group = QActionGroup(self)
-        for i, (page, text, tip) in enumerate(
-            (
-                (EXPLORER_PAGE, "&Explore", "Samples, latent levels and your images"),
-                (TRAINING_PAGE, "&Train", "Train a model: settings, curves and samples"),
-            )
-        ):
-            action = self._action(text, lambda p=page: self.show_page(p), [f"Alt+{i + 1}"], tip)
-            action.setCheckable(True)
-            group.addAction(action)
-            self.page_actions[page] = action
-        self.page_actions[EXPLORER_PAGE].setChecked(True)
-        view_menu.addActions(list(self.page_actions.values()))
-        view_menu.addSeparator()
-        self.tab_actions: dict[str, QAction] = {}
-        tabs = (
-            self.levels_panel,
-            *self._image_tabs(),
-            self.sample_likelihood.panel,
-            self.classes_tab,
-            self.draw_panel,
-        )
-        for name, widget in zip(TABS, tabs):
-            action = self._action(
-                f"{name.capitalize()} Tab", lambda w=widget: self.show_explorer_tab(w)
-            )
-            self.tab_actions[name] = action
-            view_menu.addAction(action)
-        view_menu.addSeparator()
-        self.full_screen_action = self._action(
-            "&Full Screen", self._toggle_full_screen, [QKeySequence.StandardKey.FullScreen, "F11"]
-        )
-        self.full_screen_action.setCheckable(True)
-        self.reset_layout_action = self._action(
-            "&Reset Layout", self.reset_layout, tip="Panel sizes as they were at first start"
-        )
-        view_menu.addActions([self.full_screen_action, self.reset_layout_action])
-
-    def _image_tabs(self) -> tuple[QWidget, QWidget]:
-        return self.images.images_panel, self.images.directions_panel
-
-    def _build_help_menu(self) -> None:
-        help_menu = self.menuBar().addMenu("&Help")
-        self.shortcuts_action = self._action(
-            "&Keyboard Shortcuts", self.show_shortcuts, [QKeySequence.StandardKey.HelpContents]
-        )
-        self.about_action = self._action("&About Real NVP Explorer", lambda: show_about(self))
-        self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
-        help_menu.addActions([self.shortcuts_action, self.about_action])
-
-    def _build_mode_bar(self) -> None:
-        """The pages, one click away, at the top left (as Qt Creator's modes)."""
-        bar = QToolBar("Pages", self)
-        bar.setObjectName("pages")
-        bar.setMovable(False)
-        bar.setFloatable(False)
-        bar.setIconSize(QSize(16, 16))
-        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        bar.setStyleSheet(
-            "QToolBar { spacing: 2px; padding: 2px 6px; border: none; }"
-            "QToolButton { padding: 3px 14px; border-radius: 3px; }" + CHECKED_TOOL_STYLE
-        )
-        for action in self.page_actions.values():
-            action.setToolTip(f"{action.text().replace('&', '')} ({action.shortcut().toString()})")
-            bar.addAction(action)
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
-        self.mode_bar = bar
-        toggle = bar.toggleViewAction()
-        toggle.setText("Show &Page Bar")
-        self.view_menu.insertAction(self.full_screen_action, toggle)
-
     # -- pages and layout ----------------------------------------------------------------------
 
     @property
@@ -475,7 +258,7 @@ class MainWindow(QMainWindow):
         """``explorer`` or ``training``."""
         index = PAGES.index(page)
         self.pages.setCurrentIndex(index)
-        self.page_actions[page].setChecked(True)
+        self.menus.page_actions[page].setChecked(True)
         if page == EXPLORER_PAGE:
             self.samples_panel.view.setFocus()
 
@@ -566,12 +349,23 @@ class MainWindow(QMainWindow):
         if self.settings.page in PAGES:
             self.show_page(self.settings.page)
 
-    def _toggle_full_screen(self) -> None:
+    def toggle_full_screen(self) -> None:
         if self.isFullScreen():
             self.showNormal()
         else:
             self.showFullScreen()
-        self.full_screen_action.setChecked(self.isFullScreen())
+        self.menus.full_screen_action.setChecked(self.isFullScreen())
+
+    def tab_widgets(self) -> tuple[QWidget, ...]:
+        """The explorer page's tabs, in the order of :data:`TABS`."""
+        return (
+            self.levels_panel,
+            self.images.images_panel,
+            self.images.directions_panel,
+            self.sample_likelihood.panel,
+            self.classes_tab,
+            self.draw_panel,
+        )
 
     def show_shortcuts(self) -> ShortcutsDialog:
         if self.shortcuts_dialog is None:
@@ -582,62 +376,6 @@ class MainWindow(QMainWindow):
 
     def sizeHint(self) -> QSize:
         return QSize(*DEFAULT_SIZE)
-
-    def _fill_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        files = self.settings.recent_files()
-        for path in files:
-            action = self.recent_menu.addAction(Path(path).name)
-            action.setToolTip(path)
-            action.setStatusTip(path)
-            action.triggered.connect(lambda _checked=False, p=path: self.open_checkpoint(p))
-        if not files:
-            self.recent_menu.addAction("No recent files").setEnabled(False)
-        else:
-            self.recent_menu.addSeparator()
-            self.recent_menu.addAction("Clear List", self.settings.clear_recent_files)
-        # The way back to the model the app starts with, whatever was opened since.
-        self.recent_menu.addSeparator()
-        bundled = self.recent_menu.addAction(f"Bundled Model ({DEFAULT_CHECKPOINT.name})")
-        bundled.setEnabled(DEFAULT_CHECKPOINT.is_file())
-        bundled.setStatusTip(str(DEFAULT_CHECKPOINT))
-        bundled.triggered.connect(lambda _checked=False: self.open_bundled())
-
-    def _fill_recent_runs_menu(self) -> None:
-        """Runs started or followed from the training page, here and on ssh hosts, with
-        their state; a run on a host still running when last seen is asked again (on a
-        worker thread) and its entry updated when the host answers."""
-        self.recent_runs_menu.clear()
-        self.run_actions = {}
-        runs = self.settings.recent_runs()
-        for record in runs:
-            action = self.recent_runs_menu.addAction(run_entry_text(record))
-            where = f"{record['host']}:{record['out']}" if record.get("host") else record["out"]
-            action.setToolTip(where)
-            action.setStatusTip(where)
-            action.triggered.connect(lambda _checked=False, r=record: self.open_run(r))
-            self.run_actions[(record.get("host"), record["out"])] = action
-            if record.get("host") and record.get("state", "running") == "running":
-                self._refresh_run_state(record)
-        if not runs:
-            self.recent_runs_menu.addAction("No runs yet").setEnabled(False)
-        else:
-            self.recent_runs_menu.addSeparator()
-            self.recent_runs_menu.addAction("Clear List", self.settings.forget_runs)
-
-    def _refresh_run_state(self, record: dict) -> None:
-        run = RemoteRun.from_dict(record)
-        call = BlockingCall(lambda: host_for(run).status(run), self)
-        call.succeeded.connect(lambda status, r=record: self._run_state_known(r, status))
-        call.start()
-
-    def _run_state_known(self, record: dict, status: RunStatus) -> None:
-        fields = {"state": status.state, "step": status.step, "max_steps": status.max_steps}
-        self.settings.update_run(record.get("host"), record["out"], **fields)
-        action = self.run_actions.get((record.get("host"), record["out"]))
-        with contextlib.suppress(RuntimeError):  # the menu was rebuilt meanwhile
-            if action is not None:
-                action.setText(run_entry_text({**record, **fields}))
 
     def open_run(self, record: dict) -> bool:
         """Show a remembered run on the training page; one that goes on is followed."""
@@ -830,11 +568,11 @@ class MainWindow(QMainWindow):
 
     def _update_undo_actions(self) -> None:
         if self._drawing():
-            self.undo_action.setEnabled(self.draw_panel.canvas.can_undo)
-            self.redo_action.setEnabled(self.draw_panel.canvas.can_redo)
+            self.menus.undo_action.setEnabled(self.draw_panel.canvas.can_undo)
+            self.menus.redo_action.setEnabled(self.draw_panel.canvas.can_redo)
         else:
-            self.undo_action.setEnabled(self.state.can_undo)
-            self.redo_action.setEnabled(self.state.can_redo)
+            self.menus.undo_action.setEnabled(self.state.can_undo)
+            self.menus.redo_action.setEnabled(self.state.can_redo)
 
     def selected_sample(self) -> np.ndarray | None:
         """The selected image of the samples view, ``uint8 (C, H, W)`` (None before the

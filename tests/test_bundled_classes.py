@@ -21,8 +21,8 @@ from core.stats.class_stats import level_mask, stats_from_meta
 from core.stats.judge import NearestNeighbourJudge
 from core.stats.measure import class_samples
 from core.training.data import load_mnist
-from explorer.models.classes import ClassMove, class_sample, nearest_classes
-from explorer.models.state import ExplorerState
+from explorer.state.classes import ClassMove, class_sample, nearest_classes
+from explorer.state.state import ExplorerState
 from tests.test_data import MNIST_DIR, needs_mnist
 
 BUNDLED = Path(__file__).resolve().parents[1] / "resources" / "default_model.pt"

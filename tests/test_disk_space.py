@@ -16,9 +16,9 @@ import pytest
 from core.files.checkpoint import estimate_checkpoint_bytes, load_checkpoint, read_checkpoint
 from core.flow.model import FlowConfig
 from core.runs import disk
-from core.training import trainer as trainer_module
 from core.runs.events import EventSink
 from core.runs.folder import LOCK_FILE
+from core.training import trainer as trainer_module
 from core.training.trainer import SaveFailedError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""The drawing canvas model (explorer.models.drawing): no Qt, no torch."""
+"""The drawing canvas model (explorer.state.drawing): no Qt, no torch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from explorer.models.drawing import BRUSH, ERASER, RECTANGLE, BitsTrace, Brush, Canvas, stamp
+from explorer.state.drawing import BRUSH, ERASER, RECTANGLE, BitsTrace, Brush, Canvas, stamp
 
 
 def stroke(canvas: Canvas, points: list[tuple[float, float]]) -> bool:

@@ -12,8 +12,8 @@ from PySide6.QtCore import Qt
 from core.files.checkpoint import save_checkpoint
 from core.stats.class_stats import META_KEY, ClassStats
 from core.stats.measure import compute_class_stats
-from explorer.models.classes import ClassMove, class_sample, nearest_classes
-from explorer.models.state import ExplorerState
+from explorer.state.classes import ClassMove, class_sample, nearest_classes
+from explorer.state.state import ExplorerState
 from tests.conftest import perturbed_model
 from tests.test_class_stats import labelled_dataset
 
@@ -111,7 +111,7 @@ def test_classes_tab_sliders_render_live_and_undo(
     assert not np.array_equal(window.last_frame.images, before)
     text = panel.nearest_label.text()
     assert "level 1" in text and "<b>c1</b> 0.00" in text  # the coarse levels sit on c1's mean
-    window.undo_action.trigger()  # Edit > Undo
+    window.menus.undo_action.trigger()  # Edit > Undo
     assert window.state.classes.amounts[1] == 0.0 and panel.sliders[1].value() == 0.0
     assert np.array_equal(window.last_frame.images, before)
 

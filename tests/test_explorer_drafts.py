@@ -29,8 +29,8 @@ from explorer.engine.plan import (
     default_plan,
 )
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
-from explorer.models.state import ExplorerState
 from explorer.panels.samples import frame_text, shown_frame
+from explorer.state.state import ExplorerState
 
 FAST_BF16 = {"float32": 4.0, "bf16": 1.0}
 SLOW_BF16 = {"float32": 1.0, "bf16": 9.0}
@@ -167,11 +167,11 @@ def test_a_draft_is_replaced_by_the_exact_frame_and_never_cached(engine, tmp_pat
     assert draft.levels_decoded == 1 < len(latents)  # it read the float32 cache
     np.testing.assert_array_equal(exact.images, engine.decode(moved))
     assert not np.array_equal(draft.images, exact.images)  # really drawn in bf16
-    assert engine._caches["samples"].precision == "float32"
+    assert engine.scheduler.caches["samples"].precision == "float32"
     assert engine.exact_frames_due == 0 and engine.drafts_drawn == 1
 
     # the draft's pixels are the draft copy's finest level on the exact coarser ones
-    exact_model, draft_model = engine._model, engine._draft_model
+    exact_model, draft_model = engine.models.exact, engine.models.draft
     zs = [torch.from_numpy(z) for z in moved]
     with torch.inference_mode():
         h = exact_model.inverse_top(zs[-1])
@@ -189,7 +189,7 @@ def test_a_resting_frame_is_float32_where_drafts_are_allowed(engine, tiny_checkp
     engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
     assert [f.precision for f in frames] == ["float32"]
     np.testing.assert_array_equal(frames[0].images, engine.decode(latents))
-    assert engine._draft_model is None  # never made for exact work
+    assert engine.models.draft is None  # never made for exact work
 
 
 def test_draft_requests_are_exact_where_the_plan_has_no_drafts(

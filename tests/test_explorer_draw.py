@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-from explorer.models.drawing import BRUSH, ERASER, RECTANGLE
+from explorer.state.drawing import BRUSH, ERASER, RECTANGLE
 
 
 def _point(panel, x: float, y: float) -> QPoint:
@@ -66,9 +66,9 @@ def test_undo_restores_the_exact_canvas_and_its_answer(draw_window, qtbot):
     qtbot.mouseClick(panel.undo_button, Qt.MouseButton.LeftButton)
     assert np.array_equal(panel.canvas.pixels, before)
     assert panel.last_answer.encoded.bits_per_dim == pytest.approx(bits_before)
-    window.undo_action.trigger()  # Ctrl+Z acts on the drawing while the tab is shown
+    window.menus.undo_action.trigger()  # Ctrl+Z acts on the drawing while the tab is shown
     assert not panel.canvas.pixels.any()
-    window.redo_action.trigger()
+    window.menus.redo_action.trigger()
     qtbot.mouseClick(panel.redo_button, Qt.MouseButton.LeftButton)
     assert np.array_equal(panel.canvas.pixels, after)
 
@@ -268,14 +268,14 @@ def test_a_stroke_during_the_plan_measurement_is_answered_as_a_frame_would_be(dr
     seen_at_retry: list[list[int]] = []
 
     def decode(model, z, *rest):
-        if engine._measure_preemptible and not in_measurement.is_set():
+        if engine.scheduler.measure_preemptible and not in_measurement.is_set():
             in_measurement.set()
             for _ in range(500):  # until the stroke's answer waits (10 s at most)
-                if drawn.is_set() and engine._answers:
+                if drawn.is_set() and engine.scheduler.answers:
                     break
                 threading.Event().wait(0.02)
-            engine._check_preempted()  # what the hooks do between two layers
-        elif engine._measure_preemptible and not seen_at_retry:
+            engine.scheduler.check_preempted()  # what the hooks do between two layers
+        elif engine.scheduler.measure_preemptible and not seen_at_retry:
             seen_at_retry.append(list(stroke_encodes))
         return real_decode(model, z, *rest)
 

@@ -442,16 +442,16 @@ def test_only_the_measuring_thread_is_cut_short(tiny_checkpoint, one_torch_threa
     engine = RenderEngine(device="cpu", threaded=False)
     info = engine.open_checkpoint(tiny_checkpoint)
     latents = tuple(np.zeros((1, *shape), np.float32) for shape in info.latent_shapes)
-    engine._pending["samples"] = RenderRequest(1, info.model_id, latents)  # a frame waits
+    engine.scheduler.pending["samples"] = RenderRequest(1, info.model_id, latents)  # a frame waits
     try:
-        engine._measure_preemptible = threading.get_ident() + 1  # another thread measures
-        engine._check_preempted()  # this thread's decode goes on
-        engine._measure_preemptible = threading.get_ident()
+        engine.scheduler.measure_preemptible = threading.get_ident() + 1  # another thread measures
+        engine.scheduler.check_preempted()  # this thread's decode goes on
+        engine.scheduler.measure_preemptible = threading.get_ident()
         with pytest.raises(Preempted):
-            engine._check_preempted()
+            engine.scheduler.check_preempted()
     finally:
-        engine._measure_preemptible = None
-        engine._pending.clear()
+        engine.scheduler.measure_preemptible = None
+        engine.scheduler.pending.clear()
         engine.shutdown()
 
 
@@ -475,7 +475,7 @@ def test_command_line_advice_from_core_is_said_as_what_to_click(tmp_path):
     from core.stats.typicality import judge
     from core.training.datasets import DatasetError
     from explorer.engine.datasets import load_map_images
-    from explorer.models.advice import in_app_words
+    from explorer.state.advice import in_app_words
 
     no_reference = in_app_words(judge(None, 1.2, 0.1).reason)
     assert "realnvp" not in no_reference and "Train page" in no_reference

@@ -251,7 +251,7 @@ def test_compile_is_off_unless_asked(qapp, one_torch_thread):
     engine = RenderEngine(device="cpu", threaded=False)
     try:
         engine.open_random()
-        assert engine.compile_status == "off" and engine._compiled is None
+        assert engine.compile_status == "off" and engine.models.compiled is None
     finally:
         engine.shutdown()
 
@@ -293,7 +293,7 @@ def test_compiled_steps_render_the_same_frames_and_never_compile_on_the_render_t
         if not engine.wait_for_compile(timeout=600):
             pytest.skip(f"torch.compile does not work here: {engine.compile_status}")
         assert engine.compile_status.startswith("ready")
-        compiled = engine._compiled
+        compiled = engine.models.compiled
         calls = {"n": 0}
         for key, fn in list(compiled.steps.items()):
 
@@ -342,7 +342,7 @@ def test_only_the_render_thread_computes_with_more_than_one_thread(
         def record(_module, _args) -> None:
             seen.setdefault(threading.current_thread().name, torch.get_num_threads())
 
-        for model in (engine._model, engine._likelihood_model):
+        for model in (engine.models.exact, engine.models.original):
             for module in model.modules():
                 if isinstance(module, torch.nn.Conv2d):
                     module.register_forward_pre_hook(record)
@@ -410,7 +410,7 @@ def test_a_batched_encode_from_another_thread_computes_on_the_render_threads_tea
         def record(_module, _args) -> None:
             seen.append((threading.get_ident(), torch.get_num_threads()))
 
-        for model in (engine._model, engine._likelihood_model):
+        for model in (engine.models.exact, engine.models.original):
             for module in model.modules():
                 if isinstance(module, torch.nn.Conv2d):
                     module.register_forward_pre_hook(record)
@@ -466,7 +466,7 @@ def test_render_thread_jobs_wait_for_frames_and_end_with_the_engine(
                 target=lambda: order.append(engine._on_render_thread(lambda: "job"))
             )
             job.start()
-            qtbot.waitUntil(lambda: bool(engine._jobs), timeout=10_000)
+            qtbot.waitUntil(lambda: bool(engine.scheduler.jobs), timeout=10_000)
         job.join(30)
         assert order == ["frame", "job"]
 
@@ -481,7 +481,7 @@ def test_render_thread_jobs_wait_for_frames_and_end_with_the_engine(
         with engine.held():
             late = threading.Thread(target=waiting)
             late.start()
-            qtbot.waitUntil(lambda: bool(engine._jobs), timeout=10_000)
+            qtbot.waitUntil(lambda: bool(engine.scheduler.jobs), timeout=10_000)
             engine.shutdown()
         late.join(30)
         assert not late.is_alive()
@@ -505,10 +505,10 @@ def test_a_plan_measurement_decode_yields_to_a_waiting_frame(
         cut: list[bool] = []
 
         def decode(model, z, *rest):
-            if engine._measure_preemptible and not cut:
+            if engine.scheduler.measure_preemptible and not cut:
                 cut.append(True)
                 engine.submit(RenderRequest(7, info.model_id, latents))  # the user's change
-                engine._check_preempted()  # what the hooks do between two layers
+                engine.scheduler.check_preempted()  # what the hooks do between two layers
             return real(model, z, *rest)
 
         engine._decode = decode

@@ -27,9 +27,9 @@ from core.files.images import center_crop_box, load_image, save_png
 from core.flow.likelihood import describe_image
 from core.flow.model import ENCODE_SEED, FlowConfig
 from core.training.data import load_mnist
-from explorer.models.blend import LevelSource
-from explorer.models.directions import load_direction, save_direction
-from explorer.models.export import mp4_available
+from explorer.state.blend import LevelSource
+from explorer.state.directions import load_direction, save_direction
+from explorer.state.export import mp4_available
 
 # 28x28 grey like MNIST; 2 scales keep it small: levels (2, 14, 14) and (2, 14, 14)... at
 # 3 scales 28 leaves 7x7: three levels, so level mixing has a middle level to test.
@@ -181,10 +181,10 @@ def test_temperature_and_level_resample_act_on_the_image_and_undo_restores(
     np.testing.assert_array_equal(after[0][0], item.latents[0] * np.float32(0.5))
     window.levels_panel.rows[0].resample_button.click()
     assert latents_bytes(window)[1:] == [z.tobytes() for z in after[1:]]
-    window.undo_action.trigger()
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert latents_bytes(window) == image
-    window.undo_action.trigger()  # before the drop: the samples, exactly
+    window.menus.undo_action.trigger()  # before the drop: the samples, exactly
     assert latents_bytes(window) == samples
 
 
@@ -337,7 +337,7 @@ def test_keep_coarse_resample_fine_makes_a_grid_of_variations(
     np.testing.assert_array_equal(shown(window)[0], item.encoded.reconstruction)
     # R now redraws only the fine level; K again from the keyboard.
     kept = latents_bytes(window)[1:]
-    window.resample_action.trigger()
+    window.menus.resample_action.trigger()
     assert latents_bytes(window)[1:] == kept
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)
@@ -398,7 +398,7 @@ def test_direction_from_two_groups_moves_the_latent_by_the_mean_difference(
 def test_direction_for_another_model_or_damaged_is_refused(
     make_window, mnist_checkpoint, rgb_checkpoint, grey_pngs, tmp_path
 ):
-    from explorer.models.directions import Direction
+    from explorer.state.directions import Direction
 
     window = make_window(mnist_checkpoint)
     drop(window, [grey_pngs[0]])
@@ -705,7 +705,7 @@ def test_a_new_model_re_encodes_the_gallery(
 
 
 def test_lerp_and_slerp_end_exactly_at_a_and_b():
-    from explorer.models.blend import lerp, slerp
+    from explorer.state.blend import lerp, slerp
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 4, 4), dtype=np.float32), rng.standard_normal((2, 4, 4))
@@ -722,7 +722,7 @@ def test_lerp_and_slerp_end_exactly_at_a_and_b():
 
 
 def test_direction_is_the_mean_difference_and_its_file_refuses_pickles(tmp_path):
-    from explorer.models.directions import DirectionFileError, direction_from_groups
+    from explorer.state.directions import DirectionFileError, direction_from_groups
 
     rng = np.random.default_rng(1)
     group_a = [rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((3, 4, 2, 2))]

@@ -118,7 +118,7 @@ def _describe(widget: QWidget) -> str:
 
 
 def check_page(window, page_root: QWidget) -> list[str]:
-    roots = [page_root, window.statusBar(), window.mode_bar, window.menuBar()]
+    roots = [page_root, window.statusBar(), window.menus.mode_bar, window.menuBar()]
     found: list[str] = []
     for root in roots:
         for widget in [root, *root.findChildren(QWidget)]:
@@ -187,15 +187,15 @@ def test_pages_switch_from_the_mode_bar_the_view_menu_and_alt_keys(
     assert window.current_page == "training"
     assert window.pages.currentWidget() is window.training_page
     assert window.training_panel.isVisible() and not window.samples_panel.isVisible()
-    explore = window.mode_bar.widgetForAction(window.page_actions["explorer"])
+    explore = window.menus.mode_bar.widgetForAction(window.menus.page_actions["explorer"])
     qtbot.mouseClick(explore, Qt.MouseButton.LeftButton)
     assert window.current_page == "explorer" and window.samples_panel.isVisible()
-    assert window.page_actions["explorer"].isChecked()
+    assert window.menus.page_actions["explorer"].isChecked()
     qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)
-    window.tab_actions["directions"].trigger()  # View > Directions Tab: back to the explorer
+    window.menus.tab_actions["directions"].trigger()  # View > Directions Tab: back to the explorer
     assert window.current_page == "explorer"
     assert window.tabs.currentWidget() is window.images.directions_panel
-    assert window.view_menu.actions()[0] is window.page_actions["explorer"]
+    assert window.menus.view_menu.actions()[0] is window.menus.page_actions["explorer"]
 
 
 @pytest.mark.slow
@@ -219,7 +219,7 @@ def test_splitters_page_and_tab_come_back_on_the_next_start(
     assert again.current_page == "training" and again.current_tab == "images"
     assert again.splitter.sizes() == sizes
     assert again.training_panel.splitters()["form"].sizes() == form_sizes
-    again.reset_layout_action.trigger()
+    again.menus.reset_layout_action.trigger()
     assert again.splitter.sizes() != sizes
 
 
@@ -251,7 +251,7 @@ def test_keyboard_shortcuts_come_from_the_actions_and_about_names_the_versions(
     assert dialog.rows() and all("nterpolation" in text for text, _ in dialog.rows())
     dialog.close()
 
-    window.about_action.trigger()
+    window.menus.about_action.trigger()
     box = next(w for w in window.findChildren(QMessageBox) if w.isVisible())
     text = box.text()
     for expected in (version("torch"), qVersion(), pyside_version, version("realnvp-explorer")):

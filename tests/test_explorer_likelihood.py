@@ -12,8 +12,8 @@ from test_explorer_images import MNIST_TINY, drop
 
 from core.files.checkpoint import save_checkpoint
 from core.stats.typicality import NO_REFERENCE, TypicalityReference
-from explorer.models.gallery import EncodedImage, Gallery
-from explorer.models.likelihood import TOTAL, LikelihoodView, level_key, overlay
+from explorer.state.gallery import EncodedImage, Gallery
+from explorer.state.likelihood import TOTAL, LikelihoodView, level_key, overlay
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_bf16_frames_where_faster_and_the_same_but_encoding_and_exports_stay_flo
     plan = engine.measure_plan_now()
     assert plan.precisions == dict.fromkeys(PLAN_BATCHES, "bf16"), plan.describe()
     assert "the same picture" in engine.render_status
-    assert any(isinstance(m, Bf16Network) for m in engine._bf16_model.modules())
+    assert any(isinstance(m, Bf16Network) for m in engine.models.bf16.modules())
 
     frames: list[Frame] = []
     engine.frame_rendered.connect(frames.append)
@@ -165,11 +165,11 @@ def test_bf16_frames_where_faster_and_the_same_but_encoding_and_exports_stay_flo
     latents = [rng.standard_normal((16, *s), dtype=np.float32) for s in info.latent_shapes]
     engine.submit(RenderRequest(1, info.model_id, tuple(latents)))
     with torch.inference_mode():
-        bf16 = engine._bf16_model.decode([torch.from_numpy(z) for z in latents])
+        bf16 = engine.models.bf16.decode([torch.from_numpy(z) for z in latents])
     np.testing.assert_array_equal(frames[-1].images, to_uint8(bf16.numpy()))  # a bf16 frame
     exported = engine.decode(latents)  # exports: float32
     with torch.inference_mode():
-        f32 = engine._model.decode([torch.from_numpy(z) for z in latents])
+        f32 = engine.models.exact.decode([torch.from_numpy(z) for z in latents])
     np.testing.assert_array_equal(exported, to_uint8(f32.numpy()))
 
     # Encoding the image a bf16 frame shows: latents, reconstruction and bits/dim are the
@@ -180,11 +180,11 @@ def test_bf16_frames_where_faster_and_the_same_but_encoding_and_exports_stay_flo
     x = (torch.from_numpy(pixels).float() + 0.5) / 256.0
     assert np.abs(encoded.error).max() < 1e-5
     with torch.inference_mode():
-        want = engine._model.encode(x[None])
+        want = engine.models.exact.encode(x[None])
     for z, w in zip(encoded.latents, want):
         np.testing.assert_array_equal(z, w[0].numpy())
     with torch.inference_mode():
-        bpd = engine._likelihood_model.bits_per_dim(
+        bpd = engine.models.original.bits_per_dim(
             torch.from_numpy(pixels)[None], torch.Generator().manual_seed(ENCODE_SEED)
         )
     assert encoded.bits_per_dim == float(bpd[0])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from explorer.models.state import (
+from explorer.state.state import (
     IMAGE_SHOWN,
     ExplorerState,
     StateChange,
@@ -252,7 +252,7 @@ def test_vary_fine_keeps_the_coarse_levels_of_the_chosen_image(state):
 
 
 def make_direction(name: str = "d", scale: float = 1.0):
-    from explorer.models.directions import Direction
+    from explorer.state.directions import Direction
 
     rng = np.random.default_rng(11)
     return Direction(name, tuple(rng.standard_normal(s).astype(np.float32) * scale for s in SHAPES))
@@ -272,7 +272,7 @@ def test_named_direction_moves_every_level_by_amount_times_vector(state):
     for a, b in zip(before, state.latents()):
         assert a.tobytes() == b.tobytes()
     with pytest.raises(ValueError, match="levels"):
-        from explorer.models.directions import Direction
+        from explorer.state.directions import Direction
 
         state.add_direction(Direction("wrong", (np.zeros((1, 2, 2)),) * 3))
 

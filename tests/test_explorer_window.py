@@ -120,11 +120,11 @@ def test_undo_and_redo_restore_latents_exactly(make_window, tiny_checkpoint):
     pixels = shown_images(window)
     window.levels_panel.rows[0].temperature.slider.setValue(20)
     assert latents_bytes(window) != before
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert latents_bytes(window) == before
     np.testing.assert_array_equal(shown_images(window), pixels)
     assert window.levels_panel.rows[0].temperature.value() == pytest.approx(1.0)
-    window.redo_action.trigger()
+    window.menus.redo_action.trigger()
     assert window.state.level(0).temperature == pytest.approx(0.2)
 
 
@@ -210,8 +210,8 @@ def test_save_grid_and_selected_image_as_png(make_window, tiny_checkpoint, tmp_p
 
 def test_recent_files_menu_lists_opened_checkpoints(make_window, tiny_checkpoint):
     window = make_window(tiny_checkpoint)
-    window.recent_menu.aboutToShow.emit()
-    names = [a.text() for a in window.recent_menu.actions()]
+    window.menus.recent_menu.aboutToShow.emit()
+    names = [a.text() for a in window.menus.recent_menu.actions()]
     assert "tiny.pt" in names
     assert window.settings.last_dir == str(tiny_checkpoint.resolve().parent)
     window.close()  # settings are written where the test fixture put them, read back fresh
@@ -319,7 +319,7 @@ def test_each_keyboard_or_groove_click_slider_move_is_one_undo_step(
     for _ in range(3):
         qtbot.keyClick(slider, Qt.Key.Key_PageUp)
     assert window.state.temperature == pytest.approx(start + 0.3)
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert window.state.temperature == pytest.approx(start + 0.2)
     # A click on the groove beside the handle: one page step, one undo step each.
     handle_x = slider.style().sliderPositionFromValue(
@@ -334,14 +334,14 @@ def test_each_keyboard_or_groove_click_slider_move_is_one_undo_step(
             slider.minimum(), slider.maximum(), slider.value(), slider.width()
         )
     assert window.state.temperature == pytest.approx(start + 0.4)
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert window.state.temperature == pytest.approx(start + 0.3)
     # A level row's slider too.
     level_slider = window.levels_panel.rows[0].temperature.slider
     level_slider.setFocus()
     qtbot.keyClick(level_slider, Qt.Key.Key_PageDown)
     qtbot.keyClick(level_slider, Qt.Key.Key_PageDown)
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert window.state.level(0).temperature == pytest.approx(0.9)
 
 
@@ -400,8 +400,8 @@ def test_the_bundled_model_can_be_reopened_from_the_file_menu(
     window = make_window(tiny_checkpoint)
     other = save_checkpoint(tmp_path / "other.pt", make_perturbed_model(seed=4))
     assert window.open_checkpoint(other)
-    window._fill_recent_menu()
-    texts = [a.text() for a in window.recent_menu.actions()]
+    window.menus.fill_recent()
+    texts = [a.text() for a in window.menus.recent_menu.actions()]
     assert any("bundled" in t.lower() for t in texts), texts
-    window.open_bundled_action.trigger()
+    window.menus.open_bundled_action.trigger()
     assert window.engine.model_info.source == str(tiny_checkpoint)

@@ -14,8 +14,8 @@ import pytest
 from core.files.atomic import atomic_write, current_umask
 from core.files.checkpoint import save_checkpoint
 from core.files.images import save_png
-from explorer.models.export import GIF, animation_job
-from explorer.models.npz_files import write_npz
+from explorer.state.export import GIF, animation_job
+from explorer.state.npz_files import write_npz
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
 

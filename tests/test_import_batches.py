@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from core.files.images import save_png
-from explorer.models.gallery import EncodedImage, Gallery
-from explorer.models.jobs import Progress
 from explorer.panels import importer
 from explorer.panels.importer import ImportedBatch, ImportedImage, ImportFailure, import_images
+from explorer.state.gallery import EncodedImage, Gallery
+from explorer.state.jobs import Progress
 
 
 def fake_encoded(pixels: np.ndarray, bpd: float) -> EncodedImage:
@@ -122,8 +122,8 @@ def test_gallery_list_inserts_new_rows_in_order_and_rebuilds_otherwise(qtbot):
 
 
 def test_files_known_by_path_and_content_hash_are_not_encoded(tmp_path):
-    from explorer.models.gallery import pixel_digest
     from explorer.panels.importer import AlreadyImported
+    from explorer.state.gallery import pixel_digest
 
     for i in range(3):
         save_png(np.full((8, 8), i, np.uint8), tmp_path / f"{i}.png")

@@ -12,8 +12,8 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
 from core.files.checkpoint import save_checkpoint
-from explorer.models.jobs import Progress
-from explorer.models.latent_map import (
+from explorer.state.jobs import Progress
+from explorer.state.latent_map import (
     ALL_LEVELS,
     LatentMap,
     MapImages,
@@ -147,7 +147,7 @@ def test_map_tab_click_a_point_and_drag_the_current_image(make_window, qtbot, fo
     assert np.allclose(where, view.view_point(end), atol=1e-4)
     assert window.last_frame.request_id == window.last_request_id
     # the whole drag is one undo step
-    window.undo_action.trigger()
+    window.menus.undo_action.trigger()
     assert all(np.array_equal(a, b) for a, b in zip(window.state.latents(), shown))
 
 
@@ -207,7 +207,7 @@ def test_another_level_is_fitted_off_the_gui_thread_and_the_old_map_stays(
     with the map shown until the new one arrives."""
     import threading
 
-    import explorer.models.latent_map as latent_map_module
+    import explorer.state.latent_map as latent_map_module
 
     ckpt, folder = folder_checkpoint
     window = make_window(ckpt, threaded=True)

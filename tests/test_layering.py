@@ -1,5 +1,5 @@
 """The folders are the layers, and the layering is checked here, by reading the source
-(nothing is imported): Qt-free models, torch only in the engine, no import circles, ``core``
+(nothing is imported): Qt-free state, torch only in the engine, no import circles, ``core``
 free of Qt and split by concept, and benchmarks outside the application package."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def imports(path: Path, *, runtime_only: bool = False) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            # ``from explorer.models import state`` imports the submodule too.
+            # ``from explorer.state import state`` imports the submodule too.
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found
 
@@ -59,8 +59,8 @@ EXPLORER = sources("explorer")
 WINDOW_AND_APP = ("explorer.main_window", "explorer.app")
 
 
-@pytest.mark.parametrize("module", [m for m in EXPLORER if m.startswith("explorer.models")])
-def test_models_import_neither_qt_nor_torch(module: str):
+@pytest.mark.parametrize("module", [m for m in EXPLORER if m.startswith("explorer.state")])
+def test_state_imports_neither_qt_nor_torch(module: str):
     bad = {m for m in imports(EXPLORER[module]) if top(m) in (*QT, "torch")}
     assert not bad, f"{module} imports {sorted(bad)}"
 
@@ -77,12 +77,12 @@ def test_core_never_imports_qt(module: str):
     assert not bad, f"{module} imports {sorted(bad)}"
 
 
-def test_widgets_and_models_do_not_reach_up():
-    """Shared widgets and models serve the pages; they never import a page, the window or
+def test_widgets_and_state_do_not_reach_up():
+    """Shared widgets and the state serve the pages; they never import a page, the window or
     the app."""
     upper = ("explorer.panels", "explorer.training", "explorer.main_window", "explorer.app")
     for module, path in EXPLORER.items():
-        if module.startswith(("explorer.widgets", "explorer.models")):
+        if module.startswith(("explorer.widgets", "explorer.state")):
             bad = {m for m in imports(path) if m.startswith(upper)}
             assert not bad, f"{module} imports {sorted(bad)}"
 

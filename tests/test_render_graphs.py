@@ -82,7 +82,7 @@ def gpu_engine(model, plan: RenderPlan | None = None, **kwargs) -> RenderEngine:
 
 
 def build_graphs(engine: RenderEngine) -> None:
-    while engine._graph_job is not None:
+    while engine.scheduler.graph_job is not None:
         engine._measure_step()
 
 
@@ -145,7 +145,7 @@ def test_engine_replays_graphs_once_built_with_the_same_pixels(
     engine.submit(
         RenderRequest(3, engine.model_id, tuple(random_latents(model.latent_shapes, 5, 1)))
     )
-    assert engine._graph_job is not None and 5 in engine._graphs.batches
+    assert engine.scheduler.graph_job is not None and 5 in engine.models.graphs.batches
     assert "CUDA graphs: building" in engine.render_status
     engine.shutdown()
 
@@ -173,7 +173,7 @@ def test_opening_another_model_frees_the_old_graphs(
 ):
     engine = gpu_engine(make_perturbed_model())
     build_graphs(engine)
-    old = engine._graphs
+    old = engine.models.graphs
     assert old.graph_count > 0
     engine._install(
         make_perturbed_model(seed=1),
@@ -183,7 +183,7 @@ def test_opening_another_model_frees_the_old_graphs(
         test_bpd=None,
         step=None,
     )
-    assert old.graph_count == 0 and engine._graphs is not old
+    assert old.graph_count == 0 and engine.models.graphs is not old
     engine.shutdown()
 
 
@@ -193,15 +193,15 @@ def test_out_of_memory_while_rendering_falls_back_step_by_step(
     model = make_perturbed_model()
     engine = gpu_engine(model)
     build_graphs(engine)
-    eager_step = RenderEngine._step
+    eager_step = engine.models.step
 
-    def step(self, model_, level, *args):
+    def step(model_, level, *args):
         # The "GPU" holds at most 2 images at a time; the CPU has room for everything.
-        if self.device.type == "cuda" and args[0].shape[0] > 2:
+        if engine.device.type == "cuda" and args[0].shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return eager_step(self, model_, level, *args)
+        return eager_step(model_, level, *args)
 
-    monkeypatch.setattr(RenderEngine, "_step", step)
+    monkeypatch.setattr(engine.models, "step", step)
     notices: list[str] = []
     engine.render_notice.connect(notices.append)
     frames: list[Frame] = []
@@ -217,12 +217,12 @@ def test_out_of_memory_while_rendering_falls_back_step_by_step(
     assert "the GPU ran out of memory" in engine.graphs_status
 
     # Not even one image fits: the CPU takes over for good.
-    def no_room(self, model_, level, *args):
-        if self.device.type == "cuda":
+    def no_room(model_, level, *args):
+        if engine.device.type == "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return eager_step(self, model_, level, *args)
+        return eager_step(model_, level, *args)
 
-    monkeypatch.setattr(RenderEngine, "_step", no_room)
+    monkeypatch.setattr(engine.models, "step", no_room)
     notices.clear()
     latents[0] = latents[0] + np.float32(0.5)
     engine.submit(RenderRequest(2, engine.model_id, tuple(latents)))
@@ -239,10 +239,10 @@ def test_out_of_memory_with_nothing_left_is_a_message_not_a_crash(
     engine = RenderEngine(device="cpu", threaded=False, plan=default_plan(1))
     info = engine.open_checkpoint(tiny_checkpoint)
 
-    def step(self, model_, level, *args):
+    def step(model_, level, *args):
         raise torch.OutOfMemoryError("out of memory (simulated)")
 
-    monkeypatch.setattr(RenderEngine, "_step", step)
+    monkeypatch.setattr(engine.models, "step", step)
     failures: list[str] = []
     engine.render_failed.connect(failures.append)
     engine.submit(RenderRequest(1, info.model_id, tuple(random_latents(info.latent_shapes, 1, 0))))
@@ -255,8 +255,8 @@ def test_device_auto_renders_on_the_faster_device(
 ):
     model = make_perturbed_model()
     engine = gpu_engine(model, graphs=False)
-    engine._cpu_model = fold_for_inference(model)  # what --device auto keeps beside the GPU
-    gpu = engine._model
+    engine.models.cpu = fold_for_inference(model)  # what --device auto keeps beside the GPU
+    gpu = engine.models.exact
 
     def timed(model_id, batch, threads, contender=None):
         return batch * (3.0 if contender is gpu else 1.0)  # this "GPU" is slower
@@ -264,11 +264,11 @@ def test_device_auto_renders_on_the_faster_device(
     monkeypatch.setattr(engine, "_timed_decode", timed)
     plans = []
     engine.plan_changed.connect(plans.append)
-    engine._device_job = engine._device_race(engine.model_id)
-    while engine._device_job is not None:
+    engine.scheduler.device_job = engine._device_race(engine.model_id)
+    while engine.scheduler.device_job is not None:
         engine._measure_step()
     assert engine.device_choice.startswith("--device auto chose cpu: cuda 1 image 3.0 ms")
-    assert engine.device.type == "cpu" and engine._model is not gpu
+    assert engine.device.type == "cpu" and engine.models.exact is not gpu
     assert "--device auto chose cpu" in engine.render_status
     engine.shutdown()
 

@@ -82,7 +82,7 @@ def test_torch_free_core_loads_neither_torch_nor_qt():
 
 
 def test_explorer_models_load_neither_torch_nor_qt():
-    loaded = _loaded_after_import(_submodules("explorer.models"))
+    loaded = _loaded_after_import(_submodules("explorer.state"))
     assert loaded == {"torch": False, "qt": False}
 
 

@@ -20,9 +20,9 @@ from conftest import MNIST_DIR, needs_mnist
 
 from core import FlowConfig
 from core.files.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from core.runs.events import EventSink
 from core.stats.typicality import TypicalityReference
 from core.training import trainer as train_module
-from core.runs.events import EventSink
 from core.training.trainer import TrainConfig, Trainer, TrainingError
 
 pytestmark = needs_mnist

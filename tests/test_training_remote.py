@@ -220,9 +220,9 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
     assert sshd.alias in window.windowTitle()
 
     # File > Recent Runs lists it with its state; opening it re-attaches from the start.
-    window._fill_recent_runs_menu()
+    window.menus.fill_recent_runs()
     entry = next(
-        a for a in window.recent_runs_menu.actions() if a.text().startswith(f"{run.name} on ")
+        a for a in window.menus.recent_runs_menu.actions() if a.text().startswith(f"{run.name} on ")
     )
     assert entry.text().startswith(f"{run.name} on {sshd.alias} — stopped")
     entry.trigger()

@@ -117,6 +117,7 @@ def completion_steps(
     model: RealNVP,
     pixels: np.ndarray,
     masks: np.ndarray,
+    *,
     temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
@@ -191,7 +192,16 @@ def complete(
     sigma_end: float = SIGMA_END,
 ) -> Completion:
     """:func:`completion_steps` run to the end; ``progress(done, total)`` after each step."""
-    sampler = completion_steps(model, pixels, masks, temperature, seed, steps, step_size, sigma_end)
+    sampler = completion_steps(
+        model,
+        pixels,
+        masks,
+        temperature=temperature,
+        seed=seed,
+        steps=steps,
+        step_size=step_size,
+        sigma_end=sigma_end,
+    )
     for item in sampler:
         if isinstance(item, Completion):
             return item

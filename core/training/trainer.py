@@ -39,17 +39,8 @@ from core.flow.model import (
     per_image_bits_per_dim,
     preset,
 )
-from core.stats.class_stats import META_KEY, ClassStatsError
-from core.stats.measure import compute_class_stats
-from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
-from core.training.averaging import WeightAverage, averaged_copy
-from core.training.data import ImageDataset, load_dataset
-from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
-from core.training.device import cpu_model, describe
 from core.runs.disk import low_space_warning, save_failure_sentence
-from core.training.distributed import close_distributed, init_distributed
 from core.runs.events import EventSink
-from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
 from core.runs.folder import (
     EVENTS_FILE,
     RunFolderError,
@@ -57,6 +48,16 @@ from core.runs.folder import (
     claim_run_folder,
     same_file,
 )
+from core.runs.stopping import STOP_FILE, StopSignals
+from core.stats.class_stats import META_KEY, ClassStatsError
+from core.stats.measure import compute_class_stats
+from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
+from core.training.averaging import WeightAverage, averaged_copy
+from core.training.data import ImageDataset, load_dataset
+from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
+from core.training.device import cpu_model, describe
+from core.training.distributed import close_distributed, init_distributed
+from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
 from core.training.schedule import StepPlan, lr_factor
 from core.training.step import (
     TrainStep,
@@ -67,7 +68,6 @@ from core.training.step import (
     to_channels_last,
     use_channels_last,
 )
-from core.runs.stopping import STOP_FILE, StopSignals
 
 # Images per batch when the averaged weights' batch norm is measured (larger than a
 # training batch: fewer passes, and the batch statistics of 256 images differ from those of

@@ -11,7 +11,7 @@ import numpy as np
 
 from core.training.data import DatasetError, load_dataset
 from explorer.engine.devices import set_thread_team
-from explorer.models.latent_map import MapImages
+from explorer.state.latent_map import MapImages
 
 
 def load_map_images(

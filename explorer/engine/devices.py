@@ -1,21 +1,18 @@
 """Where frames render: the CPU thread count, ``--device auto``'s race of the GPU against
 the CPU, and the fall-backs after running out of GPU memory (no CUDA graphs, smaller
 batches, then the CPU). :class:`DeviceFallbacks` is mixed into
-:class:`~explorer.engine.render.RenderEngine` and uses its model, locks and plan."""
+:class:`~explorer.engine.render.RenderEngine` and uses its model set, scheduler and plan."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from core.flow.inference import fold_for_inference
 from core.training.device import describe
 from core.training.threads import pick_threads
-from explorer.engine.compiled import add_preemption_hooks
 from explorer.engine.plan import PLAN_BATCHES, default_plan
 
 
@@ -67,7 +64,7 @@ class DeviceFallbacks:
     def _device_race(self, model_id: int) -> Iterator[None]:
         """``--device auto`` with a GPU: time the GPU (replaying graphs once built) against
         the CPU, decode by decode in turn, and render on the faster for this model."""
-        gpu, cpu = self._model, self._cpu_model
+        gpu, cpu = self.models.exact, self.models.cpu
         if gpu is None or cpu is None:
             return
         threads = self.plan.threads
@@ -94,7 +91,7 @@ class DeviceFallbacks:
             f"--device auto chose {winner}: cuda {shown('cuda')}; cpu {shown('cpu')}"
         )
         if winner == "cpu":
-            with self._model_lock:
+            with self.models.lock:
                 if model_id == self.model_id:
                     self._switch_to_cpu()
             if self.measure_plans:
@@ -103,24 +100,11 @@ class DeviceFallbacks:
     def _switch_to_cpu(self) -> None:
         """Render on the CPU from now on (model lock held): the auto device race chose it,
         or the GPU ran out of memory."""
-        cpu = self._cpu_model or fold_for_inference(self._likelihood_model).to("cpu")  # type: ignore[arg-type]
-        if self._cpu_model is None and not self.compile:
-            add_preemption_hooks(cpu, self._check_preempted)
-        if self._graphs is not None:
-            self._graphs.release()
-            self._graphs = None
-        self._graph_job = None
-        self._compiled = None
-        self._model = cpu
-        self._cpu_model = None
-        if self._likelihood_model is not None:
-            self._likelihood_model.to("cpu")
         self.device = torch.device("cpu")
         self.device_label = describe(self.device)
-        self._caches.clear()
-        self._max_batch = None
-        if self._info is not None:
-            self._info = dataclasses.replace(self._info, device=self.device_label)
+        self.models.move_to_cpu(self.device_label)
+        self.scheduler.graph_job = None
+        self.scheduler.caches.clear()
         self.plan = self._fixed_plan or default_plan(self.plan.threads, self._forced_threads, "cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -130,17 +114,17 @@ class DeviceFallbacks:
         there is none left."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self._caches.clear()  # its tensors hold memory; the next frame rebuilds it
-        if self._graphs is not None:
-            self._graphs.release()
-            self._graphs = None
-            self._graph_job = None
-            self._graphs_note = "off: the GPU ran out of memory"
+        self.scheduler.caches.clear()  # its tensors hold memory; the next frame rebuilds it
+        models = self.models
+        if models.graphs is not None:
+            models.release_graphs()
+            self.scheduler.graph_job = None
+            models.graphs_note = "off: the GPU ran out of memory"
             return "Out of GPU memory: rendering without CUDA graphs"
-        current = min(self._max_batch or batch, batch)
+        current = min(models.max_batch or batch, batch)
         if current > 1:
-            self._max_batch = max(1, current // 2)
-            return f"Out of GPU memory: rendering {self._max_batch} images at a time"
+            models.max_batch = max(1, current // 2)
+            return f"Out of GPU memory: rendering {models.max_batch} images at a time"
         if self.device.type != "cpu":
             self._switch_to_cpu()
             return "Out of GPU memory: rendering on the CPU from now on"
@@ -150,9 +134,4 @@ class DeviceFallbacks:
     def graphs_status(self) -> str:
         """CUDA graphs: ``off: ...``, ``building``, ``on: N graphs ...`` or ``failed, eager:
         ...``, for the frame-time tooltip."""
-        if not self.use_graphs:
-            return "off (--graphs off)"
-        graphs = self._graphs
-        if graphs is None:
-            return self._graphs_note or "off: not rendering on a CUDA device"
-        return graphs.status if graphs.built else "building"
+        return self.models.graphs_status

@@ -21,9 +21,9 @@ import numpy as np
 
 from core.flow.completion import DEFAULT_STEPS, Completion, completion_steps, image_chains
 from explorer.engine.render import RenderEngine
-from explorer.models.classes import nearest_classes
-from explorer.models.drawing import DrawingAnswer
-from explorer.models.jobs import Progress
+from explorer.state.classes import nearest_classes
+from explorer.state.drawing import DrawingAnswer
+from explorer.state.jobs import Progress
 
 
 def answer(engine: RenderEngine, edit: int, pixels: np.ndarray) -> DrawingAnswer:
@@ -131,8 +131,10 @@ def completion_job(
     def job() -> Iterator[object]:
         yield Progress(0, 0, "Copying the model…")
         model = engine.likelihood_model_copy(model_id)
-        chains = image_chains(model, pixels, mask, samples)
-        sampler = completion_steps(model, *chains, temperature, seed, steps)
+        chain_pixels, masks = image_chains(model, pixels, mask, samples)
+        sampler = completion_steps(
+            model, chain_pixels, masks, temperature=temperature, seed=seed, steps=steps
+        )
         try:
             for item in sampler:
                 if isinstance(item, Completion):

@@ -12,8 +12,8 @@ from core.flow.likelihood import ImageLikelihood, describe_images
 from core.flow.model import RealNVP
 from core.stats.heatmap import bits_range, colorize
 from core.stats.typicality import TypicalityReference
-from explorer.models.advice import in_app_words
-from explorer.models.likelihood import PREPROCESSING, TOTAL, LikelihoodView, level_key
+from explorer.state.advice import in_app_words
+from explorer.state.likelihood import PREPROCESSING, TOTAL, LikelihoodView, level_key
 
 
 def describe_pixels(

@@ -2,7 +2,7 @@
 between frames: thread counts, then precision (the bf16 convolution probe, the picture
 test, interleaved decodes; where bf16 frames fail that test, the draft test and interleaved
 draft decodes). :class:`PlanMeasuring` is mixed into
-:class:`~explorer.engine.render.RenderEngine` and uses its model, locks and decode; the
+:class:`~explorer.engine.render.RenderEngine` and uses its model set, scheduler and decode; the
 plan itself and its decisions live in :mod:`explorer.engine.plan`.
 
 **A measurement never makes the user wait.** Steps already run only between frames, but
@@ -27,11 +27,9 @@ import numpy as np
 import torch
 
 from core.files.images import to_uint8
-from core.flow.inference import bf16_copy, draft_copy, fold_for_inference
 from core.flow.model import RealNVP
 from core.training.device import describe
 from core.training.precision import conv_probe_ms, draft_error, same_picture
-from explorer.engine.compiled import add_preemption_hooks
 from explorer.engine.plan import PlanMeasurement, PrecisionMeasurement, RenderPlan
 from explorer.engine.requests import Preempted
 
@@ -60,23 +58,23 @@ class PlanMeasuring:
             threads=(self.plan.threads,) if self.device.type != "cpu" else None,
             precision=precision,
         )
-        with self._mailbox:
-            self._measurement = measurement
-            self._mailbox.notify()
+        with self.scheduler.mailbox:
+            self.scheduler.measurement = measurement
+            self.scheduler.mailbox.notify()
 
     def _yielding(self, model_id: int, work: Callable[[], T]) -> T:
         """``work()`` (a measurement's decodes), cut short by a frame that waits once the
         model has its first figure: the frame renders, then ``work`` runs again."""
         while True:
             preemptible = self.threaded and bool(self.plan.decode_ms)
-            self._measure_preemptible = threading.get_ident() if preemptible else None
+            self.scheduler.measure_preemptible = threading.get_ident() if preemptible else None
             try:
                 return work()
             except Preempted:
                 if not preemptible or model_id != self.model_id:
                     raise  # the model changed: this measurement is over
             finally:
-                self._measure_preemptible = None
+                self.scheduler.measure_preemptible = None
             self.measure_yields += 1
             self._serve_frames()
 
@@ -84,11 +82,11 @@ class PlanMeasuring:
         """Render the waiting requests, then run the waiting answers (one-image encodes
         someone waits for), now, on the render thread (a measurement step yielded to them)."""
         thread = self._thread
-        while thread is not None and (request := self._next_request(block=False)) is not None:
+        while thread is not None and (request := self.scheduler.next_request(False)) is not None:
             thread.render(request)
-        while thread is not None and (answer := self._next_answer()) is not None:
+        while thread is not None and (answer := self.scheduler.next_answer()) is not None:
             answer.run()
-            while (request := self._next_request(block=False)) is not None:
+            while (request := self.scheduler.next_request(False)) is not None:
                 thread.render(request)
 
     def _timed_decode(
@@ -114,9 +112,9 @@ class PlanMeasuring:
         model: RealNVP | None,
         precision: str,
     ) -> float:
-        with self._model_lock:
+        with self.models.lock:
             if model is None:
-                model = self._model_in(model_id, precision)
+                model = self.models.model_in(model_id, precision)
             elif model_id != self.model_id:
                 raise Preempted  # the model changed: this measurement is over
             latents = self._plan_latents(model, batch)
@@ -131,30 +129,6 @@ class PlanMeasuring:
             finally:
                 torch.set_num_threads(previous)
 
-    def _model_in(self, model_id: int, precision: str) -> RealNVP:
-        """The open model's inference copy in ``precision``: ``float32``, ``bf16`` or
-        ``draft`` (:func:`~core.flow.inference.draft_copy`), each made on first use;
-        :class:`Preempted` when ``model_id`` is no longer open. Under the model lock."""
-        model = self._model
-        if model is None or model_id != self.model_id:
-            raise Preempted  # the model changed: this measurement is over
-        if precision == "float32":
-            return model
-        if precision == "draft":
-            if self._draft_model is None:
-                draft = draft_copy(fold_for_inference(self._likelihood_model))
-                if not self.compile:
-                    add_preemption_hooks(draft, self._check_preempted)
-                self._draft_model = draft
-            return self._draft_model
-        if self._bf16_model is None:
-            # From the hook-free original: the preemption hooks are not copied.
-            fast = bf16_copy(fold_for_inference(self._likelihood_model))
-            if not self.compile:
-                add_preemption_hooks(fast, self._check_preempted)
-            self._bf16_model = fast
-        return self._bf16_model
-
     @staticmethod
     def _plan_latents(model: RealNVP, batch: int) -> list[np.ndarray]:
         rng = np.random.default_rng(batch)
@@ -163,8 +137,8 @@ class PlanMeasuring:
     def _precision_probe(self, model_id: int) -> dict[str, float]:
         """The bf16 / float32 convolution probe at the model's s/t width (a fraction of a
         second), with the render threads."""
-        with self._model_lock:
-            model = self._model_in(model_id, "float32")
+        with self.models.lock:
+            model = self.models.model_in(model_id, "float32")
             cfg = model.config
             previous = torch.get_num_threads()
             torch.set_num_threads(self.plan.threads)
@@ -191,8 +165,8 @@ class PlanMeasuring:
 
     def _frames_in(self, model_id: int, batch: int, precision: str) -> list[np.ndarray]:
         """The ``uint8`` frames of ``batch`` random images in float32 and in ``precision``."""
-        with self._model_lock:
-            models = [self._model_in(model_id, p) for p in ("float32", precision)]
+        with self.models.lock:
+            models = [self.models.model_in(model_id, p) for p in ("float32", precision)]
             latents = self._plan_latents(models[0], batch)
             with torch.inference_mode():
                 return [
@@ -203,13 +177,14 @@ class PlanMeasuring:
     def _measure_step(self) -> RenderPlan | None:
         """One step of the idle-time work: the CUDA graph build, then the device race, then
         the plan measurement; returns the plan when it changed (or a status did)."""
-        for name in ("_graph_job", "_device_job"):
-            job = getattr(self, name)
+        scheduler = self.scheduler
+        for name in ("graph_job", "device_job"):
+            job = getattr(scheduler, name)
             if job is None:
                 continue
             try:
-                if name == "_graph_job":
-                    with self._model_lock:
+                if name == "graph_job":
+                    with self.models.lock:
                         next(job)
                 else:
                     next(job)
@@ -217,14 +192,14 @@ class PlanMeasuring:
             except StopIteration:
                 pass
             except Exception as exc:  # idle-time work must never break rendering
-                if name == "_graph_job" and self._graphs is not None:
-                    self._graphs.status = f"failed, eager: {type(exc).__name__}: {exc}"
-                    self._graphs.release()
-            with self._mailbox:
-                if getattr(self, name) is job:
-                    setattr(self, name, None)
+                if name == "graph_job" and self.models.graphs is not None:
+                    self.models.graphs.status = f"failed, eager: {type(exc).__name__}: {exc}"
+                    self.models.graphs.release()
+            with scheduler.mailbox:
+                if getattr(scheduler, name) is job:
+                    setattr(scheduler, name, None)
             return self.plan  # a status changed: refresh what shows it
-        measurement = self._measurement
+        measurement = scheduler.measurement
         if measurement is None:
             return None
         try:
@@ -233,11 +208,11 @@ class PlanMeasuring:
             plan = None
         except Exception:  # a measurement must never break rendering: keep the plan
             plan = None
-        with self._mailbox:
-            if self._measurement is not measurement:
+        with scheduler.mailbox:
+            if scheduler.measurement is not measurement:
                 return None  # a new model replaced it meanwhile
             if plan is None:
-                self._measurement = None
+                scheduler.measurement = None
                 return None
         changed = plan != self.plan
         self.plan = plan
@@ -248,9 +223,9 @@ class PlanMeasuring:
     def measure_plan_now(self) -> RenderPlan:
         """Measure the open model's plan on this thread now (synchronous engines, the
         benchmark); returns the plan."""
-        if self._measurement is None:
+        if self.scheduler.measurement is None:
             self._start_measurement()
-        while self._measurement is not None:
+        while self.scheduler.measurement is not None:
             plan = self._measure_step()
             if plan is not None:
                 self.plan_changed.emit(plan)
@@ -259,8 +234,4 @@ class PlanMeasuring:
     @property
     def measuring(self) -> bool:
         """Whether idle-time work (graphs, device race, plan) is still to come."""
-        return (
-            self._measurement is not None
-            or self._graph_job is not None
-            or self._device_job is not None
-        )
+        return self.scheduler.measuring

@@ -1,4 +1,4 @@
-"""The classes panel: directions from the data's labels (see :mod:`explorer.models.classes`).
+"""The classes panel: directions from the data's labels (see :mod:`explorer.state.classes`).
 
 For the image the view shows (sampled, dropped or interpolated): its nearest class at each
 latent level, one slider per class that moves the chosen levels from the image's own
@@ -27,13 +27,13 @@ from PySide6.QtWidgets import (
 )
 
 from core.stats.class_stats import LEVEL_MASKS, ClassStats, level_mask
-from explorer.models.classes import (
+from explorer.state.classes import (
     CLASS_AMOUNT_RANGE,
     ClassMove,
     class_sample,
     nearest_classes,
 )
-from explorer.models.state import MAX_IMAGES, ExplorerState, ModelInfo, StateChange
+from explorer.state.state import MAX_IMAGES, ExplorerState, ModelInfo, StateChange
 from explorer.widgets.controls import FloatSlider
 
 DEFAULT_CLASS_TEMPERATURE = 0.7

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.state import AppliedDirection, ExplorerState, StateChange
+from explorer.state.state import AppliedDirection, ExplorerState, StateChange
 from explorer.widgets.controls import FloatSlider
 
 AMOUNT_RANGE = (-2.0, 2.0)

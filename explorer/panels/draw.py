@@ -1,6 +1,6 @@
 """The Draw tab: a canvas at the model's resolution, live answers, and completions.
 
-:class:`CanvasView` shows a :class:`~explorer.models.drawing.Canvas` large (each model pixel
+:class:`CanvasView` shows a :class:`~explorer.state.drawing.Canvas` large (each model pixel
 a square of screen pixels) and turns mouse strokes into canvas strokes; the erased region
 (what a completion fills) is tinted red. :class:`DrawPanel` holds the tools (brush, eraser,
 rectangle; size, softness, colour for RGB models; undo, redo, clear, start from the selected
@@ -40,7 +40,8 @@ from PySide6.QtWidgets import (
 from core.flow.completion import DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, Completion
 from explorer.engine.drawing import AnswerWorker, completion_job
 from explorer.engine.render import RenderEngine
-from explorer.models.drawing import (
+from explorer.panels.likelihood import HEAT_OPACITY, VERDICT_COLOURS
+from explorer.state.drawing import (
     BRUSH,
     ERASER,
     RECTANGLE,
@@ -49,10 +50,9 @@ from explorer.models.drawing import (
     Canvas,
     DrawingAnswer,
 )
-from explorer.models.jobs import Task
-from explorer.models.likelihood import TOTAL, overlay
-from explorer.models.state import ModelInfo
-from explorer.panels.likelihood import HEAT_OPACITY, VERDICT_COLOURS
+from explorer.state.jobs import Task
+from explorer.state.likelihood import TOTAL, overlay
+from explorer.state.state import ModelInfo
 from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.widgets.controls import FittedLabel
 from explorer.widgets.images import BACKGROUND, CaptionedImage, ImageGridView, to_qimage

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.gallery import Gallery, GalleryImage
+from explorer.state.gallery import Gallery, GalleryImage
 from explorer.widgets.images import to_qimage
 
 ICON_SIDE = 44

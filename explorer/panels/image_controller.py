@@ -1,6 +1,6 @@
 """What the window does with the user's own images.
 
-The controller owns the :class:`~explorer.gallery.Gallery` and the three panels that show
+The controller owns the :class:`~explorer.state.gallery.Gallery` and the three panels that show
 it (gallery, images, directions) and wires them to the state and the engine:
 
 - **Import.** Files and folders become a generator job on the task runner (file decode and
@@ -8,7 +8,7 @@ it (gallery, images, directions) and wires them to the state and the engine:
   first image of a drop becomes the view (``ExplorerState.set_image``); the image shown
   before it (or the drop's second image) becomes A, the new one B.
 - **Interpolation and mixing.** The slider, mode and level sources blend A and B per level
-  (:mod:`explorer.blend`) into the view's unit noise (``set_noise``), so the samples view
+  (:mod:`explorer.state.blend`) into the view's unit noise (``set_noise``), so the samples view
   renders them live through the engine's level cache. The strip is a separate engine
   target, rendered only when A, B or the blend settings change.
 - **Directions** from two groups of gallery images become named sliders in the state.
@@ -35,17 +35,6 @@ from PySide6.QtWidgets import QWidget
 
 from core.files.images import IMAGE_SUFFIXES, save_png
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
-from explorer.models import blend
-from explorer.models.directions import (
-    DirectionFileError,
-    direction_from_groups,
-    load_direction,
-    save_direction,
-)
-from explorer.models.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
-from explorer.models.gallery import Gallery, group_latents
-from explorer.models.jobs import Task
-from explorer.models.state import IMAGE_SHOWN, ExplorerState, ModelInfo
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
 from explorer.panels.images import ImagesPanel
@@ -56,6 +45,17 @@ from explorer.panels.importer import (
     ImportFailure,
     import_images,
 )
+from explorer.state import blend
+from explorer.state.directions import (
+    DirectionFileError,
+    direction_from_groups,
+    load_direction,
+    save_direction,
+)
+from explorer.state.export import GIF, MP4, animation_job, mp4_available, strip_png, there_and_back
+from explorer.state.gallery import Gallery, group_latents
+from explorer.state.jobs import Task
+from explorer.state.state import IMAGE_SHOWN, ExplorerState, ModelInfo
 from explorer.widgets.dialogs import FileDialogs
 from explorer.widgets.images import ImageGridView
 from explorer.widgets.task_runner import TaskRunner

@@ -10,7 +10,7 @@ renders live in the samples view, level mixing (each level from A, from B, or fo
 the slider), a strip of frames, and exports.
 
 The panel holds only view settings (t, mode, level sources, frame counts); what they do is
-done by :class:`~explorer.image_controller.ImageController`, through the signals.
+done by :class:`~explorer.panels.image_controller.ImageController`, through the signals.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.blend import LINEAR, SPHERICAL, LevelSource
-from explorer.models.gallery import GalleryImage
-from explorer.models.state import MAX_IMAGES
 from explorer.panels.levels import level_title
 from explorer.panels.likelihood import LikelihoodPanel
+from explorer.state.blend import LINEAR, SPHERICAL, LevelSource
+from explorer.state.gallery import GalleryImage
+from explorer.state.state import MAX_IMAGES
 from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.widgets.controls import FloatSlider
 from explorer.widgets.images import CaptionedImage, CropPreview, ImageGridView

@@ -1,11 +1,12 @@
 """Turn dropped files and folders into encoded gallery images: the import job.
 
-:func:`import_images` is a generator job for :class:`~explorer.tasks.TaskRunner`: it lists
-folders, reads each file with ``core.files.images.load_image`` (the one image loader: EXIF
-orientation, alpha on white, palette / CMYK / 16-bit, centre crop, resize; a clear
-``ImageLoadError`` for empty, damaged, non-image and oversized files), has the engine encode
-it, and yields one result per file. A bad file is a :class:`ImportFailure`, never an
-exception, so one broken file in a folder of thousands costs only itself.
+:func:`import_images` is a generator job for
+:class:`~explorer.widgets.task_runner.TaskRunner`: it lists folders, reads each file with
+``core.files.images.load_image`` (the one image loader: EXIF orientation, alpha on white,
+palette / CMYK / 16-bit, centre crop, resize; a clear ``ImageLoadError`` for empty, damaged,
+non-image and oversized files), has the engine encode it, and yields one result per file.
+A bad file is a :class:`ImportFailure`, never an exception, so one broken file in a folder
+of thousands costs only itself.
 
 A file whose pixels are in the gallery already (same path, same content hash, same model:
 ``known``) is not encoded again: it is an :class:`AlreadyImported` (a second drop of a
@@ -33,8 +34,8 @@ from PySide6.QtGui import QImage, QImageIOHandler, QImageReader, QPainter
 
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, center_crop_box, load_image
 from core.training.datasets import DatasetError, list_images
-from explorer.models.gallery import EncodedImage, Preview, pixel_digest
-from explorer.models.jobs import Progress
+from explorer.state.gallery import EncodedImage, Preview, pixel_digest
+from explorer.state.jobs import Progress
 
 PREVIEW_SIDE = 128
 # Images per batched encode: bigger batches cost less per image (bundled model on a 2-core

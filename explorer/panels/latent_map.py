@@ -2,7 +2,7 @@
 gallery images and the current image; click a point to make it the current image, or
 click and drag anywhere else to move the current image's latent there, decoded live.
 
-The math is Qt-free (:mod:`explorer.models.latent_map`); this panel computes a map as a
+The math is Qt-free (:mod:`explorer.state.latent_map`); this panel computes a map as a
 job on the window's task runner (progress and cancel in the status bar), keeps one per
 model, level and image source, and turns mouse events into state edits: a drag is one
 render request per pointer move and one undo step.
@@ -32,10 +32,10 @@ from PySide6.QtWidgets import (
 
 from explorer.engine.datasets import load_map_images
 from explorer.engine.render import RenderEngine
-from explorer.models.advice import in_app_words
-from explorer.models.gallery import Gallery, group_latents
-from explorer.models.jobs import Task
-from explorer.models.latent_map import (
+from explorer.state.advice import in_app_words
+from explorer.state.gallery import Gallery, group_latents
+from explorer.state.jobs import Task
+from explorer.state.latent_map import (
     ALL_LEVELS,
     DEFAULT_MAP_IMAGES,
     LatentMap,
@@ -43,7 +43,7 @@ from explorer.models.latent_map import (
     level_job,
     nearest_point,
 )
-from explorer.models.state import ExplorerState, ModelInfo, StateChange
+from explorer.state.state import ExplorerState, ModelInfo, StateChange
 from explorer.widgets.controls import FittedLabel
 from explorer.widgets.task_runner import TaskRunner
 

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.state import OFFSET_RANGE, TEMPERATURE_RANGE, ExplorerState, StateChange
+from explorer.state.state import OFFSET_RANGE, TEMPERATURE_RANGE, ExplorerState, StateChange
 from explorer.widgets.controls import FloatSlider
 from explorer.widgets.images import BACKGROUND, ImageGridView
 

@@ -1,6 +1,6 @@
 """Where an image's bits go, and whether it looks like the model's test data.
 
-:class:`LikelihoodPanel` draws a :class:`~explorer.models.likelihood.LikelihoodView`: the
+:class:`LikelihoodPanel` draws a :class:`~explorer.state.likelihood.LikelihoodView`: the
 heat map of bits per pixel over the image (total, one level or the preprocessing), a bar
 chart of bits/dim per level, the test set's histogram of per-image bits/dim with this image
 marked, and the verdict in words. It never computes: the images tab hands it the view the
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from core.stats.typicality import percent_text
 from explorer.engine.render import Frame, RenderEngine
-from explorer.models.likelihood import TOTAL, LikelihoodView, overlay
+from explorer.state.likelihood import TOTAL, LikelihoodView, overlay
 from explorer.widgets.images import CaptionedImage, ImageGridView
 
 HEAT_OPACITY = 0.8

@@ -7,7 +7,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
-from explorer.models.state import ModelInfo
+from explorer.state.state import ModelInfo
 from explorer.widgets.controls import ElidedLabel
 
 DASH = "—"
@@ -23,7 +23,7 @@ def format_levels(shapes: tuple[tuple[int, int, int], ...]) -> str:
 
 
 class ModelPanel(QGroupBox):
-    """Read-only facts about the model, from :class:`~explorer.models.state.ModelInfo`."""
+    """Read-only facts about the model, from :class:`~explorer.state.state.ModelInfo`."""
 
     FIELDS = (
         ("source", "File"),

@@ -1,6 +1,6 @@
 """The samples panel: the image grid with its grid size, seed, Resample and temperature.
 
-The panel binds to :class:`~explorer.state.ExplorerState` both ways: user input calls
+The panel binds to :class:`~explorer.state.state.ExplorerState` both ways: user input calls
 state methods, and :meth:`SamplesPanel.sync` copies the state back into the controls with
 their signals blocked, so a sync never loops back into an edit.
 """
@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from explorer.models.state import (
+from explorer.state.state import (
     MAX_IMAGES,
     MAX_SEED,
     TEMPERATURE_RANGE,

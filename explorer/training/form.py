@@ -55,8 +55,8 @@ from core.runs import hosts
 from core.runs.host import DEFAULT_PYTHON, HostFacts
 from core.runs.host import DEFAULT_RUNS_DIR as HOST_RUNS_DIR
 from core.runs.transport import RemoteError
-from explorer.models.advice import in_app_words
 from explorer.settings import ExplorerSettings
+from explorer.state.advice import in_app_words
 from explorer.training.process import (
     DATASET_LABELS,
     PRESETS,

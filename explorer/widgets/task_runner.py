@@ -15,7 +15,7 @@ models as the jobs before it left them); the generator it returns runs on the wo
 and a ``progressed`` handler may cancel.
 
 A job that raises ends with ``task.error``, one sentence for the user
-(:func:`~explorer.models.jobs.failure_message`): an expected error's message, or for a
+(:func:`~explorer.state.jobs.failure_message`): an expected error's message, or for a
 defect the path of the log its traceback went to. Nothing is printed.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from explorer.models.jobs import ErrorLog, Progress, Task, failure_message
+from explorer.state.jobs import ErrorLog, Progress, Task, failure_message
 
 # Where a runner made without a log (tools, tests) keeps tracebacks; the window passes one
 # beside its settings.

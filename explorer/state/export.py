@@ -20,7 +20,7 @@ from PIL import Image
 
 from core.files.atomic import atomic_path
 from core.files.images import make_grid
-from explorer.models.jobs import Progress
+from explorer.state.jobs import Progress
 
 GIF, MP4 = "gif", "mp4"
 VIDEO_MIN_SIDE = 256  # animations are upscaled (nearest) to at least this many pixels

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.models.jobs import Progress
+from explorer.state.jobs import Progress
 
 ALL_LEVELS = -1
 DEFAULT_MAP_IMAGES = 2000

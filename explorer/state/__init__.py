@@ -1,3 +1,3 @@
-"""Qt-free, torch-free models of what the explorer shows: its state, the gallery, directions,
+"""The view state, Qt-free and torch-free: what the explorer shows, the gallery, directions,
 blends, the explorer's own files and long jobs. Widgets bind to these; nothing here imports
 Qt (a test checks)."""

@@ -22,9 +22,9 @@ exact reconstruction. The temperature sliders then scale the image's latent towa
 mode (a more typical version of the image), and "Resample level" replaces one level of the
 image with fresh noise: the explorer acts on an image as on a sample.
 
-**Class sliders** (see :mod:`explorer.models.classes`) then move the levels in their mask
+**Class sliders** (see :mod:`explorer.state.classes`) then move the levels in their mask
 towards class means, ``z_l += sum_k a_k (mean_k,l - z_l)``, and **named directions**
-(directions from examples, see :mod:`explorer.directions`) are added on top:
+(directions from examples, see :mod:`explorer.state.directions`) are added on top:
 ``z_l += amount * d_l`` for each direction with a non-zero amount.
 
 Every state is an immutable :class:`ViewState`; an edit builds a new one. That makes undo
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from core.stats.class_stats import ClassStats
-from explorer.models.classes import ClassMove
-from explorer.models.directions import Direction
-from explorer.models.npz_files import read_npz, write_npz
+from explorer.state.classes import ClassMove
+from explorer.state.directions import Direction
+from explorer.state.npz_files import read_npz, write_npz
 
 Shape = tuple[int, int, int]
 SeedKey = tuple[int, ...]

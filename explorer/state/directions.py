@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.models.npz_files import read_npz, write_npz
+from explorer.state.npz_files import read_npz, write_npz
 
 DIRECTION_FORMAT = "realnvp-explorer-direction"
 DIRECTION_VERSION = 1

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.models.likelihood import LikelihoodView, sort_by_p_value
-from explorer.models.state import Event
+from explorer.state.likelihood import LikelihoodView, sort_by_p_value
+from explorer.state.state import Event
 
 SORT_KEYS = ("bpd_desc", "bpd_asc", "p_value", "added", "name")
 

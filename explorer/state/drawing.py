@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.models.classes import NearestClass
-from explorer.models.gallery import EncodedImage
+from explorer.state.classes import NearestClass
+from explorer.state.gallery import EncodedImage
 
 BRUSH, ERASER, RECTANGLE = "brush", "eraser", "rectangle"
 TOOLS = (BRUSH, ERASER, RECTANGLE)
