@@ -186,11 +186,12 @@ def test_a_disk_without_room_for_three_checkpoints_is_warned_about(
     assert sink.messages("warning") == []
 
 
-def test_the_estimate_is_near_a_real_checkpoints_size(tmp_path, small_mnist):
+@pytest.mark.parametrize("ema", [0.0, 0.999])
+def test_the_estimate_is_near_a_real_checkpoints_size(tmp_path, small_mnist, ema):
     out = tmp_path / "run"
-    Trainer(TINY, _config(small_mnist, out, max_steps=2)).run()
+    Trainer(TINY, _config(small_mnist, out, max_steps=2, ema=ema)).run()
     model, _ = load_checkpoint(out / "latest.pt")
-    estimate = estimate_checkpoint_bytes(model, training=True)
+    estimate = estimate_checkpoint_bytes(model, training=True, averaged=ema > 0)
     assert 0.8 < estimate / (out / "latest.pt").stat().st_size < 1.25
 
 

@@ -392,15 +392,21 @@ def assert_each_as_alone(engine: RenderEngine, batch: list, pixels: np.ndarray) 
 
 
 def test_a_batched_encode_from_another_thread_computes_on_the_render_threads_team(
-    qtbot, tiny_checkpoint, one_torch_thread
+    qtbot, tiny_checkpoint, one_torch_thread, monkeypatch
 ):
-    """A folder import's batches compute with every core, but on the render thread, so
-    the process keeps one OpenMP team: a second team on the importer's thread made each
-    image cost about 1.7x. The importer's thread computes nothing; its images get the
-    figures a one-image encode gives, and frames afterwards use the plan's threads."""
+    """A folder import's batches compute with every core other processes leave free, but
+    on the render thread, so the process keeps one OpenMP team: a second team on the
+    importer's thread made each image cost about 1.7x. The importer's thread computes
+    nothing; its images get the figures a one-image encode gives, and frames afterwards
+    use the plan's threads."""
     import threading
 
+    from core.training import threads as thread_policy
     from explorer.engine.plan import default_plan
+
+    # A quiet 2-core machine, whatever else runs beside this test (another test worker).
+    monkeypatch.setattr(thread_policy, "usable_cores", lambda: 2)
+    monkeypatch.setattr(thread_policy, "others_running", lambda: 0)
 
     engine = RenderEngine(device="cpu", threaded=True, plan=default_plan(2, forced=True))
     try:

@@ -96,17 +96,22 @@ def serialized_bytes(obj: Any) -> int:
 TRAINING_STATE_SLACK = 64 * 1024
 
 
-def estimate_checkpoint_bytes(model: RealNVP, training: bool = True, extra_bytes: int = 0) -> int:
+def estimate_checkpoint_bytes(
+    model: RealNVP, training: bool = True, extra_bytes: int = 0, averaged: bool = False
+) -> int:
     """How large a checkpoint of ``model`` will be: its state serialized as
     :func:`save_checkpoint` does (tensor headers and alignment included, which dominate a
     small model), plus, with ``training``, Adam's two moments per parameter and the rest of
-    the training state, plus ``extra_bytes`` (statistics kept in ``meta``). Measured against
-    written files it is within a few percent."""
+    the training state, and with ``averaged`` the raw weights and the average that travel
+    beside the averaged model (core.training.averaging), plus ``extra_bytes`` (statistics
+    kept in ``meta``). Measured against written files it is within a few percent."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     total = serialized_bytes(state) + extra_bytes
     if training:
         params = {n: p.detach() for n, p in model.named_parameters()}
         total += 2 * serialized_bytes(params) + TRAINING_STATE_SLACK
+        if averaged:
+            total += serialized_bytes(state) + serialized_bytes(params)
     return total
 
 

@@ -778,7 +778,9 @@ class Trainer:
         extra = 16 * len(self._eval_images(test)) if test is not None else 0  # typicality
         if train.labels is not None:  # class statistics: a mean and a deviation per dim
             extra += 16 * dims * max(len(train.class_names), 1)
-        need = estimate_checkpoint_bytes(self.model, training=True, extra_bytes=extra)
+        need = estimate_checkpoint_bytes(
+            self.model, training=True, extra_bytes=extra, averaged=self.config.ema > 0
+        )
         warning = low_space_warning(self.out, need)
         if warning is not None:
             self.sink.emit("warning", message=warning)
