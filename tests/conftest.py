@@ -80,6 +80,15 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm cluster on this machine (tests/slurm.py), one for the whole
+    session, its daemons stopped by pid at the end; skips without slurm-wlm and munge."""
+    from slurm import running_slurm
+
+    yield from running_slurm(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def screenshot_dir(tmp_path_factory) -> Path:
     """Where tests save the screenshots of the states they check: $REALNVP_SCREENSHOT_DIR,
     to look at them, or a temporary folder."""
