@@ -82,11 +82,13 @@ class SlurmCluster:
         """The environment a client command needs to reach this cluster."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        """A client command (``sbatch``, ``scontrol``, ...) against this cluster."""
+    def run(self, *argv: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+        """A client command (``sbatch``, ``scontrol``, ...) against this cluster, with
+        ``env`` added to its environment (a job started by ``sbatch`` inherits it)."""
         return subprocess.run(
-            argv, capture_output=True, text=True, env=self.env(), check=check, timeout=60
-        )
+            argv, capture_output=True, text=True, env={**self.env(), **env}, check=check,
+            timeout=60,
+        )  # fmt: skip
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job``'s fields (``JobState``, ``Reason``, ...); empty once

@@ -39,17 +39,8 @@ from core.flow.model import (
     per_image_bits_per_dim,
     preset,
 )
-from core.stats.class_stats import META_KEY, ClassStatsError
-from core.stats.measure import compute_class_stats
-from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
-from core.training.averaging import WeightAverage, averaged_copy
-from core.training.data import ImageDataset, load_dataset
-from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
-from core.training.device import cpu_model, describe
 from core.runs.disk import low_space_warning, save_failure_sentence
-from core.training.distributed import close_distributed, init_distributed
 from core.runs.events import EventSink
-from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
 from core.runs.folder import (
     EVENTS_FILE,
     RunFolderError,
@@ -57,6 +48,17 @@ from core.runs.folder import (
     claim_run_folder,
     same_file,
 )
+from core.runs.slurm import SlurmJob
+from core.runs.stopping import REQUEUE_SIGNALS, STOP_FILE, StopSignals
+from core.stats.class_stats import META_KEY, ClassStatsError
+from core.stats.measure import compute_class_stats
+from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
+from core.training.averaging import WeightAverage, averaged_copy
+from core.training.data import ImageDataset, load_dataset
+from core.training.datasets import DatasetError, dataset_geometry, describe_skipped
+from core.training.device import cpu_model, describe
+from core.training.distributed import close_distributed, init_distributed
+from core.training.precision import PrecisionChoice, choose_precision, conv_probe_ms
 from core.training.schedule import StepPlan, lr_factor
 from core.training.step import (
     TrainStep,
@@ -67,7 +69,6 @@ from core.training.step import (
     to_channels_last,
     use_channels_last,
 )
-from core.runs.stopping import STOP_FILE, StopSignals
 
 # Images per batch when the averaged weights' batch norm is measured (larger than a
 # training batch: fewer passes, and the batch statistics of 256 images differ from those of
@@ -167,6 +168,7 @@ class Trainer:
                 eval_every=config.eval_every,
                 log_every=config.log_every,
                 time_limit=config.time_limit,
+                max_requeues=config.max_requeues,
             )
             self.model, _ = load_checkpoint(resume)
             self.resume_state = data["training"]
@@ -473,6 +475,11 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         self._started = time.perf_counter()  # --time-limit counts from here
+        self.slurm = SlurmJob.from_environ()
+        no_requeue_left = self.slurm and self.slurm.restarts >= self.config.max_requeues
+        if no_requeue_left and self.config.time_limit is None:
+            # Plan the schedule to the job's end (a typed --time-limit wins).
+            self.config = replace(self.config, time_limit=self.slurm.time_limit())
         try:
             if self.dist.is_main:
                 self._claim_folder()
@@ -688,7 +695,7 @@ class Trainer:
                 window_start, window_images = now, 0
 
             if self._should_stop(stop, step % check_every == 0):
-                reason = "time_limit" if self._time_up else "stopped"
+                reason = "time_limit" if self._time_up else self._stop_reason(stop)
                 break
             # No checkpoint in the middle of a run of non-finite losses: the last good one
             # stays the newest on disk.
@@ -725,6 +732,11 @@ class Trainer:
             # No rank leaves (and tears its process group down) while rank 0 still writes the
             # last checkpoint: the ranks end together, and torchrun's exit means it is saved.
             dist.barrier()
+        if reason == "requeue":
+            if self._requeue(step):
+                return {"step": step, "reason": reason, "test_bpd": state["last_test_bpd"],
+                        "best_test_bpd": state["best_test_bpd"]}  # fmt: skip
+            reason = "stopped"
         self.sink.emit(
             "done",
             step=step,
@@ -837,6 +849,34 @@ class Trainer:
     _step_now: int | None = None
     _last_eval_s: float | None = None
     _reserve_s = 0.0
+
+    def _stop_reason(self, stop: StopSignals) -> str:
+        """Why a signal or the stop file ends the loop: under Slurm, SIGUSR1 (the job's
+        time limit is near) and SIGTERM (a preemption) requeue the job while
+        ``--max-requeues`` allows, then end the run as a time limit does."""
+        if self.slurm is None or stop.received not in REQUEUE_SIGNALS:
+            return "stopped"
+        return "requeue" if self.slurm.restarts < self.config.max_requeues else "time_limit"
+
+    def _requeue(self, step: int) -> bool:
+        """Ask Slurm to requeue the job, ``latest.pt`` saved; a ``requeue`` event says so
+        (no ``done``: the run goes on in the requeued job). ``False`` where Slurm refused
+        (a job being cancelled: ``scancel`` sends SIGTERM too), with a warning."""
+        if not self.dist.is_main:
+            return True
+        refused = self.slurm.requeue()
+        if refused is not None:
+            self.sink.emit("warning", message=refused)
+            return False
+        self.sink.emit(
+            "requeue",
+            step=step,
+            job_id=self.slurm.job_id,
+            requeues=self.slurm.restarts + 1,
+            max_requeues=self.config.max_requeues,
+            checkpoint=str(self.out / "latest.pt"),
+        )
+        return True
 
     def _past_deadline(self) -> bool:
         c = self.config
