@@ -119,3 +119,20 @@ def test_past_its_requeues_a_signalled_job_ends_as_a_time_limited_run(
     assert done["reason"] == "time_limit" and done["step"] < 400
     assert events(run, "eval")[-1]["step"] == done["step"]  # evaluated and saved at its end
     assert read_checkpoint(run / "latest.pt")["training"]["step"] == done["step"]
+
+
+def test_a_cancelled_job_keeps_its_checkpoint_and_is_not_requeued(
+    slurm_cluster, small_mnist, tmp_path: Path
+):
+    # scancel sends SIGTERM, as a preemption does, to a job it has marked cancelled: the
+    # trainer saves and ends as stopped, and does not requeue it.
+    run = tmp_path / "run"
+    args = [*TINY, "--data-dir", str(small_mnist), "--max-steps", "400", "--eval-every", "1000"]
+    job_id = submit(slurm_cluster, run, args, args)
+    wait_for(lambda: events(run, "step"), slurm_cluster, job_id)
+    slurm_cluster.run("scancel", job_id)
+    fields = slurm_cluster.wait_state(job_id, "CANCELLED", "COMPLETED", "FAILED")
+    assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0", fields
+    (done,) = wait_for(lambda: events(run, "done"), slurm_cluster, job_id)
+    assert done["reason"] == "stopped" and events(run, "requeue") == []
+    assert read_checkpoint(run / "latest.pt")["training"]["step"] == done["step"]

@@ -77,6 +77,15 @@ class SlurmJob:
             return None
         return max(left - END_MARGIN_S, left / 2)
 
+    def state(self) -> str | None:
+        """The job's state as ``scontrol show job`` gives it (``RUNNING``, ``CANCELLED``,
+        ...), ``None`` where Slurm does not answer."""
+        shown = _slurm_command("scontrol", "--oneliner", "show", "job", self.job_id)
+        for word in (shown or "").split():
+            if word.startswith("JobState="):
+                return word.partition("=")[2]
+        return None
+
     def requeue(self) -> str | None:
         """Ask Slurm to requeue the job (it ends this allocation's processes and queues the
         job again, with its own id); ``None`` once done, else Slurm's reason in a sentence."""
@@ -111,7 +120,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass(frozen=True)
 class SlurmRequest:
-    """What the job asks of the cluster (``realnvp remote HOST train --slurm``'s options);
+    """What the job asks of the cluster (the options of the Slurm launcher);
     ``None``: the cluster's default. ``gpus`` is per node; ``extra`` are more ``sbatch``
     options, one word each (``--constraint=a100``)."""
 
@@ -154,7 +163,7 @@ def sbatch_script(python: str, train_args: list[str], resume_args: list[str],
     quote = _shell_words
     lines = [
         "#!/bin/bash",
-        "# A Real NVP training run on Slurm, written by realnvp remote HOST train --slurm.",
+        "# A Real NVP training run on Slurm, written by core/runs/slurm.py.",
         "# To submit it again by hand: cd into this folder, then sbatch slurm.sbatch",
         f"#SBATCH --job-name={_SAFE_NAME.sub('-', request.job_name)[:64] or 'realnvp'}",
         f"#SBATCH --output={OUTPUT_PATTERN}",

@@ -11,7 +11,6 @@ from typing import Any
 
 from core.runs.folder import STOP_FILE  # noqa: F401  (the trainer reads it from here)
 
-
 # SIGUSR1 is what an sbatch script's --signal=USR1@90 sends; Windows has none.
 SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)

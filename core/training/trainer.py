@@ -11,6 +11,7 @@ import copy
 import errno
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -852,9 +853,13 @@ class Trainer:
 
     def _stop_reason(self, stop: StopSignals) -> str:
         """Why a signal or the stop file ends the loop: under Slurm, SIGUSR1 (the job's
-        time limit is near) and SIGTERM (a preemption) requeue the job while
+        time limit is near) and SIGTERM (a preemption, not scancel) requeue the job while
         ``--max-requeues`` allows, then end the run as a time limit does."""
         if self.slurm is None or stop.received not in REQUEUE_SIGNALS:
+            return "stopped"
+        # scancel sends SIGTERM too, to a job it has already ended (COMPLETING), which
+        # Slurm would requeue all the same; a preemption's grace time finds it RUNNING.
+        if stop.received == signal.SIGTERM and self.slurm.state() != "RUNNING":
             return "stopped"
         return "requeue" if self.slurm.restarts < self.config.max_requeues else "time_limit"
 
