@@ -363,6 +363,12 @@ class TrainConfig:
         "HH:MM:SS): it saves, evaluates and ends with status 0 (done: time_limit)",
         parse="duration", metavar="DURATION", form="time_limit",
     )  # fmt: skip
+    max_requeues: int = option(
+        3, "under Slurm: times the job requeues itself on SIGUSR1 before its time limit (or "
+        "a preemption's SIGTERM) and resumes; after that it ends as with --time-limit",
+        parse="non_negative", maximum=1000,
+        no_form="a Slurm job's setting; the page starts no Slurm runs yet",
+    )  # fmt: skip
     epochs: int = option(
         1, "passes over the training set (default: 1; with --resume, the resumed run's)",
         parse="positive", minimum=1, cli_default=None, form="length",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -25,6 +26,18 @@ MNIST_DIR = Path(os.environ.get("REALNVP_MNIST_DIR") or ROOT.parent / "shared" /
 needs_mnist = pytest.mark.skipif(
     not MNIST_DIR.is_dir(), reason=f"MNIST files not found in {MNIST_DIR} (set REALNVP_MNIST_DIR)"
 )
+
+
+def wait_for(predicate, timeout: float = 120.0, what="condition"):
+    """``predicate()``'s first true value, polled; past ``timeout`` the test fails saying
+    ``what`` (a callable: called then, for the state to show)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 @pytest.fixture
@@ -77,6 +90,15 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
         perturbed_model(),
         meta={"dataset": "tiny-test", "test_bpd": 5.25, "step": 7},
     )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm cluster on this machine (tests/slurm.py), one for the whole
+    session, its daemons stopped by pid at the end; skips without slurm-wlm and munge."""
+    from slurm import running_slurm
+
+    yield from running_slurm(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

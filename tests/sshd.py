@@ -240,14 +240,20 @@ def _run_sshd(root: Path, port: int) -> subprocess.Popen:
     return process
 
 
+def running(missing, start, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator:
+    """The body of a fixture for a set of daemons: ``start(folder)`` until the fixture's
+    scope ends, then its ``stop()``; skips the tests with ``missing()``'s reason."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    started = start(tmp_path_factory.mktemp(name))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
 def running_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """The body of a fixture: a server until the fixture's scope ends; skips the tests
     without sshd."""
-    reason = sshd_missing()
-    if reason:
-        pytest.skip(reason)
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(sshd_missing, start_sshd, tmp_path_factory, "sshd")

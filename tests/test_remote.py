@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MNIST_DIR, needs_mnist
+from conftest import MNIST_DIR, needs_mnist, wait_for
 from sshd import TRAIN, running_sshd
 
 from core.cli import main as cli_main
@@ -53,16 +53,6 @@ def remote_cli(server, capsys, *argv: str) -> tuple[int, str, str]:
     return cli(
         capsys, "remote", "--ssh-config", str(server.config), server.alias, action, *where, *rest
     )
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def file_events(out: str | Path) -> list[dict]:

@@ -40,6 +40,7 @@ CORE_TORCH_FREE = [
     "core.runs.events",
     "core.runs.folder",
     "core.training.schedule",
+    "core.runs.slurm",
     "core.config",
     "core.training.threads",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).

@@ -11,6 +11,7 @@ import copy
 import errno
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ from core.runs.folder import (
     claim_run_folder,
     same_file,
 )
-from core.runs.stopping import STOP_FILE, StopSignals
+from core.runs.slurm import SlurmJob
+from core.runs.stopping import REQUEUE_SIGNALS, STOP_FILE, StopSignals
 from core.stats.class_stats import META_KEY, ClassStatsError
 from core.stats.measure import compute_class_stats
 from core.stats.typicality import MIN_REFERENCE_IMAGES, TypicalityReference
@@ -167,6 +169,7 @@ class Trainer:
                 eval_every=config.eval_every,
                 log_every=config.log_every,
                 time_limit=config.time_limit,
+                max_requeues=config.max_requeues,
             )
             self.model, _ = load_checkpoint(resume)
             self.resume_state = data["training"]
@@ -473,6 +476,11 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         self._started = time.perf_counter()  # --time-limit counts from here
+        self.slurm = SlurmJob.from_environ()
+        no_requeue_left = self.slurm and self.slurm.restarts >= self.config.max_requeues
+        if no_requeue_left and self.config.time_limit is None:
+            # Plan the schedule to the job's end (a typed --time-limit wins).
+            self.config = replace(self.config, time_limit=self.slurm.time_limit())
         try:
             if self.dist.is_main:
                 self._claim_folder()
@@ -688,7 +696,7 @@ class Trainer:
                 window_start, window_images = now, 0
 
             if self._should_stop(stop, step % check_every == 0):
-                reason = "time_limit" if self._time_up else "stopped"
+                reason = "time_limit" if self._time_up else self._stop_reason(stop)
                 break
             # No checkpoint in the middle of a run of non-finite losses: the last good one
             # stays the newest on disk.
@@ -725,6 +733,11 @@ class Trainer:
             # No rank leaves (and tears its process group down) while rank 0 still writes the
             # last checkpoint: the ranks end together, and torchrun's exit means it is saved.
             dist.barrier()
+        if reason == "requeue":
+            if self._requeue(step):
+                return {"step": step, "reason": reason, "test_bpd": state["last_test_bpd"],
+                        "best_test_bpd": state["best_test_bpd"]}  # fmt: skip
+            reason = "stopped"
         self.sink.emit(
             "done",
             step=step,
@@ -839,6 +852,38 @@ class Trainer:
     _step_now: int | None = None
     _last_eval_s: float | None = None
     _reserve_s = 0.0
+
+    def _stop_reason(self, stop: StopSignals) -> str:
+        """Why a signal or the stop file ends the loop: under Slurm, SIGUSR1 (the job's
+        time limit is near) and SIGTERM (a preemption, not scancel) requeue the job while
+        ``--max-requeues`` allows, then end the run as a time limit does."""
+        if self.slurm is None or stop.received not in REQUEUE_SIGNALS:
+            return "stopped"
+        # scancel sends SIGTERM too, to a job it has already ended (COMPLETING), which
+        # Slurm would requeue all the same; a preemption's grace time finds it RUNNING.
+        if stop.received == signal.SIGTERM and self.slurm.state() != "RUNNING":
+            return "stopped"
+        return "requeue" if self.slurm.restarts < self.config.max_requeues else "time_limit"
+
+    def _requeue(self, step: int) -> bool:
+        """Ask Slurm to requeue the job, ``latest.pt`` saved; a ``requeue`` event says so
+        (no ``done``: the run goes on in the requeued job). ``False`` where Slurm refused
+        (a job being cancelled: ``scancel`` sends SIGTERM too), with a warning."""
+        if not self.dist.is_main:
+            return True
+        refused = self.slurm.requeue()
+        if refused is not None:
+            self.sink.emit("warning", message=refused)
+            return False
+        self.sink.emit(
+            "requeue",
+            step=step,
+            job_id=self.slurm.job_id,
+            requeues=self.slurm.restarts + 1,
+            max_requeues=self.config.max_requeues,
+            checkpoint=str(self.out / "latest.pt"),
+        )
+        return True
 
     def _past_deadline(self) -> bool:
         c = self.config

@@ -1,0 +1,217 @@
+"""Runs under Slurm: what a trainer started by a batch job learns from Slurm and asks of it.
+
+A batch job sets ``SLURM_JOB_ID`` (and, once requeued, ``SLURM_RESTART_COUNT``). The
+trainer follows Lightning's ``SLURMEnvironment(auto_requeue=True)`` and submitit: the sbatch
+script asks for ``--signal=USR1@90``, and on that signal (or a preemption's SIGTERM) the
+trainer saves ``latest.pt``, asks Slurm to requeue the job (``scontrol requeue``) and ends;
+the requeued job resumes from ``latest.pt`` in the same folder. At most ``max_requeues``
+times: the last allocation plans its schedule to the job's end instead (``--time-limit``
+from ``squeue``'s time left), and ends as a time-limited run does.
+
+Torch-free, and no Qt: the trainer, the agent on a host and the page share it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# The trainer's own limit ends this long before the job's: the sbatch script's
+# --signal=USR1@90 arrives 90 s before the end, and the last evaluation and save must be
+# done before it.
+END_MARGIN_S = 120.0
+_DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+
+
+def parse_slurm_duration(text: str) -> float | None:
+    """Seconds in Slurm's ``[DAYS-][HOURS:]MINUTES:SECONDS`` (``squeue %L``/``%l``,
+    ``scontrol``'s ``TimeLimit``); ``None`` for ``UNLIMITED``, ``NOT_SET`` and the like.
+
+    >>> parse_slurm_duration("1-02:03:04"), parse_slurm_duration("05:00")
+    (93784.0, 300.0)
+    >>> parse_slurm_duration("UNLIMITED") is None
+    True
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """The batch job this process runs in."""
+
+    job_id: str
+    restarts: int  # how many times it was requeued before this allocation
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> SlurmJob | None:
+        """The job of ``environ`` (this process's environment), or ``None`` outside Slurm."""
+        env = os.environ if environ is None else environ
+        job_id = env.get("SLURM_JOB_ID", "").strip()
+        if not job_id:
+            return None
+        try:
+            restarts = int(env.get("SLURM_RESTART_COUNT") or 0)
+        except ValueError:
+            restarts = 0
+        return cls(job_id, restarts)
+
+    def seconds_left(self) -> float | None:
+        """The job's time left (``squeue -h -j ID -o %L``), ``None`` where unlimited or
+        not known."""
+        shown = _slurm_command("squeue", "-h", "-j", self.job_id, "-o", "%L")
+        return None if shown is None else parse_slurm_duration(shown)
+
+    def time_limit(self) -> float | None:
+        """The trainer's ``--time-limit`` for this allocation: the job's time left, less
+        :data:`END_MARGIN_S` (half the time left where that is shorter)."""
+        left = self.seconds_left()
+        if left is None:
+            return None
+        return max(left - END_MARGIN_S, left / 2)
+
+    def state(self) -> str | None:
+        """The job's state as ``scontrol show job`` gives it (``RUNNING``, ``CANCELLED``,
+        ...), ``None`` where Slurm does not answer."""
+        shown = _slurm_command("scontrol", "--oneliner", "show", "job", self.job_id)
+        for word in (shown or "").split():
+            if word.startswith("JobState="):
+                return word.partition("=")[2]
+        return None
+
+    def requeue(self) -> str | None:
+        """Ask Slurm to requeue the job (it ends this allocation's processes and queues the
+        job again, with its own id); ``None`` once done, else Slurm's reason in a sentence."""
+        try:
+            done = subprocess.run(
+                ["scontrol", "requeue", self.job_id],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"scontrol requeue {self.job_id} failed: {exc}"
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines()
+            return f"Slurm did not requeue job {self.job_id}: {said[-1] if said else 'no reason'}"
+        return None
+
+
+def _slurm_command(*argv: str) -> str | None:
+    """The output of a Slurm client command, ``None`` where it fails."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+SCRIPT_NAME = "slurm.sbatch"
+OUTPUT_PATTERN = "slurm-%j.out"  # Slurm's output, in the run folder (the job's working dir)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What the job asks of the cluster (the options of the Slurm launcher);
+    ``None``: the cluster's default. ``gpus`` is per node; ``extra`` are more ``sbatch``
+    options, one word each (``--constraint=a100``)."""
+
+    partition: str | None = None
+    gpus: int | None = None
+    nodes: int = 1
+    time: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra: tuple[str, ...] = ()
+    job_name: str = "realnvp"
+
+    @property
+    def processes(self) -> int:
+        return max(self.nodes, 1) * max(self.gpus or 1, 1)
+
+    def problem(self) -> str | None:
+        """What makes this request unusable, as one sentence, or ``None``."""
+        words = [self.partition, self.time, self.account, self.qos, *self.extra]
+        if any(w is not None and ("\n" in w or "\r" in w) for w in words):
+            return "an sbatch option cannot hold a line break"
+        if self.time is not None and parse_slurm_duration(self.time) is None:
+            return f"--time {self.time!r}: give it as HH:MM:SS, MM:SS or DAYS-HH:MM:SS"
+        if self.nodes < 1 or (self.gpus is not None and self.gpus < 0):
+            return "--nodes must be 1 or more and --gpus 0 or more"
+        return None
+
+
+def sbatch_script(python: str, train_args: list[str], resume_args: list[str],
+                  request: SlurmRequest) -> str:  # fmt: skip
+    """The batch script of a run, kept in the run folder as :data:`SCRIPT_NAME` and
+    submitted from there (``sbatch --chdir RUN``; by hand: ``cd RUN && sbatch slurm.sbatch``).
+
+    The run folder is the job's working directory, so its name never appears in the
+    script: whatever it holds (spaces, quotes, ``$(...)``), no shell reads it as code. The
+    trainer runs under ``srun``: a fresh run with ``train_args``, a requeued one (a
+    ``latest.pt`` in the folder) with ``--resume latest.pt`` and ``resume_args``. Several
+    processes run under ``torchrun``, one per node, rendezvous at the job's first node.
+    """
+    quote = _shell_words
+    lines = [
+        "#!/bin/bash",
+        "# A Real NVP training run on Slurm, written by core/runs/slurm.py.",
+        "# To submit it again by hand: cd into this folder, then sbatch slurm.sbatch",
+        f"#SBATCH --job-name={_SAFE_NAME.sub('-', request.job_name)[:64] or 'realnvp'}",
+        f"#SBATCH --output={OUTPUT_PATTERN}",
+        # 90 s before the time limit the trainer is told (SIGUSR1): it saves latest.pt and
+        # requeues the job, which resumes from it (core/runs/slurm.py).
+        "#SBATCH --signal=USR1@90",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --nodes={max(request.nodes, 1)}",
+        "#SBATCH --ntasks-per-node=1",
+    ]
+    for flag, value in (
+        ("--partition", request.partition),
+        ("--time", request.time),
+        ("--account", request.account),
+        ("--qos", request.qos),
+    ):
+        if value:
+            lines.append(f"#SBATCH {flag}={value}")
+    if request.gpus:
+        lines.append(f"#SBATCH --gpus-per-node={request.gpus}")
+    lines += [f"#SBATCH {option}" for option in request.extra]
+    lines += [
+        "",
+        "set -euo pipefail",
+        "# This job's working directory is the run folder.",
+        f"fresh=({quote(train_args)})",
+        f"resumed=(--resume latest.pt {quote(resume_args)})",
+        'if [ -f latest.pt ]; then args=("${resumed[@]}"); else args=("${fresh[@]}"); fi',
+    ]
+    train = [python, "-m", "core", "train", "--progress", "none"]
+    if request.processes == 1:
+        lines.append(f'srun --kill-on-bad-exit=1 {quote(train)} --out "$PWD" "${{args[@]}}"')
+    else:
+        # torchrun would die of the SIGUSR1 meant for the trainers: it ignores it (an
+        # ignored signal stays ignored across exec), and each trainer installs its own.
+        launch = [
+            python, "-m", "torch.distributed.run", f"--nnodes={max(request.nodes, 1)}",
+            f"--nproc-per-node={max(request.gpus or 1, 1)}", "--rdzv-backend=c10d",
+        ]  # fmt: skip
+        lines += [
+            'first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            'srun --kill-on-bad-exit=1 bash -c \'trap "" USR1; exec "$@"\' torchrun '
+            f'{quote(launch)} --rdzv-id="$SLURM_JOB_ID" --rdzv-endpoint="$first:29500" '
+            f'{quote(train[1:])} --out "$PWD" "${{args[@]}}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _shell_words(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
