@@ -61,7 +61,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +76,7 @@ from core.flow.inference import fold_for_inference
 from core.flow.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
 from core.flow.model import random_model as core_random_model
 from core.training.device import describe, pick_device, use_threads
+from core.training.timing import interleaved_ms, p50, percentiles, time_ms
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -85,27 +85,17 @@ def _sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50": round(statistics.median(ordered), 3), "p95": round(p95, 3), "n": len(ordered)}
+def _sync(device: torch.device | None) -> Callable[[], None] | None:
+    """What the timing kit calls around each timed call on ``device``: CUDA's synchronize."""
+    if device is not None and device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
 
 
 def _time_ms(
     fn: Callable[[], Any], repeats: int, warmup: int = 2, device: torch.device | None = None
 ) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
+    return time_ms(fn, repeats, warmup, sync=_sync(device))
 
 
 def matmul_peak_gflops(
@@ -136,16 +126,9 @@ def bf16_matmul_peak_gflops(device: torch.device, repeats: int = 10) -> tuple[fl
 def _interleaved_ms(
     fns: dict[str, Callable[[], Any]], repeats: int, budget_s: float, device: torch.device
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Times of each function, one call of each in turn (so a change in the machine's load
-    falls on all), after one warm-up call each; fewer rounds (at least one) where the
-    warm-up says ``repeats`` would take over ``budget_s``. Returns (times, warm-up times)."""
-    first = {name: _time_ms(fn, 1, warmup=0, device=device)[0] for name, fn in fns.items()}
-    rounds = max(1, min(repeats, int(budget_s * 1000.0 // max(sum(first.values()), 1e-9))))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name] += _time_ms(fn, 1, warmup=0, device=device)
-    return times, first
+    """:func:`core.training.timing.interleaved_ms` after one warm-up call each, on
+    ``device``: (times, warm-up times)."""
+    return interleaved_ms(fns, repeats, warmup=1, budget_s=budget_s, sync=_sync(device))
 
 
 def train_precisions(
@@ -175,7 +158,7 @@ def train_precisions(
     times, first = _interleaved_ms(runs, steps, budget_s, device)
     out: dict[str, Any] = {"batch": batch, "train_step_gflop": round(flops / 1e9, 4)}
     for p, ms in times.items():
-        per_step = statistics.median(ms) / 1000.0
+        per_step = p50(ms) / 1000.0
         gflops = flops / per_step / 1e9
         out[p] = {
             "first_step_s": round(first[p] / 1000.0, 2),
@@ -344,11 +327,11 @@ def peer_figures(
 
 
 def _ratio_entry(times: dict[str, list[float]], **facts: Any) -> dict[str, Any]:
-    ours, theirs = (statistics.median(times[k]) for k in ("ours", "peer"))
+    ours, theirs = (p50(times[k]) for k in ("ours", "peer"))
     return {
         **facts,
-        "ours_ms": _percentiles(times["ours"]),
-        "peer_ms": _percentiles(times["peer"]),
+        "ours_ms": percentiles(times["ours"]),
+        "peer_ms": percentiles(times["peer"]),
         "ratio": round(ours / theirs, 3),
     }
 
@@ -398,10 +381,10 @@ def render_precisions(
                 to_uint8(model.decode(zs).float().cpu().numpy()),
                 to_uint8(fast.decode(zs).float().cpu().numpy()),
             )
-        f32, bf16 = (statistics.median(times[p]) for p in ("float32", "bf16"))
+        f32, bf16 = (p50(times[p]) for p in ("float32", "bf16"))
         out[f"batch_{batch}"] = {
-            "float32_ms": _percentiles(times["float32"]),
-            "bf16_ms": _percentiles(times["bf16"]),
+            "float32_ms": percentiles(times["float32"]),
+            "bf16_ms": percentiles(times["bf16"]),
             "bf16_speedup": round(f32 / bf16, 3),
             "same_picture": same,
             "within_one_grey_level": round(share, 5),
@@ -435,10 +418,10 @@ def render_drafts(
         _, times = _interleaved_decodes(
             {"float32": model, "draft": draft}, batch, repeats, budget_s, device
         )
-        f32, fast = (statistics.median(times[p]) for p in ("float32", "draft"))
+        f32, fast = (p50(times[p]) for p in ("float32", "draft"))
         out[f"batch_{batch}"] = {
-            "float32_ms": _percentiles(times["float32"]),
-            "draft_ms": _percentiles(times["draft"]),
+            "float32_ms": percentiles(times["float32"]),
+            "draft_ms": percentiles(times["draft"]),
             "ratio": round(fast / f32, 3),
         }
     grid = max(batches)
@@ -487,7 +470,7 @@ def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> d
         zs = model.encode(x)
         enc = _time_ms(lambda: model.encode(x), repeats, device=device)
         dec = _time_ms(lambda: model.decode(zs), repeats, device=device)
-    return {"encode_ms": _percentiles(enc), "decode_ms": _percentiles(dec)}
+    return {"encode_ms": percentiles(enc), "decode_ms": percentiles(dec)}
 
 
 def fine_level_change(
@@ -508,7 +491,7 @@ def fine_level_change(
 
         full = _time_ms(lambda: model.decode(zs), repeats, device=device)
         fine = _time_ms(from_cache, repeats, device=device)
-    return {"cached_ms": _percentiles(fine), "full_ms": _percentiles(full)}
+    return {"cached_ms": percentiles(fine), "full_ms": percentiles(full)}
 
 
 def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -533,7 +516,7 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
         for _ in range(repeats):
             enc += _time_ms(lambda: model.encode(x), 1, warmup=0, device=device)
             lik += _time_ms(mapped, 1, warmup=0, device=device)
-    encode, map_ = _percentiles(enc), _percentiles(lik)
+    encode, map_ = percentiles(enc), percentiles(lik)
     return {"encode_ms": encode, "map_ms": map_, "ratio_p50": round(map_["p50"] / encode["p50"], 3)}
 
 
@@ -553,7 +536,7 @@ def render_figures(
         n = repeats if batch == 1 else max(2, repeats // 3)
         zs = [z.to(device) for z in model.sample_latents(batch, 1.0, torch.Generator())]
         with torch.inference_mode():
-            out["decode_ms"][f"batch_{batch}"] = _percentiles(
+            out["decode_ms"][f"batch_{batch}"] = percentiles(
                 _time_ms(lambda zs=zs: model.decode(zs), n, device=device)
             )
         out["fine_level_change"][f"batch_{batch}"] = fine_level_change(model, n, device, batch)
@@ -617,7 +600,7 @@ def training_speed(
     # Steps are timed in groups, as the trainer runs them: no synchronisation between them.
     group = 10 if cuda else 1
     times = _time_ms(lambda: [step(x) for _ in range(group)], steps, warmup=1, device=device)
-    per_step = statistics.median(times) / 1000.0 / group
+    per_step = p50(times) / 1000.0 / group
     step.read(reset_window=True)
     gflops = flops / per_step / 1e9
     return {

@@ -28,8 +28,7 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-
+from core.training.timing import p50, p95
 from explorer_bench import bench_parser
 from explorer_bench.gui import WINDOW_SIZE, bench_window, random_checkpoint, wait_until
 
@@ -153,18 +152,18 @@ def measure_draft_drag(
                     if mode == "draft":
                         exact_after.append(after)
             engine.drafts_enabled = True
-            p50 = {m: float(np.percentile(t, 50)) for m, t in times.items()}
-            frame_p50 = {m: float(np.percentile(t, 50)) for m, t in frame_ms.items()}
+            move_p50 = {m: p50(t) for m, t in times.items()}
+            frame_p50 = {m: p50(t) for m, t in frame_ms.items()}
             out[name] = {
                 "draft_frame_p50_ms": round(frame_p50["draft"], 2),
                 "float32_frame_p50_ms": round(frame_p50["float32"], 2),
                 "frame_ratio": round(frame_p50["draft"] / frame_p50["float32"], 3),
-                "draft_p50_ms": round(p50["draft"], 2),
-                "float32_p50_ms": round(p50["float32"], 2),
-                "ratio": round(p50["draft"] / p50["float32"], 3),
-                "draft_p95_ms": round(float(np.percentile(times["draft"], 95)), 2),
-                "float32_p95_ms": round(float(np.percentile(times["float32"], 95)), 2),
-                "exact_after_last_move_p50_ms": round(float(np.percentile(exact_after, 50)), 2),
+                "draft_p50_ms": round(move_p50["draft"], 2),
+                "float32_p50_ms": round(move_p50["float32"], 2),
+                "ratio": round(move_p50["draft"] / move_p50["float32"], 3),
+                "draft_p95_ms": round(p95(times["draft"]), 2),
+                "float32_p95_ms": round(p95(times["float32"]), 2),
+                "exact_after_last_move_p50_ms": round(p50(exact_after), 2),
                 "exact_after_last_move_max_ms": round(max(exact_after), 2),
                 "drafts": engine.drafts_drawn - drawn,
                 "moves": len(times["draft"]),

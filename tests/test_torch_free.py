@@ -41,6 +41,8 @@ CORE_TORCH_FREE = [
     "core.training.schedule",
     "core.config",
     "core.training.threads",
+    "core.training.timing",
+    "core.training.bars",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).
     "core.training.remote",
     "core.training.remote_agent",

@@ -3,9 +3,10 @@ training steps, a task between them (the class statistics), an image completion 
 fetched file.
 
 ``label [#########.....................] 12/64 [00:03<00:08]``, on stderr unless told
-otherwise. A bar starts at its first report and is drawn on every report (``mininterval``: the reports of a slow job are
-already far apart; a byte count passes a shorter one), ended by its total or by
-:meth:`tqdm.tqdm.close`, which leaves its last state on its own line.
+otherwise. A bar starts at its first report and is drawn on every report (``mininterval``:
+the reports of a slow job are already far apart; a byte count passes a shorter one), and
+is ended by its total or by :meth:`tqdm.tqdm.close`, which leaves its last state on its
+own line.
 """
 
 from __future__ import annotations
