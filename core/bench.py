@@ -35,20 +35,8 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   On the CPU ``render.<name>.draft``: the draft frames drawn during a drag (see
   :func:`render_drafts`): ``batch_1`` and ``batch_16`` (``float32_ms``, ``draft_ms``,
   ``ratio``), ``error`` (``within_1``, ``within_4``, ``within_16``, ``max``) and ``passes``.
-- ``gui`` (when the explorer is installed): ``gui.<name>`` for the same models, from
-  ``python -m explorer_bench.gui --json`` run as a separate process so ``core`` never loads
-  Qt: slider-to-first-pixels (``p50_ms``, ``p95_ms``), slider-to-whole-grid
-  (``whole_grid_p50_ms``, ``whole_grid_p95_ms``) and during a drag (``drag_p50_ms``,
-  ``drag_p95_ms``) for ``images_1`` and ``images_16`` (``cache`` and ``no_cache``), the
-  one-image decode of the same run (``decode_1``), the render ``plan`` and
-  ``first_pixels_16_p95_over_decode_1_p50``; on CUDA also ``gui.<name>_no_graphs``.
-  ``gui.<name>.parity``: that one-image decode (``decode_1.by_threads``) at the thread
-  count of ``render.<name>`` beside ``render.<name>.decode_ms.batch_1``: ``gui_p50_ms``,
-  ``engine_p50_ms``, ``ratio``.
-- ``draw`` (when the explorer is installed and the bundled model or ``--checkpoint`` is
-  there): ``draw.stroke_to_answer`` from ``python -m explorer_bench.draw --json``, the Draw
-  tab's time from letting go of a stroke to its answer shown (``p50_ms``, ``p95_ms``,
-  ``n``, ``answer_p50_ms``: the worker's encode alone).
+The explorer's own figures (``gui``, ``draw``) come from ``python -m explorer_bench``, which
+prints this report with them beside it: ``core`` knows none of its benchmarks.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -59,9 +47,7 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -451,18 +437,6 @@ def describe_drafts(draft: dict[str, Any]) -> str:
     return f"drafts: {times}; {describe_draft_error(draft['error'])}: {verdict}"
 
 
-def describe_draft_drag(slider: str, f: dict[str, Any]) -> str:
-    """One line of a driven drag's figures (``gui.<name>.draft_drag.<slider>``)."""
-    return (
-        f"{slider} drag, draft against float32 (p50): frame time {f['draft_frame_p50_ms']:.1f} "
-        f"/ {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x), move to pixels "
-        f"{f['draft_p50_ms']:.1f} / {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
-        f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms; {f['moves']} moves, "
-        f"{f['drafts']} drafts); the exact frame {f['exact_after_last_move_p50_ms']:.1f} ms "
-        f"after the last move (at most {f['exact_after_last_move_max_ms']:.1f} ms)"
-    )
-
-
 def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
     cfg = model.config
     x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
@@ -615,53 +589,15 @@ def training_speed(
     }
 
 
-def gui_latency(
-    checkpoint: Path | None,
-    quick: bool,
-    threads: int | None = None,
-    preset_name: str | None = None,
-    repeats: int | None = None,
-    device_name: str = "auto",
-    graphs: bool = True,
-) -> dict[str, Any] | None:
-    """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable.
-    ``preset_name``: a model of that architecture with random weights instead."""
-    cmd = [sys.executable, "-m", "explorer_bench.gui", "--json", "--device", device_name]
-    if not graphs:
-        cmd += ["--graphs", "off"]
-    if threads is not None:  # otherwise the explorer's own default, as the app runs
-        cmd += ["--threads", str(threads)]
-    if preset_name is not None:
-        cmd += ["--preset", preset_name]
-    elif checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
-    if quick:
-        cmd.append("--quick")
-    elif repeats is not None:
-        cmd += ["--repeats", str(repeats)]
-    return _explorer_child(cmd, timeout_s=1200)
-
-
-def _explorer_child(cmd: list[str], timeout_s: float) -> dict[str, Any] | None:
-    """Run an explorer benchmark in a child process (offscreen Qt, so ``core`` never loads
-    Qt) and read the JSON of its last line: ``None`` if it could not run (no explorer
-    installed, timed out), ``{"error": ...}`` if it failed."""
-    try:
-        result = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"error": "unreadable output"}
+def bench_checkpoint(checkpoint: str | None) -> tuple[Path | None, str]:
+    """The model of the ``bundled`` figures and the name of its ``render`` entry: the one
+    ``--checkpoint`` names (``checkpoint``), else the bundled model (``bundled``); ``None``
+    when the bundled model is not installed."""
+    if checkpoint:
+        name = "checkpoint" if checkpoint != "bundled" else "bundled"
+        return resolve_checkpoint(checkpoint), name
+    bundled = bundled_model_path()
+    return (bundled if bundled.is_file() else None), "bundled"
 
 
 def run(
@@ -669,8 +605,6 @@ def run(
     checkpoint: str | None = None,
     device_name: str = "auto",
     presets: list[str] | None = None,
-    gui: bool = True,
-    threads: int | None = None,
     compile: bool = False,
     train_batches: list[int] | None = None,
     render_presets: list[str] | None = None,
@@ -709,25 +643,20 @@ def run(
     report["peer"] = peer_figures(peer_code, device, peer_batch, quick)
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
-    if checkpoint:
-        bundled = resolve_checkpoint(checkpoint)
+    bundled, render_name = bench_checkpoint(checkpoint)
+    if bundled is None:
+        print(
+            f"bench: the bundled model is not installed ({bundled_model_path()}): no "
+            "'bundled' figures; pass --checkpoint for a model of your own",
+            file=sys.stderr,
+        )
     else:
-        bundled = bundled_model_path()
-        if not bundled.is_file():
-            print(
-                f"bench: the bundled model is not installed ({bundled}): no 'bundled' "
-                "figures; pass --checkpoint for a model of your own",
-                file=sys.stderr,
-            )
-            bundled = None
-    if bundled is not None:
         # First, before the long training runs leave the process's thread pool and
         # allocator in another state (later latencies measured up to 2x slower), and
         # folded as the explorer renders it.
         model = load_checkpoint(bundled, device)[0]
         count = sum(p.numel() for p in model.parameters())
         models["bundled"] = (fold_for_inference(model), False, count)
-        render_name = "checkpoint" if checkpoint and checkpoint != "bundled" else "bundled"
         if not precision_only:
             report["render"][render_name] = _render_entry(
                 models["bundled"][0], count, repeats, device
@@ -787,50 +716,7 @@ def run(
                     for b in train_batches
                 }
         report["models"][name] = entry
-    if gui:
-        report["gui"] = {}
-        # On CUDA each model also without graphs (``<name>_no_graphs``).
-        for graphs in (True, False) if device.type == "cuda" else (True,):
-            suffix = "" if graphs else "_no_graphs"
-            if bundled is not None:
-                report["gui"][render_name + suffix] = gui_latency(
-                    bundled, quick, threads, device_name=device_name, graphs=graphs
-                )
-            for name in render_presets:  # big models: fewer moves keep the run short
-                report["gui"][name + suffix] = gui_latency(
-                    None, quick, threads, name, 10, device_name=device_name, graphs=graphs
-                )
-        for name, entry in report["gui"].items():
-            if isinstance(entry, dict) and name in report["render"]:
-                entry["parity"] = gui_parity(report["render"][name], entry.get("decode_1"))
-        if bundled is not None:
-            report["draw"] = draw_latency(bundled, quick)
     return report
-
-
-def draw_latency(checkpoint: Path, quick: bool) -> dict[str, Any] | None:
-    """The Draw tab's stroke-to-answer time, from ``python -m explorer_bench.draw --json``
-    in a child process (``core`` never loads Qt); ``None`` if the explorer is not
-    installed, ``{"error": ...}`` if the run failed."""
-    cmd = [sys.executable, "-m", "explorer_bench.draw", str(checkpoint), "--json"]
-    cmd += ["--strokes", "5" if quick else "20"]
-    return _explorer_child(cmd, timeout_s=600)
-
-
-def gui_parity(render: dict[str, Any], gui_decode: dict[str, Any] | None) -> dict[str, Any]:
-    """The explorer's one-image decode (on its render thread, in the app's conditions)
-    beside this process's own at the same thread count: ``gui_p50_ms``, ``engine_p50_ms``,
-    ``ratio`` (1.0 is parity), ``threads``. ``ratio`` is ``None`` when the GUI figure
-    lacks that thread count."""
-    threads = render["threads"]
-    engine = render["decode_ms"]["batch_1"]["p50"]
-    gui = ((gui_decode or {}).get("by_threads") or {}).get(str(threads))
-    return {
-        "threads": threads,
-        "gui_p50_ms": gui,
-        "engine_p50_ms": engine,
-        "ratio": round(gui / engine, 3) if gui else None,
-    }
 
 
 def _render_entry(
@@ -911,7 +797,7 @@ def _print_peer(peer: dict[str, Any]) -> None:
         )
 
 
-def _print(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"torch {m['torch']} on {m['device']}")
     if "peer" in report:
@@ -956,48 +842,16 @@ def _print(report: dict[str, Any]) -> None:
         )
         if "draft" in e:
             print("  " + describe_drafts(e["draft"]))
-    draw = (report.get("draw") or {}).get("stroke_to_answer")
-    if draw:
-        print(
-            f"\ndraw (bundled): stroke to answer p50 {draw['p50_ms']:.1f} ms, p95 "
-            f"{draw['p95_ms']:.1f} ms over {draw['n']} strokes (encode on the answer worker "
-            f"p50 {draw['answer_p50_ms']:.1f} ms)"
-        )
-    elif "draw" in report:
-        print(f"\ndraw: {(report['draw'] or {}).get('error', 'not available')}")
-    for name, g in (report.get("gui") or {}).items():
-        if not g or "error" in g:
-            print(f"\ngui {name}: {(g or {}).get('error', 'not available')}")
-            continue
-        d1 = g["decode_1"]
-        print(
-            f"\ngui {name} (slider to pixels, {g['plan']['threads']} render threads; one-image "
-            f"decode p50 {d1['p50_ms']:.1f} ms p95 {d1['p95_ms']:.1f} ms):"
-        )
-        parity = g.get("parity")
-        if parity and parity["ratio"] is not None:
-            print(
-                f"  GUI parity, one image at {parity['threads']} threads: the explorer's render "
-                f"thread p50 {parity['gui_p50_ms']:.1f} ms against render {name}'s "
-                f"{parity['engine_p50_ms']:.1f} ms ({parity['ratio']:.2f}x)"
-            )
-        for key, variants in g.items():
-            if key.startswith("images_"):
-                for variant, f in variants.items():
-                    print(
-                        f"  {key.removeprefix('images_'):>3} images {variant:>12}: first pixels "
-                        f"p50 {f['p50_ms']:.1f} ms p95 {f['p95_ms']:.1f} ms | whole grid p50 "
-                        f"{f['whole_grid_p50_ms']:.1f} ms p95 {f['whole_grid_p95_ms']:.1f} ms"
-                    )
-        drag = g.get("draft_drag") or {}
-        if "skipped" in drag:
-            print(f"  draft drag: {drag['skipped']}")
-        for slider, f in drag.items():
-            if slider != "skipped":
-                print(f"  {describe_draft_drag(slider, f)}")
 
 
-def main(args: argparse.Namespace | None = None) -> int:
+def main(
+    args: argparse.Namespace | None = None,
+    more: Callable[[dict[str, Any], argparse.Namespace], None] | None = None,
+    printer: Callable[[dict[str, Any]], None] = print_report,
+) -> int:
+    """``realnvp bench``: the report of :func:`run` for ``args``, as JSON or lines.
+    ``more(report, args)`` adds figures of a caller's own before it is shown (``python -m
+    explorer_bench`` adds the explorer's), and ``printer`` writes the lines."""
     if args is None:
         parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__)
         parser.add_argument("--json", action="store_true")
@@ -1010,8 +864,6 @@ def main(args: argparse.Namespace | None = None) -> int:
         checkpoint=args.checkpoint,
         device_name=getattr(args, "device", "auto"),
         presets=getattr(args, "presets", None),
-        gui=not getattr(args, "no_gui", False),
-        threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),
         train_batches=getattr(args, "train_batch", None),
         render_presets=getattr(args, "render_presets", None),
@@ -1019,10 +871,12 @@ def main(args: argparse.Namespace | None = None) -> int:
         peer=getattr(args, "peer", None),
         peer_batch=getattr(args, "peer_batch", 16),
     )
+    if more is not None:
+        more(report, args)
     if args.json:
         print(json.dumps(report))
     else:
-        _print(report)
+        printer(report)
     return 0
 
 

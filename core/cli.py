@@ -867,7 +867,12 @@ def _export_class_stats(
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed on this machine")
+    bench_arguments(sub.add_parser("bench", help="measure speed on this machine"))
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``realnvp bench``, which ``python -m explorer_bench`` (the same report
+    with the explorer's figures beside it) takes too."""
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--checkpoint", help="model for the latency figures (default: bundled)")
@@ -877,12 +882,11 @@ def _add_bench(sub) -> None:
         help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
     )
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
-    p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
     p.add_argument(
         "--render-presets",
         nargs="*",
         choices=sorted(PRESETS),
-        help="random-weight models for the render and GUI figures (default: cifar10)",
+        help="random-weight models for the render figures (default: cifar10)",
     )
     _add_threads(p)
     p.add_argument(

@@ -220,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_draft_drag(slider: str, f: dict[str, Any]) -> str:
+    """One line of a driven drag's figures (``gui.<name>.draft_drag.<slider>``)."""
+    return (
+        f"{slider} drag, draft against float32 (p50): frame time {f['draft_frame_p50_ms']:.1f} "
+        f"/ {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x), move to pixels "
+        f"{f['draft_p50_ms']:.1f} / {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
+        f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms; {f['moves']} moves, "
+        f"{f['drafts']} drafts); the exact frame {f['exact_after_last_move_p50_ms']:.1f} ms "
+        f"after the last move (at most {f['exact_after_last_move_max_ms']:.1f} ms)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -255,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    from core.bench import describe_draft_drag, describe_drafts
+    from core.bench import describe_drafts
 
     print(f"Draft frames, model: {model}; render threads {plan.threads}")
     print(f"plan: {plan.draft_note}")

@@ -186,7 +186,7 @@ def test_the_bar_ends_with_the_final_evaluation():
 
 
 def test_bench_prints_the_gui_figures_as_lines(capsys):
-    from core.bench import _print
+    from explorer_bench.__main__ import print_report as _print
 
     machine = {"torch": "2", "device": "cpu", "threads": 1, "python": "3"}
     figures = {"p50_ms": 7.25, "p95_ms": 9.5, "whole_grid_p50_ms": 20.0, "whole_grid_p95_ms": 25.0}
