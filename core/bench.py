@@ -35,20 +35,8 @@ Prints (or with ``--json`` writes one JSON object with these stable keys):
   On the CPU ``render.<name>.draft``: the draft frames drawn during a drag (see
   :func:`render_drafts`): ``batch_1`` and ``batch_16`` (``float32_ms``, ``draft_ms``,
   ``ratio``), ``error`` (``within_1``, ``within_4``, ``within_16``, ``max``) and ``passes``.
-- ``gui`` (when the explorer is installed): ``gui.<name>`` for the same models, from
-  ``python -m explorer_bench.gui --json`` run as a separate process so ``core`` never loads
-  Qt: slider-to-first-pixels (``p50_ms``, ``p95_ms``), slider-to-whole-grid
-  (``whole_grid_p50_ms``, ``whole_grid_p95_ms``) and during a drag (``drag_p50_ms``,
-  ``drag_p95_ms``) for ``images_1`` and ``images_16`` (``cache`` and ``no_cache``), the
-  one-image decode of the same run (``decode_1``), the render ``plan`` and
-  ``first_pixels_16_p95_over_decode_1_p50``; on CUDA also ``gui.<name>_no_graphs``.
-  ``gui.<name>.parity``: that one-image decode (``decode_1.by_threads``) at the thread
-  count of ``render.<name>`` beside ``render.<name>.decode_ms.batch_1``: ``gui_p50_ms``,
-  ``engine_p50_ms``, ``ratio``.
-- ``draw`` (when the explorer is installed and the bundled model or ``--checkpoint`` is
-  there): ``draw.stroke_to_answer`` from ``python -m explorer_bench.draw --json``, the Draw
-  tab's time from letting go of a stroke to its answer shown (``p50_ms``, ``p95_ms``,
-  ``n``, ``answer_p50_ms``: the worker's encode alone).
+The explorer's own figures (``gui``, ``draw``) come from ``python -m explorer_bench``, which
+prints this report with them beside it: ``core`` knows none of its benchmarks.
 
 Tests never assert these times; they only check that the command runs.
 """
@@ -59,10 +47,7 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -77,6 +62,7 @@ from core.flow.inference import fold_for_inference
 from core.flow.model import PRESETS, FlowConfig, RealNVP, gaussian_log_prob
 from core.flow.model import random_model as core_random_model
 from core.training.device import describe, pick_device, use_threads
+from core.training.timing import interleaved_ms, p50, percentiles, time_ms
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -85,27 +71,17 @@ def _sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50": round(statistics.median(ordered), 3), "p95": round(p95, 3), "n": len(ordered)}
+def _sync(device: torch.device | None) -> Callable[[], None] | None:
+    """What the timing kit calls around each timed call on ``device``: CUDA's synchronize."""
+    if device is not None and device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
 
 
 def _time_ms(
     fn: Callable[[], Any], repeats: int, warmup: int = 2, device: torch.device | None = None
 ) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
+    return time_ms(fn, repeats, warmup, sync=_sync(device))
 
 
 def matmul_peak_gflops(
@@ -136,16 +112,9 @@ def bf16_matmul_peak_gflops(device: torch.device, repeats: int = 10) -> tuple[fl
 def _interleaved_ms(
     fns: dict[str, Callable[[], Any]], repeats: int, budget_s: float, device: torch.device
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Times of each function, one call of each in turn (so a change in the machine's load
-    falls on all), after one warm-up call each; fewer rounds (at least one) where the
-    warm-up says ``repeats`` would take over ``budget_s``. Returns (times, warm-up times)."""
-    first = {name: _time_ms(fn, 1, warmup=0, device=device)[0] for name, fn in fns.items()}
-    rounds = max(1, min(repeats, int(budget_s * 1000.0 // max(sum(first.values()), 1e-9))))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name] += _time_ms(fn, 1, warmup=0, device=device)
-    return times, first
+    """:func:`core.training.timing.interleaved_ms` after one warm-up call each, on
+    ``device``: (times, warm-up times)."""
+    return interleaved_ms(fns, repeats, warmup=1, budget_s=budget_s, sync=_sync(device))
 
 
 def train_precisions(
@@ -175,7 +144,7 @@ def train_precisions(
     times, first = _interleaved_ms(runs, steps, budget_s, device)
     out: dict[str, Any] = {"batch": batch, "train_step_gflop": round(flops / 1e9, 4)}
     for p, ms in times.items():
-        per_step = statistics.median(ms) / 1000.0
+        per_step = p50(ms) / 1000.0
         gflops = flops / per_step / 1e9
         out[p] = {
             "first_step_s": round(first[p] / 1000.0, 2),
@@ -344,11 +313,11 @@ def peer_figures(
 
 
 def _ratio_entry(times: dict[str, list[float]], **facts: Any) -> dict[str, Any]:
-    ours, theirs = (statistics.median(times[k]) for k in ("ours", "peer"))
+    ours, theirs = (p50(times[k]) for k in ("ours", "peer"))
     return {
         **facts,
-        "ours_ms": _percentiles(times["ours"]),
-        "peer_ms": _percentiles(times["peer"]),
+        "ours_ms": percentiles(times["ours"]),
+        "peer_ms": percentiles(times["peer"]),
         "ratio": round(ours / theirs, 3),
     }
 
@@ -398,10 +367,10 @@ def render_precisions(
                 to_uint8(model.decode(zs).float().cpu().numpy()),
                 to_uint8(fast.decode(zs).float().cpu().numpy()),
             )
-        f32, bf16 = (statistics.median(times[p]) for p in ("float32", "bf16"))
+        f32, bf16 = (p50(times[p]) for p in ("float32", "bf16"))
         out[f"batch_{batch}"] = {
-            "float32_ms": _percentiles(times["float32"]),
-            "bf16_ms": _percentiles(times["bf16"]),
+            "float32_ms": percentiles(times["float32"]),
+            "bf16_ms": percentiles(times["bf16"]),
             "bf16_speedup": round(f32 / bf16, 3),
             "same_picture": same,
             "within_one_grey_level": round(share, 5),
@@ -435,10 +404,10 @@ def render_drafts(
         _, times = _interleaved_decodes(
             {"float32": model, "draft": draft}, batch, repeats, budget_s, device
         )
-        f32, fast = (statistics.median(times[p]) for p in ("float32", "draft"))
+        f32, fast = (p50(times[p]) for p in ("float32", "draft"))
         out[f"batch_{batch}"] = {
-            "float32_ms": _percentiles(times["float32"]),
-            "draft_ms": _percentiles(times["draft"]),
+            "float32_ms": percentiles(times["float32"]),
+            "draft_ms": percentiles(times["draft"]),
             "ratio": round(fast / f32, 3),
         }
     grid = max(batches)
@@ -468,18 +437,6 @@ def describe_drafts(draft: dict[str, Any]) -> str:
     return f"drafts: {times}; {describe_draft_error(draft['error'])}: {verdict}"
 
 
-def describe_draft_drag(slider: str, f: dict[str, Any]) -> str:
-    """One line of a driven drag's figures (``gui.<name>.draft_drag.<slider>``)."""
-    return (
-        f"{slider} drag, draft against float32 (p50): frame time {f['draft_frame_p50_ms']:.1f} "
-        f"/ {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x), move to pixels "
-        f"{f['draft_p50_ms']:.1f} / {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
-        f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms; {f['moves']} moves, "
-        f"{f['drafts']} drafts); the exact frame {f['exact_after_last_move_p50_ms']:.1f} ms "
-        f"after the last move (at most {f['exact_after_last_move_max_ms']:.1f} ms)"
-    )
-
-
 def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
     cfg = model.config
     x = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
@@ -487,7 +444,7 @@ def latency(model: RealNVP, batch: int, repeats: int, device: torch.device) -> d
         zs = model.encode(x)
         enc = _time_ms(lambda: model.encode(x), repeats, device=device)
         dec = _time_ms(lambda: model.decode(zs), repeats, device=device)
-    return {"encode_ms": _percentiles(enc), "decode_ms": _percentiles(dec)}
+    return {"encode_ms": percentiles(enc), "decode_ms": percentiles(dec)}
 
 
 def fine_level_change(
@@ -508,7 +465,7 @@ def fine_level_change(
 
         full = _time_ms(lambda: model.decode(zs), repeats, device=device)
         fine = _time_ms(from_cache, repeats, device=device)
-    return {"cached_ms": _percentiles(fine), "full_ms": _percentiles(full)}
+    return {"cached_ms": percentiles(fine), "full_ms": percentiles(full)}
 
 
 def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -533,7 +490,7 @@ def likelihood_map_cost(model: RealNVP, repeats: int, device: torch.device) -> d
         for _ in range(repeats):
             enc += _time_ms(lambda: model.encode(x), 1, warmup=0, device=device)
             lik += _time_ms(mapped, 1, warmup=0, device=device)
-    encode, map_ = _percentiles(enc), _percentiles(lik)
+    encode, map_ = percentiles(enc), percentiles(lik)
     return {"encode_ms": encode, "map_ms": map_, "ratio_p50": round(map_["p50"] / encode["p50"], 3)}
 
 
@@ -553,7 +510,7 @@ def render_figures(
         n = repeats if batch == 1 else max(2, repeats // 3)
         zs = [z.to(device) for z in model.sample_latents(batch, 1.0, torch.Generator())]
         with torch.inference_mode():
-            out["decode_ms"][f"batch_{batch}"] = _percentiles(
+            out["decode_ms"][f"batch_{batch}"] = percentiles(
                 _time_ms(lambda zs=zs: model.decode(zs), n, device=device)
             )
         out["fine_level_change"][f"batch_{batch}"] = fine_level_change(model, n, device, batch)
@@ -617,7 +574,7 @@ def training_speed(
     # Steps are timed in groups, as the trainer runs them: no synchronisation between them.
     group = 10 if cuda else 1
     times = _time_ms(lambda: [step(x) for _ in range(group)], steps, warmup=1, device=device)
-    per_step = statistics.median(times) / 1000.0 / group
+    per_step = p50(times) / 1000.0 / group
     step.read(reset_window=True)
     gflops = flops / per_step / 1e9
     return {
@@ -632,53 +589,15 @@ def training_speed(
     }
 
 
-def gui_latency(
-    checkpoint: Path | None,
-    quick: bool,
-    threads: int | None = None,
-    preset_name: str | None = None,
-    repeats: int | None = None,
-    device_name: str = "auto",
-    graphs: bool = True,
-) -> dict[str, Any] | None:
-    """Run the explorer's own benchmark in a child process; ``None`` if it is unavailable.
-    ``preset_name``: a model of that architecture with random weights instead."""
-    cmd = [sys.executable, "-m", "explorer_bench.gui", "--json", "--device", device_name]
-    if not graphs:
-        cmd += ["--graphs", "off"]
-    if threads is not None:  # otherwise the explorer's own default, as the app runs
-        cmd += ["--threads", str(threads)]
-    if preset_name is not None:
-        cmd += ["--preset", preset_name]
-    elif checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
-    if quick:
-        cmd.append("--quick")
-    elif repeats is not None:
-        cmd += ["--repeats", str(repeats)]
-    return _explorer_child(cmd, timeout_s=1200)
-
-
-def _explorer_child(cmd: list[str], timeout_s: float) -> dict[str, Any] | None:
-    """Run an explorer benchmark in a child process (offscreen Qt, so ``core`` never loads
-    Qt) and read the JSON of its last line: ``None`` if it could not run (no explorer
-    installed, timed out), ``{"error": ...}`` if it failed."""
-    try:
-        result = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"error": "unreadable output"}
+def bench_checkpoint(checkpoint: str | None) -> tuple[Path | None, str]:
+    """The model of the ``bundled`` figures and the name of its ``render`` entry: the one
+    ``--checkpoint`` names (``checkpoint``), else the bundled model (``bundled``); ``None``
+    when the bundled model is not installed."""
+    if checkpoint:
+        name = "checkpoint" if checkpoint != "bundled" else "bundled"
+        return resolve_checkpoint(checkpoint), name
+    bundled = bundled_model_path()
+    return (bundled if bundled.is_file() else None), "bundled"
 
 
 def run(
@@ -686,8 +605,6 @@ def run(
     checkpoint: str | None = None,
     device_name: str = "auto",
     presets: list[str] | None = None,
-    gui: bool = True,
-    threads: int | None = None,
     compile: bool = False,
     train_batches: list[int] | None = None,
     render_presets: list[str] | None = None,
@@ -726,25 +643,20 @@ def run(
     report["peer"] = peer_figures(peer_code, device, peer_batch, quick)
     names = presets if presets is not None else list(PRESETS)
     models: dict[str, tuple[RealNVP, bool, int]] = {}  # model, train it?, parameters
-    if checkpoint:
-        bundled = resolve_checkpoint(checkpoint)
+    bundled, render_name = bench_checkpoint(checkpoint)
+    if bundled is None:
+        print(
+            f"bench: the bundled model is not installed ({bundled_model_path()}): no "
+            "'bundled' figures; pass --checkpoint for a model of your own",
+            file=sys.stderr,
+        )
     else:
-        bundled = bundled_model_path()
-        if not bundled.is_file():
-            print(
-                f"bench: the bundled model is not installed ({bundled}): no 'bundled' "
-                "figures; pass --checkpoint for a model of your own",
-                file=sys.stderr,
-            )
-            bundled = None
-    if bundled is not None:
         # First, before the long training runs leave the process's thread pool and
         # allocator in another state (later latencies measured up to 2x slower), and
         # folded as the explorer renders it.
         model = load_checkpoint(bundled, device)[0]
         count = sum(p.numel() for p in model.parameters())
         models["bundled"] = (fold_for_inference(model), False, count)
-        render_name = "checkpoint" if checkpoint and checkpoint != "bundled" else "bundled"
         if not precision_only:
             report["render"][render_name] = _render_entry(
                 models["bundled"][0], count, repeats, device
@@ -804,50 +716,7 @@ def run(
                     for b in train_batches
                 }
         report["models"][name] = entry
-    if gui:
-        report["gui"] = {}
-        # On CUDA each model also without graphs (``<name>_no_graphs``).
-        for graphs in (True, False) if device.type == "cuda" else (True,):
-            suffix = "" if graphs else "_no_graphs"
-            if bundled is not None:
-                report["gui"][render_name + suffix] = gui_latency(
-                    bundled, quick, threads, device_name=device_name, graphs=graphs
-                )
-            for name in render_presets:  # big models: fewer moves keep the run short
-                report["gui"][name + suffix] = gui_latency(
-                    None, quick, threads, name, 10, device_name=device_name, graphs=graphs
-                )
-        for name, entry in report["gui"].items():
-            if isinstance(entry, dict) and name in report["render"]:
-                entry["parity"] = gui_parity(report["render"][name], entry.get("decode_1"))
-        if bundled is not None:
-            report["draw"] = draw_latency(bundled, quick)
     return report
-
-
-def draw_latency(checkpoint: Path, quick: bool) -> dict[str, Any] | None:
-    """The Draw tab's stroke-to-answer time, from ``python -m explorer_bench.draw --json``
-    in a child process (``core`` never loads Qt); ``None`` if the explorer is not
-    installed, ``{"error": ...}`` if the run failed."""
-    cmd = [sys.executable, "-m", "explorer_bench.draw", str(checkpoint), "--json"]
-    cmd += ["--strokes", "5" if quick else "20"]
-    return _explorer_child(cmd, timeout_s=600)
-
-
-def gui_parity(render: dict[str, Any], gui_decode: dict[str, Any] | None) -> dict[str, Any]:
-    """The explorer's one-image decode (on its render thread, in the app's conditions)
-    beside this process's own at the same thread count: ``gui_p50_ms``, ``engine_p50_ms``,
-    ``ratio`` (1.0 is parity), ``threads``. ``ratio`` is ``None`` when the GUI figure
-    lacks that thread count."""
-    threads = render["threads"]
-    engine = render["decode_ms"]["batch_1"]["p50"]
-    gui = ((gui_decode or {}).get("by_threads") or {}).get(str(threads))
-    return {
-        "threads": threads,
-        "gui_p50_ms": gui,
-        "engine_p50_ms": engine,
-        "ratio": round(gui / engine, 3) if gui else None,
-    }
 
 
 def _render_entry(
@@ -928,7 +797,7 @@ def _print_peer(peer: dict[str, Any]) -> None:
         )
 
 
-def _print(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"torch {m['torch']} on {m['device']}")
     if "peer" in report:
@@ -973,48 +842,16 @@ def _print(report: dict[str, Any]) -> None:
         )
         if "draft" in e:
             print("  " + describe_drafts(e["draft"]))
-    draw = (report.get("draw") or {}).get("stroke_to_answer")
-    if draw:
-        print(
-            f"\ndraw (bundled): stroke to answer p50 {draw['p50_ms']:.1f} ms, p95 "
-            f"{draw['p95_ms']:.1f} ms over {draw['n']} strokes (encode on the answer worker "
-            f"p50 {draw['answer_p50_ms']:.1f} ms)"
-        )
-    elif "draw" in report:
-        print(f"\ndraw: {(report['draw'] or {}).get('error', 'not available')}")
-    for name, g in (report.get("gui") or {}).items():
-        if not g or "error" in g:
-            print(f"\ngui {name}: {(g or {}).get('error', 'not available')}")
-            continue
-        d1 = g["decode_1"]
-        print(
-            f"\ngui {name} (slider to pixels, {g['plan']['threads']} render threads; one-image "
-            f"decode p50 {d1['p50_ms']:.1f} ms p95 {d1['p95_ms']:.1f} ms):"
-        )
-        parity = g.get("parity")
-        if parity and parity["ratio"] is not None:
-            print(
-                f"  GUI parity, one image at {parity['threads']} threads: the explorer's render "
-                f"thread p50 {parity['gui_p50_ms']:.1f} ms against render {name}'s "
-                f"{parity['engine_p50_ms']:.1f} ms ({parity['ratio']:.2f}x)"
-            )
-        for key, variants in g.items():
-            if key.startswith("images_"):
-                for variant, f in variants.items():
-                    print(
-                        f"  {key.removeprefix('images_'):>3} images {variant:>12}: first pixels "
-                        f"p50 {f['p50_ms']:.1f} ms p95 {f['p95_ms']:.1f} ms | whole grid p50 "
-                        f"{f['whole_grid_p50_ms']:.1f} ms p95 {f['whole_grid_p95_ms']:.1f} ms"
-                    )
-        drag = g.get("draft_drag") or {}
-        if "skipped" in drag:
-            print(f"  draft drag: {drag['skipped']}")
-        for slider, f in drag.items():
-            if slider != "skipped":
-                print(f"  {describe_draft_drag(slider, f)}")
 
 
-def main(args: argparse.Namespace | None = None) -> int:
+def main(
+    args: argparse.Namespace | None = None,
+    more: Callable[[dict[str, Any], argparse.Namespace], None] | None = None,
+    printer: Callable[[dict[str, Any]], None] = print_report,
+) -> int:
+    """``realnvp bench``: the report of :func:`run` for ``args``, as JSON or lines.
+    ``more(report, args)`` adds figures of a caller's own before it is shown (``python -m
+    explorer_bench`` adds the explorer's), and ``printer`` writes the lines."""
     if args is None:
         parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__)
         parser.add_argument("--json", action="store_true")
@@ -1027,8 +864,6 @@ def main(args: argparse.Namespace | None = None) -> int:
         checkpoint=args.checkpoint,
         device_name=getattr(args, "device", "auto"),
         presets=getattr(args, "presets", None),
-        gui=not getattr(args, "no_gui", False),
-        threads=getattr(args, "threads", None),
         compile=getattr(args, "compile", False),
         train_batches=getattr(args, "train_batch", None),
         render_presets=getattr(args, "render_presets", None),
@@ -1036,10 +871,12 @@ def main(args: argparse.Namespace | None = None) -> int:
         peer=getattr(args, "peer", None),
         peer_batch=getattr(args, "peer_batch", 16),
     )
+    if more is not None:
+        more(report, args)
     if args.json:
         print(json.dumps(report))
     else:
-        _print(report)
+        printer(report)
     return 0
 
 

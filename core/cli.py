@@ -110,18 +110,6 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     p.set_defaults(threads_here=True)
 
 
-def _progress_bar(label: str):
-    """``progress(done, total)`` drawing a one-line bar on stderr."""
-
-    def progress(done: int, total: int) -> None:
-        filled = int(30 * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}{end}")
-        sys.stderr.flush()
-
-    return progress
-
-
 def _add_train(sub) -> None:
     _train_arguments(sub.add_parser("train", help="train a Real NVP model"))
 
@@ -524,7 +512,9 @@ def _cmd_complete(args) -> int:
     cfg = model.config
     pixels = load_image(args.image, cfg.in_channels, cfg.image_size)
     mask = load_mask(args.mask, cfg.image_size)
-    progress = None if args.json else _progress_bar("completing")
+    from core.training.bars import progress_bar
+
+    progress = None if args.json else progress_bar("completing")
     done = complete_image(
         model, pixels, mask, args.samples, args.temperature, args.seed, args.steps, progress
     )
@@ -568,6 +558,7 @@ def _class_stats(
     """Class statistics of ``dataset``'s training images, with a progress bar; every
     class without images is named on stderr."""
     from core.stats.measure import compute_class_stats
+    from core.training.bars import progress_bar
     from core.training.data import load_dataset
 
     cfg = model.config
@@ -582,7 +573,7 @@ def _class_stats(
     if (train.channels, train.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
     stats = compute_class_stats(
-        model, train, limit, device=device, progress=_progress_bar("class statistics")
+        model, train, limit, device=device, progress=progress_bar("class statistics")
     )
     for name in stats.skipped:
         print(f"class {name!r} has no images: skipped", file=sys.stderr)
@@ -876,7 +867,12 @@ def _export_class_stats(
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed on this machine")
+    bench_arguments(sub.add_parser("bench", help="measure speed on this machine"))
+
+
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``realnvp bench``, which ``python -m explorer_bench`` (the same report
+    with the explorer's figures beside it) takes too."""
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--checkpoint", help="model for the latency figures (default: bundled)")
@@ -886,12 +882,11 @@ def _add_bench(sub) -> None:
         help="where to run: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps",
     )
     p.add_argument("--presets", nargs="*", choices=sorted(PRESETS), help="default: all")
-    p.add_argument("--no-gui", action="store_true", help="skip the explorer's latency")
     p.add_argument(
         "--render-presets",
         nargs="*",
         choices=sorted(PRESETS),
-        help="random-weight models for the render and GUI figures (default: cifar10)",
+        help="random-weight models for the render figures (default: cifar10)",
     )
     _add_threads(p)
     p.add_argument(
@@ -1035,16 +1030,6 @@ def _forwarded_train_args(args) -> list[str]:
     return words
 
 
-def _fetch_progress(name: str, done: int, total: int) -> None:
-    """One bar per file on stderr, in megabytes."""
-    filled = int(30 * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    sys.stderr.write(
-        f"\r{name} [{'#' * filled}{'.' * (30 - filled)}] {done / 1e6:.1f}/{total / 1e6:.1f} MB{end}"
-    )
-    sys.stderr.flush()
-
-
 def _cmd_remote(args) -> int:
     from core.runs import hosts
 
@@ -1113,9 +1098,11 @@ def _remote_action(args, where: dict) -> int:
         host.kill(args.run)
         print(f"killed: {args.run}", file=sys.stderr)
         return 0
+    from core.training.bars import Bars
+
     run = host.remote_run(args.run)
     to = args.to or default_cache_dir(run)
-    result = host.fetch(run, to, names=args.names, progress=_fetch_progress)
+    result = host.fetch(run, to, names=args.names, progress=Bars(in_bytes=True))
     print(
         f"{result.fetched} of {len(result.files)} files copied ({result.bytes / 1e6:.1f} MB), "
         "all verified by SHA-256",

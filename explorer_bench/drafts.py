@@ -28,8 +28,7 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-
+from core.training.timing import p50, p95
 from explorer_bench import bench_parser
 from explorer_bench.gui import WINDOW_SIZE, bench_window, random_checkpoint, wait_until
 
@@ -153,18 +152,18 @@ def measure_draft_drag(
                     if mode == "draft":
                         exact_after.append(after)
             engine.drafts_enabled = True
-            p50 = {m: float(np.percentile(t, 50)) for m, t in times.items()}
-            frame_p50 = {m: float(np.percentile(t, 50)) for m, t in frame_ms.items()}
+            move_p50 = {m: p50(t) for m, t in times.items()}
+            frame_p50 = {m: p50(t) for m, t in frame_ms.items()}
             out[name] = {
                 "draft_frame_p50_ms": round(frame_p50["draft"], 2),
                 "float32_frame_p50_ms": round(frame_p50["float32"], 2),
                 "frame_ratio": round(frame_p50["draft"] / frame_p50["float32"], 3),
-                "draft_p50_ms": round(p50["draft"], 2),
-                "float32_p50_ms": round(p50["float32"], 2),
-                "ratio": round(p50["draft"] / p50["float32"], 3),
-                "draft_p95_ms": round(float(np.percentile(times["draft"], 95)), 2),
-                "float32_p95_ms": round(float(np.percentile(times["float32"], 95)), 2),
-                "exact_after_last_move_p50_ms": round(float(np.percentile(exact_after, 50)), 2),
+                "draft_p50_ms": round(move_p50["draft"], 2),
+                "float32_p50_ms": round(move_p50["float32"], 2),
+                "ratio": round(move_p50["draft"] / move_p50["float32"], 3),
+                "draft_p95_ms": round(p95(times["draft"]), 2),
+                "float32_p95_ms": round(p95(times["float32"]), 2),
+                "exact_after_last_move_p50_ms": round(p50(exact_after), 2),
                 "exact_after_last_move_max_ms": round(max(exact_after), 2),
                 "drafts": engine.drafts_drawn - drawn,
                 "moves": len(times["draft"]),
@@ -221,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_draft_drag(slider: str, f: dict[str, Any]) -> str:
+    """One line of a driven drag's figures (``gui.<name>.draft_drag.<slider>``)."""
+    return (
+        f"{slider} drag, draft against float32 (p50): frame time {f['draft_frame_p50_ms']:.1f} "
+        f"/ {f['float32_frame_p50_ms']:.1f} ms ({f['frame_ratio']:.2f}x), move to pixels "
+        f"{f['draft_p50_ms']:.1f} / {f['float32_p50_ms']:.1f} ms ({f['ratio']:.2f}x; p95 "
+        f"{f['draft_p95_ms']:.1f} / {f['float32_p95_ms']:.1f} ms; {f['moves']} moves, "
+        f"{f['drafts']} drafts); the exact frame {f['exact_after_last_move_p50_ms']:.1f} ms "
+        f"after the last move (at most {f['exact_after_last_move_max_ms']:.1f} ms)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    from core.bench import describe_draft_drag, describe_drafts
+    from core.bench import describe_drafts
 
     print(f"Draft frames, model: {model}; render threads {plan.threads}")
     print(f"plan: {plan.draft_note}")

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
+from core.training.timing import p50, percentiles
 from explorer_bench import bench_parser
 from explorer_bench.gui import bench_window, wait_until
-from explorer_bench.images import percentiles
 
 WINDOW_SIZE = (1366, 768)
 
@@ -87,8 +87,8 @@ def measure_stroke_to_answer(
                 # sixth stroke wait for the blank canvas's answer: 78 against 40 ms).
                 panel.clear()
                 wait_until(lambda e=panel.canvas.edits: e in shown_at, timeout_s, poll_s=0.001)
-        figures = percentiles(times)
-        figures["answer_p50_ms"] = float(np.percentile(answer_ms, 50))
+        figures = percentiles(times, "_ms")
+        figures["answer_p50_ms"] = round(p50(answer_ms), 3)
         figures["dropped"] = panel.worker.dropped
         return figures
 

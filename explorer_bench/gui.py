@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from core.cli import HelpFormatter
+from core.training.timing import p50, p95
 
 SLIDER_POSITIONS = (40, -40)  # in hundredths of the level's typical latent norm
 WINDOW_SIZE = (1320, 820)
@@ -165,12 +166,12 @@ def measure_gui_latency(
                 drag.append((time.perf_counter() - start) * 1000.0)
         wait_for(window.last_request_id, whole=True)
     return {
-        "p50_ms": float(np.percentile(first, 50)),
-        "p95_ms": float(np.percentile(first, 95)),
-        "whole_grid_p50_ms": float(np.percentile(whole, 50)),
-        "whole_grid_p95_ms": float(np.percentile(whole, 95)),
-        "drag_p50_ms": float(np.percentile(drag, 50)),
-        "drag_p95_ms": float(np.percentile(drag, 95)),
+        "p50_ms": p50(first),
+        "p95_ms": p95(first),
+        "whole_grid_p50_ms": p50(whole),
+        "whole_grid_p95_ms": p95(whole),
+        "drag_p50_ms": p50(drag),
+        "drag_p95_ms": p95(drag),
     }
 
 
@@ -302,8 +303,8 @@ def measure_map(
     return {
         "map_images": len(panel.map),
         "map_s": map_s,
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
+        "p50_ms": p50(times),
+        "p95_ms": p95(times),
     }
 
 
@@ -367,9 +368,9 @@ def one_image_decode_ms(
         app.processEvents()
     own = times[plan.threads]
     return {
-        "p50_ms": float(np.percentile(own, 50)),
-        "p95_ms": float(np.percentile(own, 95)),
-        "by_threads": {str(t): round(float(np.percentile(v, 50)), 3) for t, v in times.items()},
+        "p50_ms": p50(own),
+        "p95_ms": p95(own),
+        "by_threads": {str(t): round(p50(v), 3) for t, v in times.items()},
     }
 
 

@@ -34,17 +34,10 @@ from typing import Any
 import numpy as np
 
 from core.cli import HelpFormatter
+from core.training.timing import percentiles
 
 WINDOW_SIZE = (1320, 820)
 TARGETS_MS = {"encode_p95": 50.0, "interpolation_frame_p95": 33.0}
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "n": len(times),
-    }
 
 
 def digit_like(seed: int) -> np.ndarray:
@@ -251,7 +244,7 @@ def run_images_bench(
                 if i >= warmup:
                     times.append((time.perf_counter() - start) * 1000.0)
                 wait(idle, "the strip")
-            drop_figures[kind] = percentiles(times)
+            drop_figures[kind] = percentiles(times, "_ms")
             decode_times, encode_times = [], []
             for i in range(warmup + repeats):
                 start = time.perf_counter()
@@ -262,8 +255,8 @@ def run_images_bench(
                 if i >= warmup:
                     decode_times.append((middle - start) * 1000.0)
                     encode_times.append((end - middle) * 1000.0)
-            decode_figures[kind] = percentiles(decode_times)
-            encode_figures[kind] = percentiles(encode_times)
+            decode_figures[kind] = percentiles(decode_times, "_ms")
+            encode_figures[kind] = percentiles(encode_times, "_ms")
         report["drop_to_reconstruction"] = drop_figures
         report["file_decode"] = decode_figures
         report["encode"] = encode_figures
@@ -278,7 +271,7 @@ def run_images_bench(
             wait(painted, "the interpolation frame")
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000.0)
-        report["interpolation_frame"] = percentiles(times)
+        report["interpolation_frame"] = percentiles(times, "_ms")
         report["threads"] = torch_threads()
         report["device"] = window.engine.device_label
     worst_encode = max(f["p95_ms"] for f in report["encode"].values())

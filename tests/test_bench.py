@@ -26,7 +26,7 @@ TINY = FlowConfig(in_channels=1, image_size=8, num_scales=2, mid_channels=4, num
 @pytest.mark.slow
 def test_report_keys(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", RealNVP(TINY).eval())
-    report = run(quick=True, checkpoint=str(path), presets=[], gui=False, render_presets=[])
+    report = run(quick=True, checkpoint=str(path), presets=[], render_presets=[])
     assert report["matmul_peak_gflops"] > 0 and report["bf16_matmul_peak_gflops"] > 0
     assert report["train_peak_gflops"] == max(
         report["matmul_peak_gflops"], report["bf16_matmul_peak_gflops"]

@@ -186,7 +186,7 @@ def test_the_bar_ends_with_the_final_evaluation():
 
 
 def test_bench_prints_the_gui_figures_as_lines(capsys):
-    from core.bench import _print
+    from explorer_bench.__main__ import print_report as _print
 
     machine = {"torch": "2", "device": "cpu", "threads": 1, "python": "3"}
     figures = {"p50_ms": 7.25, "p95_ms": 9.5, "whole_grid_p50_ms": 20.0, "whole_grid_p95_ms": 25.0}
@@ -208,3 +208,18 @@ def test_bench_prints_the_gui_figures_as_lines(capsys):
     assert "{" not in text and "p50_ms" not in text, text
     assert "first pixels p50 7.2 ms p95 9.5 ms | whole grid p50 20.0 ms" in text, text
     assert "gui cifar10: no display" in text, text
+
+
+def test_fetch_draws_one_bar_a_file_in_megabytes():
+    from core.training.bars import Bars
+
+    stream = io.StringIO()
+    bars = Bars(in_bytes=True, stream=stream)
+    for name, total in (("latest.pt", 3_000_000), ("events.jsonl", 2_000)):
+        for done in (0, total // 2, total):
+            bars(name, done, total)
+    # As a terminal shows it: each line's last drawing.
+    lines = [line.rsplit("\r", 1)[-1] for line in stream.getvalue().split("\n")]
+    assert lines[0].startswith(f"latest.pt [{'#' * 30}] 3.00MB/3.00MB ["), lines
+    assert lines[1].startswith(f"events.jsonl [{'#' * 30}] 2.00kB/2.00kB ["), lines
+    assert lines[2:] == [""], lines

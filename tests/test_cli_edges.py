@@ -269,12 +269,13 @@ def test_train_shows_the_class_statistics_and_a_finished_run_is_not_redone(
 
     out = tmp_path / "run"
     assert main(_train("--data-dir", str(small_mnist), "--out", str(out), "--max-steps", "2")) == 0
-    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    # The lines as a terminal shows them: each one's last drawing, after its last \r.
+    err = [line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.split("\n")]
     assert err[0].startswith("training ") and err[0].endswith(f" for 2 steps -> {out}")
-    # After the last step line, the class statistics' own line, then the result.
-    last_step = max(i for i, line in enumerate(err) if line.startswith("[") and " 2/2 " in line)
-    assert err[last_step + 1] == f"class statistics [{'#' * 30}] 64/64", err
-    assert err[last_step + 2].startswith("done: finished at step 2"), err
+    # The last step's line, the class statistics' own line below it, then the result.
+    assert err[1].startswith(f"[{'#' * 30}] 2/2, epoch "), err
+    assert err[2].startswith(f"class statistics [{'#' * 30}] 64/64 "), err
+    assert err[3].startswith("done: finished at step 2"), err
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and progress[-1]["task"] == "class statistics"

@@ -137,3 +137,21 @@ def test_draft_bench_prints_the_plan_the_decode_and_the_drag(
     assert "plan: " in out and "render (decode alone, interleaved): drafts: 1 image" in out
     # this machine's measurement decides whether the tiny model gets drafts
     assert "temperature drag, draft against float32" in out or "drag: no drafts" in out
+
+
+@pytest.mark.slow
+def test_the_report_has_core_figures_and_the_explorers_beside_them(
+    tiny_checkpoint, one_torch_thread, capsys
+):
+    """``python -m explorer_bench``: ``realnvp bench``'s report with ``gui`` and ``draw``
+    from the explorer's benchmarks, each in a child process."""
+    from explorer_bench.__main__ import main
+
+    argv = ["--json", "--quick", "--checkpoint", str(tiny_checkpoint), "--threads", "1"]
+    assert main([*argv, "--presets", "--render-presets"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "checkpoint" in report["render"] and "bundled" in report["models"]
+    gui = report["gui"]["checkpoint"]
+    assert "error" not in gui, gui
+    assert gui["images_1"]["cache"]["p50_ms"] > 0 and gui["parity"]["threads"] >= 1
+    assert report["draw"]["stroke_to_answer"]["n"] > 0

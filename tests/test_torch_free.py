@@ -43,6 +43,8 @@ CORE_TORCH_FREE = [
     "core.runs.slurm",
     "core.config",
     "core.training.threads",
+    "core.training.timing",
+    "core.training.bars",
     # The remote-run API the GUI calls, and the agent (its check alone loads torch).
     "core.runs.host",
     "core.runs.agent",
@@ -66,15 +68,25 @@ def _loaded_after_import(modules: list[str]) -> dict[str, bool]:
         "              for m in sys.modules),\n"
         "}))\n"
     )
+    out = fresh_python(code)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fresh_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter in the project's root, the project first on its path."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_torch_free_core_loads_neither_torch_nor_qt():

@@ -23,6 +23,7 @@ def parser_builders() -> list[tuple[str, Callable[[], argparse.ArgumentParser]]]
     """Every command the project installs or documents, with the function building its parser."""
     from core.cli import build_parser as realnvp
     from explorer.app import build_parser as explorer
+    from explorer_bench.__main__ import build_parser as bench_report
     from explorer_bench.completion import build_parser as bench_completion
     from explorer_bench.drafts import build_parser as bench_drafts
     from explorer_bench.draw import build_parser as bench_draw
@@ -33,6 +34,7 @@ def parser_builders() -> list[tuple[str, Callable[[], argparse.ArgumentParser]]]
     return [
         ("realnvp", realnvp),
         ("realnvp-explorer", explorer),
+        ("python -m explorer_bench", bench_report),
         ("python -m explorer_bench.gui", bench_gui),
         ("python -m explorer_bench.images", bench_images),
         ("python -m explorer_bench.training", bench_training),

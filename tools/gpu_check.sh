@@ -50,7 +50,7 @@ echo "pytest exit $?" >>"$LOG"
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   section "bench"
-  timeout 180 $PY -m core bench --json --quick --device "$DEV" --no-gui --train-batch 64 256 \
+  timeout 180 $PY -m core bench --json --quick --device "$DEV" --train-batch 64 256 \
     --render-presets cifar10 >"$OUT/bench.json" 2>>"$LOG"
   echo "bench exit $?" >>"$LOG"
   if $PY -c "import PySide6" 2>/dev/null; then
@@ -67,7 +67,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   fi
   if [ -n "${COMPILE_BENCH:-}" ]; then
     section "bench, compiled training step (cifar10)"
-    timeout 300 $PY -m core bench --json --quick --device "$DEV" --no-gui --presets cifar10 \
+    timeout 300 $PY -m core bench --json --quick --device "$DEV" --presets cifar10 \
       --compile >"$OUT/bench_compile.json" 2>>"$LOG"
     echo "bench --compile exit $?" >>"$LOG"
   fi

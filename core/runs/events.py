@@ -17,6 +17,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
+from core.training.bars import bar
+
 
 class EventSink:
     """Writes events; ``enabled=False`` (ranks other than 0) writes nothing.
@@ -36,8 +40,8 @@ class EventSink:
         self._precision = ""
         self._last_eval_step: int | None = None
         self._record: TextIO | None = None
-        self._mid_line = False  # a progress line is drawn and not ended
-        self._task: str | None = None  # the task whose progress line is drawn
+        self._drawn: tqdm | None = None  # the bar on the current line: steps or a task
+        self._task: str | None = None  # the task whose bar is drawn (None: the steps')
 
     def record_to(self, path: str | os.PathLike | None) -> None:
         """Also append every event, as a JSON line, to ``path`` (the run's ``events.jsonl``);
@@ -83,14 +87,16 @@ class EventSink:
         """A line of the caller's own on the bar's stream (a lost connection, a failure),
         starting below a drawn progress line."""
         err = self.stream or sys.stderr
-        err.write(f"{self._end_line()}{text}\n")
+        self._end_line()
+        err.write(f"{text}\n")
         err.flush()
 
-    def _end_line(self) -> str:
-        """A newline if a progress line is drawn, so the next message starts on its own."""
-        lead = "\n" if self._mid_line else ""
-        self._mid_line = False
-        return lead
+    def _end_line(self) -> None:
+        """End the drawn bar (its last state stays on its line), so what follows starts on a
+        line of its own."""
+        if self._drawn is not None:
+            self._drawn.close()
+            self._drawn = None
 
     def _bar(self, r: dict[str, Any], err: TextIO) -> None:
         kind = r["event"]
@@ -105,25 +111,28 @@ class EventSink:
                 head = f"training {what} for {self._total_steps} steps"
             err.write(f"{head} -> {r.get('out')}\n")
         elif kind == "step":
-            if self._task is not None:  # the steps go on below a finished task's line
-                err.write(self._end_line())
-                self._task = None
-            total = max(self._total_steps, 1)
-            done = int(30 * min(r["step"] / total, 1.0))
+            step = int(r["step"])
             test = f"  test {self._last_eval:.3f}" if self._last_eval is not None else ""
-            err.write(
-                f"\r[{'#' * done}{'.' * (30 - done)}] {r['step']}/{total} "
+            facts = (
                 f"epoch {r['epoch']}  {r['loss']:.3f} bits/dim{test}  "
-                f"{r['images_per_s']:.0f} img/s{self._precision}   "
+                f"{r['images_per_s']:.0f} img/s{self._precision}"
             )
-            self._mid_line = True
+            if self._drawn is None or self._task is not None:
+                # The steps go on below a finished task's line.
+                self._end_line()
+                steps = bar("", self._total_steps, stream=err, initial=step, postfix=facts)
+                self._drawn, self._task = steps, None
+            else:
+                self._drawn.set_postfix_str(facts, refresh=False)
+                self._drawn.update(step - self._drawn.n)
         elif kind == "progress":
-            task, done, total = str(r.get("task")), int(r["done"]), max(int(r["total"]), 1)
+            task, done, total = str(r.get("task")), int(r["done"]), int(r["total"])
             # A new task starts below the step line, which keeps the last loss in view.
-            lead = "\r" if task == self._task else self._end_line()
-            filled = int(30 * min(done / total, 1.0))
-            err.write(f"{lead}{task} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-            self._task, self._mid_line = task, True
+            if task != self._task or self._drawn is None:
+                self._end_line()
+                self._drawn, self._task = bar(task, total, stream=err, initial=done), task
+            else:
+                self._drawn.update(done - self._drawn.n)
         elif kind == "eval":
             self._last_eval, self._last_eval_step = r["test_bpd"], r.get("step")
         elif kind == "done":
@@ -136,12 +145,14 @@ class EventSink:
                     result += f" (evaluated at step {self._last_eval_step})"
             if isinstance(best, float) and best != test:
                 result += f", best {best:.4f}"
+            self._end_line()
             err.write(
-                f"{self._end_line()}done: {r.get('reason', '')} at step {r.get('step')}{result}; "
+                f"done: {r.get('reason', '')} at step {r.get('step')}{result}; "
                 f"checkpoint {r.get('checkpoint')}\n"
             )
         elif kind == "warning":
-            err.write(f"{self._end_line()}warning: {r.get('message')}\n")
+            self._end_line()
+            err.write(f"warning: {r.get('message')}\n")
         # "error" is left to the command line, which prints it as its one line
         err.flush()
 

@@ -19,8 +19,6 @@ work (see :func:`core.training.step.step_autocast` and :func:`core.flow.inferenc
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.config import PRECISIONS
+from core.training import timing
 
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 # bf16 is chosen only when it is at least this much faster: within noise float32 stays,
@@ -94,12 +93,6 @@ def check_precision(name: str) -> str:
     return name
 
 
-def _time_ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000.0
-
-
 def interleaved_ms(
     run: Callable[[str], object],
     repeats: int = 2,
@@ -107,20 +100,12 @@ def interleaved_ms(
     budget_s: float | None = None,
 ) -> dict[str, float]:
     """Median milliseconds of ``run(precision)`` for float32 and bf16, alternating so that a
-    change in the machine's load falls on both. ``budget_s``: fewer repeats (at least one)
-    where the warm-up calls say they would take longer."""
-    warm = 0.0
-    for _ in range(warmup):
-        for p in ("float32", "bf16"):
-            warm += _time_ms(lambda p=p: run(p)) / 1000.0
-    if budget_s is not None and warmup:
-        per_round = warm / warmup
-        repeats = max(1, min(repeats, int(budget_s // max(per_round, 1e-9))))
-    times: dict[str, list[float]] = {"float32": [], "bf16": []}
-    for _ in range(repeats):
-        for p in ("float32", "bf16"):
-            times[p].append(_time_ms(lambda p=p: run(p)))
-    return {p: statistics.median(t) for p, t in times.items()}
+    change in the machine's load falls on both (:func:`core.training.timing.interleaved_ms`).
+    ``budget_s``: fewer repeats (at least one) where the warm-up calls say they would take
+    longer."""
+    calls = {p: (lambda p=p: run(p)) for p in ("float32", "bf16")}
+    times, _ = timing.interleaved_ms(calls, repeats, warmup=warmup, budget_s=budget_s)
+    return {p: timing.p50(t) for p, t in times.items()}
 
 
 def conv_probe_ms(channels: int, size: int, batch: int, repeats: int = 3) -> dict[str, float]:
