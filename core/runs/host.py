@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -121,9 +121,14 @@ class RemoteRun:
     python: str = DEFAULT_PYTHON
     config_file: str | None = None
     runs_dir: str = DEFAULT_RUNS_DIR
+    # The process :meth:`RunHost.start` launched there (the agent's supervisor of the
+    # trainer); not remembered: a later start in the same folder has another.
+    pid: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        del record["pid"]
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RemoteRun:
@@ -171,8 +176,9 @@ class FollowUpdate:
     ``kind``: ``event`` (``event`` holds the trainer's JSON event), ``log`` (``text``: new
     lines of ``trainer.log``, or an events line that is not JSON), ``connected``, ``lost``
     (``text``: the sentence, ``retry_in``: seconds until the next try), ``ended``
-    (``state``: the run's final state, ``text``: why it failed). ``offset`` and
-    ``log_offset`` are where a new follower would resume.
+    (``state``: the run's final state, ``text``: why it failed, ``code``: the trainer's
+    exit status where known). ``offset`` and ``log_offset`` are where a new follower would
+    resume.
     """
 
     kind: str
@@ -182,6 +188,7 @@ class FollowUpdate:
     text: str = ""
     retry_in: float | None = None
     state: str | None = None
+    code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -346,7 +353,10 @@ class RunHost:
         if out:
             args += ["--out", out]
         answer = self.call("start", *args, "--", *train_args)
-        return self.remote_run(str(answer["out"]))
+        pid = answer.get("pid")
+        return replace(
+            self.remote_run(str(answer["out"])), pid=pid if isinstance(pid, int) else None
+        )
 
     def status(self, run: RemoteRun | str) -> RunStatus:
         r = self.call("status", *self._run_args(run))
@@ -709,8 +719,12 @@ class Follower:
                 elif "end" in record:
                     ended = True
                     self.ended_state = str(record["end"])
+                    code = record.get("code")
                     yield self._update(
-                        "ended", state=self.ended_state, text=str(record.get("message", ""))
+                        "ended",
+                        state=self.ended_state,
+                        text=str(record.get("message", "")),
+                        code=code if isinstance(code, int) else None,
                     )
                     return
         finally:
