@@ -165,9 +165,9 @@ def test_several_gpus_run_torchrun_with_the_same_trainer_command(tmp_path: Path)
         "py",
         "-m",
         "torch.distributed.run",
-        "--standalone",
         "--nproc_per_node",
         "4",
+        "--standalone",
     ]
     assert four[6:] == one[1:]
 

@@ -72,6 +72,7 @@ from core.runs.folder import (
     RunFolderError,
     check_run_folder,
     claim_run_folder,
+    complete_lines,
     parse_event,
     pid_alive,
     process_start_ticks,
@@ -80,6 +81,7 @@ from core.runs.folder import (
     run_state,
     sha256_file,
 )
+from core.runs.host import expand_home, trainer_argv
 from core.runs.transport import AGENT_MODULE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
@@ -88,7 +90,6 @@ DEFAULT_RUNS_DIR = "~/realnvp-runs"
 FOLLOW_POLL_S = 0.25
 HEARTBEAT_S = 5.0
 EXIT_WAIT_S = 30.0  # a trainer that has said done or error exits within this
-MAX_READ = 256 * 1024
 CHUNK = 256 * 1024
 THUMBNAILS = 8  # a data check shows this many images
 THUMBNAIL_SIZE = 48
@@ -388,27 +389,6 @@ def claim(out: Path, resume: Path | None, overwrite: bool) -> None:
         raise AgentError(f"on {_where()}: {exc}", "bad-input") from None
 
 
-def expand_home(word: str) -> str:
-    """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
-    host's home: the client quotes ``~`` so its own shell leaves it alone."""
-    option, sep, value = word.partition("=")
-    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
-        return f"{option}={os.path.expanduser(value)}"
-    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
-
-
-def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
-    """The trainer's command: the one a local run uses, ``--progress json --out OUT`` last
-    (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
-    train_args = [expand_home(word) for word in train_args]
-    if gpus > 1:
-        launcher = [python, "-m", "torch.distributed.run", "--standalone"]
-        launcher += ["--nproc_per_node", str(gpus)]
-    else:
-        launcher = [python]
-    return [*launcher, "-m", "core", "train", *train_args, "--progress", "json", "--out", str(out)]
-
-
 def _ignore_hangup() -> None:  # in the child, before exec: nohup
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
@@ -535,28 +515,6 @@ def op_status(args: argparse.Namespace) -> None:
     _say(run_status(existing_run(args.run, args.runs_dir)))
 
 
-def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Complete lines after ``offset`` (at most :data:`MAX_READ` bytes), each with the
-    offset after it; a file now shorter than ``offset`` was replaced: from its start."""
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < offset:
-                offset = 0
-            f.seek(offset)
-            data = f.read(min(MAX_READ, size - offset))
-    except OSError:
-        return [], offset
-    lines, pos = [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    for raw in data[: end + 1].splitlines(keepends=True):
-        pos += len(raw)
-        lines.append((pos, raw.rstrip(b"\r\n")))
-    return lines, pos
-
-
 def op_follow(args: argparse.Namespace) -> None:
     out = existing_run(args.run, args.runs_dir)
     offset, log_offset = args.offset, args.log_offset
@@ -565,14 +523,14 @@ def op_follow(args: argparse.Namespace) -> None:
     last_kind, last_write = None, time.monotonic()
     gone_since: float | None = None
     while True:
-        lines, offset_after = _complete_lines(out / EVENTS_FILE, offset)
+        lines, offset_after = complete_lines(out / EVENTS_FILE, offset)
         for end, raw in lines:
             text = raw.decode("utf-8", "replace")
             event = parse_event(text) if end > segment else None
             last_kind = event["event"] if event is not None else last_kind
             _say({"o": end, "line": text})
         offset = offset_after if lines else offset
-        log_lines, log_after = _complete_lines(out / LOG_FILE, log_offset)
+        log_lines, log_after = complete_lines(out / LOG_FILE, log_offset)
         if log_lines:
             text = "\n".join(raw.decode("utf-8", "replace") for _, raw in log_lines)
             _say({"lo": log_after, "log": text})

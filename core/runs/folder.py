@@ -44,6 +44,7 @@ EVENTS_FILE = "events.jsonl"  # the trainer's stdout: one JSON event a line
 LOG_FILE = "trainer.log"  # the trainer's stderr
 STOP_FILE = "STOP"  # created in the run folder, it asks the run to save and finish
 LAUNCH_FILE = "launch.json"  # what the agent started there: process, host, argv
+MAX_READ = 256 * 1024  # bytes of a run file read at a time
 EXIT_FILE = "exit.json"  # the trainer's exit status, written by the agent's supervisor
 SAMPLES_DIR = "samples"
 CHECKPOINT_SUFFIX = ".pt"
@@ -295,6 +296,29 @@ def parse_event(line: str | bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
+
+
+def complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Complete lines after ``offset`` (at most :data:`MAX_READ` bytes, so no read stalls
+    its reader), each with the offset after it; a file now shorter than ``offset`` was
+    replaced: from its start."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(MAX_READ, size - offset))
+    except OSError:
+        return [], offset
+    lines, pos = [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    for raw in data[: end + 1].splitlines(keepends=True):
+        pos += len(raw)
+        lines.append((pos, raw.rstrip(b"\r\n")))
+    return lines, pos
 
 
 def read_events(path: str | os.PathLike, after: int = 0) -> list[dict[str, Any]]:

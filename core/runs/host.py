@@ -530,6 +530,31 @@ def host_for(run: RemoteRun) -> RunHost:
     return ssh_host(run.host, python=run.python, runs_dir=run.runs_dir, config_file=run.config_file)
 
 
+# -- the trainer's command -----
+
+
+def expand_home(word: str) -> str:
+    """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
+    host's home: the client quotes ``~`` so its own shell leaves it alone."""
+    option, sep, value = word.partition("=")
+    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
+        return f"{option}={os.path.expanduser(value)}"
+    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
+
+
+def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
+    """The trainer's command, the one builder of it (the agent's start, the training page's
+    command box): ``--progress json --out OUT`` last
+    (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
+    train_args = [expand_home(word) for word in train_args]
+    if gpus > 1:
+        launcher = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus)]
+        launcher.append("--standalone")
+    else:
+        launcher = [python]
+    return [*launcher, "-m", "core", "train", *train_args, "--progress", "json", "--out", str(out)]
+
+
 # -- files ----------------------------------------------------------------------------------
 
 
