@@ -155,9 +155,9 @@ def test_several_gpus_run_torchrun_with_the_same_trainer_command(tmp_path: Path)
         "py",
         "-m",
         "torch.distributed.run",
-        "--standalone",
         "--nproc_per_node",
         "4",
+        "--standalone",
     ]
     assert four[6:] == one[1:]
 
@@ -196,6 +196,27 @@ def test_local_host_says_when_a_run_folder_is_missing(tmp_path: Path):
     with pytest.raises(RemoteError) as info:
         host.status("nothing-here")
     assert info.value.kind == "missing-run" and "nothing-here" in str(info.value)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the trainer")
+def test_a_run_here_ends_with_its_trainers_exit_status(tmp_path: Path):
+    """The agent's supervisor writes the trainer's exit status, and the follow's end
+    carries it: a run here and one on a host fail with the same sentence."""
+    fake = tmp_path / "python"  # the agent runs as itself; the "trainer" fails at once
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = core ]; then echo \'{"event": "error", "message": "bad"}\'; exit 2; fi\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    fake.chmod(0o755)
+    host = local_host(str(fake), runs_dir=str(tmp_path / "runs"))
+    run = host.start(["--dataset", "folder", "--data-dir", str(tmp_path)], out="r")
+    out = tmp_path / "runs" / "r"
+    assert run.out == str(out) and run.pid == read_launch(out)["pid"]
+    assert "pid" not in run.to_dict()  # a later start in the folder has another
+    end = list(host.follow(run))[-1]
+    assert (end.kind, end.state, end.code) == ("ended", "failed", 2)
+    assert json.loads((out / "exit.json").read_text()) == {"code": 2}
 
 
 def test_options_are_spelled_out_here_and_on_a_host(capsys):

@@ -29,7 +29,6 @@ from explorer.training.process import (
     EVENTS_FILE,
     PRESETS,
     STOP_FILE,
-    LineBuffer,
     RunSettings,
     geometry_problem,
     parse_event,
@@ -175,19 +174,31 @@ def test_command_lines_are_accepted_by_the_trainer(tmp_path: Path):
     assert "--preset" in mnist.command() and "mnist-small" in mnist.command()
     assert "--num-scales" in folder.command() and "--lr" in folder.command()
     assert "--dataset" not in resume.command() and "--resume" in resume.command()
-    assert multi.command()[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert multi.command()[1:6] == [
+        "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"
+    ]  # fmt: skip
     assert multi.command()[multi.command().index("--device") + 1] == "cuda"
     shell = folder.shell_command()
     assert shell.endswith(f"2>> {tmp_path / 'out' / 'trainer.log'}")
 
 
-def test_line_buffer_keeps_partial_lines_and_split_characters():
-    buffer = LineBuffer()
+def test_the_event_reader_keeps_partial_lines_and_split_characters(tmp_path: Path):
+    """The one reader of a run's files (the agent's follow and a reopened run): whole lines
+    only, a multi-byte character cut between two writes kept whole."""
+    from core.runs.folder import complete_lines
+
+    path = tmp_path / EVENTS_FILE
     text = '{"event": "eval", "test_bpd": 1.5, "note": "é"}\n'.encode()
     cut = text.index("é".encode()) + 1  # inside the two bytes of é
-    assert buffer.feed(text[:cut]) == []
-    assert buffer.feed(text[cut:] + b'{"event": "st') == [text.decode().rstrip("\n")]
-    assert buffer.feed(b'ep"}\r\n') == ['{"event": "step"}']
+    path.write_bytes(text[:cut])
+    assert complete_lines(path, 0) == ([], 0)
+    with path.open("ab") as f:
+        f.write(text[cut:] + b'{"event": "st')
+    lines, offset = complete_lines(path, 0)
+    assert [raw.decode() for _, raw in lines] == [text.decode().rstrip("\n")]
+    with path.open("ab") as f:
+        f.write(b'ep"}\r\n')
+    assert complete_lines(path, offset)[0] == [(path.stat().st_size, b'{"event": "step"}')]
     assert parse_event('{"event": "eval", "test_bpd": null}') == {"event": "eval", "test_bpd": None}
     assert parse_event("not json") is None and parse_event("[1]") is None
 
@@ -358,12 +369,9 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
 
 
 @pytest.mark.slow
-def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_path, monkeypatch):
-    """Where Stop has no SIGTERM (Windows, torchrun runs) the stop file does it all; a stop
-    asked for before the trainer has started is asked again once it has."""
-    import explorer.training.process as process_module
-
-    monkeypatch.setattr(process_module, "SIGTERM_STOPS", False)
+def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_path):
+    """Stop is the stop file alone, on every platform and under torchrun; a stop asked for
+    before the trainer has started is asked again once it has."""
     out = tmp_path / "run"
     out.mkdir()
     (out / STOP_FILE).touch()  # a stale one, left by an earlier run: the trainer ignores it
@@ -498,9 +506,9 @@ def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
     out, data = tmp_path / "home" / "runs" / "r1", tmp_path / "home" / "data dir" / "mnist"
     settings = RunSettings(dataset="mnist", data_dir=str(data), out=str(out))
     preview = preview_command(settings, "/opt/venv/bin/python")
-    assert preview.startswith("cd ~/runs/r1 && python -m core train --progress json ")
+    assert preview.startswith("cd ~/runs/r1 && python -m core train --dataset mnist ")
     assert " --data-dir ~/'data dir/mnist' " in preview and " --out . " in preview
-    assert preview.endswith(" >> events.jsonl 2>> trainer.log")
+    assert preview.endswith(" --progress json --out . >> events.jsonl 2>> trainer.log")
     assert str(tmp_path) not in preview and "/opt/venv" not in preview
     assert str(data) in settings.shell_command() and str(out) in settings.shell_command()
 

@@ -9,10 +9,14 @@ by Python, on the machine that holds them. Operations:
     imported from, CPU cores, GPUs (name, memory), free disk in the runs folder.
 ``start --python PY [--runs-dir DIR] [--out OUT] [--gpus N] -- TRAIN_ARGS...``
     Claims the run folder, then starts ``PY -m core train TRAIN_ARGS --progress json --out
-    OUT`` (``torchrun`` for more than one GPU) detached: its own session and process group
-    (``setsid``), SIGHUP ignored, stdin from the null device, stdout appended to
-    ``OUT/events.jsonl``, stderr to ``OUT/trainer.log``, so it outlives the connection.
-    The process group is recorded in ``OUT/launch.json``. Prints ``{"out", "pid"}``.
+    OUT`` (``torchrun --standalone`` for more than one GPU) under ``supervise``, detached
+    (:func:`launch_detached`, the one step that differs per platform): its own process
+    group, stdin from the null device, stdout appended to ``OUT/events.jsonl``, stderr to
+    ``OUT/trainer.log``, so it outlives the connection and the window that asked. The
+    process group is recorded in ``OUT/launch.json``. Prints ``{"out", "pid"}``.
+``supervise OUT -- ARGV...``
+    The trainer's parent: runs it, passes SIGTERM on, and writes its exit status into
+    ``OUT/exit.json``, so a run here and one on a host end with the same sentence.
 ``status RUN``
     The run's state (``running``, ``done``, ``failed``, ``stopped``), step, max_steps and
     the last test bits/dim.
@@ -21,7 +25,8 @@ by Python, on the machine that holds them. Operations:
     complete line of ``events.jsonl`` (``END``: the byte offset after it, so a new follow
     from there repeats and loses nothing), ``{"lo": END, "log": TEXT}`` for new lines of
     ``trainer.log``, ``{"hb": TIME}`` every few seconds while nothing happens (a dead
-    connection shows on the next write), and last ``{"end": STATE, ...}``.
+    connection shows on the next write), and last ``{"end": STATE, "message", "code"}``
+    (``code``: the trainer's exit status, ``null`` when unknown).
 ``stop RUN`` / ``kill RUN``
     Stop: the trainer's stop file ``OUT/STOP`` (saves and finishes). Kill: SIGKILL to the
     recorded process group, once it is checked to be the same process (boot and start time).
@@ -60,25 +65,31 @@ from core.files.atomic import atomic_write
 from core.files.format_version import CHECKPOINT_FORMAT
 from core.runs.folder import (
     EVENTS_FILE,
+    EXIT_FILE,
     LAUNCH_FILE,
     LOG_FILE,
     STOP_FILE,
     RunFolderError,
     check_run_folder,
     claim_run_folder,
+    complete_lines,
     parse_event,
+    pid_alive,
+    process_start_ticks,
     read_events,
     read_lock,
     run_state,
     sha256_file,
 )
+from core.runs.host import expand_home, trainer_argv
+from core.runs.transport import AGENT_MODULE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.runs.transport.AGENT_ERROR_MARK
 DEFAULT_RUNS_DIR = "~/realnvp-runs"
 FOLLOW_POLL_S = 0.25
 HEARTBEAT_S = 5.0
-MAX_READ = 256 * 1024
+EXIT_WAIT_S = 30.0  # a trainer that has said done or error exits within this
 CHUNK = 256 * 1024
 THUMBNAILS = 8  # a data check shows this many images
 THUMBNAIL_SIZE = 48
@@ -158,29 +169,6 @@ def _boot_id() -> str | None:
     return None
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell it from a later
-    process that got the same id."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (ended, not yet reaped by its parent) is not running.
-    with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def read_launch(out: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         record = json.loads((out / LAUNCH_FILE).read_text())
@@ -200,9 +188,9 @@ def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | Non
         return holder.alive() if holder is not None else None
     if launch.get("boot_id") and launch.get("boot_id") != _boot_id():
         return False  # the machine restarted since
-    if launch.get("start_ticks") is not None and _start_ticks(pid) != launch["start_ticks"]:
+    if launch.get("start_ticks") is not None and process_start_ticks(pid) != launch["start_ticks"]:
         return False
-    return _alive(pid)
+    return pid_alive(pid)
 
 
 # -- the run's state ------------------------------------------------------------------------
@@ -401,29 +389,57 @@ def claim(out: Path, resume: Path | None, overwrite: bool) -> None:
         raise AgentError(f"on {_where()}: {exc}", "bad-input") from None
 
 
-def expand_home(word: str) -> str:
-    """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
-    host's home: the client quotes ``~`` so its own shell leaves it alone."""
-    option, sep, value = word.partition("=")
-    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
-        return f"{option}={os.path.expanduser(value)}"
-    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
-
-
-def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
-    """The trainer's command: the one a local run uses, ``--progress json --out OUT`` last
-    (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
-    train_args = [expand_home(word) for word in train_args]
-    if gpus > 1:
-        launcher = [python, "-m", "torch.distributed.run", "--standalone"]
-        launcher += ["--nproc_per_node", str(gpus)]
-    else:
-        launcher = [python]
-    return [*launcher, "-m", "core", "train", *train_args, "--progress", "json", "--out", str(out)]
-
-
 def _ignore_hangup() -> None:  # in the child, before exec: nohup
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def launch_detached(argv: Sequence[str], stdout: Any, stderr: Any) -> subprocess.Popen:
+    """Start ``argv`` so that it outlives the agent, the connection and the window that
+    asked: stdin from the null device, stdout and stderr into the run's files, and a process
+    group of its own that :func:`kill_group` ends whole. The one step that differs per
+    platform: ``setsid`` with SIGHUP ignored on POSIX, a new process group without a
+    console on Windows."""
+    if os.name == "nt":
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+        extra: dict[str, Any] = {"creationflags": flags}
+    else:
+        extra = {"start_new_session": True, "preexec_fn": _ignore_hangup}
+    return subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, close_fds=True, **extra
+    )
+
+
+def kill_group(launch: dict[str, Any]) -> None:
+    """End what :func:`launch_detached` started, with every process it started."""
+    if os.name == "nt":
+        subprocess.run(
+            ["taskkill", "/T", "/F", "/PID", str(int(launch["pid"]))],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(int(launch["pgid"]), signal.SIGKILL)
+
+
+def op_supervise(args: argparse.Namespace) -> None:
+    """The trainer's parent for its whole life: starts it (in this process group, with this
+    process's stdout and stderr, the run's files), passes a SIGTERM on, and writes its exit
+    status into ``OUT/exit.json`` so whoever follows the run can say how it ended."""
+    process = subprocess.Popen(args.argv, stdin=subprocess.DEVNULL)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    code = process.wait()
+    with contextlib.suppress(OSError), atomic_write(Path(args.out) / EXIT_FILE) as f:
+        f.write(json.dumps({"code": code}).encode())
+
+
+def exit_code(out: Path) -> int | None:
+    """The trainer's exit status, once its supervisor has written it."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        code = json.loads((out / EXIT_FILE).read_text())["code"]
+        return code if isinstance(code, int) else None
+    return None
 
 
 def op_start(args: argparse.Namespace) -> None:
@@ -461,18 +477,16 @@ def op_start(args: argparse.Namespace) -> None:
         log = (out / LOG_FILE).open("ab")
     except OSError as exc:
         raise _os_error(exc, f"the run folder {out}") from None
+    with contextlib.suppress(OSError):  # an earlier segment's exit status is not this one's
+        (out / EXIT_FILE).unlink()
     try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=events,
-            stderr=log,
-            close_fds=True,
-            start_new_session=True,  # setsid: its own session and process group
-            preexec_fn=_ignore_hangup,
+        process = launch_detached(
+            [sys.executable, "-m", AGENT_MODULE, "supervise", str(out), "--", *argv],
+            events,
+            log,
         )
     except OSError as exc:
-        message = f"could not start {argv[0]} on {_where()}: {exc.strerror}"
+        message = f"could not start {sys.executable} on {_where()}: {exc.strerror}"
         raise AgentError(message, "no-python") from None
     finally:
         events.close()
@@ -484,7 +498,7 @@ def op_start(args: argparse.Namespace) -> None:
         "cwd": os.getcwd(),
         "host": _host(),
         "boot_id": _boot_id(),
-        "start_ticks": _start_ticks(process.pid),
+        "start_ticks": process_start_ticks(process.pid),
         "started": time.time(),
         "events_offset": events_offset,
     }
@@ -501,28 +515,6 @@ def op_status(args: argparse.Namespace) -> None:
     _say(run_status(existing_run(args.run, args.runs_dir)))
 
 
-def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Complete lines after ``offset`` (at most :data:`MAX_READ` bytes), each with the
-    offset after it; a file now shorter than ``offset`` was replaced: from its start."""
-    try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < offset:
-                offset = 0
-            f.seek(offset)
-            data = f.read(min(MAX_READ, size - offset))
-    except OSError:
-        return [], offset
-    lines, pos = [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    for raw in data[: end + 1].splitlines(keepends=True):
-        pos += len(raw)
-        lines.append((pos, raw.rstrip(b"\r\n")))
-    return lines, pos
-
-
 def op_follow(args: argparse.Namespace) -> None:
     out = existing_run(args.run, args.runs_dir)
     offset, log_offset = args.offset, args.log_offset
@@ -531,14 +523,14 @@ def op_follow(args: argparse.Namespace) -> None:
     last_kind, last_write = None, time.monotonic()
     gone_since: float | None = None
     while True:
-        lines, offset_after = _complete_lines(out / EVENTS_FILE, offset)
+        lines, offset_after = complete_lines(out / EVENTS_FILE, offset)
         for end, raw in lines:
             text = raw.decode("utf-8", "replace")
             event = parse_event(text) if end > segment else None
             last_kind = event["event"] if event is not None else last_kind
             _say({"o": end, "line": text})
         offset = offset_after if lines else offset
-        log_lines, log_after = _complete_lines(out / LOG_FILE, log_offset)
+        log_lines, log_after = complete_lines(out / LOG_FILE, log_offset)
         if log_lines:
             text = "\n".join(raw.decode("utf-8", "replace") for _, raw in log_lines)
             _say({"lo": log_after, "log": text})
@@ -547,21 +539,30 @@ def op_follow(args: argparse.Namespace) -> None:
             last_write = time.monotonic()
             continue  # read on at once: more may already be there
         if last_kind in ("done", "error"):
-            status = run_status(out)
-            _say({"end": status["state"], "offset": offset, "message": status["message"]})
+            # Its last word is said: the exit status follows once the trainer has gone.
+            deadline = time.monotonic() + EXIT_WAIT_S
+            while trainer_alive(out) and time.monotonic() < deadline:
+                time.sleep(FOLLOW_POLL_S / 5)
+            _say_end(out, offset)
             return
         if trainer_alive(out) is False:
             # It ended without saying so (killed, crashed): one more read after a pause
             # catches lines written just before the end.
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > 2 * FOLLOW_POLL_S:
-                status = run_status(out)
-                _say({"end": status["state"], "offset": offset, "message": status["message"]})
+                _say_end(out, offset)
                 return
         if time.monotonic() - last_write > HEARTBEAT_S:
             _say({"hb": round(time.time(), 3)})
             last_write = time.monotonic()
         time.sleep(FOLLOW_POLL_S)
+
+
+def _say_end(out: Path, offset: int) -> None:
+    """A follow's last line: the run's state, why it failed, the trainer's exit status."""
+    status = run_status(out)
+    end = {"end": status["state"], "offset": offset, "message": status["message"]}
+    _say({**end, "code": exit_code(out)})
 
 
 def _not_running(out: Path, status: dict[str, Any]) -> AgentError:
@@ -604,8 +605,7 @@ def op_kill(args: argparse.Namespace) -> None:
     launch["killed"] = time.time()
     with contextlib.suppress(OSError), atomic_write(out / LAUNCH_FILE) as f:
         f.write(json.dumps(launch, indent=1).encode())
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(int(launch["pgid"]), signal.SIGKILL)
+    kill_group(launch)
     _say({"out": str(out), "killed": True})
 
 
@@ -752,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("data_dir")
     scan.add_argument("--download", action="store_true")
     sub.add_parser("devices")
+    supervise = sub.add_parser("supervise")
+    supervise.add_argument("out")
+    supervise.add_argument("argv", nargs=argparse.REMAINDER)
     for name in ("status", "follow", "stop", "kill", "manifest", "read"):
         p = sub.add_parser(name)
         p.add_argument("--runs-dir")
@@ -780,6 +783,7 @@ OPERATIONS = {
     "read": op_read,
     "scan": op_scan,
     "devices": op_devices,
+    "supervise": op_supervise,
 }
 
 
@@ -787,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.op == "start" and args.train_args[:1] == ["--"]:
         args.train_args = args.train_args[1:]
+    if args.op == "supervise" and args.argv[:1] == ["--"]:
+        args.argv = args.argv[1:]
     try:
         OPERATIONS[args.op](args)
     except AgentError as exc:

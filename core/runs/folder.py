@@ -44,6 +44,8 @@ EVENTS_FILE = "events.jsonl"  # the trainer's stdout: one JSON event a line
 LOG_FILE = "trainer.log"  # the trainer's stderr
 STOP_FILE = "STOP"  # created in the run folder, it asks the run to save and finish
 LAUNCH_FILE = "launch.json"  # what the agent started there: process, host, argv
+MAX_READ = 256 * 1024  # bytes of a run file read at a time
+EXIT_FILE = "exit.json"  # the trainer's exit status, written by the agent's supervisor
 SAMPLES_DIR = "samples"
 CHECKPOINT_SUFFIX = ".pt"
 PREVIOUS_PREFIX = "previous-"
@@ -57,7 +59,7 @@ class RunFolderError(Exception):
 # -- the lock ----------------------------------------------------------------------------------
 
 
-def _process_start_ticks(pid: int) -> int | None:
+def process_start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks after boot (Linux ``/proc``); ``None`` elsewhere.
     Stored in the lock so a pid reused by a later process does not look like the holder."""
     try:
@@ -67,9 +69,24 @@ def _process_start_ticks(pid: int) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, ended and not yet reaped,
+    does not). On Windows it is asked, never signalled: ``os.kill`` there ends a process."""
     if pid <= 0:
         return False
+    if os.name == "nt":
+        import ctypes
+
+        kernel = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        try:
+            kernel.GetExitCodeProcess(handle, ctypes.byref(code))
+        finally:
+            kernel.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -78,6 +95,9 @@ def _pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -110,7 +130,7 @@ class LockInfo:
             started=time.time(),
             command=command if command is not None else _command_line(),
             token=uuid.uuid4().hex,
-            pid_start=_process_start_ticks(pid),
+            pid_start=process_start_ticks(pid),
         )
 
     @classmethod
@@ -136,10 +156,10 @@ class LockInfo:
         """Whether the holder still runs; ``None`` when it is on another host (unknowable)."""
         if not self.on_this_host:
             return None
-        if not _pid_alive(self.pid):
+        if not pid_alive(self.pid):
             return False
         if self.pid_start is not None:
-            now = _process_start_ticks(self.pid)
+            now = process_start_ticks(self.pid)
             if now is not None and now != self.pid_start:
                 return False  # the pid now belongs to a later process
         return True
@@ -276,6 +296,29 @@ def parse_event(line: str | bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
+
+
+def complete_lines(path: Path, offset: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Complete lines after ``offset`` (at most :data:`MAX_READ` bytes, so no read stalls
+    its reader), each with the offset after it; a file now shorter than ``offset`` was
+    replaced: from its start."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(MAX_READ, size - offset))
+    except OSError:
+        return [], offset
+    lines, pos = [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    for raw in data[: end + 1].splitlines(keepends=True):
+        pos += len(raw)
+        lines.append((pos, raw.rstrip(b"\r\n")))
+    return lines, pos
 
 
 def read_events(path: str | os.PathLike, after: int = 0) -> list[dict[str, Any]]:

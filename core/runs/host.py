@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -121,9 +121,14 @@ class RemoteRun:
     python: str = DEFAULT_PYTHON
     config_file: str | None = None
     runs_dir: str = DEFAULT_RUNS_DIR
+    # The process :meth:`RunHost.start` launched there (the agent's supervisor of the
+    # trainer); not remembered: a later start in the same folder has another.
+    pid: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        del record["pid"]
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RemoteRun:
@@ -171,8 +176,9 @@ class FollowUpdate:
     ``kind``: ``event`` (``event`` holds the trainer's JSON event), ``log`` (``text``: new
     lines of ``trainer.log``, or an events line that is not JSON), ``connected``, ``lost``
     (``text``: the sentence, ``retry_in``: seconds until the next try), ``ended``
-    (``state``: the run's final state, ``text``: why it failed). ``offset`` and
-    ``log_offset`` are where a new follower would resume.
+    (``state``: the run's final state, ``text``: why it failed, ``code``: the trainer's
+    exit status where known). ``offset`` and ``log_offset`` are where a new follower would
+    resume.
     """
 
     kind: str
@@ -182,6 +188,7 @@ class FollowUpdate:
     text: str = ""
     retry_in: float | None = None
     state: str | None = None
+    code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -346,7 +353,10 @@ class RunHost:
         if out:
             args += ["--out", out]
         answer = self.call("start", *args, "--", *train_args)
-        return self.remote_run(str(answer["out"]))
+        pid = answer.get("pid")
+        return replace(
+            self.remote_run(str(answer["out"])), pid=pid if isinstance(pid, int) else None
+        )
 
     def status(self, run: RemoteRun | str) -> RunStatus:
         r = self.call("status", *self._run_args(run))
@@ -518,6 +528,31 @@ def host_for(run: RemoteRun) -> RunHost:
     if run.host is None:
         return local_host(run.python, run.runs_dir)
     return ssh_host(run.host, python=run.python, runs_dir=run.runs_dir, config_file=run.config_file)
+
+
+# -- the trainer's command -----
+
+
+def expand_home(word: str) -> str:
+    """A train option's word with a leading ``~/`` (alone or after ``--option=``) made the
+    host's home: the client quotes ``~`` so its own shell leaves it alone."""
+    option, sep, value = word.partition("=")
+    if sep and option.startswith("--") and (value == "~" or value.startswith("~/")):
+        return f"{option}={os.path.expanduser(value)}"
+    return os.path.expanduser(word) if word == "~" or word.startswith("~/") else word
+
+
+def trainer_argv(python: str, gpus: int, train_args: Sequence[str], out: Path) -> list[str]:
+    """The trainer's command, the one builder of it (the agent's start, the training page's
+    command box): ``--progress json --out OUT`` last
+    (argparse keeps the last value of an option given twice); ``~/`` is the host's home."""
+    train_args = [expand_home(word) for word in train_args]
+    if gpus > 1:
+        launcher = [python, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus)]
+        launcher.append("--standalone")
+    else:
+        launcher = [python]
+    return [*launcher, "-m", "core", "train", *train_args, "--progress", "json", "--out", str(out)]
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -709,8 +744,12 @@ class Follower:
                 elif "end" in record:
                     ended = True
                     self.ended_state = str(record["end"])
+                    code = record.get("code")
                     yield self._update(
-                        "ended", state=self.ended_state, text=str(record.get("message", ""))
+                        "ended",
+                        state=self.ended_state,
+                        text=str(record.get("message", "")),
+                        code=code if isinstance(code, int) else None,
                     )
                     return
         finally:

@@ -1,24 +1,25 @@
-"""Runs on an ssh host, seen by the training page exactly as local ones: the Qt side of
+"""Runs, here or on an ssh host, as the training page sees them: the Qt side of
 :mod:`core.runs.host`.
 
-The remote API blocks (every call is an ssh command), so nothing here calls it on the GUI
-thread: :class:`BlockingCall` runs one call on a thread of its own and answers on the GUI
-thread, and :class:`RemoteTrainingProcess` follows a run through the API's one long-lived
-follow stream (one ssh process on the host's shared connection, not one per poll) on a
-worker thread, turning its updates into the same signals a local
-:class:`~explorer.training.process.TrainingProcess` sends. Sample grids are fetched into
-the run's local cache folder as the trainer writes them (verified by SHA-256), so the page
-shows them from a local file; checkpoints stay on the host until "Open in Explorer".
+The host API blocks (every call is an agent command, through ssh for a host), so nothing
+here calls it on the GUI thread: :class:`BlockingCall` runs one call on a thread of its own
+and answers on the GUI thread, and :class:`TrainingRun` starts a run (``local_host()`` or
+an ssh host: the same agent, the same argv) and follows it through the API's one
+long-lived follow stream on a worker thread, turning its updates into signals. A host's
+sample grids are fetched into the run's local cache folder as the trainer writes them
+(verified by SHA-256), so the page shows them from a local file; checkpoints stay on the
+host until "Open in Explorer".
 
 A lost connection never ends a run: the follower says "connection lost, retrying in N s"
-(:attr:`RemoteTrainingProcess.connection_changed`) and resumes from the byte offset of the
-last event it passed on, so no event is shown twice or missed.
+(:attr:`TrainingRun.connection_changed`) and resumes from the byte offset of the last
+event it passed on, so no event is shown twice or missed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -36,12 +37,14 @@ from core.runs.host import (
     RunHost,
     default_cache_dir,
     host_for,
+    local_host,
     ssh_host,
 )
 from core.runs.transport import RemoteError
-from explorer.training.process import RunProcess, RunSettings
+from explorer.training.process import RunSettings, absolute_path
 
 FINISHED_CODES = {"done": 0, "stopped": 0, "failed": 1}
+STDERR_LINES = 40  # the trainer's last words kept for a failure's sentence
 
 
 @dataclass(frozen=True)
@@ -120,17 +123,25 @@ def _emit(signal: Any, *args: object) -> None:
         signal.emit(*args)
 
 
-class RemoteTrainingProcess(RunProcess):
-    """A run on an ssh host, followed as the page follows a local one.
+class TrainingRun(QObject):
+    """One run, on this computer or on an ssh host, started or followed through the same
+    host interface (:mod:`core.runs.host`): :meth:`start` launches it (detached: it outlives
+    this window and the connection), :meth:`attach` follows a run started earlier (File >
+    Recent Runs, a reopened run folder). Nothing after the start depends on where it runs.
 
-    :meth:`start` launches it (detached there: it outlives this window and the
-    connection), :meth:`attach` follows a run started earlier (File > Recent Runs).
-    Besides :class:`RunProcess`'s signals: ``run_started(RemoteRun)`` once the host named
-    the run folder, ``connection_changed(text)`` with "connection lost, retrying in N s"
-    while the host is away and ``""`` when it is back, ``call_failed(sentence)`` when Stop
-    or Kill did not reach the host.
+    ``event_received`` carries each JSON event in order; ``log_received`` the trainer's
+    stderr; ``failed`` a message for the user when the run ended without its ``done``
+    event (and was not killed on purpose); ``finished`` the exit status last (-1 when
+    unknown); ``run_started(RemoteRun)`` once the agent named the run folder;
+    ``connection_changed(text)`` with "connection lost, retrying in N s" while a host is
+    away and ``""`` when it is back; ``call_failed(sentence)`` when Stop or Kill did not
+    reach the host.
     """
 
+    event_received = Signal(dict)
+    log_received = Signal(str)
+    failed = Signal(str)
+    finished = Signal(int)
     run_started = Signal(object)  # RemoteRun
     connection_changed = Signal(str)
     call_failed = Signal(str)
@@ -139,35 +150,58 @@ class RemoteTrainingProcess(RunProcess):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
+        self.settings: RunSettings | None = None
         self.run: RemoteRun | None = None
         self.run_host: RunHost | None = None
         self.follower: Follower | None = None
-        self.cache: Path | None = None
         self.state: str | None = None
         self.lost: str = ""
-        self.attached = False  # followed from File > Recent Runs, not started here
+        self.attached = False  # followed, not started here
+        self.stop_requested = self.kill_requested = False
+        self.done_event: dict[str, Any] | None = None
+        self.error_message: str | None = None
+        self.last_step = 0
+        self.last_checkpoint: str | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
+        self._started = self._ended = False
         self._calls: list[BlockingCall] = []
         self._updated.connect(self._on_update)
         self._worker_failed.connect(self._on_worker_failed)
 
     @property
-    def host(self) -> str | None:  # type: ignore[override]
-        return self.run_host.label if self.run_host is not None else None
+    def host(self) -> str | None:
+        """The ssh host the run lives on; ``None`` for this computer."""
+        return self.run_host.host if self.run_host is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """The process started for the run (its trainer's supervisor), once started."""
+        return self.run.pid if self.run is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._ended
 
     # -- starting and attaching ---------------------------------------------------------------
 
-    def start(self, settings: RunSettings, choice: HostChoice) -> None:
-        """Start ``realnvp train`` on the host with the form's settings; returns at once.
-        Paths are the host's (``~/x`` is the host's home); ``settings.out`` is a run folder
-        there (relative: inside the runs folder), empty for a new one."""
+    def start(
+        self, settings: RunSettings, choice: HostChoice | None = None, python: str | None = None
+    ) -> None:
+        """Start ``realnvp train`` with the form's settings; returns at once. ``choice``:
+        the ssh host (paths are the host's, as typed: ``~/x`` is its home, and
+        ``settings.out`` a run folder there, relative: inside the runs folder, empty for a
+        new one); ``None``: this computer with ``python``, paths made absolute here."""
         if self.running:
             raise RuntimeError("a training run is already in progress")
-        self.run_host = choice.run_host()
+        if choice is None:
+            self.run_host = local_host(python)
+            settings = replace(settings, out=absolute_path(settings.out))
+            args = settings.trainer_args()
+        else:
+            self.run_host = choice.run_host()
+            args = settings.trainer_args(str)  # the agent expands ~ there
         self.settings = settings
-        self._reset()
-        # Paths as typed: the agent expands ~ there and takes a relative --out or --resume
-        # inside the runs folder, a relative data folder in the home folder.
-        args = settings.trainer_args(str)
+        self._started = True
         out = settings.out or None
         host = self.run_host
 
@@ -178,16 +212,16 @@ class RemoteTrainingProcess(RunProcess):
 
         self._spawn(work)
 
-    def attach(self, run: RemoteRun) -> None:
-        """Follow a run started earlier, from its first event (the curves fill at once)."""
+    def attach(self, run: RemoteRun, offset: int = 0, log_offset: int = 0) -> None:
+        """Follow a run started earlier from byte ``offset`` of its events (0: the curves
+        fill at once) and ``log_offset`` of its log."""
         if self.running:
             raise RuntimeError("a training run is already in progress")
         self.run_host = host_for(run)
-        self._reset()
-        self.attached = True
+        self._started = self.attached = True
         self._set_run(run)
         host = self.run_host
-        self._spawn(lambda: self._follow(host, run))
+        self._spawn(lambda: self._follow(host, run, offset, log_offset))
 
     def _spawn(self, work: Callable[[], None]) -> None:
         def guarded() -> None:
@@ -198,27 +232,31 @@ class RemoteTrainingProcess(RunProcess):
             except OSError as exc:
                 _emit(self._worker_failed, f"{exc.strerror or exc}")
 
-        threading.Thread(target=guarded, daemon=True, name="remote-follow").start()
+        threading.Thread(target=guarded, daemon=True, name="run-follow").start()
 
     def _set_run(self, run: RemoteRun) -> None:
         self.run = run
-        self.cache = default_cache_dir(run)
         if self.settings is not None:
             self.settings = replace(self.settings, out=run.out)
         self.run_started.emit(run)
-        if self.stop_requested:  # Stop pressed while the host was still starting it
+        if self.kill_requested:  # Kill or Stop pressed while the agent was starting it
+            self._call(lambda host, r: host.kill(r))
+        elif self.stop_requested:
             self._call(lambda host, r: host.stop(r))
 
     # -- the worker ---------------------------------------------------------------------------
 
-    def _follow(self, host: RunHost, run: RemoteRun) -> None:
-        """On the worker thread: pass every update on, a sample grid once it is here."""
-        follower = host.follow(run)
+    def _follow(self, host: RunHost, run: RemoteRun, offset: int = 0, log_offset: int = 0) -> None:
+        """On the worker thread: pass every update on, a host's sample grid once it is
+        here."""
+        follower = host.follow(run, offset, log_offset)
         self.follower = follower
+        if self._ended:
+            follower.close()
         cache = default_cache_dir(run)
         for update in follower:
             event = update.event
-            if update.kind == "event" and event and event.get("event") == "samples":
+            if run.host and update.kind == "event" and event and event.get("event") == "samples":
                 update = replace(update, event=self._fetched_samples(host, run, cache, event))
             _emit(self._updated, update)
             if self._ended:
@@ -252,7 +290,8 @@ class RemoteTrainingProcess(RunProcess):
         if update.kind == "event" and update.event is not None:
             self._on_event(update.event)
         elif update.kind == "log" and update.text:
-            self._on_log(update.text)
+            self.stderr_tail.extend(line for line in update.text.splitlines() if line.strip())
+            self.log_received.emit(update.text)
         elif update.kind == "lost":
             self.lost = update.text
             self.connection_changed.emit(update.text)
@@ -261,27 +300,59 @@ class RemoteTrainingProcess(RunProcess):
                 self.lost = ""
                 self.connection_changed.emit("")
         elif update.kind == "ended":
-            self._on_ended(update.state or "failed", update.text)
+            self._on_ended(update.state or "failed", update.text, update.code)
 
-    def _on_ended(self, state: str, message: str) -> None:
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind in ("step", "eval", "done") and isinstance(event.get("step"), int):
+            self.last_step = event["step"]
+        if kind == "checkpoint" and event.get("kind") == "latest":
+            self.last_checkpoint = event.get("path")
+        elif kind == "done":
+            self.done_event = event
+            self.last_checkpoint = event.get("checkpoint") or self.last_checkpoint
+        elif kind == "error":
+            self.error_message = str(event.get("message", "unknown error"))
+        self.event_received.emit(event)
+
+    def _on_ended(self, state: str, message: str, code: int | None) -> None:
         self.state = state
-        code = FINISHED_CODES.get(state, 1)
         if self.done_event is not None or self.kill_requested or state != "failed":
-            self._end(None, code)
+            self._end(None, FINISHED_CODES.get(state, 1) if code is None else code)
+        elif self.stop_requested and self.last_step == 0:
+            self._end(None, -1 if code is None else code)  # stopped while still starting
         else:
-            reason = message or self.error_message or ""
-            host = self.host or "the host"
-            self._end(
-                f"The run on {host} failed: {reason}"
-                if reason
-                else self._failure_message(code, False),
-                code,
-            )
+            self._end(self._failure_message(code, message), -1 if code is None else code)
+
+    def _failure_message(self, code: int | None, message: str) -> str:
+        """One sentence, the same for a run here and one on a host: how it ended (the
+        trainer's exit status, where its supervisor wrote it) and why."""
+        where = f" on {self.host}" if self.host else ""
+        if code == 3:
+            head = f"Training diverged{where}"
+        elif code == 4:  # core.training.trainer.SaveFailedError
+            head = f"Saving failed{where}"
+        elif code is None:
+            head = f"The run{where} failed"
+        elif code < 0:
+            head = f"The trainer{where} crashed"
+        else:
+            head = f"The trainer{where} stopped with exit status {code}"
+        tail = self.stderr_tail[-1] if self.stderr_tail else ""
+        reason = self.error_message or message or tail
+        return f"{head}: {reason}" if reason else f"{head} before finishing."
 
     def _on_worker_failed(self, message: str) -> None:
         if not self._ended:
             self.state = "failed"
             self._end(message[:1].upper() + message[1:], -1)
+
+    def _end(self, message: str | None, code: int = -1) -> None:
+        self._ended = True
+        self._stop_following()
+        if message is not None:
+            self.failed.emit(message)
+        self.finished.emit(code)
 
     # -- stop, kill, leave --------------------------------------------------------------------
 
@@ -295,24 +366,25 @@ class RemoteTrainingProcess(RunProcess):
         call.start()
 
     def stop(self) -> None:
-        """Write ``OUT/STOP`` on the host: the trainer saves ``latest.pt`` and finishes;
-        the follower sees its ``done`` event."""
+        """Write ``OUT/STOP`` (the agent asks again once the trainer has started): the
+        trainer saves ``latest.pt`` and finishes; the follower sees its ``done`` event."""
         if self.running and not self.stop_requested:
             self.stop_requested = True
             self._call(lambda host, run: host.stop(run))  # before the run exists: on start
 
     def kill(self) -> None:
-        """Signal the run's process group on the host; checkpoints written stay."""
+        """End the run's process group at once; checkpoints written stay."""
         if self.running:
             self.kill_requested = True
             self._call(lambda host, run: host.kill(run))
 
     def detach(self) -> int | None:
-        """Stop following; the run goes on on the host (File > Recent Runs re-attaches)."""
+        """Stop following; the run goes on (File > Recent Runs, or its folder, follows it
+        again). Returns the process started for it."""
         if self.running:
             self._ended = True
             self._stop_following()
-        return None
+        return self.pid
 
     def _stop_following(self) -> None:
         if self.follower is not None:

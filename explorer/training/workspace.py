@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -67,6 +68,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.runs import hosts
+from core.runs.folder import complete_lines, parse_event
 from core.runs.host import RemoteRun
 from core.runs.transport import RemoteError, stop_started_masters
 from explorer.settings import ExplorerSettings
@@ -75,17 +77,14 @@ from explorer.training.process import (
     EVENTS_FILE,
     LOG_FILE,
     PRESETS,
-    RunFollower,
-    RunProcess,
     RunSettings,
-    TrainingProcess,
     format_duration,
     join_command,
 )
 from explorer.training.remote_run import (
     BlockingCall,
     HostChoice,
-    RemoteTrainingProcess,
+    TrainingRun,
     fetch_call,
     origin_text,
 )
@@ -304,11 +303,11 @@ class TrainingPanel(QWidget):
         super().__init__(parent)
         self.python = python
         self.app_settings = settings
-        self.process: RunProcess | None = None
+        self.process: TrainingRun | None = None
         self.remote_run: RemoteRun | None = None  # the run on a host the page shows
         self.fetching: BlockingCall | None = None
         self._fetch_cancel: threading.Event | None = None
-        self.follower: RunFollower | None = None  # a reopened run
+        self.follower: TrainingRun | None = None  # a reopened run still going
         # Injectable for tests: (parent, out) -> "stop" | "leave" | "cancel".
         self.close_prompt: Callable[[QWidget | None, str], str] = ask_close_choice
         self._close_after_stop: QWidget | None = None
@@ -565,7 +564,7 @@ class TrainingPanel(QWidget):
         )
 
     def _show_command(self, settings: RunSettings) -> None:
-        if self.form.remote or isinstance(self.process, RemoteTrainingProcess):
+        if self.form.remote or (self.process is not None and self.process.host is not None):
             self.full_command = remote_command(settings, self.form.host_choice())
             self.command.setText(self.full_command)
         else:
@@ -588,43 +587,26 @@ class TrainingPanel(QWidget):
         self._stop_following()
         self.form.cancel_scan()  # the trainer reads the data itself; free the CPU for it
         self._reset_monitor()
-        if self.form.remote:
-            return self._start_remote(settings, self.form.host_choice())
-        self._set_remote(None)
-        process = TrainingProcess(self)
+        choice = self.form.host_choice() if self.form.remote else None
+        process = TrainingRun(self)
         self._connect_process(process)
         try:
-            process.start(settings, self.python)
-        except OSError as exc:
-            process.deleteLater()
-            self._show_message(f"Cannot prepare the output folder: {exc}", error=True)
-            return False
-        self.process = process
-        self.run_dir = process.settings.out_dir
-        self.info.setText("Starting the trainer…")
-        self.update_controls()
-        self._show_command(process.settings)
-        self._append_log(f"$ {self.command.text()}")
-        self._remember_run({"out": str(self.run_dir), "host": None, "state": "running"})
-        self.training_started.emit(str(self.run_dir))
-        return True
-
-    def _connect_process(self, process: RunProcess) -> None:
-        process.event_received.connect(self._on_event)
-        process.log_received.connect(self._append_log)
-        process.failed.connect(self._on_failed)
-        process.finished.connect(self._on_finished)
-
-    def _start_remote(self, settings: RunSettings, choice: HostChoice) -> bool:
-        process = RemoteTrainingProcess(self)
-        self._connect_remote(process)
-        try:
-            process.start(settings, choice)
+            process.start(settings, choice, self.python)
         except RemoteError as exc:
             process.deleteLater()
             self._show_message(str(exc), error=True)
             return False
         self.process = process
+        if choice is None:
+            self._set_remote(None)
+            self.run_dir = process.settings.out_dir
+            self.info.setText("Starting the trainer…")
+            self.update_controls()
+            self._show_command(process.settings)
+            self._append_log(f"$ {self.command.text()}")
+            self._remember_run({"out": str(self.run_dir), "host": None, "state": "running"})
+            self.training_started.emit(str(self.run_dir))
+            return True
         self.run_dir = None
         self.remote_run = None  # until the host names the new run's folder
         self.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
@@ -637,9 +619,12 @@ class TrainingPanel(QWidget):
         self.training_started.emit(f"{choice.host}:{settings.out}")
         return True
 
-    def _connect_remote(self, process: RemoteTrainingProcess) -> None:
-        self._connect_process(process)
-        process.run_started.connect(self._on_remote_started)
+    def _connect_process(self, process: TrainingRun) -> None:
+        process.event_received.connect(self._on_event)
+        process.log_received.connect(self._append_log)
+        process.failed.connect(self._on_failed)
+        process.finished.connect(self._on_finished)
+        process.run_started.connect(self._on_run_started)
         process.connection_changed.connect(self._on_connection_changed)
         process.call_failed.connect(lambda text: self._show_message(text, error=True))
 
@@ -658,8 +643,8 @@ class TrainingPanel(QWidget):
         self.full_command = run.follow_command()
         self.command.setText(self.full_command)
         self.command.setCursorPosition(0)
-        process = RemoteTrainingProcess(self)
-        self._connect_remote(process)
+        process = TrainingRun(self)
+        self._connect_process(process)
         try:
             process.attach(run)
         except RemoteError as exc:
@@ -674,7 +659,9 @@ class TrainingPanel(QWidget):
         self.training_started.emit(f"{run.host}:{run.out}")
         return True
 
-    def _on_remote_started(self, run: RemoteRun) -> None:
+    def _on_run_started(self, run: RemoteRun) -> None:
+        if not run.host:
+            return  # a run here: its folder was known, and remembered, at Start
         if run.host:  # the host's Python, typed once: the command line reads it too
             hosts.remember(
                 run.host, python=run.python, runs_dir=run.runs_dir, ssh_config=run.config_file
@@ -722,7 +709,7 @@ class TrainingPanel(QWidget):
         if not self.running or self.process is None:
             return None
         pid = self.process.detach()
-        if isinstance(self.process, RemoteTrainingProcess) and self.remote_run is not None:
+        if self.process.host is not None and self.remote_run is not None:
             self._append_log(f"left running on {self.remote_run.host}: {self.remote_run.out}")
         else:
             self._append_log(f"left running as process {pid}; it keeps writing to {self.run_dir}")
@@ -741,7 +728,7 @@ class TrainingPanel(QWidget):
         """
         if not self.running or self.process is None:
             return True
-        if isinstance(self.process, RemoteTrainingProcess):
+        if self.process.host is not None:
             # It runs on the host whatever the window does; File > Recent Runs re-attaches.
             self.leave_running()
             return True
@@ -759,19 +746,13 @@ class TrainingPanel(QWidget):
                 self.info.setText("Stopping: the window closes once latest.pt is saved…")
         return False
 
-    def _record_outcome(self, process: RunProcess, outcome: str) -> None:
+    def _record_outcome(self, process: TrainingRun, outcome: str) -> None:
         """The run's end in File > Recent Runs: running, done, failed or stopped."""
-        state = {"finished": "done", "killed": "failed"}.get(outcome, outcome)
-        if isinstance(process, RemoteTrainingProcess):
-            state = process.state or state
-            if process.run is None or self.app_settings is None:
-                return
-            host, out = process.run.host, process.run.out
-        elif self.run_dir is not None and self.app_settings is not None:
-            host, out = None, str(self.run_dir)
-        else:
+        state = process.state or {"finished": "done", "killed": "failed"}.get(outcome, outcome)
+        if process.run is None or self.app_settings is None:
             return
         if state in ("done", "failed", "stopped"):
+            host, out = process.run.host, process.run.out
             self.app_settings.update_run(host, out, state=state, step=process.last_step)
 
     def _on_failed(self, message: str) -> None:
@@ -853,25 +834,43 @@ class TrainingPanel(QWidget):
         self._set_remote(None)
         self.run_dir = folder
         self.checkpoint = str(folder / "latest.pt") if (folder / "latest.pt").is_file() else None
-        self.follower = RunFollower(folder, from_start=True, parent=self)
-        self.follower.event_received.connect(self._on_event)
-        self.follower.log_received.connect(self._append_log)
-        # Followed until its log ends with done or error: a run left running goes on.
-        self.follower.caught_up.connect(self._stop_following)
-        self.follower.start()
+        # What is there is shown now; a run that has not said its last word (one left
+        # running) is then followed as any other run, from where this read ended.
+        last, offset = None, 0
+        while lines := complete_lines(folder / EVENTS_FILE, offset)[0]:
+            offset = lines[-1][0]
+            for _end, raw in lines:
+                text = raw.decode("utf-8", "replace")
+                event = parse_event(text)
+                if event is not None:
+                    last = event["event"]
+                    self._on_event(event)
+                elif text.strip():
+                    self._append_log(text)
+        log_offset, log = 0, []
+        while lines := complete_lines(folder / LOG_FILE, log_offset)[0]:
+            log_offset = lines[-1][0]
+            log += [raw.decode("utf-8", "replace") for _, raw in lines]
+        if log:
+            self._append_log("\n".join(log))
         self.info.setText(f"Run in {home_path(folder)}")
+        if last not in ("done", "error"):
+            self.follower = TrainingRun(self)
+            self.follower.event_received.connect(self._on_event)
+            self.follower.log_received.connect(self._append_log)
+            self.follower.finished.connect(lambda _code: self._stop_following())
+            run = RemoteRun(str(folder.absolute()), python=self.python or sys.executable)
+            self.follower.attach(run, offset, log_offset)
         self.update_controls()
         return True
 
     def catch_up(self) -> None:
-        """Read a reopened run's files to their end and draw them now (a screenshot)."""
-        if self.follower is not None:
-            self.follower.poll(final=True)
+        """Draw a reopened run now (a screenshot): :meth:`open_run` read its files."""
         self._redraw()
 
     def _stop_following(self) -> None:
         if self.follower is not None:
-            self.follower.stop()
+            self.follower.detach()
             self.follower.deleteLater()
             self.follower = None
 
@@ -989,13 +988,13 @@ class TrainingPanel(QWidget):
         self.info.setText(" · ".join(parts))
         why = event.get("precision_reason")
         self.info.setToolTip("\n".join(str(t) for t in (event.get("out", ""), why) if t))
-        if self.follower is not None and not self.running and self.run_dir is not None:
+        if self.process is None and self.run_dir is not None:
             # A reopened run: the form shows how it was started (and what Copy gives).
             # A run of another version may not fit: the form then stays as it was.
             with contextlib.suppress(TypeError, ValueError):
                 self.form.apply(settings_of_run(event, self.run_dir, self.form.settings()))
             self.update_controls()
-        elif isinstance(self.process, RemoteTrainingProcess) and self.process.attached:
+        elif self.process is not None and self.process.attached:
             run = self.process.run
             with contextlib.suppress(TypeError, ValueError):
                 settings = settings_of_run(event, Path(run.out), self.form.settings())
@@ -1024,7 +1023,7 @@ class TrainingPanel(QWidget):
         )
         self._rate.clear()
         self._schedule_redraw()
-        if self.process is None and self.follower is not None:
+        if self.process is None:
             # A reopened run has ended: whoever shows its progress (the status bar) says so.
             self.training_stopped.emit(str(reason))
 
