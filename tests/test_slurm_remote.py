@@ -147,7 +147,7 @@ def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
 
 
 @pytest.mark.slow
-def test_a_job_behind_one_that_holds_the_node_is_pending_then_killed_keeps_its_checkpoint(
+def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_checkpoint(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
 ):
     holder = slurm_cluster.run(
@@ -166,6 +166,14 @@ def test_a_job_behind_one_that_holds_the_node_is_pending_then_killed_keeps_its_c
         assert (job["state"], job["reason"], job["nodes"]) == ("PENDING", "Resources", None)
         code, text, _ = remote(sshd, login, capsys, "status", out)
         assert code == 0 and f"Slurm job {job['job_id']} PENDING (Resources)" in text
+        # A stop of a job still in the queue takes it out: no trainer would read STOP.
+        queued = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        code, _, err = remote(sshd, login, capsys, "stop", queued)
+        assert code == 0, err
+        slurm_cluster.wait_state(job_of(queued), "CANCELLED")
+        status = status_json(sshd, login, capsys, queued)
+        assert (status["state"], status["scheduler"]["state"]) == ("stopped", "CANCELLED")
+        assert events(Path(queued)) == []
     finally:
         slurm_cluster.run("scancel", holder)
     run = Path(out)

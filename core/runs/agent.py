@@ -72,6 +72,7 @@ from core.runs.folder import (
     run_state,
     sha256_file,
 )
+from core.runs.slurm import WAITING_STATES
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
 AGENT_ERROR_MARK = "REALNVP-AGENT-ERROR "  # core.runs.transport.AGENT_ERROR_MARK
@@ -280,6 +281,8 @@ def run_status(out: Path) -> dict[str, Any]:
     scheduler = scheduler_status(launch)
     if scheduler is not None:
         name, message = _with_scheduler(out, scheduler, name, message, last)
+        if name == "failed" and scheduler["state"] == "CANCELLED" and launch.get("stopped"):
+            name, message = "stopped", ""  # taken out of the queue by a stop
     if name == "failed" and launch.get("killed"):
         message = "killed"
     elif name == "failed" and message:
@@ -731,6 +734,14 @@ def op_stop(args: argparse.Namespace) -> None:
     status = run_status(out)
     if status["state"] != "running":
         raise _not_running(out, status)
+    job = status.get("scheduler")
+    if job and job["state"] in WAITING_STATES:
+        # No trainer runs to read a stop file (and one starting would remove it as
+        # stale): a job still in the queue, or between allocations with its latest.pt
+        # saved, is taken out of the queue.
+        _scancel(out, job["job_id"], "stopped")
+        _say({"out": str(out), "stop": True, "job_id": job["job_id"]})
+        return
     try:
         (out / STOP_FILE).touch()
     except OSError as exc:
@@ -757,27 +768,36 @@ def op_kill(args: argparse.Namespace) -> None:
         raise AgentError(f"{out} on {_where()} records no process to kill", "not-running", 1)
     if not alive:
         raise _not_running(out, run_status(out))
-    launch["killed"] = time.time()
-    with contextlib.suppress(OSError):
-        _write_launch(out, launch)
     job_id = slurm_job_id(launch)
     if job_id is not None:
         # Slurm's own end of a job: SIGTERM to its steps (the trainer saves and ends as
         # stopped, core/runs/slurm.py), then SIGKILL; the job stays CANCELLED.
-        try:
-            done = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise AgentError(f"scancel {job_id} on {_where()} failed: {exc}", "slurm") from None
-        if done.returncode != 0:
-            from core.runs.slurm import sbatch_refusal
-
-            said = sbatch_refusal(done.stderr or done.stdout, _where())
-            raise AgentError(f"scancel {job_id}: {said}", "slurm")
+        _scancel(out, job_id, "killed")
         _say({"out": str(out), "killed": True, "job_id": job_id})
         return
+    launch["killed"] = time.time()
+    with contextlib.suppress(OSError):
+        _write_launch(out, launch)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(int(launch["pgid"]), signal.SIGKILL)
     _say({"out": str(out), "killed": True})
+
+
+def _scancel(out: Path, job_id: str, why: str) -> None:
+    """``scancel JOB`` for a stop or a kill (``why``), recorded first in ``launch.json``."""
+    from core.runs.slurm import sbatch_refusal
+
+    launch = read_launch(out)
+    launch[why] = time.time()
+    with contextlib.suppress(OSError):
+        _write_launch(out, launch)
+    try:
+        done = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AgentError(f"scancel {job_id} on {_where()} failed: {exc}", "slurm") from None
+    if done.returncode != 0:
+        said = sbatch_refusal(done.stderr or done.stdout, _where())
+        raise AgentError(f"scancel {job_id}: {said}", "slurm")
 
 
 def _run_files(out: Path) -> Iterator[Path]:

@@ -122,6 +122,10 @@ ACTIVE_STATES = frozenset(
         "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT",
     }
 )  # fmt: skip
+# A job in one of these states runs no trainer yet: in the queue, or between allocations.
+WAITING_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT"}
+)
 # What a job that ended without the trainer's last word ended by, in a person's words.
 ENDED_BY = {
     "TIMEOUT": "it ran into its time limit",
