@@ -961,7 +961,31 @@ def _add_remote(sub) -> None:
         allow_abbrev=False,
         help="start a run there and return at once; the last line is the run folder",
     )
-    train.add_argument("--gpus", type=_positive, default=1, help="more than one: torchrun")
+    train.add_argument(
+        "--gpus", type=_positive, help="more than one: torchrun (default 1); with --slurm: "
+        "GPUs per node (default: none asked for)",
+    )  # fmt: skip
+    slurm = train.add_argument_group(
+        "Slurm", "with --slurm the host is a cluster's login node: the run is an sbatch "
+        "script in its run folder, submitted there (core/runs/slurm.py)",
+    )  # fmt: skip
+    slurm.add_argument(
+        "--slurm", action="store_true",
+        help="submit the run as a Slurm batch job (sbatch) instead of starting it on the host",
+    )  # fmt: skip
+    slurm.add_argument("--partition", metavar="P", help="the partition (default: Slurm's)")
+    slurm.add_argument("--nodes", type=_positive, metavar="K", help="nodes (default 1)")
+    slurm.add_argument(
+        "--time", metavar="HH:MM:SS", help="the job's time limit; 90 s before it the run "
+        "saves and requeues itself (default: the partition's)",
+    )  # fmt: skip
+    slurm.add_argument("--account", metavar="A", help="the account to charge")
+    slurm.add_argument("--qos", metavar="Q", help="the quality of service")
+    slurm.add_argument(
+        "--sbatch-option", action="append", metavar="OPT", default=[],
+        help="another sbatch option, one word, written with = (--sbatch-option=--mem=8G); "
+        "repeat it for more",
+    )  # fmt: skip
     _train_arguments(train)
     # By default a new folder in --runs-dir; --threads is the host's, forwarded.
     train.set_defaults(out=None, threads_here=False)
@@ -1008,6 +1032,8 @@ def _add_remote(sub) -> None:
 
 # Options of ``remote HOST train`` that are the launcher's, not the trainer's.
 _REMOTE_ONLY = {"--python", "--runs-dir", "--gpus", "--out", "--progress", "--ssh-config"}
+_REMOTE_ONLY |= {"--partition", "--nodes", "--time", "--account", "--qos", "--sbatch-option"}
+_REMOTE_FLAGS = {"--slurm"}  # the launcher's options that take no value
 
 
 def _forwarded_train_args(args) -> list[str]:
@@ -1022,6 +1048,9 @@ def _forwarded_train_args(args) -> list[str]:
     i = 0
     while i < len(rest):
         word = rest[i]
+        if word in _REMOTE_FLAGS:
+            i += 1
+            continue
         if word.split("=", 1)[0] in _REMOTE_ONLY:
             i += 1 if "=" in word else 2
             continue
@@ -1073,8 +1102,29 @@ def _remote_action(args, where: dict) -> int:
             print(f"realnvp remote: error: {facts.problem}", file=sys.stderr)
             return 2
         return 0
+    if action == "train" and args.slurm:
+        from core.runs.slurm import SlurmRequest
+
+        request = SlurmRequest(
+            partition=args.partition, gpus=args.gpus, nodes=args.nodes or 1, time=args.time,
+            account=args.account, qos=args.qos, extra=tuple(args.sbatch_option),
+        )  # fmt: skip
+        run, job_id = host.submit(_forwarded_train_args(args), request, out=args.out)
+        print(
+            f"submitted to Slurm on {args.host} as job {job_id}; follow it with: "
+            f"{run.follow_command()}",
+            file=sys.stderr,
+        )
+        print(run.out)
+        return 0
     if action == "train":
-        run = host.start(_forwarded_train_args(args), out=args.out, gpus=args.gpus)
+        slurm_only = [f"--{n.replace('_', '-')}" for n in ("partition", "nodes", "time",
+                      "account", "qos", "sbatch_option") if getattr(args, n)]  # fmt: skip
+        if slurm_only:
+            from core.runs.transport import RemoteError
+
+            raise RemoteError(f"{', '.join(slurm_only)} only go with --slurm", "bad-input")
+        run = host.start(_forwarded_train_args(args), out=args.out, gpus=args.gpus or 1)
         print(f"started on {args.host}; follow it with: {run.follow_command()}", file=sys.stderr)
         print(run.out)
         return 0
@@ -1086,7 +1136,7 @@ def _remote_action(args, where: dict) -> int:
             of = f"/{status.max_steps}" if status.max_steps else ""
             test = f", test {status.test_bpd:.4f} bits/dim" if status.test_bpd is not None else ""
             why = f": {status.message}" if status.message else ""
-            print(f"{status.state}{why} (step {status.step}{of}{test})")
+            print(f"{status.state}{why} (step {status.step}{of}{test}){_job_words(status)}")
         return 0
     if action == "follow":
         return _follow_remote(host, args)
@@ -1110,6 +1160,26 @@ def _remote_action(args, where: dict) -> int:
     )
     print(result.folder)
     return 0
+
+
+def _job_words(status) -> str:
+    """A Slurm run's job in a status line: ``; Slurm job 12 PENDING (Resources)``."""
+    job = status.scheduler
+    if not job:
+        return ""
+    state = job.get("state") or "no longer known to Slurm"
+    words = [f"; Slurm job {job['job_id']} {state}"]
+    if job.get("reason") and state == "PENDING":
+        words.append(f" ({job['reason']})")
+    if job.get("expected_start"):
+        words.append(f", expected to start {job['expected_start']}")
+    if job.get("nodes") and state != "PENDING":
+        words.append(f" on {job['nodes']}")
+    if job.get("elapsed") and job.get("limit") and state != "PENDING":
+        words.append(f", {job['elapsed']} of {job['limit']}")
+    if job.get("restarts"):
+        words.append(f", requeued {job['restarts']}x")
+    return "".join(words)
 
 
 def _follow_remote(host, args) -> int:

@@ -56,7 +56,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -82,6 +82,7 @@ from core.runs.folder import (
     sha256_file,
 )
 from core.runs.host import expand_home, trainer_argv
+from core.runs.slurm import WAITING_STATES
 from core.runs.transport import AGENT_MODULE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
@@ -154,7 +155,8 @@ def run_path(run: str, runs: str | None = None) -> Path:
 
 def existing_run(run: str, runs: str | None = None) -> Path:
     out = run_path(run, runs)
-    if not (out / EVENTS_FILE).is_file():
+    # A batch job still in the queue has written no event yet: its launch names it.
+    if not (out / EVENTS_FILE).is_file() and slurm_job_id(read_launch(out)) is None:
         what = "no run folder" if not out.exists() else "no run in the folder"
         raise AgentError(f"there is {what} {out} on {_where()}", "missing-run")
     return out
@@ -177,10 +179,41 @@ def read_launch(out: Path) -> dict[str, Any]:
     return {}
 
 
+def slurm_job_id(launch: Mapping[str, Any]) -> str | None:
+    """The Slurm job of a run submitted with ``submit``, else ``None``."""
+    scheduler = launch.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("kind") == "slurm":
+        return str(scheduler.get("job_id") or "") or None
+    return None
+
+
+_JOB_CACHE_S = 2.0  # a follower asks often; the controller of a real cluster is shared
+_job_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+def scheduler_status(launch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``scheduler`` fields of a Slurm run (:func:`core.runs.slurm.job_status`), read
+    at most every :data:`_JOB_CACHE_S`; ``None`` for a run of no scheduler."""
+    from core.runs.slurm import job_status, show_job
+
+    job_id = slurm_job_id(launch)
+    if job_id is None:
+        return None
+    cached = _job_cache.get(job_id)
+    if cached is None or time.monotonic() - cached[0] > _JOB_CACHE_S:
+        cached = (time.monotonic(), job_status(job_id, show_job(job_id)))
+        _job_cache[job_id] = cached
+    return dict(cached[1])
+
+
 def trainer_alive(out: Path, launch: dict[str, Any] | None = None) -> bool | None:
     """Whether the recorded trainer still runs: ``None`` when no launch was recorded (a run
-    started by hand or by the desktop app on that machine)."""
+    started by hand or by the desktop app on that machine). A Slurm run's trainer runs
+    while its job is queued, running or requeued (the trainer may be on another node)."""
     launch = read_launch(out) if launch is None else launch
+    scheduler = scheduler_status(launch)
+    if scheduler is not None and scheduler["active"] is not None:
+        return bool(scheduler["active"])
     pid = launch.get("pid")
     if not isinstance(pid, int):
         # Started some other way (by hand, by the desktop app there): the run lock says.
@@ -233,11 +266,16 @@ def run_status(out: Path) -> dict[str, Any]:
             message += f": {tail}" if tail else ""
     if name == "running" and alive is False:  # the lock's holder is gone, not yet read
         name = "failed"
+    scheduler = scheduler_status(launch)
+    if scheduler is not None:
+        name, message = _with_scheduler(out, scheduler, name, message, last)
+        if name == "failed" and scheduler["state"] == "CANCELLED" and launch.get("stopped"):
+            name, message = "stopped", ""  # taken out of the queue by a stop
     if name == "failed" and launch.get("killed"):
         message = "killed"
     elif name == "failed" and message:
         message = f"on {_where()}: {message}"  # the trainer's sentence, for a run elsewhere
-    return {
+    record = {
         "run": str(out),
         "state": name,
         "step": state.step or 0,
@@ -248,6 +286,31 @@ def run_status(out: Path) -> dict[str, Any]:
         "pid": launch.get("pid"),
         "host": _host(),
     }
+    if scheduler is not None:
+        record["scheduler"] = {k: v for k, v in scheduler.items() if k != "active"}
+    return record
+
+
+def _with_scheduler(
+    out: Path, scheduler: dict[str, Any], name: str, message: str, last: dict[str, Any] | None
+) -> tuple[str, str]:
+    """A Slurm run's state, its events merged with its job's: a job queued, running or
+    requeued between allocations runs (a ``requeue`` ends an allocation, not the run),
+    and one that ended without the trainer's last word says why, in Slurm's words and its
+    output file's."""
+    from core.runs.slurm import ENDED_BY
+
+    said_last = last is not None and last["event"] in ("done", "error")
+    if scheduler["active"] and not said_last:
+        return "running", ""
+    job_state = scheduler["state"]
+    if name != "failed" or job_state is None or said_last:
+        return name, message
+    why = ENDED_BY.get(job_state, f"it ended {job_state}")
+    before = "before the trainer's first event" if last is None else "before the run ended"
+    sentence = f"Slurm job {scheduler['job_id']} ended {before}: {why}"
+    tail = _log_tail(out, f"slurm-{scheduler['job_id']}.out", skip=("srun:",))
+    return "failed", f"{sentence} ({tail})" if tail else sentence
 
 
 def _segment_start(launch: dict[str, Any]) -> int:
@@ -264,12 +327,15 @@ def ended_state(event: dict[str, Any]) -> tuple[str, str]:
     return ("done" if event.get("reason", "finished") == "finished" else "stopped"), ""
 
 
-def _log_tail(out: Path) -> str:
-    with contextlib.suppress(OSError), (out / LOG_FILE).open("rb") as f:
+def _log_tail(out: Path, name: str = LOG_FILE, skip: tuple[str, ...] = ()) -> str:
+    """The last line of a log of the run folder; lines that start with ``skip`` (srun's
+    own "task 0: Exited" after the trainer's last word) only where no other is left."""
+    with contextlib.suppress(OSError), (out / name).open("rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
         lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines()]
         lines = [x for x in lines if x]
-        return lines[-1] if lines else ""
+        said = [x for x in lines if not x.startswith(skip)] if skip else lines
+        return (said or lines or [""])[-1]
     return ""
 
 
@@ -442,7 +508,10 @@ def exit_code(out: Path) -> int | None:
     return None
 
 
-def op_start(args: argparse.Namespace) -> None:
+def _claimed_run(args: argparse.Namespace) -> tuple[Path, list[str], Path | None]:
+    """What every launcher does first (``start``, ``submit``): the version compared, the
+    inputs checked, the run folder claimed with room on its disk. Returns the folder, the
+    train options (``--resume``'s checkpoint by its full path) and that checkpoint."""
     if args.checkpoint_format is not None and args.checkpoint_format != CHECKPOINT_FORMAT:
         raise AgentError(
             f"realnvp-explorer on {_where()} writes checkpoint format {CHECKPOINT_FORMAT}, the "
@@ -467,11 +536,25 @@ def op_start(args: argparse.Namespace) -> None:
             f"the disk of {_where()} is full: {free / 2**20:.1f} MiB free for the run {out}",
             "disk-full",
         )
-    argv = trainer_argv(os.path.expanduser(args.python), args.gpus, train_args, out)
-    # Where this start's events begin: a resumed run appends to the earlier segments'.
-    events_offset = 0
+    return out, list(train_args), resume
+
+
+def _events_offset(out: Path) -> int:
+    """Where this start's events begin: a resumed run appends to the earlier segments'."""
     with contextlib.suppress(OSError):
-        events_offset = (out / EVENTS_FILE).stat().st_size
+        return (out / EVENTS_FILE).stat().st_size
+    return 0
+
+
+def _write_launch(out: Path, launch: dict[str, Any]) -> None:
+    with atomic_write(out / LAUNCH_FILE) as f:
+        f.write(json.dumps(launch, indent=1).encode())
+
+
+def op_start(args: argparse.Namespace) -> None:
+    out, train_args, _ = _claimed_run(args)
+    argv = trainer_argv(os.path.expanduser(args.python), args.gpus, train_args, out)
+    events_offset = _events_offset(out)
     try:
         events = (out / EVENTS_FILE).open("ab")
         log = (out / LOG_FILE).open("ab")
@@ -503,12 +586,88 @@ def op_start(args: argparse.Namespace) -> None:
         "events_offset": events_offset,
     }
     try:
-        with atomic_write(out / LAUNCH_FILE) as f:
-            f.write(json.dumps(launch, indent=1).encode())
+        _write_launch(out, launch)
     except OSError as exc:
         process.kill()
         raise _os_error(exc, f"the run folder {out}") from None
     _say({"out": str(out), "pid": process.pid, "host": _host()})
+
+
+# The train options a requeued job leaves out: it resumes from latest.pt in its folder.
+_NOT_ON_RESUME = {"--resume": 1, "--init-from": 1, "--overwrite": 0}
+
+
+def _without(words: Sequence[str], options: Mapping[str, int]) -> list[str]:
+    """``words`` less ``options`` (name: how many values follow it), spelled either way."""
+    kept, skip = [], 0
+    for word in words:
+        if skip:
+            skip -= 1
+            continue
+        name, sep, _ = word.partition("=")
+        if name in options:
+            skip = 0 if sep else options[name]
+            continue
+        kept.append(word)
+    return kept
+
+
+def _job_train_args(train_args: Sequence[str]) -> list[str]:
+    """The train options as a batch job takes them: ``~/`` is the host's home, and the
+    data folder absolute, as checked here (the job starts in the run folder, not home)."""
+    words = [expand_home(word) for word in train_args]
+    options = _train_options(words)
+    data = str(Path(os.path.expanduser(options.data_dir)).absolute())
+    return [*_without(words, {"--data-dir": 1}), "--data-dir", data]
+
+
+def op_submit(args: argparse.Namespace) -> None:
+    """``submit``: the run as a Slurm batch job. The sbatch script is written into the run
+    folder (kept: a person can read it and submit it again by hand), submitted with the
+    folder as the job's working directory, and the job id recorded in ``launch.json``."""
+    from core.runs.slurm import SCRIPT_NAME, SlurmRequest, SubmitError, sbatch_script, submit
+
+    request = SlurmRequest(
+        partition=args.partition, gpus=args.gpus, nodes=args.nodes, time=args.time,
+        account=args.account, qos=args.qos, extra=tuple(args.sbatch_option or ()),
+    )  # fmt: skip
+    problem = request.problem()
+    if problem:
+        raise AgentError(problem, "bad-input")
+    out, train_args, _ = _claimed_run(args)
+    request = SlurmRequest(**{**request.__dict__, "job_name": out.name})
+    fresh = _job_train_args(train_args)
+    resumed = _without(fresh, _NOT_ON_RESUME)
+    script = out / SCRIPT_NAME
+    events_offset = _events_offset(out)
+    text = sbatch_script(os.path.expanduser(args.python), fresh, resumed, request)
+    try:
+        with atomic_write(script) as f:
+            f.write(text.encode())
+    except OSError as exc:
+        raise _os_error(exc, f"the run folder {out}") from None
+    try:
+        job_id = submit(script, out, _where())
+    except SubmitError as exc:
+        # Nothing was queued: the folder is left as it was found (a new one removed).
+        script.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()
+        raise AgentError(str(exc), "slurm") from None
+    launch = {
+        "scheduler": {"kind": "slurm", "job_id": job_id},
+        "argv": ["sbatch", "--parsable", "--chdir", str(out), str(script)],
+        "script": SCRIPT_NAME,
+        "host": _host(),
+        "started": time.time(),
+        "events_offset": events_offset,
+    }
+    try:
+        _write_launch(out, launch)
+    except OSError as exc:
+        subprocess.run(["scancel", job_id], capture_output=True, check=False)
+        raise _os_error(exc, f"the run folder {out}") from None
+    _say({"out": str(out), "job_id": job_id, "host": _host()})
 
 
 def op_status(args: argparse.Namespace) -> None:
@@ -576,6 +735,14 @@ def op_stop(args: argparse.Namespace) -> None:
     status = run_status(out)
     if status["state"] != "running":
         raise _not_running(out, status)
+    job = status.get("scheduler")
+    if job and job["state"] in WAITING_STATES:
+        # No trainer runs to read a stop file (and one starting would remove it as
+        # stale): a job still in the queue, or between allocations with its latest.pt
+        # saved, is taken out of the queue.
+        _scancel(out, job["job_id"], "stopped")
+        _say({"out": str(out), "stop": True, "job_id": job["job_id"]})
+        return
     try:
         (out / STOP_FILE).touch()
     except OSError as exc:
@@ -602,11 +769,35 @@ def op_kill(args: argparse.Namespace) -> None:
         raise AgentError(f"{out} on {_where()} records no process to kill", "not-running", 1)
     if not alive:
         raise _not_running(out, run_status(out))
+    job_id = slurm_job_id(launch)
+    if job_id is not None:
+        # Slurm's own end of a job: SIGTERM to its steps (the trainer saves and ends as
+        # stopped, core/runs/slurm.py), then SIGKILL; the job stays CANCELLED.
+        _scancel(out, job_id, "killed")
+        _say({"out": str(out), "killed": True, "job_id": job_id})
+        return
     launch["killed"] = time.time()
-    with contextlib.suppress(OSError), atomic_write(out / LAUNCH_FILE) as f:
-        f.write(json.dumps(launch, indent=1).encode())
+    with contextlib.suppress(OSError):
+        _write_launch(out, launch)
     kill_group(launch)
     _say({"out": str(out), "killed": True})
+
+
+def _scancel(out: Path, job_id: str, why: str) -> None:
+    """``scancel JOB`` for a stop or a kill (``why``), recorded first in ``launch.json``."""
+    from core.runs.slurm import sbatch_refusal
+
+    launch = read_launch(out)
+    launch[why] = time.time()
+    with contextlib.suppress(OSError):
+        _write_launch(out, launch)
+    try:
+        done = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AgentError(f"scancel {job_id} on {_where()} failed: {exc}", "slurm") from None
+    if done.returncode != 0:
+        said = sbatch_refusal(done.stderr or done.stdout, _where())
+        raise AgentError(f"scancel {job_id}: {said}", "slurm")
 
 
 def _run_files(out: Path) -> Iterator[Path]:
@@ -747,6 +938,17 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--gpus", type=int, default=1)
     start.add_argument("--checkpoint-format", type=int)
     start.add_argument("train_args", nargs=argparse.REMAINDER)
+    submit = sub.add_parser("submit")
+    submit.add_argument("--python", required=True)
+    submit.add_argument("--runs-dir")
+    submit.add_argument("--out")
+    submit.add_argument("--checkpoint-format", type=int)
+    for name in ("--partition", "--time", "--account", "--qos"):
+        submit.add_argument(name)
+    submit.add_argument("--gpus", type=int)
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--sbatch-option", action="append")
+    submit.add_argument("train_args", nargs=argparse.REMAINDER)
     scan = sub.add_parser("scan")
     scan.add_argument("dataset", choices=DATASETS)
     scan.add_argument("data_dir")
@@ -775,6 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
 OPERATIONS = {
     "check": op_check,
     "start": op_start,
+    "submit": op_submit,
     "status": op_status,
     "follow": op_follow,
     "stop": op_stop,
@@ -789,7 +992,7 @@ OPERATIONS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.op == "start" and args.train_args[:1] == ["--"]:
+    if args.op in ("start", "submit") and args.train_args[:1] == ["--"]:
         args.train_args = args.train_args[1:]
     if args.op == "supervise" and args.argv[:1] == ["--"]:
         args.argv = args.argv[1:]

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from core.files.format_version import CHECKPOINT_FORMAT
 from core.runs.folder import parse_event, sha256_file
+from core.runs.slurm import SlurmRequest
 from core.runs.transport import (
     _NEW_SESSION,
     AGENT_MODULE,
@@ -164,6 +165,9 @@ class RunStatus:
     alive: bool | None = None
     pid: int | None = None
     host: str = ""
+    # A Slurm run's job: job_id, state (PENDING, RUNNING, ...), reason, expected_start,
+    # nodes, elapsed, limit, restarts, partition (core.runs.slurm.job_status).
+    scheduler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -358,6 +362,29 @@ class RunHost:
             self.remote_run(str(answer["out"])), pid=pid if isinstance(pid, int) else None
         )
 
+    def submit(
+        self, train_args: Sequence[str], request: SlurmRequest, *, out: str | None = None
+    ) -> tuple[RemoteRun, str]:
+        """Submit ``realnvp train TRAIN_ARGS`` as a Slurm batch job from this host (a
+        cluster's login node): the sbatch script is written into the run folder and
+        submitted from there. Returns the run and its job id; following, stopping and
+        fetching are a started run's, ``kill`` is ``scancel``."""
+        problem = request.problem()
+        if problem:
+            raise RemoteError(problem, "bad-input")
+        args = ["--python", self.python, "--runs-dir", self.runs_dir]
+        args += ["--checkpoint-format", str(CHECKPOINT_FORMAT), f"--nodes={request.nodes}"]
+        for flag, value in (
+            ("--partition", request.partition), ("--time", request.time),
+            ("--account", request.account), ("--qos", request.qos), ("--gpus", request.gpus),
+            ("--out", out),
+        ):  # fmt: skip
+            if value is not None and value != "":
+                args.append(f"{flag}={value}")  # one word: a value may start with "-"
+        args += [f"--sbatch-option={option}" for option in request.extra]
+        answer = self.call("submit", *args, "--", *train_args)
+        return self.remote_run(str(answer["out"])), str(answer["job_id"])
+
     def status(self, run: RemoteRun | str) -> RunStatus:
         r = self.call("status", *self._run_args(run))
         return RunStatus(
@@ -370,6 +397,7 @@ class RunHost:
             alive=r.get("alive"),
             pid=r.get("pid"),
             host=str(r.get("host", "")),
+            scheduler=r.get("scheduler"),
         )
 
     def stop(self, run: RemoteRun | str) -> None:

@@ -19,6 +19,7 @@ import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 # The trainer's own limit ends this long before the job's: the sbatch script's
 # --signal=USR1@90 arrives 90 s before the end, and the last evaluation and save must be
@@ -80,11 +81,7 @@ class SlurmJob:
     def state(self) -> str | None:
         """The job's state as ``scontrol show job`` gives it (``RUNNING``, ``CANCELLED``,
         ...), ``None`` where Slurm does not answer."""
-        shown = _slurm_command("scontrol", "--oneliner", "show", "job", self.job_id)
-        for word in (shown or "").split():
-            if word.startswith("JobState="):
-                return word.partition("=")[2]
-        return None
+        return (show_job(self.job_id) or {}).get("JobState")
 
     def requeue(self) -> str | None:
         """Ask Slurm to requeue the job (it ends this allocation's processes and queues the
@@ -102,6 +99,123 @@ class SlurmJob:
             said = (done.stderr or done.stdout).strip().splitlines()
             return f"Slurm did not requeue job {self.job_id}: {said[-1] if said else 'no reason'}"
         return None
+
+
+def show_job(job_id: str) -> dict[str, str] | None:
+    """``scontrol --oneliner show job ID``'s fields (``JobState``, ``Reason``, ``NodeList``,
+    ``RunTime``, ``TimeLimit``, ``Restarts``, ``StartTime``...); ``None`` where Slurm does
+    not answer or no longer knows the job (past ``MinJobAge``; there is no ``sacct``
+    without a slurmdbd)."""
+    shown = _slurm_command("scontrol", "--oneliner", "show", "job", job_id)
+    fields: dict[str, str] = {}
+    for word in (shown or "").split():
+        key, sep, value = word.partition("=")
+        if sep:
+            fields.setdefault(key, value)
+    return fields if fields.get("JobState") else None
+
+
+# A job in one of these states may still run the trainer (now or once requeued).
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+        "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT",
+    }
+)  # fmt: skip
+# A job in one of these states runs no trainer yet: in the queue, or between allocations.
+WAITING_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT"}
+)
+# What a job that ended without the trainer's last word ended by, in a person's words.
+ENDED_BY = {
+    "TIMEOUT": "it ran into its time limit",
+    "CANCELLED": "it was cancelled (scancel)",
+    "PREEMPTED": "it was preempted",
+    "NODE_FAIL": "its node failed",
+    "OUT_OF_MEMORY": "it ran out of memory",
+    "BOOT_FAIL": "its node did not boot",
+    "DEADLINE": "it passed its deadline",
+    "FAILED": "it failed",
+}
+
+
+def job_status(job_id: str, fields: Mapping[str, str] | None) -> dict[str, object]:
+    """The ``scheduler`` fields of a run's status: Slurm's state (PENDING with its reason
+    and, where Slurm has planned it, the expected start), node list, elapsed time and
+    limit, restarts; ``state`` is ``None`` where Slurm no longer knows the job."""
+    fields = fields or {}
+
+    def known(key: str) -> str | None:
+        value = fields.get(key)
+        return None if value in (None, "", "(null)", "None", "Unknown", "N/A") else value
+
+    state = known("JobState")
+    return {
+        "kind": "slurm",
+        "job_id": job_id,
+        "state": state,
+        "reason": known("Reason"),
+        "expected_start": known("StartTime") if state == "PENDING" else None,
+        "nodes": known("NodeList"),
+        "elapsed": known("RunTime"),
+        "limit": known("TimeLimit"),
+        "restarts": int(fields.get("Restarts") or 0),
+        "partition": known("Partition"),
+        "active": state in ACTIVE_STATES if state else None,
+    }
+
+
+class SubmitError(Exception):
+    """``sbatch`` refused the job or could not run: one sentence."""
+
+
+def submit(script: Path, out: Path, where: str) -> str:
+    """Submit ``script`` with the run folder ``out`` as the job's working directory:
+    ``sbatch --parsable --chdir OUT SCRIPT``, an argv (no shell reads the folder's name).
+    Returns the job id; :class:`SubmitError` carries sbatch's refusal reworded."""
+    argv = ["sbatch", "--parsable", "--chdir", str(out), str(script)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    except FileNotFoundError:
+        raise SubmitError(
+            f"there is no sbatch on {where}: run --slurm on a Slurm cluster's login node "
+            "(Slurm's commands must be on the PATH of a non-interactive ssh session)"
+        ) from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SubmitError(f"sbatch on {where} could not run: {exc}") from None
+    if done.returncode != 0:
+        raise SubmitError(sbatch_refusal(done.stderr or done.stdout, where))
+    job_id = done.stdout.strip().splitlines()[-1].split(";")[0] if done.stdout.strip() else ""
+    if not job_id.isdigit():
+        raise SubmitError(f"sbatch on {where} answered with no job id: {done.stdout.strip()!r}")
+    return job_id
+
+
+_REFUSALS = (
+    ("invalid partition", "has no such partition (--partition)"),
+    ("invalid account", "refused the account (--account): it does not exist, or may not "
+     "use this partition"),
+    ("invalid qos", "refused the QOS (--qos)"),
+    ("time limit", "refused the time limit (--time): it is over the partition's"),
+    ("requested node configuration is not available",
+     "has no node with what the job asks for (--gpus, --nodes, --sbatch-option)"),
+)  # fmt: skip
+
+
+def sbatch_refusal(said: str, where: str) -> str:
+    """sbatch's error as one sentence: ``sbatch: error: Batch job submission failed:
+    Invalid partition name specified`` becomes "Slurm on HOST has no such partition
+    (--partition): invalid partition name specified"."""
+    lines = [line.strip() for line in said.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "no reason given"
+    for prefix in ("sbatch: error:", "Batch job submission failed:"):
+        last = last.split(prefix, 1)[-1].strip()
+    reason = last[:1].lower() + last[1:]
+    for key, meaning in _REFUSALS:
+        if key in reason.lower():
+            return f"Slurm on {where} {meaning}: {reason}"
+    return f"Slurm on {where} refused the job: {reason}"
 
 
 def _slurm_command(*argv: str) -> str | None:

@@ -1,0 +1,230 @@
+"""``realnvp remote HOST train --slurm``: runs submitted to a real single-node Slurm cluster
+(tests/slurm.py) from the command line, through the loopback sshd (tests/sshd.py).
+
+sshd passes no environment: the host's Python is a wrapper that names the test cluster
+(``SLURM_CONF``) and this checkout, and the batch jobs inherit both from ``sbatch``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from sshd import ROOT, running_sshd
+from test_remote import NASTY, cli
+from test_slurm import TINY, events
+
+from core.runs.agent import _without
+from core.runs.host import sha256_file
+from core.runs.slurm import SCRIPT_NAME, job_status, sbatch_refusal
+
+# -- without a cluster ----------------------------------------------------------------------
+
+
+def test_sbatch_refusals_are_one_sentence_naming_the_option():
+    said = "sbatch: error: Batch job submission failed: Invalid partition name specified\n"
+    assert sbatch_refusal(said, "login1") == (
+        "Slurm on login1 has no such partition (--partition): invalid partition name specified"
+    )
+    said = (
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition "
+        "combination specified"
+    )
+    sentence = sbatch_refusal(said, "login1")
+    assert sentence.startswith("Slurm on login1 refused the account (--account)")
+    assert "\n" not in sentence
+    assert sbatch_refusal("sbatch: error: something new\n", "h") == (
+        "Slurm on h refused the job: something new"
+    )
+
+
+def test_a_requeued_job_leaves_out_what_only_the_first_start_means():
+    words = ["--resume", "/r/a.pt", "--overwrite", "--init-from=/x.pt", "--max-steps", "9"]
+    assert _without(words, {"--resume": 1, "--init-from": 1, "--overwrite": 0}) == [
+        "--max-steps",
+        "9",
+    ]
+
+
+def test_the_scheduler_fields_are_slurms_with_nothing_made_up():
+    pending = {"JobState": "PENDING", "Reason": "Resources", "NodeList": "(null)",
+               "RunTime": "00:00:00", "TimeLimit": "UNLIMITED", "Restarts": "0",
+               "StartTime": "Unknown", "Partition": "debug"}  # fmt: skip
+    status = job_status("12", pending)
+    assert status["state"] == "PENDING" and status["reason"] == "Resources"
+    assert status["nodes"] is None and status["expected_start"] is None
+    assert status["active"] is True and status["limit"] == "UNLIMITED"
+    assert job_status("12", None)["state"] is None  # forgotten by Slurm
+
+
+# -- against the cluster, over ssh ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+def host_python(folder: Path, name: str, **env: str) -> str:
+    """A host Python that sees this checkout and ``env`` (sshd passes none)."""
+    exports = "".join(f'export {k}="{v}"\n' for k, v in env.items())
+    path = folder / name
+    path.write_text(
+        f'#!/bin/sh\nexport PYTHONPATH="{ROOT}"\n{exports}exec "{sys.executable}" "$@"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def login(sshd, slurm_cluster, tmp_path_factory):
+    """The loopback sshd as the cluster's login node: ``(python, runs folder)``."""
+    folder = tmp_path_factory.mktemp("login")
+    return host_python(folder, "python", SLURM_CONF=str(slurm_cluster.conf)), folder / "runs"
+
+
+def remote(sshd, login, capsys, action: str, *rest: str) -> tuple[int, str, str]:
+    python, runs = login
+    where = ["--python", python, "--runs-dir", str(runs)]
+    return cli(capsys, "remote", "--ssh-config", str(sshd.config), sshd.alias, action, *where,
+               *rest)  # fmt: skip
+
+
+def job_of(out: str | Path) -> str:
+    return json.loads((Path(out) / "launch.json").read_text())["scheduler"]["job_id"]
+
+
+def status_json(sshd, login, capsys, out: str) -> dict:
+    code, text, err = remote(sshd, login, capsys, "status", out, "--json")
+    assert code == 0, err
+    return json.loads(text)
+
+
+def submit(sshd, login, capsys, small_mnist, *more: str) -> str:
+    args = [*TINY, "--data-dir", str(small_mnist), "--eval-every", "1000"]
+    code, text, err = remote(sshd, login, capsys, "train", "--slurm", "--partition", "debug",
+                             *args, *more)  # fmt: skip
+    assert code == 0, err
+    assert "submitted to Slurm" in err and "as job" in err
+    return text.splitlines()[-1]  # the run folder, printed last
+
+
+@pytest.mark.slow
+def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
+):
+    # The run folder's name is one no shell may run: the script never holds it, and
+    # sbatch gets it as one word of an argv.
+    out = submit(sshd, login, capsys, small_mnist, "--max-steps", "60", "--out", NASTY)
+    run = login[1] / NASTY
+    assert out == str(run)
+    job_id = job_of(run)
+    script = (run / SCRIPT_NAME).read_text()
+    assert NASTY not in script and "#SBATCH --partition=debug" in script
+    assert "#SBATCH --signal=USR1@90" in script and "--requeue" in script
+    wait_for(lambda: events(run, "step"), 120, "a first step")
+    # The end of an allocation, not of the run: follow goes on through the requeue.
+    slurm_cluster.run("scancel", "--signal=USR1", job_id)
+    code, _, err = remote(sshd, login, capsys, "follow", out)
+    assert code == 0, err
+    assert len(events(run, "requeue")) == 1
+    assert [e["step"] for e in events(run, "step")] == list(range(1, 61))
+    # The follow ends at the trainer's done; the job ends as its processes exit.
+    slurm_cluster.wait_state(job_id, "COMPLETED", "FAILED", "CANCELLED")
+    status = status_json(sshd, login, capsys, out)
+    assert (status["state"], status["step"]) == ("done", 60)
+    job = status["scheduler"]
+    assert (job["job_id"], job["state"], job["restarts"]) == (job_id, "COMPLETED", 1)
+    assert job["nodes"] == slurm_cluster.node and job["partition"] == "debug"
+    for where in (run, login[1], Path.home(), Path.cwd()):
+        assert not (where / "x").exists(), where  # $(touch x) never ran
+    code, _, err = remote(sshd, login, capsys, "fetch", out, "--to", str(tmp_path / "f"))
+    assert code == 0, err
+    for name in ("latest.pt", "events.jsonl", SCRIPT_NAME, "launch.json", f"slurm-{job_id}.out"):
+        assert sha256_file(tmp_path / "f" / name) == sha256_file(run / name), name
+
+
+@pytest.mark.slow
+def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_checkpoint(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
+):
+    holder = slurm_cluster.run(
+        "sbatch", "--parsable", "--exclusive", f"--output={tmp_path / 'holder.out'}",
+        "--wrap", "sleep 600",
+    ).stdout.strip()  # fmt: skip
+    try:
+        slurm_cluster.wait_state(holder, "RUNNING")
+        out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        job = wait_for(
+            lambda: (s := status_json(sshd, login, capsys, out)["scheduler"])["reason"] and s,
+            60, "a reason",
+        )  # fmt: skip
+        status = status_json(sshd, login, capsys, out)
+        assert status["state"] == "running" and status["step"] == 0
+        assert (job["state"], job["reason"], job["nodes"]) == ("PENDING", "Resources", None)
+        code, text, _ = remote(sshd, login, capsys, "status", out)
+        assert code == 0 and f"Slurm job {job['job_id']} PENDING (Resources)" in text
+        # A stop of a job still in the queue takes it out: no trainer would read STOP.
+        queued = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        code, _, err = remote(sshd, login, capsys, "stop", queued)
+        assert code == 0, err
+        slurm_cluster.wait_state(job_of(queued), "CANCELLED")
+        status = status_json(sshd, login, capsys, queued)
+        assert (status["state"], status["scheduler"]["state"]) == ("stopped", "CANCELLED")
+        assert events(Path(queued)) == []
+    finally:
+        slurm_cluster.run("scancel", holder)
+    run = Path(out)
+    wait_for(lambda: events(run, "step"), 120, "a first step")
+    code, _, err = remote(sshd, login, capsys, "kill", out)
+    assert code == 0, err
+    slurm_cluster.wait_state(job_of(run), "CANCELLED", "COMPLETED", "FAILED")
+    wait_for(lambda: events(run, "done"), 60, "done")
+    status = status_json(sshd, login, capsys, out)
+    assert status["scheduler"]["state"] == "CANCELLED", status
+    assert status["state"] == "stopped" and (run / "latest.pt").is_file()
+    code, _, err = remote(sshd, login, capsys, "kill", out)
+    assert code == 1 and "is not running" in err
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_before_its_first_event_says_why(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
+):
+    # A Python that the login node has and the job's node does not: it ends at once.
+    python = host_python(tmp_path, "python", SLURM_CONF=str(slurm_cluster.conf))
+    Path(python).write_text(
+        Path(python).read_text().replace("exec ", 'case "$*" in *"core train"*) echo "no torch '
+        'on this node" >&2; exit 3;; esac\nexec ')
+    )  # fmt: skip
+    out = submit(sshd, (python, login[1]), capsys, small_mnist, "--max-steps", "5")
+    slurm_cluster.wait_state(job_of(out), "FAILED", "COMPLETED", "CANCELLED")
+    status = status_json(sshd, (python, login[1]), capsys, out)
+    assert status["state"] == "failed" and status["scheduler"]["state"] == "FAILED"
+    assert "before the trainer's first event" in status["message"]
+    assert "no torch on this node" in status["message"]
+
+
+@pytest.mark.slow
+def test_a_missing_partition_and_a_missing_sbatch_are_one_sentence(
+    sshd, login, small_mnist, capsys, tmp_path
+):
+    args = [*TINY, "--data-dir", str(small_mnist), "--out", "nowhere"]
+    code, text, err = remote(sshd, login, capsys, "train", "--slurm", "--partition", "nope",
+                             *args)  # fmt: skip
+    assert (code, text) == (2, "")
+    assert err == (
+        "realnvp remote: error: Slurm on rnvp-test has no such partition (--partition): "
+        "invalid partition name specified\n"
+    )
+    assert not (login[1] / "nowhere").exists()  # nothing was queued, nothing left
+    no_slurm = host_python(tmp_path, "python", PATH="/nonexistent")
+    code, text, err = remote(sshd, (no_slurm, login[1]), capsys, "train", "--slurm", *args)
+    assert (code, text) == (2, "")
+    assert err.startswith("realnvp remote: error: there is no sbatch on rnvp-test")
+    assert err.count("\n") == 1
+    # The Slurm options alone, without --slurm, are refused before connecting.
+    code, _, err = remote(sshd, login, capsys, "train", "--partition", "debug", *args)
+    assert code == 2 and "--partition only go with --slurm" in err
