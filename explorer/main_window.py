@@ -21,18 +21,16 @@ from either page. Splitters, page and tab come back from the settings on the nex
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEvent, QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
 )
 from PySide6.QtWidgets import (
-    QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -44,7 +42,6 @@ from PySide6.QtWidgets import (
 )
 
 from core.files.checkpoint import CheckpointError
-from core.files.images import make_grid, save_png
 from core.runs.host import RemoteRun
 from core.runs.transport import stop_started_masters
 from explorer.engine.render import SAMPLES_TARGET, Frame, RenderEngine, RenderRequest
@@ -60,40 +57,19 @@ from explorer.panels.model import ModelPanel
 from explorer.panels.samples import SamplesPanel, frame_text, shown_frame
 from explorer.settings import DEFAULT_CHECKPOINT, ExplorerSettings
 from explorer.state.directions import is_direction_file
-from explorer.state.jobs import ErrorLog, Progress, Task
-from explorer.state.state import ExplorerState, ModelInfo, StateChange, StateFileError
+from explorer.state.jobs import ErrorLog
+from explorer.state.state import ExplorerState, ModelInfo, StateChange
 from explorer.training.status import TrainingStatus
 from explorer.training.workspace import TrainingPanel
 from explorer.widgets.controls import TaskProgress
 from explorer.widgets.dialogs import FileDialogs, ShortcutsDialog
-from explorer.widgets.images import grid_columns
 from explorer.widgets.task_runner import TaskRunner
+from explorer.window_files import WindowFiles
+from explorer.window_layout import COLUMN_STRETCH, TABS_MIN_WIDTH, WindowLayout
 
-CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
-STATE_FILTER = "Latent state (*.npz)"
-PNG_FILTER = "PNG image (*.png)"
 DEFAULT_GRID = 16
 DEFAULT_TEMPERATURE = 0.8  # a little below 1: cleaner strokes, still varied
 DEFAULT_SIZE = (1366, 768)
-TABS_MIN_WIDTH = 436
-COLUMN_STRETCH = (1, 3, 2)  # model and gallery, samples, tabs: how a growing window shares
-
-
-def column_widths(width: int, height: int) -> tuple[int, int, int]:
-    """The explorer page's three columns (model and gallery, samples, tabs) for a window
-    of ``width`` x ``height``: the side columns about a fifth and a third of the width
-    (within their minimums and a laptop's maximums), the samples what is left but no
-    wider than the grid is tall; what the samples leave goes to the side columns in
-    proportion."""
-    left = min(max(round(0.22 * width), 220), 300)
-    tabs = min(max(round(0.36 * width), TABS_MIN_WIDTH), 560)
-    samples = max(300, width - left - tabs - 40)
-    square = max(300, height - 150)  # the grid's height: menus, bars and controls off
-    if samples > square:
-        extra = samples - square
-        grow_left = round(extra * left / (left + tabs))
-        left, samples, tabs = left + grow_left, square, tabs + extra - grow_left
-    return left, samples, tabs
 
 
 class MainWindow(QMainWindow):
@@ -120,8 +96,6 @@ class MainWindow(QMainWindow):
         self.last_request_id = 0
         self.grid_size = DEFAULT_GRID  # the samples grid the user chose (not an image view)
         self.shortcuts_dialog: ShortcutsDialog | None = None
-        self._drawings_dir: Path | None = None  # drawings added to the gallery, as PNG
-        self._drawing_count = 0
 
         self.setWindowTitle("Real NVP Explorer")
         self.setAcceptDrops(True)
@@ -132,6 +106,7 @@ class MainWindow(QMainWindow):
         self.levels_panel = LatentLevelsPanel(self.state)
         self.model_panel = ModelPanel()
         self.dialogs = FileDialogs(self, self.settings)
+        self.files = WindowFiles(self)
         self.images = ImageController(
             self.engine, self.state, self.tasks, self.samples_panel.view, self.dialogs, self
         )
@@ -170,12 +145,9 @@ class MainWindow(QMainWindow):
         self.classes_tab.addWidget(self.classes_panel)
         self.classes_tab.addWidget(self.map_panel)
         self.classes_tab.setChildrenCollapsible(False)
-        self.map_panel.map_shown.connect(self._fit_classes_tab)
-        self.map_panel.installEventFilter(self)
-        self._fit_classes_tab(False)
         self.tabs.addTab(self.classes_tab, "Classes")
         self.draw_panel = DrawPanel(self.engine, self.tasks, self.selected_sample, self)
-        self.draw_panel.add_to_gallery_requested.connect(self.add_drawing_to_gallery)
+        self.draw_panel.add_to_gallery_requested.connect(self.files.add_drawing_to_gallery)
         self.draw_panel.status_message.connect(self.statusBar().showMessage)
         self.draw_panel.canvas_edited.connect(self._update_undo_actions)
         self.tabs.currentChanged.connect(lambda _i: self._update_undo_actions())
@@ -210,7 +182,7 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(self.explorer_page)
         self.pages.addWidget(self.training_page)
         self.setCentralWidget(self.pages)
-        self._layout_set = False  # set on the first show, for the window's size
+        self.window_layout = WindowLayout(self)
 
         self.device_label = QLabel(self.engine.device_label)
         self.frame_label = QLabel("no frame yet")
@@ -232,11 +204,7 @@ class MainWindow(QMainWindow):
         self.training_panel.host_changed.connect(self.training_status.set_host)
         self.training_panel.connection_changed.connect(self.training_status.set_connection)
         self.samples_panel.count.valueChanged.connect(self._grid_size_chosen)
-        self.task_progress.cancel_requested.connect(self.tasks.cancel_all)
-        self.tasks.queue_changed.connect(self.task_progress.set_waiting)
-        self.tasks.started.connect(self._on_task_started)
-        self.tasks.progressed.connect(self._on_task_progress)
-        self.tasks.finished.connect(self._on_task_finished)
+        self.task_progress.follow(self.tasks)
 
         self.state.changed.connect(self._on_state_changed)
         self.engine.frame_rendered.connect(self._on_frame)
@@ -275,79 +243,18 @@ class MainWindow(QMainWindow):
         return TABS[self.tabs.currentIndex()] if self.tabs.currentIndex() < len(TABS) else ""
 
     def reset_layout(self) -> None:
-        """Splitter sizes of a first start, for the window's size: on a laptop the
-        samples get what the side columns' minimums leave; on a large screen the samples
-        are about as wide as they are tall (a square grid, a temperature slider as long as
-        the grid) and the side columns take the rest, so the level panels grow too."""
-        width, height = max(self.width(), 1024), max(self.height(), 640)
-        left, samples, tabs = column_widths(width, height)
-        self.splitter.setSizes([left, samples, tabs])
-        model = self.model_panel.sizeHint().height()
-        self.left_splitter.setSizes([model, max(200, self.height() - model)])
-        self.training_panel.reset_layout(width)
-        self._layout_set = True
+        self.window_layout.reset()
 
-    def _fit_classes_tab(self, map_shown: bool) -> None:
-        """Until a map exists its panel is two rows of controls and its status (a line,
-        or the lines of an error), and the class controls get the rest of the tab; a
-        computed map gets most of it: the class controls scroll, their first box (the
-        nearest classes) shown whole."""
-        panel = self.map_panel
-        if not map_shown:
-            panel.setMaximumHeight(panel.sizeHint().height())
-            return
-        panel.setMaximumHeight(16_777_215)  # QWIDGETSIZE_MAX
-        total = sum(self.classes_tab.sizes())
-        if total > 0:
-            classes = min(self.classes_panel.sizeHint().height(), round(0.4 * total))
-            classes = max(classes, self.classes_panel.first_box_height())
-            self.classes_tab.setSizes([classes, total - classes])
-
-    def eventFilter(self, watched, event) -> bool:
-        # The map panel's status changed its height (an error over several lines, a
-        # narrower column): without a map the panel's height follows it.
-        if (
-            watched is self.map_panel
-            and event.type() == QEvent.Type.LayoutRequest
-            and self.map_panel.map is None
-        ):
-            self._fit_classes_tab(False)
-        return super().eventFilter(watched, event)
+    def restore_layout(self) -> None:
+        """The layout kept at the last close (nothing on a first start)."""
+        self.window_layout.restore()
 
     def showEvent(self, event) -> None:
         # The first show knows the window's size: the splitters are set for it, unless
         # restore_layout brought back the user's own.
-        if not self._layout_set:
-            self.reset_layout()
+        if not self.window_layout.is_set:
+            self.window_layout.reset()
         super().showEvent(event)
-
-    def _splitters(self) -> dict[str, QSplitter]:
-        return {
-            "explorer": self.splitter,
-            "explorer_left": self.left_splitter,
-            **{f"training_{k}": v for k, v in self.training_panel.splitters().items()},
-        }
-
-    def save_layout(self) -> None:
-        """Window geometry, splitters, page and tab into the settings."""
-        if self.isVisible():
-            self.settings.geometry = self.saveGeometry()
-        for name, splitter in self._splitters().items():
-            self.settings.set_layout_state(f"splitter_{name}", splitter.saveState())
-        self.settings.page = self.current_page
-        self.settings.tab = self.current_tab
-
-    def restore_layout(self) -> None:
-        """What :meth:`save_layout` kept at the last close (nothing on a first start)."""
-        self.restore_geometry()
-        for name, splitter in self._splitters().items():
-            state = self.settings.layout_state(f"splitter_{name}")
-            if state is not None and splitter.restoreState(state):
-                self._layout_set = True
-        if self.settings.tab in TABS:
-            self.tabs.setCurrentIndex(TABS.index(self.settings.tab))
-        if self.settings.page in PAGES:
-            self.show_page(self.settings.page)
 
     def toggle_full_screen(self) -> None:
         if self.isFullScreen():
@@ -444,13 +351,6 @@ class MainWindow(QMainWindow):
             "a trained checkpoint with File › Open (Ctrl+O) or drop one on the window."
         )
         self.notice.show()
-
-    def open_checkpoint_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open checkpoint", self.settings.last_dir, CHECKPOINT_FILTER
-        )
-        if path:
-            self.open_checkpoint(path)
 
     def _model_changed(self, info: ModelInfo) -> None:
         self.notice.setVisible(info.untrained)
@@ -583,82 +483,16 @@ class MainWindow(QMainWindow):
         index = min(self.samples_panel.view.selected, len(frame.images) - 1)
         return np.array(frame.images[index])
 
-    def add_drawing_to_gallery(self, pixels: np.ndarray) -> Path | None:
-        """The drawing becomes a gallery image as a dropped file does: saved as a PNG in
-        this session's drawings folder and imported (so a model change re-encodes it)."""
-        if self._drawings_dir is None:
-            self._drawings_dir = Path(tempfile.mkdtemp(prefix="realnvp-drawings-"))
-        self._drawing_count += 1
-        path = self._drawings_dir / f"drawing-{self._drawing_count}.png"
-        saved = self._save_png(np.asarray(pixels).transpose(1, 2, 0), path)
-        if saved is not None:
-            self.images.import_paths([str(saved)])
-        return saved
-
-    # -- saving -------------------------------------------------------------------------------
+    # -- saving (tests and scripts call these; the File menu calls :attr:`files`) ----------
 
     def save_grid(self, path: str | os.PathLike) -> Path | None:
-        """The whole grid at the model's resolution, as PNG."""
-        if self.last_frame is None:
-            return None
-        images = self.last_frame.images
-        return self._save_png(make_grid(images, nrow=grid_columns(len(images))), path)
+        return self.files.save_grid(path)
 
     def save_image(self, path: str | os.PathLike) -> Path | None:
-        """The selected image at the model's resolution, as PNG."""
-        if self.last_frame is None:
-            return None
-        index = min(self.samples_panel.view.selected, len(self.last_frame.images) - 1)
-        return self._save_png(self.last_frame.images[index].transpose(1, 2, 0), path)
-
-    def _save_png(self, array, path: str | os.PathLike) -> Path | None:
-        try:
-            saved = save_png(array, path)
-        except (OSError, ValueError) as exc:
-            self.report_error("Cannot save image", f"{path}: {exc}")
-            return None
-        self.statusBar().showMessage(f"Saved {saved}", 5000)
-        return saved
+        return self.files.save_image(path)
 
     def save_state(self, path: str | os.PathLike) -> Path | None:
-        try:
-            saved = self.state.save_npz(path)
-        except OSError as exc:
-            self.report_error("Cannot save latent state", f"{path}: {exc}")
-            return None
-        self.statusBar().showMessage(f"Saved {saved}", 5000)
-        return saved
-
-    def load_state(self, path: str | os.PathLike) -> bool:
-        try:
-            self.state.load_npz(path)
-        except StateFileError as exc:
-            self.report_error("Cannot load latent state", str(exc))
-            return False
-        self.settings.last_dir = str(Path(path).resolve().parent)
-        return True
-
-    def ask_save_path(self, title: str, name: str, filter_: str, suffix: str) -> str | None:
-        return self.dialogs.save_path(title, name, filter_, suffix)
-
-    def save_grid_dialog(self) -> None:
-        if path := self.ask_save_path("Save grid", "samples.png", PNG_FILTER, ".png"):
-            self.save_grid(path)
-
-    def save_image_dialog(self) -> None:
-        if path := self.ask_save_path("Save image", "sample.png", PNG_FILTER, ".png"):
-            self.save_image(path)
-
-    def save_state_dialog(self) -> None:
-        if path := self.ask_save_path("Save latent state", "view.npz", STATE_FILTER, ".npz"):
-            self.save_state(path)
-
-    def load_state_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load latent state", self.settings.last_dir, STATE_FILTER
-        )
-        if path:
-            self.load_state(path)
+        return self.files.save_state(path)
 
     # -- errors, drops, closing --------------------------------------------------------------
 
@@ -700,7 +534,7 @@ class MainWindow(QMainWindow):
             if is_direction_file(path):
                 self.images.load_direction_file(path, reveal=reveal)
             else:
-                self.load_state(path)
+                self.files.load_state(path)
         if images:
             self.images.import_paths(images, reveal=reveal)
 
@@ -709,24 +543,6 @@ class MainWindow(QMainWindow):
 
     def show_images_tab(self) -> None:
         self.show_explorer_tab(self.images.images_panel)
-
-    # -- long jobs ------------------------------------------------------------------------------
-
-    def _on_task_started(self, task: Task) -> None:
-        self.task_progress.show_progress(task.name, 0, 0)
-
-    def _on_task_progress(self, task: Task, progress: Progress) -> None:
-        self.task_progress.show_progress(task.name, progress.done, progress.total, progress.text)
-
-    def _on_task_finished(self, task: Task) -> None:
-        if not self.tasks.busy:
-            self.task_progress.hide()
-
-    def restore_geometry(self) -> None:
-        """The size and place the window had when it was last closed."""
-        geometry = self.settings.geometry
-        if geometry is not None:
-            self.restoreGeometry(geometry)
 
     def _open_trained_checkpoint(self, path: str) -> None:
         if self.open_checkpoint(path):
@@ -745,6 +561,6 @@ class MainWindow(QMainWindow):
         self.sample_likelihood.shutdown()
         self.draw_panel.shutdown()
         self.engine.shutdown()
-        self.save_layout()
+        self.window_layout.save()
         self.settings.sync()
         super().closeEvent(event)

@@ -76,7 +76,9 @@ class WindowMenus:
     def _file_menu(self, menu: QMenu) -> None:
         window, action = self.window, self.action
         self.open_action = action(
-            "&Open Checkpoint…", window.open_checkpoint_dialog, [QKeySequence.StandardKey.Open]
+            "&Open Checkpoint…",
+            window.files.open_checkpoint_dialog,
+            [QKeySequence.StandardKey.Open],
         )
         menu.addAction(self.open_action)
         self.recent_menu = QMenu("Open &Recent", window)
@@ -94,18 +96,18 @@ class WindowMenus:
         menu.addAction(self.open_bundled_action)
         menu.addSeparator()
         self.save_grid_action = action(
-            "&Save Grid as PNG…", window.save_grid_dialog, [QKeySequence.StandardKey.Save]
+            "&Save Grid as PNG…", window.files.save_grid_dialog, [QKeySequence.StandardKey.Save]
         )
         self.save_image_action = action(
-            "Save Selected &Image as PNG…", window.save_image_dialog, ["Ctrl+Shift+S"]
+            "Save Selected &Image as PNG…", window.files.save_image_dialog, ["Ctrl+Shift+S"]
         )
         menu.addActions([self.save_grid_action, self.save_image_action])
         menu.addSeparator()
         self.save_state_action = action(
-            "Save Latent S&tate…", window.save_state_dialog, ["Ctrl+Alt+S"]
+            "Save Latent S&tate…", window.files.save_state_dialog, ["Ctrl+Alt+S"]
         )
         self.load_state_action = action(
-            "&Load Latent State…", window.load_state_dialog, ["Ctrl+Alt+O"]
+            "&Load Latent State…", window.files.load_state_dialog, ["Ctrl+Alt+O"]
         )
         menu.addActions([self.save_state_action, self.load_state_action])
         menu.addSeparator()

@@ -413,7 +413,7 @@ def test_the_app_says_there_is_no_display_instead_of_qts_abort():
 
 
 def test_at_4k_the_side_columns_and_the_level_views_grow(make_window, tiny_checkpoint, qtbot):
-    from explorer.main_window import column_widths
+    from explorer.window_layout import column_widths
 
     assert column_widths(1366, 768) == (300, 534, 492)  # a laptop's first start as before
     window = make_window(tiny_checkpoint)

@@ -34,7 +34,8 @@ from explorer.training.process import (
     parse_event,
     read_event_log,
 )
-from explorer.training.workspace import LEAVE, STOP, TrainingPanel
+from explorer.training.run_controller import LEAVE, STOP
+from explorer.training.workspace import TrainingPanel
 
 WAIT_MS = 60_000
 
@@ -500,7 +501,8 @@ def test_window_trains_and_opens_the_result(qtbot, make_window, image_folder, tm
 def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
     tmp_path: Path, monkeypatch
 ):
-    from explorer.training.workspace import preview_command, settings_of_run
+    from explorer.training.command_line import preview_command
+    from explorer.training.workspace import settings_of_run
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out, data = tmp_path / "home" / "runs" / "r1", tmp_path / "home" / "data dir" / "mnist"

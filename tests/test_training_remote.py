@@ -16,9 +16,10 @@ from PySide6.QtCore import Qt
 from sshd import TRAIN, running_sshd
 
 from core.runs.host import RemoteRun
+from explorer.training.command_line import remote_command
 from explorer.training.process import DataScan, RunSettings
 from explorer.training.remote_run import local_run_state, remote_name, run_entry_text
-from explorer.training.workspace import TrainingPanel, remote_command
+from explorer.training.workspace import TrainingPanel
 
 
 @pytest.fixture(scope="module")

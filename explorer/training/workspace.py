@@ -15,6 +15,11 @@ Every run keeps its event stream in ``OUT/events.jsonl`` and its messages in
 ``OUT/trainer.log``, so "Open run folder…" shows the curves of any earlier run, and follows
 one that is still going (for example one left running when the window closed).
 
+The page is the view: the form, the curves, the previews and the messages. What happens to
+the run (start, follow, stop, kill, leave running, fetch its checkpoint) is
+:class:`~explorer.training.run_controller.RunController`'s; the command line it shows is
+:mod:`explorer.training.command_line`'s.
+
 For the main window::
 
     panel.open_checkpoint_requested.connect(window.open_checkpoint)
@@ -30,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,7 +47,6 @@ from PySide6.QtGui import (
     QCloseEvent,
     QColor,
     QFont,
-    QGuiApplication,
     QImage,
     QPainter,
     QPaintEvent,
@@ -55,8 +58,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -67,27 +68,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.runs import hosts
-from core.runs.folder import complete_lines, parse_event
 from core.runs.host import RemoteRun
-from core.runs.transport import RemoteError, stop_started_masters
+from core.runs.transport import stop_started_masters
 from explorer.settings import ExplorerSettings
+from explorer.training.command_line import CommandLine, home_path
 from explorer.training.form import TrainingForm
-from explorer.training.process import (
-    EVENTS_FILE,
-    LOG_FILE,
-    PRESETS,
-    RunSettings,
-    format_duration,
-    join_command,
-)
-from explorer.training.remote_run import (
-    BlockingCall,
-    HostChoice,
-    TrainingRun,
-    fetch_call,
-    origin_text,
-)
+from explorer.training.process import EVENTS_FILE, PRESETS, RunSettings, format_duration
+from explorer.training.remote_run import TrainingRun, origin_text
+from explorer.training.run_controller import RunController, ask_close_choice
 
 TRAIN_COLOUR = "#4ea1ff"
 TEST_COLOUR = "#ffb74d"
@@ -103,24 +91,6 @@ NOTE_STYLE = "QLabel { background: #1f3a2a; color: #c8f0d4; padding: 6px 8px; bo
 LOG_LINES = 5000
 REDRAW_MS = 250
 RATE_WINDOW = 20  # step events the ETA averages over
-STDERR_SHOWN = 4
-
-
-def home_path(path: str | os.PathLike) -> str:
-    """``path`` with the home folder shown as ``~`` (what a screenshot may show)."""
-    try:
-        return str(Path("~") / Path(path).relative_to(Path.home()))
-    except ValueError:
-        return str(path)
-
-
-def short_path(path: str, run_dir: Path) -> str:
-    """``path`` as the preview shows it: relative inside the run folder, ``~/…`` under the
-    home folder, else as it is."""
-    try:
-        return str(Path(path).relative_to(run_dir))
-    except ValueError:
-        return home_path(path)
 
 
 def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> RunSettings:
@@ -167,69 +137,6 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
     return replace(base, **picked, out=home_path(folder), resume="", gpus=gpus)
 
 
-def preview_command(settings: RunSettings, python: str | None = None) -> str:
-    """The command as the panel shows it: run from the run folder (``--out .``) with
-    ``python`` for the interpreter, so no checkout or home path of this machine shows.
-    Copy gives the full command (:meth:`RunSettings.shell_command`), which works anywhere."""
-    run_dir = settings.out_dir.expanduser().absolute()
-    argv = settings.command(python)
-    argv[0] = "python"
-    shown = " ".join(
-        shell_word(short_path(arg, run_dir)) if os.path.isabs(arg) else join_command([arg])
-        for arg in argv
-    )
-    if not settings.out:
-        return shown
-    return f"cd {shell_word(home_path(run_dir))} && {shown} >> {EVENTS_FILE} 2>> {LOG_FILE}"
-
-
-def remote_command(settings: RunSettings, choice: HostChoice) -> str:
-    """The command line that starts the same run on the host from a terminal
-    (``realnvp remote HOST train ...``), what Copy gives for an ssh host."""
-    argv = ["realnvp", "remote"]
-    if choice.config_file:
-        argv += ["--ssh-config", choice.config_file]
-    argv += [choice.host or "HOST", "train", "--python", choice.python]
-    argv += ["--runs-dir", choice.runs_dir]
-    if settings.gpus > 1:
-        argv += ["--gpus", str(settings.gpus)]
-    if settings.out:
-        argv += ["--out", settings.out]
-    return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
-
-
-def shell_word(path: str) -> str:
-    """A path quoted for the shell, a leading ``~/`` left outside the quotes so the shell
-    still expands it."""
-    if path.startswith("~/"):
-        return "~/" + join_command([path[2:]])
-    return join_command([path])
-
-
-# What closing the window does with a run in progress.
-STOP, LEAVE, CANCEL = "stop", "leave", "cancel"
-
-
-def ask_close_choice(parent: QWidget | None, out: str) -> str:
-    """Ask whether to stop the run or leave it running: ``stop``, ``leave`` or ``cancel``."""
-    box = QMessageBox(parent)
-    box.setIcon(QMessageBox.Icon.Question)
-    box.setWindowTitle("Training in progress")
-    box.setText("A training run is still in progress.")
-    box.setInformativeText(
-        "Stop it: it saves latest.pt first, and the window closes once it has.\n"
-        f"Leave it running: it goes on writing checkpoints and events to {out}; "
-        "open that folder in the training panel later to see its curves."
-    )
-    stop = box.addButton("Stop and Close", QMessageBox.ButtonRole.AcceptRole)
-    leave = box.addButton("Leave Running", QMessageBox.ButtonRole.DestructiveRole)
-    box.addButton(QMessageBox.StandardButton.Cancel)
-    box.setDefaultButton(stop)
-    box.exec()
-    clicked = box.clickedButton()
-    return STOP if clicked is stop else LEAVE if clicked is leave else CANCEL
-
-
 class SampleView(QWidget):
     """One image scaled to fit, pixels kept crisp when enlarged."""
 
@@ -272,6 +179,41 @@ class SampleView(QWidget):
         painter.end()
 
 
+class RunCurves(pg.PlotWidget):
+    """Training and test bits/dim against the step, and what comes before the first."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setBackground(PLOT_BACKGROUND)
+        self.setLabel("left", "bits / dim")
+        self.setLabel("bottom", "step")
+        # No grid: in software rendering its lines cost more than the curves themselves.
+        self.addLegend(offset=(-8, 8))
+        self.setClipToView(True)
+        self.setDownsampling(auto=True, mode="peak")
+        self.train_curve = self.plot([], [], pen=pg.mkPen(TRAIN_COLOUR, width=1.5), name="training")
+        self.test_curve = self.plot(
+            [],
+            [],
+            pen=pg.mkPen(TEST_COLOUR, width=2),
+            symbol="o",
+            symbolSize=6,
+            symbolBrush=TEST_COLOUR,
+            symbolPen=None,
+            name="test",
+        )
+        self.setMinimumSize(240, 160)
+        # Room above the axis for half of the top tick's label, which is centred on it.
+        self.getPlotItem().layout.setContentsMargins(0, self.fontMetrics().height() // 2 + 2, 8, 0)
+        self.empty_plot = pg.TextItem(
+            "The curves appear\nwhen a run starts",
+            color="#8a8f98",
+            anchor=(0.5, 0.5),
+        )
+        self.empty_plot.setPos(0.5, 0.5)
+        self.addItem(self.empty_plot, ignoreBounds=True)
+
+
 class TrainingPanel(QWidget):
     """Configure, run and watch training; meant for a dock or a tab of the main window.
 
@@ -290,7 +232,6 @@ class TrainingPanel(QWidget):
     progress_changed = Signal(int, int, str)  # step, total steps, "ETA 3 min" or ""
     host_changed = Signal(str)  # the host the followed run lives on, "" for this computer
     connection_changed = Signal(str)  # "connection lost, retrying in N s", "" when back
-    _fetch_progressed = Signal(str, int, int)  # from the fetch's worker thread
 
     def __init__(
         self,
@@ -303,14 +244,8 @@ class TrainingPanel(QWidget):
         super().__init__(parent)
         self.python = python
         self.app_settings = settings
-        self.process: TrainingRun | None = None
-        self.remote_run: RemoteRun | None = None  # the run on a host the page shows
-        self.fetching: BlockingCall | None = None
-        self._fetch_cancel: threading.Event | None = None
-        self.follower: TrainingRun | None = None  # a reopened run still going
         # Injectable for tests: (parent, out) -> "stop" | "leave" | "cancel".
         self.close_prompt: Callable[[QWidget | None, str], str] = ask_close_choice
-        self._close_after_stop: QWidget | None = None
         self.run_dir: Path | None = None
         self.checkpoint: str | None = None
         self.total_steps = 0
@@ -323,22 +258,18 @@ class TrainingPanel(QWidget):
         self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
         self._redraw_pending = False
         self._form_locked = False
-        # After a run ends: its settings, and the form's as they were then. The command box
-        # shows that run's command (the one the message names) until a setting changes.
-        self._ended: tuple[RunSettings, RunSettings] | None = None
 
         self.form = TrainingForm(runs_dir, probe_devices, settings=settings)
+        self.runs = RunController(self)
         self._build_monitor()
         self._build_layout()
 
         self.form.changed.connect(self.update_controls)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.kill_button.clicked.connect(self.kill)
-        self.copy_button.clicked.connect(self.copy_command)
+        self.start_button.clicked.connect(self.runs.start)
+        self.stop_button.clicked.connect(self.runs.stop)
+        self.kill_button.clicked.connect(self.runs.kill)
         self.open_button.clicked.connect(self._open_clicked)
         self.reopen_button.clicked.connect(self._reopen_clicked)
-        self._fetch_progressed.connect(self._on_fetch_progress)
         self.update_controls()
 
     # -- building ----------------------------------------------------------------------------
@@ -354,11 +285,9 @@ class TrainingPanel(QWidget):
         self.reason.setStyleSheet("color: #ffb74d;")
         self.reason.setWordWrap(True)
 
-        self.command = QLineEdit()
-        self.command.setReadOnly(True)
-        self.full_command = ""
-        self.command.setFont(QFont("monospace"))
-        self.copy_button = QPushButton("Copy")
+        self.command_line = CommandLine()
+        self.command = self.command_line.edit
+        self.copy_button = self.command_line.copy_button
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -384,39 +313,9 @@ class TrainingPanel(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.hide()
 
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground(PLOT_BACKGROUND)
-        self.plot.setLabel("left", "bits / dim")
-        self.plot.setLabel("bottom", "step")
-        # No grid: in software rendering its lines cost more than the curves themselves.
-        self.plot.addLegend(offset=(-8, 8))
-        self.plot.setClipToView(True)
-        self.plot.setDownsampling(auto=True, mode="peak")
-        self.train_curve = self.plot.plot(
-            [], [], pen=pg.mkPen(TRAIN_COLOUR, width=1.5), name="training"
-        )
-        self.test_curve = self.plot.plot(
-            [],
-            [],
-            pen=pg.mkPen(TEST_COLOUR, width=2),
-            symbol="o",
-            symbolSize=6,
-            symbolBrush=TEST_COLOUR,
-            symbolPen=None,
-            name="test",
-        )
-        self.plot.setMinimumSize(240, 160)
-        # Room above the axis for half of the top tick's label, which is centred on it.
-        self.plot.getPlotItem().layout.setContentsMargins(
-            0, self.fontMetrics().height() // 2 + 2, 8, 0
-        )
-        self.empty_plot = pg.TextItem(
-            "The curves appear\nwhen a run starts",
-            color="#8a8f98",
-            anchor=(0.5, 0.5),
-        )
-        self.empty_plot.setPos(0.5, 0.5)
-        self.plot.addItem(self.empty_plot, ignoreBounds=True)
+        self.plot = RunCurves()
+        self.train_curve, self.test_curve = self.plot.train_curve, self.plot.test_curve
+        self.empty_plot = self.plot.empty_plot
 
         self.samples = SampleView("Samples appear after the first evaluation")
         self.samples_caption = QLabel()
@@ -448,9 +347,6 @@ class TrainingPanel(QWidget):
         for button in (self.start_button, self.stop_button, self.kill_button):
             buttons.addWidget(button)
         buttons.addWidget(self.reason, 1)
-        command = QHBoxLayout()
-        command.addWidget(self.command, 1)
-        command.addWidget(self.copy_button)
         status = QHBoxLayout()
         status.addWidget(self.info, 1)
         status.addWidget(self.rate)
@@ -483,7 +379,7 @@ class TrainingPanel(QWidget):
         right.addLayout(buttons)
         right.addWidget(self.where)
         right.addWidget(self.connection)
-        right.addLayout(command)
+        right.addWidget(self.command_line)
         right.addWidget(self.progress)
         right.addLayout(status)
         right.addWidget(self.message)
@@ -519,7 +415,25 @@ class TrainingPanel(QWidget):
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.running
+        return self.runs.running
+
+    @property
+    def process(self) -> TrainingRun | None:
+        """The run this page started or follows, while it goes on."""
+        return self.runs.process
+
+    @property
+    def follower(self) -> TrainingRun | None:
+        """A reopened run folder whose run still goes on."""
+        return self.runs.follower
+
+    @property
+    def remote_run(self) -> RemoteRun | None:
+        return self.runs.remote_run
+
+    @property
+    def full_command(self) -> str:
+        return self.command_line.full_command
 
     def problems(self) -> list[str]:
         """Why Start is disabled; empty when it is not."""
@@ -527,16 +441,8 @@ class TrainingPanel(QWidget):
             return ["a run is in progress"]
         return self.form.problems()
 
-    def _checkpoint_there(self, path: str | None) -> bool:
-        """A checkpoint the page can open: a file here, or one on the run's host (fetched
-        by "Open in Explorer")."""
-        if not path:
-            return False
-        return self.remote_run is not None or Path(path).is_file()
-
     def update_controls(self) -> None:
         running = self.running
-        fetching = self.fetching is not None and not self.fetching.done
         problems = [] if running else self.form.problems()
         self.start_button.setEnabled(not running and not problems)
         self.reason.setText(problems[0] if problems else "")
@@ -545,133 +451,45 @@ class TrainingPanel(QWidget):
         self.stop_button.setEnabled(running and not stopping)
         self.kill_button.setEnabled(running)
         self.reopen_button.setEnabled(not running)
-        self.open_button.setEnabled(self._checkpoint_there(self.checkpoint) and not fetching)
+        self.open_button.setEnabled(
+            self.runs.checkpoint_there(self.checkpoint) and not self.runs.fetching_now
+        )
         if running != self._form_locked:
             self._form_locked = running
             self.form.set_running(running)
-        if running:
-            self._ended = None
-        else:
-            form = self.form.settings()
-            if self._ended is not None and form != self._ended[1]:
-                self._ended = None  # a setting changed: the box shows the next run
-            self._show_command(form if self._ended is None else self._ended[0])
-        self.command.setToolTip(
-            "The command of the run that just ended, from its folder; change a setting to see "
-            "the next run's. Copy gives it with full paths"
-            if self._ended is not None
-            else "The command the panel runs, from the run folder; Copy gives it with full paths"
-        )
+        remote = self.form.remote or (self.process is not None and self.process.host is not None)
+        choice = self.form.host_choice() if remote else None
+        self.command_line.refresh(running, self.form.settings(), choice, self.python)
 
-    def _show_command(self, settings: RunSettings) -> None:
-        if self.form.remote or (self.process is not None and self.process.host is not None):
-            self.full_command = remote_command(settings, self.form.host_choice())
-            self.command.setText(self.full_command)
-        else:
-            self.full_command = settings.shell_command(self.python)
-            self.command.setText(preview_command(settings, self.python))
-        self.command.setCursorPosition(0)
-
-    def copy_command(self) -> None:
-        """The full command (absolute paths, this interpreter) to the clipboard."""
-        QGuiApplication.clipboard().setText(self.full_command)
-
-    # -- running -------------------------------------------------------------------------------
+    # -- the run (:class:`RunController` decides; these are for the window and tests) --------
 
     def start(self) -> bool:
-        """Start a run with the form's settings; False (and the reason shown) if it cannot."""
-        if self.problems():
-            self.update_controls()
-            return False
-        settings = self.form.settings()
-        self._stop_following()
-        self.form.cancel_scan()  # the trainer reads the data itself; free the CPU for it
-        self._reset_monitor()
-        choice = self.form.host_choice() if self.form.remote else None
-        process = TrainingRun(self)
-        self._connect_process(process)
-        try:
-            process.start(settings, choice, self.python)
-        except RemoteError as exc:
-            process.deleteLater()
-            self._show_message(str(exc), error=True)
-            return False
-        self.process = process
-        if choice is None:
-            self._set_remote(None)
-            self.run_dir = process.settings.out_dir
-            self.info.setText("Starting the trainer…")
-            self.update_controls()
-            self._show_command(process.settings)
-            self._append_log(f"$ {self.command.text()}")
-            self._remember_run({"out": str(self.run_dir), "host": None, "state": "running"})
-            self.training_started.emit(str(self.run_dir))
-            return True
-        self.run_dir = None
-        self.remote_run = None  # until the host names the new run's folder
-        self.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
-        self.where.show()
-        self.host_changed.emit(choice.host)
-        self.info.setText(f"Starting the trainer on {choice.host}…")
-        self.update_controls()
-        self._show_command(settings)
-        self._append_log(f"$ {self.full_command}")
-        self.training_started.emit(f"{choice.host}:{settings.out}")
-        return True
+        return self.runs.start()
 
-    def _connect_process(self, process: TrainingRun) -> None:
-        process.event_received.connect(self._on_event)
-        process.log_received.connect(self._append_log)
-        process.failed.connect(self._on_failed)
-        process.finished.connect(self._on_finished)
-        process.run_started.connect(self._on_run_started)
-        process.connection_changed.connect(self._on_connection_changed)
-        process.call_failed.connect(lambda text: self._show_message(text, error=True))
+    def stop(self) -> None:
+        self.runs.stop()
+
+    def kill(self) -> None:
+        self.runs.kill()
 
     def attach_remote(self, run: RemoteRun) -> bool:
-        """Follow a run on an ssh host started earlier (File > Recent Runs): its curves from
-        the first event, then live until it ends; Stop and Kill work on it."""
-        if self.running:
-            return False
-        self._stop_following()
-        self._reset_monitor()
-        # The form shows where the run lives (and, from its start event, how it was
-        # started); the command line is the terminal's way to follow it.
-        self.form.show_host(
-            HostChoice(run.host or "", run.python, run.runs_dir, run.config_file or "")
-        )
-        self.full_command = run.follow_command()
-        self.command.setText(self.full_command)
-        self.command.setCursorPosition(0)
-        process = TrainingRun(self)
-        self._connect_process(process)
-        try:
-            process.attach(run)
-        except RemoteError as exc:
-            process.deleteLater()
-            self._show_message(str(exc), error=True)
-            return False
-        self.process = process
-        self.run_dir = None
-        self.host_changed.emit(run.host or "")
-        self.info.setText(f"Following {run.name} on {run.host}…")
-        self.update_controls()
-        self.training_started.emit(f"{run.host}:{run.out}")
-        return True
+        return self.runs.attach_remote(run)
 
-    def _on_run_started(self, run: RemoteRun) -> None:
-        if not run.host:
-            return  # a run here: its folder was known, and remembered, at Start
-        if run.host:  # the host's Python, typed once: the command line reads it too
-            hosts.remember(
-                run.host, python=run.python, runs_dir=run.runs_dir, ssh_config=run.config_file
-            )
-        self._set_remote(run)
-        self._append_log(f"run folder on {run.host}: {run.out}")
-        self._remember_run({**run.to_dict(), "state": "running"})
+    def open_run(self, folder: str | os.PathLike) -> bool:
+        return self.runs.open_run(folder)
+
+    def confirm_close(self, parent: QWidget | None = None) -> bool:
+        return self.runs.confirm_close(parent)
+
+    def catch_up(self) -> None:
+        """Draw a reopened run now (a screenshot): :meth:`open_run` read its files."""
+        self._redraw()
 
     def _set_remote(self, run: RemoteRun | None) -> None:
-        self.remote_run = run
+        self.runs.set_remote(run)
+
+    def show_where(self, run: RemoteRun | None) -> None:
+        """Name the host and folder of the run shown; hide the line for a run here."""
         if run is None:
             self.where.hide()
             self.connection.hide()
@@ -683,252 +501,24 @@ class TrainingPanel(QWidget):
         )
         self.where.show()
 
-    def _on_connection_changed(self, text: str) -> None:
+    def show_connection(self, text: str) -> None:
         self.connection.setText(text)
         self.connection.setVisible(bool(text))
         self.connection_changed.emit(text)
 
-    def _remember_run(self, record: dict[str, Any]) -> None:
-        if self.app_settings is not None:
-            self.app_settings.remember_run(record)
-
-    def stop(self) -> None:
-        """Ask the trainer to save and finish."""
-        if self.running and self.process is not None:
-            self.process.stop()
-            self.info.setText("Stopping: the trainer saves latest.pt after this step…")
-            self.update_controls()
-
-    def kill(self) -> None:
-        """End the trainer at once."""
-        if self.running and self.process is not None:
-            self.process.kill()
-
-    def leave_running(self) -> int | None:
-        """Stop watching the run and let it go on by itself; returns its process id."""
-        if not self.running or self.process is None:
-            return None
-        pid = self.process.detach()
-        if self.process.host is not None and self.remote_run is not None:
-            self._append_log(f"left running on {self.remote_run.host}: {self.remote_run.out}")
-        else:
-            self._append_log(f"left running as process {pid}; it keeps writing to {self.run_dir}")
-        self.process = None
-        self.update_controls()
-        self.training_stopped.emit("left running")
-        return pid
-
-    def confirm_close(self, parent: QWidget | None = None) -> bool:
-        """For the main window's ``closeEvent``: True when the window may close now.
-
-        With a run in progress it asks (``close_prompt``): Stop and close (the trainer saves,
-        then ``parent`` is closed again; returns False meanwhile), Leave running (the run
-        goes on without the window; returns True) or Cancel (False). Asked again while
-        stopping, "Stop and close" kills the trainer.
-        """
-        if not self.running or self.process is None:
-            return True
-        if self.process.host is not None:
-            # It runs on the host whatever the window does; File > Recent Runs re-attaches.
-            self.leave_running()
-            return True
-        parent = parent or self.window()
-        choice = self.close_prompt(parent, str(self.run_dir))
-        if choice == LEAVE:
-            self.leave_running()
-            return True
-        if choice == STOP:
-            self._close_after_stop = parent
-            if self.process.stop_requested:
-                self.kill()
-            else:
-                self.stop()
-                self.info.setText("Stopping: the window closes once latest.pt is saved…")
-        return False
-
-    def _record_outcome(self, process: TrainingRun, outcome: str) -> None:
-        """The run's end in File > Recent Runs: running, done, failed or stopped."""
-        state = process.state or {"finished": "done", "killed": "failed"}.get(outcome, outcome)
-        if process.run is None or self.app_settings is None:
-            return
-        if state in ("done", "failed", "stopped"):
-            host, out = process.run.host, process.run.out
-            self.app_settings.update_run(host, out, state=state, step=process.last_step)
-
-    def _on_failed(self, message: str) -> None:
-        # The message, then the trainer's last words on stderr where they add something.
-        reason = self.process.error_message if self.process is not None else None
-        tail = [
-            line
-            for line in list(self.process.stderr_tail if self.process else [])[-STDERR_SHOWN:]
-            if line not in message and not (reason and reason in line)
-        ]
-        self._show_message("\n".join([message, *tail]), error=True)
-
-    def _on_finished(self, exit_code: int) -> None:
-        process = self.process
-        if process is None:
-            return
-        done = process.done_event
-        if done is not None:
-            outcome = str(done.get("reason", "finished"))
-        elif process.kill_requested:
-            outcome = "killed"
-        elif process.stop_requested and process.last_step == 0:
-            outcome = "stopped"
-        else:
-            outcome = "failed"
-        checkpoint = process.last_checkpoint
-        if not self._checkpoint_there(checkpoint):
-            checkpoint = None
-        self.checkpoint = checkpoint
-        if outcome == "killed":
-            kept = f"; its newest checkpoint stays: {checkpoint}" if checkpoint else ""
-            self._show_message(f"Killed at step {process.last_step}{kept}", error=True)
-        elif outcome == "stopped" and done is None:
-            self._show_message("Stopped before training began; nothing was saved.")
-        where = f" on {process.host}" if process.host else ""
-        self.info.setText(f"Run {outcome}{where} at step {process.last_step}")
-        self._record_outcome(process, outcome)
-        self.connection.hide()
-        if self.remote_run is None:
-            self.where.hide()  # a start the host refused: there is no run to name
-        self.process = None
-        self.update_controls()
-        if self.form.scan_report is not None and not self.form.scan_report.finished:
-            self.form.start_scan()
-        self.form.refresh_out_suggestion()
-        if process.settings is not None:
-            self._ended = (process.settings, self.form.settings())
-            self.update_controls()
-        if checkpoint:
-            self.checkpoint_ready.emit(checkpoint)
-            if self.open_when_done.isChecked() and outcome in ("finished", "stopped"):
-                self.open_checkpoint(checkpoint)
-        self.training_stopped.emit(outcome)
-        if self._close_after_stop is not None:
-            window, self._close_after_stop = self._close_after_stop, None
-            QTimer.singleShot(0, window.close)
-
-    # -- reopening earlier runs ----------------------------------------------------------------
-
-    def open_run(self, folder: str | os.PathLike) -> bool:
-        """Show the curves, samples and messages of the run in ``folder`` from its
-        ``events.jsonl``; keeps following it if it has not ended."""
-        if self.running:
-            return False
-        folder = Path(folder)
-        if not folder.is_dir():
-            what = "is a file, not a run folder" if folder.exists() else "no such folder"
-            self._show_message(f"{folder}: {what}", error=True)
-            return False
-        if not (folder / EVENTS_FILE).is_file():
-            self._show_message(
-                f"{folder} has no {EVENTS_FILE}: only runs started from this panel (or with "
-                "its command line, which appends the events there) can be reopened.",
-                error=True,
-            )
-            return False
-        self._stop_following()
-        self._reset_monitor()
-        self._set_remote(None)
-        self.run_dir = folder
-        self.checkpoint = str(folder / "latest.pt") if (folder / "latest.pt").is_file() else None
-        # What is there is shown now; a run that has not said its last word (one left
-        # running) is then followed as any other run, from where this read ended.
-        last, offset = None, 0
-        while lines := complete_lines(folder / EVENTS_FILE, offset)[0]:
-            offset = lines[-1][0]
-            for _end, raw in lines:
-                text = raw.decode("utf-8", "replace")
-                event = parse_event(text)
-                if event is not None:
-                    last = event["event"]
-                    self._on_event(event)
-                elif text.strip():
-                    self._append_log(text)
-        log_offset, log = 0, []
-        while lines := complete_lines(folder / LOG_FILE, log_offset)[0]:
-            log_offset = lines[-1][0]
-            log += [raw.decode("utf-8", "replace") for _, raw in lines]
-        if log:
-            self._append_log("\n".join(log))
-        self.info.setText(f"Run in {home_path(folder)}")
-        if last not in ("done", "error"):
-            self.follower = TrainingRun(self)
-            self.follower.event_received.connect(self._on_event)
-            self.follower.log_received.connect(self._append_log)
-            self.follower.finished.connect(lambda _code: self._stop_following())
-            run = RemoteRun(str(folder.absolute()), python=self.python or sys.executable)
-            self.follower.attach(run, offset, log_offset)
-        self.update_controls()
-        return True
-
-    def catch_up(self) -> None:
-        """Draw a reopened run now (a screenshot): :meth:`open_run` read its files."""
-        self._redraw()
-
-    def _stop_following(self) -> None:
-        if self.follower is not None:
-            self.follower.detach()
-            self.follower.deleteLater()
-            self.follower = None
-
     def _open_clicked(self) -> None:
         if self.checkpoint:
-            self.open_checkpoint(self.checkpoint)
-
-    def open_checkpoint(self, path: str) -> None:
-        """Ask the explorer to open ``path``; a checkpoint on a host is first fetched into
-        the run's local cache folder (atomic, SHA-256 verified, resumed if cut short)."""
-        run = self.remote_run
-        if run is None:
-            self.open_checkpoint_requested.emit(path)
-            return
-        if self.fetching is not None and not self.fetching.done:
-            return
-        self._fetch_cancel = threading.Event()
-        self._show_message(f"Fetching {Path(path).name} from {run.host}…")
-        call = fetch_call(
-            run,
-            path,
-            progress=self._fetch_progressed.emit,
-            cancel=self._fetch_cancel,
-            parent=self,
-        )
-        call.succeeded.connect(lambda local, r=run, p=path: self._fetched(r, p, local))
-        call.failed.connect(lambda text: self._show_message(f"Fetch failed: {text}", error=True))
-        call.failed.connect(lambda _text: self.update_controls())
-        self.fetching = call
-        self.update_controls()
-
-    def _on_fetch_progress(self, name: str, done: int, total: int) -> None:
-        if self.fetching is not None and not self.fetching.done:
-            where = self.remote_run.host if self.remote_run else "the host"
-            self._show_message(
-                f"Fetching {name} from {where}: {done / 1e6:.1f} / {total / 1e6:.1f} MB"
-            )
-
-    def _fetched(self, run: RemoteRun, path: str, local: str) -> None:
-        if self.app_settings is not None:
-            self.app_settings.set_checkpoint_origin(local, origin_text(run, path))
-        self._show_message(f"Fetched {Path(path).name} from {run.host} to {home_path(local)}")
-        self.update_controls()
-        self.open_checkpoint_requested.emit(local)
-
-    def cancel_fetch(self) -> None:
-        if self._fetch_cancel is not None:
-            self._fetch_cancel.set()
+            self.runs.open_checkpoint(self.checkpoint)
 
     def _reopen_clicked(self) -> None:
         start = str(self.run_dir or self.form.runs_dir)
         folder = QFileDialog.getExistingDirectory(self, "Open run folder", start)
         if folder:
-            self.open_run(folder)
+            self.runs.open_run(folder)
 
     # -- events -------------------------------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def show_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         step = event.get("step")
         if isinstance(step, int):
@@ -960,9 +550,9 @@ class TrainingPanel(QWidget):
         elif kind == "done":
             self._on_done(event)
         elif kind == "error":
-            self._show_message(f"The trainer reported: {event.get('message')}", error=True)
+            self.show_message(f"The trainer reported: {event.get('message')}", error=True)
         elif kind == "warning":  # a stale lock taken over, an earlier run moved aside, disk space
-            self._show_message(f"Note: {event.get('message')}")
+            self.show_message(f"Note: {event.get('message')}")
 
     def _on_start(self, event: dict[str, Any]) -> None:
         # A resumed run continues the curves from its checkpoint's step; a new run (or one
@@ -1004,7 +594,7 @@ class TrainingPanel(QWidget):
     def _on_done(self, event: dict[str, Any]) -> None:
         reason = event.get("reason", "finished")
         checkpoint = event.get("checkpoint")
-        if self._checkpoint_there(checkpoint):
+        if self.runs.checkpoint_there(checkpoint):
             self.checkpoint = checkpoint
         test, best, step = event.get("test_bpd"), event.get("best_test_bpd"), event.get("step")
         scores = ""
@@ -1018,7 +608,7 @@ class TrainingPanel(QWidget):
         checkpoint = home_path(self.checkpoint) if self.checkpoint else "none"
         if self.remote_run is not None and self.checkpoint:
             checkpoint = origin_text(self.remote_run, self.checkpoint)
-        self._show_message(
+        self.show_message(
             f"{str(reason).capitalize()} at step {step}{scores}. Checkpoint: {checkpoint}"
         )
         self._rate.clear()
@@ -1065,11 +655,11 @@ class TrainingPanel(QWidget):
                 left = (self.total_steps - s1) * (t1 - t0) / (s1 - s0)
                 parts.append(f"ETA {format_duration(left)}")
         self.rate.setText(" · ".join(parts))
-        if self.running or self.follower is not None:
+        if self.running or self.runs.follower is not None:
             eta = next((p for p in parts if p.startswith("ETA")), "")
             self.progress_changed.emit(self.last_step, self.total_steps, eta)
 
-    def _reset_monitor(self) -> None:
+    def reset_monitor(self) -> None:
         self.train_points = ([], [])
         self.test_points = ([], [])
         self.total_steps = self.last_step = 0
@@ -1086,10 +676,10 @@ class TrainingPanel(QWidget):
         self.rate.setText("")
         self._redraw()
 
-    def _append_log(self, text: str) -> None:
+    def append_log(self, text: str) -> None:
         self.log.appendPlainText(text)
 
-    def _show_message(self, text: str, error: bool = False) -> None:
+    def show_message(self, text: str, error: bool = False) -> None:
         self.message.setText(text)
         self.message.setStyleSheet(ERROR_STYLE if error else NOTE_STYLE)
         self.message.show()
@@ -1107,7 +697,6 @@ class TrainingPanel(QWidget):
 
 def main() -> int:
     """Preview the panel alone: ``python -m explorer.training.workspace``."""
-    import sys
 
     from PySide6.QtWidgets import QApplication
 

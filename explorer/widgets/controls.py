@@ -5,6 +5,7 @@ and the progress bar of long jobs."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -18,6 +19,11 @@ from PySide6.QtWidgets import (
     QSlider,
     QWidget,
 )
+
+from explorer.state.jobs import Progress, Task
+
+if TYPE_CHECKING:
+    from explorer.widgets.task_runner import TaskRunner
 
 WHEEL_EDIT_MS = 400  # wheel notches this close together are one undo step
 
@@ -236,6 +242,7 @@ class TaskProgress(QWidget):
         self.cancel_button.setToolTip("Stop this job (Esc)")
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.waiting = 0
+        self._tasks: TaskRunner | None = None
         self._line = ""
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -253,6 +260,26 @@ class TaskProgress(QWidget):
         else:
             self.bar.setRange(0, 0)  # busy, length unknown yet
         self.show()
+
+    def follow(self, tasks: TaskRunner) -> None:
+        """Show the job ``tasks`` runs and how many wait behind it, hidden when none is
+        left; Cancel cancels them all."""
+        self._tasks = tasks
+        self.cancel_requested.connect(tasks.cancel_all)
+        tasks.queue_changed.connect(self.set_waiting)
+        tasks.started.connect(self._task_started)
+        tasks.progressed.connect(self._task_progressed)
+        tasks.finished.connect(self._task_finished)
+
+    def _task_started(self, task: Task) -> None:
+        self.show_progress(task.name, 0, 0)
+
+    def _task_progressed(self, task: Task, progress: Progress) -> None:
+        self.show_progress(task.name, progress.done, progress.total, progress.text)
+
+    def _task_finished(self, _task: Task) -> None:
+        if self._tasks is not None and not self._tasks.busy:
+            self.hide()
 
     def set_waiting(self, count: int) -> None:
         """How many jobs wait behind the one shown (Cancel stops those too)."""
