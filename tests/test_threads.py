@@ -51,16 +51,18 @@ def test_others_running_is_unknown_without_the_figure(tmp_path):
     assert threads.others_running(stat_path=str(tmp_path / "missing"), interval_s=0) is None
 
 
-def test_the_wait_is_set_passive_unless_chosen_or_too_late(monkeypatch):
+def test_the_wait_is_passive_beside_a_busy_process_unless_chosen_or_too_late(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch")
     env: dict[str, str] = {}
-    assert threads.prepare_openmp(env) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.prepare_openmp(env, busy=1) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {}
+    assert not threads.prepare_openmp(env, busy=0) and env == {}  # quiet: spinning is faster
     for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
         env = dict(chosen)
-        assert not threads.prepare_openmp(env) and env == chosen  # the user's choice stands
+        assert not threads.prepare_openmp(env, busy=1) and env == chosen  # the user's choice
     monkeypatch.setitem(sys.modules, "torch", torch)
     env = {}
-    assert not threads.prepare_openmp(env) and env == {}  # libgomp has read it already
+    assert not threads.prepare_openmp(env, busy=1) and env == {}  # libgomp has read it
 
 
 SPY = """
@@ -79,14 +81,22 @@ print(seen[0] if seen else "torch not imported")
 
 
 @pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_command_line_sets_the_wait_before_torch_loads(preset, expected):
+def test_beside_a_busy_process_the_command_line_sets_the_wait_before_torch_loads(preset, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = str(ROOT)
     if preset:
         env["OMP_WAIT_POLICY"] = preset
-    out = subprocess.run(
-        [sys.executable, "-c", SPY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    # Two busy processes: one core held whatever else this machine runs.
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", SPY], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
 
