@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from core.files.format_version import CHECKPOINT_FORMAT
 from core.runs.folder import parse_event, sha256_file
+from core.runs.hosts import user_folder
 from core.runs.slurm import SlurmRequest
 from core.runs.transport import (
     _NEW_SESSION,
@@ -619,15 +620,9 @@ def run_file(run: RemoteRun | str, path: str) -> str:
 def default_cache_dir(run: RemoteRun) -> Path:
     """Where fetched runs go by default: ``$XDG_CACHE_HOME/realnvp/runs/HOST/RUN`` (or the
     platform's cache folder)."""
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     host = re.sub(r"[^A-Za-z0-9_.@-]", "_", run.host or "local")
     name = re.sub(r"[^A-Za-z0-9_.@-]", "_", run.name) or "run"
-    return base / "realnvp" / "runs" / host / name
+    return user_folder("cache") / "runs" / host / name
 
 
 # -- following ------------------------------------------------------------------------------

@@ -24,16 +24,33 @@ HOSTS_FILE = "hosts.json"
 FIELDS = ("python", "runs_dir", "ssh_config")
 
 
+# The user's folders by platform: (Windows variable, its default under home, macOS folder
+# under home, XDG variable, its default under home).
+_USER_FOLDERS = {
+    "config": ("APPDATA", "AppData/Roaming", "Library/Application Support", "XDG_CONFIG_HOME",
+               ".config"),
+    "cache": ("LOCALAPPDATA", "AppData/Local", "Library/Caches", "XDG_CACHE_HOME", ".cache"),
+}  # fmt: skip
+
+
+def user_folder(kind: str) -> Path:
+    """This program's ``config`` or ``cache`` folder in the platform's place for it:
+    ``$XDG_CONFIG_HOME/realnvp`` (``~/.config``), ``$XDG_CACHE_HOME/realnvp`` (``~/.cache``),
+    their Windows and macOS counterparts."""
+    win_var, win_default, mac, xdg_var, xdg_default = _USER_FOLDERS[kind]
+    if sys.platform == "win32":
+        base = Path(os.environ.get(win_var) or Path.home() / win_default)
+    elif sys.platform == "darwin":
+        base = Path.home() / mac
+    else:
+        base = Path(os.environ.get(xdg_var) or Path.home() / xdg_default)
+    return base / "realnvp"
+
+
 def config_dir() -> Path:
     if os.environ.get(CONFIG_DIR_VAR):
         return Path(os.environ[CONFIG_DIR_VAR]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "realnvp"
+    return user_folder("config")
 
 
 def hosts_file() -> Path:
