@@ -1164,22 +1164,9 @@ def _remote_action(args, where: dict) -> int:
 
 def _job_words(status) -> str:
     """A Slurm run's job in a status line: ``; Slurm job 12 PENDING (Resources)``."""
-    job = status.scheduler
-    if not job:
-        return ""
-    state = job.get("state") or "no longer known to Slurm"
-    words = [f"; Slurm job {job['job_id']} {state}"]
-    if job.get("reason") and state == "PENDING":
-        words.append(f" ({job['reason']})")
-    if job.get("expected_start"):
-        words.append(f", expected to start {job['expected_start']}")
-    if job.get("nodes") and state != "PENDING":
-        words.append(f" on {job['nodes']}")
-    if job.get("elapsed") and job.get("limit") and state != "PENDING":
-        words.append(f", {job['elapsed']} of {job['limit']}")
-    if job.get("restarts"):
-        words.append(f", requeued {job['restarts']}x")
-    return "".join(words)
+    from core.runs.slurm import job_words
+
+    return f"; {job_words(status.scheduler)}" if status.scheduler else ""
 
 
 def _follow_remote(host, args) -> int:

@@ -367,7 +367,7 @@ class TrainConfig:
         3, "under Slurm: times the job requeues itself on SIGUSR1 before its time limit (or "
         "a preemption's SIGTERM) and resumes; after that it ends as with --time-limit",
         parse="non_negative", maximum=1000,
-        no_form="a Slurm job's setting; the page starts no Slurm runs yet",
+        no_form="a Slurm job's setting; the page's runs requeue the default 3 times",
     )  # fmt: skip
     epochs: int = option(
         1, "passes over the training set (default: 1; with --resume, the resumed run's)",

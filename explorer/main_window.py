@@ -203,6 +203,7 @@ class MainWindow(QMainWindow):
         self.training_panel.training_stopped.connect(self.training_status.stopped)
         self.training_panel.host_changed.connect(self.training_status.set_host)
         self.training_panel.connection_changed.connect(self.training_status.set_connection)
+        self.training_panel.queue_changed.connect(self.training_status.queued)
         self.samples_panel.count.valueChanged.connect(self._grid_size_chosen)
         self.task_progress.follow(self.tasks)
 

@@ -17,6 +17,7 @@ from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMenu, QToolBar
 
 from core.runs.host import RemoteRun, RunStatus, host_for
+from core.runs.slurm import ACTIVE_STATES
 from explorer.settings import DEFAULT_CHECKPOINT
 from explorer.theme import CHECKED_TOOL_STYLE
 from explorer.training.remote_run import BlockingCall, run_entry_text
@@ -277,7 +278,9 @@ class WindowMenus:
             action.setStatusTip(where)
             action.triggered.connect(lambda _checked=False, r=record: window.open_run(r))
             self.run_actions[(record.get("host"), record["out"])] = action
-            if record.get("host") and record.get("state", "running") == "running":
+            job = record.get("scheduler") or {}
+            active = isinstance(job, dict) and job.get("state") in ACTIVE_STATES
+            if record.get("host") and (record.get("state", "running") == "running" or active):
                 self._refresh_run_state(record)
         if not runs:
             menu.addAction("No runs yet").setEnabled(False)
@@ -293,6 +296,8 @@ class WindowMenus:
 
     def _run_state_known(self, record: dict, status: RunStatus) -> None:
         fields = {"state": status.state, "step": status.step, "max_steps": status.max_steps}
+        if status.scheduler:
+            fields["scheduler"] = status.scheduler  # a Slurm run's job, in Slurm's words
         self.window.settings.update_run(record.get("host"), record["out"], **fields)
         action = self.run_actions.get((record.get("host"), record["out"]))
         with contextlib.suppress(RuntimeError):  # the menu was rebuilt meanwhile

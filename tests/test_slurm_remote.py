@@ -146,14 +146,19 @@ def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
         assert sha256_file(tmp_path / "f" / name) == sha256_file(run / name), name
 
 
+def hold_node(slurm_cluster, folder: Path) -> str:
+    """Submit a job that holds the cluster's one node for ten minutes; its id."""
+    return slurm_cluster.run(
+        "sbatch", "--parsable", "--exclusive", f"--output={folder / 'holder.out'}",
+        "--wrap", "sleep 600",
+    ).stdout.strip()  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_checkpoint(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
 ):
-    holder = slurm_cluster.run(
-        "sbatch", "--parsable", "--exclusive", f"--output={tmp_path / 'holder.out'}",
-        "--wrap", "sleep 600",
-    ).stdout.strip()  # fmt: skip
+    holder = hold_node(slurm_cluster, tmp_path)
     try:
         slurm_cluster.wait_state(holder, "RUNNING")
         out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")

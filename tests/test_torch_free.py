@@ -41,6 +41,7 @@ CORE_TORCH_FREE = [
     "core.runs.folder",
     "core.training.schedule",
     "core.runs.slurm",
+    "core.runs.cluster",
     "core.config",
     "core.training.threads",
     "core.training.timing",

@@ -33,6 +33,10 @@ by Python, on the machine that holds them. Operations:
 ``manifest RUN`` / ``read RUN NAME [--offset N]``
     The run folder's files (relative name, size, SHA-256), and the bytes of one of them
     from an offset (raw on stdout) for a resumable fetch.
+``cluster``
+    What the Slurm cluster this machine is a login node of offers (torch-free):
+    partitions with their GPUs, time limit and idle nodes, the default first, and the
+    user's accounts (:mod:`core.runs.cluster`).
 ``scan DATASET DIR [--download]`` / ``devices``
     The training page's questions, asked where the run would go: the readable images of a
     data set (with a few thumbnails) and the devices torch can train on, as JSON lines.
@@ -670,6 +674,15 @@ def op_submit(args: argparse.Namespace) -> None:
     _say({"out": str(out), "job_id": job_id, "host": _host()})
 
 
+def op_cluster(args: argparse.Namespace) -> None:
+    from core.runs.cluster import ClusterError, cluster_facts
+
+    try:
+        _say(cluster_facts(_where()).to_dict())
+    except ClusterError as exc:
+        raise AgentError(str(exc), "slurm") from None
+
+
 def op_status(args: argparse.Namespace) -> None:
     _say(run_status(existing_run(args.run, args.runs_dir)))
 
@@ -954,6 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("data_dir")
     scan.add_argument("--download", action="store_true")
     sub.add_parser("devices")
+    sub.add_parser("cluster")
     supervise = sub.add_parser("supervise")
     supervise.add_argument("out")
     supervise.add_argument("argv", nargs=argparse.REMAINDER)
@@ -986,6 +1000,7 @@ OPERATIONS = {
     "read": op_read,
     "scan": op_scan,
     "devices": op_devices,
+    "cluster": op_cluster,
     "supervise": op_supervise,
 }
 

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from core.files.format_version import CHECKPOINT_FORMAT
+from core.runs.cluster import ClusterFacts
 from core.runs.folder import parse_event, sha256_file
 from core.runs.hosts import user_folder
 from core.runs.slurm import SlurmRequest
@@ -385,6 +386,11 @@ class RunHost:
         args += [f"--sbatch-option={option}" for option in request.extra]
         answer = self.call("submit", *args, "--", *train_args)
         return self.remote_run(str(answer["out"])), str(answer["job_id"])
+
+    def cluster(self) -> ClusterFacts:
+        """What the Slurm cluster this host is a login node of offers: its partitions and
+        the user's accounts (``sinfo``, ``sacctmgr``)."""
+        return ClusterFacts.from_dict(self.call("cluster", timeout=120.0))
 
     def status(self, run: RemoteRun | str) -> RunStatus:
         r = self.call("status", *self._run_args(run))

@@ -1,5 +1,6 @@
 """What is remembered about each ssh host: its Python, its runs folder and the ssh config
-file that reaches it, typed once (``realnvp remote HOST ... --python PY`` or the training
+file that reaches it (and, for a Slurm cluster's login node, the job's partition, GPUs,
+nodes, time limit and account), typed once (``realnvp remote HOST ... --python PY`` or the training
 page) and read by every later command, in ``hosts.json`` in the user's config folder.
 
 The folder is ``$REALNVP_CONFIG_DIR`` when set (tests point it at their own folder), else
@@ -22,6 +23,9 @@ from core.files.atomic import atomic_write
 CONFIG_DIR_VAR = "REALNVP_CONFIG_DIR"
 HOSTS_FILE = "hosts.json"
 FIELDS = ("python", "runs_dir", "ssh_config")
+# A Slurm job's request on the page, per login node (explorer/training/slurm_fields.py).
+SLURM_FIELDS = ("slurm_partition", "slurm_gpus", "slurm_nodes", "slurm_time", "slurm_account")
+FIELDS += SLURM_FIELDS
 
 
 # The user's folders by platform: (Windows variable, its default under home, macOS folder
@@ -66,15 +70,25 @@ def _read() -> dict[str, dict[str, str]]:
 
 
 def remembered(host: str) -> dict[str, str]:
-    """``python``, ``runs_dir`` and ``ssh_config`` remembered for ``host`` (those known)."""
+    """``python``, ``runs_dir``, ``ssh_config`` and the ``slurm_*`` fields remembered for
+    ``host`` (those known)."""
     entry = _read().get(host.strip(), {})
-    return {k: str(v) for k, v in entry.items() if k in FIELDS and isinstance(v, str) and v}
+    return {
+        k: v
+        for k, v in entry.items()
+        if k in FIELDS and isinstance(v, str) and (v or k in SLURM_FIELDS)
+    }
 
 
 def remember(host: str, **fields: Any) -> None:
-    """Remember the given fields (``None`` or empty: leave as they were) for ``host``. A
-    config folder that cannot be written remembers nothing, silently: it is a convenience."""
-    given = {k: str(v) for k, v in fields.items() if k in FIELDS and v}
+    """Remember the given fields (``None`` or empty: leave as they were; a ``slurm_*``
+    field is remembered empty too: the cluster's default) for ``host``. A config folder
+    that cannot be written remembers nothing, silently: it is a convenience."""
+    given = {
+        k: str(v)
+        for k, v in fields.items()
+        if k in FIELDS and (v or (k in SLURM_FIELDS and v is not None))
+    }
     host = host.strip()
     if not host or not given:
         return

@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The trainer's own limit ends this long before the job's: the sbatch script's
 # --signal=USR1@90 arrives 90 s before the end, and the last evaluation and save must be
@@ -165,6 +166,42 @@ def job_status(job_id: str, fields: Mapping[str, str] | None) -> dict[str, objec
     }
 
 
+def job_words(job: Mapping[str, Any]) -> str:
+    """A Slurm run's job (its ``scheduler`` fields) in a status line: ``Slurm job 12
+    PENDING (Resources)``, ``Slurm job 12 RUNNING on node1, 00:01:10 of 1-00:00:00``."""
+    state = job.get("state") or "no longer known to Slurm"
+    words = [f"Slurm job {job['job_id']} {state}"]
+    if job.get("reason") and state == "PENDING":
+        words.append(f" ({job['reason']})")
+    if job.get("expected_start"):
+        words.append(f", expected to start {job['expected_start']}")
+    if job.get("nodes") and state != "PENDING":
+        words.append(f" on {job['nodes']}")
+    if job.get("elapsed") and job.get("limit") and state != "PENDING":
+        words.append(f", {job['elapsed']} of {job['limit']}")
+    if job.get("restarts"):
+        words.append(f", requeued {job['restarts']}x")
+    return "".join(words)
+
+
+def queue_sentence(job: Mapping[str, Any]) -> str | None:
+    """What a job that runs no trainer yet waits for, for the page and its status bar:
+    "Waiting in the Slurm queue (Resources), job 12"; ``None`` for a job past the queue."""
+    state, job_id = job.get("state"), job.get("job_id")
+    if state not in WAITING_STATES:
+        return None
+    reason = f" ({job['reason']})" if job.get("reason") and job["reason"] != "None" else ""
+    start = f", expected to start {job['expected_start']}" if job.get("expected_start") else ""
+    if state == "CONFIGURING":
+        return f"Slurm job {job_id} is starting on {job.get('nodes') or 'its node'}"
+    head = (
+        "Waiting in the Slurm queue"
+        if state == "PENDING"
+        else "Requeued, waiting in the Slurm queue"
+    )
+    return f"{head}{reason}, job {job_id}{start}"
+
+
 class SubmitError(Exception):
     """``sbatch`` refused the job or could not run: one sentence."""
 
@@ -174,16 +211,7 @@ def submit(script: Path, out: Path, where: str) -> str:
     ``sbatch --parsable --chdir OUT SCRIPT``, an argv (no shell reads the folder's name).
     Returns the job id; :class:`SubmitError` carries sbatch's refusal reworded."""
     argv = ["sbatch", "--parsable", "--chdir", str(out), str(script)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
-    except FileNotFoundError:
-        raise SubmitError(
-            f"there is no sbatch on {where}: run --slurm on a Slurm cluster's login node "
-            "(Slurm's commands must be on the PATH of a non-interactive ssh session)"
-        ) from None
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SubmitError(f"sbatch on {where} could not run: {exc}") from None
+    done = run_client(argv, where, SubmitError, "run --slurm on a Slurm cluster's login node")
     if done.returncode != 0:
         raise SubmitError(sbatch_refusal(done.stderr or done.stdout, where))
     job_id = done.stdout.strip().splitlines()[-1].split(";")[0] if done.stdout.strip() else ""
@@ -201,6 +229,23 @@ _REFUSALS = (
     ("requested node configuration is not available",
      "has no node with what the job asks for (--gpus, --nodes, --sbatch-option)"),
 )  # fmt: skip
+
+
+def run_client(
+    argv: list[str], where: str, error: type[Exception], missing: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run one of Slurm's commands here (an argv: no shell reads it); ``error`` with one
+    sentence where it is not installed (``missing`` says what to do) or cannot run."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    except FileNotFoundError:
+        raise error(
+            f"there is no {argv[0]} on {where}: {missing} (Slurm's commands must be on the "
+            "PATH of a non-interactive ssh session)"
+        ) from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise error(f"{argv[0]} on {where} could not run: {exc}") from None
 
 
 def sbatch_refusal(said: str, where: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from PySide6.QtGui import QFont, QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
+from core.runs.slurm import SlurmRequest
 from explorer.training.process import EVENTS_FILE, LOG_FILE, RunSettings, join_command
 from explorer.training.remote_run import HostChoice
 
@@ -64,11 +65,29 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
         argv += ["--ssh-config", choice.config_file]
     argv += [choice.host or "HOST", "train", "--python", choice.python]
     argv += ["--runs-dir", choice.runs_dir]
-    if settings.gpus > 1:
+    if choice.slurm is not None:
+        argv += slurm_words(choice.slurm)
+    elif settings.gpus > 1:
         argv += ["--gpus", str(settings.gpus)]
     if settings.out:
         argv += ["--out", settings.out]
     return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
+
+
+def slurm_words(request: SlurmRequest) -> list[str]:
+    """``--slurm`` and the job's options as ``realnvp remote HOST train`` takes them."""
+    words = ["--slurm"]
+    for flag, value in (
+        ("--partition", request.partition),
+        ("--gpus", request.gpus),
+        ("--nodes", request.nodes if request.nodes != 1 else None),
+        ("--time", request.time),
+        ("--account", request.account),
+        ("--qos", request.qos),
+    ):
+        if value:
+            words += [flag, str(value)]
+    return words + [f"--sbatch-option={option}" for option in request.extra]
 
 
 class CommandLine(QWidget):

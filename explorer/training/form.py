@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -59,6 +60,7 @@ from explorer.training.process import (
     ScanReport,
 )
 from explorer.training.remote_run import HostChoice
+from explorer.training.slurm_fields import SlurmFields
 
 DEFAULT_RUNS_DIR = Path.home() / "realnvp-runs"
 
@@ -131,6 +133,8 @@ class TrainingForm(QWidget):
         for name in ("run_on", "host", "check_host_button", "remote_python", "remote_runs"):
             setattr(self, name, getattr(self.where, name))
         self.ssh_config, self.host_status = self.where.ssh_config, self.where.host_status
+        self.slurm = SlurmFields(self.where)
+        self.slurm.changed.connect(self.changed)
 
         # -- data
         self.data = DataFields(self.where)
@@ -258,7 +262,7 @@ class TrainingForm(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for box in (self.where, self.data, self.model, training, hardware, output):
+        for box in (self.where, self.slurm, self.data, self.model, training, hardware, output):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -367,7 +371,7 @@ class TrainingForm(QWidget):
         found: list[str] = []
         remote = self.remote
         if remote:
-            found += self.where.problems(s.gpus)
+            found += self.where.problems(s.gpus) + self.slurm.problems()
         if s.resume:
             if not remote and not Path(s.resume).expanduser().is_file():
                 found.append(f"no checkpoint file at {s.resume}")
@@ -520,7 +524,9 @@ class TrainingForm(QWidget):
         return self.where.checking_host
 
     def host_choice(self) -> HostChoice:
-        return self.where.host_choice()
+        """Where the run goes; on a Slurm cluster with the batch job's request."""
+        choice = self.where.host_choice()
+        return replace(choice, slurm=self.slurm.request()) if self.where.slurm else choice
 
     def show_host(self, choice: HostChoice) -> None:
         self.where.show_host(choice)

@@ -28,7 +28,7 @@ from explorer.training.form_widgets import form_rows, html, path_row
 from explorer.training.remote_run import BlockingCall, HostChoice
 
 HOST_CHECK_DELAY_MS = 900  # a host name being typed is checked once it settles
-LOCAL, SSH = "local", "ssh"
+LOCAL, SSH, SLURM = "local", "ssh", "slurm"
 
 
 class HostFields(QGroupBox):
@@ -51,7 +51,11 @@ class HostFields(QGroupBox):
         self.run_on = QComboBox()
         self.run_on.addItem("This computer", LOCAL)
         self.run_on.addItem("SSH host", SSH)
-        self.run_on.setToolTip("Train here, or on a machine with a GPU reached with ssh")
+        self.run_on.addItem("Slurm cluster (over SSH)", SLURM)
+        self.run_on.setToolTip(
+            "Train here, on a machine with a GPU reached with ssh, or as a batch job of a "
+            "Slurm cluster whose login node is reached with ssh (localhost if you are on it)"
+        )
         self.host = QLineEdit()
         self.host.setPlaceholderText("ssh config alias or user@host[:port]")
         self.host.setToolTip(
@@ -98,8 +102,13 @@ class HostFields(QGroupBox):
 
     @property
     def remote(self) -> bool:
-        """Whether the run goes to an ssh host."""
-        return self.run_on.currentData() == SSH
+        """Whether the run goes to an ssh host (a Slurm cluster's login node included)."""
+        return self.run_on.currentData() in (SSH, SLURM)
+
+    @property
+    def slurm(self) -> bool:
+        """Whether the run is a batch job submitted on the host, a Slurm login node."""
+        return self.run_on.currentData() == SLURM
 
     def host_choice(self) -> HostChoice:
         return HostChoice(
@@ -113,10 +122,11 @@ class HostFields(QGroupBox):
         """Show an ssh host's fields (a run on it being followed), checked again."""
         for key, edit in self._edits().items():
             edit.setText(getattr(choice, key))
-        self.set_remote(True)
+        self.set_remote(True, self.slurm or choice.slurm is not None)
 
-    def set_remote(self, remote: bool) -> None:
-        self.run_on.setCurrentIndex(self.run_on.findData(SSH if remote else LOCAL))
+    def set_remote(self, remote: bool, slurm: bool = False) -> None:
+        where = SLURM if slurm else SSH if remote else LOCAL
+        self.run_on.setCurrentIndex(self.run_on.findData(where))
 
     def problems(self, gpus: int) -> list[str]:
         """Why a run of ``gpus`` GPUs cannot start on the host (yet)."""
@@ -129,7 +139,7 @@ class HostFields(QGroupBox):
             return [f"checking {choice.host}…" if self.checking_host else "press Check host"]
         if self.host_facts.problem:
             return [self.host_facts.problem]
-        if gpus > max(1, len(self.host_facts.gpus)):
+        if not self.slurm and gpus > max(1, len(self.host_facts.gpus)):
             return [f"{gpus} GPUs asked for, {choice.host} has {len(self.host_facts.gpus)}"]
         return []
 
@@ -231,13 +241,13 @@ class HostFields(QGroupBox):
         for key, edit in self._edits().items():
             if key in values:
                 edit.setText(values[key])
-        self.set_remote(values.get("run_on") == SSH)
+        self.set_remote(values.get("run_on") in (SSH, SLURM), values.get("run_on") == SLURM)
 
     def _save_settings(self) -> None:
         if self.app_settings is None:
             return
         values = {key: edit.text().strip() for key, edit in self._edits().items()}
-        self.app_settings.remote_host = {**values, "run_on": SSH if self.remote else LOCAL}
+        self.app_settings.remote_host = {**values, "run_on": self.run_on.currentData()}
 
     def _browse_ssh_config(self) -> None:
         start = os.path.expanduser(self.ssh_config.text() or "~/.ssh")

@@ -40,6 +40,7 @@ from core.runs.host import (
     local_host,
     ssh_host,
 )
+from core.runs.slurm import SlurmRequest, job_words
 from core.runs.transport import RemoteError
 from explorer.training.process import RunSettings, absolute_path
 
@@ -56,6 +57,7 @@ class HostChoice:
     python: str = DEFAULT_PYTHON
     runs_dir: str = DEFAULT_RUNS_DIR
     config_file: str = ""
+    slurm: SlurmRequest | None = None  # a batch job of the host's Slurm: its request
 
     def run_host(self) -> RunHost:
         """The API's host; raises :class:`RemoteError` (one sentence) for a bad name or a
@@ -162,6 +164,7 @@ class TrainingRun(QObject):
         self.error_message: str | None = None
         self.last_step = 0
         self.last_checkpoint: str | None = None
+        self.job_id: str | None = None  # a Slurm run's job
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
         self._started = self._ended = False
         self._calls: list[BlockingCall] = []
@@ -204,9 +207,13 @@ class TrainingRun(QObject):
         self._started = True
         out = settings.out or None
         host = self.run_host
+        slurm = choice.slurm if choice is not None else None
 
         def work() -> None:
-            run = host.start(args, out=out, gpus=settings.gpus)
+            if slurm is not None:
+                run, self.job_id = host.submit(args, slurm, out=out)
+            else:
+                run = host.start(args, out=out, gpus=settings.gpus)
             _emit(self._updated, run)
             self._follow(host, run)
 
@@ -433,7 +440,9 @@ def run_entry_text(record: dict[str, Any]) -> str:
             f" (step {step:,} / {total:,})" if isinstance(total, int) else f" (step {step:,})"
         )
     where = f"on {host}" if host else "on this computer"
-    return f"{PurePosixPath(out).name} {where} — {state}{progress}"
+    job = record.get("scheduler")
+    job = f" · {job_words(job)}" if isinstance(job, dict) and job.get("job_id") else ""
+    return f"{PurePosixPath(out).name} {where} — {state}{progress}{job}"
 
 
 def local_run_state(out: Path, remembered: str = "running") -> tuple[str, int | None, int | None]:

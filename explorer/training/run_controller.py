@@ -143,6 +143,7 @@ class RunController(QObject):
         process.failed.connect(self._on_failed)
         process.finished.connect(self._on_finished)
         process.run_started.connect(self._on_run_started)
+        process.run_started.connect(lambda run, p=process: self.view.queue.watch(run, p))
         process.connection_changed.connect(self.view.show_connection)
         process.call_failed.connect(lambda text: self.view.show_message(text, error=True))
         return process

@@ -81,6 +81,17 @@ class TrainingStatus(QWidget):
         self.bar.show()
         self.show()
 
+    def queued(self, text: str) -> None:
+        """A Slurm job's place in the queue (or its trainer starting), until steps come:
+        "Waiting in the Slurm queue (Resources), job 12", whole (the host, which would cut
+        it, is in the tooltip)."""
+        if not self.isVisible():
+            self.show()
+        self._label = text
+        self._show()
+        self.bar.setRange(0, 0)
+        self.bar.show()
+
     def progressed(self, step: int, total: int, text: str) -> None:
         if not self.isVisible():
             self.show()

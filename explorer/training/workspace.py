@@ -76,6 +76,7 @@ from explorer.training.form import TrainingForm
 from explorer.training.process import EVENTS_FILE, PRESETS, RunSettings, format_duration
 from explorer.training.remote_run import TrainingRun, origin_text
 from explorer.training.run_controller import RunController, ask_close_choice
+from explorer.training.slurm_run import QueueWatch, requeue_mark
 
 TRAIN_COLOUR = "#4ea1ff"
 TEST_COLOUR = "#ffb74d"
@@ -212,6 +213,7 @@ class RunCurves(pg.PlotWidget):
         )
         self.empty_plot.setPos(0.5, 0.5)
         self.addItem(self.empty_plot, ignoreBounds=True)
+        self.requeue_marks: list[pg.InfiniteLine] = []  # explorer.training.slurm_run
 
 
 class TrainingPanel(QWidget):
@@ -232,6 +234,7 @@ class TrainingPanel(QWidget):
     progress_changed = Signal(int, int, str)  # step, total steps, "ETA 3 min" or ""
     host_changed = Signal(str)  # the host the followed run lives on, "" for this computer
     connection_changed = Signal(str)  # "connection lost, retrying in N s", "" when back
+    queue_changed = Signal(str)  # a Slurm job's place: "Waiting in the Slurm queue (...)"
 
     def __init__(
         self,
@@ -261,6 +264,7 @@ class TrainingPanel(QWidget):
 
         self.form = TrainingForm(runs_dir, probe_devices, settings=settings)
         self.runs = RunController(self)
+        self.queue = QueueWatch(self)
         self._build_monitor()
         self._build_layout()
 
@@ -551,6 +555,9 @@ class TrainingPanel(QWidget):
             self._on_done(event)
         elif kind == "error":
             self.show_message(f"The trainer reported: {event.get('message')}", error=True)
+        elif kind == "requeue" and isinstance(step, int):
+            self.plot.requeue_marks.append(requeue_mark(step, event.get("requeues")))
+            self.plot.addItem(self.plot.requeue_marks[-1], ignoreBounds=True)
         elif kind == "warning":  # a stale lock taken over, an earlier run moved aside, disk space
             self.show_message(f"Note: {event.get('message')}")
 
@@ -660,6 +667,10 @@ class TrainingPanel(QWidget):
             self.progress_changed.emit(self.last_step, self.total_steps, eta)
 
     def reset_monitor(self) -> None:
+        self.queue.stop()
+        for mark in self.plot.requeue_marks:
+            self.plot.removeItem(mark)
+        self.plot.requeue_marks.clear()
         self.train_points = ([], [])
         self.test_points = ([], [])
         self.total_steps = self.last_step = 0

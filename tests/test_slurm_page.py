@@ -1,0 +1,259 @@
+"""The training page with *Run on: Slurm cluster (over SSH)*: Check host asks the cluster
+for its partitions and accounts, the form's job settings are remembered per host, a queued
+job shows its place in the queue, a requeue marks the curve, and File > Recent Runs names
+the job's state. Against the real single-node cluster (tests/slurm.py) through the
+loopback sshd (tests/sshd.py), as ``tests/test_slurm_remote.py`` does from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sshd import running_sshd
+from test_slurm_remote import hold_node, host_python, login  # noqa: F401 (a fixture)
+
+from core.runs import hosts
+from core.runs.cluster import ClusterFacts, Partition, parse_accounts, parse_sinfo
+from core.runs.host import ssh_host
+from core.runs.slurm import queue_sentence
+from core.runs.transport import RemoteError
+
+# -- without a cluster ----------------------------------------------------------------------
+
+
+def test_sinfo_lines_merge_per_partition_with_the_default_first():
+    text = (
+        "gpu|up|2-00:00:00|2/1/0/3|gpu:a100:4\n"
+        "debug*|up|infinite|0/1/0/1|(null)\n"
+        "gpu|up|2-00:00:00|0/2/0/2|gpu:h100:8(S:0-1)\n"
+        "junk line\n"
+    )
+    debug, gpu = parse_sinfo(text)
+    assert (debug.name, debug.default, debug.gpus_per_node) == ("debug", True, 0)
+    assert (gpu.idle, gpu.total, gpu.gpus_per_node) == (3, 5, 8)
+    assert gpu.gres == ("gpu:a100:4", "gpu:h100:8(S:0-1)") and gpu.limit_seconds == 172800
+    assert gpu.describe() == (
+        "gpu · gpu:a100:4, gpu:h100:8(S:0-1) · limit 2-00:00:00 · 3 of 5 nodes idle"
+    )
+    assert parse_accounts("lab\nlab\nphysics|\n\n") == ["lab", "physics"]
+    facts = ClusterFacts((debug, gpu), ("lab",), "me")
+    assert ClusterFacts.from_dict(json.loads(json.dumps(facts.to_dict()))) == facts
+
+
+def test_a_queued_job_is_said_in_one_sentence():
+    job = {"job_id": "12", "state": "PENDING", "reason": "Resources", "expected_start": None}
+    assert queue_sentence(job) == "Waiting in the Slurm queue (Resources), job 12"
+    requeued = {**job, "state": "REQUEUED", "reason": None}
+    assert queue_sentence(requeued) == "Requeued, waiting in the Slurm queue, job 12"
+    assert queue_sentence({**job, "state": "RUNNING"}) is None
+
+
+def test_slurm_settings_are_remembered_per_host_and_an_empty_one_too(tmp_path, monkeypatch):
+    monkeypatch.setenv(hosts.CONFIG_DIR_VAR, str(tmp_path))
+    hosts.remember(
+        "login1", python="~/venv/bin/python", slurm_partition="gpu", slurm_time="1:00:00"
+    )
+    hosts.remember("login1", slurm_time="", python="")  # cleared time: the partition's own
+    assert hosts.remembered("login1") == {
+        "python": "~/venv/bin/python",
+        "slurm_partition": "gpu",
+        "slurm_time": "",
+    }
+
+
+def test_the_job_settings_are_checked_against_the_partition_chosen(qtbot, explorer_settings):
+    from PySide6.QtCore import Qt
+
+    from explorer.training.workspace import TrainingPanel
+
+    panel = TrainingPanel(probe_devices=False, settings=explorer_settings)
+    qtbot.addWidget(panel)
+    form, slurm = panel.form, panel.form.slurm
+    form.run_on.setFocus()
+    qtbot.keyClick(form.run_on, Qt.Key.Key_End)
+    assert form.where.slurm and explorer_settings.remote_host["run_on"] == "slurm"
+    slurm._asked = form.where.host_choice()
+    gpu = Partition("gpu", False, True, "1-00:00:00", ("gpu:a100:4",), 1, 2)
+    debug = Partition("debug", True, True, "infinite", (), 1, 1)
+    slurm._cluster_answered(slurm._asked, ClusterFacts((debug, gpu), ("lab",), "me"))
+    assert [slurm.partition.itemData(i) for i in range(2)] == ["debug", "gpu"]
+    assert slurm.account.itemText(0) == "lab"
+    slurm.partition.setFocus()
+    qtbot.keyClick(slurm.partition, Qt.Key.Key_Down)
+    assert slurm.partition_name() == "gpu"
+    for spin, value in ((slurm.gpus, 8), (slurm.nodes, 3)):
+        spin.setFocus()
+        spin.selectAll()
+        qtbot.keyClicks(spin, str(value))
+    slurm.time.setFocus()
+    qtbot.keyClicks(slurm.time, "2-00:00:00")
+    assert slurm.problems() == [
+        "8 GPUs per node asked for; partition gpu's nodes have 4",
+        "3 nodes asked for; partition gpu has 2",
+        "the time limit is over partition gpu's 1-00:00:00",
+    ]
+    assert slurm.request().gpus == 8 and slurm.request().partition == "gpu"
+
+
+# -- against the cluster, over ssh ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+def test_the_cluster_operation_reads_sinfo_on_the_login_node(sshd, login, slurm_cluster):  # noqa: F811
+    python, runs = login
+    host = ssh_host(sshd.alias, python=python, runs_dir=str(runs), config_file=str(sshd.config))
+    facts = host.cluster()
+    assert facts.partitions == (
+        Partition(slurm_cluster.partition, True, True, "infinite", (), 1, 1),
+    )
+    assert facts.accounts == ()  # the test cluster keeps no accounts (no slurmdbd)
+
+
+def test_a_host_without_slurm_is_one_sentence(sshd, tmp_path):
+    # The host's PATH holds no Slurm command (the Python is named by its full path).
+    python = host_python(tmp_path, "python", PATH=str(tmp_path / "empty"))
+    host = ssh_host(sshd.alias, python=python, config_file=str(sshd.config))
+    with pytest.raises(RemoteError) as caught:
+        host.cluster()
+    said = str(caught.value)
+    assert said.startswith(f"there is no sinfo on {sshd.alias}:") and "\n" not in said
+
+
+def _shots(window, screenshot_dir, name: str, qtbot) -> None:
+    """The window at 1024x640 and 1366x768, as a person sees the page, into the shots."""
+    for width, height in ((1024, 640), (1366, 768)):
+        window.resize(width, height)
+        qtbot.wait(400)
+        assert (window.width(), window.height()) == (width, height)
+        assert window.grab().save(str(screenshot_dir / f"slurm_{name}_{width}x{height}.png"))
+
+
+def _entry(window, run) -> str:
+    window.menus.fill_recent_runs()
+    actions = window.menus.recent_runs_menu.actions()
+    return next(a.text() for a in actions if a.text().startswith(f"{run.name} on "))
+
+
+@pytest.mark.slow
+def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
+    qtbot, sshd, login, slurm_cluster, small_mnist, make_window, explorer_settings,  # noqa: F811
+    screenshot_dir, tmp_path, monkeypatch,
+):  # fmt: skip
+    from PySide6.QtCore import Qt
+    from test_training_remote import click, type_into
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fetched files
+    python, runs = login
+    # A job that holds the node: the page's job waits behind it.
+    holder = hold_node(slurm_cluster, tmp_path)
+    try:
+        slurm_cluster.wait_state(holder, "RUNNING")
+        window = make_window()
+        window.resize(1366, 768)
+        window.show_page("training")
+        panel = window.training_panel
+        form = panel.form
+        # Run on: the last choice, picked with the keyboard.
+        form.run_on.setFocus()
+        qtbot.keyClick(form.run_on, Qt.Key.Key_End)
+        assert form.run_on.currentText() == "Slurm cluster (over SSH)"
+        assert form.slurm.isVisible() and form.where.slurm and form.remote
+        type_into(qtbot, form.host, sshd.alias)
+        type_into(qtbot, form.remote_python, python)
+        type_into(qtbot, form.remote_runs, str(runs))
+        type_into(qtbot, form.ssh_config, str(sshd.config))
+        click(qtbot, form.check_host_button)
+        qtbot.waitUntil(lambda: form.slurm.cluster is not None, timeout=60_000)
+        # The cluster's one partition, its default, with the node the holder takes.
+        assert form.slurm.partition.currentText() == (
+            "debug (default) · no GPUs · no time limit · 0 of 1 nodes idle"
+        )
+        assert form.slurm.account.count() == 0  # no accounting here: no accounts, no error
+        assert "accounts: none listed" in form.slurm.cluster_status.text()
+
+        # A time limit Slurm would not read is one sentence, and Start stays off.
+        type_into(qtbot, form.slurm.time, "half an hour")
+        qtbot.waitUntil(lambda: "HH:MM:SS or D-HH:MM:SS" in panel.reason.text(), timeout=5_000)
+        assert not panel.start_button.isEnabled() and "\n" not in panel.reason.text()
+        type_into(qtbot, form.slurm.time, "00:30:00")
+        # A tiny model on a tiny data set (the host's folder, checked there).
+        type_into(qtbot, form.data_dir, str(small_mnist))
+        qtbot.waitUntil(
+            lambda: form.scan_report is not None and form.scan_report.finished, timeout=60_000
+        )
+        for spin, value in (
+            (form.num_scales, 2), (form.mid_channels, 4), (form.num_blocks, 1),
+            (form.batch_size, 16), (form.eval_every, 1000), (form.eval_limit, 24),
+            (form.log_every, 1), (form.threads, 1),
+        ):  # fmt: skip
+            spin.setValue(value)
+        form.length_unit.setCurrentIndex(form.length_unit.findData("steps"))
+        form.length.setValue(60)
+        qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=30_000)
+        command = panel.command.text()
+        assert command.startswith(f"realnvp remote --ssh-config {sshd.config} {sshd.alias} train")
+        assert " --slurm --partition debug --time 00:30:00 " in command
+
+        click(qtbot, panel.start_button)
+        qtbot.waitUntil(lambda: panel.remote_run is not None, timeout=60_000)
+        run = panel.remote_run
+        job_id = json.loads(Path(run.out, "launch.json").read_text())["scheduler"]["job_id"]
+        assert panel.process.job_id == job_id
+        waiting = f"Waiting in the Slurm queue (Resources), job {job_id}"
+        qtbot.waitUntil(lambda: panel.info.text() == waiting, timeout=60_000)
+        assert waiting in window.training_status.button.text()
+        assert f"On {sshd.alias}, Slurm job {job_id} PENDING: {run.out}" == panel.where.text()
+        # The job's settings are remembered for this login node.
+        kept = hosts.remembered(sshd.alias)
+        assert (kept["slurm_partition"], kept["slurm_time"]) == ("debug", "00:30:00")
+        assert _entry(window, run) == (
+            f"{run.name} on {sshd.alias} — running · Slurm job {job_id} PENDING (Resources)"
+        )
+        _shots(window, screenshot_dir, "pending", qtbot)
+
+        # The node is free: the job runs, the curves come as for any run.
+        slurm_cluster.run("scancel", holder)
+        qtbot.waitUntil(lambda: len(panel.train_points[0]) >= 5, timeout=120_000)
+        assert "parameters" in panel.info.text()  # the start event's facts, not the queue's
+        qtbot.waitUntil(lambda: f"Slurm job {job_id} RUNNING" in panel.where.text(), timeout=10_000)
+        # The end of an allocation: the job requeues, resumes from latest.pt, and the
+        # curve shows a mark where it did, with every step once.
+        slurm_cluster.run("scancel", "--signal=USR1", job_id)
+        qtbot.waitUntil(lambda: len(panel.plot.requeue_marks) == 1, timeout=60_000)
+        requeued_at = panel.plot.requeue_marks[0].value()
+        qtbot.waitUntil(
+            lambda: len(panel.train_points[0]) >= requeued_at + 3 or not panel.running,
+            timeout=120_000,
+        )
+        _shots(window, screenshot_dir, "running", qtbot)
+        qtbot.waitUntil(lambda: not panel.running, timeout=180_000)
+        assert panel.train_points[0] == list(range(1, 61))
+        assert panel.plot.requeue_marks[0].value() == requeued_at
+        assert panel.message.text().startswith("Finished at step 60")
+        ended = f"Slurm job {job_id} COMPLET"
+        qtbot.waitUntil(lambda: ended in _entry(window, run), timeout=60_000)
+        assert _entry(window, run).startswith(f"{run.name} on {sshd.alias} — done")
+
+        with qtbot.waitSignal(window.model_opened, timeout=60_000):
+            click(qtbot, panel.open_button)
+        origin, fetched = window.model_panel.values["source"].toolTip().splitlines()
+        assert origin == f"{sshd.alias}:{run.out}/latest.pt"
+        local = Path(fetched.removeprefix("fetched to "))
+        assert local.read_bytes() == Path(run.out, "latest.pt").read_bytes()
+
+        # Another host's settings, then this one typed again: its job settings come back.
+        type_into(qtbot, form.slurm.time, "2:00:00")
+        type_into(qtbot, form.host, "elsewhere")
+        qtbot.keyClick(form.host, Qt.Key.Key_Return)
+        type_into(qtbot, form.host, sshd.alias)
+        qtbot.keyClick(form.host, Qt.Key.Key_Return)
+        assert form.slurm.time.text() == "00:30:00"
+        assert form.slurm.partition_name() == "debug"
+        qtbot.waitUntil(lambda: not form.checking_host and not form.slurm.asking, timeout=60_000)
+    finally:
+        slurm_cluster.run("scancel", holder, check=False)
