@@ -132,6 +132,7 @@ def test_gui_process_never_imports_torch():
     allowed = {"core", "core.config", "core.training", "core.files", "core.files.format_version"}
     allowed |= {"core.files.resources", "core.runs", "core.runs.folder", "core.runs.host"}
     allowed |= {"core.runs.transport", "core.runs.hosts", "core.runs.slurm", "core.files.atomic"}
+    allowed |= {"core.runs.cluster"}  # the Slurm cluster's partitions (Run on: Slurm)
     assert set(core_modules.split()) <= allowed
 
 
