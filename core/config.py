@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -435,3 +436,74 @@ class TrainConfig:
 
 TRAIN_OPTIONS = options(TrainConfig)
 MODEL_OPTIONS = options(FlowConfig)
+
+
+# -- a run's command line -------------------------------------------------------------------
+
+# The options a resumed run takes from its command; the rest come from its checkpoint
+# (core.training.trainer.Trainer).
+RESUME_OPTIONS = (
+    "epochs", "max_steps", "device", "precision", "compile", "cuda_graph", "eval_every",
+    "log_every", "time_limit", "max_requeues",
+)  # fmt: skip
+# Options that name a file or folder of the machine the run starts on.
+PATH_OPTIONS = ("data_dir", "init_from")
+# The model's options a run's command gives (the preprocessing constant keeps its default).
+MODEL_SIZES = ("in_channels", "image_size", "num_scales", "mid_channels", "num_blocks")
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` as ``--time-limit`` reads it back: ``2h``, ``45m``, ``90s``."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds) if seconds == int(seconds) else seconds}s"
+
+
+def option_text(opt: Option, value: Any) -> str:
+    """``value`` as the option's flag takes it (a float in full, so it parses back equal)."""
+    return duration_text(value) if opt.parse == "duration" else str(value)
+
+
+def train_flags(
+    config: TrainConfig,
+    model: Mapping[str, int] | None = None,
+    *,
+    preset: str | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    path: Callable[[str], str] = str,
+) -> list[str]:
+    """``realnvp train``'s options for a run of ``config``, without ``--out`` and
+    ``--progress``, which the launcher adds; parsed back they give ``config``.
+
+    Every option with a form control is written, the others where they differ from their
+    default. ``model``: the sizes of :data:`MODEL_SIZES` (``--preset`` where they are
+    ``preset``'s; a folder data set's geometry); none with ``init_from``, whose model is
+    the checkpoint's. ``resume``: a checkpoint to continue, which then gives everything but
+    :data:`RESUME_OPTIONS`. ``path`` maps each path (the bundled model's name stays)."""
+    args: list[str] = []
+    if resume:
+        args += ["--resume", path(resume)]
+    for name in RESUME_OPTIONS if resume else TRAIN_OPTIONS:
+        opt, value = TRAIN_OPTIONS[name], getattr(config, name)
+        if name == "out" or value is None or (name == "epochs" and config.max_steps):
+            continue  # the launcher's; unset; overridden by --max-steps
+        if opt.parse in ("flag", "no-flag"):
+            args += [opt.flag] if value != opt.default else []
+        elif opt.form is not None or value != opt.default:
+            if name in PATH_OPTIONS and value != "bundled":
+                value = path(value)
+            args += [opt.flag, option_text(opt, value)]
+    if model is not None and not resume and not config.init_from:
+        names = MODEL_SIZES[2:] if config.dataset in DATASET_GEOMETRY else MODEL_SIZES
+        if preset in PRESETS and PRESETS[preset].sizes == tuple(model[n] for n in names[-3:]):
+            args += ["--preset", preset]
+            names = names[:-3]
+        args += [word for n in names for word in (MODEL_OPTIONS[n].flag, str(model[n]))]
+    if overwrite and not resume:
+        args.append("--overwrite")
+    if threads:
+        args += ["--threads", str(threads)]
+    return args

@@ -257,3 +257,23 @@ def running_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer
     """The body of a fixture: a server until the fixture's scope ends; skips the tests
     without sshd."""
     yield from running(sshd_missing, start_sshd, tmp_path_factory, "sshd")
+
+
+def type_into(qtbot, edit, text: str) -> None:
+    """Replace a line edit's text by typing, as a user does."""
+    from PySide6.QtCore import Qt
+
+    edit.selectAll()
+    qtbot.keyClick(edit, Qt.Key.Key_Delete)
+    qtbot.keyClicks(edit, text)
+
+
+def choose_host(qtbot, form, server: SshServer, alias: str | None = None) -> None:
+    """The training form's Run on: SSH host, with the server's alias, Python, runs folder
+    and config file."""
+    form.run_on.setFocus()
+    form.set_remote(True)
+    type_into(qtbot, form.host, alias or server.alias)
+    type_into(qtbot, form.remote_python, server.python)
+    type_into(qtbot, form.remote_runs, str(server.root / "runs"))
+    type_into(qtbot, form.ssh_config, str(server.config))

@@ -116,6 +116,65 @@ def test_the_forms_new_options_reach_the_command(qtbot, tmp_path):
     assert any(p.startswith("time limit:") for p in form.problems())
 
 
+def test_the_pages_command_parses_back_to_the_forms_config(qtbot, tmp_path):
+    """The page's command line, read by ``realnvp train``'s own parser, gives the run the
+    form describes: every option the form sets, and those it leaves to the command line."""
+    from core.cli import _train_config
+    from explorer.training.form import TrainingForm
+
+    form = TrainingForm(runs_dir=tmp_path, probe_devices=False)
+    qtbot.addWidget(form)
+    form.dataset.setCurrentIndex(form.dataset.findData("folder"))
+    form.data_dir.setText(str(tmp_path / "images"))
+    form.channels.setCurrentIndex(form.channels.findData(1))
+    form.image_size.setValue(16)
+    form.num_scales.setValue(2)
+    form.mid_channels.setValue(24)
+    form.batch_size.setValue(48)
+    form.lr.setText("3e-4")
+    form.lr_schedule.setCurrentIndex(form.lr_schedule.findData("constant"))
+    form.ema.setValue(0.99)
+    form.time_limit.setText("1h30m")
+    form.length_unit.setCurrentIndex(form.length_unit.findData("steps"))
+    form.length.setValue(700)
+    form.eval_every.setValue(50)
+    form.eval_limit.setValue(100)
+    form.log_every.setValue(5)
+    form.seed.setValue(7)
+    form.flip.setChecked(True)
+    form.compile.setChecked(True)
+    form.out.setText(str(tmp_path / "run"))
+    # Options without a control come from a reopened run's own config.
+    settings = form.settings().with_values(
+        weight_norm_l2=1e-4, precision="float32", cuda_graph=False, class_stats_per_class=0
+    )
+    assert settings.train != TrainConfig(data_dir="", out="")
+    argv = settings.command("python")
+    parsed = train_parser().parse_args(argv[argv.index("train") + 1 :])
+    assert _train_config(parsed) == settings.train
+    model = (parsed.in_channels, parsed.image_size, parsed.num_scales, parsed.mid_channels)
+    assert (*model, parsed.num_blocks, parsed.preset) == (1, 16, 2, 24, 2, None)
+    form.apply(settings)
+    assert form.settings() == settings  # the form shows every value it reads back
+
+
+def test_a_resumed_runs_command_gives_only_what_a_resume_takes_from_it(tmp_path):
+    from core.cli import _train_config
+    from core.config import RESUME_OPTIONS
+    from explorer.training.process import RunSettings
+
+    resume = str(tmp_path / "run" / "latest.pt")
+    settings = RunSettings().with_values(
+        resume=resume, out=str(tmp_path / "run"), max_steps=900, batch_size=8, seed=3
+    )
+    argv = settings.command("python")
+    assert "--batch-size" not in argv and "--seed" not in argv  # the checkpoint's
+    parsed = train_parser().parse_args(argv[argv.index("train") + 1 :])
+    assert parsed.resume == resume
+    back = _train_config(parsed)
+    assert all(getattr(back, n) == getattr(settings.train, n) for n in RESUME_OPTIONS)
+
+
 def test_an_option_says_its_form_control_or_why_it_has_none():
     with pytest.raises(ValueError, match="form control"):
         option(1, "a number", parse="int")

@@ -11,29 +11,23 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import json
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
+from sshd import choose_host, running_sshd
 
-from explorer.training.process import (
-    DATASET_GEOMETRY,
-    DATASET_LABELS,
-    EVENTS_FILE,
-    PRESETS,
-    STOP_FILE,
-    RunSettings,
-    geometry_problem,
-    parse_event,
-    read_event_log,
-)
+from core.config import DATASET_GEOMETRY, geometry_problem
+from core.runs.folder import EVENTS_FILE, STOP_FILE, parse_event
+from core.runs.folder import read_events as read_event_log
+from explorer.training.process import DATASET_LABELS, PRESETS, RunSettings
 from explorer.training.run_controller import LEAVE, STOP
 from explorer.training.workspace import TrainingPanel
 
@@ -41,10 +35,10 @@ WAIT_MS = 60_000
 
 
 def tiny_run(data_dir: Path, out: Path, **changes) -> RunSettings:
-    settings = RunSettings(
+    settings = RunSettings().with_values(
         dataset="folder",
         data_dir=str(data_dir),
-        channels=1,
+        in_channels=1,
         image_size=8,
         preset=None,
         num_scales=2,
@@ -58,7 +52,7 @@ def tiny_run(data_dir: Path, out: Path, **changes) -> RunSettings:
         threads=1,
         out=str(out),
     )
-    return replace(settings, **changes)
+    return settings.with_values(**changes)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +85,42 @@ def make_panel(qtbot, tmp_path: Path):
         return panel
 
     return make
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def on_host(request, qtbot):
+    """``on_host(panel)``: point the panel's form at where the case runs: this computer, or
+    the loopback ssh host (``tests/sshd.py``; its files are this machine's, so the same
+    folders serve), checked there. The page's cases run for both: one code path."""
+
+    def here(panel: TrainingPanel) -> None:
+        pass
+
+    here.remote = False
+
+    def over_ssh(panel: TrainingPanel) -> None:
+        choose_host(qtbot, panel.form, server)
+        qtbot.mouseClick(panel.form.check_host_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: panel.form.host_facts is not None, timeout=WAIT_MS)
+
+    if request.param == "local":
+        return here
+    server = request.getfixturevalue("sshd")
+    over_ssh.remote = True
+    return over_ssh
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def start_when_ready(qtbot, panel: TrainingPanel, settings: RunSettings) -> None:
@@ -163,9 +193,11 @@ def test_command_lines_are_accepted_by_the_trainer(tmp_path: Path):
     from core.cli import build_parser
 
     folder = tiny_run(tmp_path / "imgs", tmp_path / "out", lr=3e-4, flip=True)
-    mnist = RunSettings(data_dir="data", out="runs/a", epochs=3, download=True)
-    resume = RunSettings(resume=str(tmp_path / "out" / "latest.pt"), out=str(tmp_path / "out"))
-    multi = RunSettings(data_dir="data", out="runs/b", gpus=2, device="auto")
+    mnist = RunSettings().with_values(data_dir="data", out="runs/a", epochs=3, download=True)
+    resume = RunSettings().with_values(
+        resume=str(tmp_path / "out" / "latest.pt"), out=str(tmp_path / "out")
+    )
+    multi = RunSettings().with_values(data_dir="data", out="runs/b", gpus=2, device="auto")
     for settings in (folder, mnist, resume, multi):
         argv = settings.command("python")
         start = argv.index("core") + 1
@@ -229,7 +261,7 @@ def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, t
         (dict(resume=str(tmp_path / "missing.pt")), "no checkpoint file"),
     ]
     for change, reason in cases:
-        panel.form.apply(replace(good, **change))
+        panel.form.apply(good.with_values(**change))
         assert not panel.start_button.isEnabled(), change
         assert reason in panel.reason.text(), (change, panel.reason.text())
         assert panel.start() is False
@@ -327,8 +359,11 @@ def test_empty_folder_is_refused_and_devices_are_listed(qtbot, make_panel, tmp_p
 
 
 @pytest.mark.slow
-def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image_folder, tmp_path):
+def test_run_shows_progress_and_stop_keeps_a_checkpoint(
+    qtbot, make_panel, on_host, image_folder, tmp_path
+):
     panel = make_panel()
+    on_host(panel)
     panel.open_when_done.setChecked(True)
     out = tmp_path / "run"
     ready, opened = [], []
@@ -356,9 +391,15 @@ def test_run_shows_progress_and_stop_keeps_a_checkpoint(qtbot, make_panel, image
     done = [e for e in events if e["event"] == "done"]
     assert done and done[-1]["reason"] == "stopped"
     assert (out / "latest.pt").is_file()
-    assert ready == opened == [str(out / "latest.pt")]
-    assert panel.open_button.isEnabled() and "Stopped at step" in panel.message.text()
-    assert "already holds a stopped run" in panel.reason.text()  # the folder holds this run
+    assert ready == [str(out / "latest.pt")]
+    qtbot.waitUntil(lambda: bool(opened), timeout=WAIT_MS)  # a host's is fetched first
+    qtbot.waitUntil(panel.open_button.isEnabled, timeout=WAIT_MS)
+    if on_host.remote:
+        assert Path(opened[0]).read_bytes() == (out / "latest.pt").read_bytes()
+        assert panel.message.text().startswith("Fetched latest.pt from ")
+    else:
+        assert opened == ready and "Stopped at step" in panel.message.text()
+        assert "already holds a stopped run" in panel.reason.text()  # the folder holds it
 
     # The run reopened from its folder shows the same curves.
     again = make_panel()
@@ -397,12 +438,15 @@ def test_stop_through_the_file_alone_saves(qtbot, make_panel, image_folder, tmp_
 
 
 @pytest.mark.slow
-def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path):
+def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, on_host, tmp_path):
     bad = tmp_path / "old" / "latest.pt"
     bad.parent.mkdir()
     bad.write_text("this is not a checkpoint")
     panel = make_panel()
-    panel.form.apply(RunSettings(resume=str(bad), out=str(tmp_path / "resumed"), threads=1))
+    on_host(panel)
+    panel.form.apply(
+        RunSettings().with_values(resume=str(bad), out=str(tmp_path / "resumed"), threads=1)
+    )
     assert panel.start_button.isEnabled(), panel.reason.text()
     with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
         panel.start_button.click()
@@ -415,15 +459,19 @@ def test_trainer_error_is_shown_and_start_comes_back(qtbot, make_panel, tmp_path
 
 
 @pytest.mark.slow
-def test_kill_ends_the_run_at_once(qtbot, make_panel, image_folder, tmp_path):
+def test_kill_ends_the_run_at_once(qtbot, make_panel, on_host, image_folder, tmp_path):
     panel = make_panel()
-    start_when_ready(qtbot, panel, tiny_run(image_folder, tmp_path / "run"))
+    on_host(panel)
+    out = tmp_path / "run"
+    start_when_ready(qtbot, panel, tiny_run(image_folder, out))
     qtbot.waitUntil(lambda: panel.last_step > 0, timeout=WAIT_MS)
+    pid = json.loads((out / "launch.json").read_text())["pid"]
     with qtbot.waitSignal(panel.training_stopped, timeout=WAIT_MS) as stopped:
         panel.kill_button.click()
     assert stopped.args == ["killed"]
-    assert "Killed at step" in panel.message.text()
+    assert panel.message.text().startswith("Killed at step")
     assert not panel.running and not panel.kill_button.isEnabled()
+    qtbot.waitUntil(lambda: process_gone(pid), timeout=10_000)  # its process group ended
 
 
 @pytest.mark.slow
@@ -507,7 +555,7 @@ def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out, data = tmp_path / "home" / "runs" / "r1", tmp_path / "home" / "data dir" / "mnist"
-    settings = RunSettings(dataset="mnist", data_dir=str(data), out=str(out))
+    settings = RunSettings().with_values(dataset="mnist", data_dir=str(data), out=str(out))
     preview = preview_command(settings, "/opt/venv/bin/python")
     assert preview.startswith("cd ~/runs/r1 && python -m core train --dataset mnist ")
     assert " --data-dir ~/'data dir/mnist' " in preview and " --out . " in preview
@@ -518,9 +566,9 @@ def test_preview_shows_paths_from_the_run_folder_and_a_run_fills_the_form(
     model = {"in_channels": 1, "image_size": 28, "num_scales": 3, "mid_channels": 16}
     train = {"dataset": "mnist", "data_dir": str(data), "batch_size": 32, "max_steps": 240}
     start = {"event": "start", "model_config": {**model, "num_blocks": 2}, "train_config": train}
-    shown = settings_of_run(start, out, RunSettings(batch_size=64, out="elsewhere"))
-    assert (shown.data_dir, shown.out) == ("~/data dir/mnist", "~/runs/r1")
-    assert (shown.preset, shown.batch_size, shown.max_steps) == ("mnist-small", 32, 240)
+    shown = settings_of_run(start, out, RunSettings().with_values(batch_size=64, out="elsewhere"))
+    assert (shown.train.data_dir, shown.train.out) == ("~/data dir/mnist", "~/runs/r1")
+    assert (shown.preset, shown.train.batch_size, shown.train.max_steps) == ("mnist-small", 32, 240)
 
 
 @pytest.mark.slow

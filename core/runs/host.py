@@ -145,12 +145,8 @@ class RemoteRun:
     def follow_command(self) -> str:
         """The command line that follows this run from a terminal, quoted for its shell,
         with every option that finds it again (config file, Python, runs folder)."""
-        argv = ["realnvp", "remote"]
-        if self.config_file:
-            argv += ["--ssh-config", self.config_file]
-        argv += [self.host or "HOST", "follow", "--python", self.python]
-        argv += ["--runs-dir", self.runs_dir, self.out]
-        return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
+        argv = remote_cli(self.host, "follow", self.python, self.runs_dir, self.config_file)
+        return join_command([*argv, self.out])
 
 
 @dataclass(frozen=True)
@@ -566,6 +562,20 @@ def host_for(run: RemoteRun) -> RunHost:
 
 
 # -- the trainer's command -----
+
+
+def join_command(argv: Sequence[str]) -> str:
+    """``argv`` as one line for this computer's shell."""
+    return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
+
+
+def remote_cli(
+    host: str | None, op: str, python: str, runs_dir: str, config_file: str | None = None
+) -> list[str]:
+    """``realnvp remote [--ssh-config FILE] HOST OP --python PY --runs-dir DIR``: an
+    operation on a host from a terminal, with every option that finds its runs there."""
+    argv = ["realnvp", "remote", *(["--ssh-config", config_file] if config_file else [])]
+    return [*argv, host or "HOST", op, "--python", python, "--runs-dir", runs_dir]
 
 
 def expand_home(word: str) -> str:

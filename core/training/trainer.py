@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.config import TrainConfig
+from core.config import RESUME_OPTIONS, TrainConfig
 from core.files.checkpoint import (
     CheckpointError,
     estimate_checkpoint_bytes,
@@ -157,20 +157,10 @@ class Trainer:
                 raise CheckpointError(_NOT_RESUMABLE.format(resume))
             saved = TrainConfig.from_dict(data["training"]["train_config"])
             # Data, optimizer and seed come from the checkpoint; where and how long from now.
-            config = replace(
-                saved,
-                out=config.out,
-                epochs=saved.epochs if keep_length else config.epochs,
-                max_steps=saved.max_steps if keep_length else config.max_steps,
-                device=config.device,
-                precision=config.precision,
-                compile=config.compile,
-                cuda_graph=config.cuda_graph,
-                eval_every=config.eval_every,
-                log_every=config.log_every,
-                time_limit=config.time_limit,
-                max_requeues=config.max_requeues,
-            )
+            taken = {name: getattr(config, name) for name in RESUME_OPTIONS}
+            if keep_length:
+                taken.update(epochs=saved.epochs, max_steps=saved.max_steps)
+            config = replace(saved, out=config.out, **taken)
             self.model, _ = load_checkpoint(resume)
             self.resume_state = data["training"]
             if self.resume_state.get("raw_model") is not None:

@@ -11,8 +11,10 @@ from pathlib import Path
 from PySide6.QtGui import QFont, QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
+from core.runs.folder import EVENTS_FILE, LOG_FILE
+from core.runs.host import join_command, remote_cli
 from core.runs.slurm import SlurmRequest
-from explorer.training.process import EVENTS_FILE, LOG_FILE, RunSettings, join_command
+from explorer.training.process import RunSettings
 from explorer.training.remote_run import HostChoice
 
 
@@ -52,7 +54,7 @@ def preview_command(settings: RunSettings, python: str | None = None) -> str:
         shell_word(short_path(arg, run_dir)) if os.path.isabs(arg) else join_command([arg])
         for arg in argv
     )
-    if not settings.out:
+    if not settings.train.out:
         return shown
     return f"cd {shell_word(home_path(run_dir))} && {shown} >> {EVENTS_FILE} 2>> {LOG_FILE}"
 
@@ -60,17 +62,13 @@ def preview_command(settings: RunSettings, python: str | None = None) -> str:
 def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     """The command line that starts the same run on the host from a terminal
     (``realnvp remote HOST train ...``), what Copy gives for an ssh host."""
-    argv = ["realnvp", "remote"]
-    if choice.config_file:
-        argv += ["--ssh-config", choice.config_file]
-    argv += [choice.host or "HOST", "train", "--python", choice.python]
-    argv += ["--runs-dir", choice.runs_dir]
+    argv = remote_cli(choice.host, "train", choice.python, choice.runs_dir, choice.config_file)
     if choice.slurm is not None:
         argv += slurm_words(choice.slurm)
     elif settings.gpus > 1:
         argv += ["--gpus", str(settings.gpus)]
-    if settings.out:
-        argv += ["--out", settings.out]
+    if settings.train.out:
+        argv += ["--out", settings.train.out]
     return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
 
 

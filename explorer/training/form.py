@@ -37,6 +37,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.config import (
+    MODEL_OPTIONS,
+    MODEL_SIZES,
+    RESUME_OPTIONS,
     SCHEDULES,
     TRAIN_OPTIONS,
     geometry_problem,
@@ -50,11 +53,14 @@ from explorer.training.form_widgets import (
     option_spin,
     option_tip,
     path_row,
+    read_control,
+    show_control,
     spin_box,
 )
 from explorer.training.host_fields import HostFields
 from explorer.training.model_fields import ModelFields
 from explorer.training.process import (
+    NEW_RUN,
     DeviceProbe,
     RunSettings,
     ScanReport,
@@ -78,7 +84,7 @@ def new_run_folder(runs_dir: Path) -> Path:
 def out_problems(s: RunSettings) -> list[str]:
     """Why the output folder cannot take the run (the trainer's own rule, worded for the
     form); empty when it can."""
-    if not s.out:
+    if not s.train.out:
         return ["choose an output folder"]
     out = s.out_dir
     resuming_here = bool(s.resume) and (
@@ -129,6 +135,7 @@ class TrainingForm(QWidget):
         self.cuda_devices = 0
         self.devices_probed = False
         self._out_typed = False  # a folder the user chose is never replaced by a suggestion
+        self._shown_run = NEW_RUN  # the last run shown (apply), whose options lack controls
 
         for name in ("run_on", "host", "check_host_button", "remote_python", "remote_runs"):
             setattr(self, name, getattr(self.where, name))
@@ -294,74 +301,45 @@ class TrainingForm(QWidget):
 
     # -- reading and writing the settings -----------------------------------------------------
 
+    def _option_controls(self):
+        """``(name, option, control)`` of every option the form shows in a control of its
+        own (the length and the model's sizes have controls of their own kind)."""
+        for name, opt in {**TRAIN_OPTIONS, **MODEL_OPTIONS}.items():
+            if opt.form is not None and opt.form != "length" and name not in MODEL_SIZES[2:]:
+                yield name, opt, getattr(self, opt.form)
+
     def settings(self) -> RunSettings:
         steps = self.length_unit.currentData() == "steps"
-        try:
-            lr = float(self.lr.text())
-        except ValueError:
-            lr = math.nan
+        values = {name: read_control(w, opt) for name, opt, w in self._option_controls()}
         return RunSettings(
-            dataset=self.dataset.currentData(),
-            data_dir=self.data_dir.text().strip(),
-            download=self.download.isChecked(),
-            channels=self.channels.currentData(),
-            image_size=self.image_size.value(),
+            train=self._shown_run,  # for the options without a control
             preset=self.model.preset_name,
-            **dict(zip(("num_scales", "mid_channels", "num_blocks"), self.model.sizes)),
-            batch_size=self.batch_size.value(),
-            lr=lr,
-            lr_schedule=self.lr_schedule.currentData(),
-            ema=round(self.ema.value(), 6),
-            init_from=self.init_from.text().strip(),
-            time_limit=self.time_limit.text().strip(),
-            epochs=1 if steps else self.length.value(),
-            max_steps=self.length.value() if steps else None,
-            device=self.device.currentData(),
             gpus=self.gpus.value(),
-            out=self.out.text().strip(),
             resume=self.resume_path.text().strip() if self.resume.isChecked() else "",
             overwrite=self.overwrite.isChecked() and not self.resume.isChecked(),
-            eval_every=self.eval_every.value(),
-            eval_limit=self.eval_limit.value() or None,
-            log_every=self.log_every.value(),
-            seed=self.seed.value(),
             threads=self.threads.value() or None,
-            compile=self.compile.isChecked(),
-            flip=self.flip.isChecked(),
+        ).with_values(
+            **values,
+            **dict(zip(MODEL_SIZES[2:], self.model.sizes)),
+            epochs=1 if steps else self.length.value(),
+            max_steps=self.length.value() if steps else None,
         )
 
     def apply(self, s: RunSettings) -> None:
         """Show ``s`` in the widgets (a data check starts if the source changed)."""
-        self.dataset.setCurrentIndex(self.dataset.findData(s.dataset))
-        self.data_dir.setText(s.data_dir)
-        self.download.setChecked(s.download)
-        self.channels.setCurrentIndex(self.channels.findData(s.channels))
-        self.image_size.setValue(s.image_size)
-        self.model.show_model(s.preset, (s.num_scales, s.mid_channels, s.num_blocks))
-        self.batch_size.setValue(s.batch_size)
-        self.lr.setText(f"{s.lr:g}")
-        self.lr_schedule.setCurrentIndex(max(self.lr_schedule.findData(s.lr_schedule), 0))
-        self.ema.setValue(s.ema)
-        self.init_from.setText(s.init_from)
-        self.time_limit.setText(s.time_limit)
-        self.length_unit.setCurrentIndex(1 if s.max_steps else 0)
-        self.length.setValue(s.max_steps or s.epochs)
-        if self.device.findData(s.device) < 0:
-            self.device.addItem(s.device, s.device)
-        self.device.setCurrentIndex(self.device.findData(s.device))
+        self._shown_run = s.train
+        values = {**s.train.to_dict(), **s.model}
+        for name, opt, widget in self._option_controls():
+            show_control(widget, opt, values[name])
+        self.model.show_model(s.preset, tuple(s.model[k] for k in MODEL_SIZES[2:]))
+        self.length_unit.setCurrentIndex(1 if s.train.max_steps else 0)
+        self.length.setValue(s.train.max_steps or s.train.epochs)
         self.gpus.setValue(s.gpus)
         self.resume.setChecked(bool(s.resume))
         self.resume_path.setText(s.resume)
         self.overwrite.setChecked(s.overwrite)
-        self.out.setText(s.out)
         self._out_typed = True
-        self.eval_every.setValue(s.eval_every)
-        self.eval_limit.setValue(s.eval_limit or 0)
-        self.log_every.setValue(s.log_every)
-        self.seed.setValue(s.seed)
         self.threads.setValue(s.threads or 0)
-        self.compile.setChecked(s.compile)
-        self.flip.setChecked(s.flip)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -372,28 +350,30 @@ class TrainingForm(QWidget):
         remote = self.remote
         if remote:
             found += self.where.problems(s.gpus) + self.slurm.problems()
+        t = s.train
         if s.resume:
             if not remote and not Path(s.resume).expanduser().is_file():
                 found.append(f"no checkpoint file at {s.resume}")
         else:
-            found += self.data.problems(s.batch_size, s.gpus)
-            problem = None if s.init_from else geometry_problem(s.geometry[1], s.num_scales)
+            found += self.data.problems(t.batch_size, s.gpus)
+            sizes = s.geometry[1], s.model["num_scales"]
+            problem = None if t.init_from else geometry_problem(*sizes)
             if problem:
                 found.append(problem)
-            local_file = s.init_from not in ("", "bundled") and not remote
-            if local_file and not Path(s.init_from).expanduser().is_file():
-                found.append(f"no checkpoint file at {s.init_from} to start from")
-            if not (math.isfinite(s.lr) and s.lr > 0):
+            local_file = t.init_from not in (None, "bundled") and not remote
+            if local_file and not Path(t.init_from).expanduser().is_file():
+                found.append(f"no checkpoint file at {t.init_from} to start from")
+            if not (math.isfinite(t.lr) and t.lr > 0):
                 found.append(f"the learning rate must be a positive number, not {self.lr.text()!r}")
-        if s.time_limit:
+        if self.time_limit.text().strip():
             try:
-                parse_duration(s.time_limit)
+                parse_duration(self.time_limit.text())
             except ValueError as exc:
                 found.append(f"time limit: {exc}")
         found += [] if remote else out_problems(s)
         if s.gpus > 1:
-            if s.device not in ("auto",) and not s.device.startswith("cuda"):
-                found.append(f"{s.gpus} GPUs need device auto or CUDA, not {s.device}")
+            if t.device not in ("auto",) and not t.device.startswith("cuda"):
+                found.append(f"{s.gpus} GPUs need device auto or CUDA, not {t.device}")
             elif s.gpus > self.cuda_devices:
                 found.append(f"{s.gpus} GPUs asked for, {self.cuda_devices} found")
         return found
@@ -453,25 +433,12 @@ class TrainingForm(QWidget):
 
     def _sync_enabled(self) -> None:
         resuming = self.resume.isChecked()
-        # When resuming, data, model, batch size and learning rate come from the checkpoint.
-        for widget in (
-            self.dataset,
-            self.data_dir,
-            self.data_browse,
-            self.preset,
-            self.num_scales,
-            self.mid_channels,
-            self.num_blocks,
-            self.batch_size,
-            self.lr,
-            self.lr_schedule,
-            self.ema,
-            self.init_from,
-            self.eval_limit,
-            self.seed,
-            self.flip,
-        ):
-            widget.setEnabled(not resuming)
+        # A resumed run takes all but RESUME_OPTIONS from its checkpoint (data, model,
+        # batch size, learning rate...).
+        for name, _opt, widget in self._option_controls():
+            if name not in RESUME_OPTIONS and name != "out":
+                widget.setEnabled(not resuming)
+        self.data_browse.setEnabled(not resuming)
         # A run started from a checkpoint's weights has the checkpoint's size.
         starting_from = bool(self.init_from.text().strip()) and not resuming
         for widget in (self.preset, self.num_scales, self.mid_channels, self.num_blocks):

@@ -4,10 +4,16 @@ thumbnails."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -18,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.config import Option
+from core.config import PARSERS, Option, option_text
 from explorer.widgets.images import to_qimage
 
 
@@ -43,6 +49,41 @@ def spin_box(low: int, high: int, value: int, tip: str, special: str = "") -> QS
     if special:
         spin.setSpecialValueText(special)
     return spin
+
+
+def read_control(widget: QWidget, opt: Option) -> Any:
+    """The value of ``opt`` that its control shows: ``None`` for an optional option left
+    empty (or at a spin box's special value), ``nan`` for a number that does not parse, and
+    ``None`` for a duration that does not (the form names both problems)."""
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QComboBox):
+        return widget.currentData()
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        if opt.default is None and widget.specialValueText() and widget.value() == widget.minimum():
+            return None
+        return round(widget.value(), 6) if isinstance(widget, QDoubleSpinBox) else widget.value()
+    text = widget.text().strip()
+    if not text and opt.default is None:
+        return None
+    try:
+        return PARSERS[opt.parse](text)
+    except ValueError:
+        return math.nan if opt.parse == "float" else None
+
+
+def show_control(widget: QWidget, opt: Option, value: Any) -> None:
+    """Show ``value`` of ``opt`` in its control (a choice it lacks is added)."""
+    if isinstance(widget, QCheckBox):
+        widget.setChecked(bool(value))
+    elif isinstance(widget, QComboBox):
+        if widget.findData(value) < 0:
+            widget.addItem(str(value), value)
+        widget.setCurrentIndex(widget.findData(value))
+    elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        widget.setValue(widget.minimum() if value is None else value)
+    else:
+        widget.setText("" if value is None else option_text(opt, value))
 
 
 def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:

@@ -7,7 +7,7 @@ for Qt by :mod:`explorer.training.remote_run`); the data check and the device li
 run agent's ``scan`` and ``devices`` operations, run as child processes, so the GUI process
 never loads torch. The trainer writes its events into ``OUT/events.jsonl`` and its
 messages into ``OUT/trainer.log``, so a run can be left running when the window closes and
-any earlier run reopened from its folder (:func:`read_event_log`).
+any earlier run reopened from its folder (:func:`core.runs.folder.read_events`).
 """
 
 from __future__ import annotations
@@ -17,26 +17,33 @@ import contextlib
 import json
 import math
 import os
-import shlex
-import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, QProcess, Signal
 
-from core.config import DATASET_GEOMETRY, TRAIN_OPTIONS, geometry_problem  # noqa: F401
+from core.config import (
+    MODEL_SIZES,
+    TRAIN_OPTIONS,
+    TrainConfig,
+    dataset_geometry,
+    train_flags,
+)
 from core.config import PRESETS as CORE_PRESETS
-from core.runs.folder import EVENTS_FILE, LOG_FILE, STOP_FILE, parse_event  # noqa: F401
-from core.runs.folder import read_events as read_event_log  # noqa: F401
-from core.runs.host import RunHost, local_host, trainer_argv
+from core.runs.folder import EVENTS_FILE, LOG_FILE
+from core.runs.host import RunHost, join_command, local_host, trainer_argv
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "folder": "Folder of images"}
 # (num_scales, mid_channels, num_blocks) of each preset, read from core.config's (torch-free).
 PRESETS = {name: config.sizes for name, config in CORE_PRESETS.items()}
+# The model the form shows first: the default preset's sizes, and a folder's 3 x 32 images.
+DEFAULT_MODEL = dict(zip(MODEL_SIZES, (3, 32, *PRESETS["mnist-small"])))
+# A new run as the form starts: no data folder or output folder chosen yet.
+NEW_RUN = TrainConfig(data_dir="", out="")
 THUMBNAILS = 8
 THUMBNAIL_SIZE = 48
 
@@ -46,129 +53,71 @@ THUMBNAIL_SIZE = 48
 
 @dataclass(frozen=True)
 class RunSettings:
-    """One training run as the form describes it; :meth:`command` is what runs."""
+    """One training run as the form describes it: the run's :class:`TrainConfig`, the
+    model's sizes, and how it starts; :meth:`command` is what runs."""
 
-    dataset: str = "mnist"
-    data_dir: str = ""
-    download: bool = False
-    channels: int = 3  # folders only; MNIST and CIFAR-10 fix their own
-    image_size: int = 32  # folders only
-    preset: str | None = "mnist-small"  # None: the three sizes below, as given
-    num_scales: int = 3
-    mid_channels: int = 16
-    num_blocks: int = 2
-    batch_size: int = TRAIN_OPTIONS["batch_size"].default
-    lr: float = TRAIN_OPTIONS["lr"].default
-    lr_schedule: str = TRAIN_OPTIONS["lr_schedule"].default
-    ema: float = TRAIN_OPTIONS["ema"].default
-    init_from: str = ""  # a checkpoint (or "bundled") whose weights a new run starts from
-    time_limit: str = ""  # as typed: 90m, 2h, HH:MM:SS; empty: none
-    epochs: int = TRAIN_OPTIONS["epochs"].default
-    max_steps: int | None = None  # overrides epochs
-    device: str = TRAIN_OPTIONS["device"].default
+    train: TrainConfig = NEW_RUN
+    # core.config.MODEL_SIZES; in_channels and image_size count for folders only
+    model: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MODEL))
+    preset: str | None = "mnist-small"  # None: the sizes of ``model``, as given
     gpus: int = 1  # more than one runs torchrun, one process per GPU
-    out: str = ""
     resume: str = ""  # a checkpoint: data, model and optimizer then come from it
     overwrite: bool = False  # a new run in a folder holding an earlier one, moved aside
-    eval_every: int = TRAIN_OPTIONS["eval_every"].default
-    eval_limit: int | None = None
-    log_every: int = TRAIN_OPTIONS["log_every"].default
-    seed: int = TRAIN_OPTIONS["seed"].default
     threads: int | None = None
-    compile: bool = False
-    flip: bool = False
+
+    def with_values(self, **values: Any) -> RunSettings:
+        """These settings with some values changed, by field name: a :class:`TrainConfig`
+        field, a model size, or one of this class's own."""
+        train = {k: values.pop(k) for k in list(values) if k in TRAIN_OPTIONS}
+        model = {k: values.pop(k) for k in list(values) if k in MODEL_SIZES}
+        return replace(
+            self, train=replace(self.train, **train), model={**self.model, **model}, **values
+        )
 
     @property
     def geometry(self) -> tuple[int, int]:
         """``(channels, image_size)`` of the model."""
-        return DATASET_GEOMETRY.get(self.dataset, (self.channels, self.image_size))
+        return dataset_geometry(
+            self.train.dataset, self.model["in_channels"], self.model["image_size"]
+        )
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out).expanduser()
-
-    def model_flags(self) -> list[str]:
-        sizes = (self.num_scales, self.mid_channels, self.num_blocks)
-        if self.preset and PRESETS.get(self.preset) == sizes:
-            return ["--preset", self.preset]
-        return [
-            "--num-scales",
-            str(self.num_scales),
-            "--mid-channels",
-            str(self.mid_channels),
-            "--num-blocks",
-            str(self.num_blocks),
-        ]
+        return Path(self.train.out).expanduser()
 
     def command(self, python: str | None = None) -> list[str]:
         """The trainer's argv, as the run agent builds it (:func:`core.runs.host.trainer_argv`).
         Paths are made absolute so the command works from anywhere."""
-        out = Path(absolute_path(self.out))
+        out = Path(absolute_path(self.train.out))
         return trainer_argv(python or sys.executable, self.gpus, self.trainer_args(), out)
 
     def trainer_args(self, path: Callable[[str], str] | None = None) -> list[str]:
-        """The trainer's options without ``--progress`` and ``--out``, which the agent adds.
-        ``path`` maps each path (``str``: as typed, for the agent on a host to expand)."""
+        """The trainer's options (:func:`core.config.train_flags`). ``path`` maps each path
+        (``str``: as typed, for the agent on a host to expand; by default absolute)."""
         path = path or absolute_path
-        args: list[str] = []
-        if self.resume:
-            # Data, model, batch size and learning rate come from the checkpoint.
-            args += ["--resume", path(self.resume)]
-        else:
-            args += ["--dataset", self.dataset, "--data-dir", path(self.data_dir)]
-            if self.dataset == "folder":
-                args += ["--channels", str(self.channels), "--image-size", str(self.image_size)]
-            elif self.download:
-                args.append("--download")
-            if self.init_from:
-                # The model's size is the checkpoint's.
-                args += [
-                    "--init-from",
-                    self.init_from if self.init_from == "bundled" else path(self.init_from),
-                ]
-            else:
-                args += self.model_flags()
-            args += ["--batch-size", str(self.batch_size), "--lr", f"{self.lr:g}"]
-            args += ["--lr-schedule", self.lr_schedule, "--ema", f"{self.ema:g}"]
-            args += ["--seed", str(self.seed)]
-            if self.eval_limit:
-                args += ["--eval-limit", str(self.eval_limit)]
-            if self.flip:
-                args.append("--flip")
-            if self.overwrite:
-                args.append("--overwrite")
-        after = ["--max-steps", str(self.max_steps)] if self.max_steps else []
-        after = after or ["--epochs", str(self.epochs)]
         # Under torchrun each process takes the GPU of its local rank.
-        after += ["--device", "cuda" if self.gpus > 1 else self.device]
-        after += ["--eval-every", str(self.eval_every), "--log-every", str(self.log_every)]
-        if self.time_limit:
-            after += ["--time-limit", self.time_limit]
-        if self.threads:
-            after += ["--threads", str(self.threads)]
-        if self.compile:
-            after.append("--compile")
-        return args + after
+        train = replace(self.train, device="cuda") if self.gpus > 1 else self.train
+        return train_flags(
+            train,
+            self.model,
+            preset=self.preset,
+            resume=self.resume,
+            overwrite=self.overwrite,
+            threads=self.threads,
+            path=path,
+        )
 
     def shell_command(self, python: str | None = None) -> str:
         """The command to paste in a terminal, with the two files the panel reads."""
         out = self.out_dir
         return (
-            f"{join_command(self.command(python))} >> {_quote(str(out / EVENTS_FILE))} "
-            f"2>> {_quote(str(out / LOG_FILE))}"
+            f"{join_command(self.command(python))} >> {join_command([str(out / EVENTS_FILE)])} "
+            f"2>> {join_command([str(out / LOG_FILE)])}"
         )
 
 
 def absolute_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path)) if path else path
-
-
-def _quote(text: str) -> str:
-    return subprocess.list2cmdline([text]) if os.name == "nt" else shlex.quote(text)
-
-
-def join_command(argv: list[str]) -> str:
-    return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
 def format_duration(seconds: float) -> str:

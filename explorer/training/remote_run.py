@@ -192,20 +192,20 @@ class TrainingRun(QObject):
     ) -> None:
         """Start ``realnvp train`` with the form's settings; returns at once. ``choice``:
         the ssh host (paths are the host's, as typed: ``~/x`` is its home, and
-        ``settings.out`` a run folder there, relative: inside the runs folder, empty for a
+        ``settings.train.out`` a run folder there, relative: inside the runs folder, empty for a
         new one); ``None``: this computer with ``python``, paths made absolute here."""
         if self.running:
             raise RuntimeError("a training run is already in progress")
         if choice is None:
             self.run_host = local_host(python)
-            settings = replace(settings, out=absolute_path(settings.out))
+            settings = settings.with_values(out=absolute_path(settings.train.out))
             args = settings.trainer_args()
         else:
             self.run_host = choice.run_host()
             args = settings.trainer_args(str)  # the agent expands ~ there
         self.settings = settings
         self._started = True
-        out = settings.out or None
+        out = settings.train.out or None
         host = self.run_host
         slurm = choice.slurm if choice is not None else None
 
@@ -244,7 +244,7 @@ class TrainingRun(QObject):
     def _set_run(self, run: RemoteRun) -> None:
         self.run = run
         if self.settings is not None:
-            self.settings = replace(self.settings, out=run.out)
+            self.settings = self.settings.with_values(out=run.out)
         self.run_started.emit(run)
         if self.kill_requested:  # Kill or Stop pressed while the agent was starting it
             self._call(lambda host, r: host.kill(r))
@@ -404,11 +404,14 @@ def fetch_call(
     run: RemoteRun,
     path: str,
     progress: Callable[[str, int, int], None] | None = None,
-    cancel: threading.Event | None = None,
     parent: QObject | None = None,
 ) -> BlockingCall:
     """A started :class:`BlockingCall` that fetches ``path`` of ``run`` into its cache
     folder (:func:`~core.runs.host.default_cache_dir`) and answers the local path."""
+
+    def report(name: str, done: int, total: int) -> None:
+        with contextlib.suppress(RuntimeError):  # its page was closed while fetching
+            progress(name, done, total)
 
     def work() -> str:
         host = host_for(run)
@@ -416,7 +419,7 @@ def fetch_call(
         if name is None:
             raise RemoteError(f"{path} is not inside the run folder {run.out}", "bad-input")
         result: FetchResult = host.fetch(
-            run, default_cache_dir(run), names=[name], progress=progress, cancel=cancel
+            run, default_cache_dir(run), names=[name], progress=progress and report
         )
         if not result.files:
             raise RemoteError(f"{name} is not in the run folder {run.out} on {host.label}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +72,6 @@ class RunController(QObject):
         self.process: TrainingRun | None = None
         self.remote_run: RemoteRun | None = None  # the run on a host the page shows
         self.fetching: BlockingCall | None = None
-        self._fetch_cancel: threading.Event | None = None
         self.follower: TrainingRun | None = None  # a reopened run still going
         self._close_after_stop: QWidget | None = None
         self._fetch_progressed.connect(self._on_fetch_progress)
@@ -133,7 +131,7 @@ class RunController(QObject):
         view.update_controls()
         view.command_line.show_run(settings, choice, view.python)
         view.append_log(f"$ {view.full_command}")
-        view.training_started.emit(f"{choice.host}:{settings.out}")
+        view.training_started.emit(f"{choice.host}:{settings.train.out}")
         return True
 
     def _new_process(self) -> TrainingRun:
@@ -392,11 +390,8 @@ class RunController(QObject):
             return
         if self.fetching_now:
             return
-        self._fetch_cancel = threading.Event()
         view.show_message(f"Fetching {Path(path).name} from {run.host}…")
-        call = fetch_call(
-            run, path, progress=self._fetch_progressed.emit, cancel=self._fetch_cancel, parent=self
-        )
+        call = fetch_call(run, path, progress=self._fetch_progressed.emit, parent=self)
         call.succeeded.connect(lambda local, r=run, p=path: self._fetched(r, p, local))
         call.failed.connect(lambda text: view.show_message(f"Fetch failed: {text}", error=True))
         call.failed.connect(lambda _text: view.update_controls())
@@ -417,7 +412,3 @@ class RunController(QObject):
         view.show_message(f"Fetched {Path(path).name} from {run.host} to {home_path(local)}")
         view.update_controls()
         view.open_checkpoint_requested.emit(local)
-
-    def cancel_fetch(self) -> None:
-        if self._fetch_cancel is not None:
-            self._fetch_cancel.set()

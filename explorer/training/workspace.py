@@ -37,7 +37,6 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +67,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.config import MODEL_SIZES, TRAIN_OPTIONS
 from core.runs.host import RemoteRun
 from core.runs.transport import stop_started_masters
 from explorer.settings import ExplorerSettings
@@ -98,44 +98,17 @@ def settings_of_run(event: dict[str, Any], folder: Path, base: RunSettings) -> R
     """The settings a run was started with, from its ``start`` event (``base`` for what the
     event does not say), so a reopened run shows them in the form."""
     train, model = event.get("train_config") or {}, event.get("model_config") or {}
-    sizes = tuple(model.get(k) for k in ("num_scales", "mid_channels", "num_blocks"))
-    preset = next((name for name, value in PRESETS.items() if value == sizes), None)
-    picked = {
-        key: train[key]
-        for key in (
-            "dataset",
-            "data_dir",
-            "download",
-            "batch_size",
-            "lr",
-            "lr_schedule",
-            "ema",
-            "epochs",
-            "max_steps",
-            "device",
-            "eval_every",
-            "eval_limit",
-            "log_every",
-            "seed",
-            "compile",
-            "flip",
-        )
-        if key in train
-    }
+    picked = {k: v for k, v in train.items() if k in TRAIN_OPTIONS and k != "out"}
+    picked.update({k: v for k, v in model.items() if k in MODEL_SIZES and isinstance(v, int)})
+    sizes = tuple(model.get(k) for k in MODEL_SIZES[2:])
     if all(isinstance(v, int) for v in sizes):
-        picked.update(zip(("num_scales", "mid_channels", "num_blocks"), sizes), preset=preset)
-    if isinstance(model.get("in_channels"), int) and isinstance(model.get("image_size"), int):
-        picked.update(channels=model["in_channels"], image_size=model["image_size"])
-    if isinstance(train.get("init_from"), str):
-        picked["init_from"] = train["init_from"]
-    if isinstance(train.get("time_limit"), (int, float)):
-        picked["time_limit"] = f"{train['time_limit']:g}s"
+        picked["preset"] = next((n for n, value in PRESETS.items() if value == sizes), None)
     if isinstance(picked.get("data_dir"), str):
         picked["data_dir"] = home_path(picked["data_dir"])
     if isinstance(event.get("threads"), int) and event["threads"] > 0:
         picked["threads"] = event["threads"]  # the run's own count, not "default"
     gpus = max(1, int(event.get("world_size") or 1))
-    return replace(base, **picked, out=home_path(folder), resume="", gpus=gpus)
+    return base.with_values(**picked, out=home_path(folder), resume="", gpus=gpus)
 
 
 class SampleView(QWidget):
@@ -595,7 +568,7 @@ class TrainingPanel(QWidget):
             run = self.process.run
             with contextlib.suppress(TypeError, ValueError):
                 settings = settings_of_run(event, Path(run.out), self.form.settings())
-                self.form.apply(replace(settings, out=run.out))
+                self.form.apply(settings.with_values(out=run.out))
         self._schedule_redraw()
 
     def _on_done(self, event: dict[str, Any]) -> None:

@@ -5,8 +5,9 @@ A job is a plain generator (Orange's habit: heavy work is a function, the widget
 it). It yields :class:`Progress` objects and results; the runner hands every result to the
 job's ``on_result`` and every progress to the ``progressed`` signal, on the GUI thread, and
 calls ``on_done`` at the end. Cancelling is checked between two yields, where the job is
-stopped with ``generator.close()`` (its ``finally`` blocks run on the worker thread), as
-superqt's generator workers do.
+stopped with ``generator.close()`` (its ``finally`` blocks run on the worker thread). The
+worker is superqt's generator worker (:func:`superqt.utils.create_worker`), on Qt's
+thread pool.
 
 Jobs run one at a time, in the order started; ``queue_changed`` says how many wait. A job's
 function is called on the GUI thread when its turn comes (so its arguments can read the
@@ -23,33 +24,19 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Signal, Slot
+from superqt.utils import create_worker
 
 from explorer.state.jobs import ErrorLog, Progress, Task, failure_message
 
 # Where a runner made without a log (tools, tests) keeps tracebacks; the window passes one
 # beside its settings.
 DEFAULT_ERROR_LOG = Path(tempfile.gettempdir()) / "realnvp-explorer-errors.log"
-
-
-class _Worker(QThread):
-    yielded = Signal(object, object)  # task, item
-    ended = Signal(object)  # task
-
-    def __init__(self, task: Task, generator: Iterator[object] | None, log: ErrorLog) -> None:
-        super().__init__()
-        self.task = task
-        self.generator = generator
-        self.log = log
-
-    def run(self) -> None:
-        for item in _iterate(self.task, self.generator, self.log):
-            self.yielded.emit(self.task, item)
-        self.ended.emit(self.task)
 
 
 def _begin(task: Task, log: ErrorLog) -> Iterator[object] | None:
@@ -79,6 +66,19 @@ def _iterate(task: Task, generator: Iterator[object] | None, log: ErrorLog) -> I
             generator.close()
 
 
+def _on_worker(
+    task: Task, generator: Iterator[object] | None, log: ErrorLog, done: threading.Event
+) -> Generator[tuple[Task, object], None, Task]:
+    """The job's items with their task, as superqt's generator worker runs them; returns
+    the task (its ``returned`` signal) once the job has ended."""
+    try:
+        for item in _iterate(task, generator, log):
+            yield task, item
+    finally:
+        done.set()
+    return task
+
+
 class TaskRunner(QObject):
     """Runs :class:`Task` jobs one after another, on a worker thread or synchronously."""
 
@@ -98,7 +98,7 @@ class TaskRunner(QObject):
         self.error_log = error_log or ErrorLog(DEFAULT_ERROR_LOG)
         self.current: Task | None = None
         self._queue: deque[Task] = deque()
-        self._worker: _Worker | None = None
+        self._worker_done: threading.Event | None = None  # set when the worker's job ends
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -148,8 +148,8 @@ class TaskRunner(QObject):
         later jobs are cancelled at once."""
         self._closed = True
         self.cancel_all()
-        if self._worker is not None:
-            self._worker.wait()
+        if self._worker_done is not None:
+            self._worker_done.wait()
         self._queue.clear()
         self.current = None  # what the thread left queued for delivery is ignored
 
@@ -160,17 +160,24 @@ class TaskRunner(QObject):
             self.started.emit(task)
             generator = _begin(task, self.error_log)
             if self.threaded:
-                worker = _Worker(task, generator, self.error_log)
-                worker.yielded.connect(self._on_item)
-                worker.ended.connect(self._on_ended)
-                self._worker = worker
-                worker.start()
+                self._worker_done = done = threading.Event()
+                create_worker(
+                    _on_worker,
+                    task,
+                    generator,
+                    self.error_log,
+                    done,
+                    _connect={"yielded": self._on_pair, "returned": self._on_ended},
+                )
                 return
             for item in _iterate(task, generator, self.error_log):
                 self._on_item(task, item)
             self._on_ended(task)
 
-    @Slot(object, object)
+    @Slot(object)
+    def _on_pair(self, pair: tuple[Task, object]) -> None:
+        self._on_item(*pair)
+
     def _on_item(self, task: Task, item: object) -> None:
         if task is not self.current:
             return
@@ -183,10 +190,9 @@ class TaskRunner(QObject):
     def _on_ended(self, task: Task) -> None:
         if task is not self.current:
             return
-        if self._worker is not None:
-            self._worker.wait()
-            self._worker.deleteLater()
-            self._worker = None
+        if self._worker_done is not None:
+            self._worker_done.wait()  # the job's own clean-up, on the worker, is over
+            self._worker_done = None
         task.finished = True
         self.current = None
         try:
