@@ -1163,16 +1163,18 @@ def _remote_action(args, where: dict) -> int:
 
 
 def _job_words(status) -> str:
-    """A Slurm run's job in a status line: ``; Slurm job 12 PENDING (Resources)``."""
+    """A Slurm run's job in a status line: ``; Slurm job 12 PENDING: waiting in the queue
+    (Resources), 2nd``."""
     job = status.scheduler
     if not job:
         return ""
+    from core.runs.slurm import queue_words
+
     state = job.get("state") or "no longer known to Slurm"
     words = [f"; Slurm job {job['job_id']} {state}"]
-    if job.get("reason") and state == "PENDING":
-        words.append(f" ({job['reason']})")
-    if job.get("expected_start"):
-        words.append(f", expected to start {job['expected_start']}")
+    waiting = queue_words(job)
+    if waiting:
+        words.append(f": {waiting}")
     if job.get("nodes") and state != "PENDING":
         words.append(f" on {job['nodes']}")
     if job.get("elapsed") and job.get("limit") and state != "PENDING":
@@ -1192,7 +1194,7 @@ def _follow_remote(host, args) -> int:
         for update in follower:
             if update.kind == "event":
                 sink.show(update.event)
-            elif update.kind == "lost":
+            elif update.kind in ("lost", "queued"):
                 sink.note(update.text)
             elif update.kind == "connected" and follower.reconnects:
                 sink.note(f"reconnected to {args.host}")

@@ -13,6 +13,7 @@ Torch-free, and no Qt: the trainer, the agent on a host and the page share it.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shlex
@@ -139,23 +140,89 @@ ENDED_BY = {
 }
 
 
-def job_status(job_id: str, fields: Mapping[str, str] | None) -> dict[str, object]:
-    """The ``scheduler`` fields of a run's status: Slurm's state (PENDING with its reason
-    and, where Slurm has planned it, the expected start), node list, elapsed time and
+def queue_place(job_id: str, partition: str | None) -> tuple[int | None, str | None]:
+    """A pending job's place among the pending jobs of its partition, in the order Slurm
+    will start them (priority first, then submission: ``squeue -t PD --sort=-p,i``; 1 is
+    next), and its expected start where Slurm has planned one (``squeue --start``'s ``%S``,
+    not ``N/A``); ``None`` for what is not known."""
+    where = ["-p", partition] if partition else []
+    queue = _slurm_command("squeue", "-h", "-t", "PD", *where, "-o", "%i", "--sort=-p,i")
+    ids = (queue or "").split()
+    position = ids.index(job_id) + 1 if job_id in ids else None
+    start = _slurm_command("squeue", "--start", "-h", "-j", job_id, "-o", "%S")
+    start = (start or "").strip()
+    return position, start if start and start not in _UNKNOWN else None
+
+
+_UNKNOWN = (None, "", "(null)", "None", "Unknown", "N/A")
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``22nd``.
+
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 102, 111)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '102nd', '111th']
+    """
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def clock_words(when: str, today: str | None = None) -> str:
+    """Slurm's ``2026-12-06T14:05:00`` as a person reads it: ``14:05`` on the cluster's
+    ``today`` (``YYYY-MM-DD``; by default this machine's), else ``2026-12-07 14:05``.
+
+    >>> clock_words("2026-12-06T14:05:00", "2026-12-06")
+    '14:05'
+    >>> clock_words("2026-12-07T09:30:10", "2026-12-06")
+    '2026-12-07 09:30'
+    """
+    day, sep, time_of_day = when.partition("T")
+    if not sep:
+        return when
+    today = today or datetime.date.today().isoformat()
+    hours_minutes = time_of_day[:5]
+    return hours_minutes if day == today else f"{day} {hours_minutes}"
+
+
+def queue_words(scheduler: Mapping[str, object]) -> str | None:
+    """A job that runs no trainer yet, in a person's words: ``waiting in the queue
+    (Resources), 3rd, expected to start 14:05``; ``None`` for a job that is not waiting."""
+    state = scheduler.get("state")
+    if state not in WAITING_STATES:
+        return None
+    words = [f"waiting in the queue ({scheduler.get('reason') or str(state).lower()})"]
+    position = scheduler.get("position")
+    if isinstance(position, int):
+        words.append(ordinal(position))
+    if scheduler.get("expected_start"):
+        words.append(f"expected to start {clock_words(str(scheduler['expected_start']))}")
+    return ", ".join(words)
+
+
+def job_status(
+    job_id: str,
+    fields: Mapping[str, str] | None,
+    place: tuple[int | None, str | None] = (None, None),
+) -> dict[str, object]:
+    """The ``scheduler`` fields of a run's status: Slurm's state (PENDING with its reason,
+    its ``position`` in its partition's queue and, where Slurm has planned it, the
+    ``expected_start``: ``place``, from :func:`queue_place`), node list, elapsed time and
     limit, restarts; ``state`` is ``None`` where Slurm no longer knows the job."""
     fields = fields or {}
 
     def known(key: str) -> str | None:
         value = fields.get(key)
-        return None if value in (None, "", "(null)", "None", "Unknown", "N/A") else value
+        return None if value in _UNKNOWN else value
 
     state = known("JobState")
+    pending = state == "PENDING"
     return {
         "kind": "slurm",
         "job_id": job_id,
         "state": state,
         "reason": known("Reason"),
-        "expected_start": known("StartTime") if state == "PENDING" else None,
+        "position": place[0] if pending else None,
+        "expected_start": place[1] if pending else None,
         "nodes": known("NodeList"),
         "elapsed": known("RunTime"),
         "limit": known("TimeLimit"),
