@@ -21,6 +21,7 @@ from test_remote import NASTY, cli
 from test_slurm import TINY, events
 
 from core.runs.agent import _without
+from core.runs.folder import RunFolderError, check_run_folder
 from core.runs.host import sha256_file
 from core.runs.slurm import SCRIPT_NAME, job_status, queue_words, sbatch_refusal
 
@@ -266,6 +267,50 @@ def test_jobs_behind_one_that_holds_the_node_show_their_place_reason_and_start(
             code, _, err = remote(sshd, login, capsys, "stop", out)
             assert code == 0, err
         assert follow.wait(timeout=60) == 0, said
+    finally:
+        slurm_cluster.run("scancel", holder)
+
+
+@pytest.mark.slow
+def test_a_folder_whose_job_is_still_queued_refuses_another_run(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path, monkeypatch
+):
+    holder = slurm_cluster.run(
+        "sbatch", "--parsable", "--exclusive", f"--output={tmp_path / 'holder.out'}",
+        "--wrap", "sleep 600",
+    ).stdout.strip()  # fmt: skip
+    try:
+        slurm_cluster.wait_state(holder, "RUNNING")
+        out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        job_id = job_of(out)
+        script = (Path(out) / SCRIPT_NAME).read_text()
+        taken = (
+            f"{out} belongs to Slurm job {job_id}, still waiting in the queue; wait for it to "
+            f"end, stop it (realnvp remote HOST stop) or cancel it (scancel {job_id}), or "
+            "choose another output folder"
+        )
+        # A second submit into the same folder, over ssh: one sentence, nothing replaced.
+        args = [*TINY, "--data-dir", str(small_mnist), "--out", out]
+        code, text, err = remote(sshd, login, capsys, "train", "--slurm", *args)
+        assert (code, text) == (2, "")
+        assert err == f"realnvp remote: error: on {sshd.alias}: {taken}\n"
+        assert job_of(out) == job_id and (Path(out) / SCRIPT_NAME).read_text() == script
+        # A trainer started on the login node itself, fresh or resuming: the same sentence.
+        monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+        code, _, err = cli(capsys, "train", *args)
+        assert code == 2 and err == f"realnvp train: error: {taken}\n"
+        with pytest.raises(RunFolderError) as refused:
+            check_run_folder(out, resume=True)
+        assert str(refused.value) == taken
+        # The job's own trainer is not refused by its own job.
+        monkeypatch.setenv("SLURM_JOB_ID", job_id)
+        check_run_folder(out, resume=True)
+        monkeypatch.delenv("SLURM_JOB_ID")
+        # Once the job has left the queue the folder is free again.
+        code, _, err = remote(sshd, login, capsys, "stop", out)
+        assert code == 0, err
+        slurm_cluster.wait_state(job_id, "CANCELLED")
+        assert check_run_folder(out).state == "none"
     finally:
         slurm_cluster.run("scancel", holder)
 

@@ -79,12 +79,14 @@ from core.runs.folder import (
     pid_alive,
     process_start_ticks,
     read_events,
+    read_launch,
     read_lock,
     run_state,
     sha256_file,
 )
 from core.runs.host import expand_home, trainer_argv
 from core.runs.slurm import WAITING_STATES
+from core.runs.slurm import launch_job_id as slurm_job_id
 from core.runs.transport import AGENT_MODULE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
@@ -170,22 +172,6 @@ def existing_run(run: str, runs: str | None = None) -> Path:
 def _boot_id() -> str | None:
     with contextlib.suppress(OSError):
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return None
-
-
-def read_launch(out: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads((out / LAUNCH_FILE).read_text())
-        if isinstance(record, dict):
-            return record
-    return {}
-
-
-def slurm_job_id(launch: Mapping[str, Any]) -> str | None:
-    """The Slurm job of a run submitted with ``submit``, else ``None``."""
-    scheduler = launch.get("scheduler")
-    if isinstance(scheduler, dict) and scheduler.get("kind") == "slurm":
-        return str(scheduler.get("job_id") or "") or None
     return None
 
 

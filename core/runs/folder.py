@@ -172,6 +172,15 @@ class LockInfo:
         return f"process {self.pid} on {self.host} (started {_clock(self.started)}{command})"
 
 
+def read_launch(out: str | os.PathLike) -> dict[str, Any]:
+    """``OUT/launch.json``: what a launcher started there (empty when there is none)."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((Path(out) / LAUNCH_FILE).read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
 def read_lock(out: str | os.PathLike) -> LockInfo | None:
     """The lock in ``out``, or ``None`` when there is none. A lock that cannot be read (being
     written this instant, or damaged) is reported as held by an unknown process on this
@@ -489,6 +498,12 @@ def check_run_folder(
     state = run_state(out)
     if state.state == "running" and state.holder is not None:
         raise RunFolderError(_holder_sentence(out, state.holder))
+    # No trainer holds the lock of a batch job still in the queue: its job id does.
+    from core.runs.slurm import job_holding
+
+    held_by_job = job_holding(out, read_launch(out))
+    if held_by_job is not None:
+        raise RunFolderError(held_by_job)
     if state.has_run and not (resume or overwrite):
         raise RunFolderError(_earlier_run_sentence(out, state, choices))
     return state

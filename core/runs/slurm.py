@@ -232,6 +232,40 @@ def job_status(
     }
 
 
+def launch_job_id(launch: Mapping[str, object]) -> str | None:
+    """The Slurm job of a run submitted with the agent's ``submit`` (``launch.json``'s
+    ``scheduler``), else ``None``."""
+    scheduler = launch.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("kind") == "slurm":
+        return str(scheduler.get("job_id") or "") or None
+    return None
+
+
+def job_holding(out: Path, launch: Mapping[str, object]) -> str | None:
+    """Why no other run may start in the run folder ``out`` now, as one sentence: the
+    batch job its ``launch.json`` names is still queued or running there (Slurm's own
+    state and working directory say so, so a fetched copy of the folder is free); ``None``
+    when it is not, or when this process is that job's trainer."""
+    job_id = launch_job_id(launch)
+    if job_id is None or job_id == os.environ.get("SLURM_JOB_ID", "").strip():
+        return None
+    shown = _slurm_command("squeue", "-h", "-j", job_id, "-o", "%T %Z")
+    state, _, workdir = (shown or "").partition(" ")
+    if state not in ACTIVE_STATES:
+        return None
+    try:
+        if not os.path.samefile(workdir, out):
+            return None
+    except OSError:
+        return None
+    doing = "still waiting in the queue" if state in WAITING_STATES else f"{state.lower()} there"
+    return (
+        f"{out} belongs to Slurm job {job_id}, {doing}; wait for it to end, stop it "
+        f"(realnvp remote HOST stop) or cancel it (scancel {job_id}), or choose another "
+        "output folder"
+    )
+
+
 class SubmitError(Exception):
     """``sbatch`` refused the job or could not run: one sentence."""
 
