@@ -133,6 +133,16 @@ def submit(sshd, login, capsys, small_mnist, *more: str) -> str:
     return text.splitlines()[-1]  # the run folder, printed last
 
 
+def hold_the_node(cluster, tmp_path: Path, *options: str) -> str:
+    """A job that holds the whole node (``sleep 600``), running once this returns; its id."""
+    holder = cluster.run(
+        "sbatch", "--parsable", "--exclusive", *options, f"--output={tmp_path / 'holder.out'}",
+        "--wrap", "sleep 600",
+    ).stdout.strip()  # fmt: skip
+    cluster.wait_state(holder, "RUNNING")
+    return holder
+
+
 @pytest.mark.slow
 def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
@@ -172,12 +182,8 @@ def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
 def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_checkpoint(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
 ):
-    holder = slurm_cluster.run(
-        "sbatch", "--parsable", "--exclusive", f"--output={tmp_path / 'holder.out'}",
-        "--wrap", "sleep 600",
-    ).stdout.strip()  # fmt: skip
+    holder = hold_the_node(slurm_cluster, tmp_path)
     try:
-        slurm_cluster.wait_state(holder, "RUNNING")
         out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
         job = wait_for(
             lambda: (s := status_json(sshd, login, capsys, out)["scheduler"])["reason"] and s,
@@ -229,12 +235,8 @@ def test_jobs_behind_one_that_holds_the_node_show_their_place_reason_and_start(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
 ):
     # A holder with a time limit: Slurm's backfill plans when the jobs behind it start.
-    holder = slurm_cluster.run(
-        "sbatch", "--parsable", "--exclusive", "--time=10:00",
-        f"--output={tmp_path / 'holder.out'}", "--wrap", "sleep 600",
-    ).stdout.strip()  # fmt: skip
+    holder = hold_the_node(slurm_cluster, tmp_path, "--time=10:00")
     try:
-        slurm_cluster.wait_state(holder, "RUNNING")
         # Each with a time limit too, so the second's start is planned after the first's.
         first, second = (
             submit(sshd, login, capsys, small_mnist, "--max-steps", "2000", "--time", "05:00")
@@ -275,12 +277,8 @@ def test_jobs_behind_one_that_holds_the_node_show_their_place_reason_and_start(
 def test_a_folder_whose_job_is_still_queued_refuses_another_run(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path, monkeypatch
 ):
-    holder = slurm_cluster.run(
-        "sbatch", "--parsable", "--exclusive", f"--output={tmp_path / 'holder.out'}",
-        "--wrap", "sleep 600",
-    ).stdout.strip()  # fmt: skip
+    holder = hold_the_node(slurm_cluster, tmp_path)
     try:
-        slurm_cluster.wait_state(holder, "RUNNING")
         out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
         job_id = job_of(out)
         script = (Path(out) / SCRIPT_NAME).read_text()
