@@ -1163,7 +1163,8 @@ def _remote_action(args, where: dict) -> int:
 
 
 def _job_words(status) -> str:
-    """A Slurm run's job in a status line: ``; Slurm job 12 PENDING (Resources)``."""
+    """A Slurm run's job in a status line: ``; Slurm job 12 PENDING: waiting in the queue
+    (Resources), 2nd``."""
     from core.runs.slurm import job_words
 
     return f"; {job_words(status.scheduler)}" if status.scheduler else ""
@@ -1179,7 +1180,7 @@ def _follow_remote(host, args) -> int:
         for update in follower:
             if update.kind == "event":
                 sink.show(update.event)
-            elif update.kind == "lost":
+            elif update.kind in ("lost", "queued"):
                 sink.note(update.text)
             elif update.kind == "connected" and follower.reconnects:
                 sink.note(f"reconnected to {args.host}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from sshd import running_sshd
-from test_slurm_remote import hold_node, host_python, login  # noqa: F401 (a fixture)
+from test_slurm_remote import hold_the_node, host_python, login  # noqa: F401 (a fixture)
 
 from core.runs import hosts
 from core.runs.cluster import ClusterFacts, Partition, parse_accounts, parse_sinfo
@@ -44,6 +44,10 @@ def test_sinfo_lines_merge_per_partition_with_the_default_first():
 def test_a_queued_job_is_said_in_one_sentence():
     job = {"job_id": "12", "state": "PENDING", "reason": "Resources", "expected_start": None}
     assert queue_sentence(job) == "Waiting in the Slurm queue (Resources), job 12"
+    placed = {**job, "position": 3, "expected_start": "2026-12-06T14:05:00"}
+    assert queue_sentence(placed).startswith(
+        "Waiting in the Slurm queue (Resources), 3rd in line, job 12, expected to start "
+    )
     requeued = {**job, "state": "REQUEUED", "reason": None}
     assert queue_sentence(requeued) == "Requeued, waiting in the Slurm queue, job 12"
     assert queue_sentence({**job, "state": "RUNNING"}) is None
@@ -150,7 +154,7 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fetched files
     python, runs = login
     # A job that holds the node: the page's job waits behind it.
-    holder = hold_node(slurm_cluster, tmp_path)
+    holder = hold_the_node(slurm_cluster, tmp_path)
     try:
         slurm_cluster.wait_state(holder, "RUNNING")
         window = make_window()
@@ -204,15 +208,17 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         run = panel.remote_run
         job_id = json.loads(Path(run.out, "launch.json").read_text())["scheduler"]["job_id"]
         assert panel.process.job_id == job_id
-        waiting = f"Waiting in the Slurm queue (Resources), job {job_id}"
-        qtbot.waitUntil(lambda: panel.info.text() == waiting, timeout=60_000)
+        # The only job waiting: first in line (no expected start: the holder has no limit).
+        waiting = f"Waiting in the Slurm queue (Resources), 1st in line, job {job_id}"
+        qtbot.waitUntil(lambda: panel.info.text().startswith(waiting), timeout=60_000)
         assert waiting in window.training_status.button.text()
         assert f"On {sshd.alias}, Slurm job {job_id} PENDING: {run.out}" == panel.where.text()
         # The job's settings are remembered for this login node.
         kept = hosts.remembered(sshd.alias)
         assert (kept["slurm_partition"], kept["slurm_time"]) == ("debug", "00:30:00")
-        assert _entry(window, run) == (
-            f"{run.name} on {sshd.alias} — running · Slurm job {job_id} PENDING (Resources)"
+        assert _entry(window, run).startswith(
+            f"{run.name} on {sshd.alias} — running · Slurm job {job_id} PENDING: "
+            "waiting in the queue (Resources), 1st"
         )
         _shots(window, screenshot_dir, "pending", qtbot)
 

@@ -6,8 +6,12 @@ sshd passes no environment: the host's Python is a wrapper that names the test c
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,9 @@ from test_remote import NASTY, cli
 from test_slurm import TINY, events
 
 from core.runs.agent import _without
+from core.runs.folder import RunFolderError, check_run_folder
 from core.runs.host import sha256_file
-from core.runs.slurm import SCRIPT_NAME, job_status, sbatch_refusal
+from core.runs.slurm import SCRIPT_NAME, job_status, queue_words, sbatch_refusal
 
 # -- without a cluster ----------------------------------------------------------------------
 
@@ -57,6 +62,23 @@ def test_the_scheduler_fields_are_slurms_with_nothing_made_up():
     assert status["nodes"] is None and status["expected_start"] is None
     assert status["active"] is True and status["limit"] == "UNLIMITED"
     assert job_status("12", None)["state"] is None  # forgotten by Slurm
+    placed = job_status("12", pending, (3, "2026-12-06T14:05:00"))
+    assert (placed["position"], placed["expected_start"]) == (3, "2026-12-06T14:05:00")
+    # A job that left the queue has no place in it, whatever was asked before.
+    running = job_status("12", {**pending, "JobState": "RUNNING"}, (3, "2026-12-06T14:05:00"))
+    assert (running["position"], running["expected_start"]) == (None, None)
+
+
+def test_a_waiting_job_is_said_with_its_reason_place_and_start():
+    today = datetime.date.today().isoformat()
+    job = {"state": "PENDING", "reason": "Resources", "position": 3,
+           "expected_start": f"{today}T14:05:00"}  # fmt: skip
+    assert queue_words(job) == "waiting in the queue (Resources), 3rd, expected to start 14:05"
+    assert queue_words({**job, "position": None, "expected_start": None}) == (
+        "waiting in the queue (Resources)"
+    )
+    assert queue_words({"state": "REQUEUED", "reason": None}) == "waiting in the queue (requeued)"
+    assert queue_words({**job, "state": "RUNNING"}) is None
 
 
 # -- against the cluster, over ssh ----------------------------------------------------------
@@ -111,6 +133,16 @@ def submit(sshd, login, capsys, small_mnist, *more: str) -> str:
     return text.splitlines()[-1]  # the run folder, printed last
 
 
+def hold_the_node(cluster, tmp_path: Path, *options: str) -> str:
+    """A job that holds the whole node (``sleep 600``), running once this returns; its id."""
+    holder = cluster.run(
+        "sbatch", "--parsable", "--exclusive", *options, f"--output={tmp_path / 'holder.out'}",
+        "--wrap", "sleep 600",
+    ).stdout.strip()  # fmt: skip
+    cluster.wait_state(holder, "RUNNING")
+    return holder
+
+
 @pytest.mark.slow
 def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
@@ -146,21 +178,12 @@ def test_a_slurm_run_requeues_completes_and_is_fetched_bit_for_bit(
         assert sha256_file(tmp_path / "f" / name) == sha256_file(run / name), name
 
 
-def hold_node(slurm_cluster, folder: Path) -> str:
-    """Submit a job that holds the cluster's one node for ten minutes; its id."""
-    return slurm_cluster.run(
-        "sbatch", "--parsable", "--exclusive", f"--output={folder / 'holder.out'}",
-        "--wrap", "sleep 600",
-    ).stdout.strip()  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_checkpoint(
     sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
 ):
-    holder = hold_node(slurm_cluster, tmp_path)
+    holder = hold_the_node(slurm_cluster, tmp_path)
     try:
-        slurm_cluster.wait_state(holder, "RUNNING")
         out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
         job = wait_for(
             lambda: (s := status_json(sshd, login, capsys, out)["scheduler"])["reason"] and s,
@@ -170,7 +193,7 @@ def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_chec
         assert status["state"] == "running" and status["step"] == 0
         assert (job["state"], job["reason"], job["nodes"]) == ("PENDING", "Resources", None)
         code, text, _ = remote(sshd, login, capsys, "status", out)
-        assert code == 0 and f"Slurm job {job['job_id']} PENDING (Resources)" in text
+        assert code == 0 and f"Slurm job {job['job_id']} PENDING: waiting in the queue" in text
         # A stop of a job still in the queue takes it out: no trainer would read STOP.
         queued = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
         code, _, err = remote(sshd, login, capsys, "stop", queued)
@@ -192,6 +215,102 @@ def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_chec
     assert status["state"] == "stopped" and (run / "latest.pt").is_file()
     code, _, err = remote(sshd, login, capsys, "kill", out)
     assert code == 1 and "is not running" in err
+
+
+def follow_process(sshd, login, out: str) -> tuple[subprocess.Popen, list[str]]:
+    """``realnvp remote HOST follow OUT`` as a person runs it, its stderr lines collected
+    as they come."""
+    python, runs = login
+    argv = [sys.executable, "-m", "core", "remote", "--ssh-config", str(sshd.config),
+            sshd.alias, "follow", "--python", python, "--runs-dir", str(runs), out]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    return process, lines
+
+
+@pytest.mark.slow
+def test_jobs_behind_one_that_holds_the_node_show_their_place_reason_and_start(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path
+):
+    # A holder with a time limit: Slurm's backfill plans when the jobs behind it start.
+    holder = hold_the_node(slurm_cluster, tmp_path, "--time=10:00")
+    try:
+        # Each with a time limit too, so the second's start is planned after the first's.
+        first, second = (
+            submit(sshd, login, capsys, small_mnist, "--max-steps", "2000", "--time", "05:00")
+            for _ in range(2)
+        )
+        follow, said = follow_process(sshd, login, second)
+
+        def placed(out: str):
+            job = status_json(sshd, login, capsys, out)["scheduler"]
+            return job if job["reason"] and job["position"] and job["expected_start"] else None
+
+        jobs = [wait_for(lambda out=out: placed(out), 120, f"{out}'s place") for out in
+                (first, second)]  # fmt: skip
+        assert [(j["state"], j["position"]) for j in jobs] == [("PENDING", 1), ("PENDING", 2)]
+        assert jobs[0]["reason"] == "Resources"
+        # The second waits for the node, or for the first (Slurm's word for it: Priority).
+        assert jobs[1]["reason"] in ("Resources", "Priority")
+        # Planned in turn: the first when the holder's time is up, the second 5 min later.
+        holder_end = datetime.datetime.fromisoformat(slurm_cluster.job(holder)["EndTime"])
+        for job, after in zip(jobs, (0, 300), strict=True):
+            start = datetime.datetime.fromisoformat(job["expected_start"])
+            assert abs((start - holder_end).total_seconds() - after) <= 60, (job, holder_end)
+        code, text, _ = remote(sshd, login, capsys, "status", first)
+        waiting = "waiting in the queue (Resources), 1st, expected to start "
+        assert code == 0 and f"Slurm job {jobs[0]['job_id']} PENDING: {waiting}" in text
+        # follow says the same until the first event; a stop takes the job out of the queue.
+        second_words = f"waiting in the queue ({jobs[1]['reason']}), 2nd, expected to start"
+        wait_for(lambda: any(second_words in line for line in said), 60, f"follow: {said}")
+        for out in (first, second):
+            code, _, err = remote(sshd, login, capsys, "stop", out)
+            assert code == 0, err
+        assert follow.wait(timeout=60) == 0, said
+    finally:
+        slurm_cluster.run("scancel", holder)
+
+
+@pytest.mark.slow
+def test_a_folder_whose_job_is_still_queued_refuses_another_run(
+    sshd, login, slurm_cluster, small_mnist, capsys, tmp_path, monkeypatch
+):
+    holder = hold_the_node(slurm_cluster, tmp_path)
+    try:
+        out = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        job_id = job_of(out)
+        script = (Path(out) / SCRIPT_NAME).read_text()
+        taken = (
+            f"{out} belongs to Slurm job {job_id}, still waiting in the queue; wait for it to "
+            f"end, stop it (realnvp remote HOST stop) or cancel it (scancel {job_id}), or "
+            "choose another output folder"
+        )
+        # A second submit into the same folder, over ssh: one sentence, nothing replaced.
+        args = [*TINY, "--data-dir", str(small_mnist), "--out", out]
+        code, text, err = remote(sshd, login, capsys, "train", "--slurm", *args)
+        assert (code, text) == (2, "")
+        assert err == f"realnvp remote: error: on {sshd.alias}: {taken}\n"
+        assert job_of(out) == job_id and (Path(out) / SCRIPT_NAME).read_text() == script
+        # A trainer started on the login node itself, fresh or resuming: the same sentence.
+        monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+        code, _, err = cli(capsys, "train", *args)
+        assert code == 2 and err == f"realnvp train: error: {taken}\n"
+        with pytest.raises(RunFolderError) as refused:
+            check_run_folder(out, resume=True)
+        assert str(refused.value) == taken
+        # The job's own trainer is not refused by its own job.
+        monkeypatch.setenv("SLURM_JOB_ID", job_id)
+        check_run_folder(out, resume=True)
+        monkeypatch.delenv("SLURM_JOB_ID")
+        # Once the job has left the queue the folder is free again.
+        code, _, err = remote(sshd, login, capsys, "stop", out)
+        assert code == 0, err
+        slurm_cluster.wait_state(job_id, "CANCELLED")
+        assert check_run_folder(out).state == "none"
+    finally:
+        slurm_cluster.run("scancel", holder)
 
 
 @pytest.mark.slow

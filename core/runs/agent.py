@@ -26,7 +26,9 @@ by Python, on the machine that holds them. Operations:
     from there repeats and loses nothing), ``{"lo": END, "log": TEXT}`` for new lines of
     ``trainer.log``, ``{"hb": TIME}`` every few seconds while nothing happens (a dead
     connection shows on the next write), and last ``{"end": STATE, "message", "code"}``
-    (``code``: the trainer's exit status, ``null`` when unknown).
+    (``code``: the trainer's exit status, ``null`` when unknown). A Slurm job not running
+    a trainer yet adds ``{"q": WORDS, "scheduler": FIELDS}`` whenever its place in the
+    queue changes (``waiting in the queue (Resources), 3rd``).
 ``stop RUN`` / ``kill RUN``
     Stop: the trainer's stop file ``OUT/STOP`` (saves and finishes). Kill: SIGKILL to the
     recorded process group, once it is checked to be the same process (boot and start time).
@@ -81,12 +83,14 @@ from core.runs.folder import (
     pid_alive,
     process_start_ticks,
     read_events,
+    read_launch,
     read_lock,
     run_state,
     sha256_file,
 )
 from core.runs.host import expand_home, trainer_argv
 from core.runs.slurm import WAITING_STATES
+from core.runs.slurm import launch_job_id as slurm_job_id
 from core.runs.transport import AGENT_MODULE
 
 AGENT_PROTOCOL = 1  # bumped when an operation changes its words or its answer
@@ -175,22 +179,6 @@ def _boot_id() -> str | None:
     return None
 
 
-def read_launch(out: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads((out / LAUNCH_FILE).read_text())
-        if isinstance(record, dict):
-            return record
-    return {}
-
-
-def slurm_job_id(launch: Mapping[str, Any]) -> str | None:
-    """The Slurm job of a run submitted with ``submit``, else ``None``."""
-    scheduler = launch.get("scheduler")
-    if isinstance(scheduler, dict) and scheduler.get("kind") == "slurm":
-        return str(scheduler.get("job_id") or "") or None
-    return None
-
-
 _JOB_CACHE_S = 2.0  # a follower asks often; the controller of a real cluster is shared
 _job_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -198,14 +186,17 @@ _job_cache: dict[str, tuple[float, dict[str, Any]]] = {}
 def scheduler_status(launch: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``scheduler`` fields of a Slurm run (:func:`core.runs.slurm.job_status`), read
     at most every :data:`_JOB_CACHE_S`; ``None`` for a run of no scheduler."""
-    from core.runs.slurm import job_status, show_job
+    from core.runs.slurm import job_status, queue_place, show_job
 
     job_id = slurm_job_id(launch)
     if job_id is None:
         return None
     cached = _job_cache.get(job_id)
     if cached is None or time.monotonic() - cached[0] > _JOB_CACHE_S:
-        cached = (time.monotonic(), job_status(job_id, show_job(job_id)))
+        fields = show_job(job_id) or {}
+        pending = fields.get("JobState") == "PENDING"
+        place = queue_place(job_id, fields.get("Partition")) if pending else (None, None)
+        cached = (time.monotonic(), job_status(job_id, fields, place))
         _job_cache[job_id] = cached
     return dict(cached[1])
 
@@ -688,12 +679,16 @@ def op_status(args: argparse.Namespace) -> None:
 
 
 def op_follow(args: argparse.Namespace) -> None:
+    from core.runs.slurm import queue_words
+
     out = existing_run(args.run, args.runs_dir)
     offset, log_offset = args.offset, args.log_offset
+    launch = read_launch(out)
     # A resumed run's own events start here; an earlier segment's done is not its end.
-    segment = _segment_start(read_launch(out))
+    segment = _segment_start(launch)
     last_kind, last_write = None, time.monotonic()
     gone_since: float | None = None
+    queued: str | None = None
     while True:
         lines, offset_after = complete_lines(out / EVENTS_FILE, offset)
         for end, raw in lines:
@@ -724,6 +719,13 @@ def op_follow(args: argparse.Namespace) -> None:
             if time.monotonic() - gone_since > 2 * FOLLOW_POLL_S:
                 _say_end(out, offset)
                 return
+        scheduler = scheduler_status(launch)
+        words = queue_words(scheduler) if scheduler is not None else None
+        if words is not None and words != queued:
+            # A batch job not yet (or no longer) running a trainer: its place in the queue.
+            _say({"q": words, "scheduler": scheduler})
+            last_write = time.monotonic()
+        queued = words
         if time.monotonic() - last_write > HEARTBEAT_S:
             _say({"hb": round(time.time(), 3)})
             last_write = time.monotonic()

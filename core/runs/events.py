@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -42,6 +43,7 @@ class EventSink:
         self._record: TextIO | None = None
         self._drawn: tqdm | None = None  # the bar on the current line: steps or a task
         self._task: str | None = None  # the task whose bar is drawn (None: the steps')
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def record_to(self, path: str | os.PathLike | None) -> None:
         """Also append every event, as a JSON line, to ``path`` (the run's ``events.jsonl``);
@@ -55,6 +57,10 @@ class EventSink:
             with contextlib.suppress(OSError):
                 self._record = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
 
+    def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Also hand every event to ``listener`` (the run's TensorBoard log)."""
+        self._listeners.append(listener)
+
     def emit(self, kind: str, /, **fields: Any) -> None:
         record = {"event": kind, "time": round(time.time(), 3), **fields}
         if self._record is not None:
@@ -63,6 +69,8 @@ class EventSink:
                 self._record.flush()
             except OSError:
                 self.record_to(None)
+        for listener in self._listeners:
+            listener(record)
         if self.mode == "none":
             return
         self.show(record)

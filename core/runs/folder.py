@@ -16,9 +16,9 @@ The rule:
   host and how to free the folder.
 * A folder holding an earlier run (a checkpoint, or events of training steps) is refused
   unless the caller resumes it or asks for a fresh start (``overwrite``), which moves the
-  old checkpoints and samples into ``previous-YYYYMMDD-HHMMSS/`` and copies the old event
-  and log files there before emptying them (emptied, not moved: a launcher may already hold
-  them open as the new trainer's stdout and stderr).
+  old checkpoints, samples and TensorBoard files into ``previous-YYYYMMDD-HHMMSS/`` and
+  copies the old event and log files there before emptying them (emptied, not moved: a
+  launcher may already hold them open as the new trainer's stdout and stderr).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ LAUNCH_FILE = "launch.json"  # what the agent started there: process, host, argv
 MAX_READ = 256 * 1024  # bytes of a run file read at a time
 EXIT_FILE = "exit.json"  # the trainer's exit status, written by the agent's supervisor
 SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (core/training/tensorboard.py)
 CHECKPOINT_SUFFIX = ".pt"
 PREVIOUS_PREFIX = "previous-"
 STATES = ("none", "running", "done", "failed", "stopped")
@@ -170,6 +171,15 @@ class LockInfo:
         if len(command) > 120:
             command = command[:117] + "..."
         return f"process {self.pid} on {self.host} (started {_clock(self.started)}{command})"
+
+
+def read_launch(out: str | os.PathLike) -> dict[str, Any]:
+    """``OUT/launch.json``: what a launcher started there (empty when there is none)."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((Path(out) / LAUNCH_FILE).read_text())
+        if isinstance(record, dict):
+            return record
+    return {}
 
 
 def read_lock(out: str | os.PathLike) -> LockInfo | None:
@@ -489,6 +499,12 @@ def check_run_folder(
     state = run_state(out)
     if state.state == "running" and state.holder is not None:
         raise RunFolderError(_holder_sentence(out, state.holder))
+    # No trainer holds the lock of a batch job still in the queue: its job id does.
+    from core.runs.slurm import job_holding
+
+    held_by_job = job_holding(out, read_launch(out))
+    if held_by_job is not None:
+        raise RunFolderError(held_by_job)
     if state.has_run and not (resume or overwrite):
         raise RunFolderError(_earlier_run_sentence(out, state, choices))
     return state
@@ -502,8 +518,7 @@ def _move_earlier_run(out: Path) -> Path | None:
     """Move the earlier run in ``out`` into a new ``previous-DATE/`` folder inside it: the
     checkpoints and samples moved, the event and log files copied and then emptied."""
     movable = [out / n for n in checkpoint_files(out)]
-    if (out / SAMPLES_DIR).is_dir():
-        movable.append(out / SAMPLES_DIR)
+    movable += [out / n for n in (SAMPLES_DIR, TENSORBOARD_DIR) if (out / n).is_dir()]
     copied = [
         out / n for n in (EVENTS_FILE, LOG_FILE) if (out / n).is_file() and (out / n).stat().st_size
     ]

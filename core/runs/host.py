@@ -163,8 +163,8 @@ class RunStatus:
     alive: bool | None = None
     pid: int | None = None
     host: str = ""
-    # A Slurm run's job: job_id, state (PENDING, RUNNING, ...), reason, expected_start,
-    # nodes, elapsed, limit, restarts, partition (core.runs.slurm.job_status).
+    # A Slurm run's job: job_id, state (PENDING, RUNNING, ...), reason, position,
+    # expected_start, nodes, elapsed, limit, restarts, partition (core.runs.slurm.job_status).
     scheduler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,8 +179,9 @@ class FollowUpdate:
     lines of ``trainer.log``, or an events line that is not JSON), ``connected``, ``lost``
     (``text``: the sentence, ``retry_in``: seconds until the next try), ``ended``
     (``state``: the run's final state, ``text``: why it failed, ``code``: the trainer's
-    exit status where known). ``offset`` and ``log_offset`` are where a new follower would
-    resume.
+    exit status where known), ``queued`` (a Slurm job that runs no trainer yet: ``text``,
+    ``waiting in the queue (Resources), 3rd``, and ``scheduler``, the job's fields, each
+    time they change). ``offset`` and ``log_offset`` are where a new follower would resume.
     """
 
     kind: str
@@ -191,6 +192,7 @@ class FollowUpdate:
     retry_in: float | None = None
     state: str | None = None
     code: int | None = None
+    scheduler: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -777,6 +779,13 @@ class Follower:
                         yield self._update("event", event=event)
                     elif line.strip():
                         yield self._update("log", text=line)
+                elif "q" in record:
+                    scheduler = record.get("scheduler")
+                    yield self._update(
+                        "queued",
+                        text=str(record["q"]),
+                        scheduler=scheduler if isinstance(scheduler, dict) else None,
+                    )
                 elif "lo" in record:
                     self.log_offset = int(record["lo"])
                     yield self._update("log", text=str(record.get("log", "")))

@@ -13,6 +13,7 @@ Torch-free, and no Qt: the trainer, the agent on a host and the page share it.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shlex
@@ -140,23 +141,89 @@ ENDED_BY = {
 }
 
 
-def job_status(job_id: str, fields: Mapping[str, str] | None) -> dict[str, object]:
-    """The ``scheduler`` fields of a run's status: Slurm's state (PENDING with its reason
-    and, where Slurm has planned it, the expected start), node list, elapsed time and
+def queue_place(job_id: str, partition: str | None) -> tuple[int | None, str | None]:
+    """A pending job's place among the pending jobs of its partition, in the order Slurm
+    will start them (priority first, then submission: ``squeue -t PD --sort=-p,i``; 1 is
+    next), and its expected start where Slurm has planned one (``squeue --start``'s ``%S``,
+    not ``N/A``); ``None`` for what is not known."""
+    where = ["-p", partition] if partition else []
+    queue = _slurm_command("squeue", "-h", "-t", "PD", *where, "-o", "%i", "--sort=-p,i")
+    ids = (queue or "").split()
+    position = ids.index(job_id) + 1 if job_id in ids else None
+    start = _slurm_command("squeue", "--start", "-h", "-j", job_id, "-o", "%S")
+    start = (start or "").strip()
+    return position, start if start and start not in _UNKNOWN else None
+
+
+_UNKNOWN = (None, "", "(null)", "None", "Unknown", "N/A")
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``22nd``.
+
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 102, 111)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '102nd', '111th']
+    """
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def clock_words(when: str, today: str | None = None) -> str:
+    """Slurm's ``2026-12-06T14:05:00`` as a person reads it: ``14:05`` on the cluster's
+    ``today`` (``YYYY-MM-DD``; by default this machine's), else ``2026-12-07 14:05``.
+
+    >>> clock_words("2026-12-06T14:05:00", "2026-12-06")
+    '14:05'
+    >>> clock_words("2026-12-07T09:30:10", "2026-12-06")
+    '2026-12-07 09:30'
+    """
+    day, sep, time_of_day = when.partition("T")
+    if not sep:
+        return when
+    today = today or datetime.date.today().isoformat()
+    hours_minutes = time_of_day[:5]
+    return hours_minutes if day == today else f"{day} {hours_minutes}"
+
+
+def queue_words(scheduler: Mapping[str, object]) -> str | None:
+    """A job that runs no trainer yet, in a person's words: ``waiting in the queue
+    (Resources), 3rd, expected to start 14:05``; ``None`` for a job that is not waiting."""
+    state = scheduler.get("state")
+    if state not in WAITING_STATES:
+        return None
+    words = [f"waiting in the queue ({scheduler.get('reason') or str(state).lower()})"]
+    position = scheduler.get("position")
+    if isinstance(position, int):
+        words.append(ordinal(position))
+    if scheduler.get("expected_start"):
+        words.append(f"expected to start {clock_words(str(scheduler['expected_start']))}")
+    return ", ".join(words)
+
+
+def job_status(
+    job_id: str,
+    fields: Mapping[str, str] | None,
+    place: tuple[int | None, str | None] = (None, None),
+) -> dict[str, object]:
+    """The ``scheduler`` fields of a run's status: Slurm's state (PENDING with its reason,
+    its ``position`` in its partition's queue and, where Slurm has planned it, the
+    ``expected_start``: ``place``, from :func:`queue_place`), node list, elapsed time and
     limit, restarts; ``state`` is ``None`` where Slurm no longer knows the job."""
     fields = fields or {}
 
     def known(key: str) -> str | None:
         value = fields.get(key)
-        return None if value in (None, "", "(null)", "None", "Unknown", "N/A") else value
+        return None if value in _UNKNOWN else value
 
     state = known("JobState")
+    pending = state == "PENDING"
     return {
         "kind": "slurm",
         "job_id": job_id,
         "state": state,
         "reason": known("Reason"),
-        "expected_start": known("StartTime") if state == "PENDING" else None,
+        "position": place[0] if pending else None,
+        "expected_start": place[1] if pending else None,
         "nodes": known("NodeList"),
         "elapsed": known("RunTime"),
         "limit": known("TimeLimit"),
@@ -168,13 +235,13 @@ def job_status(job_id: str, fields: Mapping[str, str] | None) -> dict[str, objec
 
 def job_words(job: Mapping[str, Any]) -> str:
     """A Slurm run's job (its ``scheduler`` fields) in a status line: ``Slurm job 12
-    PENDING (Resources)``, ``Slurm job 12 RUNNING on node1, 00:01:10 of 1-00:00:00``."""
+    PENDING: waiting in the queue (Resources), 2nd``, ``Slurm job 12 RUNNING on node1,
+    00:01:10 of 1-00:00:00``."""
     state = job.get("state") or "no longer known to Slurm"
     words = [f"Slurm job {job['job_id']} {state}"]
-    if job.get("reason") and state == "PENDING":
-        words.append(f" ({job['reason']})")
-    if job.get("expected_start"):
-        words.append(f", expected to start {job['expected_start']}")
+    waiting = queue_words(job)
+    if waiting:
+        words.append(f": {waiting}")
     if job.get("nodes") and state != "PENDING":
         words.append(f" on {job['nodes']}")
     if job.get("elapsed") and job.get("limit") and state != "PENDING":
@@ -191,7 +258,10 @@ def queue_sentence(job: Mapping[str, Any]) -> str | None:
     if state not in WAITING_STATES:
         return None
     reason = f" ({job['reason']})" if job.get("reason") and job["reason"] != "None" else ""
-    start = f", expected to start {job['expected_start']}" if job.get("expected_start") else ""
+    position = job.get("position")
+    place = f", {ordinal(position)} in line" if isinstance(position, int) else ""
+    start = job.get("expected_start")
+    start = f", expected to start {clock_words(str(start))}" if start else ""
     if state == "CONFIGURING":
         return f"Slurm job {job_id} is starting on {job.get('nodes') or 'its node'}"
     head = (
@@ -199,7 +269,41 @@ def queue_sentence(job: Mapping[str, Any]) -> str | None:
         if state == "PENDING"
         else "Requeued, waiting in the Slurm queue"
     )
-    return f"{head}{reason}, job {job_id}{start}"
+    return f"{head}{reason}{place}, job {job_id}{start}"
+
+
+def launch_job_id(launch: Mapping[str, object]) -> str | None:
+    """The Slurm job of a run submitted with the agent's ``submit`` (``launch.json``'s
+    ``scheduler``), else ``None``."""
+    scheduler = launch.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler.get("kind") == "slurm":
+        return str(scheduler.get("job_id") or "") or None
+    return None
+
+
+def job_holding(out: Path, launch: Mapping[str, object]) -> str | None:
+    """Why no other run may start in the run folder ``out`` now, as one sentence: the
+    batch job its ``launch.json`` names is still queued or running there (Slurm's own
+    state and working directory say so, so a fetched copy of the folder is free); ``None``
+    when it is not, or when this process is that job's trainer."""
+    job_id = launch_job_id(launch)
+    if job_id is None or job_id == os.environ.get("SLURM_JOB_ID", "").strip():
+        return None
+    shown = _slurm_command("squeue", "-h", "-j", job_id, "-o", "%T %Z")
+    state, _, workdir = (shown or "").partition(" ")
+    if state not in ACTIVE_STATES:
+        return None
+    try:
+        if not os.path.samefile(workdir, out):
+            return None
+    except OSError:
+        return None
+    doing = "still waiting in the queue" if state in WAITING_STATES else f"{state.lower()} there"
+    return (
+        f"{out} belongs to Slurm job {job_id}, {doing}; wait for it to end, stop it "
+        f"(realnvp remote HOST stop) or cancel it (scancel {job_id}), or choose another "
+        "output folder"
+    )
 
 
 class SubmitError(Exception):

@@ -70,6 +70,7 @@ from core.training.step import (
     to_channels_last,
     use_channels_last,
 )
+from core.training.tensorboard import tensorboard_log
 
 # Images per batch when the averaged weights' batch norm is measured (larger than a
 # training batch: fewer passes, and the batch statistics of 256 images differ from those of
@@ -506,6 +507,9 @@ class Trainer:
         events = self.out / EVENTS_FILE
         if not same_file(sys.stdout, events):
             self.sink.record_to(events)
+        board = tensorboard_log(self.out)  # None without the tensorboard package
+        if board is not None:
+            self.sink.listen(board)
 
     def _run(self, stop: StopSignals) -> dict[str, Any]:
         c = self.config
