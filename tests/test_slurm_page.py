@@ -46,7 +46,7 @@ def test_a_queued_job_is_said_in_one_sentence():
     assert queue_sentence(job) == "Waiting in the Slurm queue (Resources), job 12"
     placed = {**job, "position": 3, "expected_start": "2026-12-06T14:05:00"}
     assert queue_sentence(placed).startswith(
-        "Waiting in the Slurm queue (Resources), 3rd in line, job 12, expected to start "
+        "Waiting in the Slurm queue (Resources), job 12, 3rd in line, expected to start "
     )
     requeued = {**job, "state": "REQUEUED", "reason": None}
     assert queue_sentence(requeued) == "Requeued, waiting in the Slurm queue, job 12"
@@ -209,9 +209,13 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         job_id = json.loads(Path(run.out, "launch.json").read_text())["scheduler"]["job_id"]
         assert panel.process.job_id == job_id
         # The only job waiting: first in line (no expected start: the holder has no limit).
-        waiting = f"Waiting in the Slurm queue (Resources), 1st in line, job {job_id}"
+        waiting = f"Waiting in the Slurm queue (Resources), job {job_id}, 1st in line"
         qtbot.waitUntil(lambda: panel.info.text().startswith(waiting), timeout=60_000)
-        assert waiting in window.training_status.button.text()
+        # The status bar cuts the sentence after the job (the window's smallest width);
+        # its tooltip has it whole.
+        status = window.training_status.button
+        assert status.text().startswith(f"Waiting in the Slurm queue (Resources), job {job_id}")
+        assert waiting in status.toolTip()
         assert f"On {sshd.alias}, Slurm job {job_id} PENDING: {run.out}" == panel.where.text()
         # The job's settings are remembered for this login node.
         kept = hosts.remembered(sshd.alias)

@@ -269,7 +269,7 @@ def queue_sentence(job: Mapping[str, Any]) -> str | None:
         if state == "PENDING"
         else "Requeued, waiting in the Slurm queue"
     )
-    return f"{head}{reason}{place}, job {job_id}{start}"
+    return f"{head}{reason}, job {job_id}{place}{start}"
 
 
 def launch_job_id(launch: Mapping[str, object]) -> str | None:
