@@ -289,7 +289,9 @@ def job_holding(out: Path, launch: Mapping[str, object]) -> str | None:
     job_id = launch_job_id(launch)
     if job_id is None or job_id == os.environ.get("SLURM_JOB_ID", "").strip():
         return None
-    shown = _slurm_command("squeue", "-h", "-j", job_id, "-o", "%T %Z")
+    # Also asked by the training form as a folder is typed: a controller that does not
+    # answer holds it 5 s at most, and the folder then counts as free (sbatch refuses later).
+    shown = _slurm_command("squeue", "-h", "-j", job_id, "-o", "%T %Z", timeout=5)
     state, _, workdir = (shown or "").partition(" ")
     if state not in ACTIVE_STATES:
         return None
@@ -367,10 +369,11 @@ def sbatch_refusal(said: str, where: str) -> str:
     return f"Slurm on {where} refused the job: {reason}"
 
 
-def _slurm_command(*argv: str) -> str | None:
-    """The output of a Slurm client command, ``None`` where it fails."""
+def _slurm_command(*argv: str, timeout: float = 60) -> str | None:
+    """The output of a Slurm client command, ``None`` where it fails or takes more than
+    ``timeout`` seconds."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
