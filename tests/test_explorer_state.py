@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from explorer.state.history import EditHistory
 from explorer.state.state import (
     IMAGE_SHOWN,
     ExplorerState,
@@ -108,6 +109,32 @@ def test_growing_the_grid_keeps_the_images_shown(state):
 def test_noise_prefix_property_holds_for_numpy():
     key = (1, 2, 3, 0)
     np.testing.assert_array_equal(draw_noise(key, 3, (2, 2, 2)), draw_noise(key, 7, (2, 2, 2))[:3])
+
+
+def test_undo_goes_back_200_edits_and_no_further():
+    state = ExplorerState(n_images=1)
+    for seed in range(1, 202):  # 201 edits, one undo step each
+        state.set_seed(seed)
+    undone = 0
+    while state.undo():
+        undone += 1
+    assert undone == 200 and state.seed == 1  # the oldest step (seed 0) was let go
+
+
+def test_edit_history_merges_one_drag_and_a_new_edit_clears_redo():
+    history = EditHistory(limit=3)
+    for view in "abcde":
+        history.record(view)
+    assert history.undo_views == ["c", "d", "e"]
+    assert not history.record("f", merge_key="drag")  # the drag's first move: a new step
+    assert history.record("g", merge_key="drag")  # its second: merged
+    assert history.undo_views == ["d", "e", "f"]
+    assert history.undo("h") == "f" and history.redo("f") == "h"
+    history.close()
+    assert not history.record("h", merge_key="drag")  # a drag after close: a new step
+    assert history.undo("i") == "h" and history.can_redo
+    history.record("j")
+    assert not history.can_redo  # a new edit drops what undo had left
 
 
 def test_undo_redo_and_drag_merging(state):

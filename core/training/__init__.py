@@ -1,4 +1,4 @@
-"""The training: the trainer (the paper's recipe, safe checkpoints, exact resume), one training
-step (``step``), distributed ranks (``distributed``), clean stops (``stopping``), the data
-sets (``datasets`` torch-free, ``data`` the loaders), the precision and device choices, and
-the training events a follower reads."""
+"""The training: the trainer (the paper's recipe, safe checkpoints, exact resume) and the parts
+it composes (``evaluation``, ``checkpoints``, ``stop_rules``: the time limit, stop requests
+and Slurm's requeue), one training step (``step``), distributed ranks (``distributed``), the
+data sets (``datasets`` torch-free, ``data`` the loaders), the precision and device choices."""

@@ -25,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from core.config import FlowConfig, TrainConfig
 from core.files.atomic import atomic_path
 from core.files.images import IMAGE_SUFFIXES, ImageLoadError, load_image
 from core.training.datasets import (
@@ -379,3 +380,36 @@ def load_dataset(
     if name == "folder":
         return load_folder(data_dir, train, channels or 3, image_size or 32)
     raise DatasetError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def load_run_data(
+    config: TrainConfig, model_config: FlowConfig, processes: int, with_test: bool
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """A training run's training set and, ``with_test`` (rank 0), its test set, checked
+    against the model's image geometry and against one batch of every process."""
+    c, mc = config, model_config
+    kwargs = dict(channels=mc.in_channels, image_size=mc.image_size, download=c.download)
+    train = load_dataset(c.dataset, c.data_dir, True, **kwargs)
+    test = load_dataset(c.dataset, c.data_dir, False, **kwargs) if with_test else None
+    for ds in (train, test):
+        if ds is not None and (ds.channels, ds.image_size) != (mc.in_channels, mc.image_size):
+            raise DatasetError(
+                f"{c.dataset} images are {ds.channels}x{ds.image_size}x{ds.image_size}, "
+                f"the model expects {mc.in_channels}x{mc.image_size}x{mc.image_size}"
+            )
+    if len(train) < c.batch_size * processes:
+        raise DatasetError(
+            f"{len(train)} training images are fewer than one batch "
+            f"({c.batch_size} x {processes} processes); lower --batch-size"
+        )
+    return train, test
+
+
+def resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where a run keeps its training images: small data sets live on the GPU as uint8;
+    larger ones stay pinned on the host."""
+    if device.type == "cuda" and images.numel() <= 2 * 1024**3:
+        return images.to(device)
+    if device.type == "cuda":
+        return images.pin_memory()
+    return images

@@ -46,6 +46,7 @@ import numpy as np
 from core.stats.class_stats import ClassStats
 from explorer.state.classes import ClassMove
 from explorer.state.directions import Direction
+from explorer.state.history import EditHistory
 from explorer.state.npz_files import read_npz, write_npz
 
 Shape = tuple[int, int, int]
@@ -236,12 +237,81 @@ def _check_temperature(value: float) -> float:
     return value
 
 
-@dataclass
-class _History:
-    undo: list[ViewState] = field(default_factory=list)
-    redo: list[ViewState] = field(default_factory=list)
-    open_key: object = None  # edits with this key merge into the last undo step
-    limit: int = 200
+def fresh_view(
+    shapes: Sequence[Sequence[int]], n_images: int, seed: int, temperature: float
+) -> ViewState:
+    """A new view for a model with latent levels ``shapes``: every level's noise and
+    direction drawn from ``seed``, at ``temperature``, nothing locked or moved."""
+    checked: list[Shape] = []
+    for shape in shapes:
+        dims = tuple(int(s) for s in shape)
+        if len(dims) != 3 or min(dims) < 1:
+            raise ValueError(f"a latent level shape is (C, H, W) of positive sizes: {shape}")
+        checked.append(dims)  # type: ignore[arg-type]
+    if not checked:
+        raise ValueError("a model has at least one latent level")
+    if not 1 <= n_images <= MAX_IMAGES:
+        raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n_images}")
+    levels = []
+    for i, shape in enumerate(checked):
+        eps_key = (seed, i, 0, _EPS_STREAM)
+        dir_key = (seed, i, 0, _DIRECTION_STREAM)
+        levels.append(
+            LevelState(
+                shape=shape,
+                eps=draw_noise(eps_key, n_images, shape),
+                direction=draw_direction(dir_key, shape),
+                eps_key=eps_key,
+                direction_key=dir_key,
+            )
+        )
+    return ViewState(tuple(levels), n_images, seed, _check_temperature(temperature))
+
+
+def checked_noise(eps: Sequence[np.ndarray], shapes: Sequence[Shape]) -> list[np.ndarray]:
+    """Per-level noise for levels ``shapes`` as read-only float32 ``(N, C, H, W)`` copies,
+    checked (a ``(C, H, W)`` array is one image)."""
+    if len(eps) != len(shapes):
+        raise ValueError(f"expected {len(shapes)} latent levels, got {len(eps)}")
+    arrays = []
+    for i, (e, shape) in enumerate(zip(eps, shapes)):
+        e = np.array(e, dtype=np.float32, copy=True)
+        if e.shape == shape:
+            e = e[None]
+        n = len(arrays[0]) if arrays else len(e)
+        if e.ndim != 4 or e.shape[1:] != shape or len(e) != n:
+            raise ValueError(f"latent level {i} has shape {e.shape}, expected ({n}, {shape})")
+        if not 1 <= len(e) <= MAX_IMAGES or not np.isfinite(e).all():
+            raise ValueError(f"latent level {i}: 1 to {MAX_IMAGES} finite latents needed")
+        e.setflags(write=False)
+        arrays.append(e)
+    return arrays
+
+
+def variations(
+    view: ViewState, keep_levels: int, n_images: int, image_index: int, draw: int
+) -> ViewState:
+    """``n_images`` variations of image ``image_index`` of ``view``, the first the image
+    itself: its ``keep_levels`` coarsest levels kept (and locked), the finer ones drawn
+    anew (draw ``draw`` of the view's seed)."""
+    first_kept = len(view.levels) - keep_levels
+    levels = []
+    for i, level in enumerate(view.levels):
+        row = level.eps[image_index][None]  # (1, C, H, W)
+        if i >= first_kept:
+            eps, locked = np.repeat(row, n_images, axis=0), True
+        else:
+            fresh = draw_noise((view.seed, i, draw, _EPS_STREAM), n_images - 1, level.shape)
+            eps, locked = np.concatenate([row, fresh]), False
+        eps.setflags(write=False)
+        levels.append(replace(level, eps=eps, locked=locked, eps_key=None))
+    kept = f"its {keep_levels} coarsest levels" if keep_levels != 1 else "its coarsest level"
+    return replace(
+        view,
+        levels=tuple(levels),
+        n_images=n_images,
+        shown=f"variations of one image, {kept} kept and the rest drawn anew",
+    )
 
 
 class ExplorerState:
@@ -255,9 +325,9 @@ class ExplorerState:
         self, shapes: Sequence[Sequence[int]] = ((1, 2, 2),), n_images: int = 16, seed: int = 0
     ) -> None:
         self.changed = Event()
-        self._history = _History()
+        self._history: EditHistory[ViewState] = EditHistory()
         self._draws: Iterator[int] = itertools.count(1)
-        self._view = self._fresh_view(shapes, n_images, seed, temperature=1.0)
+        self._view = fresh_view(shapes, n_images, seed, temperature=1.0)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -298,7 +368,7 @@ class ExplorerState:
     def latents_for(self, eps: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The latents this view's temperatures, offsets and directions make of other
         unit noise ``eps`` (one ``(N, C, H, W)`` array per level)."""
-        arrays = self._checked_eps(eps)
+        arrays = checked_noise(eps, self.shapes)
         levels = tuple(replace(lv, eps=e) for lv, e in zip(self._view.levels, arrays))
         return replace(self._view, levels=levels, n_images=len(arrays[0])).latents()
 
@@ -307,11 +377,11 @@ class ExplorerState:
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._history.undo)
+        return self._history.can_undo
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._history.redo)
+        return self._history.can_redo
 
     # -- whole-state edits --------------------------------------------------------------
 
@@ -323,8 +393,8 @@ class ExplorerState:
         temperature: float | None = None,
     ) -> None:
         """Start over for a (new) model; clears the undo history."""
-        self._history = _History()
-        self._view = self._fresh_view(
+        self._history = EditHistory()
+        self._view = fresh_view(
             shapes,
             self.n_images if n_images is None else n_images,
             self.seed if seed is None else seed,
@@ -429,7 +499,7 @@ class ExplorerState:
         """An image's latents (one ``(C, H, W)`` or ``(1, C, H, W)`` array per level) become
         the view: ``eps = z`` with every temperature 1, offsets, class and direction amounts
         0 and nothing locked, so the rendered latent is exactly ``z``. Undoable."""
-        eps = self._checked_eps(latents)
+        eps = checked_noise(latents, self.shapes)
         if len(eps[0]) != 1:
             raise ValueError("set_image takes the latents of one image")
         self.set_latents(eps, IMAGE_SHOWN)
@@ -438,7 +508,7 @@ class ExplorerState:
         """Like :meth:`set_image` for ``N`` images (one ``(N, C, H, W)`` array per level):
         a class sample, or the baked view a map drag starts from. ``shown`` says what they
         are, in words (:attr:`shown`). Undoable."""
-        eps = self._checked_eps(latents)
+        eps = checked_noise(latents, self.shapes)
         view = self._view
         levels = tuple(
             replace(level, eps=e, temperature=1.0, offset=0.0, locked=False, eps_key=None)
@@ -553,7 +623,7 @@ class ExplorerState:
         """Replace every level's unit noise (one ``(N, C, H, W)`` or ``(C, H, W)`` array per
         level), keeping temperatures, offsets and directions: the interpolation slider.
         ``shown``: what the view then is, in words (default: unchanged)."""
-        arrays = self._checked_eps(eps)
+        arrays = checked_noise(eps, self.shapes)
         view = self._view
         n = len(arrays[0])
         levels = tuple(replace(level, eps=e, eps_key=None) for level, e in zip(view.levels, arrays))
@@ -573,28 +643,9 @@ class ExplorerState:
             raise ValueError(f"keep 0 to {self.num_levels} levels, got {keep_levels}")
         if not 1 <= n_images <= MAX_IMAGES:
             raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n_images}")
-        view = self._view
-        image_index = min(max(0, int(image_index)), view.n_images - 1)
-        draw = next(self._draws)
-        first_kept = self.num_levels - keep_levels
-        levels = []
-        for i, level in enumerate(view.levels):
-            row = level.eps[image_index][None]  # (1, C, H, W)
-            if i >= first_kept:
-                eps, locked = np.repeat(row, n_images, axis=0), True
-            else:
-                fresh = draw_noise((view.seed, i, draw, _EPS_STREAM), n_images - 1, level.shape)
-                eps, locked = np.concatenate([row, fresh]), False
-            eps.setflags(write=False)
-            levels.append(replace(level, eps=eps, locked=locked, eps_key=None))
-        kept = f"its {keep_levels} coarsest levels" if keep_levels != 1 else "its coarsest level"
+        image_index = min(max(0, int(image_index)), self.n_images - 1)
         self._commit(
-            replace(
-                view,
-                levels=tuple(levels),
-                n_images=n_images,
-                shown=f"variations of one image, {kept} kept and the rest drawn anew",
-            ),
+            variations(self._view, keep_levels, n_images, image_index, next(self._draws)),
             StateChange(frozenset(range(self.num_levels)), reset=True),
         )
 
@@ -684,21 +735,19 @@ class ExplorerState:
 
     def end_edit(self) -> None:
         """Close a continuous edit: the next change starts a new undo step."""
-        self._history.open_key = None
+        self._history.close()
 
     def undo(self) -> bool:
-        return self._travel(self._history.undo, self._history.redo)
+        return self._go_back_to(self._history.undo(self._view))
 
     def redo(self) -> bool:
-        return self._travel(self._history.redo, self._history.undo)
+        return self._go_back_to(self._history.redo(self._view))
 
-    def _travel(self, source: list[ViewState], target: list[ViewState]) -> bool:
-        self._history.open_key = None
-        if not source:
+    def _go_back_to(self, view: ViewState | None) -> bool:
+        if view is None:
             return False
-        target.append(self._view)
-        before, self._view = self._view, source.pop()
-        self.changed.emit(_difference(before, self._view))
+        before, self._view = self._view, view
+        self.changed.emit(_difference(before, view))
         return True
 
     # -- saving -----------------------------------------------------------------------------
@@ -721,52 +770,6 @@ class ExplorerState:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _checked_eps(self, eps: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per-level noise as read-only float32 ``(N, C, H, W)`` copies, checked."""
-        if len(eps) != self.num_levels:
-            raise ValueError(f"expected {self.num_levels} latent levels, got {len(eps)}")
-        arrays = []
-        for i, (e, shape) in enumerate(zip(eps, self.shapes)):
-            e = np.array(e, dtype=np.float32, copy=True)
-            if e.shape == shape:
-                e = e[None]
-            n = len(arrays[0]) if arrays else len(e)
-            if e.ndim != 4 or e.shape[1:] != shape or len(e) != n:
-                raise ValueError(f"latent level {i} has shape {e.shape}, expected ({n}, {shape})")
-            if not 1 <= len(e) <= MAX_IMAGES or not np.isfinite(e).all():
-                raise ValueError(f"latent level {i}: 1 to {MAX_IMAGES} finite latents needed")
-            e.setflags(write=False)
-            arrays.append(e)
-        return arrays
-
-    def _fresh_view(
-        self, shapes: Sequence[Sequence[int]], n_images: int, seed: int, temperature: float
-    ) -> ViewState:
-        checked: list[Shape] = []
-        for shape in shapes:
-            dims = tuple(int(s) for s in shape)
-            if len(dims) != 3 or min(dims) < 1:
-                raise ValueError(f"a latent level shape is (C, H, W) of positive sizes: {shape}")
-            checked.append(dims)  # type: ignore[arg-type]
-        if not checked:
-            raise ValueError("a model has at least one latent level")
-        if not 1 <= n_images <= MAX_IMAGES:
-            raise ValueError(f"the grid holds 1 to {MAX_IMAGES} images, got {n_images}")
-        levels = []
-        for i, shape in enumerate(checked):
-            eps_key = (seed, i, 0, _EPS_STREAM)
-            dir_key = (seed, i, 0, _DIRECTION_STREAM)
-            levels.append(
-                LevelState(
-                    shape=shape,
-                    eps=draw_noise(eps_key, n_images, shape),
-                    direction=draw_direction(dir_key, shape),
-                    eps_key=eps_key,
-                    direction_key=dir_key,
-                )
-            )
-        return ViewState(tuple(levels), n_images, seed, _check_temperature(temperature))
-
     def _replace_level(
         self, index: int, changes: dict, merge_key: object, latent_changed: bool = True
     ) -> None:
@@ -779,15 +782,9 @@ class ExplorerState:
         )
 
     def _commit(self, view: ViewState, change: StateChange, merge_key: object = None) -> None:
-        history = self._history
-        continued = merge_key is not None and merge_key == history.open_key and history.undo
-        if not continued:
-            history.undo.append(self._view)
-            del history.undo[: -history.limit]
-        history.open_key = merge_key
-        history.redo.clear()
+        continued = self._history.record(self._view, merge_key)
         self._view = view
-        self.changed.emit(replace(change, continued=bool(continued)) if continued else change)
+        self.changed.emit(replace(change, continued=True) if continued else change)
 
 
 def _difference(before: ViewState, after: ViewState) -> StateChange:
