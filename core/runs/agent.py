@@ -79,6 +79,7 @@ from core.runs.folder import (
     check_run_folder,
     claim_run_folder,
     complete_lines,
+    new_run_folder,
     parse_event,
     pid_alive,
     process_start_ticks,
@@ -379,12 +380,10 @@ def op_check(args: argparse.Namespace) -> None:
 
 
 def _new_run_name(runs: Path) -> Path:
-    stamp = time.strftime("run-%Y%m%d-%H%M%S")
-    for i in range(1, 1000):
-        out = runs / (stamp if i == 1 else f"{stamp}-{i}")
-        if not out.exists():
-            return out
-    raise AgentError(f"no free run folder name in {runs}", "taken")
+    out = new_run_folder(runs)
+    if out is None:
+        raise AgentError(f"no free run folder name in {runs}", "taken")
+    return out
 
 
 def _train_options(train_args: Sequence[str]) -> argparse.Namespace:

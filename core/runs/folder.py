@@ -510,6 +510,18 @@ def check_run_folder(
     return state
 
 
+def new_run_folder(runs: Path) -> Path | None:
+    """A fresh ``run-YYYYmmdd-HHMMSS`` folder name in ``runs`` (``-2``, ``-3``, ... after it
+    where that is taken): the one naming of a new run, for the agent and the training page;
+    ``None`` when a thousand are taken."""
+    stamp = time.strftime("run-%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        out = runs / (stamp if i == 1 else f"{stamp}-{i}")
+        if not out.exists():
+            return out
+    return None
+
+
 def previous_folder_name(now: float | None = None) -> str:
     return PREVIOUS_PREFIX + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
 

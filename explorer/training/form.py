@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -45,7 +45,8 @@ from core.config import (
     geometry_problem,
     parse_duration,
 )
-from core.runs.host import HostFacts
+from core.runs.folder import new_run_folder
+from core.runs.host import HostFacts, local_host
 from explorer.settings import ExplorerSettings
 from explorer.training.data_fields import DataFields
 from explorer.training.form_widgets import (
@@ -61,7 +62,7 @@ from explorer.training.host_fields import HostFields
 from explorer.training.model_fields import ModelFields
 from explorer.training.process import (
     NEW_RUN,
-    DeviceProbe,
+    JsonLinesJob,
     RunSettings,
     ScanReport,
 )
@@ -69,16 +70,6 @@ from explorer.training.remote_run import HostChoice
 from explorer.training.slurm_fields import SlurmFields
 
 DEFAULT_RUNS_DIR = Path.home() / "realnvp-runs"
-
-
-def new_run_folder(runs_dir: Path) -> Path:
-    """A fresh output folder name under ``runs_dir``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = runs_dir / f"run-{stamp}", 1
-    while path.exists():
-        n += 1
-        path = runs_dir / f"run-{stamp}-{n}"
-    return path
 
 
 def out_problems(s: RunSettings) -> list[str]:
@@ -223,10 +214,10 @@ class TrainingForm(QWidget):
         self._connect()
         self._sync_enabled()
         self.model.apply_preset()
-        self.probe: DeviceProbe | None = None
-        if probe_devices:
-            self.probe = DeviceProbe(self)
-            self.probe.found.connect(self.set_devices)
+        self.probe: JsonLinesJob | None = None
+        if probe_devices:  # the devices torch sees here, asked in a child process
+            self.probe = JsonLinesJob(local_host().agent_command("devices"), self)
+            self.probe.line_received.connect(self.set_devices)
             self.probe.start()
 
     # -- layout ----------------------------------------------------------------------------
@@ -408,12 +399,14 @@ class TrainingForm(QWidget):
 
     # -- the rest of the controls ----------------------------------------------------------------
 
-    def set_devices(self, devices: list[tuple[str, str]], cuda: int) -> None:
-        """Fill the device list from a probe: ``[(name, label), ...]`` (this computer's;
-        while an ssh host is chosen they wait until it is this computer again)."""
-        self._local_devices = (devices, cuda)
+    def set_devices(self, record: dict[str, Any]) -> None:
+        """Fill the device list from the agent's ``devices`` answer (``auto`` and ``cpu``
+        first, the number of CUDA devices): this computer's; while an ssh host is chosen
+        they wait until it is this computer again."""
+        devices = [(str(d["name"]), str(d["label"])) for d in record.get("devices", [])]
+        self._local_devices = (devices, int(record.get("cuda", 0)))
         if not self.remote:
-            self._show_devices(devices, cuda)
+            self._show_devices(*self._local_devices)
 
     def _show_devices(self, devices: list[tuple[str, str]], cuda: int) -> None:
         current = self.device.currentData()
@@ -452,11 +445,9 @@ class TrainingForm(QWidget):
 
     def _suggest_out(self) -> None:
         self._out_typed = False
-        if self.remote:
-            # A name inside the host's runs folder: the host refuses one that holds a run.
-            self.out.setText(new_run_folder(Path("")).name)
-        else:
-            self.out.setText(str(new_run_folder(self.runs_dir)))
+        # On a host a name inside its runs folder: the host refuses one that holds a run.
+        folder = new_run_folder(Path("") if self.remote else self.runs_dir) or Path("")
+        self.out.setText(folder.name if self.remote else str(folder))
 
     def refresh_out_suggestion(self) -> None:
         """After a run, a suggested folder (which now holds that run) makes way for a new one."""

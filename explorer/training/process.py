@@ -265,25 +265,3 @@ class DataScan(QObject):
             reason = f"could not check the data{where}: {message}"
             self.report.error = self.report.error or reason
             self.updated.emit(self.report)
-
-
-class DeviceProbe(QObject):
-    """Asks a child process which devices torch sees; ``found`` carries
-    ``[(name, label), ...]`` (``auto`` and ``cpu`` first) and the number of CUDA devices."""
-
-    found = Signal(list, int)
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.job = JsonLinesJob(local_host().agent_command("devices"), self)
-        self.job.line_received.connect(self._on_line)
-
-    def start(self) -> None:
-        self.job.start()
-
-    def cancel(self) -> None:
-        self.job.cancel()
-
-    def _on_line(self, record: dict[str, Any]) -> None:
-        devices = [(str(d["name"]), str(d["label"])) for d in record.get("devices", [])]
-        self.found.emit(devices, int(record.get("cuda", 0)))

@@ -30,7 +30,7 @@ from PySide6.QtCore import QObject, Signal
 from core.runs.host import (
     DEFAULT_PYTHON,
     DEFAULT_RUNS_DIR,
-    FetchResult,
+    FetchProgress,
     Follower,
     FollowUpdate,
     RemoteRun,
@@ -79,6 +79,20 @@ def remote_name(path: str, run: RemoteRun) -> str | None:
         return str(PurePosixPath(path).relative_to(PurePosixPath(run.out)))
     except ValueError:
         return None
+
+
+def fetch_file(
+    host: RunHost, run: RemoteRun, path: str, progress: FetchProgress | None = None
+) -> str:
+    """Fetch ``path`` of ``run`` (a path on the host, as the events name it) into the run's
+    cache folder (:func:`~core.runs.host.default_cache_dir`), verified; the local path."""
+    name = remote_name(path, run)
+    if name is None:
+        raise RemoteError(f"{path} is not inside the run folder {run.out}", "bad-input")
+    result = host.fetch(run, default_cache_dir(run), names=[name], progress=progress)
+    if not result.files:
+        raise RemoteError(f"{name} is not in the run folder {run.out} on {host.label}")
+    return str(result.files[0])
 
 
 def origin_text(run: RemoteRun, path: str) -> str:
@@ -260,31 +274,25 @@ class TrainingRun(QObject):
         self.follower = follower
         if self._ended:
             follower.close()
-        cache = default_cache_dir(run)
         for update in follower:
             event = update.event
             if run.host and update.kind == "event" and event and event.get("event") == "samples":
-                update = replace(update, event=self._fetched_samples(host, run, cache, event))
+                update = replace(update, event=self._fetched_samples(host, run, event))
             _emit(self._updated, update)
             if self._ended:
                 follower.close()
 
     def _fetched_samples(
-        self, host: RunHost, run: RemoteRun, cache: Path, event: dict[str, Any]
+        self, host: RunHost, run: RemoteRun, event: dict[str, Any]
     ) -> dict[str, Any]:
         """The event with ``path`` a local copy of the host's grid (``remote_path`` the
         host's); unchanged when the copy failed (the page then shows no new grid)."""
         path = str(event.get("path", ""))
-        name = remote_name(path, run)
-        if name is None:
-            return event
         try:
-            result = host.fetch(run, cache, names=[name])
+            local = fetch_file(host, run, path)
         except (RemoteError, OSError):
             return event  # a lost connection: the follower notices and retries
-        if not result.files:
-            return event
-        return {**event, "path": str(result.files[0]), "remote_path": path}
+        return {**event, "path": local, "remote_path": path}
 
     # -- on the GUI thread --------------------------------------------------------------------
 
@@ -322,14 +330,23 @@ class TrainingRun(QObject):
             self.error_message = str(event.get("message", "unknown error"))
         self.event_received.emit(event)
 
+    @property
+    def outcome(self) -> str:
+        """How the run ended: its ``done`` event's reason (``finished``, ``stopped``, ...),
+        ``killed``, ``stopped`` (while still starting) or ``failed``."""
+        if self.done_event is not None:
+            return str(self.done_event.get("reason", "finished"))
+        if self.kill_requested:
+            return "killed"
+        return "stopped" if self.stop_requested and self.last_step == 0 else "failed"
+
     def _on_ended(self, state: str, message: str, code: int | None) -> None:
         self.state = state
         if self.done_event is not None or self.kill_requested or state != "failed":
             self._end(None, FINISHED_CODES.get(state, 1) if code is None else code)
-        elif self.stop_requested and self.last_step == 0:
-            self._end(None, -1 if code is None else code)  # stopped while still starting
-        else:
-            self._end(self._failure_message(code, message), -1 if code is None else code)
+        else:  # stopped while still starting, or failed
+            failure = None if self.outcome == "stopped" else self._failure_message(code, message)
+            self._end(failure, -1 if code is None else code)
 
     def _failure_message(self, code: int | None, message: str) -> str:
         """One sentence, the same for a run here and one on a host: how it ended (the
@@ -413,19 +430,9 @@ def fetch_call(
         with contextlib.suppress(RuntimeError):  # its page was closed while fetching
             progress(name, done, total)
 
-    def work() -> str:
-        host = host_for(run)
-        name = remote_name(path, run)
-        if name is None:
-            raise RemoteError(f"{path} is not inside the run folder {run.out}", "bad-input")
-        result: FetchResult = host.fetch(
-            run, default_cache_dir(run), names=[name], progress=progress and report
-        )
-        if not result.files:
-            raise RemoteError(f"{name} is not in the run folder {run.out} on {host.label}")
-        return str(result.files[0])
-
-    return BlockingCall(work, parent).start()
+    return BlockingCall(
+        lambda: fetch_file(host_for(run), run, path, progress and report), parent
+    ).start()
 
 
 def run_entry_text(record: dict[str, Any]) -> str:

@@ -115,23 +115,19 @@ class RunController(QObject):
         if choice is None:
             self.set_remote(None)
             view.run_dir = process.settings.out_dir
-            view.info.setText("Starting the trainer…")
-            view.update_controls()
-            view.command_line.show_run(process.settings, None, view.python)
-            view.append_log(f"$ {view.command.text()}")
             self._remember_run({"out": str(view.run_dir), "host": None, "state": "running"})
-            view.training_started.emit(str(view.run_dir))
-            return True
-        view.run_dir = None
-        self.remote_run = None  # until the host names the new run's folder
-        view.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
-        view.where.show()
-        view.host_changed.emit(choice.host)
-        view.info.setText(f"Starting the trainer on {choice.host}…")
+        else:
+            view.run_dir = None
+            self.remote_run = None  # until the host names the new run's folder
+            view.where.setText(f"On {choice.host}: starting a run in {choice.runs_dir}…")
+            view.where.show()
+            view.host_changed.emit(choice.host)
+        view.info.setText(f"Starting the trainer{f' on {choice.host}' if choice else ''}…")
         view.update_controls()
-        view.command_line.show_run(settings, choice, view.python)
-        view.append_log(f"$ {view.full_command}")
-        view.training_started.emit(f"{choice.host}:{settings.train.out}")
+        view.command_line.show_run(process.settings, choice, view.python)
+        view.append_log(f"$ {view.command.text()}")
+        started = f"{choice.host}:{settings.train.out}" if choice else str(view.run_dir)
+        view.training_started.emit(started)
         return True
 
     def _new_process(self) -> TrainingRun:
@@ -277,15 +273,7 @@ class RunController(QObject):
         view, process = self.view, self.process
         if process is None:
             return
-        done = process.done_event
-        if done is not None:
-            outcome = str(done.get("reason", "finished"))
-        elif process.kill_requested:
-            outcome = "killed"
-        elif process.stop_requested and process.last_step == 0:
-            outcome = "stopped"
-        else:
-            outcome = "failed"
+        done, outcome = process.done_event, process.outcome
         checkpoint = process.last_checkpoint
         if not self.checkpoint_there(checkpoint):
             checkpoint = None
