@@ -24,6 +24,7 @@ from core.files.images import IMAGE_WRITE_FORMATS, ImageLoadError
 from core.files.resources import resolve_checkpoint
 from core.runs.events import silence
 from core.runs.folder import RunFolderError
+from core.runs.slurm import SlurmRequest
 from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStatsError
 from core.training.datasets import DATASETS, DatasetError
 
@@ -1103,13 +1104,7 @@ def _remote_action(args, where: dict) -> int:
             return 2
         return 0
     if action == "train" and args.slurm:
-        from core.runs.slurm import SlurmRequest
-
-        request = SlurmRequest(
-            partition=args.partition, gpus=args.gpus, nodes=args.nodes or 1, time=args.time,
-            account=args.account, qos=args.qos, extra=tuple(args.sbatch_option),
-        )  # fmt: skip
-        run, job_id = host.submit(_forwarded_train_args(args), request, out=args.out)
+        run, job_id = host.submit(_forwarded_train_args(args), slurm_request(args), out=args.out)
         print(
             f"submitted to Slurm on {args.host} as job {job_id}; follow it with: "
             f"{run.follow_command()}",
@@ -1160,6 +1155,15 @@ def _remote_action(args, where: dict) -> int:
     )
     print(result.folder)
     return 0
+
+
+def slurm_request(args) -> SlurmRequest:
+    """The Slurm job ``remote HOST train --slurm`` asks for (what
+    :meth:`~core.runs.slurm.SlurmRequest.cli_words` writes)."""
+    return SlurmRequest(
+        partition=args.partition, gpus=args.gpus, nodes=args.nodes or 1, time=args.time,
+        account=args.account, qos=args.qos, extra=tuple(args.sbatch_option),
+    )  # fmt: skip
 
 
 def _job_words(status) -> str:

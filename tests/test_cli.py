@@ -223,3 +223,21 @@ def test_fetch_draws_one_bar_a_file_in_megabytes():
     assert lines[0].startswith(f"latest.pt [{'#' * 30}] 3.00MB/3.00MB ["), lines
     assert lines[1].startswith(f"events.jsonl [{'#' * 30}] 2.00kB/2.00kB ["), lines
     assert lines[2:] == [""], lines
+
+
+def test_a_slurm_request_written_as_options_parses_back_to_itself():
+    """The page's command line for a Slurm run (``SlurmRequest.cli_words``) is read back
+    by ``realnvp remote HOST train --slurm`` into the same request."""
+    from core.cli import slurm_request
+    from core.runs.slurm import SlurmRequest
+
+    for request in (
+        SlurmRequest(),
+        SlurmRequest(
+            partition="gpu", gpus=2, nodes=3, time="1-02:00:00", account="lab a",
+            qos="high", extra=("--mem=8G", "--constraint=a100"),
+        ),
+    ):  # fmt: skip
+        words = ["remote", "login", "train", *request.cli_words(), "--dataset", "mnist"]
+        args = build_parser().parse_args(words)
+        assert args.slurm and slurm_request(args) == request

@@ -403,6 +403,22 @@ class SlurmRequest:
     def processes(self) -> int:
         return max(self.nodes, 1) * max(self.gpus or 1, 1)
 
+    def cli_words(self) -> list[str]:
+        """``--slurm`` and this request as ``realnvp remote HOST train`` takes them; the
+        command line parses them back into this request (:func:`core.cli.slurm_request`)."""
+        words = ["--slurm"]
+        for flag, value in (
+            ("--partition", self.partition),
+            ("--gpus", self.gpus),
+            ("--nodes", self.nodes if self.nodes != 1 else None),
+            ("--time", self.time),
+            ("--account", self.account),
+            ("--qos", self.qos),
+        ):
+            if value:
+                words += [flag, str(value)]
+        return words + [f"--sbatch-option={option}" for option in self.extra]
+
     def problem(self) -> str | None:
         """What makes this request unusable, as one sentence, or ``None``."""
         words = [self.partition, self.time, self.account, self.qos, *self.extra]

@@ -13,7 +13,6 @@ from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from core.runs.folder import EVENTS_FILE, LOG_FILE
 from core.runs.host import join_command, remote_cli
-from core.runs.slurm import SlurmRequest
 from explorer.training.process import RunSettings
 from explorer.training.remote_run import HostChoice
 
@@ -64,28 +63,12 @@ def remote_command(settings: RunSettings, choice: HostChoice) -> str:
     (``realnvp remote HOST train ...``), what Copy gives for an ssh host."""
     argv = remote_cli(choice.host, "train", choice.python, choice.runs_dir, choice.config_file)
     if choice.slurm is not None:
-        argv += slurm_words(choice.slurm)
+        argv += choice.slurm.cli_words()
     elif settings.gpus > 1:
         argv += ["--gpus", str(settings.gpus)]
     if settings.train.out:
         argv += ["--out", settings.train.out]
     return join_command(argv + settings.trainer_args(str))  # the host's paths, as typed
-
-
-def slurm_words(request: SlurmRequest) -> list[str]:
-    """``--slurm`` and the job's options as ``realnvp remote HOST train`` takes them."""
-    words = ["--slurm"]
-    for flag, value in (
-        ("--partition", request.partition),
-        ("--gpus", request.gpus),
-        ("--nodes", request.nodes if request.nodes != 1 else None),
-        ("--time", request.time),
-        ("--account", request.account),
-        ("--qos", request.qos),
-    ):
-        if value:
-            words += [flag, str(value)]
-    return words + [f"--sbatch-option={option}" for option in request.extra]
 
 
 class CommandLine(QWidget):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,14 +105,9 @@ class RunController(QObject):
         form.cancel_scan()  # the trainer reads the data itself; free the CPU for it
         view.reset_monitor()
         choice = form.host_choice() if form.remote else None
-        process = self._new_process()
-        try:
-            process.start(settings, choice, view.python)
-        except RemoteError as exc:
-            process.deleteLater()
-            view.show_message(str(exc), error=True)
+        process = self._launch(lambda p: p.start(settings, choice, view.python))
+        if process is None:
             return False
-        self.process = process
         if choice is None:
             self.set_remote(None)
             view.run_dir = process.settings.out_dir
@@ -130,7 +126,9 @@ class RunController(QObject):
         view.training_started.emit(started)
         return True
 
-    def _new_process(self) -> TrainingRun:
+    def _launch(self, begin: Callable[[TrainingRun], None]) -> TrainingRun | None:
+        """A new run this page follows, started (or attached) by ``begin``; ``None``, and
+        the reason shown, when that failed at once."""
         process = TrainingRun(self)
         process.event_received.connect(self.view.show_event)
         process.log_received.connect(self.view.append_log)
@@ -140,6 +138,13 @@ class RunController(QObject):
         process.run_started.connect(lambda run, p=process: self.view.queue.watch(run, p))
         process.connection_changed.connect(self.view.show_connection)
         process.call_failed.connect(lambda text: self.view.show_message(text, error=True))
+        try:
+            begin(process)
+        except RemoteError as exc:
+            process.deleteLater()
+            self.view.show_message(str(exc), error=True)
+            return None
+        self.process = process
         return process
 
     def attach_remote(self, run: RemoteRun) -> bool:
@@ -156,14 +161,8 @@ class RunController(QObject):
             HostChoice(run.host or "", run.python, run.runs_dir, run.config_file or "")
         )
         view.command_line.show_text(run.follow_command())
-        process = self._new_process()
-        try:
-            process.attach(run)
-        except RemoteError as exc:
-            process.deleteLater()
-            view.show_message(str(exc), error=True)
+        if self._launch(lambda p: p.attach(run)) is None:
             return False
-        self.process = process
         view.run_dir = None
         view.host_changed.emit(run.host or "")
         view.info.setText(f"Following {run.name} on {run.host}…")

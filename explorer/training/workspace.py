@@ -223,15 +223,7 @@ class TrainingPanel(QWidget):
         # Injectable for tests: (parent, out) -> "stop" | "leave" | "cancel".
         self.close_prompt: Callable[[QWidget | None, str], str] = ask_close_choice
         self.run_dir: Path | None = None
-        self.checkpoint: str | None = None
-        self.total_steps = 0
-        self.last_step = 0
-        self.train_points: tuple[list[int], list[float]] = ([], [])
-        self.test_points: tuple[list[int], list[float]] = ([], [])
-        self.images_per_s: float | None = None
-        self.sample_step: int | None = None
-        self._samples: tuple[str, int | None] = ("", None)  # the newest grid: path, step
-        self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+        self._forget_run()
         self._redraw_pending = False
         self._form_locked = False
 
@@ -639,19 +631,23 @@ class TrainingPanel(QWidget):
             eta = next((p for p in parts if p.startswith("ETA")), "")
             self.progress_changed.emit(self.last_step, self.total_steps, eta)
 
+    def _forget_run(self) -> None:
+        """What the page knows of the run it shows: nothing yet."""
+        self.checkpoint: str | None = None
+        self.total_steps = self.last_step = 0
+        self.train_points: tuple[list[int], list[float]] = ([], [])
+        self.test_points: tuple[list[int], list[float]] = ([], [])
+        self.images_per_s: float | None = None
+        self.sample_step: int | None = None
+        self._samples: tuple[str, int | None] = ("", None)  # the newest grid: path, step
+        self._rate: deque[tuple[float, int]] = deque(maxlen=RATE_WINDOW)
+
     def reset_monitor(self) -> None:
         self.queue.stop()
         for mark in self.plot.requeue_marks:
             self.plot.removeItem(mark)
         self.plot.requeue_marks.clear()
-        self.train_points = ([], [])
-        self.test_points = ([], [])
-        self.total_steps = self.last_step = 0
-        self.images_per_s = None
-        self.sample_step = None
-        self._samples = ("", None)
-        self._rate.clear()
-        self.checkpoint = None
+        self._forget_run()
         self.samples.set_image(QImage())
         self.samples_caption.hide()
         self.log.clear()
