@@ -206,9 +206,10 @@ class JsonLinesJob(QObject):
             self.ended.emit(f"could not start {program}: {self.process.errorString()}")
 
 
-class DataScan(QObject):
+class DataScan(JsonLinesJob):
     """Counts the readable images of a data set and makes a few thumbnails, in a child
-    process with the trainer's own loaders; ``updated`` carries the growing report."""
+    process with the trainer's own loaders (the run agent's ``scan``); ``updated`` carries
+    the growing report."""
 
     updated = Signal(object)  # ScanReport
 
@@ -223,19 +224,12 @@ class DataScan(QObject):
         """``host``: check the folder on that ssh host (by default this computer), with the
         run agent's ``scan`` there, so the answer is what the trainer there will find; the
         agent takes the folder as typed (``~`` is that machine's home)."""
-        super().__init__(parent)
+        args = [dataset, data_dir] + (["--download"] if download else [])
+        super().__init__((host or local_host()).agent_command("scan", *args), parent)
         self.report = ScanReport(dataset, data_dir)
         self.host = host
-        args = [dataset, data_dir] + (["--download"] if download else [])
-        self.job = JsonLinesJob((host or local_host()).agent_command("scan", *args), self)
-        self.job.line_received.connect(self._on_line)
-        self.job.ended.connect(self._on_ended)
-
-    def start(self) -> None:
-        self.job.start()
-
-    def cancel(self) -> None:
-        self.job.cancel()
+        self.line_received.connect(self._on_line)
+        self.ended.connect(self._on_ended)
 
     def _on_line(self, record: dict[str, Any]) -> None:
         r = self.report
