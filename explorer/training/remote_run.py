@@ -162,7 +162,6 @@ class TrainingRun(QObject):
     connection_changed = Signal(str)
     call_failed = Signal(str)
     _updated = Signal(object)  # FollowUpdate, from the worker
-    _worker_failed = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -183,7 +182,6 @@ class TrainingRun(QObject):
         self._started = self._ended = False
         self._calls: list[BlockingCall] = []
         self._updated.connect(self._on_update)
-        self._worker_failed.connect(self._on_worker_failed)
 
     @property
     def host(self) -> str | None:
@@ -245,15 +243,10 @@ class TrainingRun(QObject):
         self._spawn(lambda: self._follow(host, run, offset, log_offset))
 
     def _spawn(self, work: Callable[[], None]) -> None:
-        def guarded() -> None:
-            try:
-                work()
-            except RemoteError as exc:
-                _emit(self._worker_failed, str(exc))
-            except OSError as exc:
-                _emit(self._worker_failed, f"{exc.strerror or exc}")
-
-        threading.Thread(target=guarded, daemon=True, name="run-follow").start()
+        """``work`` (start, then follow) on a worker thread; a failure ends the run."""
+        call = BlockingCall(work, self)
+        call.failed.connect(self._on_worker_failed)
+        call.start()
 
     def _set_run(self, run: RemoteRun) -> None:
         self.run = run
