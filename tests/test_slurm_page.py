@@ -143,6 +143,100 @@ def _entry(window, run) -> str:
     return next(a.text() for a in actions if a.text().startswith(f"{run.name} on "))
 
 
+def _remembered_job_state(window, run) -> str | None:
+    """The Slurm state File > Recent Runs keeps for ``run`` (the page's last look at it)."""
+    record = next(r for r in window.settings.recent_runs() if r["out"] == run.out)
+    return (record.get("scheduler") or {}).get("state")
+
+
+def _on_the_cluster(qtbot, form, sshd, login) -> None:  # noqa: F811
+    """Run on: the Slurm cluster (the last choice, picked with the keyboard), the login
+    node's fields typed, Check host clicked and answered."""
+    from PySide6.QtCore import Qt
+    from test_training_remote import click, type_into
+
+    python, runs = login
+    form.run_on.setFocus()
+    qtbot.keyClick(form.run_on, Qt.Key.Key_End)
+    assert form.run_on.currentText() == "Slurm cluster (over SSH)"
+    assert form.slurm.isVisible() and form.where.slurm and form.remote
+    type_into(qtbot, form.host, sshd.alias)
+    type_into(qtbot, form.remote_python, python)
+    type_into(qtbot, form.remote_runs, str(runs))
+    type_into(qtbot, form.ssh_config, str(sshd.config))
+    click(qtbot, form.check_host_button)
+    qtbot.waitUntil(lambda: form.slurm.cluster is not None, timeout=60_000)
+
+
+def _tiny_run(qtbot, panel, small_mnist, steps: int) -> None:
+    """A tiny model on a tiny data set (the host's folder, checked there), ``steps`` long;
+    Start enabled."""
+    from test_training_remote import type_into
+
+    form = panel.form
+    type_into(qtbot, form.data_dir, str(small_mnist))
+    qtbot.waitUntil(
+        lambda: form.scan_report is not None and form.scan_report.finished, timeout=60_000
+    )
+    for spin, value in (
+        (form.num_scales, 2), (form.mid_channels, 4), (form.num_blocks, 1),
+        (form.batch_size, 16), (form.eval_every, 1000), (form.eval_limit, 24),
+        (form.log_every, 1), (form.threads, 1),
+    ):  # fmt: skip
+        spin.setValue(value)
+    form.length_unit.setCurrentIndex(form.length_unit.findData("steps"))
+    form.length.setValue(steps)
+    qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=30_000)
+
+
+def _status_asks(monkeypatch) -> list[str]:
+    """The page asks the host for a Slurm run's status every 0.2 s while it asks at all
+    (so asking while the trainer runs would show); each ask started is listed."""
+    from explorer.training import slurm_run
+
+    asked: list[str] = []
+
+    class CountedCall(slurm_run.BlockingCall):
+        def start(self):
+            asked.append("status")
+            return super().start()
+
+    monkeypatch.setattr(slurm_run, "QUEUE_POLL_MS", 200)
+    monkeypatch.setattr(slurm_run, "BlockingCall", CountedCall)
+    return asked
+
+
+def _asks_by_event(panel, asked: list[str]) -> list[tuple[str, int, bool]]:
+    """For each event of the page's run, as it arrives: its kind, how many status asks had
+    started by then, and whether another is planned (the queue watch's timer)."""
+    seen: list[tuple[str, int, bool]] = []
+    process = panel.process
+
+    def record(event: dict) -> None:
+        seen.append((event["event"], len(asked), panel.queue.polling))
+
+    # Connected once the queue watch follows the run, so it sees each event after the watch.
+    process.run_started.connect(lambda _run: process.event_received.connect(record))
+    return seen
+
+
+def _segments(seen: list[tuple[str, int, bool]]) -> list[list[tuple[str, int, bool]]]:
+    """The step events of each allocation (from a start to a requeue or the end)."""
+    parts: list[list[tuple[str, int, bool]]] = [[]]
+    for record in seen:
+        if record[0] == "requeue":
+            parts.append([])
+        elif record[0] == "step":
+            parts[-1].append(record)
+    return [part for part in parts if part]
+
+
+def _never_asked_while_steps_came(seen: list[tuple[str, int, bool]]) -> None:
+    for steps in _segments(seen):
+        assert {asks for _, asks, _ in steps} == {steps[0][1]}, seen  # no ask started
+        assert not any(polling for *_, polling in steps), seen  # none planned
+
+
 @pytest.mark.slow
 def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
     qtbot, sshd, login, slurm_cluster, small_mnist, make_window, explorer_settings,  # noqa: F811
@@ -152,7 +246,7 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
     from test_training_remote import click, type_into
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # fetched files
-    python, runs = login
+    asked = _status_asks(monkeypatch)
     # A job that holds the node: the page's job waits behind it.
     holder = hold_the_node(slurm_cluster, tmp_path)
     try:
@@ -162,17 +256,7 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         window.show_page("training")
         panel = window.training_panel
         form = panel.form
-        # Run on: the last choice, picked with the keyboard.
-        form.run_on.setFocus()
-        qtbot.keyClick(form.run_on, Qt.Key.Key_End)
-        assert form.run_on.currentText() == "Slurm cluster (over SSH)"
-        assert form.slurm.isVisible() and form.where.slurm and form.remote
-        type_into(qtbot, form.host, sshd.alias)
-        type_into(qtbot, form.remote_python, python)
-        type_into(qtbot, form.remote_runs, str(runs))
-        type_into(qtbot, form.ssh_config, str(sshd.config))
-        click(qtbot, form.check_host_button)
-        qtbot.waitUntil(lambda: form.slurm.cluster is not None, timeout=60_000)
+        _on_the_cluster(qtbot, form, sshd, login)
         # The cluster's one partition, its default, with the node the holder takes.
         assert form.slurm.partition.currentText() == (
             "debug (default) · no GPUs · no time limit · 0 of 1 nodes idle"
@@ -185,25 +269,13 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         qtbot.waitUntil(lambda: "HH:MM:SS or D-HH:MM:SS" in panel.reason.text(), timeout=5_000)
         assert not panel.start_button.isEnabled() and "\n" not in panel.reason.text()
         type_into(qtbot, form.slurm.time, "00:30:00")
-        # A tiny model on a tiny data set (the host's folder, checked there).
-        type_into(qtbot, form.data_dir, str(small_mnist))
-        qtbot.waitUntil(
-            lambda: form.scan_report is not None and form.scan_report.finished, timeout=60_000
-        )
-        for spin, value in (
-            (form.num_scales, 2), (form.mid_channels, 4), (form.num_blocks, 1),
-            (form.batch_size, 16), (form.eval_every, 1000), (form.eval_limit, 24),
-            (form.log_every, 1), (form.threads, 1),
-        ):  # fmt: skip
-            spin.setValue(value)
-        form.length_unit.setCurrentIndex(form.length_unit.findData("steps"))
-        form.length.setValue(60)
-        qtbot.waitUntil(lambda: panel.start_button.isEnabled(), timeout=30_000)
+        _tiny_run(qtbot, panel, small_mnist, 60)
         command = panel.command.text()
         assert command.startswith(f"realnvp remote --ssh-config {sshd.config} {sshd.alias} train")
         assert " --slurm --partition debug --time 00:30:00 " in command
 
         click(qtbot, panel.start_button)
+        seen = _asks_by_event(panel, asked)
         qtbot.waitUntil(lambda: panel.remote_run is not None, timeout=60_000)
         run = panel.remote_run
         job_id = json.loads(Path(run.out, "launch.json").read_text())["scheduler"]["job_id"]
@@ -244,6 +316,13 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         qtbot.waitUntil(lambda: not panel.running, timeout=180_000)
         assert panel.train_points[0] == list(range(1, 61))
         assert panel.plot.requeue_marks[0].value() == requeued_at
+        # The host is asked while the job waits, never while the trainer's steps come; at
+        # the requeue at once (the job is back in the queue), and once at the end.
+        _never_asked_while_steps_came(seen)
+        assert len(_segments(seen)) == 2
+        requeue = next(i for i, record in enumerate(seen) if record[0] == "requeue")
+        assert seen[requeue][1] == seen[requeue - 1][1] + 1, seen
+        assert len(asked) == seen[-1][1] + 1 and not panel.queue.polling
         assert panel.message.text().startswith("Finished at step 60")
         ended = f"Slurm job {job_id} COMPLET"
         qtbot.waitUntil(lambda: ended in _entry(window, run), timeout=60_000)
@@ -267,3 +346,79 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         qtbot.waitUntil(lambda: not form.checking_host and not form.slurm.asking, timeout=60_000)
     finally:
         slurm_cluster.run("scancel", holder, check=False)
+
+
+def _queue(slurm_cluster) -> list[str]:
+    """The jobs Slurm still has queued or running, by id."""
+    return slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+
+
+@pytest.mark.slow
+def test_stop_takes_a_queued_job_out_and_kill_cancels_a_running_one_from_the_page(
+    qtbot, sshd, login, slurm_cluster, small_mnist, make_window, screenshot_dir,  # noqa: F811
+    tmp_path, monkeypatch,
+):  # fmt: skip
+    from test_training_remote import click
+
+    asked = _status_asks(monkeypatch)
+    holder = hold_the_node(slurm_cluster, tmp_path)
+    try:
+        window = make_window()
+        window.resize(1366, 768)
+        window.show_page("training")
+        panel = window.training_panel
+        _on_the_cluster(qtbot, panel.form, sshd, login)
+        _tiny_run(qtbot, panel, small_mnist, 2000)
+        # A job behind the holder: Stop takes it out of the queue (no trainer would read
+        # the stop file), in one sentence; nothing is left queued.
+        click(qtbot, panel.start_button)
+        qtbot.waitUntil(lambda: panel.remote_run is not None, timeout=60_000)
+        run, job_id = panel.remote_run, panel.process.job_id
+        waiting = f"Waiting in the Slurm queue (Resources), job {job_id}"
+        qtbot.waitUntil(lambda: panel.info.text().startswith(waiting), timeout=60_000)
+        qtbot.waitUntil(lambda: len(asked) >= 3, timeout=30_000)  # asked while it waits
+        click(qtbot, panel.stop_button)
+        assert panel.info.text() == (
+            f"Cancelling Slurm job {job_id}: it is still waiting in the queue…"
+        )
+        qtbot.waitUntil(lambda: not panel.running, timeout=60_000)
+        assert panel.message.text() == f"Slurm job {job_id} cancelled before it started"
+        assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+        assert _queue(slurm_cluster) == [holder]
+        qtbot.waitUntil(lambda: _remembered_job_state(window, run) == "CANCELLED", timeout=30_000)
+        assert _entry(window, run).startswith(
+            f"{run.name} on {sshd.alias} — stopped · Slurm job {job_id} CANCELLED"
+        )
+        assert json.loads(Path(run.out, "launch.json").read_text())["stopped"]
+        assert not Path(run.out, "events.jsonl").exists()  # no trainer ever ran
+        _shots(window, screenshot_dir, "cancelled", qtbot)
+    finally:
+        slurm_cluster.run("scancel", holder, check=False)
+
+    # The node is free: a job runs, and the host is not asked while its steps come.
+    click(qtbot, panel.start_button)
+    seen = _asks_by_event(panel, asked)
+    qtbot.waitUntil(lambda: panel.remote_run not in (None, run), timeout=60_000)
+    run, job_id = panel.remote_run, panel.process.job_id
+    qtbot.waitUntil(lambda: len(panel.train_points[0]) >= 30, timeout=120_000)
+    assert f"Slurm job {job_id} RUNNING" in panel.where.text()
+    _never_asked_while_steps_came(seen)
+    # Kill is scancel: the trainer saves and ends, the job is CANCELLED, the checkpoint
+    # stays, and the page says so.
+    click(qtbot, panel.kill_button)
+    qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
+    step = panel.last_step
+    assert panel.message.text() == (
+        f"Slurm job {job_id} cancelled at step {step}; its checkpoints stay: {run.out}/latest.pt"
+    )
+    assert Path(run.out, "latest.pt").is_file() and panel.open_button.isEnabled()
+    assert panel.start_button.isEnabled()
+    # The page's last look at the job says how it ended, beside the run folder.
+    cancelled = f"On {sshd.alias}, Slurm job {job_id} CANCELLED: {run.out}"
+    qtbot.waitUntil(lambda: panel.where.text() == cancelled, timeout=30_000)
+    assert _remembered_job_state(window, run) == "CANCELLED"
+    # (The menu's own look at the host may add the run's length to the step.)
+    assert _entry(window, run).startswith(f"{run.name} on {sshd.alias} — stopped (step {step:,}")
+    assert f") · Slurm job {job_id} CANCELLED on " in _entry(window, run)
+    assert _queue(slurm_cluster) == []
+    _shots(window, screenshot_dir, "killed", qtbot)

@@ -196,7 +196,10 @@ class RunController(QObject):
         """Ask the trainer to save and finish."""
         if self.running and self.process is not None:
             self.process.stop()
-            self.view.info.setText("Stopping: the trainer saves latest.pt after this step…")
+            self.view.info.setText(
+                self.view.queue.stopping_words()
+                or "Stopping: the trainer saves latest.pt after this step…"
+            )
             self.view.update_controls()
 
     def kill(self) -> None:

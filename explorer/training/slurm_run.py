@@ -3,11 +3,17 @@
 A batch job may wait in the queue for minutes or days before the trainer writes its first
 event, and waits again after a requeue. :class:`QueueWatch` asks the host for the run's
 status (the run agent's ``status``, whose ``scheduler`` fields are Slurm's,
-:func:`core.runs.slurm.job_status`) every :data:`QUEUE_POLL_MS` while the page follows the
-run, on a worker thread, and while no trainer runs shows Slurm's words on the page and in
-the window's status bar: "Waiting in the Slurm queue (Resources), job 12". The job's last
-state is kept with the run in File > Recent Runs. A requeue (the trainer's ``requeue``
-event) is a dashed vertical mark on the loss curve at its step.
+:func:`core.runs.slurm.job_status`) every :data:`QUEUE_POLL_MS` while no trainer runs (from
+the submit to the trainer's ``start``, and from a ``requeue`` event to the next ``start``),
+on a worker thread, and shows Slurm's words on the page and in the window's status bar:
+"Waiting in the Slurm queue (Resources), job 12". While the trainer runs its events say the
+rest, so the host is not asked; once more at the end, for the job's last state, which is
+kept with the run in File > Recent Runs. A requeue (the trainer's ``requeue`` event) is a
+dashed vertical mark on the loss curve at its step.
+
+Stop on a job still in the queue, and Kill on any, is ``scancel`` (the run agent's
+``stop`` and ``kill``): the page says so in one sentence, "Slurm job 12 cancelled before it
+started" or "Slurm job 12 cancelled at step 340; its checkpoints stay: …/latest.pt".
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ class QueueWatch(QObject):
         super().__init__(panel)
         self.panel = panel
         self.run: RemoteRun | None = None
+        self.process: TrainingRun | None = None
         self.job: dict[str, Any] | None = None
         self.trainer_running = False  # a start or step event since the last requeue
+        self.trainer_started = False  # a start or step event at all
         self._call: BlockingCall | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -64,7 +72,8 @@ class QueueWatch(QObject):
         host followed again, which may be a Slurm run (its first status says)."""
         if not run.host or not (process.job_id or process.attached):
             return
-        self.run, self.job, self.trainer_running = run, None, False
+        self.run, self.process, self.job = run, process, None
+        self.trainer_running = self.trainer_started = False
         if process.job_id:
             # The job's settings for this login node, typed once (as its Python is).
             self.panel.form.slurm.remember(run.host)
@@ -75,21 +84,59 @@ class QueueWatch(QObject):
 
     def stop(self) -> None:
         self._timer.stop()
-        self.run = None
+        self.run = self.process = None
+
+    @property
+    def polling(self) -> bool:
+        """Whether the host will be asked again (the job waits in the queue)."""
+        return self._timer.isActive()
+
+    def stopping_words(self) -> str | None:
+        """What Stop does to a job still waiting in the queue (no trainer would read the
+        stop file: the agent cancels it), or ``None`` when a trainer runs or may."""
+        if self.job is None or self.trainer_running or queue_sentence(self.job) is None:
+            return None
+        return f"Cancelling Slurm job {self.job['job_id']}: it is still waiting in the queue…"
 
     def _finished(self, _code: int) -> None:
-        # One last look, for File > Recent Runs: how the job ended in Slurm's words.
-        run = self.run
+        run, job, process = self.run, self.job, self.process
         self.stop()
-        if run is not None and self.job is not None:
-            self._status_call(run, lambda status: self._remember(run, status.scheduler))
+        if run is None or job is None or process is None:
+            return
+        cancelled = process.kill_requested or (
+            process.stop_requested and process.done_event is None and process.state == "stopped"
+        )
+        if cancelled:  # scancel, by Stop on a queued job or by Kill
+            self.panel.show_message(self._cancelled_words(job["job_id"], process))
+        # One last look, for File > Recent Runs: how the job ended in Slurm's words.
+        self._status_call(run, lambda status: self._ended(run, status.scheduler))
+
+    def _ended(self, run: RemoteRun, job: dict[str, Any] | None) -> None:
+        self._remember(run, job)
+        if job and self.panel.remote_run == run:  # the page still shows this run
+            self._show_where(run, job)
+
+    def _cancelled_words(self, job_id: str, process: TrainingRun) -> str:
+        if not self.trainer_started:
+            return f"Slurm job {job_id} cancelled before it started"
+        checkpoint = self.panel.checkpoint
+        kept = f"; its checkpoints stay: {checkpoint}" if checkpoint else ""
+        return f"Slurm job {job_id} cancelled at step {process.last_step}{kept}"
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind in ("start", "step"):
-            self.trainer_running = True
+        if kind in ("start", "step") and not self.trainer_running:
+            # The trainer runs: its events say the rest until a requeue.
+            self.trainer_running = self.trainer_started = True
+            self._timer.stop()
+            if self.job is not None and self.run is not None:
+                running = {**self.job, "state": "RUNNING", "reason": None, "position": None}
+                running["expected_start"] = None
+                self._remember(self.run, running)
+                self._show(running)
         elif kind == "requeue":
             self.trainer_running = False
+            self._ask()  # back in the queue: its place there, until the trainer starts again
 
     def _ask(self) -> None:
         run = self.run
@@ -101,8 +148,12 @@ class QueueWatch(QObject):
         call = BlockingCall(lambda: host_for(run).status(run), self)
         call.succeeded.connect(then)
         # A host away: the follower says so and retries; so does this, at its pace.
-        call.failed.connect(lambda _text: self._timer.start() if self.run is run else None)
+        call.failed.connect(lambda _text: self._ask_later(run))
         return call.start()
+
+    def _ask_later(self, run: RemoteRun) -> None:
+        if run == self.run and not self.trainer_running:
+            self._timer.start()
 
     def _answered(self, run: RemoteRun, status: RunStatus) -> None:
         if run != self.run:
@@ -112,9 +163,10 @@ class QueueWatch(QObject):
             return
         if self.job is None and not self.panel.form.where.slurm:
             self.panel.form.where.set_remote(True, slurm=True)  # a Slurm run followed again
-        self._remember(run, status.scheduler)
-        self._show(status.scheduler)
-        self._timer.start()
+        if not self.trainer_running or self.job is None:  # not one asked before the start
+            self._remember(run, status.scheduler)
+            self._show(status.scheduler)
+        self._ask_later(run)
 
     def _remember(self, run: RemoteRun, job: dict[str, Any] | None) -> None:
         settings = self.panel.app_settings
@@ -125,12 +177,12 @@ class QueueWatch(QObject):
         """Slurm's words on the page and in the status bar while no trainer runs."""
         self.job = job
         panel = self.panel
-        if self.run is not None:  # the job beside the run folder, in Slurm's words
-            state = job.get("state") or "no longer known to Slurm"
-            panel.where.setText(
-                f"On {self.run.host}, Slurm job {job['job_id']} {state}: {self.run.out}"
-            )
-        if self.trainer_running:
+        if self.run is not None:
+            self._show_where(self.run, job)
+        stopping = self.process is not None and (
+            self.process.stop_requested or self.process.kill_requested
+        )
+        if self.trainer_running or stopping:
             return
         sentence = queue_sentence(job)
         if sentence is None and job.get("state") == "RUNNING":
@@ -139,3 +191,8 @@ class QueueWatch(QObject):
         if sentence is not None:
             panel.info.setText(sentence)
             panel.queue_changed.emit(sentence)
+
+    def _show_where(self, run: RemoteRun, job: dict[str, Any]) -> None:
+        """The job beside the run folder, in Slurm's words."""
+        state = job.get("state") or "no longer known to Slurm"
+        self.panel.where.setText(f"On {run.host}, Slurm job {job['job_id']} {state}: {run.out}")
