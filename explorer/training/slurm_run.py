@@ -130,8 +130,8 @@ class QueueWatch(QObject):
             self.trainer_running = self.trainer_started = True
             self._timer.stop()
             if self.job is not None and self.run is not None:
-                running = {**self.job, "state": "RUNNING", "reason": None, "position": None}
-                running["expected_start"] = None
+                waiting = {"reason": None, "position": None, "expected_start": None}
+                running = {**self.job, **waiting, "state": "RUNNING"}
                 self._remember(self.run, running)
                 self._show(running)
         elif kind == "requeue":
