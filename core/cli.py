@@ -544,6 +544,7 @@ def _add_directions(sub) -> None:
         default=DEFAULT_PER_CLASS,
         help=f"images per class, the first in data set order (default {DEFAULT_PER_CLASS}; 0: all)",
     )
+    _add_components(p, "--components")
     p.add_argument(
         "--device",
         default="auto",
@@ -553,8 +554,40 @@ def _add_directions(sub) -> None:
     _add_threads(p)
 
 
+def _add_components(p, flag: str) -> None:
+    from core.stats.mixture import DEFAULT_COMPONENTS, MIN_IMAGES_PER_COMPONENT
+
+    p.add_argument(
+        flag,
+        type=_components,
+        default=DEFAULT_COMPONENTS,
+        metavar="M",
+        help="Gaussians in each class's mixture, which class samples draw from (default "
+        f"{DEFAULT_COMPONENTS}; fewer for a class with under {MIN_IMAGES_PER_COMPONENT} "
+        "images a component; 1: the class's single Gaussian)",
+    )
+
+
+def _components(text: str) -> int:
+    from core.stats.class_stats import MAX_COMPONENTS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_COMPONENTS:
+        raise argparse.ArgumentTypeError(f"give a whole number from 1 to {MAX_COMPONENTS}")
+    return value
+
+
 def _class_stats(
-    model, dataset: str, data_dir: str, limit: int | None, device, download: bool = False
+    model,
+    dataset: str,
+    data_dir: str,
+    limit: int | None,
+    device,
+    download: bool = False,
+    components: int = 1,
 ):
     """Class statistics of ``dataset``'s training images, with a progress bar; every
     class without images is named on stderr."""
@@ -574,7 +607,12 @@ def _class_stats(
     if (train.channels, train.image_size) != (cfg.in_channels, cfg.image_size):
         raise DatasetError(f"{dataset} images do not fit this model's {cfg.image_size}px input")
     stats = compute_class_stats(
-        model, train, limit, device=device, progress=progress_bar("class statistics")
+        model,
+        train,
+        limit,
+        device=device,
+        progress=progress_bar("class statistics"),
+        components=components,
     )
     for name in stats.skipped:
         print(f"class {name!r} has no images: skipped", file=sys.stderr)
@@ -588,7 +626,9 @@ def _cmd_directions(args) -> int:
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     dataset = args.dataset or meta.get("dataset") or "mnist"
-    stats = _class_stats(model, dataset, args.data_dir, args.limit, device)
+    stats = _class_stats(
+        model, dataset, args.data_dir, args.limit, device, components=args.components
+    )
     path = stats.save_npz(args.out)
     counts = ", ".join(f"{n}: {c}" for n, c in zip(stats.names, stats.counts))
     print(f"{path}: {stats.num_classes} classes ({counts})")
@@ -768,6 +808,7 @@ def _add_export(sub) -> None:
         help=f"with --data-dir: training images per class for the class statistics "
         f"(default {DEFAULT_PER_CLASS}; 0: all)",
     )
+    _add_components(p, "--class-components")
     p.add_argument(
         "--download", action="store_true", help="with --data-dir: fetch the test set if missing"
     )
@@ -808,7 +849,15 @@ def _cmd_export(args) -> int:
             ),
         )
         print(f"test: {bpd:.4f} bits/dim on {n} test images")
-        _export_class_stats(model, meta, args.data_dir, args.class_limit, device, args.download)
+        _export_class_stats(
+            model,
+            meta,
+            args.data_dir,
+            args.class_limit,
+            device,
+            args.download,
+            args.class_components,
+        )
         model.cpu()
     path = save_checkpoint(args.out, model, meta, training=None)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
@@ -851,7 +900,13 @@ def _training_state_words(training: dict) -> str:
 
 
 def _export_class_stats(
-    model, meta: dict, data_dir: str, limit: int | None, device, download: bool = False
+    model,
+    meta: dict,
+    data_dir: str,
+    limit: int | None,
+    device,
+    download: bool = False,
+    components: int = 1,
 ) -> None:
     """Record class statistics in ``meta`` for labelled data; unlabelled data keeps what
     ``meta`` had."""
@@ -859,12 +914,13 @@ def _export_class_stats(
 
     try:
         dataset = meta.get("dataset") or "mnist"
-        stats = _class_stats(model, dataset, data_dir, limit, device, download)
+        stats = _class_stats(model, dataset, data_dir, limit, device, download, components)
     except ClassStatsError as exc:
         print(f"no class statistics: {exc}", file=sys.stderr)
         return
     meta[META_KEY] = stats.to_meta()
-    print(f"class statistics: {stats.num_classes} classes, {stats.source}")
+    mixture = f", up to {stats.num_components} Gaussians a class" if components > 1 else ""
+    print(f"class statistics: {stats.num_classes} classes{mixture}, {stats.source}")
 
 
 def _add_bench(sub) -> None:

@@ -31,18 +31,24 @@ from tests.test_data import MNIST_DIR, needs_mnist
 def labelled_dataset(n_per_class=(5, 3, 0), seed=0) -> ImageDataset:
     """8x8 grey images; class k is brighter the larger k; the last class has no images."""
     rng = np.random.default_rng(seed)
+    make = lambda k, i: rng.integers(0, 80, (1, 8, 8)) + 60 * k  # noqa: E731
+    return make_labelled(n_per_class, make, rng, "tiny")
+
+
+def make_labelled(n_per_class, make, rng, name: str) -> ImageDataset:
+    """A data set of ``n_per_class[k]`` images ``make(k, i)`` of class ``c<k>``, clipped to
+    uint8 and interleaved, as a real data set would be."""
     images, labels = [], []
     for k, n in enumerate(n_per_class):
-        for _ in range(n):
-            images.append(rng.integers(0, 80, (1, 8, 8)) + 60 * k)
+        for i in range(n):
+            images.append(make(k, i))
             labels.append(k)
-    images = np.clip(np.array(images), 0, 255).astype(np.uint8)
-    # interleave the classes, as a real data set would
+    images = np.clip(np.array(images), 0, 255).astype(np.uint8).reshape(len(labels), 1, 8, 8)
     order = rng.permutation(len(labels))
     return ImageDataset(
         torch.from_numpy(images[order]),
-        "tiny",
-        labels=np.array(labels)[order],
+        name,
+        labels=np.array(labels, dtype=np.int64)[order],
         class_names=tuple(f"c{k}" for k in range(len(n_per_class))),
     )
 

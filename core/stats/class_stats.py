@@ -7,9 +7,15 @@ For class ``k`` and latent level ``l``, over the training images ``x`` of that c
 
 with ``z = encode(pixel_centres(x))``, the latents that ``realnvp encode`` and the explorer
 give an image. They make class directions (move a level's latent towards ``mean[k, l]``)
-and class samples (draw each level from the diagonal Gaussian
-``N(mean[k, l], (T * std[k, l])^2)``), as Glow's demo made attribute directions from
-labelled data.
+and class samples, as Glow's demo made attribute directions from labelled data.
+
+**Class samples.** A class is not one blob in latent space (a 2 with a loop and a 2 without
+one sit apart), so version 2 also keeps, per class, a mixture of ``M`` diagonal Gaussians
+fitted to the class's latents by EM (:mod:`core.stats.mixture`): weights ``(K, M)`` and per
+level ``(K, M, C, H, W)`` means and standard deviations. A class sample picks a component
+by its weight, then draws each level from ``N(mean[k, m, l], (T * std[k, m, l])^2)``.
+Version 1 files have no mixture; their samples come from the class's single diagonal
+Gaussian ``N(mean[k, l], (T * std[k, l])^2)``, which is the one-component mixture.
 
 **The sample.** The first ``per_class`` images of each class in the data set's order
 (default :data:`DEFAULT_PER_CLASS`; ``None`` takes them all), so a rerun picks the same
@@ -36,11 +42,13 @@ import numpy as np
 
 from core.config import DEFAULT_PER_CLASS  # noqa: F401 (re-exported)
 from core.files.atomic import atomic_write
+from core.stats.mixture import pick_components
 
 STATS_FORMAT = "realnvp-class-stats"
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: with the per-class mixture; 1 (read still): means and stds only
 META_KEY = "class_stats"
 MAX_CLASSES = 1000
+MAX_COMPONENTS = 256
 
 
 class ClassStatsError(ValueError):
@@ -52,7 +60,10 @@ class ClassStats:
     """Per-class latent means and standard deviations, finest level first.
 
     ``means[l]`` and ``stds[l]`` are ``float32 (K, C, H, W)`` for ``K`` classes named
-    ``names``; ``counts[k]`` images of class ``k`` were used. Arrays are read-only.
+    ``names``; ``counts[k]`` images of class ``k`` were used. The optional mixture:
+    ``mixture_weights (K, M)`` (each row sums to 1; a class fitted with fewer components
+    has zero weights at the end), ``mixture_means[l]`` and ``mixture_stds[l]``
+    ``(K, M, C, H, W)``. Arrays are read-only.
     """
 
     names: tuple[str, ...]
@@ -61,6 +72,9 @@ class ClassStats:
     stds: tuple[np.ndarray, ...]
     source: str = ""  # what they were computed from, for the record
     skipped: tuple[str, ...] = field(default=())  # classes without images, left out
+    mixture_weights: np.ndarray | None = None
+    mixture_means: tuple[np.ndarray, ...] = field(default=())
+    mixture_stds: tuple[np.ndarray, ...] = field(default=())
 
     def __post_init__(self) -> None:
         k = len(self.names)
@@ -82,6 +96,47 @@ class ClassStats:
         object.__setattr__(self, "stds", tuple(frozen["stds"]))
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+        self._freeze_mixture()
+
+    def _freeze_mixture(self) -> None:
+        if self.mixture_weights is None:
+            if self.mixture_means or self.mixture_stds:
+                raise ClassStatsError("class statistics: mixture components without weights")
+            return
+        k = len(self.names)
+        w = np.array(self.mixture_weights, dtype=np.float32, copy=True)
+        if w.ndim != 2 or w.shape[0] != k or w.shape[1] < 1:
+            raise ClassStatsError(f"class statistics: mixture weights of shape {w.shape}")
+        sums = w.astype(np.float64).sum(axis=1)
+        if not np.isfinite(w).all() or (w < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
+            raise ClassStatsError("class statistics: mixture weights are not a distribution")
+        m = w.shape[1]
+        w.setflags(write=False)
+        object.__setattr__(self, "mixture_weights", w)
+        for what in ("mixture_means", "mixture_stds"):
+            levels = []
+            for i, a in enumerate(getattr(self, what)):
+                a = np.array(a, dtype=np.float32, copy=True)
+                if i >= len(self.means) or a.shape != (k, m, *self.means[i].shape[1:]):
+                    raise ClassStatsError(f"class statistics: level {i} {what} of shape {a.shape}")
+                if not np.isfinite(a).all() or (what == "mixture_stds" and (a < 0).any()):
+                    raise ClassStatsError(f"class statistics: level {i} {what} are not finite")
+                a.setflags(write=False)
+                levels.append(a)
+            if len(levels) != len(self.means):
+                raise ClassStatsError(f"class statistics: {what} for {len(levels)} levels")
+            object.__setattr__(self, what, tuple(levels))
+
+    @property
+    def num_components(self) -> int:
+        """Mixture components per class (1: the class's single Gaussian)."""
+        return 1 if self.mixture_weights is None else int(self.mixture_weights.shape[1])
+
+    def components_used(self, k: int) -> int:
+        """Components of class ``k`` with a weight above zero."""
+        if self.mixture_weights is None:
+            return 1
+        return int((self.mixture_weights[k] > 0).sum())
 
     @property
     def num_classes(self) -> int:
@@ -106,18 +161,33 @@ class ClassStats:
         noise: Sequence[np.ndarray],
         temperature: float,
         levels: Sequence[int] | None = None,
+        pick: np.ndarray | None = None,
     ) -> list[np.ndarray]:
-        """Latents of class ``k``: level ``l`` in ``levels`` (default: all) is
-        ``mean[k, l] + temperature * std[k, l] * noise[l]``; any other level is
-        ``temperature * noise[l]``, a draw from the prior. ``noise[l]`` is ``(N, C, H, W)``
-        standard normal noise."""
+        """Latents of class ``k``. ``noise[l]`` is ``(N, C, H, W)`` standard normal noise;
+        with a mixture, ``pick`` is ``(N,)`` uniform numbers in ``[0, 1)`` that choose each
+        sample's component by its weight (one component for all of a sample's levels).
+
+        Level ``l`` in ``levels`` (default: all) is ``mean + temperature * std * noise[l]``
+        with the component's (or, without a mixture, the class's) mean and std; any other
+        level is ``temperature * noise[l]``, a draw from the prior.
+        """
         chosen = set(range(len(self.means)) if levels is None else levels)
+        n = len(noise[0]) if len(noise) else 0
+        if self.mixture_weights is not None:
+            if pick is None or np.shape(pick) != (n,):
+                raise ValueError(f"a class mixture needs pick: {n} uniform numbers")
+            comp = pick_components(self.mixture_weights[k], pick)
+            means = [m[k][comp] for m in self.mixture_means]
+            stds = [s[k][comp] for s in self.mixture_stds]
+        else:
+            means = [m[k] for m in self.means]
+            stds = [s[k] for s in self.stds]
         out = []
         t = np.float32(temperature)
         for i, e in enumerate(noise):
             e = np.asarray(e, dtype=np.float32)
             if i in chosen:
-                out.append(self.means[i][k] + t * self.stds[i][k] * e)
+                out.append(means[i] + t * stds[i] * e)
             else:
                 out.append(t * e)
         return out
@@ -128,9 +198,9 @@ class ClassStats:
         """Plain values (no numpy, no torch) for a checkpoint's ``meta``."""
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype}")
-        return {
+        data = {
             "format": STATS_FORMAT,
-            "version": STATS_VERSION,
+            "version": STATS_VERSION if self.mixture_weights is not None else 1,
             "names": list(self.names),
             "counts": list(self.counts),
             "shapes": [list(s) for s in self.shapes],
@@ -140,12 +210,18 @@ class ClassStats:
             "source": self.source,
             "skipped": list(self.skipped),
         }
+        if self.mixture_weights is not None:
+            data["components"] = self.num_components
+            data["mixture_weights"] = self.mixture_weights.astype(np.float32).tobytes()
+            data["mixture_means"] = [m.astype(dtype).tobytes() for m in self.mixture_means]
+            data["mixture_stds"] = [s.astype(dtype).tobytes() for s in self.mixture_stds]
+        return data
 
     @classmethod
     def from_meta(cls, data: Any) -> ClassStats:
         """Read :meth:`to_meta`'s values back; raises :class:`ClassStatsError`."""
         try:
-            if data.get("format") != STATS_FORMAT or data.get("version") != STATS_VERSION:
+            if data.get("format") != STATS_FORMAT or data.get("version") not in (1, 2):
                 raise ClassStatsError(
                     f"class statistics of an unknown kind ({data.get('format')!r}, "
                     f"version {data.get('version')!r})"
@@ -162,6 +238,21 @@ class ClassStats:
                     if len(shape) != 4 or len(raw) != math.prod(shape) * dtype.itemsize:
                         raise ClassStatsError(f"class statistics: damaged {what}")
                     arrays[what].append(np.frombuffer(raw, dtype=dtype).reshape(shape))
+            mixture: dict[str, Any] = {}
+            if data["version"] == 2:
+                m = int(data["components"])
+                raw = data["mixture_weights"]
+                if not 1 <= m <= MAX_COMPONENTS or len(raw) != k * m * 4:
+                    raise ClassStatsError("class statistics: damaged mixture weights")
+                mixture["mixture_weights"] = np.frombuffer(raw, np.float32).reshape(k, m)
+                for what in ("mixture_means", "mixture_stds"):
+                    levels = []
+                    for shape, raw in zip(data["shapes"], data[what], strict=True):
+                        shape = (k, m, *(int(v) for v in shape))
+                        if len(raw) != math.prod(shape) * dtype.itemsize:
+                            raise ClassStatsError(f"class statistics: damaged {what}")
+                        levels.append(np.frombuffer(raw, dtype=dtype).reshape(shape))
+                    mixture[what] = tuple(levels)
             return cls(
                 tuple(names),
                 tuple(int(c) for c in data["counts"]),
@@ -169,6 +260,7 @@ class ClassStats:
                 tuple(arrays["stds"]),
                 str(data.get("source", "")),
                 tuple(str(n) for n in data.get("skipped", ())),
+                **mixture,
             )
         except ClassStatsError:
             raise
@@ -188,6 +280,13 @@ class ClassStats:
         for i, (m, s) in enumerate(zip(self.means, self.stds)):
             arrays[f"mean_{i}"] = m
             arrays[f"std_{i}"] = s
+        if self.mixture_weights is not None:
+            arrays["mixture_weights"] = self.mixture_weights
+            for i, (m, s) in enumerate(zip(self.mixture_means, self.mixture_stds)):
+                arrays[f"mixture_mean_{i}"] = m
+                arrays[f"mixture_std_{i}"] = s
+        else:
+            arrays["version"] = np.array(1)
         path = Path(path)
         with atomic_write(path) as f:
             np.savez(f, **arrays)
@@ -200,6 +299,11 @@ class ClassStats:
                 if "format" not in data.files or str(data["format"]) != STATS_FORMAT:
                     raise ClassStatsError(f"{path}: not a class statistics file")
                 levels = sum(1 for n in data.files if n.startswith("mean_"))
+                mixture: dict[str, Any] = {}
+                if "mixture_weights" in data.files:
+                    mixture["mixture_weights"] = data["mixture_weights"]
+                    for what, name in (("mixture_means", "mean"), ("mixture_stds", "std")):
+                        mixture[what] = tuple(data[f"mixture_{name}_{i}"] for i in range(levels))
                 return cls(
                     tuple(str(n) for n in data["names"]),
                     tuple(int(c) for c in data["counts"]),
@@ -207,6 +311,7 @@ class ClassStats:
                     tuple(data[f"std_{i}"] for i in range(levels)),
                     str(data["source"]),
                     tuple(str(n) for n in data["skipped"]),
+                    **mixture,
                 )
         except ClassStatsError:
             raise
@@ -272,6 +377,8 @@ def summarize_class_meta(data: Any) -> str:
     lo, hi = min(stats.counts), max(stats.counts)
     each = f"{lo:,} images each" if lo == hi else f"{lo:,} to {hi:,} images each"
     line = f"{stats.num_classes} classes, {each}"
+    if stats.mixture_weights is not None:
+        line += f", a mixture of up to {stats.num_components} Gaussians each"
     if stats.skipped:
         line += f"; without images: {', '.join(stats.skipped)}"
     return f"{line} ({stats.source})" if stats.source else line

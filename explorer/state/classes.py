@@ -14,8 +14,10 @@ deviations per level (:mod:`core.stats.class_stats`). From them, with numpy alon
 - **Nearest class per level**: the class whose mean is nearest (Euclidean) to the level's
   latent, with every distance, in RMS units ``||z_l - mean[k, l]|| / sqrt(D_l)`` so that
   levels of different sizes read alike.
-- **Class samples**: each level drawn from the class's diagonal Gaussian,
-  ``mean[k, l] + T * std[k, l] * eps`` (:meth:`core.stats.class_stats.ClassStats.sample_latents`).
+- **Class samples**: a component of the class's mixture picked by its weight, then each
+  level drawn from that component's diagonal Gaussian, ``mean[k, m, l] + T * std[k, m, l]
+  * eps`` (the class's single Gaussian for statistics without a mixture;
+  :meth:`core.stats.class_stats.ClassStats.sample_latents`).
 """
 
 from __future__ import annotations
@@ -141,8 +143,9 @@ def class_sample(
     mask: str = "all",
 ) -> list[np.ndarray]:
     """``n`` latents of class ``k``, a pure function of ``seed``: the levels in ``mask``
-    from the class's diagonal Gaussian, the others from the prior (both at
-    ``temperature``)."""
+    from the class's Gaussians (a component of its mixture per sample), the others from
+    the prior (both at ``temperature``)."""
     rng = np.random.default_rng([seed, k, 0x5EED])
     noise = [rng.standard_normal((n, *shape), dtype=np.float32) for shape in stats.shapes]
-    return stats.sample_latents(k, noise, temperature, level_mask(mask, len(stats.shapes)))
+    pick = rng.random(n) if stats.mixture_weights is not None else None
+    return stats.sample_latents(k, noise, temperature, level_mask(mask, len(stats.shapes)), pick)
