@@ -100,7 +100,8 @@ class ClassesPanel(QScrollArea):
         self.count.setToolTip("How many images")
         self.sample_button = QPushButton("Sample")
         self.sample_button.setToolTip(
-            "Draw every level from the class's fitted diagonal Gaussian (undo with Ctrl+Z)"
+            "Draw every level from the class's fitted Gaussians, one component of its "
+            "mixture per image (undo with Ctrl+Z)"
         )
         sample_layout = QHBoxLayout(self.sample_box)
         sample_layout.addWidget(self.class_combo, 1)
