@@ -25,7 +25,7 @@ from PySide6.QtCore import Qt
 from sshd import choose_host, running_sshd
 
 from core.config import DATASET_GEOMETRY, geometry_problem
-from core.runs.folder import EVENTS_FILE, STOP_FILE, parse_event
+from core.runs.folder import EVENTS_FILE, STOP_FILE, parse_event, pid_alive
 from core.runs.folder import read_events as read_event_log
 from explorer.training.process import DATASET_LABELS, PRESETS, RunSettings
 from explorer.training.run_controller import LEAVE, STOP
@@ -508,16 +508,29 @@ def test_leave_running_detaches_the_trainer(qtbot, make_panel, image_folder, tmp
     try:
         size = (out / EVENTS_FILE).stat().st_size
         qtbot.waitUntil(lambda: (out / EVENTS_FILE).stat().st_size > size, timeout=WAIT_MS)
-        # Reopening its folder follows the run that is still going.
+        # Reopening its folder follows the run that is still going; the page says whose
+        # run it follows (not that the folder is "in use by another run"), and its Stop
+        # asks that run to stop through the folder's STOP file.
         viewer = make_panel()
         assert viewer.open_run(out) and viewer.follower is not None
         seen = viewer.last_step
         qtbot.waitUntil(lambda: viewer.last_step > seen, timeout=WAIT_MS)
-    finally:
-        os.kill(pid, signal.SIGTERM)
+        said = viewer.reason.text()
+        assert said.startswith("Following the run in "), said
+        assert "(process " in said and "started outside this window" in said, said
+        assert "in use" not in said and not viewer.start_button.isEnabled()
+        assert viewer.stop_button.isEnabled() and not viewer.kill_button.isEnabled()
+        qtbot.mouseClick(viewer.stop_button, Qt.MouseButton.LeftButton)
+        assert (out / STOP_FILE).exists() or not pid_alive(pid)
+        assert not viewer.stop_button.isEnabled() and "to stop" in viewer.reason.text()
+        qtbot.waitUntil(lambda: viewer.follower is None, timeout=WAIT_MS)  # its done event
         wait_gone(pid)
-    qtbot.waitUntil(lambda: viewer.follower is None, timeout=WAIT_MS)  # its done event came
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid)
     assert read_event_log(out)[-1]["reason"] == "stopped"
+    assert not viewer.stop_button.isEnabled() and not viewer.reason.text().startswith("Follow")
 
 
 # -- inside the explorer window -------------------------------------------------------------

@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from core.runs import hosts
-from core.runs.folder import complete_lines, parse_event
+from core.runs.folder import STOP_FILE, complete_lines, parse_event, read_lock
 from core.runs.host import RemoteRun
 from core.runs.transport import RemoteError
 from explorer.training.command_line import home_path
@@ -74,6 +74,7 @@ class RunController(QObject):
         self.remote_run: RemoteRun | None = None  # the run on a host the page shows
         self.fetching: BlockingCall | None = None
         self.follower: TrainingRun | None = None  # a reopened run still going
+        self.follow_stop_asked = False  # Stop pressed for the reopened run (its STOP file)
         self._close_after_stop: QWidget | None = None
         self._fetch_progressed.connect(self._on_fetch_progress)
 
@@ -193,7 +194,11 @@ class RunController(QObject):
     # -- stopping ----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the trainer to save and finish."""
+        """Ask the trainer to save and finish; for a reopened run still going (started
+        elsewhere: a terminal, an earlier window), through its folder's STOP file."""
+        if not self.running and self.follower is not None and not self.follow_stop_asked:
+            self._stop_followed()
+            return
         if self.running and self.process is not None:
             self.process.stop()
             self.view.info.setText(
@@ -201,6 +206,33 @@ class RunController(QObject):
                 or "Stopping: the trainer saves latest.pt after this step…"
             )
             self.view.update_controls()
+
+    def _stop_followed(self) -> None:
+        view = self.view
+        stop = Path(view.run_dir) / STOP_FILE
+        try:
+            stop.touch()
+        except OSError as exc:
+            view.show_message(f"cannot ask the run to stop: {exc.strerror or exc} ({stop})", True)
+            return
+        self.follow_stop_asked = True
+        view.info.setText("Stopping: the run saves latest.pt after this step…")
+        view.update_controls()
+
+    def following_words(self) -> str:
+        """What the page says of a reopened run that goes on: whose it is, and what Stop
+        does; empty when it follows none."""
+        if self.follower is None or self.running:
+            return ""
+        folder = Path(self.view.run_dir)
+        holder = read_lock(folder)
+        who = f" ({holder.describe()})" if holder is not None else ""
+        if self.follow_stop_asked:
+            return f"Asked the run in {home_path(folder)} to stop{who}: it saves, then ends"
+        return (
+            f"Following the run in {home_path(folder)}, started outside this window{who}; "
+            "Stop asks it to save latest.pt and end"
+        )
 
     def kill(self) -> None:
         """End the trainer at once."""
@@ -364,10 +396,12 @@ class RunController(QObject):
         return True
 
     def stop_following(self) -> None:
+        self.follow_stop_asked = False
         if self.follower is not None:
             self.follower.detach()
             self.follower.deleteLater()
             self.follower = None
+            self.view.update_controls()
 
     # -- opening the checkpoint ----------------------------------------------------------------
 

@@ -88,6 +88,8 @@ ERROR_STYLE = (
 WARNING_STYLE = (
     "QLabel { background: #5a4510; color: #ffe7a8; padding: 4px 8px; border-radius: 4px; }"
 )
+REASON_STYLE = "color: #ffb74d;"  # why Start is off
+FOLLOWING_STYLE = "color: #9ccff5;"  # whose run the page follows: news, not a fault
 NOTE_STYLE = "QLabel { background: #1f3a2a; color: #c8f0d4; padding: 6px 8px; border-radius: 4px; }"
 LOG_LINES = 5000
 REDRAW_MS = 250
@@ -251,7 +253,7 @@ class TrainingPanel(QWidget):
         self.kill_button = QPushButton("Kill")
         self.kill_button.setToolTip("End the trainer at once; checkpoints on disk stay")
         self.reason = QLabel()
-        self.reason.setStyleSheet("color: #ffb74d;")
+        self.reason.setStyleSheet(REASON_STYLE)
         self.reason.setWordWrap(True)
 
         self.command_line = CommandLine()
@@ -414,10 +416,16 @@ class TrainingPanel(QWidget):
         running = self.running
         problems = [] if running else self.form.problems()
         self.start_button.setEnabled(not running and not problems)
-        self.reason.setText(problems[0] if problems else "")
-        self.reason.setToolTip("\n".join(problems))
+        # A reopened run that goes on holds its folder: the page says whose run it
+        # follows rather than the form's "in use by another run".
+        following = self.runs.following_words()
+        shown = [following] if following else problems
+        self.reason.setStyleSheet(FOLLOWING_STYLE if following else REASON_STYLE)
+        self.reason.setText(shown[0] if shown else "")
+        self.reason.setToolTip("\n".join(shown))
         stopping = running and self.process is not None and self.process.stop_requested
-        self.stop_button.setEnabled(running and not stopping)
+        can_stop_followed = bool(following) and not self.runs.follow_stop_asked
+        self.stop_button.setEnabled((running and not stopping) or can_stop_followed)
         self.kill_button.setEnabled(running)
         self.reopen_button.setEnabled(not running)
         self.open_button.setEnabled(
