@@ -13,6 +13,7 @@ from core.files.checkpoint import read_checkpoint, save_checkpoint
 from core.stats.class_stats import META_KEY, ClassStats, stats_from_meta
 from core.stats.measure import class_samples, compute_class_stats
 from core.stats.mixture import (
+    MIN_IMAGES_IN_COMPONENT,
     MIN_IMAGES_PER_COMPONENT,
     VARIANCE_FLOOR,
     fit_diagonal_mixture,
@@ -75,6 +76,17 @@ def test_no_component_shrinks_onto_a_few_points():
     assert np.isfinite(fit.means).all() and abs(float(fit.weights.sum()) - 1.0) < 1e-6
 
 
+def test_a_component_left_with_a_few_outliers_is_dropped():
+    # 400 points in one cloud and 6 far outliers: k-means++ seeds a component on the
+    # outliers, and EM leaves it 6 points' worth: too few, so it goes
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal((400, 5)), 40.0 + rng.standard_normal((6, 5))])
+    fit = fit_diagonal_mixture(x, components=4, seed=0)
+    assert 1 <= fit.num_components < 4
+    assert (fit.weights * len(x) >= MIN_IMAGES_IN_COMPONENT).all()
+    assert abs(float(fit.weights.sum()) - 1.0) < 1e-6
+
+
 def test_picking_components_follows_the_weights_and_skips_empty_ones():
     w = np.array([0.5, 0.0, 0.25, 0.25], dtype=np.float32)
     u = np.array([0.0, 0.49, 0.5, 0.74, 0.75, 0.999999, 1.0])
@@ -88,14 +100,15 @@ def test_picking_components_follows_the_weights_and_skips_empty_ones():
 
 
 def blob_dataset(per_class=(150, 70), seed=0) -> ImageDataset:
-    """8x8 images of two classes; each class is two kinds of image (left half or right
-    half lit), so its latents fall in two groups."""
+    """8x8 images of two classes; each class is three kinds of image (its left, right or
+    top half lit), so its latents fall in three groups."""
     rng = np.random.default_rng(seed)
+    halves = ((slice(None), slice(0, 4)), (slice(None), slice(4, 8)), (slice(0, 4), slice(None)))
 
     def make(k: int, i: int) -> np.ndarray:
         img = rng.integers(0, 40, (1, 8, 8))
-        img[:, :, :4] += 150 + 30 * k if i % 2 else 0
-        img[:, :, 4:] += 0 if i % 2 else 150 + 30 * k
+        rows, cols = halves[i % 3]
+        img[0, rows, cols] += 150 + 30 * k
         return img
 
     return make_labelled(per_class, make, rng, "blobs")
@@ -108,7 +121,7 @@ def mixed_stats() -> ClassStats:
 
 def test_statistics_carry_a_mixture_per_class_padded_to_the_largest(mixed_stats):
     stats = mixed_stats
-    # class a: 150 images, 3 components; class b: 70 images, room for one only
+    # class c0: 150 images, 3 components; class c1: 70 images, room for one only
     assert stats.num_components == 3
     assert stats.components_used(0) == 3 and stats.components_used(1) == 1
     assert stats.mixture_weights[1].tolist() == [1.0, 0.0, 0.0]

@@ -9,7 +9,9 @@
 2. writes ``samples_t0.7.png`` and ``samples_t1.0.png`` (``realnvp sample bundled --n 64
    --seed 0``);
 3. judges ``realnvp sample bundled --class K`` for every digit with the nearest-neighbour
-   judge (:mod:`core.stats.judge`) and prints the shares;
+   judge (:mod:`core.stats.judge`) and prints the shares, with the class mixtures
+   (``--class-components`` and ``--class-limit``, passed to export) and,
+   for comparison, with each class's single Gaussian;
 4. draws the learning curve of every run that led to the model (test bits/dim against
    images seen, from the checkpoint's lineage, which the runs' evaluation events also hold)
    into ``learning_curve.png``;
@@ -34,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from core.files.checkpoint import load_checkpoint, read_checkpoint
 from core.flow.model import mean_bits_per_dim
-from core.stats.class_stats import level_mask, stats_from_meta
+from core.stats.class_stats import ClassStats, level_mask, stats_from_meta
 from core.stats.judge import NearestNeighbourJudge
 from core.stats.measure import class_samples
 from core.training.data import load_mnist
@@ -71,9 +73,13 @@ def test_bpd(path: Path, data_dir: str) -> float:
     return float(mean_bits_per_dim(model.eval(), test.images, torch.device("cpu")))
 
 
-def class_shares(path: Path, data_dir: str, n: int = 100) -> dict[int, float]:
+def class_shares(path: Path, data_dir: str, n: int = 100, single: bool = False) -> dict[int, float]:
+    """The share of ``n`` class samples of each digit that the judge calls that digit;
+    ``single``: drawn from each class's single Gaussian instead of its mixture."""
     model, meta = load_checkpoint(path)
     stats = stats_from_meta(meta)
+    if single:
+        stats = ClassStats(stats.names, stats.counts, stats.means, stats.stds, stats.source)
     train = load_mnist(data_dir, train=True)
     judge = NearestNeighbourJudge(train.images[:20000].numpy(), np.asarray(train.labels[:20000]))
     levels = level_mask("all", model.num_levels)
@@ -135,13 +141,21 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "resources"))
     p.add_argument("--force", action="store_true", help="bundle it even if it is not better")
     p.add_argument("--json-out")
+    p.add_argument("--class-limit", help="export's --class-limit (default: export's)")
+    p.add_argument("--class-components", help="export's --class-components (default: export's)")
     args = p.parse_args()
     out = Path(args.out)
     target = out / "default_model.pt"
     facts: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / "candidate.pt"
-        print(realnvp("export", args.checkpoint, str(candidate), "--data-dir", args.data_dir))
+        export = ["export", args.checkpoint, str(candidate), "--data-dir", args.data_dir]
+        for flag, value in (
+            ("--class-limit", args.class_limit),
+            ("--class-components", args.class_components),
+        ):
+            export += [flag, value] if value is not None else []
+        print(realnvp(*export))
         new = read_checkpoint(candidate)["meta"]["test_bpd"]
         old = test_bpd(target, args.data_dir) if target.exists() else float("inf")
         facts.update(candidate_bpd=new, bundled_bpd=old)
@@ -159,6 +173,8 @@ def main() -> int:
     meta = read_checkpoint(target)["meta"]
     facts["class_shares"] = class_shares(target, args.data_dir)
     print("class samples judged as their digit:", facts["class_shares"])
+    facts["class_shares_single"] = class_shares(target, args.data_dir, single=True)
+    print("the same from single Gaussians:", facts["class_shares_single"])
     lineage = meta.get("lineage", [])
     if lineage and lineage[0].get("init_from") == "bundled" and lineage[0]["images_start"] > 0:
         lineage = [FIRST_BUNDLED, *lineage]

@@ -6,9 +6,11 @@ between, where the flow decodes neither. A few components, each with its own mea
 per-element standard deviation, cover the class where its images are. Plain numpy, no
 torch: the explorer samples from the result without loading torch.
 
-The fit is deterministic for a given ``seed``: k-means++ seeding, then EM in float64 with a
-floor on each component's variance (a share of the class's own variance, so that no
-component shrinks onto a handful of training images).
+The fit is deterministic for a given ``seed``: the best of a few k-means++ runs, then EM in
+float64. No
+component may shrink onto a handful of training images: one left with less than
+:data:`MIN_IMAGES_IN_COMPONENT` images' worth of responsibility is dropped, and each
+component's variance has a floor, a share of the class's own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 DEFAULT_COMPONENTS = 10
 MIN_IMAGES_PER_COMPONENT = 50  # fewer images than this per component: fewer components
+MIN_IMAGES_IN_COMPONENT = 20  # a fitted component with less responsibility is dropped
 VARIANCE_FLOOR = 0.01  # a component's variance >= this share of the class's, per element
 
 
@@ -53,6 +56,37 @@ def _kmeans_pp(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack(centres)
 
 
+def _kmeans(
+    x: np.ndarray, m: int, rng: np.random.Generator, rounds: int
+) -> tuple[np.ndarray, float]:
+    """k-means++ seeds refined by Lloyd's rounds: each point's cluster and the inertia."""
+    centres = _kmeans_pp(x, m, rng)
+    sq = (x * x).sum(axis=1)
+    for _ in range(rounds + 1):
+        d = sq[:, None] - 2.0 * x @ centres.T + (centres * centres).sum(axis=1)
+        nearest = d.argmin(axis=1)
+        moved = np.stack(
+            [x[nearest == j].mean(axis=0) if (nearest == j).any() else centres[j] for j in range(m)]
+        )
+        if np.array_equal(moved, centres):
+            break
+        centres = moved
+    return nearest, float(d[np.arange(len(x)), nearest].sum())
+
+
+def _kmeans_start(
+    x: np.ndarray, m: int, rng: np.random.Generator, floor: np.ndarray, tries: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM's start: the best of ``tries`` k-means runs (the least inertia); each cluster's
+    mean, variance (at least ``floor``) and share. An empty cluster is dropped."""
+    nearest = min((_kmeans(x, m, rng, 20) for _ in range(tries)), key=lambda r: r[1])[0]
+    used = [j for j in range(m) if (nearest == j).any()]
+    means = np.stack([x[nearest == j].mean(axis=0) for j in used])
+    variances = np.stack([np.maximum(x[nearest == j].var(axis=0), floor) for j in used])
+    weights = np.array([(nearest == j).mean() for j in used])
+    return means, variances, weights
+
+
 def fit_diagonal_mixture(
     latents: np.ndarray,
     components: int = DEFAULT_COMPONENTS,
@@ -60,9 +94,9 @@ def fit_diagonal_mixture(
     iterations: int = 60,
     tolerance: float = 1e-6,
 ) -> DiagonalMixture:
-    """Fit ``min(components, N // MIN_IMAGES_PER_COMPONENT)`` (at least one) diagonal
-    Gaussians to ``latents (N, D)``. One component is the class's own mean and standard
-    deviation, exactly."""
+    """Fit at most ``min(components, N // MIN_IMAGES_PER_COMPONENT)`` (at least one)
+    diagonal Gaussians to ``latents (N, D)``; fewer where EM leaves a component almost
+    empty. A single component is the class's own mean and standard deviation."""
     x = np.asarray(latents, dtype=np.float64).reshape(len(latents), -1)
     n, _ = x.shape
     if n == 0:
@@ -74,9 +108,7 @@ def fit_diagonal_mixture(
     if m == 1:
         return _frozen(np.ones(1), mean[None], np.sqrt(np.maximum(var, floor))[None])
     rng = np.random.default_rng(seed)
-    means = _kmeans_pp(x, m, rng)
-    variances = np.tile(np.maximum(var, floor), (m, 1))
-    weights = np.full(m, 1.0 / m)
+    means, variances, weights = _kmeans_start(x, m, rng, floor)
     previous = -np.inf
     for _ in range(iterations):
         # E step: responsibilities, in log space.
@@ -84,13 +116,20 @@ def fit_diagonal_mixture(
         top = logp.max(axis=1, keepdims=True)
         norm = top + np.log(np.exp(logp - top).sum(axis=1, keepdims=True))
         resp = np.exp(logp - norm)
-        # M step; a component that lost its images restarts on the worst-fitted latent.
+        # M step. A component left with fewer than MIN_IMAGES_IN_COMPONENT images' worth
+        # of responsibility is dropped (the smallest first, one at a time): it would only
+        # copy a few outliers.
         mass = resp.sum(axis=0)
-        for j in np.flatnonzero(mass < 1e-3 * n / m):
-            worst = int(np.argmin(norm[:, 0]))
-            resp[:, j] = 0.0
-            resp[worst, j] = 1.0
-            mass[j] = 1.0
+        if len(mass) > 1 and mass.min() < MIN_IMAGES_IN_COMPONENT:
+            keep = np.ones(len(mass), dtype=bool)
+            keep[int(np.argmin(mass))] = False
+            means, variances, weights = (
+                means[keep],
+                variances[keep],
+                weights[keep] / weights[keep].sum(),
+            )
+            previous = -np.inf
+            continue
         weights = mass / n
         means = (resp.T @ x) / mass[:, None]
         variances = (resp.T @ (x * x)) / mass[:, None] - means * means
