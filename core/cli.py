@@ -279,8 +279,8 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--class",
         dest="class_name",
-        help="draw from this class's fitted Gaussian, by name or index (the checkpoint needs "
-        "class statistics: realnvp export --data-dir)",
+        help="draw from this class's fitted Gaussians (a component of its mixture per image), "
+        "by name or index (the checkpoint needs class statistics: realnvp export --data-dir)",
     )
     p.add_argument(
         "--class-levels",
