@@ -162,7 +162,15 @@ class ClassesPanel(QScrollArea):
             self.class_combo.addItems(stats.names)
             counts = ", ".join(f"{n}: {c}" for n, c in zip(stats.names, stats.counts))
             skipped = f" Skipped (no images): {', '.join(stats.skipped)}." if stats.skipped else ""
-            self.source_label.setText(f"Statistics from the {stats.source}: {counts}.{skipped}")
+            mixture = ""
+            if stats.mixture_weights is not None:
+                used = ", ".join(
+                    f"{n}: {stats.components_used(k)}" for k, n in enumerate(stats.names)
+                )
+                mixture = f" Class samples come from a mixture of Gaussians a class ({used})."
+            self.source_label.setText(
+                f"Statistics from the {stats.source}: {counts}.{skipped}{mixture}"
+            )
         self.sync()
 
     def _build_sliders(self) -> None:
