@@ -255,3 +255,13 @@ def test_export_and_directions_choose_the_number_of_components(tmp_path, capsys)
         == 0
     )
     assert sample.is_file()
+
+
+def test_a_class_mixture_is_fitted_to_a_bounded_number_of_images(monkeypatch):
+    import core.stats.measure as measure
+
+    monkeypatch.setattr(measure, "MAX_MIXTURE_IMAGES", 100)
+    stats = compute_class_stats(perturbed_model(), blob_dataset(), per_class=None, components=3)
+    # class c0's 150 images: its first 100 in the mixture, room for two components; the
+    # means and standard deviations still cover all 150
+    assert stats.counts == (150, 70) and stats.components_used(0) == 2

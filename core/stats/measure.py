@@ -18,6 +18,10 @@ from core.stats.class_stats import DEFAULT_PER_CLASS, ClassStats, ClassStatsErro
 from core.stats.mixture import DEFAULT_COMPONENTS, fit_diagonal_mixture
 from core.training.data import ImageDataset
 
+# The mixture of a class is fitted to at most this many of its images (the first in the
+# sample's order): its latents are held in memory, and EM's time grows with them.
+MAX_MIXTURE_IMAGES = 10_000
+
 
 def compute_class_stats(
     model: RealNVP,
@@ -34,7 +38,8 @@ def compute_class_stats(
     total)`` is called after every batch. With ``components`` above 1, each class also gets
     a mixture of that many diagonal Gaussians (fewer for a class with few images; see
     :func:`core.stats.mixture.fit_diagonal_mixture`), fitted with the class's index as its
-    seed. Raises :class:`ClassStatsError` for unlabelled data or when no class has an image.
+    seed to its first :data:`MAX_MIXTURE_IMAGES` images of the sample. Raises
+    :class:`ClassStatsError` for unlabelled data or when no class has an image.
     """
     if dataset.labels is None or len(dataset.class_names) < 2:
         raise ClassStatsError(
@@ -57,6 +62,7 @@ def compute_class_stats(
     counts = torch.zeros(k, dtype=torch.float64)
     keep = components > 1
     flat: list[list[np.ndarray]] = [[] for _ in range(k)]  # per class, (n, D) float32
+    kept = [0] * k
     was_training = model.training
     model.eval()
     try:
@@ -74,9 +80,10 @@ def compute_class_stats(
                 if keep:
                     z = torch.cat([v.detach().reshape(len(idx), -1).float().cpu() for v in zs], 1)
                     for c in range(k):
-                        rows = (y == c).numpy()
-                        if rows.any():
-                            flat[c].append(z.numpy()[rows])
+                        rows = z.numpy()[(y == c).numpy()][: MAX_MIXTURE_IMAGES - kept[c]]
+                        if len(rows):
+                            flat[c].append(rows)
+                            kept[c] += len(rows)
                 if progress is not None:
                     progress(min(start + batch_size, len(chosen)), len(chosen))
     finally:
