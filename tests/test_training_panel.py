@@ -243,12 +243,17 @@ def test_the_event_reader_keeps_partial_lines_and_split_characters(tmp_path: Pat
 @pytest.mark.slow
 def test_invalid_settings_keep_start_disabled(qtbot, make_panel, image_folder, tmp_path):
     panel = make_panel()
+    form = panel.form
+    # Before a data folder is checked, the Data box keeps no room for the check's words and
+    # thumbnails: no blank space under the folder.
+    assert not form.data_status.isVisibleTo(panel) and not form.thumbnails.isVisibleTo(panel)
     good = tiny_run(image_folder, tmp_path / "run")
-    panel.form.apply(good)
-    panel.form.start_scan()
+    form.apply(good)
+    form.start_scan()
     qtbot.waitUntil(panel.start_button.isEnabled, timeout=WAIT_MS)
-    assert panel.form.data_status.text() == "40 readable images"
-    assert len(panel.form.thumbnails.labels) == 8
+    assert form.data_status.text() == "40 readable images"
+    assert len(form.thumbnails.labels) == 8
+    assert form.data_status.isVisibleTo(panel) and form.thumbnails.isVisibleTo(panel)
     assert str(image_folder) in panel.full_command  # Copy: full paths, works anywhere
     assert panel.command.text().startswith("cd ") and " --out . " in panel.command.text()
     assert str(Path(sys.executable).parent) not in panel.command.text()

@@ -74,12 +74,22 @@ class DataFields(QGroupBox):
         rows.addRow("Images", self.folder_geometry)
         rows.addRow(self.data_status)
         rows.addRow(self.thumbnails)
+        self._fit_rows()  # no blank space under the folder until a check has something to say
 
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SCAN_DELAY_MS)
         self._timer.timeout.connect(self.start_scan)
         self.data_browse.clicked.connect(self._browse_data)
+
+    def _say(self, text: str) -> None:
+        self.data_status.setText(text)
+        self._fit_rows()
+
+    def _fit_rows(self) -> None:
+        """The check's words and thumbnails take room only while there are some."""
+        self._rows.setRowVisible(self.data_status, bool(self.data_status.text()))
+        self._rows.setRowVisible(self.thumbnails, bool(self.thumbnails.labels))
 
     def sync(self, resuming: bool) -> None:
         """MNIST and CIFAR-10 can be downloaded; a folder's images need a size and
@@ -93,8 +103,8 @@ class DataFields(QGroupBox):
     def source_changed(self) -> None:
         """Forget the last check; a new one starts once the edits settle."""
         self.scan_report = None
-        self.data_status.setText("")
         self.thumbnails.set_images([])
+        self._say("")
         self.cancel_scan()
         self._timer.start()
 
@@ -128,22 +138,22 @@ class DataFields(QGroupBox):
         self.cancel_scan()
         data_dir = self.data_dir.text().strip()
         if not data_dir:
-            self.data_status.setText("")
+            self._say("")
             self.changed.emit()
             return
         host = None
         if self.where.remote:
             if self.where.host_facts is None:
-                self.data_status.setText("Checked on the host once the host answers")
+                self._say("Checked on the host once the host answers")
                 self.changed.emit()
                 return
             try:
                 host = self.where.host_choice().run_host()
             except RemoteError as exc:
-                self.data_status.setText(f"<span style='color:#ff8a80'>{exc}</span>")
+                self._say(f"<span style='color:#ff8a80'>{exc}</span>")
                 self.changed.emit()
                 return
-        self.data_status.setText(f"Checking on {host.label}…" if host else "Checking…")
+        self._say(f"Checking on {host.label}…" if host else "Checking…")
         dataset, download = self.dataset.currentData(), self.download.isChecked()
         self.scan = DataScan(dataset, data_dir, download, self, host)
         self.scan.updated.connect(self._on_scan_updated)
@@ -168,24 +178,23 @@ class DataFields(QGroupBox):
         self.scan_report = report
         if report.error:
             text = in_app_words(report.error)
-            self.data_status.setText(f"<span style='color:#ff8a80'>{text}</span>")
+            self._say(f"<span style='color:#ff8a80'>{text}</span>")
         elif report.missing:
-            self.data_status.setText("Not here yet: the trainer will download it")
+            self._say("Not here yet: the trainer will download it")
         elif report.train is not None:
-            self.data_status.setText(f"{report.train:,} training and {report.test:,} test images")
+            self._say(f"{report.train:,} training and {report.test:,} test images")
         elif report.finished:
             # torch-free; imported here so that importing the page loads no core.training.
             from core.training.datasets import describe_skipped
 
             extra = f" ({describe_skipped(report.skipped_names)})" if report.skipped_names else ""
-            self.data_status.setText(f"{report.readable:,} readable images{extra}")
+            self._say(f"{report.readable:,} readable images{extra}")
         else:
             total = f" of {report.files:,}" if report.files is not None else ""
-            self.data_status.setText(
-                f"Checking… {report.checked:,}{total} files, {report.readable:,} readable"
-            )
+            self._say(f"Checking… {report.checked:,}{total} files, {report.readable:,} readable")
         if len(report.thumbnails) != len(self.thumbnails.labels):
             self.thumbnails.set_images(report.thumbnails)
+            self._fit_rows()
         self.changed.emit()
 
     def _browse_data(self) -> None:
