@@ -202,6 +202,15 @@ def test_a_job_behind_one_that_holds_the_node_is_pending_and_kill_keeps_its_chec
         status = status_json(sshd, login, capsys, queued)
         assert (status["state"], status["scheduler"]["state"]) == ("stopped", "CANCELLED")
         assert events(Path(queued)) == []
+        # A kill of a job still in the queue is scancel too. Nothing ran and nothing is
+        # lost: it reads stopped, as after a stop, not "failed: killed".
+        queued = submit(sshd, login, capsys, small_mnist, "--max-steps", "2000")
+        code, _, err = remote(sshd, login, capsys, "kill", queued)
+        assert code == 0, err
+        slurm_cluster.wait_state(job_of(queued), "CANCELLED")
+        status = status_json(sshd, login, capsys, queued)
+        assert (status["state"], status["message"]) == ("stopped", ""), status
+        assert status["scheduler"]["state"] == "CANCELLED" and events(Path(queued)) == []
     finally:
         slurm_cluster.run("scancel", holder)
     run = Path(out)

@@ -265,8 +265,11 @@ def run_status(out: Path) -> dict[str, Any]:
     scheduler = scheduler_status(launch)
     if scheduler is not None:
         name, message = _with_scheduler(out, scheduler, name, message, last)
-        if name == "failed" and scheduler["state"] == "CANCELLED" and launch.get("stopped"):
-            name, message = "stopped", ""  # taken out of the queue by a stop
+        cancelled = name == "failed" and scheduler["state"] == "CANCELLED"
+        if cancelled and (launch.get("stopped") or (launch.get("killed") and last is None)):
+            # Taken out of the queue by a stop, or by a kill before any trainer ran:
+            # nothing trained, nothing is lost.
+            name, message = "stopped", ""
     if name == "failed" and launch.get("killed"):
         message = "killed"
     elif name == "failed" and message:
