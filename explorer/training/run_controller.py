@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,7 +227,10 @@ class RunController(QObject):
             return ""
         folder = Path(self.view.run_dir)
         holder = read_lock(folder)
-        who = f" ({holder.describe()})" if holder is not None else ""
+        who = ""
+        if holder is not None:  # the page shows the run's command line already
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.started))
+            who = f" (process {holder.pid} on {holder.host}, started {started})"
         if self.follow_stop_asked:
             return f"Asked the run in {home_path(folder)} to stop{who}: it saves, then ends"
         return (
