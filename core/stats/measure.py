@@ -79,8 +79,9 @@ def compute_class_stats(
                     squares[level].index_add_(0, y, z * z)
                 if keep:
                     z = torch.cat([v.detach().reshape(len(idx), -1).float().cpu() for v in zs], 1)
+                    z, classes = z.numpy(), y.numpy()
                     for c in range(k):
-                        rows = z.numpy()[(y == c).numpy()][: MAX_MIXTURE_IMAGES - kept[c]]
+                        rows = z[classes == c][: MAX_MIXTURE_IMAGES - kept[c]]
                         if len(rows):
                             flat[c].append(rows)
                             kept[c] += len(rows)

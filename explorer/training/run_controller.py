@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from core.runs import hosts
-from core.runs.folder import STOP_FILE, complete_lines, parse_event, read_lock
+from core.runs.folder import STOP_FILE, LockInfo, complete_lines, parse_event, read_lock
 from core.runs.host import RemoteRun
 from core.runs.transport import RemoteError
 from explorer.training.command_line import home_path
@@ -76,6 +76,7 @@ class RunController(QObject):
         self.fetching: BlockingCall | None = None
         self.follower: TrainingRun | None = None  # a reopened run still going
         self.follow_stop_asked = False  # Stop pressed for the reopened run (its STOP file)
+        self._followed_holder: LockInfo | None = None  # who holds it, read once on reopening
         self._close_after_stop: QWidget | None = None
         self._fetch_progressed.connect(self._on_fetch_progress)
 
@@ -226,7 +227,7 @@ class RunController(QObject):
         if self.follower is None or self.running:
             return ""
         folder = Path(self.view.run_dir)
-        holder = read_lock(folder)
+        holder = self._followed_holder
         who = ""
         if holder is not None:  # the page shows the run's command line already
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.started))
@@ -395,12 +396,14 @@ class RunController(QObject):
             self.follower.log_received.connect(view.append_log)
             self.follower.finished.connect(lambda _code: self.stop_following())
             run = RemoteRun(str(folder.absolute()), python=view.python or sys.executable)
+            self._followed_holder = read_lock(folder)
             self.follower.attach(run, offset, log_offset)
         view.update_controls()
         return True
 
     def stop_following(self) -> None:
         self.follow_stop_asked = False
+        self._followed_holder = None
         if self.follower is not None:
             self.follower.detach()
             self.follower.deleteLater()
