@@ -38,6 +38,9 @@ class WindowMenus:
     def __init__(self, window: MainWindow) -> None:
         self.window = window
         self.run_actions: dict[tuple[str | None, str], QAction] = {}
+        # The last question about each remembered run's state (its host's answer pending
+        # or given).
+        self.asking: dict[tuple[str | None, str], BlockingCall] = {}
         bar = window.menuBar()
         self._file_menu(bar.addMenu("&File"))
         self._edit_menu(bar.addMenu("&Edit"))
@@ -289,10 +292,25 @@ class WindowMenus:
             menu.addAction("Clear List", window.settings.forget_runs)
 
     def _refresh_run_state(self, record: dict) -> None:
+        # One question per run at a time: the menu opened again (or hovered in and out)
+        # while the host has not answered asks nothing more. Each question is an ssh
+        # session; dozens at once went past the server's session limit and crowded the
+        # machine.
+        key = (record.get("host"), record["out"])
+        earlier = self.asking.get(key)
+        if earlier is not None:
+            if not earlier.done:
+                return
+            earlier.deleteLater()  # answered: one object per run, not one per opening
         run = RemoteRun.from_dict(record)
         call = BlockingCall(lambda: host_for(run).status(run), self.window)
         call.succeeded.connect(lambda status, r=record: self._run_state_known(r, status))
+        self.asking[key] = call
         call.start()
+
+    def asking_now(self) -> bool:
+        """Whether a question about a remembered run is waiting for its host's answer."""
+        return any(not call.done for call in self.asking.values())
 
     def _run_state_known(self, record: dict, status: RunStatus) -> None:
         fields = {"state": status.state, "step": status.step, "max_steps": status.max_steps}

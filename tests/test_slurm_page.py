@@ -328,8 +328,14 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         qtbot.waitUntil(lambda: ended in _entry(window, run), timeout=60_000)
         assert _entry(window, run).startswith(f"{run.name} on {sshd.alias} — done")
 
-        with qtbot.waitSignal(window.model_opened, timeout=60_000):
-            click(qtbot, panel.open_button)
+        try:
+            with qtbot.waitSignal(window.model_opened, timeout=120_000):
+                click(qtbot, panel.open_button)
+        except qtbot.TimeoutError:  # what the page said, for the failure's report
+            pytest.fail(
+                f"not opened: message {panel.message.text()!r}, fetching "
+                f"{panel.runs.fetching_now}, last error {window.last_error!r}"
+            )
         origin, fetched = window.model_panel.values["source"].toolTip().splitlines()
         assert origin == f"{sshd.alias}:{run.out}/latest.pt"
         local = Path(fetched.removeprefix("fetched to "))

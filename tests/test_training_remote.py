@@ -41,6 +41,25 @@ def click(qtbot, button) -> None:
 # -- no server needed -----------------------------------------------------------------------
 
 
+def test_a_remote_call_that_breaks_unexpectedly_still_answers(qtbot):
+    """A defect in a call (not a RemoteError or OSError) comes back as ``failed`` with its
+    words; the page that waits on it is never left fetching forever."""
+    from explorer.training.remote_run import BlockingCall
+
+    def broken():
+        raise KeyError("sha256")
+
+    call = BlockingCall(broken)
+    with qtbot.waitSignal(call.failed, timeout=10_000) as blocker:
+        call.start()
+    assert blocker.args == ["unexpected KeyError: 'sha256'"]
+    assert call.done
+    ok = BlockingCall(lambda: 42)
+    with qtbot.waitSignal(ok.succeeded, timeout=10_000) as blocker:
+        ok.start()
+    assert blocker.args == [42] and ok.done
+
+
 def test_the_copied_command_starts_the_same_run_from_a_terminal():
     from explorer.training.remote_run import HostChoice
 
@@ -220,6 +239,46 @@ def test_a_run_on_the_host_is_followed_stopped_fetched_and_listed(
 
     # The host check that re-attaching started has answered before the window goes.
     qtbot.waitUntil(lambda: not form.checking_host, timeout=60_000)
+
+
+def test_recent_runs_asks_a_host_once_at_a_time_however_often_it_opens(
+    qtbot, sshd, make_window, explorer_settings, monkeypatch
+):
+    """File > Recent Runs asks the host about a run it last saw running as it opens; opened
+    again and again before the host answers, it starts no second question (each one is an
+    ssh session: dozens at once went past sshd's session limit and crowded the machine)."""
+    from explorer import menus
+    from explorer.training.remote_run import BlockingCall
+
+    started: list[str] = []
+
+    class Counted(BlockingCall):
+        def start(self):
+            started.append("status")
+            return super().start()
+
+    monkeypatch.setattr(menus, "BlockingCall", Counted)
+    out = sshd.root / "runs" / "run-asked-once"
+    out.mkdir(parents=True, exist_ok=True)
+    start = {"event": "start", "time": time.time(), "step": 0, "total_steps": 40}
+    step = {"event": "step", "time": time.time(), "step": 10, "loss": 3.0, "total_steps": 40}
+    done = {"event": "done", "time": time.time(), "step": 40, "reason": "finished"}
+    (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (start, step, done)))
+    run = RemoteRun(str(out), sshd.alias, sshd.python, str(sshd.config), str(sshd.root / "runs"))
+    explorer_settings.remember_run({**run.to_dict(), "state": "running", "step": 10})
+    window = make_window()
+    for _ in range(30):
+        window.menus.fill_recent_runs()
+    assert started == ["status"] and window.menus.asking_now()
+    entry = f"{run.name} on {sshd.alias} — "
+    qtbot.waitUntil(lambda: not window.menus.asking_now(), timeout=60_000)
+    # The answer: the run has finished, and the entry says so without being reopened.
+    action = window.menus.run_actions[(sshd.alias, run.out)]
+    assert action.text().startswith(entry + "done")
+    assert explorer_settings.recent_runs()[0]["state"] == "done"
+    # A finished run is not asked about again.
+    window.menus.fill_recent_runs()
+    assert started == ["status"]
 
 
 def test_closing_the_window_ends_the_shared_connections_it_opened(qtbot, sshd, make_window):

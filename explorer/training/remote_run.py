@@ -18,6 +18,7 @@ event it passed on, so no event is shown twice or missed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from core.runs.host import (
 from core.runs.slurm import SlurmRequest, job_words
 from core.runs.transport import RemoteError
 from explorer.training.process import RunSettings, absolute_path
+
+log = logging.getLogger(__name__)
 
 FINISHED_CODES = {"done": 0, "stopped": 0, "failed": 1}
 STDERR_LINES = 40  # the trainer's last words kept for a failure's sentence
@@ -129,6 +132,9 @@ class BlockingCall(QObject):
             _emit(self.failed, str(exc))
         except OSError as exc:  # e.g. no ssh program, a cache folder that cannot be written
             _emit(self.failed, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        except Exception as exc:  # a defect of ours: said, never a page left waiting forever
+            log.exception("remote call failed")
+            _emit(self.failed, f"unexpected {type(exc).__name__}: {exc}")
         else:
             _emit(self.succeeded, result)
 

@@ -142,6 +142,8 @@ class QueueWatch(QObject):
         run = self.run
         if run is None or (self._call is not None and not self._call.done):
             return
+        if self._call is not None:
+            self._call.deleteLater()  # answered: a job waiting for days keeps one, not each
         self._call = self._status_call(run, lambda status: self._answered(run, status))
 
     def _status_call(self, run: RemoteRun, then: Any) -> BlockingCall:
