@@ -103,6 +103,41 @@ def test_the_job_settings_are_checked_against_the_partition_chosen(qtbot, explor
 # -- against the cluster, over ssh ----------------------------------------------------------
 
 
+def test_the_queue_is_asked_less_often_while_nothing_changes(qtbot, explorer_settings):
+    """Each answer that says nothing new doubles the wait before the next question, up to
+    the slowest pace; any change (state, reason, place, expected start) and a requeue go
+    back to the first pace."""
+    from core.runs.host import RemoteRun, RunStatus
+    from explorer.training import slurm_run
+    from explorer.training.workspace import TrainingPanel
+
+    panel = TrainingPanel(probe_devices=False, settings=explorer_settings)
+    qtbot.addWidget(panel)
+    watch = panel.queue
+    run = RemoteRun("/nowhere/run-1", "no-such-host")
+    watch.run = run
+    job = {"job_id": "7", "state": "PENDING", "reason": "Resources", "position": 2}
+
+    def answer(**changes) -> int:
+        scheduler = {**job, **changes}
+        watch._answered(run, RunStatus(run.out, "running", 0, None, None, scheduler=scheduler))
+        watch._timer.stop()  # no question goes out: only the pace is checked
+        return watch.interval_ms
+
+    first, slowest = slurm_run.QUEUE_POLL_MS, slurm_run.QUEUE_POLL_MAX_MS
+    assert answer() == first  # the first answer is news
+    paces = [answer() for _ in range(6)]
+    assert paces == [min(first * 2**i, slowest) for i in range(1, 7)]
+    assert paces[-1] == slowest
+    assert answer(position=1) == first  # one place up: back to the first pace
+    assert answer(position=1) == 2 * first
+    assert answer(position=1, state="RUNNING", reason=None) == first
+    watch._timer.setInterval(slowest)
+    watch._on_event({"event": "requeue", "step": 40})  # back in the queue: asked at once
+    assert watch.interval_ms == first
+    watch.stop()
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     yield from running_sshd(tmp_path_factory)
@@ -190,8 +225,9 @@ def _tiny_run(qtbot, panel, small_mnist, steps: int) -> None:
 
 
 def _status_asks(monkeypatch) -> list[str]:
-    """The page asks the host for a Slurm run's status every 0.2 s while it asks at all
-    (so asking while the trainer runs would show); each ask started is listed."""
+    """The page asks the host for a Slurm run's status after 0.2 s, slowing to 0.8 s while
+    nothing changes, whenever it asks at all (so asking while the trainer runs would show);
+    each ask started is listed."""
     from explorer.training import slurm_run
 
     asked: list[str] = []
@@ -202,6 +238,7 @@ def _status_asks(monkeypatch) -> list[str]:
             return super().start()
 
     monkeypatch.setattr(slurm_run, "QUEUE_POLL_MS", 200)
+    monkeypatch.setattr(slurm_run, "QUEUE_POLL_MAX_MS", 800)
     monkeypatch.setattr(slurm_run, "BlockingCall", CountedCall)
     return asked
 
@@ -283,6 +320,8 @@ def test_the_page_submits_a_slurm_job_shows_its_queue_requeue_and_opens_it(
         # The only job waiting: first in line (no expected start: the holder has no limit).
         waiting = f"Waiting in the Slurm queue (Resources), job {job_id}, 1st in line"
         qtbot.waitUntil(lambda: panel.info.text().startswith(waiting), timeout=60_000)
+        # Answers that say nothing new slow the questions down, to the slowest pace.
+        qtbot.waitUntil(lambda: panel.queue.interval_ms == 800, timeout=30_000)
         # The status bar cuts the sentence after the job (the window's smallest width);
         # its tooltip has it whole.
         status = window.training_status.button

@@ -3,13 +3,17 @@
 A batch job may wait in the queue for minutes or days before the trainer writes its first
 event, and waits again after a requeue. :class:`QueueWatch` asks the host for the run's
 status (the run agent's ``status``, whose ``scheduler`` fields are Slurm's,
-:func:`core.runs.slurm.job_status`) every :data:`QUEUE_POLL_MS` while no trainer runs (from
-the submit to the trainer's ``start``, and from a ``requeue`` event to the next ``start``),
-on a worker thread, and shows Slurm's words on the page and in the window's status bar:
-"Waiting in the Slurm queue (Resources), job 12". While the trainer runs its events say the
-rest, so the host is not asked; once more at the end, for the job's last state, which is
-kept with the run in File > Recent Runs. A requeue (the trainer's ``requeue`` event) is a
-dashed vertical mark on the loss curve at its step.
+:func:`core.runs.slurm.job_status`) while no trainer runs (from the submit to the trainer's
+``start``, and from a ``requeue`` event to the next ``start``), on a worker thread: after
+:data:`QUEUE_POLL_MS` at first, then twice as long after each answer that says nothing new
+(state, reason, place, expected start), up to :data:`QUEUE_POLL_MAX_MS`, and from the start
+again once something changed. A job that waits for a day asks the cluster's controller
+about 3,000 times rather than 29,000; the trainer's start is seen from its own events, not
+from this question, so it shows as soon as it comes whatever the pace. Slurm's words go on
+the page and in the window's status bar: "Waiting in the Slurm queue (Resources), job 12".
+While the trainer runs its events say the rest, so the host is not asked; once more at the
+end, for the job's last state, which is kept with the run in File > Recent Runs. A requeue
+(the trainer's ``requeue`` event) is a dashed vertical mark on the loss curve at its step.
 
 Stop on a job still in the queue, and Kill on any, is ``scancel`` (the run agent's
 ``stop`` and ``kill``): the page says so in one sentence, "Slurm job 12 cancelled before it
@@ -30,7 +34,8 @@ from explorer.training.remote_run import BlockingCall, TrainingRun
 if TYPE_CHECKING:
     from explorer.training.workspace import TrainingPanel
 
-QUEUE_POLL_MS = 3000
+QUEUE_POLL_MS = 3000  # the first questions' pace, and after any change
+QUEUE_POLL_MAX_MS = 30_000  # the slowest, for a job that waits on and on
 REQUEUE_COLOUR = "#ce93d8"
 
 
@@ -74,6 +79,7 @@ class QueueWatch(QObject):
             return
         self.run, self.process, self.job = run, process, None
         self.trainer_running = self.trainer_started = False
+        self._timer.setInterval(QUEUE_POLL_MS)
         if process.job_id:
             # The job's settings for this login node, typed once (as its Python is).
             self.panel.form.slurm.remember(run.host)
@@ -85,6 +91,11 @@ class QueueWatch(QObject):
     def stop(self) -> None:
         self._timer.stop()
         self.run = self.process = None
+
+    @property
+    def interval_ms(self) -> int:
+        """How long until the next question, once the last one is answered."""
+        return self._timer.interval()
 
     @property
     def polling(self) -> bool:
@@ -136,6 +147,7 @@ class QueueWatch(QObject):
                 self._show(running)
         elif kind == "requeue":
             self.trainer_running = False
+            self._timer.setInterval(QUEUE_POLL_MS)
             self._ask()  # back in the queue: its place there, until the trainer starts again
 
     def _ask(self) -> None:
@@ -165,9 +177,12 @@ class QueueWatch(QObject):
             return
         if self.job is None and not self.panel.form.where.slurm:
             self.panel.form.where.set_remote(True, slurm=True)  # a Slurm run followed again
+        news = _waiting_facts(status.scheduler) != _waiting_facts(self.job)
         if not self.trainer_running or self.job is None:  # not one asked before the start
             self._remember(run, status.scheduler)
             self._show(status.scheduler)
+        pace = QUEUE_POLL_MS if news else min(2 * self._timer.interval(), QUEUE_POLL_MAX_MS)
+        self._timer.setInterval(pace)
         self._ask_later(run)
 
     def _remember(self, run: RemoteRun, job: dict[str, Any] | None) -> None:
@@ -198,3 +213,10 @@ class QueueWatch(QObject):
         """The job beside the run folder, in Slurm's words."""
         state = job.get("state") or "no longer known to Slurm"
         self.panel.where.setText(f"On {run.host}, Slurm job {job['job_id']} {state}: {run.out}")
+
+
+def _waiting_facts(job: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What the page shows of a job waiting in the queue; an answer that changes none of it
+    slows the questions down."""
+    job = job or {}
+    return tuple(job.get(k) for k in ("state", "reason", "position", "expected_start"))
