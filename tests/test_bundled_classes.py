@@ -79,8 +79,9 @@ def test_sampling_a_class_gives_that_digit(bundled, pixel_class_means, one_torch
         latents = class_sample(stats, k, 100, 0.7, seed=k)
         hits.append(float((classify(decode(model, latents), pixel_class_means) == k).mean()))
     # A cruder judge than the nearest training image below. Seven digits of ten at 70% or
-    # more: the 1.2134 bits/dim model (issue 31's fourth run) with its class mixtures has
-    # 7 (2: 61%, 8: 65%, 5: 67%); the bundled model follows the test likelihood.
+    # more: the 1.2036 bits/dim model (issue 31's fifth run) with its class mixtures has
+    # 7 (8: 56%, 2: 59%, 5: 66%), as the 1.2134 one had (2: 61%, 8: 65%, 5: 67%); the
+    # bundled model follows the test likelihood.
     passed = sum(h >= 0.7 for h in hits)
     assert passed >= 7, f"share assigned to the sampled digit, per digit: {hits}"
 
@@ -130,8 +131,8 @@ def test_the_mixture_reads_as_its_digit_more_often_than_one_gaussian(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="issue 31's target, not reached yet: the bundled model (1.2134 bits/dim) reads "
-    "as its digit 100 100 79 77 89 79 90 81 65 91% for 0..9 with its class mixtures "
+    reason="issue 31's target, not reached yet: the bundled model (1.2036 bits/dim) reads "
+    "as its digit 99 99 71 80 87 74 90 84 76 87% for 0..9 with its class mixtures "
     "(resources/MODEL_CARD.md)",
 )
 def test_sample_class_reads_as_that_digit_for_every_digit(judged_class_shares):
@@ -143,8 +144,8 @@ def test_sample_class_reads_as_that_digit_for_every_digit(judged_class_shares):
 @pytest.mark.slow
 def test_class_samples_read_as_their_digit_most_of_the_time(judged_class_shares):
     """What holds today, and must not get worse: 82% read as their digit on average, and
-    no digit below 60% (the bundled model's mixtures: 85.1% and 65%; its single
-    Gaussians, 79.6% and 53%)."""
+    no digit below 60% (the bundled model's mixtures: 84.7% and 71%; its single
+    Gaussians, 80.3% and 54%; run 4's model, 85.1% and 65% with its mixtures)."""
     shares = judged_class_shares
     assert sum(shares.values()) / len(shares) >= 0.82, shares
     assert min(shares.values()) >= 0.6, shares
@@ -189,8 +190,8 @@ def test_moving_the_coarse_levels_changes_the_class_and_keeps_the_finest(
 def test_the_window_samples_a_digit_of_the_bundled_model(
     make_window, qtbot, bundled, judge, screenshot_dir
 ):
-    """Classes tab, digit 8 (the hardest for the judge), Sample clicked: the view holds
-    that many images drawn from the 8's mixture, and most of them read as 8."""
+    """Classes tab, digit 8 (among the hardest for the judge), Sample clicked: the view
+    holds that many images drawn from the 8's mixture, and most of them read as 8."""
     model, _ = bundled
     window = make_window(BUNDLED)
     window.resize(1366, 768)
@@ -198,10 +199,12 @@ def test_the_window_samples_a_digit_of_the_bundled_model(
     window.show_tab(panel)
     qtbot.keyClicks(panel.class_combo, "8")  # a user typing the digit into the box
     assert panel.class_combo.currentText() == "8"
-    panel.count.setValue(24)
+    # The most the view holds: 24 images swung from 42% to 83% read as 8 between draws
+    # of the 1.2036 model (72% of 400); 64 from 61% to 75% over 20 draws.
+    panel.count.setValue(64)
     qtbot.mouseClick(panel.sample_button, Qt.MouseButton.LeftButton)
     latents = window.state.latents()
-    assert window.state.n_images == 24 and latents[0].shape[0] == 24
+    assert window.state.n_images == 64 and latents[0].shape[0] == 64
     x = decode(model, latents)
     assert judge.share_as(x.numpy(), 8) >= 0.5
     assert "mixture of Gaussians a class (0: " in panel.source_label.text()
