@@ -375,6 +375,7 @@ def test_a_wrong_remote_python_is_one_sentence(sshd, capsys, tmp_path):
 
 
 @pytest.mark.slow
+@needs_mnist  # its run trains on MNIST on the host
 def test_the_hosts_python_is_typed_once(sshd, capsys, tmp_path):
     """``train --python PY`` remembers PY (and the runs folder, the ssh config) for the host
     in the config folder; ``status`` then needs neither, ``check`` shows them, and a
