@@ -383,3 +383,67 @@ def test_model_copies_pause_the_collector_and_restore_it():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_copy_waits_for_a_collection_already_running_on_another_thread():
+    """``gc.disable()`` does not stop a collection that has begun, and a collection lets
+    other threads run while it frees objects (here: a finalizer that waits). A model copy
+    starts only after it ends; an explicit collection beside a copy does nothing."""
+    import gc
+    import threading
+
+    from core.flow.collector import collect, collector_paused
+
+    freeing = threading.Event()
+    release = threading.Event()
+
+    class SlowToFree:
+        def __del__(self) -> None:
+            freeing.set()
+            release.wait(10)
+
+    def collection() -> None:
+        cycle = SlowToFree()
+        cycle.itself = cycle
+        del cycle
+        gc.collect()
+
+    collector = threading.Thread(target=collection)
+    collector.start()
+    copied = threading.Event()
+
+    def copy() -> None:
+        with collector_paused():
+            copied.set()
+
+    copier = None
+    try:
+        assert freeing.wait(10), "the collection never reached the finalizer"
+        copier = threading.Thread(target=copy)
+        copier.start()
+        assert not copied.wait(0.3), "the copy ran inside another thread's collection"
+    finally:
+        release.set()
+        collector.join(10)
+    assert copier is not None and copied.wait(10)
+    copier.join(10)
+    assert gc.isenabled()
+
+    # An explicit collection is skipped while a copy runs on another thread.
+    inside = threading.Event()
+    done = threading.Event()
+
+    def long_copy() -> None:
+        with collector_paused():
+            inside.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=long_copy)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        assert collect(0) is False
+    finally:
+        done.set()
+        thread.join(10)
+    assert collect(0) is True

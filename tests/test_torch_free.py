@@ -28,6 +28,7 @@ CORE_TORCH_FREE = [
     "core.files.images",
     "core.files.resources",
     "core.flow",
+    "core.flow.collector",
     "core.stats",
     "core.stats.class_stats",
     "core.stats.heatmap",

@@ -19,51 +19,18 @@ same function to float tolerance (tested in float64).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import gc
-import threading
-from collections.abc import Iterator
 from typing import TypeVar
 
 import torch
 from torch import nn
 
+from core.flow.collector import collector_paused
 from core.flow.coupling import AffineCoupling
 from core.flow.model import RealNVP
 from core.flow.resnet import ResidualBlock, STNetwork, WeightNormConv2d
 
 _Module = TypeVar("_Module", bound=nn.Module)
-_gc_lock = threading.Lock()
-_gc_pauses = 0  # copies in progress that paused the cyclic collector
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector (process-wide) while the block runs;
-    nested and concurrent uses restore it once the last one ends, as it was before.
-
-    Why: the explorer copies models on worker threads (the render thread's precision
-    and draft copies, batch copies, completions' copies) while the GUI thread allocates.
-    The full suite crashed once with a segmentation fault in the GUI thread's automatic
-    collection while the render thread was inside ``copy.deepcopy`` of a model: the
-    collector traversing tensors that a copy was still making, by the stacks printed.
-    Without automatic collections during a copy that cannot happen; the collections
-    resume after it."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def copy_model(model: _Module) -> _Module:

@@ -34,6 +34,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QWidget
 
 from core.files.images import IMAGE_SUFFIXES, save_png
+from core.flow.collector import collect
 from explorer.engine.render import Frame, RenderEngine, RenderRequest
 from explorer.panels.directions import DirectionsPanel
 from explorer.panels.gallery import GalleryPanel
@@ -232,8 +233,10 @@ class ImageController(QObject):
             # sight, the full collections that a growing heap triggers stay short: with
             # 5,000 imported images each held every thread for 100-155 ms. Young cycles
             # are collected first, so only live objects are frozen; gallery images hold
-            # no cycles, so removing one still frees it.
-            gc.collect(1)
+            # no cycles, so removing one still frees it. While a model copy runs on the
+            # render thread nothing is collected (see core.flow.collector.collect): the
+            # young cycles are frozen with the rest.
+            collect(1)
             gc.freeze()
             return
         if isinstance(result, ImportFailure):
