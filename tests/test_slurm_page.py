@@ -100,6 +100,68 @@ def test_the_job_settings_are_checked_against_the_partition_chosen(qtbot, explor
     assert slurm.request().gpus == 8 and slurm.request().partition == "gpu"
 
 
+# -- against the cluster ---------------------------------------------------------------------
+
+
+def test_the_form_asks_slurm_about_its_folder_off_the_gui_thread(
+    qtbot, slurm_cluster, tmp_path, monkeypatch
+):
+    """A local output folder whose ``launch.json`` names a batch job still in the queue is
+    refused with the trainer's sentence; the question goes to Slurm on a thread, so the
+    form keeps answering while the controller does not (stopped with SIGSTOP here)."""
+    import os
+    import signal
+
+    from explorer.training import folder_hold
+    from explorer.training.form import TrainingForm
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    holder = hold_the_node(slurm_cluster, tmp_path)
+    controller = slurm_cluster.processes["slurmctld"]
+    out = tmp_path / "queued-run"
+    out.mkdir()
+    job_id = slurm_cluster.run(
+        "sbatch", "--parsable", f"--chdir={out}", f"--output={tmp_path / 'job.out'}",
+        "--wrap", "sleep 1",
+    ).stdout.strip()  # fmt: skip
+    try:
+        slurm_cluster.wait_state(job_id, "PENDING")
+        (out / "launch.json").write_text(
+            json.dumps({"scheduler": {"kind": "slurm", "job_id": job_id}})
+        )
+        form = TrainingForm(runs_dir=tmp_path, probe_devices=False)
+        qtbot.addWidget(form)
+        form.out.setText(str(out))
+        assert f"checking whether Slurm job {job_id} still holds {out}…" in form.problems()
+        assert form.checking
+        taken = (
+            f"{out} belongs to Slurm job {job_id}, still waiting in the queue; wait for it to "
+            f"end, stop it (realnvp remote HOST stop) or cancel it (scancel {job_id}), or "
+            "choose another output folder"
+        )
+        qtbot.waitUntil(lambda: taken in form.problems(), timeout=30_000)
+        assert not form.checking
+        # The controller stops answering: every look at the form asks again (no answer is
+        # fresh), and each returns at once with the last answer while the question waits.
+        monkeypatch.setattr(folder_hold, "FRESH_S", 0.0)
+        os.kill(controller.pid, signal.SIGSTOP)
+        try:
+            assert taken in form.problems()
+            assert form.slurm_hold._asking, "the question should still be waiting for Slurm"
+            assert taken in form.problems()
+            assert len(form.slurm_hold._asking) == 1  # asked once at a time
+        finally:
+            os.kill(controller.pid, signal.SIGCONT)
+        # The job leaves the queue: the folder is free again.
+        slurm_cluster.run("scancel", job_id)
+        slurm_cluster.wait_state(job_id, "CANCELLED")
+        qtbot.waitUntil(lambda: not form.slurm_hold._asking, timeout=30_000)
+        qtbot.waitUntil(lambda: not any(job_id in p for p in form.problems()), timeout=30_000)
+    finally:
+        slurm_cluster.run("scancel", job_id, check=False)
+        slurm_cluster.run("scancel", holder, check=False)
+
+
 # -- against the cluster, over ssh ----------------------------------------------------------
 
 

@@ -489,10 +489,14 @@ def check_run_folder(
     resume: bool = False,
     overwrite: bool = False,
     choices: str = CLI_CHOICES,
+    ask_slurm: bool = True,
 ) -> RunState:
     """Raise :class:`RunFolderError` when a run may not start in ``out`` now (the sentence a
     claim would give), else return the folder's state. Creates nothing; ``choices`` is the
-    advice for a folder that holds an earlier run (the training page words it its own way)."""
+    advice for a folder that holds an earlier run (the training page words it its own way).
+    ``ask_slurm=False`` leaves out the question to Slurm whether the batch job named in the
+    folder's ``launch.json`` still holds it (:func:`core.runs.slurm.job_holding`, up to 5 s
+    when the controller does not answer): the training page asks it off its GUI thread."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} is a file, not a folder; choose a folder for the run")
@@ -502,7 +506,7 @@ def check_run_folder(
     # No trainer holds the lock of a batch job still in the queue: its job id does.
     from core.runs.slurm import job_holding
 
-    held_by_job = job_holding(out, read_launch(out))
+    held_by_job = job_holding(out, read_launch(out)) if ask_slurm else None
     if held_by_job is not None:
         raise RunFolderError(held_by_job)
     if state.has_run and not (resume or overwrite):

@@ -49,6 +49,7 @@ from core.runs.folder import new_run_folder
 from core.runs.host import HostFacts, local_host
 from explorer.settings import ExplorerSettings
 from explorer.training.data_fields import DataFields
+from explorer.training.folder_hold import SlurmHold
 from explorer.training.form_widgets import (
     form_rows,
     option_spin,
@@ -72,9 +73,10 @@ from explorer.training.slurm_fields import SlurmFields
 DEFAULT_RUNS_DIR = Path.home() / "realnvp-runs"
 
 
-def out_problems(s: RunSettings) -> list[str]:
+def out_problems(s: RunSettings, hold: SlurmHold) -> list[str]:
     """Why the output folder cannot take the run (the trainer's own rule, worded for the
-    form); empty when it can."""
+    form); empty when it can. Whether a Slurm job still holds the folder comes from
+    ``hold``, which asks off the GUI thread; where one does, that is the reason given."""
     if not s.train.out:
         return ["choose an output folder"]
     out = s.out_dir
@@ -85,12 +87,16 @@ def out_problems(s: RunSettings) -> list[str]:
     # imported here so that importing the page loads no core module at all.
     from core.runs.folder import RunFolderError, check_run_folder
 
+    held = hold.problem(out) if out.is_dir() else None
+    if held:
+        return [held]
     try:
         check_run_folder(
             out,
             resume=resuming_here,
             overwrite=s.overwrite,
             choices="press New for a fresh folder, resume it, or tick Start afresh",
+            ask_slurm=False,
         )
     except RunFolderError as exc:
         return [str(exc)]
@@ -133,6 +139,8 @@ class TrainingForm(QWidget):
         self.ssh_config, self.host_status = self.where.ssh_config, self.where.host_status
         self.slurm = SlurmFields(self.where)
         self.slurm.changed.connect(self.changed)
+        self.slurm_hold = SlurmHold(self)  # whether a batch job holds the output folder
+        self.slurm_hold.changed.connect(self.changed)
 
         # -- data
         self.data = DataFields(self.where)
@@ -361,7 +369,7 @@ class TrainingForm(QWidget):
                 parse_duration(self.time_limit.text())
             except ValueError as exc:
                 found.append(f"time limit: {exc}")
-        found += [] if remote else out_problems(s)
+        found += [] if remote else out_problems(s, self.slurm_hold)
         if s.gpus > 1:
             if t.device not in ("auto",) and not t.device.startswith("cuda"):
                 found.append(f"{s.gpus} GPUs need device auto or CUDA, not {t.device}")
@@ -388,8 +396,9 @@ class TrainingForm(QWidget):
 
     @property
     def checking(self) -> bool:
-        """Whether a data check is due or under way."""
-        return self.data.checking
+        """Whether a data check is due or under way, or the output folder's batch job has
+        not been asked about yet."""
+        return self.data.checking or self.slurm_hold.checking
 
     def shutdown(self) -> None:
         """End the short child processes (device probe, data scan) before the window goes."""

@@ -1,0 +1,76 @@
+"""Whether the Slurm batch job that a run folder's ``launch.json`` names still holds the
+folder, asked off the GUI thread for the training form.
+
+The question is ``squeue`` on this computer (:func:`core.runs.slurm.job_holding`): usually
+a few milliseconds, but up to 5 s when the cluster's controller does not answer, and the
+form checks its output folder after every edit. So each folder's answer is asked on a
+short-lived thread, kept for :data:`FRESH_S`, and asked again after that while the folder
+is still shown; the form says "checking" until the first answer comes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from core.runs.folder import read_launch
+from core.runs.slurm import job_holding, launch_job_id
+
+_log = logging.getLogger(__name__)
+FRESH_S = 10.0  # how long an answer stands before the next look at the folder asks again
+
+
+class SlurmHold(QObject):
+    """Answers :meth:`problem` from what Slurm last said; ``changed`` when an answer
+    arrives (the form then checks its settings again)."""
+
+    changed = Signal()
+    _answered = Signal(object, object)  # (folder, job id), sentence or None; from a thread
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._answers: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._asking: set[tuple[str, str]] = set()
+        self._answered.connect(self._on_answered)  # queued: emitted on the asking thread
+
+    def problem(self, out: Path) -> str | None:
+        """Why no run may start in ``out`` because of its batch job: the last answer, or
+        "checking" until the first; ``None`` when the folder names no job or it is over."""
+        launch = read_launch(out)
+        job_id = launch_job_id(launch)
+        if job_id is None:
+            return None
+        key = (str(out), job_id)
+        answer = self._answers.get(key)
+        if key not in self._asking and (answer is None or time.monotonic() - answer[0] > FRESH_S):
+            self._asking.add(key)
+            threading.Thread(
+                target=self._ask, args=(key, out, launch), name="slurm-hold", daemon=True
+            ).start()
+        if answer is None:
+            return f"checking whether Slurm job {job_id} still holds {out}…"
+        return answer[1]
+
+    @property
+    def checking(self) -> bool:
+        """Whether a folder is waiting for its first answer."""
+        return any(key not in self._answers for key in self._asking)
+
+    def _ask(self, key: tuple[str, str], out: Path, launch: dict) -> None:
+        try:
+            sentence = job_holding(out, launch)
+        except Exception:  # an answer still comes, or the form would say "checking" for ever
+            _log.exception("asking Slurm whether job %s holds %s", key[1], out)
+            sentence = None  # free, as when the controller does not answer: sbatch has the say
+        with contextlib.suppress(RuntimeError):  # the form is gone
+            self._answered.emit(key, sentence)
+
+    def _on_answered(self, key: tuple[str, str], sentence: str | None) -> None:
+        self._asking.discard(key)
+        self._answers[key] = (time.monotonic(), sentence)
+        self.changed.emit()
