@@ -60,9 +60,9 @@ def collector_paused() -> Iterator[None]:
     collection lets other threads run while it frees objects (torch releases the GIL as
     it frees a tensor: a spinning thread counted 88,000 to 2.4 million loops inside one
     collection of tensors), so the second copy could run inside a collection that began
-    before it. Now a copy first waits for such a
-    collection to end (``gc.callbacks`` say when), and none can start until it is made;
-    :func:`collect` is the explicit collection that keeps to the same rule."""
+    before it. Now a copy first waits for such a collection to end (``gc.callbacks`` say
+    when), and none can start until it is made; :func:`collect` is the explicit collection
+    that keeps to the same rule."""
     global _gc_pauses, _gc_was_enabled
     with _gc_state:
         if _gc_pauses == 0:

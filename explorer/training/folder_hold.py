@@ -10,9 +10,6 @@ is still shown; the form says "checking" until the first answer comes.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
 import time
 from pathlib import Path
 
@@ -20,8 +17,8 @@ from PySide6.QtCore import QObject, Signal
 
 from core.runs.folder import read_launch
 from core.runs.slurm import job_holding, launch_job_id
+from explorer.training.remote_run import BlockingCall
 
-_log = logging.getLogger(__name__)
 FRESH_S = 10.0  # how long an answer stands before the next look at the folder asks again
 
 
@@ -30,13 +27,12 @@ class SlurmHold(QObject):
     arrives (the form then checks its settings again)."""
 
     changed = Signal()
-    _answered = Signal(object, object)  # (folder, job id), sentence or None; from a thread
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._answers: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._asking: set[tuple[str, str]] = set()
-        self._answered.connect(self._on_answered)  # queued: emitted on the asking thread
+        self._calls: dict[tuple[str, str], BlockingCall] = {}  # the last question per folder
 
     def problem(self, out: Path) -> str | None:
         """Why no run may start in ``out`` because of its batch job: the last answer, or
@@ -48,10 +44,7 @@ class SlurmHold(QObject):
         key = (str(out), job_id)
         answer = self._answers.get(key)
         if key not in self._asking and (answer is None or time.monotonic() - answer[0] > FRESH_S):
-            self._asking.add(key)
-            threading.Thread(
-                target=self._ask, args=(key, out, launch), name="slurm-hold", daemon=True
-            ).start()
+            self._ask(key, out, launch)
         if answer is None:
             return f"checking whether Slurm job {job_id} still holds {out}…"
         return answer[1]
@@ -62,13 +55,17 @@ class SlurmHold(QObject):
         return any(key not in self._answers for key in self._asking)
 
     def _ask(self, key: tuple[str, str], out: Path, launch: dict) -> None:
-        try:
-            sentence = job_holding(out, launch)
-        except Exception:  # an answer still comes, or the form would say "checking" for ever
-            _log.exception("asking Slurm whether job %s holds %s", key[1], out)
-            sentence = None  # free, as when the controller does not answer: sbatch has the say
-        with contextlib.suppress(RuntimeError):  # the form is gone
-            self._answered.emit(key, sentence)
+        earlier = self._calls.pop(key, None)
+        if earlier is not None:
+            earlier.deleteLater()  # answered: one object per folder, not one per question
+        self._asking.add(key)
+        call = BlockingCall(lambda: job_holding(out, launch), self)
+        call.succeeded.connect(lambda sentence: self._on_answered(key, sentence))
+        # A defect of ours (BlockingCall logs it): free, as when the controller does not
+        # answer, so the form never says "checking" for ever; sbatch has the last say.
+        call.failed.connect(lambda _why: self._on_answered(key, None))
+        self._calls[key] = call
+        call.start()
 
     def _on_answered(self, key: tuple[str, str], sentence: str | None) -> None:
         self._asking.discard(key)

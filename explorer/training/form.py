@@ -87,7 +87,7 @@ def out_problems(s: RunSettings, hold: SlurmHold) -> list[str]:
     # imported here so that importing the page loads no core module at all.
     from core.runs.folder import RunFolderError, check_run_folder
 
-    held = hold.problem(out) if out.is_dir() else None
+    held = hold.problem(out)
     if held:
         return [held]
     try:
