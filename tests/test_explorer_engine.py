@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_frame_shows
 
 from core.files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.files.images import to_uint8
@@ -174,7 +175,7 @@ def test_threaded_engine_delivers_frames_on_the_gui_thread(
         assert frame.request_id == 1
         assert set(threads) == {QThread.currentThread()}  # the test runs on the GUI thread
         model, _ = load_checkpoint(tiny_checkpoint)
-        np.testing.assert_array_equal(frame.images, reference_pixels(model, latents))
+        assert_frame_shows(frame, reference_pixels(model, latents))
     finally:
         engine.shutdown()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_DIR, needs_mnist
+from conftest import MNIST_DIR, assert_frame_shows, needs_mnist
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -578,14 +578,31 @@ def test_folder_of_300_files_shows_progress_and_can_be_cancelled(
     assert window.last_error is None
 
 
-def _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch, after: int = 1):
+def _gated_import_window(
+    make_window, mnist_checkpoint, qtbot, monkeypatch, after: int = 1, bf16_frames: bool = False
+):
     """A threaded window whose import waits at its file number ``after`` (from 0) until
     ``gate`` is set (however fast the machine, it still runs when the test acts), and the
-    number of images each batched encode was asked for."""
+    number of images each batched encode was asked for. ``bf16_frames``: the render plan
+    measures bf16 decodes as 4x faster (a CPU with fast bf16, such as one with AMX) and
+    has chosen bf16 frames before the window is returned."""
     import itertools
     import threading
 
+    from explorer.engine.render import RenderEngine
     from explorer.panels import importer
+
+    if bf16_frames:
+        timed_decode = RenderEngine._timed_decode
+
+        def faster_bf16(self, model_id, batch, threads, model=None, precision="float32"):
+            ms = timed_decode(self, model_id, batch, threads, model, precision)
+            return ms / 4 if precision == "bf16" else ms  # each decode still runs
+
+        monkeypatch.setattr(RenderEngine, "_timed_decode", faster_bf16)
+        monkeypatch.setattr(
+            RenderEngine, "_precision_probe", lambda self, model_id: {"float32": 4.0, "bf16": 1.0}
+        )
 
     gate, calls, read_preview = threading.Event(), itertools.count(), importer.read_preview
 
@@ -598,6 +615,9 @@ def _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch, afte
     window = make_window(threaded=True)
     with qtbot.waitSignal(window.frame_shown, timeout=30_000):
         window.open_checkpoint(mnist_checkpoint)
+    if bf16_frames:
+        qtbot.waitUntil(lambda: bool(window.engine.plan.precisions), timeout=60_000)
+        assert set(window.engine.plan.precisions.values()) == {"bf16"}, window.engine.render_status
     encoded: list[int] = []
     encode_images = window.engine.encode_images
 
@@ -610,15 +630,16 @@ def _gated_import_window(make_window, mnist_checkpoint, qtbot, monkeypatch, afte
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("frames", ["measured", "bf16"])
 def test_threaded_import_and_cancel_from_the_status_bar(
-    make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch
+    make_window, mnist_checkpoint, grey_pngs, tmp_path, qtbot, monkeypatch, frames
 ):
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(300):
         (folder / f"{i:03d}.png").write_bytes(grey_pngs[i % 4].read_bytes())
     window, gate, _ = _gated_import_window(
-        make_window, mnist_checkpoint, qtbot, monkeypatch, after=2
+        make_window, mnist_checkpoint, qtbot, monkeypatch, after=2, bf16_frames=frames == "bf16"
     )
     with qtbot.waitSignal(window.images.image_shown, timeout=30_000):
         drop(window, [folder])
@@ -633,7 +654,12 @@ def test_threaded_import_and_cancel_from_the_status_bar(
     # The view shows the first image's reconstruction, rendered on the worker.
     first = window.images.gallery[report.ids[0]]
     qtbot.waitUntil(lambda: window.last_frame.request_id == window.last_request_id, timeout=30_000)
-    np.testing.assert_array_equal(shown(window)[0], first.encoded.reconstruction)
+    frame = window.last_frame
+    np.testing.assert_array_equal(shown(window), frame.images)
+    # The reconstruction came from the batched float32 encode; the frame may be bf16.
+    assert_frame_shows(frame, first.encoded.reconstruction, shown(window)[0])
+    if frames == "bf16":
+        assert frame.precision == "bf16"
 
 
 def test_drops_of_files_in_the_gallery_wait_visibly_and_encode_nothing(

@@ -84,6 +84,22 @@ def test_bf16_per_batch_size_where_faster_and_the_same_picture():
     }
     assert plan.decode_ms[1][16] == 50.0  # progressive rendering plans with bf16's time
     assert "1 image float32, 16 images bf16" in plan.describe()
+    assert "Drafts while dragging: none (frames are bf16 already where it is faster)" in (
+        plan.describe()
+    )
+
+
+def test_the_same_picture_but_no_faster_decodes_keeps_float32_and_says_so():
+    """The convolution probe said bf16 was faster; the whole decodes did not."""
+
+    def decode(batch, threads, precision):
+        return 2.0 * batch if precision == "bf16" else 1.0 * batch
+
+    plan = measured(PrecisionMeasurement(lambda: FAST_BF16, lambda b: (True, 1.0), decode))
+    assert plan.precisions == dict.fromkeys(PLAN_BATCHES, "float32")
+    assert "Drafts while dragging: none (bf16 decodes were no faster than float32 here)" in (
+        plan.describe()
+    )
 
 
 # -- the real picture test ---------------------------------------------------------------------

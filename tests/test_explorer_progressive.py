@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_frame_shows
 from PySide6.QtCore import Qt
 
 from core.files.checkpoint import load_checkpoint
@@ -213,7 +214,7 @@ def test_threaded_engine_measures_between_frames(qapp, qtbot, tiny_checkpoint):
         # The status bar's device label shows the threads the plan chose.
         assert engine.device_label.startswith(f"cpu ({engine.plan.threads} thread")
         model, _ = load_checkpoint(tiny_checkpoint)
-        np.testing.assert_array_equal(frames[-1].images, reference_pixels(model, latents))
+        assert_frame_shows(frames[-1], reference_pixels(model, latents))
     finally:
         engine.shutdown()
 

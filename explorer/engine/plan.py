@@ -343,13 +343,17 @@ class PlanMeasurement:
             chosen[batch] = "bf16" if medians["bf16"] < MARGIN * medians["float32"] else "float32"
             decode_ms.setdefault(threads, {})[batch] = medians[chosen[batch]]
         note = f"bf16 frames are the same picture ({100 * share:.2f}% within one grey level)"
+        if "bf16" in chosen.values():
+            draft_note = "frames are bf16 already where it is faster"
+        else:  # the convolution probe said faster, whole decodes did not
+            draft_note = "bf16 decodes were no faster than float32 here"
         self.plan = replace(
             self.plan,
             precisions=chosen,
             precision_note=note,
             precision_ms=figures,
             decode_ms=decode_ms,
-            draft_note="frames are bf16 already where it is faster",
+            draft_note=draft_note,
         )
 
     def _measure_drafts(self, m: PrecisionMeasurement) -> Iterator[RenderPlan]:
