@@ -59,6 +59,20 @@ def assert_frame_shows(frame, expected: np.ndarray, images: np.ndarray | None = 
     assert same, f"a bf16 frame is not the float32 picture: {100 * share:.2f}% within one level"
 
 
+def force_bf16_faster(monkeypatch, engine) -> None:
+    """What a CPU with fast bf16 units (AMX) would measure: the render plan's convolution
+    probe and every bf16 decode faster than float32. Each decode still runs, in its
+    precision (so the bf16 copy exists when the plan chooses it)."""
+    real = engine._timed_decode
+    monkeypatch.setattr(engine, "_precision_probe", lambda model_id: {"float32": 4.0, "bf16": 1.0})
+
+    def timed(model_id, batch, threads, model=None, precision="float32"):
+        real(model_id, batch, threads, model, precision=precision)
+        return (1.0 if precision == "bf16" else 10.0) * batch
+
+    monkeypatch.setattr(engine, "_timed_decode", timed)
+
+
 @pytest.fixture
 def small_mnist(tmp_path: Path) -> Path:
     """A folder in MNIST's format (its four uncompressed IDX files) with 64 training and 24

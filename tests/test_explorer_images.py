@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MNIST_DIR, assert_frame_shows, needs_mnist
+from conftest import MNIST_DIR, assert_frame_shows, force_bf16_faster, needs_mnist
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -584,25 +584,12 @@ def _gated_import_window(
     """A threaded window whose import waits at its file number ``after`` (from 0) until
     ``gate`` is set (however fast the machine, it still runs when the test acts), and the
     number of images each batched encode was asked for. ``bf16_frames``: the render plan
-    measures bf16 decodes as 4x faster (a CPU with fast bf16, such as one with AMX) and
-    has chosen bf16 frames before the window is returned."""
+    measures bf16 decodes faster (as a CPU with AMX may) and has chosen bf16 frames
+    before the window is returned."""
     import itertools
     import threading
 
-    from explorer.engine.render import RenderEngine
     from explorer.panels import importer
-
-    if bf16_frames:
-        timed_decode = RenderEngine._timed_decode
-
-        def faster_bf16(self, model_id, batch, threads, model=None, precision="float32"):
-            ms = timed_decode(self, model_id, batch, threads, model, precision)
-            return ms / 4 if precision == "bf16" else ms  # each decode still runs
-
-        monkeypatch.setattr(RenderEngine, "_timed_decode", faster_bf16)
-        monkeypatch.setattr(
-            RenderEngine, "_precision_probe", lambda self, model_id: {"float32": 4.0, "bf16": 1.0}
-        )
 
     gate, calls, read_preview = threading.Event(), itertools.count(), importer.read_preview
 
@@ -613,6 +600,8 @@ def _gated_import_window(
 
     monkeypatch.setattr(importer, "read_preview", gated_preview)
     window = make_window(threaded=True)
+    if bf16_frames:
+        force_bf16_faster(monkeypatch, window.engine)
     with qtbot.waitSignal(window.frame_shown, timeout=30_000):
         window.open_checkpoint(mnist_checkpoint)
     if bf16_frames:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed_model
+from conftest import force_bf16_faster, perturbed_model
 
 from core.files.checkpoint import save_checkpoint
 from core.files.images import to_uint8
@@ -114,18 +114,6 @@ def engine(qapp, one_torch_thread):
     engine = RenderEngine(device="cpu", threaded=False, num_threads=1)  # one thread count
     yield engine
     engine.shutdown()
-
-
-def force_bf16_faster(monkeypatch, engine: RenderEngine) -> None:
-    """What a CPU with bf16 units would measure: the probe and every bf16 decode faster."""
-    real = engine._timed_decode
-    monkeypatch.setattr(engine, "_precision_probe", lambda model_id: dict(FAST_BF16))
-
-    def timed(model_id, batch, threads, model=None, precision="float32"):
-        real(model_id, batch, threads, model, precision=precision)  # really decodes in it
-        return (1.0 if precision == "bf16" else 10.0) * batch
-
-    monkeypatch.setattr(engine, "_timed_decode", timed)
 
 
 @pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model")
