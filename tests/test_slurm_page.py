@@ -147,15 +147,15 @@ def test_the_form_asks_slurm_about_its_folder_off_the_gui_thread(
         os.kill(controller.pid, signal.SIGSTOP)
         try:
             assert taken in form.problems()
-            assert form.slurm_hold._asking, "the question should still be waiting for Slurm"
+            assert form.slurm_hold.asking, "the question should still be waiting for Slurm"
             assert taken in form.problems()
-            assert len(form.slurm_hold._asking) == 1  # asked once at a time
+            assert len(form.slurm_hold.asking) == 1  # asked once at a time
         finally:
             os.kill(controller.pid, signal.SIGCONT)
         # The job leaves the queue: the folder is free again.
         slurm_cluster.run("scancel", job_id)
         slurm_cluster.wait_state(job_id, "CANCELLED")
-        qtbot.waitUntil(lambda: not form.slurm_hold._asking, timeout=30_000)
+        qtbot.waitUntil(lambda: not form.slurm_hold.asking, timeout=30_000)
         qtbot.waitUntil(lambda: not any(job_id in p for p in form.problems()), timeout=30_000)
     finally:
         slurm_cluster.run("scancel", job_id, check=False)

@@ -31,7 +31,6 @@ class SlurmHold(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._answers: dict[tuple[str, str], tuple[float, str | None]] = {}
-        self._asking: set[tuple[str, str]] = set()
         self._calls: dict[tuple[str, str], BlockingCall] = {}  # the last question per folder
 
     def problem(self, out: Path) -> str | None:
@@ -43,22 +42,26 @@ class SlurmHold(QObject):
             return None
         key = (str(out), job_id)
         answer = self._answers.get(key)
-        if key not in self._asking and (answer is None or time.monotonic() - answer[0] > FRESH_S):
+        if key not in self.asking and (answer is None or time.monotonic() - answer[0] > FRESH_S):
             self._ask(key, out, launch)
         if answer is None:
             return f"checking whether Slurm job {job_id} still holds {out}…"
         return answer[1]
 
     @property
+    def asking(self) -> set[tuple[str, str]]:
+        """The (folder, job id) pairs whose question still waits for Slurm."""
+        return {key for key, call in self._calls.items() if not call.done}
+
+    @property
     def checking(self) -> bool:
         """Whether a folder is waiting for its first answer."""
-        return any(key not in self._answers for key in self._asking)
+        return any(key not in self._answers for key in self._calls)  # answered ones are done
 
     def _ask(self, key: tuple[str, str], out: Path, launch: dict) -> None:
         earlier = self._calls.pop(key, None)
         if earlier is not None:
             earlier.deleteLater()  # answered: one object per folder, not one per question
-        self._asking.add(key)
         call = BlockingCall(lambda: job_holding(out, launch), self)
         call.succeeded.connect(lambda sentence: self._on_answered(key, sentence))
         # A defect of ours (BlockingCall logs it): free, as when the controller does not
@@ -68,6 +71,5 @@ class SlurmHold(QObject):
         call.start()
 
     def _on_answered(self, key: tuple[str, str], sentence: str | None) -> None:
-        self._asking.discard(key)
         self._answers[key] = (time.monotonic(), sentence)
         self.changed.emit()
